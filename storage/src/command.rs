@@ -1,0 +1,209 @@
+//! The replicated commands: the only way the state machine changes.
+//!
+//! A command is proposed through Raft as a [`CommandEnvelope`], applied by every node in log
+//! order by [`crate::StateStore::apply_batch`], and answered with a [`CommandResult`]. Apply is
+//! deterministic: everything that differs between nodes (the clock, ids) is either carried
+//! in the envelope or derived from replicated state.
+
+use serde::{Deserialize, Serialize};
+
+use crate::blob::BlobId;
+use crate::error::{Error, Result};
+use crate::records::AccountState;
+
+/// Version of the command encoding this binary writes. A node that meets a higher version
+/// stops applying and asks the operator to upgrade (it never skips a command).
+pub const COMMAND_VERSION: u16 = 1;
+
+/// A command plus what every node needs to apply it identically.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandEnvelope {
+    /// Encoding version, [`COMMAND_VERSION`] when written by this binary.
+    pub version: u16,
+    /// The proposer's clock when the command was proposed (ms since the epoch); apply uses
+    /// this instead of the local clock.
+    pub issued_at_ms: u64,
+    /// The change itself.
+    pub command: Command,
+}
+
+impl CommandEnvelope {
+    /// Wraps `command` with the current version and `issued_at_ms`.
+    pub fn new(command: Command, issued_at_ms: u64) -> Self {
+        Self { version: COMMAND_VERSION, issued_at_ms, command }
+    }
+
+    /// Encodes the envelope for the Raft log: the version as two big-endian bytes, then
+    /// postcard, so the version is readable even when the rest is not.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = self.version.to_be_bytes().to_vec();
+        out.extend(postcard::to_stdvec(self).expect("postcard encodes commands"));
+        out
+    }
+
+    /// Decodes an envelope, refusing versions newer than this binary.
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        if bytes.len() < 2 {
+            return Err(Error::corrupt("command shorter than its version header"));
+        }
+        let version = u16::from_be_bytes([bytes[0], bytes[1]]);
+        if version > COMMAND_VERSION {
+            return Err(Error::corrupt(format!(
+                "replicated command version {version} is newer than this binary (knows up to \
+                 {COMMAND_VERSION}); install a newer wmail on this node"
+            )));
+        }
+        postcard::from_bytes(&bytes[2..]).map_err(|e| Error::corrupt("undecodable command").with_source(e))
+    }
+}
+
+/// How [`Command::SetFlags`] combines the given flags with the current ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FlagAction {
+    /// Add the flags (IMAP `+FLAGS`).
+    Add,
+    /// Remove the flags (IMAP `-FLAGS`).
+    Remove,
+    /// Replace all flags (IMAP `FLAGS`).
+    Replace,
+}
+
+/// One mailbox that receives a delivered message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryTarget {
+    /// The receiving account.
+    pub account_id: u64,
+    /// The mailbox inside it; `None` means the account's INBOX.
+    pub mailbox_id: Option<u64>,
+}
+
+/// A change to the replicated state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Adds a local domain.
+    CreateDomain { name: String },
+    /// Removes a local domain that has no accounts or aliases left.
+    RemoveDomain { name: String },
+    /// Creates an account with its INBOX.
+    CreateAccount {
+        address: String,
+        display_name: String,
+        password_hash: String,
+        quota_bytes: Option<u64>,
+        state: AccountState,
+    },
+    /// Changes the given fields of an account; `None` leaves a field as it is.
+    UpdateAccount {
+        address: String,
+        display_name: Option<String>,
+        password_hash: Option<String>,
+        /// `Some(None)` removes the quota.
+        quota_bytes: Option<Option<u64>>,
+        state: Option<AccountState>,
+    },
+    /// Removes an account, its mailboxes and messages (dropping their blob references).
+    RemoveAccount { address: String },
+    /// Creates an alias that forwards to `targets`.
+    CreateAlias { alias: String, targets: Vec<String> },
+    /// Removes an alias.
+    RemoveAlias { alias: String },
+    /// Creates a mailbox in an account.
+    CreateMailbox { account_id: u64, name: String, special_use: Option<String> },
+    /// Files one stored blob into every target mailbox, assigning UIDs and MODSEQs.
+    Deliver { blob: BlobId, size: u64, internal_date_ms: u64, flags: Vec<String>, targets: Vec<DeliveryTarget> },
+    /// Changes flags of messages in one mailbox (RFC 9051 §6.4.6, RFC 7162 §3.1.3).
+    SetFlags {
+        account_id: u64,
+        mailbox_id: u64,
+        uids: Vec<u32>,
+        action: FlagAction,
+        flags: Vec<String>,
+        /// CONDSTORE `UNCHANGEDSINCE`: messages with a higher modseq are left alone.
+        unchanged_since: Option<u64>,
+    },
+    /// Removes messages from one mailbox.
+    Expunge { account_id: u64, mailbox_id: u64, uids: Vec<u32> },
+    /// Marks an unreferenced blob as being deleted by garbage collection. Refused when the
+    /// blob gained a reference or its grace period has not passed.
+    ClaimBlobForDeletion { blob: BlobId, grace_ms: u64 },
+    /// Forgets a blob whose object was deleted after [`Command::ClaimBlobForDeletion`].
+    ForgetBlob { blob: BlobId },
+}
+
+/// What a successfully applied command produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The command changed state and has nothing else to report.
+    Done,
+    /// An account was created.
+    AccountCreated { account_id: u64, inbox_id: u64 },
+    /// A mailbox was created.
+    MailboxCreated { mailbox_id: u64 },
+    /// A message was delivered; one entry per target, in order.
+    Delivered { results: Vec<DeliveryResult> },
+    /// Flags changed; the UIDs whose UNCHANGEDSINCE test failed are listed.
+    FlagsSet { modseq: u64, modified: Vec<u32> },
+    /// Messages were expunged; the UIDs that existed and were removed.
+    Expunged { uids: Vec<u32> },
+}
+
+/// The result of delivering to one target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeliveryResult {
+    /// Stored with this UID and MODSEQ.
+    Stored { mailbox_id: u64, uid: u32, modseq: u64 },
+    /// The account or mailbox no longer exists.
+    NoSuchMailbox,
+    /// The account is over quota.
+    OverQuota,
+    /// The account does not accept mail in its current state.
+    NotReceiving,
+}
+
+/// Why a command was refused. Refusals change nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum CommandError {
+    /// A named thing does not exist.
+    #[error("{what} {name} does not exist")]
+    NotFound { what: String, name: String },
+    /// A named thing exists already.
+    #[error("{what} {name} already exists")]
+    AlreadyExists { what: String, name: String },
+    /// The command conflicts with the current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// The command is malformed.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl CommandError {
+    pub(crate) fn not_found(what: &str, name: impl ToString) -> Self {
+        CommandError::NotFound { what: what.to_owned(), name: name.to_string() }
+    }
+    pub(crate) fn exists(what: &str, name: impl ToString) -> Self {
+        CommandError::AlreadyExists { what: what.to_owned(), name: name.to_string() }
+    }
+}
+
+/// The answer to one applied command.
+pub type CommandResult = std::result::Result<Outcome, CommandError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_round_trips() {
+        let envelope = CommandEnvelope::new(Command::CreateDomain { name: "example.com".into() }, 42);
+        assert_eq!(CommandEnvelope::decode(&envelope.encode()).unwrap(), envelope);
+    }
+
+    #[test]
+    fn newer_command_version_is_refused_with_upgrade_hint() {
+        let mut bytes = CommandEnvelope::new(Command::RemoveDomain { name: "x.test".into() }, 1).encode();
+        bytes[0..2].copy_from_slice(&(COMMAND_VERSION + 1).to_be_bytes());
+        let error = CommandEnvelope::decode(&bytes).unwrap_err();
+        assert!(error.to_string().contains("install a newer wmail"), "{error}");
+    }
+}

@@ -1,0 +1,123 @@
+//! The RocksDB keyspace of the replicated state: one column family per table and the
+//! typed key encodings. Integers are big-endian so RocksDB's byte order is numeric order.
+
+/// Local domains: `domain` -> [`crate::Domain`].
+pub const DOMAINS: &str = "domains";
+/// Every deliverable address: `domain \0 local` -> [`crate::AddressTarget`].
+pub const ADDRESSES: &str = "addresses";
+/// Accounts: `account_id` -> [`crate::Account`].
+pub const PRINCIPALS: &str = "principals";
+/// Account secrets: `account_id` -> [`crate::Credentials`].
+pub const CREDENTIALS: &str = "credentials";
+/// Mailboxes: `account_id, mailbox_id` -> [`crate::Mailbox`].
+pub const MAILBOXES: &str = "mailboxes";
+/// Mailbox names: `account_id, name` -> `mailbox_id`.
+pub const MAILBOX_NAMES: &str = "mailbox_names";
+/// Message index: `account_id, mailbox_id, uid` -> [`crate::MessageRecord`].
+pub const MESSAGES: &str = "messages";
+/// Blob reference counts: `sha256` -> [`crate::BlobRef`].
+pub const BLOB_REFS: &str = "blob_refs";
+/// Per-account change log: `account_id, change_id` -> [`crate::Change`].
+pub const CHANGES: &str = "changes";
+/// Counters and the consensus layer's applied-state record.
+pub const META: &str = "meta";
+
+/// Every column family of the state database, checked at open time.
+pub const COLUMN_FAMILIES: [&str; 10] =
+    [DOMAINS, ADDRESSES, PRINCIPALS, CREDENTIALS, MAILBOXES, MAILBOX_NAMES, MESSAGES, BLOB_REFS, CHANGES, META];
+
+/// Meta key of the consensus layer's opaque applied-state record.
+pub const META_RAFT: &[u8] = b"raft";
+/// Meta key of the next account id.
+pub const META_NEXT_ACCOUNT_ID: &[u8] = b"next_account_id";
+/// Meta key of the next mailbox id.
+pub const META_NEXT_MAILBOX_ID: &[u8] = b"next_mailbox_id";
+/// Meta key of the next change id.
+pub const META_NEXT_CHANGE_ID: &[u8] = b"next_change_id";
+
+/// Key of an account, principal or credential record.
+pub fn id_key(id: u64) -> [u8; 8] {
+    id.to_be_bytes()
+}
+
+/// Key of a mailbox, and the prefix of its messages.
+pub fn mailbox_key(account_id: u64, mailbox_id: u64) -> [u8; 16] {
+    let mut key = [0; 16];
+    key[..8].copy_from_slice(&account_id.to_be_bytes());
+    key[8..].copy_from_slice(&mailbox_id.to_be_bytes());
+    key
+}
+
+/// Key of one message in the index.
+pub fn message_key(account_id: u64, mailbox_id: u64, uid: u32) -> [u8; 20] {
+    let mut key = [0; 20];
+    key[..16].copy_from_slice(&mailbox_key(account_id, mailbox_id));
+    key[16..].copy_from_slice(&uid.to_be_bytes());
+    key
+}
+
+/// Decodes the UID from a [`message_key`].
+pub fn uid_of_message_key(key: &[u8]) -> Option<u32> {
+    key.get(16..20).map(|bytes| u32::from_be_bytes(bytes.try_into().expect("4 bytes")))
+}
+
+/// Key of a mailbox name within an account.
+pub fn mailbox_name_key(account_id: u64, name: &str) -> Vec<u8> {
+    let mut key = account_id.to_be_bytes().to_vec();
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+/// Key of a change-log entry.
+pub fn change_key(account_id: u64, change_id: u64) -> [u8; 16] {
+    mailbox_key(account_id, change_id)
+}
+
+/// Key of an address: the domain first, so one domain's addresses are one prefix.
+/// Expects a lowercase `local@domain`; returns `None` when there is no `@`.
+pub fn address_key(address: &str) -> Option<Vec<u8>> {
+    let (local, domain) = address.rsplit_once('@')?;
+    let mut key = domain_prefix(domain);
+    key.extend_from_slice(local.as_bytes());
+    Some(key)
+}
+
+/// The prefix of every address key of `domain`.
+pub fn domain_prefix(domain: &str) -> Vec<u8> {
+    let mut key = domain.as_bytes().to_vec();
+    key.push(0);
+    key
+}
+
+/// Turns an [`address_key`] back into `local@domain`.
+pub fn address_of_key(key: &[u8]) -> Option<String> {
+    let split = key.iter().position(|&byte| byte == 0)?;
+    let domain = std::str::from_utf8(&key[..split]).ok()?;
+    let local = std::str::from_utf8(&key[split + 1..]).ok()?;
+    Some(format!("{local}@{domain}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_keys_sort_by_account_mailbox_uid() {
+        let mut keys = vec![message_key(2, 1, 1), message_key(1, 2, 1), message_key(1, 1, 300), message_key(1, 1, 2)];
+        keys.sort();
+        assert_eq!(
+            keys,
+            vec![message_key(1, 1, 2), message_key(1, 1, 300), message_key(1, 2, 1), message_key(2, 1, 1)]
+        );
+        assert_eq!(uid_of_message_key(&message_key(1, 1, 300)), Some(300));
+    }
+
+    #[test]
+    fn address_keys_group_by_domain_and_round_trip() {
+        let key = address_key("alice@example.com").unwrap();
+        assert!(key.starts_with(&domain_prefix("example.com")));
+        assert!(!key.starts_with(&domain_prefix("example.co")));
+        assert_eq!(address_of_key(&key).as_deref(), Some("alice@example.com"));
+        assert_eq!(address_key("no-at-sign"), None);
+    }
+}

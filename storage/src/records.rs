@@ -1,0 +1,171 @@
+//! The records stored in the replicated tables. Every value is encoded as one format byte
+//! followed by postcard, so a later release can change a record and still read old ones.
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::blob::BlobId;
+use crate::error::{Error, Result};
+
+/// Encoding format of every value written by this release.
+const VALUE_FORMAT_V1: u8 = 1;
+
+/// Encodes a record value: the format byte, then postcard.
+pub(crate) fn encode_value<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = vec![VALUE_FORMAT_V1];
+    // Serialising our own plain structs into a Vec cannot fail.
+    out.extend(postcard::to_stdvec(value).expect("postcard encodes plain records"));
+    out
+}
+
+/// Decodes a record value written by [`encode_value`].
+pub(crate) fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    match bytes.split_first() {
+        Some((&VALUE_FORMAT_V1, rest)) => {
+            postcard::from_bytes(rest).map_err(|e| Error::corrupt("undecodable record").with_source(e))
+        }
+        Some((format, _)) => {
+            Err(Error::corrupt(format!("record format {format} is newer than this binary understands; upgrade wmail")))
+        }
+        None => Err(Error::corrupt("empty record")),
+    }
+}
+
+/// A local mail domain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Domain {
+    /// Lowercase ASCII (IDNA) domain name.
+    pub name: String,
+    /// When the domain was created, in milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+}
+
+/// Lifecycle state of an account (the seeds' five states).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountState {
+    /// Receives mail and may log in.
+    Active,
+    /// Neither receives mail nor logs in.
+    Disabled,
+    /// Created but waiting for an administrator's approval.
+    Pending,
+    /// Receives mail but cannot log in.
+    Dormant,
+    /// Temporarily locked out (for example after repeated login failures).
+    Suspended,
+}
+
+impl AccountState {
+    /// Returns whether mail addressed to an account in this state is accepted.
+    pub fn receives_mail(self) -> bool {
+        matches!(self, AccountState::Active | AccountState::Dormant | AccountState::Suspended)
+    }
+
+    /// Returns whether an account in this state may authenticate.
+    pub fn may_log_in(self) -> bool {
+        matches!(self, AccountState::Active)
+    }
+}
+
+/// A user account: one mailbox owner with one primary address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    /// Stable numeric id, assigned at creation, never reused.
+    pub id: u64,
+    /// Primary address, lowercase.
+    pub address: String,
+    /// Display name ("Full Name").
+    pub display_name: String,
+    /// Storage quota in bytes; `None` means unlimited.
+    pub quota_bytes: Option<u64>,
+    /// Lifecycle state.
+    pub state: AccountState,
+    /// Bytes of all messages in all mailboxes.
+    pub used_bytes: u64,
+    /// Number of messages in all mailboxes.
+    pub message_count: u64,
+    /// When the account was created, in milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+}
+
+/// The secret material of an account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credentials {
+    /// Argon2id password hash in PHC string format.
+    pub password_hash: String,
+}
+
+/// What an address resolves to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AddressTarget {
+    /// The primary address of an account.
+    Account(u64),
+    /// An alias forwarding to one or more addresses (local or remote).
+    Alias(Vec<String>),
+}
+
+/// A mailbox (IMAP folder) of an account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mailbox {
+    /// Id unique within the cluster, never reused.
+    pub id: u64,
+    /// Owning account.
+    pub account_id: u64,
+    /// Full hierarchical name with `/` as separator (UTF-8).
+    pub name: String,
+    /// RFC 9051 §2.3.1.1: changes whenever UIDs may be reused.
+    pub uid_validity: u32,
+    /// The UID the next message will get.
+    pub uid_next: u32,
+    /// RFC 7162 §3.1.1: the highest mod-sequence of any message in the mailbox.
+    pub highest_modseq: u64,
+    /// RFC 6154 special use (`\Sent`, `\Trash`, ...), if any.
+    pub special_use: Option<String>,
+    /// Number of messages currently in the mailbox.
+    pub message_count: u64,
+    /// Bytes of the messages currently in the mailbox.
+    pub size_bytes: u64,
+}
+
+/// The index entry of one message in one mailbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageRecord {
+    /// The message's UID in its mailbox.
+    pub uid: u32,
+    /// The content address of the raw RFC 5322 bytes.
+    pub blob: BlobId,
+    /// Size of the raw message in octets (RFC822.SIZE).
+    pub size: u64,
+    /// INTERNALDATE, in milliseconds since the Unix epoch.
+    pub internal_date_ms: u64,
+    /// System flags (`\Seen`, ...) and keywords, sorted and deduplicated.
+    pub flags: Vec<String>,
+    /// RFC 7162 mod-sequence of the last change to this message.
+    pub modseq: u64,
+}
+
+/// The reference count of one blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRef {
+    /// How many message records point at the blob.
+    pub count: u64,
+    /// When the count last dropped to zero (ms since the epoch); garbage collection waits
+    /// for a grace period after it.
+    pub zero_since_ms: Option<u64>,
+    /// Set once garbage collection has claimed the blob for deletion; new references are
+    /// refused until the blob is forgotten.
+    pub deleting: bool,
+}
+
+/// One entry of an account's change log (for IMAP CONDSTORE/QRESYNC, IDLE and sync).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// A message was added to a mailbox.
+    Added { mailbox_id: u64, uid: u32, modseq: u64 },
+    /// A message's flags changed.
+    FlagsChanged { mailbox_id: u64, uid: u32, modseq: u64 },
+    /// A message was removed from a mailbox.
+    Expunged { mailbox_id: u64, uid: u32, modseq: u64 },
+    /// A mailbox was created.
+    MailboxCreated { mailbox_id: u64 },
+}

@@ -1,0 +1,858 @@
+//! [`StateStore`]: the replicated state machine's RocksDB, its `apply`, reads, and
+//! checkpoints for Raft snapshots.
+//!
+//! ```text
+//!  data_dir/state/CURRENT        names the live generation ("gen-000001")
+//!  data_dir/state/gen-000001/    a RocksDB with the column families of `keyspace`
+//! ```
+//! Installing a snapshot opens the checkpoint as the next generation and swaps it in, so
+//! readers holding the old database finish undisturbed.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::blob::BlobId;
+use crate::command::{
+    Command, CommandEnvelope, CommandError, CommandResult, DeliveryResult, DeliveryTarget, FlagAction, Outcome,
+};
+use crate::error::{Error, ErrorKind, Result};
+use crate::keyspace::{self as ks};
+use crate::records::*;
+use crate::records::{decode_value, encode_value};
+
+/// Name of the mailbox every account starts with.
+pub const INBOX: &str = "INBOX";
+
+/// One committed Raft entry to apply: the command bytes (absent for Raft's own entries such
+/// as membership changes) and the consensus layer's opaque record of the state after it.
+#[derive(Debug, Clone)]
+pub struct ApplyEntry {
+    /// An encoded [`CommandEnvelope`], or `None` for an entry with no command.
+    pub command: Option<Vec<u8>>,
+    /// Opaque applied-state record (last applied log id, membership) stored atomically with
+    /// the command's effects.
+    pub raft_meta: Vec<u8>,
+}
+
+/// The replicated state of one node.
+pub struct StateStore {
+    root: PathBuf,
+    db: RwLock<Arc<DB>>,
+    /// Serialises apply, checkpoint and restore.
+    apply_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStore").field("root", &self.root).finish()
+    }
+}
+
+fn db_options() -> Options {
+    let mut options = Options::default();
+    options.create_if_missing(true);
+    options.create_missing_column_families(true);
+    options.set_keep_log_file_num(4);
+    options
+}
+
+fn open_db(path: &Path) -> Result<DB> {
+    let descriptors = ks::COLUMN_FAMILIES.iter().map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+    let db = DB::open_cf_descriptors(&db_options(), path, descriptors)
+        .map_err(|e| Error::io(format!("cannot open the state database at {}", path.display()), e))?;
+    for name in ks::COLUMN_FAMILIES {
+        if db.cf_handle(name).is_none() {
+            return Err(Error::corrupt(format!("column family {name} missing in {}", path.display())));
+        }
+    }
+    Ok(db)
+}
+
+fn generation_name(generation: u64) -> String {
+    format!("gen-{generation:06}")
+}
+
+fn write_current(root: &Path, generation: u64) -> Result<()> {
+    let temp = root.join("CURRENT.tmp");
+    std::fs::write(&temp, generation_name(generation))?;
+    std::fs::File::open(&temp)?.sync_all()?;
+    std::fs::rename(&temp, root.join("CURRENT"))?;
+    std::fs::File::open(root)?.sync_all()?;
+    Ok(())
+}
+
+fn read_current(root: &Path) -> Result<Option<u64>> {
+    match std::fs::read_to_string(root.join("CURRENT")) {
+        Ok(text) => text
+            .trim()
+            .strip_prefix("gen-")
+            .and_then(|number| number.parse().ok())
+            .map(Some)
+            .ok_or_else(|| Error::corrupt(format!("{} is not a generation name", root.join("CURRENT").display()))),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error.into()),
+    }
+}
+
+impl StateStore {
+    /// Opens (or creates) the state under `root`, removing generations left over from an
+    /// interrupted snapshot install.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        std::fs::create_dir_all(&root).map_err(|e| Error::io(format!("cannot create {}", root.display()), e))?;
+        let generation = match read_current(&root)? {
+            Some(generation) => generation,
+            None => {
+                write_current(&root, 1)?;
+                1
+            }
+        };
+        let live = generation_name(generation);
+        for entry in std::fs::read_dir(&root)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("gen-") && name != live {
+                tracing::info!(dir = %entry.path().display(), "removing stale state generation");
+                std::fs::remove_dir_all(entry.path())?;
+            }
+        }
+        let db = open_db(&root.join(live))?;
+        Ok(Self { root, db: RwLock::new(Arc::new(db)), apply_lock: Mutex::new(()) })
+    }
+
+    fn db(&self) -> Arc<DB> {
+        self.db.read().expect("state db lock").clone()
+    }
+
+    /// Returns the consensus layer's applied-state record, if anything was applied yet.
+    pub fn raft_meta(&self) -> Result<Option<Vec<u8>>> {
+        let db = self.db();
+        Ok(db.get_cf(&cf(&db, ks::META), ks::META_RAFT)?)
+    }
+
+    /// Applies committed entries in order. Each entry's effects and its `raft_meta` are
+    /// written in one atomic batch, so after a crash the state is exactly "everything up to
+    /// some entry" and replay continues from there.
+    ///
+    /// Returns one result per entry (`Outcome::Done` for entries without a command). Fails,
+    /// without applying the entry, only when the command cannot be decoded (for example it
+    /// comes from a newer release) or the disk fails: the node must stop applying then.
+    pub fn apply_batch(&self, entries: Vec<ApplyEntry>) -> Result<Vec<CommandResult>> {
+        let _guard = self.apply_lock.lock().expect("apply lock");
+        let db = self.db();
+        let mut results = Vec::with_capacity(entries.len());
+        // The Raft log is the durable record; the state may lag it after a power loss and is
+        // then replayed, so these writes need no fsync of their own.
+        let mut write_options = WriteOptions::default();
+        write_options.set_sync(false);
+        for entry in entries {
+            let mut tx = Tx::new(&db);
+            let result = match &entry.command {
+                Some(bytes) => {
+                    let envelope = CommandEnvelope::decode(bytes)?;
+                    let result = tx.apply(envelope.command, envelope.issued_at_ms)?;
+                    if result.is_err() {
+                        tx.discard();
+                    }
+                    result
+                }
+                None => Ok(Outcome::Done),
+            };
+            tx.put_raw(ks::META, ks::META_RAFT, entry.raft_meta);
+            db.write_opt(tx.finish(), &write_options)?;
+            results.push(result);
+        }
+        Ok(results)
+    }
+
+    /// Writes a consistent RocksDB checkpoint of the whole state into `dir` (which must not
+    /// exist) and returns the applied-state record it contains.
+    pub fn checkpoint(&self, dir: &Path) -> Result<Option<Vec<u8>>> {
+        let _guard = self.apply_lock.lock().expect("apply lock");
+        let db = self.db();
+        let raft_meta = db.get_cf(&cf(&db, ks::META), ks::META_RAFT)?;
+        rocksdb::checkpoint::Checkpoint::new(&db)?
+            .create_checkpoint(dir)
+            .map_err(|e| Error::io(format!("cannot write a checkpoint to {}", dir.display()), e))?;
+        Ok(raft_meta)
+    }
+
+    /// Replaces the whole state with the checkpoint in `dir` (moved, not copied; it must be
+    /// on the same filesystem as the state).
+    pub fn restore(&self, dir: &Path) -> Result<()> {
+        let _guard = self.apply_lock.lock().expect("apply lock");
+        let current = read_current(&self.root)?.unwrap_or(1);
+        let next = current + 1;
+        let next_path = self.root.join(generation_name(next));
+        std::fs::rename(dir, &next_path)
+            .map_err(|e| Error::io(format!("cannot move checkpoint into {}", next_path.display()), e))?;
+        let db = open_db(&next_path)?;
+        write_current(&self.root, next)?;
+        let old = std::mem::replace(&mut *self.db.write().expect("state db lock"), Arc::new(db));
+        // Delete the old generation now if nobody reads it; otherwise the next open does.
+        if Arc::strong_count(&old) == 1 {
+            drop(old);
+            let _ = std::fs::remove_dir_all(self.root.join(generation_name(current)));
+        }
+        Ok(())
+    }
+
+    // ----- reads -----
+
+    /// Returns a domain.
+    pub fn domain(&self, name: &str) -> Result<Option<Domain>> {
+        get(&self.db(), ks::DOMAINS, name.as_bytes())
+    }
+
+    /// Lists every domain, sorted by name.
+    pub fn domains(&self) -> Result<Vec<Domain>> {
+        scan(&self.db(), ks::DOMAINS, &[]).map(|rows| rows.into_iter().map(|(_, domain)| domain).collect())
+    }
+
+    /// Resolves an address (lowercase) to what it delivers to.
+    pub fn resolve_address(&self, address: &str) -> Result<Option<AddressTarget>> {
+        match ks::address_key(address) {
+            Some(key) => get(&self.db(), ks::ADDRESSES, &key),
+            None => Ok(None),
+        }
+    }
+
+    /// Lists the addresses of a domain (or of all domains) with their targets.
+    pub fn addresses(&self, domain: Option<&str>) -> Result<Vec<(String, AddressTarget)>> {
+        let prefix = domain.map(ks::domain_prefix).unwrap_or_default();
+        let rows = scan(&self.db(), ks::ADDRESSES, &prefix)?;
+        Ok(rows.into_iter().filter_map(|(key, target)| Some((ks::address_of_key(&key)?, target))).collect())
+    }
+
+    /// Returns an account by id.
+    pub fn account(&self, account_id: u64) -> Result<Option<Account>> {
+        get(&self.db(), ks::PRINCIPALS, &ks::id_key(account_id))
+    }
+
+    /// Returns the account whose primary address is `address`.
+    pub fn account_by_address(&self, address: &str) -> Result<Option<Account>> {
+        match self.resolve_address(address)? {
+            Some(AddressTarget::Account(id)) => self.account(id),
+            _ => Ok(None),
+        }
+    }
+
+    /// Returns an account's credentials.
+    pub fn credentials(&self, account_id: u64) -> Result<Option<Credentials>> {
+        get(&self.db(), ks::CREDENTIALS, &ks::id_key(account_id))
+    }
+
+    /// Lists an account's mailboxes in id order.
+    pub fn mailboxes(&self, account_id: u64) -> Result<Vec<Mailbox>> {
+        let rows = scan(&self.db(), ks::MAILBOXES, &ks::id_key(account_id))?;
+        Ok(rows.into_iter().map(|(_, mailbox)| mailbox).collect())
+    }
+
+    /// Returns a mailbox by name.
+    pub fn mailbox_by_name(&self, account_id: u64, name: &str) -> Result<Option<Mailbox>> {
+        let db = self.db();
+        let Some(id) = get_u64(&db, ks::MAILBOX_NAMES, &ks::mailbox_name_key(account_id, name))? else {
+            return Ok(None);
+        };
+        get(&db, ks::MAILBOXES, &ks::mailbox_key(account_id, id))
+    }
+
+    /// Lists the messages of a mailbox in UID order.
+    pub fn messages(&self, account_id: u64, mailbox_id: u64) -> Result<Vec<MessageRecord>> {
+        let rows = scan(&self.db(), ks::MESSAGES, &ks::mailbox_key(account_id, mailbox_id))?;
+        Ok(rows.into_iter().map(|(_, message)| message).collect())
+    }
+
+    /// Returns the reference count record of a blob.
+    pub fn blob_ref(&self, blob: &BlobId) -> Result<Option<BlobRef>> {
+        get(&self.db(), ks::BLOB_REFS, blob.as_bytes())
+    }
+
+    /// Lists blobs that have had no reference since before `zero_before_ms` (candidates for
+    /// garbage collection), at most `limit`.
+    pub fn unreferenced_blobs(&self, zero_before_ms: u64, limit: usize) -> Result<Vec<BlobId>> {
+        let db = self.db();
+        let mut out = Vec::new();
+        for item in db.iterator_cf(&cf(&db, ks::BLOB_REFS), IteratorMode::Start) {
+            let (key, value) = item?;
+            let record: BlobRef = decode_value(&value)?;
+            if record.count == 0 && record.zero_since_ms.is_some_and(|since| since < zero_before_ms) {
+                out.push(BlobId::from_slice(&key).ok_or_else(|| Error::corrupt("blob ref key"))?);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Returns an account's change-log entries with an id greater than `after`.
+    pub fn changes_since(&self, account_id: u64, after: u64) -> Result<Vec<(u64, Change)>> {
+        let db = self.db();
+        let prefix = ks::id_key(account_id);
+        let start = ks::change_key(account_id, after.saturating_add(1));
+        let mut out = Vec::new();
+        for item in db.iterator_cf(&cf(&db, ks::CHANGES), IteratorMode::From(&start, Direction::Forward)) {
+            let (key, value) = item?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let change_id = u64::from_be_bytes(key[8..16].try_into().expect("change key"));
+            out.push((change_id, decode_value(&value)?));
+        }
+        Ok(out)
+    }
+}
+
+fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
+    // Every column family is checked at open time.
+    db.cf_handle(name).expect("column family checked at open")
+}
+
+fn get<T: DeserializeOwned>(db: &DB, table: &str, key: &[u8]) -> Result<Option<T>> {
+    db.get_pinned_cf(&cf(db, table), key)?.map(|bytes| decode_value(&bytes)).transpose()
+}
+
+fn get_u64(db: &DB, table: &str, key: &[u8]) -> Result<Option<u64>> {
+    match db.get_pinned_cf(&cf(db, table), key)? {
+        Some(bytes) => Ok(Some(u64::from_be_bytes(
+            bytes.as_ref().try_into().map_err(|_| Error::corrupt(format!("counter in {table}")))?,
+        ))),
+        None => Ok(None),
+    }
+}
+
+fn scan<T: DeserializeOwned>(db: &DB, table: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, T)>> {
+    let mut out = Vec::new();
+    for item in db.iterator_cf(&cf(db, table), IteratorMode::From(prefix, Direction::Forward)) {
+        let (key, value) = item?;
+        if !key.starts_with(prefix) {
+            break;
+        }
+        out.push((key.to_vec(), decode_value(&value)?));
+    }
+    Ok(out)
+}
+
+/// One command's pending writes. Reads go to the database; the few values a command both
+/// reads and changes (counters, accounts, mailboxes, blob refs) are cached here so repeated
+/// changes within one command compose.
+struct Tx<'a> {
+    db: &'a DB,
+    batch: WriteBatch,
+    counters: HashMap<&'static [u8], u64>,
+    accounts: HashMap<u64, Account>,
+    mailboxes: HashMap<(u64, u64), Mailbox>,
+    blob_refs: HashMap<BlobId, BlobRef>,
+    now_ms: u64,
+}
+
+fn vanished(what: &str) -> Error {
+    Error::new(ErrorKind::Corrupt, format!("{what} vanished during apply"))
+}
+
+impl<'a> Tx<'a> {
+    fn new(db: &'a DB) -> Self {
+        Self {
+            db,
+            batch: WriteBatch::default(),
+            counters: HashMap::new(),
+            accounts: HashMap::new(),
+            mailboxes: HashMap::new(),
+            blob_refs: HashMap::new(),
+            now_ms: 0,
+        }
+    }
+
+    fn discard(&mut self) {
+        self.batch.clear();
+        self.counters.clear();
+        self.accounts.clear();
+        self.mailboxes.clear();
+        self.blob_refs.clear();
+    }
+
+    fn put_raw(&mut self, table: &str, key: &[u8], value: Vec<u8>) {
+        self.batch.put_cf(&cf(self.db, table), key, value);
+    }
+
+    fn put<T: Serialize>(&mut self, table: &str, key: &[u8], value: &T) {
+        self.put_raw(table, key, encode_value(value));
+    }
+
+    fn delete(&mut self, table: &str, key: &[u8]) {
+        self.batch.delete_cf(&cf(self.db, table), key);
+    }
+
+    /// Flushes cached records into the batch and returns it.
+    fn finish(mut self) -> WriteBatch {
+        for (key, value) in std::mem::take(&mut self.counters) {
+            self.put_raw(ks::META, key, value.to_be_bytes().to_vec());
+        }
+        for (id, account) in std::mem::take(&mut self.accounts) {
+            self.put(ks::PRINCIPALS, &ks::id_key(id), &account);
+        }
+        for ((account_id, mailbox_id), mailbox) in std::mem::take(&mut self.mailboxes) {
+            self.put(ks::MAILBOXES, &ks::mailbox_key(account_id, mailbox_id), &mailbox);
+        }
+        for (blob, record) in std::mem::take(&mut self.blob_refs) {
+            self.put(ks::BLOB_REFS, blob.as_bytes(), &record);
+        }
+        self.batch
+    }
+
+    fn next_id(&mut self, counter: &'static [u8]) -> Result<u64> {
+        let current = match self.counters.get(counter) {
+            Some(value) => *value,
+            None => get_u64(self.db, ks::META, counter)?.unwrap_or(1),
+        };
+        self.counters.insert(counter, current + 1);
+        Ok(current)
+    }
+
+    fn account(&mut self, account_id: u64) -> Result<Option<&mut Account>> {
+        if !self.accounts.contains_key(&account_id) {
+            match get::<Account>(self.db, ks::PRINCIPALS, &ks::id_key(account_id))? {
+                Some(account) => self.accounts.insert(account_id, account),
+                None => return Ok(None),
+            };
+        }
+        Ok(self.accounts.get_mut(&account_id))
+    }
+
+    fn mailbox(&mut self, account_id: u64, mailbox_id: u64) -> Result<Option<&mut Mailbox>> {
+        let key = (account_id, mailbox_id);
+        if !self.mailboxes.contains_key(&key) {
+            match get::<Mailbox>(self.db, ks::MAILBOXES, &ks::mailbox_key(account_id, mailbox_id))? {
+                Some(mailbox) => self.mailboxes.insert(key, mailbox),
+                None => return Ok(None),
+            };
+        }
+        Ok(self.mailboxes.get_mut(&key))
+    }
+
+    fn blob_ref(&mut self, blob: BlobId) -> Result<&mut BlobRef> {
+        if !self.blob_refs.contains_key(&blob) {
+            let record = get(self.db, ks::BLOB_REFS, blob.as_bytes())?.unwrap_or(BlobRef {
+                count: 0,
+                zero_since_ms: None,
+                deleting: false,
+            });
+            self.blob_refs.insert(blob, record);
+        }
+        Ok(self.blob_refs.get_mut(&blob).expect("inserted above"))
+    }
+
+    fn release_blob(&mut self, blob: BlobId) -> Result<()> {
+        let now_ms = self.now_ms;
+        let record = self.blob_ref(blob)?;
+        record.count = record.count.saturating_sub(1);
+        if record.count == 0 {
+            record.zero_since_ms = Some(now_ms);
+        }
+        Ok(())
+    }
+
+    fn record_change(&mut self, account_id: u64, change: Change) -> Result<()> {
+        let change_id = self.next_id(ks::META_NEXT_CHANGE_ID)?;
+        self.put(ks::CHANGES, &ks::change_key(account_id, change_id), &change);
+        Ok(())
+    }
+
+    /// Applies one command. `Ok(Err(_))` is a refusal: the caller discards the batch.
+    fn apply(&mut self, command: Command, now_ms: u64) -> Result<CommandResult> {
+        self.now_ms = now_ms;
+        match command {
+            Command::CreateDomain { name } => self.create_domain(name),
+            Command::RemoveDomain { name } => self.remove_domain(&name),
+            Command::CreateAccount { address, display_name, password_hash, quota_bytes, state } => {
+                self.create_account(address, display_name, password_hash, quota_bytes, state)
+            }
+            Command::UpdateAccount { address, display_name, password_hash, quota_bytes, state } => {
+                self.update_account(&address, display_name, password_hash, quota_bytes, state)
+            }
+            Command::RemoveAccount { address } => self.remove_account(&address),
+            Command::CreateAlias { alias, targets } => self.create_alias(&alias, targets),
+            Command::RemoveAlias { alias } => self.remove_alias(&alias),
+            Command::CreateMailbox { account_id, name, special_use } => {
+                self.create_mailbox(account_id, name, special_use)
+            }
+            Command::Deliver { blob, size, internal_date_ms, flags, targets } => {
+                self.deliver(blob, size, internal_date_ms, flags, &targets)
+            }
+            Command::SetFlags { account_id, mailbox_id, uids, action, flags, unchanged_since } => {
+                self.set_flags(account_id, mailbox_id, &uids, action, flags, unchanged_since)
+            }
+            Command::Expunge { account_id, mailbox_id, uids } => self.expunge(account_id, mailbox_id, &uids),
+            Command::ClaimBlobForDeletion { blob, grace_ms } => self.claim_blob(blob, grace_ms),
+            Command::ForgetBlob { blob } => self.forget_blob(blob),
+        }
+    }
+
+    fn create_domain(&mut self, name: String) -> Result<CommandResult> {
+        if get::<Domain>(self.db, ks::DOMAINS, name.as_bytes())?.is_some() {
+            return Ok(Err(CommandError::exists("domain", name)));
+        }
+        let domain = Domain { name: name.clone(), created_at_ms: self.now_ms };
+        self.put(ks::DOMAINS, name.as_bytes(), &domain);
+        Ok(Ok(Outcome::Done))
+    }
+
+    fn remove_domain(&mut self, name: &str) -> Result<CommandResult> {
+        if get::<Domain>(self.db, ks::DOMAINS, name.as_bytes())?.is_none() {
+            return Ok(Err(CommandError::not_found("domain", name)));
+        }
+        let remaining = scan::<AddressTarget>(self.db, ks::ADDRESSES, &ks::domain_prefix(name))?.len();
+        if remaining > 0 {
+            return Ok(Err(CommandError::Conflict(format!(
+                "domain {name} still has {remaining} accounts or aliases; remove them first"
+            ))));
+        }
+        self.delete(ks::DOMAINS, name.as_bytes());
+        Ok(Ok(Outcome::Done))
+    }
+
+    fn check_new_address(&mut self, address: &str) -> Result<std::result::Result<Vec<u8>, CommandError>> {
+        let Some((_, domain)) = address.rsplit_once('@') else {
+            return Ok(Err(CommandError::Invalid(format!("{address} is not an address"))));
+        };
+        if get::<Domain>(self.db, ks::DOMAINS, domain.as_bytes())?.is_none() {
+            return Ok(Err(CommandError::not_found("domain", domain)));
+        }
+        let key = ks::address_key(address).expect("has @");
+        if get::<AddressTarget>(self.db, ks::ADDRESSES, &key)?.is_some() {
+            return Ok(Err(CommandError::exists("address", address)));
+        }
+        Ok(Ok(key))
+    }
+
+    fn create_account(
+        &mut self,
+        address: String,
+        display_name: String,
+        password_hash: String,
+        quota_bytes: Option<u64>,
+        state: AccountState,
+    ) -> Result<CommandResult> {
+        let key = match self.check_new_address(&address)? {
+            Ok(key) => key,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        let account_id = self.next_id(ks::META_NEXT_ACCOUNT_ID)?;
+        self.put(ks::ADDRESSES, &key, &AddressTarget::Account(account_id));
+        self.put(ks::CREDENTIALS, &ks::id_key(account_id), &Credentials { password_hash });
+        let account = Account {
+            id: account_id,
+            address,
+            display_name,
+            quota_bytes,
+            state,
+            used_bytes: 0,
+            message_count: 0,
+            created_at_ms: self.now_ms,
+        };
+        self.accounts.insert(account_id, account);
+        let inbox_id = match self.create_mailbox(account_id, INBOX.to_owned(), None)? {
+            Ok(Outcome::MailboxCreated { mailbox_id }) => mailbox_id,
+            other => return Err(Error::corrupt(format!("creating INBOX of a new account gave {other:?}"))),
+        };
+        Ok(Ok(Outcome::AccountCreated { account_id, inbox_id }))
+    }
+
+    fn account_id_of(&mut self, address: &str) -> Result<Option<u64>> {
+        let Some(key) = ks::address_key(address) else { return Ok(None) };
+        Ok(match get::<AddressTarget>(self.db, ks::ADDRESSES, &key)? {
+            Some(AddressTarget::Account(id)) => Some(id),
+            _ => None,
+        })
+    }
+
+    fn update_account(
+        &mut self,
+        address: &str,
+        display_name: Option<String>,
+        password_hash: Option<String>,
+        quota_bytes: Option<Option<u64>>,
+        state: Option<AccountState>,
+    ) -> Result<CommandResult> {
+        let Some(account_id) = self.account_id_of(address)? else {
+            return Ok(Err(CommandError::not_found("account", address)));
+        };
+        let account = self.account(account_id)?.ok_or_else(|| vanished("account"))?;
+        if let Some(display_name) = display_name {
+            account.display_name = display_name;
+        }
+        if let Some(quota_bytes) = quota_bytes {
+            account.quota_bytes = quota_bytes;
+        }
+        if let Some(state) = state {
+            account.state = state;
+        }
+        if let Some(password_hash) = password_hash {
+            self.put(ks::CREDENTIALS, &ks::id_key(account_id), &Credentials { password_hash });
+        }
+        Ok(Ok(Outcome::Done))
+    }
+
+    fn remove_account(&mut self, address: &str) -> Result<CommandResult> {
+        let Some(account_id) = self.account_id_of(address)? else {
+            return Ok(Err(CommandError::not_found("account", address)));
+        };
+        let prefix = ks::id_key(account_id);
+        for (key, message) in scan::<MessageRecord>(self.db, ks::MESSAGES, &prefix)? {
+            self.release_blob(message.blob)?;
+            self.delete(ks::MESSAGES, &key);
+        }
+        for (key, _) in scan::<Mailbox>(self.db, ks::MAILBOXES, &prefix)? {
+            self.delete(ks::MAILBOXES, &key);
+        }
+        let names_end = (account_id + 1).to_be_bytes();
+        self.batch.delete_range_cf(&cf(self.db, ks::MAILBOX_NAMES), prefix, names_end);
+        self.batch.delete_range_cf(&cf(self.db, ks::CHANGES), prefix, names_end);
+        self.delete(ks::CREDENTIALS, &prefix);
+        self.delete(ks::PRINCIPALS, &prefix);
+        self.delete(ks::ADDRESSES, &ks::address_key(address).expect("resolved above"));
+        Ok(Ok(Outcome::Done))
+    }
+
+    fn create_alias(&mut self, alias: &str, targets: Vec<String>) -> Result<CommandResult> {
+        if targets.is_empty() {
+            return Ok(Err(CommandError::Invalid(format!("alias {alias} needs at least one target"))));
+        }
+        let key = match self.check_new_address(alias)? {
+            Ok(key) => key,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        self.put(ks::ADDRESSES, &key, &AddressTarget::Alias(targets));
+        Ok(Ok(Outcome::Done))
+    }
+
+    fn remove_alias(&mut self, alias: &str) -> Result<CommandResult> {
+        let Some(key) = ks::address_key(alias) else {
+            return Ok(Err(CommandError::not_found("alias", alias)));
+        };
+        match get::<AddressTarget>(self.db, ks::ADDRESSES, &key)? {
+            Some(AddressTarget::Alias(_)) => {
+                self.delete(ks::ADDRESSES, &key);
+                Ok(Ok(Outcome::Done))
+            }
+            _ => Ok(Err(CommandError::not_found("alias", alias))),
+        }
+    }
+
+    fn create_mailbox(&mut self, account_id: u64, name: String, special_use: Option<String>) -> Result<CommandResult> {
+        if name.is_empty() {
+            return Ok(Err(CommandError::Invalid("mailbox name is empty".into())));
+        }
+        if self.account(account_id)?.is_none() {
+            return Ok(Err(CommandError::not_found("account", account_id)));
+        }
+        let name_key = ks::mailbox_name_key(account_id, &name);
+        if get_u64(self.db, ks::MAILBOX_NAMES, &name_key)?.is_some() {
+            return Ok(Err(CommandError::exists("mailbox", name)));
+        }
+        let mailbox_id = self.next_id(ks::META_NEXT_MAILBOX_ID)?;
+        // RFC 9051 §2.3.1.1: UIDVALIDITY must never repeat for a name; mailbox ids are never
+        // reused, so the low bits of the id (plus 1, never zero) are unique enough per name.
+        let uid_validity = (mailbox_id as u32).max(1);
+        self.put_raw(ks::MAILBOX_NAMES, &name_key, mailbox_id.to_be_bytes().to_vec());
+        let mailbox = Mailbox {
+            id: mailbox_id,
+            account_id,
+            name,
+            uid_validity,
+            uid_next: 1,
+            highest_modseq: 1,
+            special_use,
+            message_count: 0,
+            size_bytes: 0,
+        };
+        self.mailboxes.insert((account_id, mailbox_id), mailbox);
+        self.record_change(account_id, Change::MailboxCreated { mailbox_id })?;
+        Ok(Ok(Outcome::MailboxCreated { mailbox_id }))
+    }
+
+    fn deliver(
+        &mut self,
+        blob: BlobId,
+        size: u64,
+        internal_date_ms: u64,
+        flags: Vec<String>,
+        targets: &[DeliveryTarget],
+    ) -> Result<CommandResult> {
+        if self.blob_ref(blob)?.deleting {
+            return Ok(Err(CommandError::Conflict(format!(
+                "blob {blob} is being garbage-collected; store it again and retry"
+            ))));
+        }
+        let flags = normalize_flags(flags);
+        let mut results = Vec::with_capacity(targets.len());
+        for target in targets {
+            let Some(account) = self.account(target.account_id)? else {
+                results.push(DeliveryResult::NoSuchMailbox);
+                continue;
+            };
+            if !account.state.receives_mail() {
+                results.push(DeliveryResult::NotReceiving);
+                continue;
+            }
+            if account.quota_bytes.is_some_and(|quota| account.used_bytes.saturating_add(size) > quota) {
+                results.push(DeliveryResult::OverQuota);
+                continue;
+            }
+            let mailbox_id = match target.mailbox_id {
+                Some(id) => Some(id),
+                None => get_u64(self.db, ks::MAILBOX_NAMES, &ks::mailbox_name_key(target.account_id, INBOX))?,
+            };
+            let Some(mailbox_id) = mailbox_id else {
+                results.push(DeliveryResult::NoSuchMailbox);
+                continue;
+            };
+            let Some(mailbox) = self.mailbox(target.account_id, mailbox_id)? else {
+                results.push(DeliveryResult::NoSuchMailbox);
+                continue;
+            };
+            let uid = mailbox.uid_next;
+            mailbox.uid_next += 1;
+            mailbox.highest_modseq += 1;
+            mailbox.message_count += 1;
+            mailbox.size_bytes += size;
+            let modseq = mailbox.highest_modseq;
+            let account = self.account(target.account_id)?.ok_or_else(|| vanished("account"))?;
+            account.used_bytes += size;
+            account.message_count += 1;
+            let record = MessageRecord { uid, blob, size, internal_date_ms, flags: flags.clone(), modseq };
+            self.put(ks::MESSAGES, &ks::message_key(target.account_id, mailbox_id, uid), &record);
+            let blob_ref = self.blob_ref(blob)?;
+            blob_ref.count += 1;
+            blob_ref.zero_since_ms = None;
+            self.record_change(target.account_id, Change::Added { mailbox_id, uid, modseq })?;
+            results.push(DeliveryResult::Stored { mailbox_id, uid, modseq });
+        }
+        Ok(Ok(Outcome::Delivered { results }))
+    }
+
+    fn set_flags(
+        &mut self,
+        account_id: u64,
+        mailbox_id: u64,
+        uids: &[u32],
+        action: FlagAction,
+        flags: Vec<String>,
+        unchanged_since: Option<u64>,
+    ) -> Result<CommandResult> {
+        let Some(mailbox) = self.mailbox(account_id, mailbox_id)? else {
+            return Ok(Err(CommandError::not_found("mailbox", mailbox_id)));
+        };
+        // RFC 7162 §3.1.3: every message changed by this command gets the same new modseq.
+        let modseq = mailbox.highest_modseq + 1;
+        let flags = normalize_flags(flags);
+        let mut changed = false;
+        let mut failed_unchanged_since = Vec::new();
+        for &uid in uids {
+            let key = ks::message_key(account_id, mailbox_id, uid);
+            let Some(mut record) = get::<MessageRecord>(self.db, ks::MESSAGES, &key)? else { continue };
+            if unchanged_since.is_some_and(|limit| record.modseq > limit) {
+                failed_unchanged_since.push(uid);
+                continue;
+            }
+            let new_flags = match action {
+                FlagAction::Replace => flags.clone(),
+                FlagAction::Add => normalize_flags(record.flags.iter().chain(&flags).cloned().collect()),
+                FlagAction::Remove => record.flags.iter().filter(|flag| !flags.contains(flag)).cloned().collect(),
+            };
+            if new_flags == record.flags {
+                continue;
+            }
+            record.flags = new_flags;
+            record.modseq = modseq;
+            self.put(ks::MESSAGES, &key, &record);
+            self.record_change(account_id, Change::FlagsChanged { mailbox_id, uid, modseq })?;
+            changed = true;
+        }
+        let mailbox = self.mailbox(account_id, mailbox_id)?.ok_or_else(|| vanished("mailbox"))?;
+        if changed {
+            mailbox.highest_modseq = modseq;
+        }
+        Ok(Ok(Outcome::FlagsSet { modseq: mailbox.highest_modseq, modified: failed_unchanged_since }))
+    }
+
+    fn expunge(&mut self, account_id: u64, mailbox_id: u64, uids: &[u32]) -> Result<CommandResult> {
+        let Some(mailbox) = self.mailbox(account_id, mailbox_id)? else {
+            return Ok(Err(CommandError::not_found("mailbox", mailbox_id)));
+        };
+        let modseq = mailbox.highest_modseq + 1;
+        let mut removed = Vec::new();
+        let mut removed_bytes = 0;
+        for &uid in uids {
+            let key = ks::message_key(account_id, mailbox_id, uid);
+            let Some(record) = get::<MessageRecord>(self.db, ks::MESSAGES, &key)? else { continue };
+            if removed.contains(&uid) {
+                continue;
+            }
+            self.delete(ks::MESSAGES, &key);
+            self.release_blob(record.blob)?;
+            self.record_change(account_id, Change::Expunged { mailbox_id, uid, modseq })?;
+            removed_bytes += record.size;
+            removed.push(uid);
+        }
+        if !removed.is_empty() {
+            let count = removed.len() as u64;
+            let mailbox = self.mailbox(account_id, mailbox_id)?.ok_or_else(|| vanished("mailbox"))?;
+            mailbox.highest_modseq = modseq;
+            mailbox.message_count -= count;
+            mailbox.size_bytes -= removed_bytes;
+            let account = self.account(account_id)?.ok_or_else(|| vanished("account"))?;
+            account.message_count -= count;
+            account.used_bytes -= removed_bytes;
+        }
+        Ok(Ok(Outcome::Expunged { uids: removed }))
+    }
+
+    fn claim_blob(&mut self, blob: BlobId, grace_ms: u64) -> Result<CommandResult> {
+        let now_ms = self.now_ms;
+        let record = self.blob_ref(blob)?;
+        let expired = record.zero_since_ms.is_some_and(|since| since.saturating_add(grace_ms) <= now_ms);
+        if record.count > 0 || !expired {
+            return Ok(Err(CommandError::Conflict(format!(
+                "blob {blob} is still referenced or within its grace period"
+            ))));
+        }
+        record.deleting = true;
+        Ok(Ok(Outcome::Done))
+    }
+
+    fn forget_blob(&mut self, blob: BlobId) -> Result<CommandResult> {
+        if !self.blob_ref(blob)?.deleting {
+            return Ok(Err(CommandError::Conflict(format!("blob {blob} was not claimed for deletion"))));
+        }
+        self.blob_refs.remove(&blob);
+        self.delete(ks::BLOB_REFS, blob.as_bytes());
+        Ok(Ok(Outcome::Done))
+    }
+}
+
+/// Sorts and deduplicates flags. System flags compare case-insensitively (RFC 9051 §2.3.2),
+/// so they are stored in their canonical spelling.
+fn normalize_flags(flags: Vec<String>) -> Vec<String> {
+    const SYSTEM: [&str; 5] = ["\\Answered", "\\Deleted", "\\Draft", "\\Flagged", "\\Seen"];
+    let mut flags: Vec<String> = flags
+        .into_iter()
+        .map(|flag| match SYSTEM.iter().find(|system| system.eq_ignore_ascii_case(&flag)) {
+            Some(system) => (*system).to_owned(),
+            None => flag,
+        })
+        .collect();
+    flags.sort();
+    flags.dedup();
+    flags
+}
+
+#[cfg(test)]
+#[path = "state_test.rs"]
+mod tests;

@@ -1,0 +1,246 @@
+use super::*;
+
+fn store() -> (tempfile::TempDir, StateStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::open(dir.path().join("state")).unwrap();
+    (dir, store)
+}
+
+/// Applies commands as one batch, each with the entry index as its raft meta.
+fn apply(store: &StateStore, commands: Vec<Command>) -> Vec<CommandResult> {
+    let entries = commands
+        .into_iter()
+        .enumerate()
+        .map(|(index, command)| ApplyEntry {
+            command: Some(CommandEnvelope::new(command, 1_000 + index as u64).encode()),
+            raft_meta: vec![index as u8],
+        })
+        .collect();
+    store.apply_batch(entries).unwrap()
+}
+
+fn apply_one(store: &StateStore, command: Command) -> CommandResult {
+    apply(store, vec![command]).pop().unwrap()
+}
+
+fn account(address: &str) -> Command {
+    Command::CreateAccount {
+        address: address.into(),
+        display_name: "Test".into(),
+        password_hash: "$argon2id$test".into(),
+        quota_bytes: None,
+        state: AccountState::Active,
+    }
+}
+
+fn deliver(blob: BlobId, size: u64, account_ids: &[u64]) -> Command {
+    Command::Deliver {
+        blob,
+        size,
+        internal_date_ms: 5,
+        flags: vec![],
+        targets: account_ids.iter().map(|&account_id| DeliveryTarget { account_id, mailbox_id: None }).collect(),
+    }
+}
+
+fn setup_two_accounts(store: &StateStore) -> (u64, u64) {
+    let results = apply(
+        store,
+        vec![Command::CreateDomain { name: "example.com".into() }, account("a@example.com"), account("b@example.com")],
+    );
+    let ids: Vec<u64> = results
+        .into_iter()
+        .filter_map(|result| match result.unwrap() {
+            Outcome::AccountCreated { account_id, .. } => Some(account_id),
+            _ => None,
+        })
+        .collect();
+    (ids[0], ids[1])
+}
+
+#[test]
+fn commands_in_one_batch_see_each_other() {
+    let (_dir, store) = store();
+    let (a, b) = setup_two_accounts(&store);
+    assert_ne!(a, b);
+    assert_eq!(store.account_by_address("a@example.com").unwrap().unwrap().id, a);
+    assert_eq!(store.mailboxes(a).unwrap()[0].name, INBOX);
+    assert_eq!(store.raft_meta().unwrap(), Some(vec![2]));
+}
+
+#[test]
+fn refusals_change_nothing_but_advance_the_applied_record() {
+    let (_dir, store) = store();
+    let results = apply(
+        &store,
+        vec![
+            account("x@nowhere.test"),
+            Command::CreateDomain { name: "d.test".into() },
+            Command::CreateDomain { name: "d.test".into() },
+        ],
+    );
+    assert_eq!(results[0], Err(CommandError::not_found("domain", "nowhere.test")));
+    assert_eq!(results[1], Ok(Outcome::Done));
+    assert_eq!(results[2], Err(CommandError::exists("domain", "d.test")));
+    assert_eq!(store.domains().unwrap().len(), 1);
+    assert_eq!(store.addresses(None).unwrap().len(), 0);
+    assert_eq!(store.raft_meta().unwrap(), Some(vec![2]));
+}
+
+#[test]
+fn deliver_assigns_uids_modseqs_and_counts_blob_references() {
+    let (_dir, store) = store();
+    let (a, b) = setup_two_accounts(&store);
+    let blob = BlobId::of(b"message one");
+    let results = apply(&store, vec![deliver(blob, 11, &[a, b]), deliver(blob, 11, &[a])]);
+    let Ok(Outcome::Delivered { results: first }) = &results[0] else { panic!("{results:?}") };
+    assert!(matches!(first[0], DeliveryResult::Stored { uid: 1, modseq: 2, .. }), "{first:?}");
+    assert!(matches!(first[1], DeliveryResult::Stored { uid: 1, .. }));
+    let Ok(Outcome::Delivered { results: second }) = &results[1] else { panic!() };
+    assert!(matches!(second[0], DeliveryResult::Stored { uid: 2, modseq: 3, .. }));
+    assert_eq!(store.blob_ref(&blob).unwrap().unwrap().count, 3);
+    let account_a = store.account(a).unwrap().unwrap();
+    assert_eq!((account_a.used_bytes, account_a.message_count), (22, 2));
+    let inbox = store.mailbox_by_name(a, INBOX).unwrap().unwrap();
+    assert_eq!((inbox.uid_next, inbox.highest_modseq, inbox.message_count), (3, 3, 2));
+}
+
+#[test]
+fn quota_and_state_are_checked_per_target() {
+    let (_dir, store) = store();
+    let (a, b) = setup_two_accounts(&store);
+    apply(
+        &store,
+        vec![
+            Command::UpdateAccount {
+                address: "a@example.com".into(),
+                display_name: None,
+                password_hash: None,
+                quota_bytes: Some(Some(10)),
+                state: None,
+            },
+            Command::UpdateAccount {
+                address: "b@example.com".into(),
+                display_name: None,
+                password_hash: None,
+                quota_bytes: None,
+                state: Some(AccountState::Disabled),
+            },
+        ],
+    );
+    let result = apply_one(&store, deliver(BlobId::of(b"big"), 11, &[a, b, 999]));
+    assert_eq!(
+        result,
+        Ok(Outcome::Delivered {
+            results: vec![DeliveryResult::OverQuota, DeliveryResult::NotReceiving, DeliveryResult::NoSuchMailbox]
+        })
+    );
+    assert_eq!(
+        store
+            .blob_ref(&BlobId::of(b"big"))
+            .unwrap()
+            .unwrap_or(BlobRef { count: 0, zero_since_ms: None, deleting: false })
+            .count,
+        0
+    );
+}
+
+#[test]
+fn flags_and_unchanged_since_follow_condstore() {
+    let (_dir, store) = store();
+    let (a, _) = setup_two_accounts(&store);
+    let inbox = store.mailbox_by_name(a, INBOX).unwrap().unwrap().id;
+    apply(&store, vec![deliver(BlobId::of(b"1"), 1, &[a]), deliver(BlobId::of(b"2"), 1, &[a])]);
+    let set = |uids: Vec<u32>, action, flags: &[&str], unchanged_since| Command::SetFlags {
+        account_id: a,
+        mailbox_id: inbox,
+        uids,
+        action,
+        flags: flags.iter().map(|flag| flag.to_string()).collect(),
+        unchanged_since,
+    };
+    let result = apply_one(&store, set(vec![1, 2], FlagAction::Add, &["\\seen", "$Label"], None));
+    assert_eq!(result, Ok(Outcome::FlagsSet { modseq: 4, modified: vec![] }));
+    let messages = store.messages(a, inbox).unwrap();
+    assert_eq!(messages[0].flags, vec!["$Label".to_string(), "\\Seen".to_string()]);
+    assert_eq!(messages[0].modseq, 4);
+    // UID 1 changed at modseq 4 > 3, so it fails the test; UID 2 too. Nothing changes.
+    let result = apply_one(&store, set(vec![1, 2], FlagAction::Remove, &["\\Seen"], Some(3)));
+    assert_eq!(result, Ok(Outcome::FlagsSet { modseq: 4, modified: vec![1, 2] }));
+    let result = apply_one(&store, set(vec![2], FlagAction::Replace, &[], Some(4)));
+    assert_eq!(result, Ok(Outcome::FlagsSet { modseq: 5, modified: vec![] }));
+    assert!(store.messages(a, inbox).unwrap()[1].flags.is_empty());
+}
+
+#[test]
+fn expunge_and_account_removal_release_blobs() {
+    let (_dir, store) = store();
+    let (a, b) = setup_two_accounts(&store);
+    let blob = BlobId::of(b"shared");
+    apply_one(&store, deliver(blob, 6, &[a, b])).unwrap();
+    let inbox_a = store.mailbox_by_name(a, INBOX).unwrap().unwrap().id;
+    let result = apply_one(&store, Command::Expunge { account_id: a, mailbox_id: inbox_a, uids: vec![1, 1, 7] });
+    assert_eq!(result, Ok(Outcome::Expunged { uids: vec![1] }));
+    assert_eq!(store.blob_ref(&blob).unwrap().unwrap().count, 1);
+    assert_eq!(store.account(a).unwrap().unwrap().used_bytes, 0);
+    apply_one(&store, Command::RemoveAccount { address: "b@example.com".into() }).unwrap();
+    let record = store.blob_ref(&blob).unwrap().unwrap();
+    assert_eq!((record.count, record.zero_since_ms.is_some()), (0, true));
+    assert!(store.account(b).unwrap().is_none());
+    assert!(store.resolve_address("b@example.com").unwrap().is_none());
+    assert!(store.mailboxes(b).unwrap().is_empty());
+    // The domain still has account a.
+    assert!(matches!(
+        apply_one(&store, Command::RemoveDomain { name: "example.com".into() }),
+        Err(CommandError::Conflict(_))
+    ));
+}
+
+#[test]
+fn garbage_collection_claims_only_expired_unreferenced_blobs() {
+    let (_dir, store) = store();
+    let (a, _) = setup_two_accounts(&store);
+    let blob = BlobId::of(b"gc");
+    apply_one(&store, deliver(blob, 2, &[a])).unwrap();
+    let claim = Command::ClaimBlobForDeletion { blob, grace_ms: 0 };
+    assert!(matches!(apply_one(&store, claim.clone()), Err(CommandError::Conflict(_))));
+    let inbox = store.mailbox_by_name(a, INBOX).unwrap().unwrap().id;
+    apply_one(&store, Command::Expunge { account_id: a, mailbox_id: inbox, uids: vec![1] }).unwrap();
+    assert_eq!(store.unreferenced_blobs(u64::MAX, 10).unwrap(), vec![blob]);
+    assert!(matches!(
+        apply_one(&store, Command::ClaimBlobForDeletion { blob, grace_ms: 1_000_000 }),
+        Err(CommandError::Conflict(_))
+    ));
+    assert_eq!(apply_one(&store, claim), Ok(Outcome::Done));
+    // A delivery racing the deletion is refused rather than pointing at a vanishing body.
+    assert!(matches!(apply_one(&store, deliver(blob, 2, &[a])), Err(CommandError::Conflict(_))));
+    assert_eq!(apply_one(&store, Command::ForgetBlob { blob }), Ok(Outcome::Done));
+    assert!(store.blob_ref(&blob).unwrap().is_none());
+}
+
+#[test]
+fn checkpoint_restores_into_a_new_generation() {
+    let (dir, store) = store();
+    setup_two_accounts(&store);
+    let checkpoint = dir.path().join("state").join("snapshot-staging");
+    assert_eq!(store.checkpoint(&checkpoint).unwrap(), Some(vec![2]));
+    apply_one(&store, Command::CreateDomain { name: "later.test".into() }).unwrap();
+    assert_eq!(store.domains().unwrap().len(), 2);
+    store.restore(&checkpoint).unwrap();
+    assert_eq!(store.domains().unwrap().len(), 1);
+    assert_eq!(store.raft_meta().unwrap(), Some(vec![2]));
+    drop(store);
+    let reopened = StateStore::open(dir.path().join("state")).unwrap();
+    assert_eq!(reopened.domains().unwrap().len(), 1);
+    assert!(reopened.account_by_address("a@example.com").unwrap().is_some());
+}
+
+#[test]
+fn a_command_from_a_newer_release_stops_apply() {
+    let (_dir, store) = store();
+    let mut bytes = CommandEnvelope::new(Command::CreateDomain { name: "x.test".into() }, 1).encode();
+    bytes[0..2].copy_from_slice(&u16::MAX.to_be_bytes());
+    let error = store.apply_batch(vec![ApplyEntry { command: Some(bytes), raft_meta: vec![1] }]).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Corrupt);
+    assert_eq!(store.raft_meta().unwrap(), None, "nothing applied");
+}
