@@ -1,1 +1,279 @@
-//! placeholder
+//! wmail-consensus replicates an opaque state machine with openraft.
+//!
+//! ```text
+//!  propose(bytes) ──► Raft (openraft) ──► LogStore (RocksDB, group-committed fsync)
+//!                        │    ▲
+//!             Transport  │    │ committed entries
+//!        (QUIC / router) ▼    │
+//!                     peers   └──► StateMachineStore ──► ReplicatedState::apply (the app)
+//! ```
+//! It knows nothing of mail: commands and responses are bytes, the state machine is any
+//! [`ReplicatedState`], the network any [`Transport`].
+
+mod log_store;
+mod network;
+mod state_machine;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use log_store::LogStore;
+pub use network::{
+    InMemoryRouter, NetworkFactory, RaftRpc, RaftRpcReply, Transport, TransportError, TransportFuture, handle_rpc,
+};
+use openraft::error::{ClientWriteError, RaftError};
+pub use openraft::{BasicNode, RaftMetrics, ServerState};
+use serde::{Deserialize, Serialize};
+pub use state_machine::{ReplicatedState, StateEntry, StateMachineStore};
+
+/// A node's id in the cluster.
+pub type NodeId = u64;
+
+/// An opaque application command as stored in the Raft log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request(pub Vec<u8>);
+
+/// An opaque application response to one applied [`Request`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response(pub Vec<u8>);
+
+impl std::fmt::Display for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "request({} bytes)", self.0.len())
+    }
+}
+
+openraft::declare_raft_types!(
+    /// openraft's type configuration for wmail.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = NodeId,
+        Node = BasicNode,
+        SnapshotData = tokio::fs::File,
+);
+
+/// The Raft handle type.
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// Settings of the consensus layer of one node.
+#[derive(Debug, Clone)]
+pub struct ConsensusConfig {
+    /// This node's id.
+    pub node_id: NodeId,
+    /// The address peers reach this node at (for membership records).
+    pub advertise_addr: String,
+    /// Directory of the Raft log database.
+    pub log_dir: PathBuf,
+    /// Directory of snapshots; same filesystem as the application state.
+    pub snapshot_dir: PathBuf,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// Number of applied entries after which a snapshot is taken and the log purged.
+    pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot, so slightly lagging followers catch up from the
+    /// log instead of a snapshot.
+    pub logs_kept_after_snapshot: u64,
+}
+
+impl ConsensusConfig {
+    /// Defaults for a node whose data lives under `data_dir`.
+    pub fn new(node_id: NodeId, advertise_addr: impl Into<String>, data_dir: &std::path::Path) -> Self {
+        Self {
+            node_id,
+            advertise_addr: advertise_addr.into(),
+            log_dir: data_dir.join("raft"),
+            snapshot_dir: data_dir.join("snapshots"),
+            heartbeat: Duration::from_millis(150),
+            snapshot_every: 20_000,
+            logs_kept_after_snapshot: 1_000,
+        }
+    }
+
+    /// Checks the settings for mistakes an operator can make.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.node_id == 0 {
+            return Err("node_id must be 1 or greater".into());
+        }
+        if self.heartbeat.is_zero() {
+            return Err("heartbeat must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// Why a proposal did not produce a result.
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    /// This node is not the leader; the caller should forward to `leader` (if known).
+    #[error("this node is not the leader (leader: {leader:?})")]
+    ForwardToLeader {
+        /// The current leader's id and address, if known.
+        leader: Option<(NodeId, String)>,
+    },
+    /// The node cannot make progress (shutting down, or a fatal storage error).
+    #[error("consensus unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Why starting consensus failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The log database could not be opened.
+    #[error("cannot open the raft log at {path}: {source}")]
+    Log {
+        /// Its directory.
+        path: PathBuf,
+        /// The cause.
+        source: rocksdb::Error,
+    },
+    /// Other I/O failed (the snapshot directory).
+    #[error("cannot prepare {path}: {source}")]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// openraft refused the configuration or failed to start.
+    #[error("raft failed to start: {0}")]
+    Raft(String),
+}
+
+/// A running consensus member: propose commands, wait for reads, watch metrics.
+#[derive(Clone)]
+pub struct Consensus {
+    raft: Raft,
+    config: Arc<ConsensusConfig>,
+    /// The last log index when the node started: ready once applied up to it.
+    startup_log_index: Option<u64>,
+}
+
+impl std::fmt::Debug for Consensus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consensus").field("node_id", &self.config.node_id).finish()
+    }
+}
+
+impl Consensus {
+    /// Opens the log and starts Raft over `state`, talking to peers through `transport`.
+    pub async fn open<S: ReplicatedState>(
+        config: ConsensusConfig,
+        state: Arc<S>,
+        transport: Arc<dyn Transport>,
+    ) -> Result<Self, OpenError> {
+        config.validate().map_err(OpenError::Raft)?;
+        std::fs::create_dir_all(&config.log_dir)
+            .map_err(|source| OpenError::Io { path: config.log_dir.clone(), source })?;
+        let log_store = LogStore::open(&config.log_dir)
+            .map_err(|source| OpenError::Log { path: config.log_dir.clone(), source })?;
+        let state_machine = StateMachineStore::new(state, config.snapshot_dir.clone())
+            .map_err(|source| OpenError::Io { path: config.snapshot_dir.clone(), source })?;
+        let heartbeat = config.heartbeat.as_millis() as u64;
+        let raft_config = openraft::Config {
+            cluster_name: "wmail".into(),
+            heartbeat_interval: heartbeat,
+            election_timeout_min: heartbeat * 4,
+            election_timeout_max: heartbeat * 8,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            max_in_snapshot_log_to_keep: config.logs_kept_after_snapshot,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| OpenError::Raft(e.to_string()))?;
+        let raft =
+            Raft::new(config.node_id, Arc::new(raft_config), NetworkFactory::new(transport), log_store, state_machine)
+                .await
+                .map_err(|e| OpenError::Raft(e.to_string()))?;
+        let startup_log_index = raft.metrics().borrow().last_log_index;
+        Ok(Self { raft, config: Arc::new(config), startup_log_index })
+    }
+
+    /// Returns the openraft handle (for the transport's receiving side and tests).
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.config.node_id
+    }
+
+    /// Makes this node a one-node cluster if it has never been part of one. Returns whether
+    /// it initialised now.
+    pub async fn initialize_single_node(&self) -> Result<bool, ProposeError> {
+        let initialized = self.raft.is_initialized().await.map_err(|e| ProposeError::Unavailable(e.to_string()))?;
+        if initialized {
+            return Ok(false);
+        }
+        let members = BTreeMap::from([(self.config.node_id, BasicNode::new(&self.config.advertise_addr))]);
+        self.raft.initialize(members).await.map_err(|e| ProposeError::Unavailable(e.to_string()))?;
+        Ok(true)
+    }
+
+    /// Proposes one command and returns its response once it is committed (durable on a
+    /// majority) and applied on this node. Concurrent proposals share log appends and fsyncs.
+    pub async fn propose(&self, command: Vec<u8>) -> Result<Vec<u8>, ProposeError> {
+        match self.raft.client_write(Request(command)).await {
+            Ok(response) => Ok(response.data.0),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Err(ProposeError::ForwardToLeader {
+                    leader: forward.leader_id.zip(forward.leader_node.map(|node| node.addr)),
+                })
+            }
+            Err(error) => Err(ProposeError::Unavailable(error.to_string())),
+        }
+    }
+
+    /// Waits until this node has applied everything committed when the call was made, as
+    /// confirmed by the leader (a read-index barrier); reads after it see every write
+    /// acknowledged before it.
+    pub async fn read_barrier(&self) -> Result<(), ProposeError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(forward))) => {
+                Err(ProposeError::ForwardToLeader {
+                    leader: forward.leader_id.zip(forward.leader_node.map(|n| n.addr)),
+                })
+            }
+            Err(error) => Err(ProposeError::Unavailable(error.to_string())),
+        }
+    }
+
+    /// Returns the current Raft metrics.
+    pub fn metrics(&self) -> RaftMetrics<NodeId, BasicNode> {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// Returns whether the node knows a leader and has replayed the log it had at startup.
+    pub fn is_ready(&self) -> bool {
+        let metrics = self.metrics();
+        metrics.current_leader.is_some() && metrics.last_applied.map(|id| id.index) >= self.startup_log_index
+    }
+
+    /// Waits up to `timeout` for [`Self::is_ready`].
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let mut watch = self.raft.metrics();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.is_ready() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, watch.changed()).await.is_err() {
+                return self.is_ready();
+            }
+        }
+    }
+
+    /// Stops Raft, letting in-flight log writes finish.
+    pub async fn shutdown(&self) {
+        if let Err(error) = self.raft.shutdown().await {
+            tracing::warn!(%error, "raft shutdown reported an error");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
