@@ -1,1 +1,430 @@
-//! placeholder
+//! wmail-core is the mail logic of a node, with no protocol syntax: accounts, domains,
+//! aliases, authentication and delivery. Protocol crates and the HTTP API call it; it is
+//! the only gateway to storage and consensus.
+//!
+//! Every change is a [`Command`] proposed through consensus; [`Core::execute`] returns once
+//! the command is committed and applied on this node. Reads come from the local state.
+
+mod address;
+mod error;
+pub mod password;
+mod replicated;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use address::{normalize_address, normalize_domain};
+use bytes::Bytes;
+pub use error::{CoreError, ErrorCode, Result};
+use futures::Stream;
+pub use replicated::ReplicatedMailState;
+pub use wmail_consensus::{BasicNode, NodeId, RaftMetrics, ServerState};
+use wmail_consensus::{Consensus, ConsensusConfig, InMemoryRouter, ProposeError};
+pub use wmail_storage::{
+    Account, AccountState, AddressTarget, BlobBackend, BlobId, Command, DeliveryResult, DeliveryTarget, Domain,
+    Mailbox, MessageRecord, Outcome, S3Config,
+};
+use wmail_storage::{BlobStore, CommandEnvelope, StateStore};
+
+/// Settings core needs to start.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// The node's data directory (state, raft log, snapshots, local blobs).
+    pub data_dir: PathBuf,
+    /// This node's id in the cluster.
+    pub node_id: NodeId,
+    /// The cluster address peers use for this node.
+    pub advertise_addr: String,
+    /// Where message bodies live.
+    pub blob_backend: BlobBackend,
+    /// How long an unreferenced blob is kept before garbage collection deletes it.
+    pub blob_gc_grace: Duration,
+}
+
+/// What to create in [`Core::create_account`].
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    /// Primary address.
+    pub address: String,
+    /// Clear-text password (hashed here with argon2id).
+    pub password: String,
+    /// Display name.
+    pub display_name: String,
+    /// Quota in bytes; `None` for unlimited.
+    pub quota_bytes: Option<u64>,
+    /// Initial state.
+    pub state: AccountState,
+}
+
+/// Changes to an account; `None` fields stay as they are.
+#[derive(Debug, Clone, Default)]
+pub struct AccountChanges {
+    /// New clear-text password.
+    pub password: Option<String>,
+    /// New display name.
+    pub display_name: Option<String>,
+    /// New quota (`Some(None)` removes it).
+    pub quota_bytes: Option<Option<u64>>,
+    /// New state.
+    pub state: Option<AccountState>,
+}
+
+/// The outcome of delivering one message to one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientResult {
+    /// The recipient as given.
+    pub recipient: String,
+    /// What happened.
+    pub result: std::result::Result<DeliveryResult, CoreError>,
+}
+
+/// A running node's mail logic.
+pub struct Core {
+    state: Arc<StateStore>,
+    blobs: BlobStore,
+    consensus: Consensus,
+    config: CoreConfig,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core").field("node_id", &self.config.node_id).finish()
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn unavailable(error: ProposeError) -> CoreError {
+    match error {
+        ProposeError::ForwardToLeader { leader } => CoreError::new(
+            ErrorCode::Unavailable,
+            format!("this node is not the cluster leader (leader: {leader:?}); retry on the leader"),
+        ),
+        ProposeError::Unavailable(reason) => {
+            CoreError::new(ErrorCode::Unavailable, format!("consensus unavailable: {reason}; retry shortly"))
+        }
+    }
+}
+
+impl Core {
+    /// Opens storage, starts consensus and, on a node that was never part of a cluster,
+    /// initialises a one-node cluster. Returns once the node has replayed its log.
+    pub async fn start(config: CoreConfig) -> Result<Arc<Self>> {
+        let state_dir = config.data_dir.join("state");
+        let state = Arc::new(
+            tokio::task::spawn_blocking(move || StateStore::open(state_dir))
+                .await
+                .map_err(|e| CoreError::internal("opening the state", e))?
+                .map_err(|e| CoreError::internal("opening the state", e))?,
+        );
+        let blobs =
+            BlobStore::open(&config.blob_backend).map_err(|e| CoreError::internal("opening the blob store", e))?;
+        let consensus_config = ConsensusConfig::new(config.node_id, &config.advertise_addr, &config.data_dir);
+        // The cluster transport arrives with the cluster issue; a one-node cluster sends no RPCs.
+        let transport = InMemoryRouter::default().transport_for(config.node_id);
+        let consensus = Consensus::open(consensus_config, Arc::new(ReplicatedMailState(state.clone())), transport)
+            .await
+            .map_err(|e| CoreError::internal("starting consensus", e))?;
+        if consensus.initialize_single_node().await.map_err(unavailable)? {
+            tracing::info!(node_id = config.node_id, "initialised a new one-node cluster");
+        }
+        if !consensus.wait_ready(Duration::from_secs(60)).await {
+            return Err(CoreError::new(ErrorCode::Unavailable, "consensus did not become ready within 60 s"));
+        }
+        let core = Arc::new(Self { state, blobs, consensus, config });
+        tokio::spawn(blob_gc_worker(Arc::downgrade(&core)));
+        Ok(core)
+    }
+
+    /// Proposes `command` and returns its outcome once committed and applied here.
+    pub async fn execute(&self, command: Command) -> Result<Outcome> {
+        let envelope = CommandEnvelope::new(command, now_ms());
+        let response = self.consensus.propose(envelope.encode()).await.map_err(unavailable)?;
+        let result = replicated::decode_result(&response)
+            .ok_or_else(|| CoreError::internal("decoding a command result", "undecodable response"))?;
+        Ok(result?)
+    }
+
+    /// Returns whether the node knows a leader and has applied its log.
+    pub fn is_ready(&self) -> bool {
+        self.consensus.is_ready()
+    }
+
+    /// Returns the Raft metrics of this node.
+    pub fn raft_metrics(&self) -> RaftMetrics<NodeId, BasicNode> {
+        self.consensus.metrics()
+    }
+
+    /// Waits until reads here see every write acknowledged anywhere before the call.
+    pub async fn read_barrier(&self) -> Result<()> {
+        self.consensus.read_barrier().await.map_err(unavailable)
+    }
+
+    /// Stops consensus; in-flight proposals finish or fail.
+    pub async fn shutdown(&self) {
+        self.consensus.shutdown().await;
+    }
+
+    // ----- domains -----
+
+    /// Adds a local domain.
+    pub async fn create_domain(&self, name: &str) -> Result<Domain> {
+        let name = normalize_domain(name)?;
+        self.execute(Command::CreateDomain { name: name.clone() }).await?;
+        self.domain(&name)?.ok_or_else(|| CoreError::internal("reading a created domain", &name))
+    }
+
+    /// Removes a domain that has no accounts or aliases left.
+    pub async fn remove_domain(&self, name: &str) -> Result<()> {
+        let name = normalize_domain(name)?;
+        self.execute(Command::RemoveDomain { name }).await.map(drop)
+    }
+
+    /// Returns a domain.
+    pub fn domain(&self, name: &str) -> Result<Option<Domain>> {
+        Ok(self.state.domain(&normalize_domain(name)?)?)
+    }
+
+    /// Lists domains.
+    pub fn domains(&self) -> Result<Vec<Domain>> {
+        Ok(self.state.domains()?)
+    }
+
+    // ----- accounts -----
+
+    /// Creates an account (and its INBOX).
+    pub async fn create_account(&self, new: NewAccount) -> Result<Account> {
+        let address = normalize_address(&new.address)?;
+        password::check_policy(&new.password)?;
+        let password_hash = password::hash(new.password).await?;
+        self.execute(Command::CreateAccount {
+            address: address.clone(),
+            display_name: new.display_name,
+            password_hash,
+            quota_bytes: new.quota_bytes,
+            state: new.state,
+        })
+        .await?;
+        self.account(&address)?.ok_or_else(|| CoreError::internal("reading a created account", &address))
+    }
+
+    /// Changes an account.
+    pub async fn update_account(&self, address: &str, changes: AccountChanges) -> Result<Account> {
+        let address = normalize_address(address)?;
+        let password_hash = match changes.password {
+            Some(password) => {
+                password::check_policy(&password)?;
+                Some(password::hash(password).await?)
+            }
+            None => None,
+        };
+        self.execute(Command::UpdateAccount {
+            address: address.clone(),
+            display_name: changes.display_name,
+            password_hash,
+            quota_bytes: changes.quota_bytes,
+            state: changes.state,
+        })
+        .await?;
+        self.account(&address)?.ok_or_else(|| CoreError::internal("reading an updated account", &address))
+    }
+
+    /// Removes an account with all its mail.
+    pub async fn remove_account(&self, address: &str) -> Result<()> {
+        let address = normalize_address(address)?;
+        self.execute(Command::RemoveAccount { address }).await.map(drop)
+    }
+
+    /// Returns the account whose primary address is `address`.
+    pub fn account(&self, address: &str) -> Result<Option<Account>> {
+        Ok(self.state.account_by_address(&normalize_address(address)?)?)
+    }
+
+    /// Lists accounts, of one domain or all.
+    pub fn accounts(&self, domain: Option<&str>) -> Result<Vec<Account>> {
+        let domain = domain.map(normalize_domain).transpose()?;
+        let mut accounts = Vec::new();
+        for (_, target) in self.state.addresses(domain.as_deref())? {
+            if let AddressTarget::Account(id) = target
+                && let Some(account) = self.state.account(id)?
+            {
+                accounts.push(account);
+            }
+        }
+        Ok(accounts)
+    }
+
+    /// Checks a password; returns the account if it matches and the account may log in.
+    /// The error never says which part was wrong.
+    pub async fn authenticate(&self, address: &str, password: &str) -> Result<Account> {
+        let denied = || CoreError::new(ErrorCode::Unauthorized, "authentication failed");
+        let Ok(address) = normalize_address(address) else { return Err(denied()) };
+        let account = self.state.account_by_address(&address)?;
+        let credentials = match &account {
+            Some(account) => self.state.credentials(account.id)?,
+            None => None,
+        };
+        let matches = password::verify(password.to_owned(), credentials.map(|c| c.password_hash)).await;
+        match account {
+            Some(account) if matches && account.state.may_log_in() => Ok(account),
+            _ => Err(denied()),
+        }
+    }
+
+    // ----- aliases -----
+
+    /// Creates an alias forwarding to `targets`.
+    pub async fn create_alias(&self, alias: &str, targets: &[String]) -> Result<()> {
+        let alias = normalize_address(alias)?;
+        let targets = targets.iter().map(|target| normalize_address(target)).collect::<Result<Vec<_>>>()?;
+        self.execute(Command::CreateAlias { alias, targets }).await.map(drop)
+    }
+
+    /// Removes an alias.
+    pub async fn remove_alias(&self, alias: &str) -> Result<()> {
+        let alias = normalize_address(alias)?;
+        self.execute(Command::RemoveAlias { alias }).await.map(drop)
+    }
+
+    /// Lists aliases with their targets, of one domain or all.
+    pub fn aliases(&self, domain: Option<&str>) -> Result<Vec<(String, Vec<String>)>> {
+        let domain = domain.map(normalize_domain).transpose()?;
+        Ok(self
+            .state
+            .addresses(domain.as_deref())?
+            .into_iter()
+            .filter_map(|(address, target)| match target {
+                AddressTarget::Alias(targets) => Some((address, targets)),
+                AddressTarget::Account(_) => None,
+            })
+            .collect())
+    }
+
+    // ----- mail -----
+
+    /// Resolves a recipient to local accounts, following aliases (each account once).
+    pub fn resolve_recipient(&self, recipient: &str) -> Result<Vec<u64>> {
+        let mut accounts = Vec::new();
+        let mut pending = vec![normalize_address(recipient)?];
+        let mut seen = std::collections::HashSet::new();
+        while let Some(address) = pending.pop() {
+            if !seen.insert(address.clone()) || seen.len() > 1_000 {
+                continue;
+            }
+            match self.state.resolve_address(&address)? {
+                Some(AddressTarget::Account(id)) if !accounts.contains(&id) => accounts.push(id),
+                Some(AddressTarget::Alias(targets)) => pending.extend(targets),
+                _ => {}
+            }
+        }
+        Ok(accounts)
+    }
+
+    /// Stores a message body once and files it into the INBOX of every recipient, with one
+    /// replicated command. Returns when the delivery is committed and applied.
+    pub async fn deliver<S>(&self, recipients: &[String], body: S) -> Result<Vec<RecipientResult>>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send,
+    {
+        let mut plan = Vec::new();
+        let mut targets = Vec::new();
+        for recipient in recipients {
+            let accounts = match self.resolve_recipient(recipient) {
+                Ok(accounts) if accounts.is_empty() => {
+                    Err(CoreError::new(ErrorCode::NotFound, format!("no local mailbox for {recipient}")))
+                }
+                other => other,
+            };
+            let first_target = targets.len();
+            if let Ok(accounts) = &accounts {
+                targets.extend(accounts.iter().map(|&account_id| DeliveryTarget { account_id, mailbox_id: None }));
+            }
+            plan.push((recipient.clone(), accounts.map(|_| first_target)));
+        }
+        if targets.is_empty() {
+            return Ok(plan
+                .into_iter()
+                .map(|(recipient, planned)| RecipientResult { recipient, result: planned.map(|_| unreachable!()) })
+                .collect());
+        }
+        let stored = self.blobs.put_stream(body).await.map_err(|e| CoreError::internal("storing a message body", e))?;
+        let outcome = self
+            .execute(Command::Deliver {
+                blob: stored.id,
+                size: stored.size,
+                internal_date_ms: now_ms(),
+                flags: Vec::new(),
+                targets,
+            })
+            .await?;
+        let Outcome::Delivered { results } = outcome else {
+            return Err(CoreError::internal("delivering", format!("unexpected outcome {outcome:?}")));
+        };
+        Ok(plan
+            .into_iter()
+            .map(|(recipient, planned)| RecipientResult {
+                recipient,
+                // The first account of a recipient stands for it (aliases fan out further).
+                result: planned.map(|index| results[index]),
+            })
+            .collect())
+    }
+
+    /// Lists the messages of an account's mailbox (INBOX when `mailbox` is `None`).
+    pub fn messages(&self, address: &str, mailbox: Option<&str>) -> Result<Vec<MessageRecord>> {
+        let account = self
+            .account(address)?
+            .ok_or_else(|| CoreError::new(ErrorCode::NotFound, format!("account {address} does not exist")))?;
+        let name = mailbox.unwrap_or(wmail_storage::INBOX);
+        let mailbox = self
+            .state
+            .mailbox_by_name(account.id, name)?
+            .ok_or_else(|| CoreError::new(ErrorCode::NotFound, format!("mailbox {name} does not exist")))?;
+        Ok(self.state.messages(account.id, mailbox.id)?)
+    }
+
+    /// Reads a message body.
+    pub async fn read_blob(&self, blob: &BlobId) -> Result<Bytes> {
+        self.blobs.read_all(blob).await.map_err(|e| CoreError::internal("reading a message body", e))
+    }
+
+    /// Runs one round of blob garbage collection (leader only); returns how many blobs it
+    /// deleted.
+    pub async fn collect_blob_garbage(&self) -> Result<usize> {
+        if self.consensus.metrics().state != ServerState::Leader {
+            return Ok(0);
+        }
+        let grace_ms = self.config.blob_gc_grace.as_millis() as u64;
+        let candidates = self.state.unreferenced_blobs(now_ms().saturating_sub(grace_ms), 1_000)?;
+        let mut deleted = 0;
+        for blob in candidates {
+            // Claim first: a delivery that re-references the blob afterwards is refused, so
+            // deleting the object cannot orphan a message.
+            if self.execute(Command::ClaimBlobForDeletion { blob, grace_ms }).await.is_err() {
+                continue;
+            }
+            self.blobs.delete(&blob).await.map_err(|e| CoreError::internal("deleting a blob", e))?;
+            self.execute(Command::ForgetBlob { blob }).await?;
+            deleted += 1;
+        }
+        Ok(deleted)
+    }
+}
+
+async fn blob_gc_worker(core: std::sync::Weak<Core>) {
+    let mut interval = tokio::time::interval(Duration::from_secs(600));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let Some(core) = core.upgrade() else { return };
+        match core.collect_blob_garbage().await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "blob garbage collection deleted unreferenced blobs"),
+            Err(error) => tracing::warn!(%error, "blob garbage collection failed; retrying later"),
+        }
+    }
+}

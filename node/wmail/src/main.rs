@@ -1,1 +1,319 @@
-fn main() {}
+//! `wmail`: runs a mail server node (`wmail serve`) and administers one (`wmail domain`,
+//! `wmail account`, ...). See `wmail --help`.
+
+mod admin;
+mod config;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use reqwest::Method;
+use serde_json::json;
+
+use crate::admin::{AdminClient, account_line, new_account_body, parse_size, read_password};
+use crate::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "wmail",
+    version,
+    about = "wmail: a clustered mail server",
+    after_help = "Start a node with `wmail serve`, then `wmail domain add example.com`."
+)]
+struct Cli {
+    /// Admin API of the node to administer.
+    #[arg(long, global = true, env = "WMAIL_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// Admin token (default: the admin-token file in --data-dir).
+    #[arg(long, global = true, env = "WMAIL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Data directory (for `serve`, and to find the admin token).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node (no flags: a one-node cluster in ./wmail-data).
+    #[command(after_help = "Example: wmail serve --config /etc/wmail/wmail.toml")]
+    Serve {
+        /// Config file (TOML); see `wmail config example`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print or check configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Manage local domains.
+    #[command(subcommand)]
+    Domain(DomainCommand),
+    /// Manage accounts.
+    #[command(subcommand)]
+    Account(AccountCommand),
+    /// Manage aliases.
+    #[command(subcommand)]
+    Alias(AliasCommand),
+    /// Inspect the cluster.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print a fully commented config file with the defaults.
+    Example,
+    /// Validate a config file and say what is wrong and where.
+    #[command(after_help = "Example: wmail config check /etc/wmail/wmail.toml")]
+    Check { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum DomainCommand {
+    /// Add a local domain.
+    #[command(after_help = "Example: wmail domain add example.com")]
+    Add { name: String },
+    /// List local domains.
+    List,
+    /// Remove a domain (it must have no accounts or aliases left).
+    #[command(after_help = "Example: wmail domain remove example.com")]
+    Remove { name: String },
+}
+
+#[derive(Subcommand)]
+enum AccountCommand {
+    /// Create an account; without --password-stdin a password is generated and printed.
+    #[command(
+        after_help = "Example: echo 'long secret' | wmail account add alice@example.com --password-stdin --quota 2G --name \"Alice Smith\""
+    )]
+    Add {
+        address: String,
+        /// Read the password from the first line of stdin.
+        #[arg(long)]
+        password_stdin: bool,
+        /// Quota, e.g. 500M or 2G (default: unlimited).
+        #[arg(long, value_parser = parse_size)]
+        quota: Option<u64>,
+        /// Display name.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List accounts, of one domain or all.
+    List { domain: Option<String> },
+    /// Show one account.
+    Show { address: String },
+    /// Remove an account and all its mail.
+    Remove { address: String },
+    /// Change an account's password.
+    #[command(after_help = "Example: echo 'new secret' | wmail account passwd alice@example.com --password-stdin")]
+    Passwd {
+        address: String,
+        /// Read the password from the first line of stdin.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AliasCommand {
+    /// Create an alias that forwards to one or more addresses.
+    #[command(after_help = "Example: wmail alias add sales@example.com alice@example.com bob@example.com")]
+    Add {
+        alias: String,
+        #[arg(required = true)]
+        targets: Vec<String>,
+    },
+    /// Remove an alias.
+    Remove { alias: String },
+    /// List aliases, of one domain or all.
+    List { domain: Option<String> },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Show this node's view of the cluster.
+    Status,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WMAIL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let data_dir = cli.data_dir.clone();
+    let client = || {
+        AdminClient::new(
+            cli.server.clone(),
+            cli.token.clone(),
+            data_dir.clone().unwrap_or_else(|| PathBuf::from("./wmail-data")),
+            cli.json,
+        )
+    };
+    match cli.command {
+        Command::Serve { config } => {
+            let mut config = Config::load(config.as_deref())?;
+            if let Some(data_dir) = data_dir {
+                config.server.data_dir = data_dir;
+            }
+            serve::run(config).await
+        }
+        Command::Config(ConfigCommand::Example) => {
+            print!("{}", config::EXAMPLE);
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Check { file }) => {
+            Config::load(Some(&file))?;
+            println!("{}: ok", file.display());
+            Ok(())
+        }
+        Command::Domain(command) => domain(client()?, command).await,
+        Command::Account(command) => account(client()?, command).await,
+        Command::Alias(command) => alias(client()?, command).await,
+        Command::Cluster(ClusterCommand::Status) => {
+            let client = client()?;
+            let status = client.call(Method::GET, "/cluster/status", None).await?;
+            client.print(&status, |s| {
+                format!(
+                    "node {} is {} in term {} (leader: {}), log {} applied {} snapshot {}, ready: {}",
+                    s["node_id"],
+                    s["state"].as_str().unwrap_or_default(),
+                    s["term"],
+                    s["leader"],
+                    s["last_log_index"],
+                    s["applied_index"],
+                    s["snapshot_index"],
+                    s["ready"]
+                )
+            });
+            Ok(())
+        }
+    }
+}
+
+async fn domain(client: AdminClient, command: DomainCommand) -> anyhow::Result<()> {
+    match command {
+        DomainCommand::Add { name } => {
+            let domain = client.call(Method::POST, "/domains", Some(json!({ "name": name }))).await?;
+            client.print(&domain, |d| format!("added domain {}", d["name"].as_str().unwrap_or_default()));
+        }
+        DomainCommand::List => {
+            let domains = client.call(Method::GET, "/domains", None).await?;
+            client.print(&domains, |list| {
+                list.as_array().into_iter().flatten().filter_map(|d| d["name"].as_str()).collect::<Vec<_>>().join("\n")
+            });
+        }
+        DomainCommand::Remove { name } => {
+            client.call(Method::DELETE, &format!("/domains/{name}"), None).await?;
+            client.print(&json!({ "removed": name }), |_| format!("removed domain {name}"));
+        }
+    }
+    Ok(())
+}
+
+async fn account(client: AdminClient, command: AccountCommand) -> anyhow::Result<()> {
+    match command {
+        AccountCommand::Add { address, password_stdin, quota, name } => {
+            let (password, generated) = read_password(password_stdin)?;
+            let body = new_account_body(&address, &password, name.as_deref(), quota);
+            let mut account = client.call(Method::POST, "/accounts", Some(body)).await?;
+            if generated {
+                account["generated_password"] = json!(password);
+            }
+            client.print(&account, |a| {
+                let mut text = format!("created account {}", a["address"].as_str().unwrap_or_default());
+                if generated {
+                    text.push_str(&format!("\ngenerated password (shown once): {password}"));
+                }
+                text
+            });
+        }
+        AccountCommand::List { domain } => {
+            let path = match &domain {
+                Some(domain) => format!("/accounts?domain={domain}"),
+                None => "/accounts".into(),
+            };
+            let accounts = client.call(Method::GET, &path, None).await?;
+            client.print(&accounts, |list| {
+                list.as_array().into_iter().flatten().map(account_line).collect::<Vec<_>>().join("\n")
+            });
+        }
+        AccountCommand::Show { address } => {
+            let account = client.call(Method::GET, &format!("/accounts/{address}"), None).await?;
+            client.print(&account, account_line);
+        }
+        AccountCommand::Remove { address } => {
+            client.call(Method::DELETE, &format!("/accounts/{address}"), None).await?;
+            client.print(&json!({ "removed": address }), |_| format!("removed account {address}"));
+        }
+        AccountCommand::Passwd { address, password_stdin } => {
+            let (password, generated) = read_password(password_stdin)?;
+            let path = format!("/accounts/{address}");
+            let mut account = client.call(Method::PATCH, &path, Some(json!({ "password": password }))).await?;
+            if generated {
+                account["generated_password"] = json!(password);
+            }
+            client.print(&account, |_| {
+                let mut text = format!("changed the password of {address}");
+                if generated {
+                    text.push_str(&format!("\ngenerated password (shown once): {password}"));
+                }
+                text
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn alias(client: AdminClient, command: AliasCommand) -> anyhow::Result<()> {
+    match command {
+        AliasCommand::Add { alias, targets } => {
+            let body = json!({ "alias": alias, "targets": targets });
+            let created = client.call(Method::POST, "/aliases", Some(body)).await?;
+            client.print(&created, |a| {
+                format!("added alias {} -> {}", a["alias"].as_str().unwrap_or_default(), targets.join(", "))
+            });
+        }
+        AliasCommand::Remove { alias } => {
+            client.call(Method::DELETE, &format!("/aliases/{alias}"), None).await?;
+            client.print(&json!({ "removed": alias }), |_| format!("removed alias {alias}"));
+        }
+        AliasCommand::List { domain } => {
+            let path = match &domain {
+                Some(domain) => format!("/aliases?domain={domain}"),
+                None => "/aliases".into(),
+            };
+            let aliases = client.call(Method::GET, &path, None).await?;
+            client.print(&aliases, |list| {
+                list.as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|a| {
+                        let targets: Vec<&str> =
+                            a["targets"].as_array().into_iter().flatten().filter_map(|t| t.as_str()).collect();
+                        format!("{} -> {}", a["alias"].as_str().unwrap_or_default(), targets.join(", "))
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,427 @@
+//! The admin REST API under `/api/v1`: JSON in and out, bearer-token authentication, one
+//! closed error shape `{"error": {"code": ..., "message": ...}}`.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use wmail_core::{Account, AccountChanges, AccountState, Core, CoreError, DeliveryResult, ErrorCode, NewAccount};
+
+use crate::AppState;
+
+/// Largest message accepted by the delivery endpoint.
+const MAX_MESSAGE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// An API error: status plus the JSON body.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+}
+
+impl From<CoreError> for ApiError {
+    fn from(error: CoreError) -> Self {
+        let (status, code) = match error.code {
+            ErrorCode::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ErrorCode::AlreadyExists => (StatusCode::CONFLICT, "already_exists"),
+            ErrorCode::Conflict => (StatusCode::CONFLICT, "conflict"),
+            ErrorCode::InvalidInput => (StatusCode::BAD_REQUEST, "invalid_input"),
+            ErrorCode::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ErrorCode::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ErrorCode::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        Self::new(status, code, error.message)
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        // Every malformed body is a 400, with serde's reason (it names unknown fields).
+        Self::new(StatusCode::BAD_REQUEST, "invalid_json", rejection.body_text())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// A JSON body whose rejections become [`ApiError`]s.
+#[derive(Debug, FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct JsonBody<T>(pub T);
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Routes of `/api/v1`, behind the token check.
+pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/domains", get(list_domains).post(create_domain))
+        .route("/domains/{name}", get(show_domain).delete(remove_domain))
+        .route("/accounts", get(list_accounts).post(create_account))
+        .route("/accounts/{address}", get(show_account).patch(update_account).delete(remove_account))
+        .route("/accounts/{address}/messages", get(list_messages).post(deliver_message))
+        .route("/accounts/{address}/messages/{uid}/raw", get(read_message))
+        .route("/aliases", get(list_aliases).post(create_alias))
+        .route("/aliases/{alias}", axum::routing::delete(remove_alias))
+        .route("/cluster/status", get(cluster_status))
+        .layer(axum::middleware::from_fn_with_state(state, require_token))
+}
+
+async fn require_token(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(token) if constant_time_eq(token.as_bytes(), state.admin_token.as_bytes()) => next.run(request).await,
+        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the admin token is wrong").into_response(),
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing admin token: send 'Authorization: Bearer <token>' (the token is in the data directory's admin-token file)",
+        )
+        .into_response(),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+// ----- domains -----
+
+#[derive(Serialize)]
+struct DomainView {
+    name: String,
+    created_at_ms: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateDomain {
+    name: String,
+}
+
+fn domain_view(domain: wmail_core::Domain) -> DomainView {
+    DomainView { name: domain.name, created_at_ms: domain.created_at_ms }
+}
+
+async fn list_domains(State(state): State<Arc<AppState>>) -> ApiResult<Json<Vec<DomainView>>> {
+    Ok(Json(state.core.domains()?.into_iter().map(domain_view).collect()))
+}
+
+async fn create_domain(
+    State(state): State<Arc<AppState>>,
+    JsonBody(body): JsonBody<CreateDomain>,
+) -> ApiResult<(StatusCode, Json<DomainView>)> {
+    Ok((StatusCode::CREATED, Json(domain_view(state.core.create_domain(&body.name).await?))))
+}
+
+async fn show_domain(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> ApiResult<Json<DomainView>> {
+    let domain = state.core.domain(&name)?;
+    domain.map(|domain| Json(domain_view(domain))).ok_or_else(|| not_found("domain", &name))
+}
+
+async fn remove_domain(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    state.core.remove_domain(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn not_found(what: &str, name: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{what} {name} does not exist"))
+}
+
+// ----- accounts -----
+
+#[derive(Serialize)]
+struct AccountView {
+    id: u64,
+    address: String,
+    name: String,
+    state: AccountState,
+    quota_bytes: Option<u64>,
+    used_bytes: u64,
+    message_count: u64,
+    created_at_ms: u64,
+}
+
+impl From<Account> for AccountView {
+    fn from(account: Account) -> Self {
+        Self {
+            id: account.id,
+            address: account.address,
+            name: account.display_name,
+            state: account.state,
+            quota_bytes: account.quota_bytes,
+            used_bytes: account.used_bytes,
+            message_count: account.message_count,
+            created_at_ms: account.created_at_ms,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateAccount {
+    address: String,
+    password: String,
+    #[serde(default)]
+    name: String,
+    quota_bytes: Option<u64>,
+    state: Option<AccountState>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateAccount {
+    password: Option<String>,
+    name: Option<String>,
+    /// `null` removes the quota; absent leaves it.
+    #[serde(default, deserialize_with = "present_or_null")]
+    quota_bytes: Option<Option<u64>>,
+    state: Option<AccountState>,
+}
+
+/// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
+fn present_or_null<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Option<u64>>, D::Error> {
+    Option::<u64>::deserialize(deserializer).map(Some)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DomainFilter {
+    domain: Option<String>,
+}
+
+async fn list_accounts(
+    State(state): State<Arc<AppState>>,
+    Query(filter): Query<DomainFilter>,
+) -> ApiResult<Json<Vec<AccountView>>> {
+    if let Some(domain) = &filter.domain
+        && state.core.domain(domain)?.is_none()
+    {
+        return Err(not_found("domain", domain));
+    }
+    Ok(Json(state.core.accounts(filter.domain.as_deref())?.into_iter().map(AccountView::from).collect()))
+}
+
+async fn create_account(
+    State(state): State<Arc<AppState>>,
+    JsonBody(body): JsonBody<CreateAccount>,
+) -> ApiResult<(StatusCode, Json<AccountView>)> {
+    let account = state
+        .core
+        .create_account(NewAccount {
+            address: body.address,
+            password: body.password,
+            display_name: body.name,
+            quota_bytes: body.quota_bytes,
+            state: body.state.unwrap_or(AccountState::Active),
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(account.into())))
+}
+
+async fn show_account(State(state): State<Arc<AppState>>, Path(address): Path<String>) -> ApiResult<Json<AccountView>> {
+    let account = state.core.account(&address)?;
+    account.map(|account| Json(account.into())).ok_or_else(|| not_found("account", &address))
+}
+
+async fn update_account(
+    State(state): State<Arc<AppState>>,
+    Path(address): Path<String>,
+    JsonBody(body): JsonBody<UpdateAccount>,
+) -> ApiResult<Json<AccountView>> {
+    let changes = AccountChanges {
+        password: body.password,
+        display_name: body.name,
+        quota_bytes: body.quota_bytes,
+        state: body.state,
+    };
+    Ok(Json(state.core.update_account(&address, changes).await?.into()))
+}
+
+async fn remove_account(State(state): State<Arc<AppState>>, Path(address): Path<String>) -> ApiResult<StatusCode> {
+    state.core.remove_account(&address).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ----- messages -----
+
+#[derive(Serialize)]
+struct MessageView {
+    uid: u32,
+    size: u64,
+    flags: Vec<String>,
+    modseq: u64,
+    internal_date_ms: u64,
+    blob: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MailboxQuery {
+    mailbox: Option<String>,
+}
+
+async fn list_messages(
+    State(state): State<Arc<AppState>>,
+    Path(address): Path<String>,
+    Query(query): Query<MailboxQuery>,
+) -> ApiResult<Json<Vec<MessageView>>> {
+    let messages = state.core.messages(&address, query.mailbox.as_deref())?;
+    Ok(Json(
+        messages
+            .into_iter()
+            .map(|message| MessageView {
+                uid: message.uid,
+                size: message.size,
+                flags: message.flags,
+                modseq: message.modseq,
+                internal_date_ms: message.internal_date_ms,
+                blob: message.blob.to_hex(),
+            })
+            .collect(),
+    ))
+}
+
+#[derive(Serialize)]
+struct DeliveryView {
+    recipient: String,
+    uid: u32,
+    modseq: u64,
+}
+
+/// Delivers the raw RFC 5322 request body to the account's INBOX (import and tests). The
+/// body is streamed into the blob store; the reply comes after the commit.
+async fn deliver_message(
+    State(state): State<Arc<AppState>>,
+    Path(address): Path<String>,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<DeliveryView>)> {
+    let mut received = 0u64;
+    let stream = body.into_data_stream().map_err(std::io::Error::other).and_then(move |chunk| {
+        received += chunk.len() as u64;
+        let result = if received > MAX_MESSAGE_BYTES {
+            Err(std::io::Error::other(format!("message larger than {MAX_MESSAGE_BYTES} bytes")))
+        } else {
+            Ok(chunk)
+        };
+        std::future::ready(result)
+    });
+    let mut results = state.core.deliver(std::slice::from_ref(&address), stream).await?;
+    let result = results.pop().expect("one recipient, one result");
+    match result.result? {
+        DeliveryResult::Stored { uid, modseq, .. } => {
+            Ok((StatusCode::CREATED, Json(DeliveryView { recipient: result.recipient, uid, modseq })))
+        }
+        DeliveryResult::OverQuota => {
+            Err(ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "over_quota", format!("{address} is over quota")))
+        }
+        DeliveryResult::NotReceiving => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_receiving",
+            format!("{address} does not receive mail in its current state"),
+        )),
+        DeliveryResult::NoSuchMailbox => Err(not_found("mailbox of", &address)),
+    }
+}
+
+async fn read_message(
+    State(state): State<Arc<AppState>>,
+    Path((address, uid)): Path<(String, u32)>,
+) -> ApiResult<Response> {
+    let message = state
+        .core
+        .messages(&address, None)?
+        .into_iter()
+        .find(|message| message.uid == uid)
+        .ok_or_else(|| not_found("message", &uid.to_string()))?;
+    let bytes = state.core.read_blob(&message.blob).await?;
+    Ok(([(header::CONTENT_TYPE, "message/rfc822")], bytes).into_response())
+}
+
+// ----- aliases -----
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AliasView {
+    alias: String,
+    targets: Vec<String>,
+}
+
+async fn list_aliases(
+    State(state): State<Arc<AppState>>,
+    Query(filter): Query<DomainFilter>,
+) -> ApiResult<Json<Vec<AliasView>>> {
+    let aliases = state.core.aliases(filter.domain.as_deref())?;
+    Ok(Json(aliases.into_iter().map(|(alias, targets)| AliasView { alias, targets }).collect()))
+}
+
+async fn create_alias(
+    State(state): State<Arc<AppState>>,
+    JsonBody(body): JsonBody<AliasView>,
+) -> ApiResult<(StatusCode, Json<AliasView>)> {
+    state.core.create_alias(&body.alias, &body.targets).await?;
+    let alias = wmail_core::normalize_address(&body.alias)?;
+    let targets = state.core.aliases(None)?.into_iter().find(|(name, _)| *name == alias).map(|(_, t)| t);
+    Ok((StatusCode::CREATED, Json(AliasView { alias, targets: targets.unwrap_or_default() })))
+}
+
+async fn remove_alias(State(state): State<Arc<AppState>>, Path(alias): Path<String>) -> ApiResult<StatusCode> {
+    state.core.remove_alias(&alias).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ----- cluster -----
+
+async fn cluster_status(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(cluster_view(&state.core))
+}
+
+/// The cluster status as JSON (also used by `wmail cluster status`).
+pub fn cluster_view(core: &Core) -> serde_json::Value {
+    let metrics = core.raft_metrics();
+    let members: Vec<_> = metrics
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(id, node)| serde_json::json!({ "id": id, "addr": node.addr }))
+        .collect();
+    serde_json::json!({
+        "node_id": metrics.id,
+        "state": format!("{:?}", metrics.state),
+        "term": metrics.current_term,
+        "leader": metrics.current_leader,
+        "last_log_index": metrics.last_log_index,
+        "applied_index": metrics.last_applied.map(|id| id.index),
+        "snapshot_index": metrics.snapshot.map(|id| id.index),
+        "members": members,
+        "ready": core.is_ready(),
+        "version": env!("CARGO_PKG_VERSION"),
+    })
+}

@@ -1,0 +1,90 @@
+//! Prometheus metrics of a node: HTTP request counters and latencies, build info, and Raft
+//! gauges refreshed at scrape time.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use wmail_core::{Core, ServerState};
+
+/// The metrics registry of the HTTP service.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by route and status code.
+    pub http_requests: IntCounterVec,
+    /// Request latency by route.
+    pub http_latency: HistogramVec,
+    raft_term: IntGauge,
+    raft_leader: IntGauge,
+    raft_is_leader: IntGauge,
+    raft_last_log_index: IntGauge,
+    raft_applied_index: IntGauge,
+    raft_snapshot_index: IntGauge,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("wmail".into()), None).expect("valid prefix");
+        let build_info =
+            IntGaugeVec::new(Opts::new("build_info", "Build information; the value is always 1"), &["version"])
+                .expect("valid metric");
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let http_requests = IntCounterVec::new(
+            Opts::new("http_requests_total", "HTTP requests by route and status code"),
+            &["route", "status"],
+        )
+        .expect("valid metric");
+        let http_latency = HistogramVec::new(
+            HistogramOpts::new("http_request_duration_seconds", "HTTP request latency by route"),
+            &["route"],
+        )
+        .expect("valid metric");
+        let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric");
+        let metrics = Self {
+            http_requests,
+            http_latency,
+            raft_term: gauge("raft_term", "Current Raft term"),
+            raft_leader: gauge("raft_leader_id", "Node id of the current leader, 0 if none"),
+            raft_is_leader: gauge("raft_is_leader", "1 when this node is the leader"),
+            raft_last_log_index: gauge("raft_last_log_index", "Index of the last entry in this node's log"),
+            raft_applied_index: gauge("raft_applied_index", "Index of the last entry applied on this node"),
+            raft_snapshot_index: gauge("raft_snapshot_index", "Index covered by this node's last snapshot"),
+            registry,
+        };
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(build_info),
+            Box::new(metrics.http_requests.clone()),
+            Box::new(metrics.http_latency.clone()),
+            Box::new(metrics.raft_term.clone()),
+            Box::new(metrics.raft_leader.clone()),
+            Box::new(metrics.raft_is_leader.clone()),
+            Box::new(metrics.raft_last_log_index.clone()),
+            Box::new(metrics.raft_applied_index.clone()),
+            Box::new(metrics.raft_snapshot_index.clone()),
+        ];
+        for collector in collectors {
+            metrics.registry.register(collector).expect("metric registered once");
+        }
+        metrics
+    }
+
+    /// Renders the Prometheus text exposition format, refreshing the Raft gauges first.
+    pub fn render(&self, core: &Core) -> String {
+        let raft = core.raft_metrics();
+        self.raft_term.set(raft.current_term as i64);
+        self.raft_leader.set(raft.current_leader.unwrap_or(0) as i64);
+        self.raft_is_leader.set(i64::from(raft.state == ServerState::Leader));
+        self.raft_last_log_index.set(raft.last_log_index.unwrap_or(0) as i64);
+        self.raft_applied_index.set(raft.last_applied.map(|id| id.index).unwrap_or(0) as i64);
+        self.raft_snapshot_index.set(raft.snapshot.map(|id| id.index).unwrap_or(0) as i64);
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding cannot fail");
+        String::from_utf8(out).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

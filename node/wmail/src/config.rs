@@ -1,0 +1,329 @@
+//! The node configuration: one TOML file (every key optional, unknown keys refused) plus
+//! `WMAIL_<SECTION>_<KEY>` environment overrides, validated into [`Config`].
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// The fully commented example printed by `wmail config example`.
+pub const EXAMPLE: &str = include_str!("wmail.example.toml");
+
+/// The validated node configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Format version of the file; 1.
+    #[serde(default = "default_version")]
+    pub version: u32,
+    /// `[server]`.
+    #[serde(default)]
+    pub server: ServerSection,
+    /// `[listen]`.
+    #[serde(default)]
+    pub listen: ListenSection,
+    /// `[tls]`.
+    #[serde(default)]
+    pub tls: TlsSection,
+    /// `[blob]`.
+    #[serde(default)]
+    pub blob: BlobSection,
+    /// `[delivery]`.
+    #[serde(default)]
+    pub delivery: DeliverySection,
+    /// `[dns]`.
+    #[serde(default)]
+    pub dns: DnsSection,
+    /// `[cluster]`.
+    #[serde(default)]
+    pub cluster: ClusterSection,
+}
+
+fn default_version() -> u32 {
+    1
+}
+
+/// `[server]`: identity and data directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Name used in greetings and headers.
+    pub hostname: String,
+    /// Data directory.
+    pub data_dir: PathBuf,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self { hostname: "localhost".into(), data_dir: PathBuf::from("./wmail-data") }
+    }
+}
+
+/// `[listen]`: the addresses of every service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenSection {
+    pub smtp: Vec<String>,
+    pub submission: Vec<String>,
+    pub submissions: Vec<String>,
+    pub imap: Vec<String>,
+    pub imaps: Vec<String>,
+    pub pop3: Vec<String>,
+    pub pop3s: Vec<String>,
+    pub managesieve: Vec<String>,
+    pub http: Vec<String>,
+    pub proxy_protocol_from: Vec<String>,
+}
+
+impl Default for ListenSection {
+    fn default() -> Self {
+        Self {
+            smtp: vec![],
+            submission: vec![],
+            submissions: vec![],
+            imap: vec![],
+            imaps: vec![],
+            pop3: vec![],
+            pop3s: vec![],
+            managesieve: vec![],
+            http: vec!["127.0.0.1:8080".into()],
+            proxy_protocol_from: vec![],
+        }
+    }
+}
+
+/// `[tls]`: certificate and key files.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// `[blob]`: where message bodies live.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BlobSection {
+    pub backend: String,
+    pub bucket: String,
+    pub endpoint: String,
+    pub region: String,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub gc_grace_hours: u64,
+}
+
+impl Default for BlobSection {
+    fn default() -> Self {
+        Self {
+            backend: "local".into(),
+            bucket: "wmail".into(),
+            endpoint: "http://127.0.0.1:9000".into(),
+            region: "us-east-1".into(),
+            access_key_id: None,
+            secret_access_key: None,
+            gc_grace_hours: 24,
+        }
+    }
+}
+
+/// `[delivery]`: outbound queue settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliverySection {
+    pub remote_port: u16,
+    pub smarthost: String,
+}
+
+impl Default for DeliverySection {
+    fn default() -> Self {
+        Self { remote_port: 25, smarthost: String::new() }
+    }
+}
+
+/// `[dns]`: resolvers.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsSection {
+    pub servers: Vec<String>,
+}
+
+/// `[cluster]`: identity and membership.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    pub node_id: u64,
+    pub listen: String,
+    pub join: String,
+    pub join_token: String,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        Self { node_id: 1, listen: "127.0.0.1:7443".into(), join: String::new(), join_token: String::new() }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        toml::from_str("").expect("an empty config is valid")
+    }
+}
+
+impl Config {
+    /// Reads `path` (or the defaults when `None`), applies environment overrides and
+    /// validates. Errors name the file, the line and the key.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        let text = match path {
+            Some(path) => {
+                std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?
+            }
+            None => String::new(),
+        };
+        let origin = path.map(|p| p.display().to_string()).unwrap_or_else(|| "config".into());
+        // Parse the file as written first, so errors point at its lines and keys.
+        toml::from_str::<Config>(&text).map_err(|error| anyhow::anyhow!("{origin}: {error}"))?;
+        let mut table: toml::Table = toml::from_str(&text).map_err(|error| anyhow::anyhow!("{origin}: {error}"))?;
+        apply_env_overrides(&mut table, std::env::vars())?;
+        let merged = toml::to_string(&table)?;
+        let config: Config =
+            toml::from_str(&merged).map_err(|error| anyhow::anyhow!("WMAIL_* environment override: {error}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values serde cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.version != 1 {
+            bail!("version = {} is not supported by this release; use version = 1", self.version);
+        }
+        if self.cluster.node_id == 0 {
+            bail!("[cluster] node_id must be 1 or greater");
+        }
+        match self.blob.backend.as_str() {
+            "local" | "s3" => {}
+            other => bail!("[blob] backend = {other:?} is unknown; use \"local\" or \"s3\""),
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            bail!("[tls] needs both cert and key, or neither (then a self-signed certificate is generated)");
+        }
+        let listen = &self.listen;
+        for (name, addresses) in [
+            ("smtp", &listen.smtp),
+            ("submission", &listen.submission),
+            ("submissions", &listen.submissions),
+            ("imap", &listen.imap),
+            ("imaps", &listen.imaps),
+            ("pop3", &listen.pop3),
+            ("pop3s", &listen.pop3s),
+            ("managesieve", &listen.managesieve),
+            ("http", &listen.http),
+        ] {
+            for address in addresses {
+                address
+                    .parse::<std::net::SocketAddr>()
+                    .map_err(|_| anyhow::anyhow!("[listen] {name} = {address:?} is not an \"ip:port\" address"))?;
+            }
+        }
+        for server in &self.dns.servers {
+            server
+                .parse::<std::net::SocketAddr>()
+                .map_err(|_| anyhow::anyhow!("[dns] servers entry {server:?} is not an \"ip:port\" address"))?;
+        }
+        if !self.delivery.smarthost.is_empty() && !self.delivery.smarthost.contains(':') {
+            bail!("[delivery] smarthost = {:?} needs a port, e.g. \"relay.example.com:587\"", self.delivery.smarthost);
+        }
+        if self.delivery.remote_port == 0 {
+            bail!("[delivery] remote_port must be 1 to 65535");
+        }
+        if !self.cluster.join.is_empty() {
+            bail!(
+                "[cluster] join is not supported yet: this release runs one-node clusters (the cluster issue adds joining)"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Applies `WMAIL_<SECTION>_<KEY>=value` overrides to the parsed table. Values are parsed
+/// as TOML when they can be (numbers, booleans, arrays) and taken as strings otherwise.
+fn apply_env_overrides(table: &mut toml::Table, vars: impl Iterator<Item = (String, String)>) -> anyhow::Result<()> {
+    const SECTIONS: [&str; 7] = ["server", "listen", "tls", "blob", "delivery", "dns", "cluster"];
+    for (name, raw) in vars {
+        let Some(rest) = name.strip_prefix("WMAIL_") else { continue };
+        let rest = rest.to_ascii_lowercase();
+        let Some(section) = SECTIONS.iter().find(|section| rest.starts_with(&format!("{section}_"))) else {
+            continue;
+        };
+        let key = &rest[section.len() + 1..];
+        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut parsed| parsed.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.clone()));
+        let entry = table.entry(section.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+        let Some(section_table) = entry.as_table_mut() else { bail!("[{section}] is not a table") };
+        section_table.insert(key.to_owned(), value);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> anyhow::Result<Config> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wmail.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(Some(&path))
+    }
+
+    #[test]
+    fn the_example_parses_and_equals_the_defaults() {
+        let example = parse(EXAMPLE).unwrap();
+        let defaults = Config::default();
+        assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
+    fn deploy_configs_parse() {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+        for entry in std::fs::read_dir(deploy.join("config")).unwrap() {
+            let path = entry.unwrap().path();
+            Config::load(Some(&path)).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_line_and_name() {
+        let error = parse("[server]\nhostname = \"a\"\nhostnme = \"b\"\n").unwrap_err().to_string();
+        assert!(error.contains("hostnme"), "{error}");
+        assert!(error.contains("line 3"), "{error}");
+    }
+
+    #[test]
+    fn wrong_types_and_values_are_explained() {
+        let error = parse("[cluster]\nnode_id = \"one\"\n").unwrap_err().to_string();
+        assert!(error.contains("node_id") && error.contains("line 2"), "{error}");
+        let error = parse("[blob]\nbackend = \"ftp\"\n").unwrap_err().to_string();
+        assert!(error.contains("backend"), "{error}");
+        let error = parse("[listen]\nhttp = [\"localhost\"]\n").unwrap_err().to_string();
+        assert!(error.contains("ip:port"), "{error}");
+    }
+
+    #[test]
+    fn environment_overrides_keys() {
+        let mut table = toml::Table::new();
+        let vars = [
+            ("WMAIL_CLUSTER_NODE_ID".to_string(), "7".to_string()),
+            ("WMAIL_SERVER_HOSTNAME".to_string(), "mx.example.com".to_string()),
+            ("WMAIL_LISTEN_HTTP".to_string(), "[\"127.0.0.1:9\"]".to_string()),
+            ("UNRELATED".to_string(), "x".to_string()),
+        ];
+        apply_env_overrides(&mut table, vars.into_iter()).unwrap();
+        let config: Config = toml::from_str(&toml::to_string(&table).unwrap()).unwrap();
+        assert_eq!(config.cluster.node_id, 7);
+        assert_eq!(config.server.hostname, "mx.example.com");
+        assert_eq!(config.listen.http, vec!["127.0.0.1:9".to_string()]);
+    }
+}

@@ -1,0 +1,225 @@
+//! `wmail serve`: prepares the data directory, starts core and the listeners, and shuts
+//! down in reverse order on SIGTERM or Ctrl-C.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use wmail_core::{BlobBackend, Core, CoreConfig, S3Config};
+
+use crate::config::Config;
+
+/// Name of the admin token file in the data directory.
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+
+/// Runs a node until SIGTERM/SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let data_dir = prepare_data_dir(&config.server.data_dir)?;
+    let _lock = lock_data_dir(&data_dir)?;
+    ensure_certificate(&config, &data_dir)?;
+    let (token_path, admin_token) = admin_token(&data_dir)?;
+
+    let core = Core::start(CoreConfig {
+        data_dir: data_dir.clone(),
+        node_id: config.cluster.node_id,
+        advertise_addr: config.cluster.listen.clone(),
+        blob_backend: blob_backend(&config, &data_dir)?,
+        blob_gc_grace: Duration::from_secs(config.blob.gc_grace_hours * 3600),
+    })
+    .await
+    .context("cannot start the node")?;
+
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let mut servers = Vec::new();
+    let mut http_urls = Vec::new();
+    for address in &config.listen.http {
+        let listener = bind(address, "http").await?;
+        let local = listener.local_addr()?;
+        http_urls.push(format!("http://{local}"));
+        let router = wmail_http::router(core.clone(), admin_token.clone());
+        let mut shutdown = shutdown_rx.clone();
+        servers.push(tokio::spawn(async move {
+            let stop = async move {
+                let _ = shutdown.wait_for(|stop| *stop).await;
+            };
+            axum::serve(listener, router).with_graceful_shutdown(stop).await
+        }));
+    }
+    warn_about_unserved_protocols(&config);
+    announce(&config, &data_dir, &token_path, &http_urls);
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: finishing in-flight requests");
+    let _ = shutdown_tx.send(true);
+    for server in servers {
+        if let Ok(Err(error)) = server.await {
+            tracing::warn!(%error, "http listener ended with an error");
+        }
+    }
+    core.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn prepare_data_dir(path: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(path).with_context(|| {
+        format!(
+            "cannot create the data directory {}; fix its permissions or choose another with --data-dir",
+            path.display()
+        )
+    })?;
+    let probe = path.join(".write-test");
+    std::fs::write(&probe, b"").with_context(|| {
+        format!(
+            "the data directory {} is not writable; fix its permissions or choose another with --data-dir",
+            path.display()
+        )
+    })?;
+    std::fs::remove_file(probe)?;
+    path.canonicalize().with_context(|| format!("cannot resolve {}", path.display()))
+}
+
+/// Holds an exclusive lock on `data_dir/LOCK` for the life of the process.
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = data_dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "another wmail process is already using the data directory {} (it holds {}); stop it, or give this one another --data-dir",
+            data_dir.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(error)) => Err(error).context(format!("cannot lock {}", path.display())),
+    }
+}
+
+/// Generates a self-signed certificate into `data_dir/tls/` when none is configured.
+fn ensure_certificate(config: &Config, data_dir: &Path) -> anyhow::Result<()> {
+    if config.tls.cert.is_some() {
+        return Ok(());
+    }
+    let dir = data_dir.join("tls");
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    if cert_path.exists() && key_path.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&dir)?;
+    let names = vec![config.server.hostname.clone(), "localhost".to_owned()];
+    let certified = rcgen::generate_simple_self_signed(names).context("cannot generate a self-signed certificate")?;
+    write_private(&key_path, certified.signing_key.serialize_pem().as_bytes())?;
+    std::fs::write(&cert_path, certified.cert.pem())?;
+    tracing::warn!(
+        cert = %cert_path.display(),
+        "no [tls] certificate configured: generated a self-signed one; configure a real one for production"
+    );
+    Ok(())
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    Ok(())
+}
+
+/// Reads the admin token, creating it (mode 0600) on first start.
+fn admin_token(data_dir: &Path) -> anyhow::Result<(PathBuf, String)> {
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    if let Ok(token) = std::fs::read_to_string(&path) {
+        let token = token.trim().to_owned();
+        if !token.is_empty() {
+            return Ok((path, token));
+        }
+    }
+    let token = format!("{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>());
+    write_private(&path, format!("{token}\n").as_bytes())?;
+    Ok((path, token))
+}
+
+fn blob_backend(config: &Config, data_dir: &Path) -> anyhow::Result<BlobBackend> {
+    let blob = &config.blob;
+    if blob.backend == "local" {
+        return Ok(BlobBackend::Local { root: data_dir.to_owned() });
+    }
+    let from_env = |name: &str| std::env::var(name).ok();
+    let access_key_id = blob.access_key_id.clone().or_else(|| from_env("AWS_ACCESS_KEY_ID"));
+    let secret_access_key = blob.secret_access_key.clone().or_else(|| from_env("AWS_SECRET_ACCESS_KEY"));
+    let (Some(access_key_id), Some(secret_access_key)) = (access_key_id, secret_access_key) else {
+        bail!(
+            "[blob] backend = \"s3\" needs access_key_id and secret_access_key (or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
+        );
+    };
+    Ok(BlobBackend::S3(S3Config {
+        bucket: blob.bucket.clone(),
+        endpoint: blob.endpoint.clone(),
+        region: blob.region.clone(),
+        access_key_id,
+        secret_access_key,
+    }))
+}
+
+async fn bind(address: &str, service: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    let socket: SocketAddr = address.parse().with_context(|| format!("[listen] {service} = {address:?}"))?;
+    match tokio::net::TcpListener::bind(socket).await {
+        Ok(listener) => Ok(listener),
+        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied && socket.port() < 1024 => bail!(
+            "cannot listen on port {} for {service}: ports below 1024 need privileges; run with \
+             CAP_NET_BIND_SERVICE (e.g. `setcap cap_net_bind_service=+ep $(which wmail)`) or set [listen] {service} to a port above 1023",
+            socket.port()
+        ),
+        Err(error) => Err(error).with_context(|| format!("cannot listen on {address} for {service}")),
+    }
+}
+
+fn warn_about_unserved_protocols(config: &Config) {
+    let listen = &config.listen;
+    for (name, addresses) in [
+        ("smtp", &listen.smtp),
+        ("submission", &listen.submission),
+        ("submissions", &listen.submissions),
+        ("imap", &listen.imap),
+        ("imaps", &listen.imaps),
+        ("pop3", &listen.pop3),
+        ("pop3s", &listen.pop3s),
+        ("managesieve", &listen.managesieve),
+    ] {
+        if !addresses.is_empty() {
+            tracing::warn!(service = name, "this release does not serve {name} yet; the listener is not opened");
+        }
+    }
+}
+
+fn announce(config: &Config, data_dir: &Path, token_path: &Path, http_urls: &[String]) {
+    let api = http_urls.first().cloned().unwrap_or_else(|| "(no [listen] http)".into());
+    println!("wmail {} is running as node {}", env!("CARGO_PKG_VERSION"), config.cluster.node_id);
+    println!("  data directory : {}", data_dir.display());
+    println!("  admin API      : {api}/api/v1   (health: {api}/healthz, metrics: {api}/metrics)");
+    println!("  admin token    : {}", token_path.display());
+    println!("next: wmail domain add example.com && wmail account add alice@example.com");
+    let _ = std::io::stdout().flush();
+}
+
+async fn wait_for_signal() {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
