@@ -10,6 +10,9 @@
 //! It knows nothing of mail: commands and responses are bytes, the state machine is any
 //! [`ReplicatedState`], the network any [`Transport`].
 
+// openraft's `StorageError` is large, and its storage traits make us return it.
+#![allow(clippy::result_large_err)]
+
 mod log_store;
 mod network;
 mod state_machine;
@@ -167,8 +170,14 @@ impl Consensus {
         config.validate().map_err(OpenError::Raft)?;
         std::fs::create_dir_all(&config.log_dir)
             .map_err(|source| OpenError::Io { path: config.log_dir.clone(), source })?;
-        let log_store = LogStore::open(&config.log_dir)
+        let mut log_store = LogStore::open(&config.log_dir)
             .map_err(|source| OpenError::Log { path: config.log_dir.clone(), source })?;
+        // Read before Raft starts: its metrics only catch up once its core task has run.
+        let startup_log_index = {
+            use openraft::storage::RaftLogStorage;
+            let state = log_store.get_log_state().await.map_err(|e| OpenError::Raft(e.to_string()))?;
+            state.last_log_id.map(|id| id.index)
+        };
         let state_machine = StateMachineStore::new(state, config.snapshot_dir.clone())
             .map_err(|source| OpenError::Io { path: config.snapshot_dir.clone(), source })?;
         let heartbeat = config.heartbeat.as_millis() as u64;
@@ -187,7 +196,6 @@ impl Consensus {
             Raft::new(config.node_id, Arc::new(raft_config), NetworkFactory::new(transport), log_store, state_machine)
                 .await
                 .map_err(|e| OpenError::Raft(e.to_string()))?;
-        let startup_log_index = raft.metrics().borrow().last_log_index;
         Ok(Self { raft, config: Arc::new(config), startup_log_index })
     }
 

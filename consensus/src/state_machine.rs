@@ -32,6 +32,8 @@ type StorageResult<T> = Result<T, StorageError<NodeId>>;
 /// One committed entry handed to [`ReplicatedState::apply`].
 #[derive(Debug, Clone)]
 pub struct StateEntry {
+    /// The entry's Raft log index (increasing; usable as a logical clock by the application).
+    pub log_index: u64,
     /// The application command, or `None` for Raft's own entries (blank, membership).
     pub command: Option<Vec<u8>>,
     /// Opaque record of the applied state after this entry; the application must store it
@@ -211,6 +213,7 @@ fn unpack_snapshot(path: &Path, dir: &Path) -> std::io::Result<SnapshotMeta<Node
         }
         file.sync_all()?;
     }
+    std::fs::File::open(dir)?.sync_all()?;
     Ok(meta)
 }
 
@@ -247,7 +250,7 @@ impl<S: ReplicatedState> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
 
     async fn applied_state(&mut self) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>)> {
         let state = self.state.clone();
-        let record = blocking(move || state.applied_record(), |e| sm_read_error(e)).await?;
+        let record = blocking(move || state.applied_record(), sm_read_error).await?;
         let record = AppliedRecord::decode(record)?;
         Ok((record.last_applied, record.membership))
     }
@@ -258,7 +261,7 @@ impl<S: ReplicatedState> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
         I::IntoIter: OptionalSend,
     {
         let state = self.state.clone();
-        let mut record = AppliedRecord::decode(blocking(move || state.applied_record(), |e| sm_read_error(e)).await?)?;
+        let mut record = AppliedRecord::decode(blocking(move || state.applied_record(), sm_read_error).await?)?;
         let mut batch = Vec::new();
         for entry in entries {
             record.last_applied = Some(entry.log_id);
@@ -271,10 +274,10 @@ impl<S: ReplicatedState> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
                 }
             };
             let applied_record = serde_json::to_vec(&record).map_err(sm_write_error)?;
-            batch.push(StateEntry { command, applied_record });
+            batch.push(StateEntry { log_index: entry.log_id.index, command, applied_record });
         }
         let state = self.state.clone();
-        let responses = blocking(move || state.apply(batch), |e| sm_write_error(e)).await?;
+        let responses = blocking(move || state.apply(batch), sm_write_error).await?;
         Ok(responses.into_iter().map(Response).collect())
     }
 
@@ -320,7 +323,8 @@ impl<S: ReplicatedState> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
                 }
                 state.restore(&unpack_dir)?;
                 let _ = std::fs::remove_dir_all(&unpack_dir);
-                std::fs::rename(&received, &current)
+                std::fs::rename(&received, &current)?;
+                std::fs::File::open(current.parent().expect("snapshot directory"))?.sync_all()
             },
             snapshot_error,
         )
@@ -340,7 +344,7 @@ impl<S: ReplicatedState> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
                 Err(error) => Err(error),
             },
-            |e| sm_read_error(e),
+            sm_read_error,
         )
         .await?;
         Ok(read.map(|(meta, file)| Snapshot { meta, snapshot: Box::new(tokio::fs::File::from_std(file)) }))

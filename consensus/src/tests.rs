@@ -51,6 +51,7 @@ impl ReplicatedState for FileState {
         let mut state = self.inner.lock().unwrap();
         let mut responses = Vec::new();
         for entry in entries {
+            assert!(entry.log_index > 0 || entry.command.is_none());
             let mut response = Vec::new();
             if let Some(command) = entry.command {
                 let text = String::from_utf8(command).unwrap();

@@ -275,6 +275,27 @@ impl BlobStore {
         }
     }
 
+    /// Lists up to `limit` blobs whose object was last written before `before_ms` (ms since
+    /// the epoch): candidates for orphan collection.
+    pub async fn list_written_before(&self, before_ms: u64, limit: usize) -> Result<Vec<BlobId>> {
+        let mut listing = self.store.list(Some(&Path::from("blobs")));
+        let mut out = Vec::new();
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(|e| store_error("cannot list blobs", e))?;
+            let written_ms = u64::try_from(meta.last_modified.timestamp_millis()).unwrap_or(0);
+            let id = meta.location.filename().and_then(BlobId::from_hex);
+            if let Some(id) = id
+                && written_ms < before_ms
+            {
+                out.push(id);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Deletes a blob. Deleting a missing blob succeeds.
     pub async fn delete(&self, id: &BlobId) -> Result<()> {
         match self.store.delete(&id.object_path()).await {

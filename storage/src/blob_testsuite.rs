@@ -30,6 +30,15 @@ pub async fn run(store: &BlobStore) {
     missing_blob_is_not_found(store).await;
     delete_removes_and_is_idempotent(store).await;
     failed_body_stores_nothing(store).await;
+    listing_finds_blobs_by_age(store).await;
+}
+
+async fn listing_finds_blobs_by_age(store: &BlobStore) {
+    let stored = store.put_bytes(Bytes::from(pattern(512, 19))).await.expect("put");
+    let listed = store.list_written_before(u64::MAX, usize::MAX).await.expect("list");
+    assert!(listed.contains(&stored.id), "a stored blob is listed");
+    let listed = store.list_written_before(0, usize::MAX).await.expect("list");
+    assert!(listed.is_empty(), "nothing was written before the epoch");
 }
 
 async fn small_blob_round_trips(store: &BlobStore) {

@@ -110,7 +110,17 @@ pub enum Command {
     /// Creates a mailbox in an account.
     CreateMailbox { account_id: u64, name: String, special_use: Option<String> },
     /// Files one stored blob into every target mailbox, assigning UIDs and MODSEQs.
-    Deliver { blob: BlobId, size: u64, internal_date_ms: u64, flags: Vec<String>, targets: Vec<DeliveryTarget> },
+    Deliver {
+        blob: BlobId,
+        /// The proposer's last applied log index before it began storing the blob. A blob
+        /// deleted by garbage collection at or after that index may have taken this copy
+        /// with it, so the delivery is refused and must store the body again.
+        stored_after_index: u64,
+        size: u64,
+        internal_date_ms: u64,
+        flags: Vec<String>,
+        targets: Vec<DeliveryTarget>,
+    },
     /// Changes flags of messages in one mailbox (RFC 9051 §6.4.6, RFC 7162 §3.1.3).
     SetFlags {
         account_id: u64,
@@ -124,9 +134,11 @@ pub enum Command {
     /// Removes messages from one mailbox.
     Expunge { account_id: u64, mailbox_id: u64, uids: Vec<u32> },
     /// Marks an unreferenced blob as being deleted by garbage collection. Refused when the
-    /// blob gained a reference or its grace period has not passed.
+    /// blob has a reference or its grace period has not passed. A blob with no record at
+    /// all (stored, never delivered) may be claimed; the collector checks its age.
     ClaimBlobForDeletion { blob: BlobId, grace_ms: u64 },
-    /// Forgets a blob whose object was deleted after [`Command::ClaimBlobForDeletion`].
+    /// Records that a claimed blob's object was deleted, leaving a tombstone with the log
+    /// index so deliveries of copies stored before it are refused.
     ForgetBlob { blob: BlobId },
 }
 
@@ -175,6 +187,10 @@ pub enum CommandError {
     /// The command is malformed.
     #[error("{0}")]
     Invalid(String),
+    /// A delivery's blob copy may have been deleted by garbage collection while it was
+    /// stored; the proposer must store the body again.
+    #[error("blob {blob} was garbage-collected while this copy was stored; store it again")]
+    BlobCollected { blob: String },
 }
 
 impl CommandError {

@@ -155,6 +155,15 @@ pub struct BlobRef {
     /// Set once garbage collection has claimed the blob for deletion; new references are
     /// refused until the blob is forgotten.
     pub deleting: bool,
+    /// Log index at which garbage collection finished deleting the blob's object; a
+    /// delivery whose copy was stored before this index is refused.
+    pub deleted_at_index: Option<u64>,
+}
+
+impl BlobRef {
+    /// The record of a blob nothing has referenced yet.
+    pub const UNREFERENCED: BlobRef =
+        BlobRef { count: 0, zero_since_ms: None, deleting: false, deleted_at_index: None };
 }
 
 /// One entry of an account's change log (for IMAP CONDSTORE/QRESYNC, IDLE and sync).

@@ -32,6 +32,8 @@ pub const INBOX: &str = "INBOX";
 /// as membership changes) and the consensus layer's opaque record of the state after it.
 #[derive(Debug, Clone)]
 pub struct ApplyEntry {
+    /// The entry's Raft log index.
+    pub log_index: u64,
     /// An encoded [`CommandEnvelope`], or `None` for an entry with no command.
     pub command: Option<Vec<u8>>,
     /// Opaque applied-state record (last applied log id, membership) stored atomically with
@@ -151,7 +153,7 @@ impl StateStore {
         let mut write_options = WriteOptions::default();
         write_options.set_sync(false);
         for entry in entries {
-            let mut tx = Tx::new(&db);
+            let mut tx = Tx::new(&db, entry.log_index);
             let result = match &entry.command {
                 Some(bytes) => {
                     let envelope = CommandEnvelope::decode(bytes)?;
@@ -281,7 +283,10 @@ impl StateStore {
         for item in db.iterator_cf(&cf(&db, ks::BLOB_REFS), IteratorMode::Start) {
             let (key, value) = item?;
             let record: BlobRef = decode_value(&value)?;
-            if record.count == 0 && record.zero_since_ms.is_some_and(|since| since < zero_before_ms) {
+            let expired = record.zero_since_ms.is_some_and(|since| since < zero_before_ms);
+            // A claimed blob whose deletion did not finish (the collector stopped) is listed
+            // too, so the next round completes it.
+            if record.count == 0 && (expired || record.deleting) {
                 out.push(BlobId::from_slice(&key).ok_or_else(|| Error::corrupt("blob ref key"))?);
                 if out.len() >= limit {
                     break;
@@ -350,6 +355,7 @@ struct Tx<'a> {
     mailboxes: HashMap<(u64, u64), Mailbox>,
     blob_refs: HashMap<BlobId, BlobRef>,
     now_ms: u64,
+    log_index: u64,
 }
 
 fn vanished(what: &str) -> Error {
@@ -357,7 +363,7 @@ fn vanished(what: &str) -> Error {
 }
 
 impl<'a> Tx<'a> {
-    fn new(db: &'a DB) -> Self {
+    fn new(db: &'a DB, log_index: u64) -> Self {
         Self {
             db,
             batch: WriteBatch::default(),
@@ -366,6 +372,7 @@ impl<'a> Tx<'a> {
             mailboxes: HashMap::new(),
             blob_refs: HashMap::new(),
             now_ms: 0,
+            log_index,
         }
     }
 
@@ -438,11 +445,7 @@ impl<'a> Tx<'a> {
 
     fn blob_ref(&mut self, blob: BlobId) -> Result<&mut BlobRef> {
         if !self.blob_refs.contains_key(&blob) {
-            let record = get(self.db, ks::BLOB_REFS, blob.as_bytes())?.unwrap_or(BlobRef {
-                count: 0,
-                zero_since_ms: None,
-                deleting: false,
-            });
+            let record = get(self.db, ks::BLOB_REFS, blob.as_bytes())?.unwrap_or(BlobRef::UNREFERENCED);
             self.blob_refs.insert(blob, record);
         }
         Ok(self.blob_refs.get_mut(&blob).expect("inserted above"))
@@ -482,8 +485,8 @@ impl<'a> Tx<'a> {
             Command::CreateMailbox { account_id, name, special_use } => {
                 self.create_mailbox(account_id, name, special_use)
             }
-            Command::Deliver { blob, size, internal_date_ms, flags, targets } => {
-                self.deliver(blob, size, internal_date_ms, flags, &targets)
+            Command::Deliver { blob, stored_after_index, size, internal_date_ms, flags, targets } => {
+                self.deliver(blob, stored_after_index, size, internal_date_ms, flags, &targets)
             }
             Command::SetFlags { account_id, mailbox_id, uids, action, flags, unchanged_since } => {
                 self.set_flags(account_id, mailbox_id, &uids, action, flags, unchanged_since)
@@ -680,15 +683,16 @@ impl<'a> Tx<'a> {
     fn deliver(
         &mut self,
         blob: BlobId,
+        stored_after_index: u64,
         size: u64,
         internal_date_ms: u64,
         flags: Vec<String>,
         targets: &[DeliveryTarget],
     ) -> Result<CommandResult> {
-        if self.blob_ref(blob)?.deleting {
-            return Ok(Err(CommandError::Conflict(format!(
-                "blob {blob} is being garbage-collected; store it again and retry"
-            ))));
+        let record = *self.blob_ref(blob)?;
+        let copy_may_be_deleted = record.deleted_at_index.is_some_and(|deleted| stored_after_index < deleted);
+        if record.deleting || copy_may_be_deleted {
+            return Ok(Err(CommandError::BlobCollected { blob: blob.to_hex() }));
         }
         let flags = normalize_flags(flags);
         let mut results = Vec::with_capacity(targets.len());
@@ -734,6 +738,14 @@ impl<'a> Tx<'a> {
             self.record_change(target.account_id, Change::Added { mailbox_id, uid, modseq })?;
             results.push(DeliveryResult::Stored { mailbox_id, uid, modseq });
         }
+        // Referenced or not, the stored body is now known to the state: when nothing
+        // references it, it becomes garbage after the grace period.
+        let now_ms = self.now_ms;
+        let blob_ref = self.blob_ref(blob)?;
+        blob_ref.deleted_at_index = None;
+        if blob_ref.count == 0 && blob_ref.zero_since_ms.is_none() {
+            blob_ref.zero_since_ms = Some(now_ms);
+        }
         Ok(Ok(Outcome::Delivered { results }))
     }
 
@@ -754,7 +766,10 @@ impl<'a> Tx<'a> {
         let flags = normalize_flags(flags);
         let mut changed = false;
         let mut failed_unchanged_since = Vec::new();
-        for &uid in uids {
+        let mut uids = uids.to_vec();
+        uids.sort_unstable();
+        uids.dedup();
+        for uid in uids {
             let key = ks::message_key(account_id, mailbox_id, uid);
             let Some(mut record) = get::<MessageRecord>(self.db, ks::MESSAGES, &key)? else { continue };
             if unchanged_since.is_some_and(|limit| record.modseq > limit) {
@@ -817,8 +832,10 @@ impl<'a> Tx<'a> {
     fn claim_blob(&mut self, blob: BlobId, grace_ms: u64) -> Result<CommandResult> {
         let now_ms = self.now_ms;
         let record = self.blob_ref(blob)?;
-        let expired = record.zero_since_ms.is_some_and(|since| since.saturating_add(grace_ms) <= now_ms);
-        if record.count > 0 || !expired {
+        // No zero_since: a body the state never saw (an orphan the collector found by listing
+        // and checked the age of).
+        let expired = record.zero_since_ms.is_none_or(|since| since.saturating_add(grace_ms) <= now_ms);
+        if record.count > 0 || record.deleting || !expired {
             return Ok(Err(CommandError::Conflict(format!(
                 "blob {blob} is still referenced or within its grace period"
             ))));
@@ -831,8 +848,8 @@ impl<'a> Tx<'a> {
         if !self.blob_ref(blob)?.deleting {
             return Ok(Err(CommandError::Conflict(format!("blob {blob} was not claimed for deletion"))));
         }
-        self.blob_refs.remove(&blob);
-        self.delete(ks::BLOB_REFS, blob.as_bytes());
+        let log_index = self.log_index;
+        *self.blob_ref(blob)? = BlobRef { deleted_at_index: Some(log_index), ..BlobRef::UNREFERENCED };
         Ok(Ok(Outcome::Done))
     }
 }

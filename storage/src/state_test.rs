@@ -7,11 +7,15 @@ fn store() -> (tempfile::TempDir, StateStore) {
 }
 
 /// Applies commands as one batch, each with the entry index as its raft meta.
+/// Log indexes increase across every apply of the test process, as in a real log.
+static NEXT_LOG_INDEX: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 fn apply(store: &StateStore, commands: Vec<Command>) -> Vec<CommandResult> {
     let entries = commands
         .into_iter()
         .enumerate()
         .map(|(index, command)| ApplyEntry {
+            log_index: NEXT_LOG_INDEX.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             command: Some(CommandEnvelope::new(command, 1_000 + index as u64).encode()),
             raft_meta: vec![index as u8],
         })
@@ -36,6 +40,7 @@ fn account(address: &str) -> Command {
 fn deliver(blob: BlobId, size: u64, account_ids: &[u64]) -> Command {
     Command::Deliver {
         blob,
+        stored_after_index: 0,
         size,
         internal_date_ms: 5,
         flags: vec![],
@@ -135,14 +140,7 @@ fn quota_and_state_are_checked_per_target() {
             results: vec![DeliveryResult::OverQuota, DeliveryResult::NotReceiving, DeliveryResult::NoSuchMailbox]
         })
     );
-    assert_eq!(
-        store
-            .blob_ref(&BlobId::of(b"big"))
-            .unwrap()
-            .unwrap_or(BlobRef { count: 0, zero_since_ms: None, deleting: false })
-            .count,
-        0
-    );
+    assert_eq!(store.blob_ref(&BlobId::of(b"big")).unwrap().unwrap_or(BlobRef::UNREFERENCED).count, 0);
 }
 
 #[test]
@@ -203,19 +201,79 @@ fn garbage_collection_claims_only_expired_unreferenced_blobs() {
     let blob = BlobId::of(b"gc");
     apply_one(&store, deliver(blob, 2, &[a])).unwrap();
     let claim = Command::ClaimBlobForDeletion { blob, grace_ms: 0 };
-    assert!(matches!(apply_one(&store, claim.clone()), Err(CommandError::Conflict(_))));
+    assert!(matches!(apply_one(&store, claim.clone()), Err(CommandError::Conflict(_))), "referenced");
     let inbox = store.mailbox_by_name(a, INBOX).unwrap().unwrap().id;
     apply_one(&store, Command::Expunge { account_id: a, mailbox_id: inbox, uids: vec![1] }).unwrap();
     assert_eq!(store.unreferenced_blobs(u64::MAX, 10).unwrap(), vec![blob]);
-    assert!(matches!(
-        apply_one(&store, Command::ClaimBlobForDeletion { blob, grace_ms: 1_000_000 }),
-        Err(CommandError::Conflict(_))
-    ));
-    assert_eq!(apply_one(&store, claim), Ok(Outcome::Done));
+    assert!(
+        matches!(
+            apply_one(&store, Command::ClaimBlobForDeletion { blob, grace_ms: 1_000_000 }),
+            Err(CommandError::Conflict(_))
+        ),
+        "within the grace period"
+    );
+    assert_eq!(apply_one(&store, claim.clone()), Ok(Outcome::Done));
+    assert!(matches!(apply_one(&store, claim.clone()), Err(CommandError::Conflict(_))), "claimed twice");
+    // A claimed blob stays listed until its deletion finishes.
+    assert_eq!(store.unreferenced_blobs(0, 10).unwrap(), vec![blob]);
     // A delivery racing the deletion is refused rather than pointing at a vanishing body.
-    assert!(matches!(apply_one(&store, deliver(blob, 2, &[a])), Err(CommandError::Conflict(_))));
+    let refused = apply_one(&store, deliver(blob, 2, &[a]));
+    assert!(matches!(&refused, Err(CommandError::BlobCollected { .. })), "{refused:?}");
     assert_eq!(apply_one(&store, Command::ForgetBlob { blob }), Ok(Outcome::Done));
-    assert!(store.blob_ref(&blob).unwrap().is_none());
+    let tombstone = store.blob_ref(&blob).unwrap().unwrap();
+    let deleted_at = tombstone.deleted_at_index.expect("tombstone");
+    assert!(store.unreferenced_blobs(u64::MAX, 10).unwrap().is_empty());
+
+    // A copy stored before the deletion finished may be gone: refused.
+    let stale = Command::Deliver {
+        blob,
+        stored_after_index: deleted_at - 1,
+        size: 2,
+        internal_date_ms: 1,
+        flags: vec![],
+        targets: vec![DeliveryTarget { account_id: a, mailbox_id: None }],
+    };
+    assert!(matches!(apply_one(&store, stale), Err(CommandError::BlobCollected { .. })));
+    // A copy stored after it is safe, and clears the tombstone.
+    let fresh = Command::Deliver {
+        blob,
+        stored_after_index: deleted_at,
+        size: 2,
+        internal_date_ms: 1,
+        flags: vec![],
+        targets: vec![DeliveryTarget { account_id: a, mailbox_id: None }],
+    };
+    assert!(matches!(apply_one(&store, fresh), Ok(Outcome::Delivered { .. })));
+    let record = store.blob_ref(&blob).unwrap().unwrap();
+    assert_eq!((record.count, record.deleted_at_index), (1, None));
+}
+
+#[test]
+fn orphans_can_be_claimed_and_refused_deliveries_leave_collectable_bodies() {
+    let (_dir, store) = store();
+    let (a, _) = setup_two_accounts(&store);
+    // A body stored but never delivered has no record; the collector may claim it.
+    let orphan = BlobId::of(b"orphan");
+    assert_eq!(apply_one(&store, Command::ClaimBlobForDeletion { blob: orphan, grace_ms: 0 }), Ok(Outcome::Done));
+    // A delivery whose every target refused still records the body as unreferenced.
+    apply_one(
+        &store,
+        Command::UpdateAccount {
+            address: "a@example.com".into(),
+            display_name: None,
+            password_hash: None,
+            quota_bytes: Some(Some(1)),
+            state: None,
+        },
+    )
+    .unwrap();
+    let refused = BlobId::of(b"too big");
+    let result = apply_one(&store, deliver(refused, 100, &[a]));
+    assert_eq!(result, Ok(Outcome::Delivered { results: vec![DeliveryResult::OverQuota] }));
+    let record = store.blob_ref(&refused).unwrap().unwrap();
+    assert_eq!(record.count, 0);
+    assert!(record.zero_since_ms.is_some());
+    assert!(store.unreferenced_blobs(u64::MAX, 10).unwrap().contains(&refused));
 }
 
 #[test]
@@ -240,7 +298,8 @@ fn a_command_from_a_newer_release_stops_apply() {
     let (_dir, store) = store();
     let mut bytes = CommandEnvelope::new(Command::CreateDomain { name: "x.test".into() }, 1).encode();
     bytes[0..2].copy_from_slice(&u16::MAX.to_be_bytes());
-    let error = store.apply_batch(vec![ApplyEntry { command: Some(bytes), raft_meta: vec![1] }]).unwrap_err();
+    let error =
+        store.apply_batch(vec![ApplyEntry { log_index: 1, command: Some(bytes), raft_meta: vec![1] }]).unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Corrupt);
     assert_eq!(store.raft_meta().unwrap(), None, "nothing applied");
 }

@@ -1,1 +1,15 @@
-//! placeholder
+//! wmail-tests: end-to-end tests that drive real `wmail` binaries with real clients and
+//! real peers (SeaweedFS for S3, Prometheus' promtool), compiled into one test binary.
+//! Run them with `bash tests/run.sh`, which installs the peers first.
+
+pub mod harness;
+pub mod peers;
+
+#[cfg(test)]
+mod bench_smoke;
+#[cfg(test)]
+mod blob_s3;
+#[cfg(test)]
+mod foundation;
+#[cfg(test)]
+mod licences;

@@ -59,6 +59,7 @@ impl From<wmail_storage::CommandError> for CoreError {
             E::AlreadyExists { .. } => ErrorCode::AlreadyExists,
             E::Conflict(_) => ErrorCode::Conflict,
             E::Invalid(_) => ErrorCode::InvalidInput,
+            E::BlobCollected { .. } => ErrorCode::Unavailable,
         };
         Self::new(code, error.to_string())
     }

@@ -309,9 +309,10 @@ impl Core {
     /// Resolves a recipient to local accounts, following aliases (each account once).
     pub fn resolve_recipient(&self, recipient: &str) -> Result<Vec<u64>> {
         let mut accounts = Vec::new();
-        let mut pending = vec![normalize_address(recipient)?];
+        // Breadth-first, so accounts come in the order the aliases name them.
+        let mut pending = std::collections::VecDeque::from([normalize_address(recipient)?]);
         let mut seen = std::collections::HashSet::new();
-        while let Some(address) = pending.pop() {
+        while let Some(address) = pending.pop_front() {
             if !seen.insert(address.clone()) || seen.len() > 1_000 {
                 continue;
             }
@@ -330,8 +331,10 @@ impl Core {
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send,
     {
+        // Each account gets one copy however many recipients (addresses, aliases, groups)
+        // lead to it; each recipient reports the result of its first account.
         let mut plan = Vec::new();
-        let mut targets = Vec::new();
+        let mut targets: Vec<DeliveryTarget> = Vec::new();
         for recipient in recipients {
             let accounts = match self.resolve_recipient(recipient) {
                 Ok(accounts) if accounts.is_empty() => {
@@ -339,22 +342,40 @@ impl Core {
                 }
                 other => other,
             };
-            let first_target = targets.len();
-            if let Ok(accounts) = &accounts {
-                targets.extend(accounts.iter().map(|&account_id| DeliveryTarget { account_id, mailbox_id: None }));
-            }
-            plan.push((recipient.clone(), accounts.map(|_| first_target)));
+            let planned = accounts.map(|accounts| {
+                let mut first = None;
+                for account_id in accounts {
+                    let index = match targets.iter().position(|target| target.account_id == account_id) {
+                        Some(index) => index,
+                        None => {
+                            targets.push(DeliveryTarget { account_id, mailbox_id: None });
+                            targets.len() - 1
+                        }
+                    };
+                    first.get_or_insert(index);
+                }
+                first.expect("at least one account")
+            });
+            plan.push((recipient.clone(), planned));
         }
         if targets.is_empty() {
+            // Nothing local: every entry of the plan is an error; store nothing.
             return Ok(plan
                 .into_iter()
-                .map(|(recipient, planned)| RecipientResult { recipient, result: planned.map(|_| unreachable!()) })
+                .map(|(recipient, planned)| RecipientResult {
+                    recipient,
+                    result: planned.and_then(|_| Err(CoreError::internal("planning a delivery", "no targets"))),
+                })
                 .collect());
         }
-        let stored = self.blobs.put_stream(body).await.map_err(|e| CoreError::internal("storing a message body", e))?;
+        // Read before storing: garbage collection that finishes after this index cannot
+        // have deleted the copy stored below (see `Command::Deliver`).
+        let stored_after_index = self.consensus.metrics().last_applied.map_or(0, |id| id.index);
+        let stored = self.store_body(body).await?;
         let outcome = self
             .execute(Command::Deliver {
                 blob: stored.id,
+                stored_after_index,
                 size: stored.size,
                 internal_date_ms: now_ms(),
                 flags: Vec::new(),
@@ -372,6 +393,29 @@ impl Core {
                 result: planned.map(|index| results[index]),
             })
             .collect())
+    }
+
+    /// Streams a message body into the blob store. A failure of the body itself (the client
+    /// went away, a size limit in the caller's stream) is the caller's fault, not ours.
+    async fn store_body<S>(&self, body: S) -> Result<wmail_storage::StoredBlob>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send,
+    {
+        use futures::StreamExt;
+        let body_error: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+        let watched = body.map(|chunk| {
+            if let Err(error) = &chunk {
+                *body_error.lock().expect("body error lock") = Some(error.to_string());
+            }
+            chunk
+        });
+        match self.blobs.put_stream(watched).await {
+            Ok(stored) => Ok(stored),
+            Err(error) => match body_error.into_inner().expect("body error lock") {
+                Some(reason) => Err(CoreError::invalid(format!("the message body could not be received: {reason}"))),
+                None => Err(CoreError::internal("storing a message body", error)),
+            },
+        }
     }
 
     /// Lists the messages of an account's mailbox (INBOX when `mailbox` is `None`).
@@ -399,12 +443,27 @@ impl Core {
             return Ok(0);
         }
         let grace_ms = self.config.blob_gc_grace.as_millis() as u64;
-        let candidates = self.state.unreferenced_blobs(now_ms().saturating_sub(grace_ms), 1_000)?;
+        let cutoff_ms = now_ms().saturating_sub(grace_ms);
+        let mut candidates = self.state.unreferenced_blobs(cutoff_ms, 1_000)?;
+        // Orphans: bodies stored longer ago than the grace period that no delivery ever
+        // named (the node stopped between storing and committing, for example).
+        let written_before = self
+            .blobs
+            .list_written_before(cutoff_ms, 1_000)
+            .await
+            .map_err(|e| CoreError::internal("listing blobs", e))?;
+        for blob in written_before {
+            if self.state.blob_ref(&blob)?.is_none() {
+                candidates.push(blob);
+            }
+        }
         let mut deleted = 0;
         for blob in candidates {
-            // Claim first: a delivery that re-references the blob afterwards is refused, so
-            // deleting the object cannot orphan a message.
-            if self.execute(Command::ClaimBlobForDeletion { blob, grace_ms }).await.is_err() {
+            // Claim first (unless a previous round did): from the claim on, deliveries of this
+            // blob are refused, and after the deletion only copies stored later are accepted,
+            // so deleting the object never leaves a message without its body.
+            let claimed = self.state.blob_ref(&blob)?.is_some_and(|record| record.deleting);
+            if !claimed && self.execute(Command::ClaimBlobForDeletion { blob, grace_ms }).await.is_err() {
                 continue;
             }
             self.blobs.delete(&blob).await.map_err(|e| CoreError::internal("deleting a blob", e))?;
@@ -428,3 +487,6 @@ async fn blob_gc_worker(core: std::sync::Weak<Core>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

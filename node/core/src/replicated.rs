@@ -28,7 +28,11 @@ impl ReplicatedState for ReplicatedMailState {
     fn apply(&self, entries: Vec<StateEntry>) -> std::io::Result<Vec<Vec<u8>>> {
         let entries = entries
             .into_iter()
-            .map(|entry| ApplyEntry { command: entry.command, raft_meta: entry.applied_record })
+            .map(|entry| ApplyEntry {
+                log_index: entry.log_index,
+                command: entry.command,
+                raft_meta: entry.applied_record,
+            })
             .collect();
         let results = self.0.apply_batch(entries).map_err(|error| {
             tracing::error!(%error, "cannot apply committed commands; this node stops applying");

@@ -324,16 +324,26 @@ async fn deliver_message(
     body: Body,
 ) -> ApiResult<(StatusCode, Json<DeliveryView>)> {
     let mut received = 0u64;
-    let stream = body.into_data_stream().map_err(std::io::Error::other).and_then(move |chunk| {
+    let too_large = std::sync::atomic::AtomicBool::new(false);
+    let stream = body.into_data_stream().map_err(std::io::Error::other).and_then(|chunk| {
         received += chunk.len() as u64;
         let result = if received > MAX_MESSAGE_BYTES {
-            Err(std::io::Error::other(format!("message larger than {MAX_MESSAGE_BYTES} bytes")))
+            too_large.store(true, std::sync::atomic::Ordering::Relaxed);
+            Err(std::io::Error::other(format!("the message is larger than {MAX_MESSAGE_BYTES} bytes")))
         } else {
             Ok(chunk)
         };
         std::future::ready(result)
     });
-    let mut results = state.core.deliver(std::slice::from_ref(&address), stream).await?;
+    let delivered = state.core.deliver(std::slice::from_ref(&address), stream).await;
+    if too_large.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the message is larger than the {MAX_MESSAGE_BYTES}-byte limit"),
+        ));
+    }
+    let mut results = delivered?;
     let result = results.pop().expect("one recipient, one result");
     match result.result? {
         DeliveryResult::Stored { uid, modseq, .. } => {

@@ -100,6 +100,20 @@ pub fn read_password(from_stdin: bool) -> anyhow::Result<(String, bool)> {
     Ok((password, true))
 }
 
+/// Percent-encodes one URL path segment or query value (RFC 3986 §2.3: everything but
+/// unreserved characters and `@`), so addresses with `/`, `?`, `#` or `%` stay intact.
+pub fn encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~@".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 /// Parses a size like `500M`, `2G`, `1.5G` or `1048576` (binary multiples).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
@@ -150,6 +164,13 @@ pub fn new_account_body(address: &str, password: &str, name: Option<&str>, quota
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn path_segments_are_percent_encoded() {
+        assert_eq!(encode("alice@example.com"), "alice@example.com");
+        assert_eq!(encode("a/b?c#d%e f@x.test"), "a%2Fb%3Fc%23d%25e%20f@x.test");
+        assert_eq!(encode("ü"), "%C3%BC");
+    }
 
     #[test]
     fn sizes_parse_with_binary_units() {

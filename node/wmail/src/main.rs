@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use reqwest::Method;
 use serde_json::json;
 
-use crate::admin::{AdminClient, account_line, new_account_body, parse_size, read_password};
+use crate::admin::{AdminClient, account_line, encode, new_account_body, parse_size, read_password};
 use crate::config::Config;
 
 #[derive(Parser)]
@@ -221,7 +221,7 @@ async fn domain(client: AdminClient, command: DomainCommand) -> anyhow::Result<(
             });
         }
         DomainCommand::Remove { name } => {
-            client.call(Method::DELETE, &format!("/domains/{name}"), None).await?;
+            client.call(Method::DELETE, &format!("/domains/{}", encode(&name)), None).await?;
             client.print(&json!({ "removed": name }), |_| format!("removed domain {name}"));
         }
     }
@@ -247,7 +247,7 @@ async fn account(client: AdminClient, command: AccountCommand) -> anyhow::Result
         }
         AccountCommand::List { domain } => {
             let path = match &domain {
-                Some(domain) => format!("/accounts?domain={domain}"),
+                Some(domain) => format!("/accounts?domain={}", encode(domain)),
                 None => "/accounts".into(),
             };
             let accounts = client.call(Method::GET, &path, None).await?;
@@ -256,16 +256,16 @@ async fn account(client: AdminClient, command: AccountCommand) -> anyhow::Result
             });
         }
         AccountCommand::Show { address } => {
-            let account = client.call(Method::GET, &format!("/accounts/{address}"), None).await?;
+            let account = client.call(Method::GET, &format!("/accounts/{}", encode(&address)), None).await?;
             client.print(&account, account_line);
         }
         AccountCommand::Remove { address } => {
-            client.call(Method::DELETE, &format!("/accounts/{address}"), None).await?;
+            client.call(Method::DELETE, &format!("/accounts/{}", encode(&address)), None).await?;
             client.print(&json!({ "removed": address }), |_| format!("removed account {address}"));
         }
         AccountCommand::Passwd { address, password_stdin } => {
             let (password, generated) = read_password(password_stdin)?;
-            let path = format!("/accounts/{address}");
+            let path = format!("/accounts/{}", encode(&address));
             let mut account = client.call(Method::PATCH, &path, Some(json!({ "password": password }))).await?;
             if generated {
                 account["generated_password"] = json!(password);
@@ -292,12 +292,12 @@ async fn alias(client: AdminClient, command: AliasCommand) -> anyhow::Result<()>
             });
         }
         AliasCommand::Remove { alias } => {
-            client.call(Method::DELETE, &format!("/aliases/{alias}"), None).await?;
+            client.call(Method::DELETE, &format!("/aliases/{}", encode(&alias)), None).await?;
             client.print(&json!({ "removed": alias }), |_| format!("removed alias {alias}"));
         }
         AliasCommand::List { domain } => {
             let path = match &domain {
-                Some(domain) => format!("/aliases?domain={domain}"),
+                Some(domain) => format!("/aliases?domain={}", encode(domain)),
                 None => "/aliases".into(),
             };
             let aliases = client.call(Method::GET, &path, None).await?;

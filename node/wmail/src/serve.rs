@@ -35,11 +35,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
     let mut http_urls = Vec::new();
+    // One router (and so one metrics registry) shared by every HTTP listener.
+    let router = wmail_http::router(core.clone(), admin_token.clone());
     for address in &config.listen.http {
         let listener = bind(address, "http").await?;
         let local = listener.local_addr()?;
         http_urls.push(format!("http://{local}"));
-        let router = wmail_http::router(core.clone(), admin_token.clone());
+        let router = router.clone();
         let mut shutdown = shutdown_rx.clone();
         servers.push(tokio::spawn(async move {
             let stop = async move {

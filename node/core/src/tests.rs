@@ -1,0 +1,126 @@
+//! Core against real storage and consensus on disk: delivery, aliases, authentication and
+//! blob garbage collection.
+
+use std::time::Duration;
+
+use super::*;
+
+async fn start(dir: &std::path::Path) -> Arc<Core> {
+    Core::start(CoreConfig {
+        data_dir: dir.to_owned(),
+        node_id: 1,
+        advertise_addr: "127.0.0.1:1".into(),
+        blob_backend: BlobBackend::Local { root: dir.to_owned() },
+        blob_gc_grace: Duration::ZERO,
+    })
+    .await
+    .unwrap()
+}
+
+fn body(text: &str) -> impl Stream<Item = std::io::Result<Bytes>> + Send + use<> {
+    futures::stream::iter([Ok(Bytes::from(text.to_owned()))])
+}
+
+async fn setup(core: &Core) {
+    core.create_domain("Example.com").await.unwrap();
+    for address in ["alice@example.com", "bob@example.com"] {
+        core.create_account(NewAccount {
+            address: address.into(),
+            password: "correct horse".into(),
+            display_name: String::new(),
+            quota_bytes: None,
+            state: AccountState::Active,
+        })
+        .await
+        .unwrap();
+    }
+    core.create_alias("team@example.com", &["alice@example.com".into(), "bob@example.com".into()]).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_follows_aliases_and_stores_one_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = start(dir.path()).await;
+    setup(&core).await;
+    let recipients = ["team@example.com".to_string(), "Alice@Example.com".into(), "nobody@example.com".into()];
+    let results = core.deliver(&recipients, body("Subject: hi\r\n\r\nhello\r\n")).await.unwrap();
+    assert!(matches!(results[0].result, Ok(DeliveryResult::Stored { uid: 1, .. })), "{results:?}");
+    // alice is reached through the alias and directly, and still gets exactly one copy.
+    assert_eq!(results[1].result, results[0].result);
+    assert_eq!(core.messages("alice@example.com", None).unwrap().len(), 1);
+    assert_eq!(results[2].result.as_ref().unwrap_err().code, ErrorCode::NotFound);
+    assert_eq!(core.messages("bob@example.com", None).unwrap().len(), 1);
+    let blob = core.messages("bob@example.com", None).unwrap()[0].blob;
+    assert_eq!(core.state.blob_ref(&blob).unwrap().unwrap().count, 2, "one body, two references");
+    assert_eq!(core.read_blob(&blob).await.unwrap(), "Subject: hi\r\n\r\nhello\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authentication_checks_password_and_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = start(dir.path()).await;
+    setup(&core).await;
+    assert_eq!(core.authenticate("ALICE@example.com", "correct horse").await.unwrap().address, "alice@example.com");
+    for (address, password) in
+        [("alice@example.com", "wrong horse"), ("nobody@example.com", "correct horse"), ("x", "y")]
+    {
+        assert_eq!(core.authenticate(address, password).await.unwrap_err().code, ErrorCode::Unauthorized);
+    }
+    let changes = AccountChanges { state: Some(AccountState::Dormant), ..Default::default() };
+    core.update_account("alice@example.com", changes).await.unwrap();
+    let refused = core.authenticate("alice@example.com", "correct horse").await.unwrap_err();
+    assert_eq!(refused.code, ErrorCode::Unauthorized, "a dormant account receives mail but cannot log in");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_collection_deletes_unreferenced_and_orphaned_bodies_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = start(dir.path()).await;
+    setup(&core).await;
+    let kept = core.deliver(&["alice@example.com".into()], body("kept")).await.unwrap();
+    assert!(kept[0].result.is_ok());
+    let dropped = core.deliver(&["bob@example.com".into()], body("dropped")).await.unwrap();
+    assert!(dropped[0].result.is_ok());
+    let bob = core.account("bob@example.com").unwrap().unwrap();
+    let inbox = core.state.mailbox_by_name(bob.id, wmail_storage::INBOX).unwrap().unwrap();
+    core.execute(Command::Expunge { account_id: bob.id, mailbox_id: inbox.id, uids: vec![1] }).await.unwrap();
+    let orphan = core.blobs.put_bytes(Bytes::from_static(b"stored, never delivered")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+
+    assert_eq!(core.collect_blob_garbage().await.unwrap(), 2);
+    assert!(core.blobs.exists(&BlobId::of(b"kept")).await.unwrap());
+    assert!(!core.blobs.exists(&BlobId::of(b"dropped")).await.unwrap());
+    assert!(!core.blobs.exists(&orphan.id).await.unwrap());
+    assert_eq!(core.collect_blob_garbage().await.unwrap(), 0, "nothing left to collect");
+
+    // The same content delivered again is stored again and readable.
+    let again = core.deliver(&["bob@example.com".into()], body("dropped")).await.unwrap();
+    assert!(again[0].result.is_ok(), "{again:?}");
+    assert_eq!(core.read_blob(&BlobId::of(b"dropped")).await.unwrap(), "dropped");
+
+    // A copy stored before a collection finished is refused, so it is never left dangling.
+    let stale = core
+        .execute(Command::Deliver {
+            blob: orphan.id,
+            stored_after_index: 0,
+            size: 1,
+            internal_date_ms: 0,
+            flags: vec![],
+            targets: vec![DeliveryTarget { account_id: bob.id, mailbox_id: None }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code, ErrorCode::Unavailable, "{stale}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_body_is_the_clients_fault_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = start(dir.path()).await;
+    setup(&core).await;
+    let broken = futures::stream::iter([Ok(Bytes::from_static(b"partial")), Err(std::io::Error::other("client left"))]);
+    let error = core.deliver(&["alice@example.com".into()], broken).await.unwrap_err();
+    assert_eq!(error.code, ErrorCode::InvalidInput);
+    assert!(error.message.contains("client left"), "{error}");
+    assert!(core.messages("alice@example.com", None).unwrap().is_empty());
+}

