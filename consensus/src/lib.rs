@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use log_store::LogStore;
+pub use log_store::{LogIoStats, LogStore};
 pub use network::{
     InMemoryRouter, NetworkFactory, RaftRpc, RaftRpcReply, Transport, TransportError, TransportFuture, handle_rpc,
 };
@@ -34,17 +34,79 @@ pub use state_machine::{ReplicatedState, StateEntry, StateMachineStore};
 /// A node's id in the cluster.
 pub type NodeId = u64;
 
-/// An opaque application command as stored in the Raft log.
+/// The payload of one Raft entry: a batch of opaque application commands, proposed
+/// concurrently and committed together (one log append, one fsync).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Request(pub Vec<u8>);
+pub struct Request(pub Vec<Vec<u8>>);
 
-/// An opaque application response to one applied [`Request`].
+/// The application's responses to a [`Request`], one per command.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Response(pub Vec<u8>);
+pub struct Response(pub Vec<Vec<u8>>);
 
 impl std::fmt::Display for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "request({} bytes)", self.0.len())
+        write!(f, "request({} commands)", self.0.len())
+    }
+}
+
+/// Most commands one Raft entry carries.
+const MAX_BATCH_COMMANDS: usize = 1_024;
+/// Most command bytes one Raft entry carries (a batch always takes at least one command).
+const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Batches proposed to Raft and not yet answered; more proposals wait and join a batch.
+const MAX_BATCHES_IN_FLIGHT: usize = 2;
+
+/// A command waiting to be proposed, and where its result goes.
+struct Proposal {
+    command: Vec<u8>,
+    reply: tokio::sync::oneshot::Sender<Result<Vec<u8>, ProposeError>>,
+}
+
+fn propose_error(error: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> ProposeError {
+    match error {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+            ProposeError::ForwardToLeader { leader: forward.leader_id.zip(forward.leader_node.map(|node| node.addr)) }
+        }
+        error => ProposeError::Unavailable(error.to_string()),
+    }
+}
+
+/// Group commit: takes every proposal queued while earlier batches were in flight and
+/// proposes them as one Raft entry (openraft appends and fsyncs each entry on its own).
+async fn batch_proposals(raft: Raft, mut queue: tokio::sync::mpsc::Receiver<Proposal>) {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_BATCHES_IN_FLIGHT));
+    while let Some(first) = queue.recv().await {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        let mut bytes = first.command.len();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH_COMMANDS && bytes < MAX_BATCH_BYTES {
+            match queue.try_recv() {
+                Ok(proposal) => {
+                    bytes += proposal.command.len();
+                    batch.push(proposal);
+                }
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let (commands, replies): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|proposal| (proposal.command, proposal.reply)).unzip();
+            match raft.client_write(Request(commands)).await {
+                Ok(response) => {
+                    for (reply, result) in replies.into_iter().zip(response.data.0) {
+                        let _ = reply.send(Ok(result));
+                    }
+                }
+                Err(error) => {
+                    let error = propose_error(error);
+                    for reply in replies {
+                        let _ = reply.send(Err(error.clone()));
+                    }
+                }
+            }
+            drop(permit);
+        });
     }
 }
 
@@ -108,7 +170,7 @@ impl ConsensusConfig {
 }
 
 /// Why a proposal did not produce a result.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ProposeError {
     /// This node is not the leader; the caller should forward to `leader` (if known).
     #[error("this node is not the leader (leader: {leader:?})")]
@@ -152,6 +214,8 @@ pub struct Consensus {
     config: Arc<ConsensusConfig>,
     /// The last log index when the node started: ready once applied up to it.
     startup_log_index: Option<u64>,
+    log_stats: Arc<LogIoStats>,
+    proposals: tokio::sync::mpsc::Sender<Proposal>,
 }
 
 impl std::fmt::Debug for Consensus {
@@ -173,6 +237,7 @@ impl Consensus {
         let mut log_store = LogStore::open(&config.log_dir)
             .map_err(|source| OpenError::Log { path: config.log_dir.clone(), source })?;
         // Read before Raft starts: its metrics only catch up once its core task has run.
+        let log_stats = log_store.stats();
         let startup_log_index = {
             use openraft::storage::RaftLogStorage;
             let state = log_store.get_log_state().await.map_err(|e| OpenError::Raft(e.to_string()))?;
@@ -196,7 +261,9 @@ impl Consensus {
             Raft::new(config.node_id, Arc::new(raft_config), NetworkFactory::new(transport), log_store, state_machine)
                 .await
                 .map_err(|e| OpenError::Raft(e.to_string()))?;
-        Ok(Self { raft, config: Arc::new(config), startup_log_index })
+        let (proposals, queue) = tokio::sync::mpsc::channel(4 * MAX_BATCH_COMMANDS);
+        tokio::spawn(batch_proposals(raft.clone(), queue));
+        Ok(Self { raft, config: Arc::new(config), startup_log_index, log_stats, proposals })
     }
 
     /// Returns the openraft handle (for the transport's receiving side and tests).
@@ -222,17 +289,16 @@ impl Consensus {
     }
 
     /// Proposes one command and returns its response once it is committed (durable on a
-    /// majority) and applied on this node. Concurrent proposals share log appends and fsyncs.
+    /// majority) and applied on this node. Concurrent proposals are batched into one Raft
+    /// entry: they share one log append and one fsync.
+    ///
+    /// Cancel safety: dropping the future does not withdraw a queued command; it may still
+    /// be committed.
     pub async fn propose(&self, command: Vec<u8>) -> Result<Vec<u8>, ProposeError> {
-        match self.raft.client_write(Request(command)).await {
-            Ok(response) => Ok(response.data.0),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                Err(ProposeError::ForwardToLeader {
-                    leader: forward.leader_id.zip(forward.leader_node.map(|node| node.addr)),
-                })
-            }
-            Err(error) => Err(ProposeError::Unavailable(error.to_string())),
-        }
+        let (reply, result) = tokio::sync::oneshot::channel();
+        let stopped = || ProposeError::Unavailable("consensus stopped".into());
+        self.proposals.send(Proposal { command, reply }).await.map_err(|_| stopped())?;
+        result.await.map_err(|_| stopped())?
     }
 
     /// Waits until this node has applied everything committed when the call was made, as
@@ -248,6 +314,11 @@ impl Consensus {
             }
             Err(error) => Err(ProposeError::Unavailable(error.to_string())),
         }
+    }
+
+    /// Returns the log's disk-work counters (appended entries, WAL syncs).
+    pub fn log_stats(&self) -> &LogIoStats {
+        &self.log_stats
     }
 
     /// Returns the current Raft metrics.

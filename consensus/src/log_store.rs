@@ -9,6 +9,7 @@ use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -33,11 +34,25 @@ fn write_error(error: impl std::error::Error + 'static) -> StorageError<NodeId> 
     StorageIOError::write_logs(&error).into()
 }
 
+/// Counters of the log's disk work; `entries / wal_syncs` is the group-commit factor.
+#[derive(Debug, Default)]
+pub struct LogIoStats {
+    /// Entries appended.
+    pub entries: AtomicU64,
+    /// `append` calls (openraft already batches entries into one call when it can).
+    pub appends: AtomicU64,
+    /// WAL fsyncs made to acknowledge appends.
+    pub wal_syncs: AtomicU64,
+    /// Index of the last entry known committed, plus one (0: none yet).
+    pub committed_plus_one: AtomicU64,
+}
+
 /// The Raft log store of a node. Cloning is cheap; clones share the database.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
     flusher: mpsc::Sender<LogFlushed<TypeConfig>>,
+    stats: Arc<LogIoStats>,
 }
 
 impl Debug for LogStore {
@@ -58,11 +73,18 @@ impl LogStore {
         let (flusher, pending) = mpsc::channel::<LogFlushed<TypeConfig>>();
         // A weak handle, so the database closes as soon as the last store is dropped.
         let flush_db = Arc::downgrade(&db);
+        let stats = Arc::new(LogIoStats::default());
+        let flush_stats = stats.clone();
         std::thread::Builder::new()
             .name("raft-log-flush".into())
-            .spawn(move || flush_loop(&flush_db, pending))
+            .spawn(move || flush_loop(&flush_db, pending, &flush_stats))
             .expect("spawn the log flusher thread");
-        Ok(Self { db, flusher })
+        Ok(Self { db, flusher, stats })
+    }
+
+    /// Returns the live disk-work counters.
+    pub fn stats(&self) -> Arc<LogIoStats> {
+        self.stats.clone()
     }
 
     fn logs(&self) -> &rocksdb::ColumnFamily {
@@ -98,12 +120,15 @@ impl LogStore {
 }
 
 /// Syncs the WAL once per group of queued appends, then acknowledges the group.
-fn flush_loop(db: &std::sync::Weak<DB>, pending: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+fn flush_loop(db: &std::sync::Weak<DB>, pending: mpsc::Receiver<LogFlushed<TypeConfig>>, stats: &LogIoStats) {
     while let Ok(first) = pending.recv() {
         let mut group = vec![first];
         group.extend(pending.try_iter());
         let result = match db.upgrade() {
-            Some(db) => db.flush_wal(true).map_err(std::io::Error::other),
+            Some(db) => {
+                stats.wal_syncs.fetch_add(1, Ordering::Relaxed);
+                db.flush_wal(true).map_err(std::io::Error::other)
+            }
             None => Err(std::io::Error::other("raft log closed before its flush")),
         };
         for callback in group {
@@ -162,6 +187,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
         // Durability comes with the next synced write; losing it only costs a re-apply.
+        let committed_plus_one = committed.map_or(0, |id| id.index + 1);
+        self.stats.committed_plus_one.store(committed_plus_one, Ordering::Relaxed);
         let bytes = serde_json::to_vec(&committed).map_err(write_error)?;
         self.db.put_cf(self.meta(), COMMITTED_KEY, bytes).map_err(write_error)
     }
@@ -176,7 +203,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = WriteBatch::default();
+        self.stats.appends.fetch_add(1, Ordering::Relaxed);
         for entry in entries {
+            self.stats.entries.fetch_add(1, Ordering::Relaxed);
             let bytes = postcard::to_stdvec(&entry).map_err(write_error)?;
             batch.put_cf(self.logs(), index_key(entry.log_id.index), bytes);
         }

@@ -34,8 +34,9 @@ type StorageResult<T> = Result<T, StorageError<NodeId>>;
 pub struct StateEntry {
     /// The entry's Raft log index (increasing; usable as a logical clock by the application).
     pub log_index: u64,
-    /// The application command, or `None` for Raft's own entries (blank, membership).
-    pub command: Option<Vec<u8>>,
+    /// The application commands of the entry (a batch; empty for Raft's own entries such as
+    /// blank and membership entries). They must be applied atomically, in order.
+    pub commands: Vec<Vec<u8>>,
     /// Opaque record of the applied state after this entry; the application must store it
     /// atomically with the entry's effects and return it from [`ReplicatedState::applied_record`].
     pub applied_record: Vec<u8>,
@@ -46,9 +47,10 @@ pub struct StateEntry {
 ///
 /// All methods block (they do disk I/O); the adapter calls them from blocking threads.
 pub trait ReplicatedState: Send + Sync + 'static {
-    /// Applies entries in order and returns one response per entry. An error means the node
-    /// cannot go on applying (a disk failure, a command from a newer release); it stops.
-    fn apply(&self, entries: Vec<StateEntry>) -> std::io::Result<Vec<Vec<u8>>>;
+    /// Applies entries in order and returns, per entry, one response per command. An error
+    /// means the node cannot go on applying (a disk failure, a command from a newer
+    /// release); it stops.
+    fn apply(&self, entries: Vec<StateEntry>) -> std::io::Result<Vec<Vec<Vec<u8>>>>;
 
     /// Returns the `applied_record` of the last applied entry.
     fn applied_record(&self) -> std::io::Result<Option<Vec<u8>>>;
@@ -265,16 +267,16 @@ impl<S: ReplicatedState> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
         let mut batch = Vec::new();
         for entry in entries {
             record.last_applied = Some(entry.log_id);
-            let command = match entry.payload {
-                EntryPayload::Blank => None,
-                EntryPayload::Normal(request) => Some(request.0),
+            let commands = match entry.payload {
+                EntryPayload::Blank => Vec::new(),
+                EntryPayload::Normal(request) => request.0,
                 EntryPayload::Membership(membership) => {
                     record.membership = StoredMembership::new(Some(entry.log_id), membership);
-                    None
+                    Vec::new()
                 }
             };
             let applied_record = serde_json::to_vec(&record).map_err(sm_write_error)?;
-            batch.push(StateEntry { log_index: entry.log_id.index, command, applied_record });
+            batch.push(StateEntry { log_index: entry.log_id.index, commands, applied_record });
         }
         let state = self.state.clone();
         let responses = blocking(move || state.apply(batch), sm_write_error).await?;

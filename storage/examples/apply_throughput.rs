@@ -10,7 +10,7 @@ use wmail_storage::{AccountState, ApplyEntry, BlobId, Command, CommandEnvelope, 
 fn entry(command: Command, index: u64) -> ApplyEntry {
     ApplyEntry {
         log_index: index,
-        command: Some(CommandEnvelope::new(command, index).encode()),
+        commands: vec![CommandEnvelope::new(command, index).encode()],
         raft_meta: index.to_be_bytes().to_vec(),
     }
 }

@@ -8,7 +8,7 @@
 //! Installing a snapshot opens the checkpoint as the next generation and swaps it in, so
 //! readers holding the old database finish undisturbed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -28,14 +28,15 @@ use crate::records::{decode_value, encode_value};
 /// Name of the mailbox every account starts with.
 pub const INBOX: &str = "INBOX";
 
-/// One committed Raft entry to apply: the command bytes (absent for Raft's own entries such
-/// as membership changes) and the consensus layer's opaque record of the state after it.
+/// One committed Raft entry to apply: a batch of commands (empty for Raft's own entries
+/// such as membership changes) and the consensus layer's opaque record of the state after it.
 #[derive(Debug, Clone)]
 pub struct ApplyEntry {
     /// The entry's Raft log index.
     pub log_index: u64,
-    /// An encoded [`CommandEnvelope`], or `None` for an entry with no command.
-    pub command: Option<Vec<u8>>,
+    /// Encoded [`CommandEnvelope`]s, applied in order; each sees the effects of the ones
+    /// before it, and all of them land in one atomic write.
+    pub commands: Vec<Vec<u8>>,
     /// Opaque applied-state record (last applied log id, membership) stored atomically with
     /// the command's effects.
     pub raft_meta: Vec<u8>,
@@ -137,14 +138,15 @@ impl StateStore {
         Ok(db.get_cf(&cf(&db, ks::META), ks::META_RAFT)?)
     }
 
-    /// Applies committed entries in order. Each entry's effects and its `raft_meta` are
-    /// written in one atomic batch, so after a crash the state is exactly "everything up to
-    /// some entry" and replay continues from there.
+    /// Applies committed entries in order. Each entry's effects (all its commands) and its
+    /// `raft_meta` are written in one atomic batch, so after a crash the state is exactly
+    /// "everything up to some entry" and replay continues from there.
     ///
-    /// Returns one result per entry (`Outcome::Done` for entries without a command). Fails,
-    /// without applying the entry, only when the command cannot be decoded (for example it
-    /// comes from a newer release) or the disk fails: the node must stop applying then.
-    pub fn apply_batch(&self, entries: Vec<ApplyEntry>) -> Result<Vec<CommandResult>> {
+    /// Returns, per entry, one result per command. A refused command changes nothing and
+    /// the entry's other commands still apply. Fails, without applying the entry, only when
+    /// a command cannot be decoded (for example it comes from a newer release) or the disk
+    /// fails: the node must stop applying then.
+    pub fn apply_batch(&self, entries: Vec<ApplyEntry>) -> Result<Vec<Vec<CommandResult>>> {
         let _guard = self.apply_lock.lock().expect("apply lock");
         let db = self.db();
         let mut results = Vec::with_capacity(entries.len());
@@ -153,21 +155,27 @@ impl StateStore {
         let mut write_options = WriteOptions::default();
         write_options.set_sync(false);
         for entry in entries {
-            let mut tx = Tx::new(&db, entry.log_index);
-            let result = match &entry.command {
-                Some(bytes) => {
-                    let envelope = CommandEnvelope::decode(bytes)?;
-                    let result = tx.apply(envelope.command, envelope.issued_at_ms)?;
-                    if result.is_err() {
-                        tx.discard();
-                    }
-                    result
+            let mut entry_writes = Pending::new();
+            let mut entry_results = Vec::with_capacity(entry.commands.len());
+            for bytes in &entry.commands {
+                let envelope = CommandEnvelope::decode(bytes)?;
+                let mut tx = Tx::new(&db, &entry_writes, entry.log_index, envelope.issued_at_ms);
+                let result = tx.apply(envelope.command)?;
+                if result.is_ok() {
+                    entry_writes.extend(tx.finish());
                 }
-                None => Ok(Outcome::Done),
-            };
-            tx.put_raw(ks::META, ks::META_RAFT, entry.raft_meta);
-            db.write_opt(tx.finish(), &write_options)?;
-            results.push(result);
+                entry_results.push(result);
+            }
+            entry_writes.insert((ks::META, ks::META_RAFT.to_vec()), Some(entry.raft_meta));
+            let mut batch = WriteBatch::default();
+            for ((table, key), value) in entry_writes {
+                match value {
+                    Some(value) => batch.put_cf(cf(&db, table), key, value),
+                    None => batch.delete_cf(cf(&db, table), key),
+                }
+            }
+            db.write_opt(batch, &write_options)?;
+            results.push(entry_results);
         }
         Ok(results)
     }
@@ -344,12 +352,17 @@ fn scan<T: DeserializeOwned>(db: &DB, table: &str, prefix: &[u8]) -> Result<Vec<
     Ok(out)
 }
 
-/// One command's pending writes. Reads go to the database; the few values a command both
-/// reads and changes (counters, accounts, mailboxes, blob refs) are cached here so repeated
-/// changes within one command compose.
+/// Writes not yet in the database: `(table, key)` to the new value, or `None` to delete.
+type Pending = BTreeMap<(&'static str, Vec<u8>), Option<Vec<u8>>>;
+
+/// One command's view and writes. Reads see this command's writes, then those of earlier
+/// commands of the same entry, then the database; the few values a command both reads and
+/// changes (counters, accounts, mailboxes, blob refs) are cached as typed records until
+/// [`Tx::finish`]. Dropping a `Tx` discards the command.
 struct Tx<'a> {
     db: &'a DB,
-    batch: WriteBatch,
+    earlier: &'a Pending,
+    pending: Pending,
     counters: HashMap<&'static [u8], u64>,
     accounts: HashMap<u64, Account>,
     mailboxes: HashMap<(u64, u64), Mailbox>,
@@ -363,41 +376,83 @@ fn vanished(what: &str) -> Error {
 }
 
 impl<'a> Tx<'a> {
-    fn new(db: &'a DB, log_index: u64) -> Self {
+    fn new(db: &'a DB, earlier: &'a Pending, log_index: u64, now_ms: u64) -> Self {
         Self {
             db,
-            batch: WriteBatch::default(),
+            earlier,
+            pending: Pending::new(),
             counters: HashMap::new(),
             accounts: HashMap::new(),
             mailboxes: HashMap::new(),
             blob_refs: HashMap::new(),
-            now_ms: 0,
+            now_ms,
             log_index,
         }
     }
 
-    fn discard(&mut self) {
-        self.batch.clear();
-        self.counters.clear();
-        self.accounts.clear();
-        self.mailboxes.clear();
-        self.blob_refs.clear();
+    fn get_raw(&self, table: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let overlay_key = (table, key.to_vec());
+        if let Some(value) = self.pending.get(&overlay_key).or_else(|| self.earlier.get(&overlay_key)) {
+            return Ok(value.clone());
+        }
+        Ok(self.db.get_cf(cf(self.db, table), key)?)
     }
 
-    fn put_raw(&mut self, table: &str, key: &[u8], value: Vec<u8>) {
-        self.batch.put_cf(&cf(self.db, table), key, value);
+    fn get<T: DeserializeOwned>(&self, table: &'static str, key: &[u8]) -> Result<Option<T>> {
+        self.get_raw(table, key)?.map(|bytes| decode_value(&bytes)).transpose()
     }
 
-    fn put<T: Serialize>(&mut self, table: &str, key: &[u8], value: &T) {
+    fn get_u64(&self, table: &'static str, key: &[u8]) -> Result<Option<u64>> {
+        match self.get_raw(table, key)? {
+            Some(bytes) => Ok(Some(u64::from_be_bytes(
+                bytes.as_slice().try_into().map_err(|_| Error::corrupt(format!("counter in {table}")))?,
+            ))),
+            None => Ok(None),
+        }
+    }
+
+    /// Returns every row whose key starts with `prefix`, pending writes included.
+    fn scan_raw(&self, table: &'static str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut rows = BTreeMap::new();
+        for item in self.db.iterator_cf(cf(self.db, table), IteratorMode::From(prefix, Direction::Forward)) {
+            let (key, value) = item?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            rows.insert(key.to_vec(), value.to_vec());
+        }
+        for overlay in [self.earlier, &self.pending] {
+            for ((_, key), value) in overlay.range((table, prefix.to_vec())..) {
+                if !key.starts_with(prefix) {
+                    break;
+                }
+                match value {
+                    Some(value) => rows.insert(key.clone(), value.clone()),
+                    None => rows.remove(key),
+                };
+            }
+        }
+        Ok(rows.into_iter().collect())
+    }
+
+    fn scan<T: DeserializeOwned>(&self, table: &'static str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, T)>> {
+        self.scan_raw(table, prefix)?.into_iter().map(|(key, value)| Ok((key, decode_value(&value)?))).collect()
+    }
+
+    fn put_raw(&mut self, table: &'static str, key: &[u8], value: Vec<u8>) {
+        self.pending.insert((table, key.to_vec()), Some(value));
+    }
+
+    fn put<T: Serialize>(&mut self, table: &'static str, key: &[u8], value: &T) {
         self.put_raw(table, key, encode_value(value));
     }
 
-    fn delete(&mut self, table: &str, key: &[u8]) {
-        self.batch.delete_cf(&cf(self.db, table), key);
+    fn delete(&mut self, table: &'static str, key: &[u8]) {
+        self.pending.insert((table, key.to_vec()), None);
     }
 
-    /// Flushes cached records into the batch and returns it.
-    fn finish(mut self) -> WriteBatch {
+    /// Flushes cached records into the pending writes and returns them.
+    fn finish(mut self) -> Pending {
         for (key, value) in std::mem::take(&mut self.counters) {
             self.put_raw(ks::META, key, value.to_be_bytes().to_vec());
         }
@@ -410,13 +465,13 @@ impl<'a> Tx<'a> {
         for (blob, record) in std::mem::take(&mut self.blob_refs) {
             self.put(ks::BLOB_REFS, blob.as_bytes(), &record);
         }
-        self.batch
+        self.pending
     }
 
     fn next_id(&mut self, counter: &'static [u8]) -> Result<u64> {
         let current = match self.counters.get(counter) {
             Some(value) => *value,
-            None => get_u64(self.db, ks::META, counter)?.unwrap_or(1),
+            None => self.get_u64(ks::META, counter)?.unwrap_or(1),
         };
         self.counters.insert(counter, current + 1);
         Ok(current)
@@ -424,7 +479,7 @@ impl<'a> Tx<'a> {
 
     fn account(&mut self, account_id: u64) -> Result<Option<&mut Account>> {
         if !self.accounts.contains_key(&account_id) {
-            match get::<Account>(self.db, ks::PRINCIPALS, &ks::id_key(account_id))? {
+            match self.get::<Account>(ks::PRINCIPALS, &ks::id_key(account_id))? {
                 Some(account) => self.accounts.insert(account_id, account),
                 None => return Ok(None),
             };
@@ -435,7 +490,7 @@ impl<'a> Tx<'a> {
     fn mailbox(&mut self, account_id: u64, mailbox_id: u64) -> Result<Option<&mut Mailbox>> {
         let key = (account_id, mailbox_id);
         if !self.mailboxes.contains_key(&key) {
-            match get::<Mailbox>(self.db, ks::MAILBOXES, &ks::mailbox_key(account_id, mailbox_id))? {
+            match self.get::<Mailbox>(ks::MAILBOXES, &ks::mailbox_key(account_id, mailbox_id))? {
                 Some(mailbox) => self.mailboxes.insert(key, mailbox),
                 None => return Ok(None),
             };
@@ -445,7 +500,7 @@ impl<'a> Tx<'a> {
 
     fn blob_ref(&mut self, blob: BlobId) -> Result<&mut BlobRef> {
         if !self.blob_refs.contains_key(&blob) {
-            let record = get(self.db, ks::BLOB_REFS, blob.as_bytes())?.unwrap_or(BlobRef::UNREFERENCED);
+            let record = self.get(ks::BLOB_REFS, blob.as_bytes())?.unwrap_or(BlobRef::UNREFERENCED);
             self.blob_refs.insert(blob, record);
         }
         Ok(self.blob_refs.get_mut(&blob).expect("inserted above"))
@@ -467,9 +522,8 @@ impl<'a> Tx<'a> {
         Ok(())
     }
 
-    /// Applies one command. `Ok(Err(_))` is a refusal: the caller discards the batch.
-    fn apply(&mut self, command: Command, now_ms: u64) -> Result<CommandResult> {
-        self.now_ms = now_ms;
+    /// Applies one command. `Ok(Err(_))` is a refusal: the caller drops this `Tx`.
+    fn apply(&mut self, command: Command) -> Result<CommandResult> {
         match command {
             Command::CreateDomain { name } => self.create_domain(name),
             Command::RemoveDomain { name } => self.remove_domain(&name),
@@ -498,7 +552,7 @@ impl<'a> Tx<'a> {
     }
 
     fn create_domain(&mut self, name: String) -> Result<CommandResult> {
-        if get::<Domain>(self.db, ks::DOMAINS, name.as_bytes())?.is_some() {
+        if self.get::<Domain>(ks::DOMAINS, name.as_bytes())?.is_some() {
             return Ok(Err(CommandError::exists("domain", name)));
         }
         let domain = Domain { name: name.clone(), created_at_ms: self.now_ms };
@@ -507,10 +561,10 @@ impl<'a> Tx<'a> {
     }
 
     fn remove_domain(&mut self, name: &str) -> Result<CommandResult> {
-        if get::<Domain>(self.db, ks::DOMAINS, name.as_bytes())?.is_none() {
+        if self.get::<Domain>(ks::DOMAINS, name.as_bytes())?.is_none() {
             return Ok(Err(CommandError::not_found("domain", name)));
         }
-        let remaining = scan::<AddressTarget>(self.db, ks::ADDRESSES, &ks::domain_prefix(name))?.len();
+        let remaining = self.scan::<AddressTarget>(ks::ADDRESSES, &ks::domain_prefix(name))?.len();
         if remaining > 0 {
             return Ok(Err(CommandError::Conflict(format!(
                 "domain {name} still has {remaining} accounts or aliases; remove them first"
@@ -524,11 +578,11 @@ impl<'a> Tx<'a> {
         let Some((_, domain)) = address.rsplit_once('@') else {
             return Ok(Err(CommandError::Invalid(format!("{address} is not an address"))));
         };
-        if get::<Domain>(self.db, ks::DOMAINS, domain.as_bytes())?.is_none() {
+        if self.get::<Domain>(ks::DOMAINS, domain.as_bytes())?.is_none() {
             return Ok(Err(CommandError::not_found("domain", domain)));
         }
         let key = ks::address_key(address).expect("has @");
-        if get::<AddressTarget>(self.db, ks::ADDRESSES, &key)?.is_some() {
+        if self.get::<AddressTarget>(ks::ADDRESSES, &key)?.is_some() {
             return Ok(Err(CommandError::exists("address", address)));
         }
         Ok(Ok(key))
@@ -569,7 +623,7 @@ impl<'a> Tx<'a> {
 
     fn account_id_of(&mut self, address: &str) -> Result<Option<u64>> {
         let Some(key) = ks::address_key(address) else { return Ok(None) };
-        Ok(match get::<AddressTarget>(self.db, ks::ADDRESSES, &key)? {
+        Ok(match self.get::<AddressTarget>(ks::ADDRESSES, &key)? {
             Some(AddressTarget::Account(id)) => Some(id),
             _ => None,
         })
@@ -607,16 +661,18 @@ impl<'a> Tx<'a> {
             return Ok(Err(CommandError::not_found("account", address)));
         };
         let prefix = ks::id_key(account_id);
-        for (key, message) in scan::<MessageRecord>(self.db, ks::MESSAGES, &prefix)? {
+        for (key, message) in self.scan::<MessageRecord>(ks::MESSAGES, &prefix)? {
             self.release_blob(message.blob)?;
             self.delete(ks::MESSAGES, &key);
         }
-        for (key, _) in scan::<Mailbox>(self.db, ks::MAILBOXES, &prefix)? {
+        for (key, _) in self.scan::<Mailbox>(ks::MAILBOXES, &prefix)? {
             self.delete(ks::MAILBOXES, &key);
         }
-        let names_end = (account_id + 1).to_be_bytes();
-        self.batch.delete_range_cf(&cf(self.db, ks::MAILBOX_NAMES), prefix, names_end);
-        self.batch.delete_range_cf(&cf(self.db, ks::CHANGES), prefix, names_end);
+        for table in [ks::MAILBOX_NAMES, ks::CHANGES] {
+            for (key, _) in self.scan_raw(table, &prefix)? {
+                self.delete(table, &key);
+            }
+        }
         self.delete(ks::CREDENTIALS, &prefix);
         self.delete(ks::PRINCIPALS, &prefix);
         self.delete(ks::ADDRESSES, &ks::address_key(address).expect("resolved above"));
@@ -639,7 +695,7 @@ impl<'a> Tx<'a> {
         let Some(key) = ks::address_key(alias) else {
             return Ok(Err(CommandError::not_found("alias", alias)));
         };
-        match get::<AddressTarget>(self.db, ks::ADDRESSES, &key)? {
+        match self.get::<AddressTarget>(ks::ADDRESSES, &key)? {
             Some(AddressTarget::Alias(_)) => {
                 self.delete(ks::ADDRESSES, &key);
                 Ok(Ok(Outcome::Done))
@@ -656,7 +712,7 @@ impl<'a> Tx<'a> {
             return Ok(Err(CommandError::not_found("account", account_id)));
         }
         let name_key = ks::mailbox_name_key(account_id, &name);
-        if get_u64(self.db, ks::MAILBOX_NAMES, &name_key)?.is_some() {
+        if self.get_u64(ks::MAILBOX_NAMES, &name_key)?.is_some() {
             return Ok(Err(CommandError::exists("mailbox", name)));
         }
         let mailbox_id = self.next_id(ks::META_NEXT_MAILBOX_ID)?;
@@ -711,7 +767,7 @@ impl<'a> Tx<'a> {
             }
             let mailbox_id = match target.mailbox_id {
                 Some(id) => Some(id),
-                None => get_u64(self.db, ks::MAILBOX_NAMES, &ks::mailbox_name_key(target.account_id, INBOX))?,
+                None => self.get_u64(ks::MAILBOX_NAMES, &ks::mailbox_name_key(target.account_id, INBOX))?,
             };
             let Some(mailbox_id) = mailbox_id else {
                 results.push(DeliveryResult::NoSuchMailbox);
@@ -771,7 +827,7 @@ impl<'a> Tx<'a> {
         uids.dedup();
         for uid in uids {
             let key = ks::message_key(account_id, mailbox_id, uid);
-            let Some(mut record) = get::<MessageRecord>(self.db, ks::MESSAGES, &key)? else { continue };
+            let Some(mut record) = self.get::<MessageRecord>(ks::MESSAGES, &key)? else { continue };
             if unchanged_since.is_some_and(|limit| record.modseq > limit) {
                 failed_unchanged_since.push(uid);
                 continue;
@@ -806,7 +862,7 @@ impl<'a> Tx<'a> {
         let mut removed_bytes = 0;
         for &uid in uids {
             let key = ks::message_key(account_id, mailbox_id, uid);
-            let Some(record) = get::<MessageRecord>(self.db, ks::MESSAGES, &key)? else { continue };
+            let Some(record) = self.get::<MessageRecord>(ks::MESSAGES, &key)? else { continue };
             if removed.contains(&uid) {
                 continue;
             }

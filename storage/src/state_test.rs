@@ -16,11 +16,21 @@ fn apply(store: &StateStore, commands: Vec<Command>) -> Vec<CommandResult> {
         .enumerate()
         .map(|(index, command)| ApplyEntry {
             log_index: NEXT_LOG_INDEX.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            command: Some(CommandEnvelope::new(command, 1_000 + index as u64).encode()),
+            commands: vec![CommandEnvelope::new(command, 1_000 + index as u64).encode()],
             raft_meta: vec![index as u8],
         })
         .collect();
-    store.apply_batch(entries).unwrap()
+    store.apply_batch(entries).unwrap().into_iter().flatten().collect()
+}
+
+/// Applies commands as the batch of one Raft entry.
+fn apply_as_one_entry(store: &StateStore, commands: Vec<Command>) -> Vec<CommandResult> {
+    let entry = ApplyEntry {
+        log_index: NEXT_LOG_INDEX.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        commands: commands.into_iter().map(|command| CommandEnvelope::new(command, 7).encode()).collect(),
+        raft_meta: vec![42],
+    };
+    store.apply_batch(vec![entry]).unwrap().pop().unwrap()
 }
 
 fn apply_one(store: &StateStore, command: Command) -> CommandResult {
@@ -71,6 +81,38 @@ fn commands_in_one_batch_see_each_other() {
     assert_eq!(store.account_by_address("a@example.com").unwrap().unwrap().id, a);
     assert_eq!(store.mailboxes(a).unwrap()[0].name, INBOX);
     assert_eq!(store.raft_meta().unwrap(), Some(vec![2]));
+}
+
+#[test]
+fn commands_batched_in_one_entry_see_each_other_and_refuse_alone() {
+    let (_dir, store) = store();
+    let results = apply_as_one_entry(
+        &store,
+        vec![
+            Command::CreateDomain { name: "example.com".into() },
+            account("a@example.com"),
+            account("a@example.com"),
+            account("b@example.com"),
+            Command::RemoveDomain { name: "example.com".into() },
+        ],
+    );
+    assert!(matches!(results[1], Ok(Outcome::AccountCreated { .. })), "{results:?}");
+    assert_eq!(results[2], Err(CommandError::exists("address", "a@example.com")), "a duplicate in the same batch");
+    assert!(matches!(results[3], Ok(Outcome::AccountCreated { .. })));
+    assert!(matches!(results[4], Err(CommandError::Conflict(_))), "the domain has accounts by now");
+    assert_eq!(store.addresses(Some("example.com")).unwrap().len(), 2);
+    assert_eq!(store.raft_meta().unwrap(), Some(vec![42]));
+    // Account removal in a batch sees the messages delivered earlier in the same batch.
+    let a = store.account_by_address("a@example.com").unwrap().unwrap().id;
+    let blob = BlobId::of(b"in batch");
+    let results = apply_as_one_entry(
+        &store,
+        vec![deliver(blob, 8, &[a]), Command::RemoveAccount { address: "a@example.com".into() }],
+    );
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(store.blob_ref(&blob).unwrap().unwrap().count, 0);
+    assert!(store.messages(a, 1).unwrap().is_empty());
+    assert!(store.mailbox_by_name(a, INBOX).unwrap().is_none());
 }
 
 #[test]
@@ -298,8 +340,10 @@ fn a_command_from_a_newer_release_stops_apply() {
     let (_dir, store) = store();
     let mut bytes = CommandEnvelope::new(Command::CreateDomain { name: "x.test".into() }, 1).encode();
     bytes[0..2].copy_from_slice(&u16::MAX.to_be_bytes());
-    let error =
-        store.apply_batch(vec![ApplyEntry { log_index: 1, command: Some(bytes), raft_meta: vec![1] }]).unwrap_err();
+    let good = CommandEnvelope::new(Command::CreateDomain { name: "y.test".into() }, 1).encode();
+    let entry = ApplyEntry { log_index: 1, commands: vec![good, bytes], raft_meta: vec![1] };
+    let error = store.apply_batch(vec![entry]).unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Corrupt);
-    assert_eq!(store.raft_meta().unwrap(), None, "nothing applied");
+    assert_eq!(store.raft_meta().unwrap(), None, "nothing of the entry applied");
+    assert!(store.domains().unwrap().is_empty(), "the entry is all or nothing");
 }

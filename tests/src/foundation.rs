@@ -311,6 +311,9 @@ async fn health_readiness_and_metrics() {
         "wmail_raft_is_leader 1",
         "wmail_raft_leader_id 1",
         "wmail_raft_applied_index",
+        "wmail_raft_log_wal_syncs_total",
+        "wmail_raft_committed_index",
+        "wmail_raft_log_entries_total",
         "wmail_http_requests_total{route=\"/api/v1/domains\",status=\"201\"} 1",
         "wmail_http_request_duration_seconds_bucket{route=\"/api/v1/domains\"",
     ] {

@@ -40,7 +40,12 @@ pub struct CoreConfig {
     pub blob_backend: BlobBackend,
     /// How long an unreferenced blob is kept before garbage collection deletes it.
     pub blob_gc_grace: Duration,
+    /// Applied entries between state snapshots (after which the log is purged).
+    pub snapshot_every: u64,
 }
+
+/// Default of [`CoreConfig::snapshot_every`].
+pub const DEFAULT_SNAPSHOT_EVERY: u64 = 20_000;
 
 /// What to create in [`Core::create_account`].
 #[derive(Debug, Clone)]
@@ -123,7 +128,9 @@ impl Core {
         );
         let blobs =
             BlobStore::open(&config.blob_backend).map_err(|e| CoreError::internal("opening the blob store", e))?;
-        let consensus_config = ConsensusConfig::new(config.node_id, &config.advertise_addr, &config.data_dir);
+        let mut consensus_config = ConsensusConfig::new(config.node_id, &config.advertise_addr, &config.data_dir);
+        consensus_config.snapshot_every = config.snapshot_every;
+        consensus_config.logs_kept_after_snapshot = (config.snapshot_every / 2).min(1_000);
         // The cluster transport arrives with the cluster issue; a one-node cluster sends no RPCs.
         let transport = InMemoryRouter::default().transport_for(config.node_id);
         let consensus = Consensus::open(consensus_config, Arc::new(ReplicatedMailState(state.clone())), transport)
@@ -157,6 +164,20 @@ impl Core {
     /// Returns the Raft metrics of this node.
     pub fn raft_metrics(&self) -> RaftMetrics<NodeId, BasicNode> {
         self.consensus.metrics()
+    }
+
+    /// Returns the Raft log's disk-work counters: `(entries appended, append calls, WAL
+    /// syncs)`; entries per sync is the group-commit factor.
+    pub fn raft_log_io(&self) -> (u64, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = self.consensus.log_stats();
+        (stats.entries.load(Relaxed), stats.appends.load(Relaxed), stats.wal_syncs.load(Relaxed))
+    }
+
+    /// Returns the index of the last entry this node knows to be committed.
+    pub fn raft_committed_index(&self) -> Option<u64> {
+        let plus_one = self.consensus.log_stats().committed_plus_one.load(std::sync::atomic::Ordering::Relaxed);
+        plus_one.checked_sub(1)
     }
 
     /// Waits until reads here see every write acknowledged anywhere before the call.

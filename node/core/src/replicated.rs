@@ -25,12 +25,12 @@ pub(crate) fn decode_result(bytes: &[u8]) -> Option<CommandResult> {
 }
 
 impl ReplicatedState for ReplicatedMailState {
-    fn apply(&self, entries: Vec<StateEntry>) -> std::io::Result<Vec<Vec<u8>>> {
+    fn apply(&self, entries: Vec<StateEntry>) -> std::io::Result<Vec<Vec<Vec<u8>>>> {
         let entries = entries
             .into_iter()
             .map(|entry| ApplyEntry {
                 log_index: entry.log_index,
-                command: entry.command,
+                commands: entry.commands,
                 raft_meta: entry.applied_record,
             })
             .collect();
@@ -38,7 +38,7 @@ impl ReplicatedState for ReplicatedMailState {
             tracing::error!(%error, "cannot apply committed commands; this node stops applying");
             io_error(error)
         })?;
-        Ok(results.iter().map(encode_result).collect())
+        Ok(results.iter().map(|entry| entry.iter().map(encode_result).collect()).collect())
     }
 
     fn applied_record(&self) -> std::io::Result<Option<Vec<u8>>> {

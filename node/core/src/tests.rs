@@ -6,15 +6,44 @@ use std::time::Duration;
 use super::*;
 
 async fn start(dir: &std::path::Path) -> Arc<Core> {
+    start_with_snapshots_every(dir, DEFAULT_SNAPSHOT_EVERY).await
+}
+
+async fn start_with_snapshots_every(dir: &std::path::Path, snapshot_every: u64) -> Arc<Core> {
     Core::start(CoreConfig {
         data_dir: dir.to_owned(),
         node_id: 1,
         advertise_addr: "127.0.0.1:1".into(),
         blob_backend: BlobBackend::Local { root: dir.to_owned() },
         blob_gc_grace: Duration::ZERO,
+        snapshot_every,
     })
     .await
     .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_after_snapshot_and_log_purge_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = start_with_snapshots_every(dir.path(), 20).await;
+    setup(&core).await;
+    for n in 0..60 {
+        let delivered = core.deliver(&["alice@example.com".into()], body(&format!("message {n}"))).await.unwrap();
+        assert!(delivered[0].result.is_ok());
+    }
+    let metrics = core.raft_metrics();
+    assert!(metrics.snapshot.is_some(), "no snapshot after 60+ entries with snapshot_every = 20");
+    assert!(metrics.purged.is_some(), "the log was not purged behind the snapshot");
+    core.shutdown().await;
+    drop(core);
+
+    let core = start_with_snapshots_every(dir.path(), 20).await;
+    let messages = core.messages("alice@example.com", None).unwrap();
+    assert_eq!(messages.len(), 60);
+    assert_eq!(core.read_blob(&messages[59].blob).await.unwrap(), "message 59");
+    assert_eq!(core.aliases(None).unwrap().len(), 1);
+    let more = core.deliver(&["alice@example.com".into()], body("after restart")).await.unwrap();
+    assert!(matches!(more[0].result, Ok(DeliveryResult::Stored { uid: 61, .. })), "{more:?}");
 }
 
 fn body(text: &str) -> impl Stream<Item = std::io::Result<Bytes>> + Send + use<> {

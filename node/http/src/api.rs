@@ -429,6 +429,7 @@ pub fn cluster_view(core: &Core) -> serde_json::Value {
         "leader": metrics.current_leader,
         "last_log_index": metrics.last_log_index,
         "applied_index": metrics.last_applied.map(|id| id.index),
+        "committed_index": core.raft_committed_index(),
         "snapshot_index": metrics.snapshot.map(|id| id.index),
         "members": members,
         "ready": core.is_ready(),

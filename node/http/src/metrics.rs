@@ -2,7 +2,7 @@
 //! gauges refreshed at scrape time.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use wmail_core::{Core, ServerState};
 
@@ -18,7 +18,11 @@ pub struct Metrics {
     raft_is_leader: IntGauge,
     raft_last_log_index: IntGauge,
     raft_applied_index: IntGauge,
+    raft_committed_index: IntGauge,
     raft_snapshot_index: IntGauge,
+    raft_log_entries: IntCounter,
+    raft_log_appends: IntCounter,
+    raft_log_wal_syncs: IntCounter,
 }
 
 impl Metrics {
@@ -40,6 +44,7 @@ impl Metrics {
         )
         .expect("valid metric");
         let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric");
+        let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric");
         let metrics = Self {
             http_requests,
             http_latency,
@@ -48,7 +53,14 @@ impl Metrics {
             raft_is_leader: gauge("raft_is_leader", "1 when this node is the leader"),
             raft_last_log_index: gauge("raft_last_log_index", "Index of the last entry in this node's log"),
             raft_applied_index: gauge("raft_applied_index", "Index of the last entry applied on this node"),
+            raft_committed_index: gauge("raft_committed_index", "Index of the last entry this node knows committed"),
             raft_snapshot_index: gauge("raft_snapshot_index", "Index covered by this node's last snapshot"),
+            raft_log_entries: counter("raft_log_entries_total", "Entries appended to this node's Raft log"),
+            raft_log_appends: counter("raft_log_appends_total", "Append operations on this node's Raft log"),
+            raft_log_wal_syncs: counter(
+                "raft_log_wal_syncs_total",
+                "WAL fsyncs acknowledging Raft log appends (entries per sync is the group-commit factor)",
+            ),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -60,7 +72,11 @@ impl Metrics {
             Box::new(metrics.raft_is_leader.clone()),
             Box::new(metrics.raft_last_log_index.clone()),
             Box::new(metrics.raft_applied_index.clone()),
+            Box::new(metrics.raft_committed_index.clone()),
             Box::new(metrics.raft_snapshot_index.clone()),
+            Box::new(metrics.raft_log_entries.clone()),
+            Box::new(metrics.raft_log_appends.clone()),
+            Box::new(metrics.raft_log_wal_syncs.clone()),
         ];
         for collector in collectors {
             metrics.registry.register(collector).expect("metric registered once");
@@ -76,7 +92,14 @@ impl Metrics {
         self.raft_is_leader.set(i64::from(raft.state == ServerState::Leader));
         self.raft_last_log_index.set(raft.last_log_index.unwrap_or(0) as i64);
         self.raft_applied_index.set(raft.last_applied.map(|id| id.index).unwrap_or(0) as i64);
+        self.raft_committed_index.set(core.raft_committed_index().unwrap_or(0) as i64);
         self.raft_snapshot_index.set(raft.snapshot.map(|id| id.index).unwrap_or(0) as i64);
+        let (entries, appends, syncs) = core.raft_log_io();
+        for (counter, value) in
+            [(&self.raft_log_entries, entries), (&self.raft_log_appends, appends), (&self.raft_log_wal_syncs, syncs)]
+        {
+            counter.inc_by(value.saturating_sub(counter.get()));
+        }
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding cannot fail");
         String::from_utf8(out).expect("prometheus text is UTF-8")
