@@ -265,6 +265,11 @@ impl Core {
         Ok(self.state.account_by_address(&normalize_address(address)?)?)
     }
 
+    /// Returns an account by id.
+    pub fn account_by_id(&self, account_id: u64) -> Result<Option<Account>> {
+        Ok(self.state.account(account_id)?)
+    }
+
     /// Lists accounts, of one domain or all.
     pub fn accounts(&self, domain: Option<&str>) -> Result<Vec<Account>> {
         let domain = domain.map(normalize_domain).transpose()?;
@@ -327,8 +332,37 @@ impl Core {
 
     // ----- mail -----
 
-    /// Resolves a recipient to local accounts, following aliases (each account once).
+    /// Returns whether `domain` is one of this cluster's domains.
+    pub fn is_local_domain(&self, domain: &str) -> Result<bool> {
+        match normalize_domain(domain) {
+            Ok(domain) => Ok(self.state.domain(&domain)?.is_some()),
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// Returns whether `account` may send as `address`: its own address, or an alias (or
+    /// plus-address) that delivers to it.
+    pub fn may_send_as(&self, account: &Account, address: &str) -> Result<bool> {
+        Ok(self.resolve_recipient(address).unwrap_or_default().contains(&account.id))
+    }
+
+    /// Resolves a recipient to local accounts, following aliases (each account once). An
+    /// address with a `+tag` that is not itself known resolves like the address without it
+    /// (`alice+news@` delivers to `alice@`).
     pub fn resolve_recipient(&self, recipient: &str) -> Result<Vec<u64>> {
+        let accounts = self.resolve_exact(recipient)?;
+        if !accounts.is_empty() {
+            return Ok(accounts);
+        }
+        let address = normalize_address(recipient)?;
+        let (local, domain) = address.rsplit_once('@').expect("normalized address has @");
+        match local.split_once('+') {
+            Some((base, _tag)) if !base.is_empty() => self.resolve_exact(&format!("{base}@{domain}")),
+            _ => Ok(accounts),
+        }
+    }
+
+    fn resolve_exact(&self, recipient: &str) -> Result<Vec<u64>> {
         let mut accounts = Vec::new();
         // Breadth-first, so accounts come in the order the aliases name them.
         let mut pending = std::collections::VecDeque::from([normalize_address(recipient)?]);

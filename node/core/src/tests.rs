@@ -82,6 +82,17 @@ async fn delivery_follows_aliases_and_stores_one_body() {
     let blob = core.messages("bob@example.com", None).unwrap()[0].blob;
     assert_eq!(core.state.blob_ref(&blob).unwrap().unwrap().count, 2, "one body, two references");
     assert_eq!(core.read_blob(&blob).await.unwrap(), "Subject: hi\r\n\r\nhello\r\n");
+
+    // Plus-addressing reaches the base address; aliases and own addresses may be sent as.
+    let alice = core.account("alice@example.com").unwrap().unwrap();
+    assert_eq!(core.resolve_recipient("alice+news@example.com").unwrap(), vec![alice.id]);
+    assert!(core.resolve_recipient("nobody+x@example.com").unwrap().is_empty());
+    assert!(core.may_send_as(&alice, "Alice@example.com").unwrap());
+    assert!(core.may_send_as(&alice, "team@example.com").unwrap());
+    assert!(!core.may_send_as(&alice, "bob@example.com").unwrap());
+    assert!(!core.may_send_as(&alice, "someone@elsewhere.test").unwrap());
+    assert!(core.is_local_domain("EXAMPLE.com").unwrap());
+    assert!(!core.is_local_domain("elsewhere.test").unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -37,6 +37,34 @@ pub struct Config {
     /// `[cluster]`.
     #[serde(default)]
     pub cluster: ClusterSection,
+    /// `[smtp]`.
+    #[serde(default)]
+    pub smtp: SmtpSection,
+}
+
+/// `[smtp]`: limits of the SMTP listeners (defaults from the seed manuals).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpSection {
+    /// Largest message accepted, in bytes.
+    pub max_message_size: u64,
+    /// Most recipients per message.
+    pub max_recipients: usize,
+    /// Open SMTP sessions per listener.
+    pub max_connections: usize,
+    /// Open SMTP sessions per client address and listener.
+    pub max_connections_per_ip: usize,
+}
+
+impl Default for SmtpSection {
+    fn default() -> Self {
+        Self {
+            max_message_size: 20 * 1024 * 1024,
+            max_recipients: 100,
+            max_connections: 1000,
+            max_connections_per_ip: 20,
+        }
+    }
 }
 
 fn default_version() -> u32 {
@@ -197,6 +225,9 @@ impl Config {
         if self.version != 1 {
             bail!("version = {} is not supported by this release; use version = 1", self.version);
         }
+        if self.smtp.max_connections == 0 || self.smtp.max_connections_per_ip == 0 || self.smtp.max_recipients == 0 {
+            bail!("[smtp] max_connections, max_connections_per_ip and max_recipients must be 1 or more");
+        }
         if self.cluster.node_id == 0 {
             bail!("[cluster] node_id must be 1 or greater");
         }
@@ -248,7 +279,7 @@ impl Config {
 /// Applies `WMAIL_<SECTION>_<KEY>=value` overrides to the parsed table. Values are parsed
 /// as TOML when they can be (numbers, booleans, arrays) and taken as strings otherwise.
 fn apply_env_overrides(table: &mut toml::Table, vars: impl Iterator<Item = (String, String)>) -> anyhow::Result<()> {
-    const SECTIONS: [&str; 7] = ["server", "listen", "tls", "blob", "delivery", "dns", "cluster"];
+    const SECTIONS: [&str; 8] = ["server", "listen", "tls", "blob", "delivery", "dns", "cluster", "smtp"];
     for (name, raw) in vars {
         let Some(rest) = name.strip_prefix("WMAIL_") else { continue };
         let rest = rest.to_ascii_lowercase();

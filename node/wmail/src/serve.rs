@@ -5,6 +5,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -19,7 +20,7 @@ pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let data_dir = prepare_data_dir(&config.server.data_dir)?;
     let _lock = lock_data_dir(&data_dir)?;
-    ensure_certificate(&config, &data_dir)?;
+    let tls = tls_acceptor(&config, &data_dir)?;
     let (token_path, admin_token) = admin_token(&data_dir)?;
 
     let core = Core::start(CoreConfig {
@@ -51,12 +52,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             axum::serve(listener, router).with_graceful_shutdown(stop).await
         }));
     }
+    let mail_listeners = start_smtp(&config, &core, &tls, &shutdown_rx).await?;
     warn_about_unserved_protocols(&config);
     announce(&config, &data_dir, &token_path, &http_urls);
 
     wait_for_signal().await;
     tracing::info!("shutting down: finishing in-flight requests");
     let _ = shutdown_tx.send(true);
+    // Mail sessions say goodbye (SMTP 421) and end; transactions not yet acknowledged are
+    // dropped, acknowledged ones are already committed.
+    for listener in mail_listeners {
+        listener.stopped(Duration::from_secs(10)).await;
+    }
     for server in servers {
         if let Ok(Err(error)) = server.await {
             tracing::warn!(%error, "http listener ended with an error");
@@ -105,11 +112,53 @@ fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
     }
 }
 
-/// Generates a self-signed certificate into `data_dir/tls/` when none is configured.
-fn ensure_certificate(config: &Config, data_dir: &Path) -> anyhow::Result<()> {
-    if config.tls.cert.is_some() {
-        return Ok(());
+/// Starts the SMTP listeners: `smtp` (MX, STARTTLS offered), `submission` (STARTTLS, then
+/// AUTH) and `submissions` (implicit TLS).
+async fn start_smtp(
+    config: &Config,
+    core: &Arc<Core>,
+    tls: &wmail_net::TlsAcceptor,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Vec<wmail_net::ListenerHandle>> {
+    use wmail_smtp::{Mode, SmtpConfig, SmtpServer};
+    let limits = wmail_net::ConnectionLimits {
+        max_total: config.smtp.max_connections,
+        max_per_ip: config.smtp.max_connections_per_ip,
+    };
+    let mut handles = Vec::new();
+    for (service, addresses, mode) in [
+        ("smtp", &config.listen.smtp, Mode::Mx),
+        ("submission", &config.listen.submission, Mode::Submission),
+        ("submissions", &config.listen.submissions, Mode::Submissions),
+    ] {
+        for address in addresses {
+            let listener = bind(address, service).await?;
+            let mut smtp = SmtpConfig::new(config.server.hostname.clone(), mode);
+            smtp.max_message_size = config.smtp.max_message_size;
+            smtp.max_recipients = config.smtp.max_recipients;
+            let server = SmtpServer::new(core.clone(), smtp, Some(tls.clone()));
+            let implicit_tls = (mode == Mode::Submissions).then(|| tls.clone());
+            tracing::info!(service, address = %listener.local_addr()?, "listening");
+            handles.push(wmail_net::serve(listener, service, implicit_tls, limits, Arc::new(server), shutdown.clone()));
+        }
     }
+    Ok(handles)
+}
+
+/// Loads the configured certificate, or generates a self-signed one into `data_dir/tls/`.
+fn tls_acceptor(config: &Config, data_dir: &Path) -> anyhow::Result<wmail_net::TlsAcceptor> {
+    let (cert, key) = match (&config.tls.cert, &config.tls.key) {
+        (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+        _ => {
+            ensure_self_signed(config, data_dir)?;
+            (data_dir.join("tls/cert.pem"), data_dir.join("tls/key.pem"))
+        }
+    };
+    Ok(wmail_net::load_tls_acceptor(&cert, &key)?)
+}
+
+/// Generates a self-signed certificate into `data_dir/tls/` unless one is there.
+fn ensure_self_signed(config: &Config, data_dir: &Path) -> anyhow::Result<()> {
     let dir = data_dir.join("tls");
     let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
     if cert_path.exists() && key_path.exists() {
@@ -193,9 +242,6 @@ async fn bind(address: &str, service: &str) -> anyhow::Result<tokio::net::TcpLis
 fn warn_about_unserved_protocols(config: &Config) {
     let listen = &config.listen;
     for (name, addresses) in [
-        ("smtp", &listen.smtp),
-        ("submission", &listen.submission),
-        ("submissions", &listen.submissions),
         ("imap", &listen.imap),
         ("imaps", &listen.imaps),
         ("pop3", &listen.pop3),

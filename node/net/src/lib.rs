@@ -1,0 +1,18 @@
+//! wmail-net owns the network edge every protocol shares: TCP listeners with connection
+//! limits (in total and per client address), implicit TLS and STARTTLS upgrades, and
+//! graceful shutdown. Protocol crates implement [`SessionHandler`] and never accept
+//! sockets themselves.
+//!
+//! ```text
+//!  TcpListener ─accept─► limits ─(implicit TLS handshake)─► SessionHandler::handle(stream)
+//!                          └─ over a limit ─► SessionHandler::refuse(stream)
+//! ```
+
+mod listener;
+mod stream;
+mod tls;
+
+pub use listener::{ConnectionLimits, ListenerHandle, Refusal, SessionHandler, serve, stopped};
+pub use stream::SessionStream;
+pub use tls::{TlsError, install_crypto_provider, load_tls_acceptor};
+pub use tokio_rustls::TlsAcceptor;

@@ -1,0 +1,180 @@
+//! The accept loop: limits, implicit TLS, one task per session, graceful shutdown.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::stream::SessionStream;
+
+/// How long an implicit-TLS client may take to finish its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Connection limits of one listener.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Open sessions in total.
+    pub max_total: usize,
+    /// Open sessions per client IP address.
+    pub max_per_ip: usize,
+}
+
+/// Why a connection was refused before its session started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The listener has `max_total` sessions open.
+    TooManyConnections,
+    /// The client's address has `max_per_ip` sessions open.
+    TooManyFromAddress,
+    /// The node is shutting down.
+    ShuttingDown,
+}
+
+/// A protocol's side of a listener.
+pub trait SessionHandler: Send + Sync + 'static {
+    /// Serves one accepted connection until it ends. `shutdown` turns true when the node
+    /// stops: the session should say goodbye (SMTP 421, IMAP BYE) and return.
+    fn handle(
+        &self,
+        stream: SessionStream,
+        peer: SocketAddr,
+        shutdown: watch::Receiver<bool>,
+    ) -> BoxFuture<'static, ()>;
+
+    /// Tells a refused client why (for example an SMTP `421`) before the connection closes.
+    fn refuse(&self, stream: SessionStream, refusal: Refusal) -> BoxFuture<'static, ()>;
+}
+
+/// Counts open sessions, in total and per address.
+#[derive(Default)]
+struct Occupancy {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// Releases a session's place when the session ends.
+struct Seat {
+    occupancy: Arc<Mutex<Occupancy>>,
+    ip: IpAddr,
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        let mut occupancy = self.occupancy.lock().expect("occupancy lock");
+        occupancy.total -= 1;
+        if let Some(count) = occupancy.per_ip.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                occupancy.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// A running listener; [`ListenerHandle::stopped`] waits until its sessions have ended.
+pub struct ListenerHandle {
+    sessions: Arc<Mutex<Occupancy>>,
+    accept_task: tokio::task::JoinHandle<()>,
+}
+
+impl ListenerHandle {
+    /// Waits (up to `grace`) for the accept loop and every session to end after shutdown.
+    pub async fn stopped(self, grace: Duration) {
+        let _ = self.accept_task.await;
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.sessions.lock().expect("occupancy lock").total > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Returns the number of open sessions.
+    pub fn open_sessions(&self) -> usize {
+        self.sessions.lock().expect("occupancy lock").total
+    }
+}
+
+/// Resolves once `shutdown` turns true (or its sender is gone).
+pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Accepts connections on `listener` until `shutdown` turns true. Each session runs in its
+/// own task; with `implicit_tls` the TLS handshake runs first, in that task.
+pub fn serve(
+    listener: TcpListener,
+    name: &'static str,
+    implicit_tls: Option<TlsAcceptor>,
+    limits: ConnectionLimits,
+    handler: Arc<dyn SessionHandler>,
+    mut shutdown: watch::Receiver<bool>,
+) -> ListenerHandle {
+    let sessions = Arc::new(Mutex::new(Occupancy::default()));
+    let occupancy = sessions.clone();
+    let accept_task = tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        tracing::warn!(listener = name, %error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                () = stopped(&mut shutdown) => break,
+            };
+            let _ = tcp.set_nodelay(true);
+            let refusal = {
+                let mut occupancy = occupancy.lock().expect("occupancy lock");
+                let from_ip = occupancy.per_ip.get(&peer.ip()).copied().unwrap_or(0);
+                if occupancy.total >= limits.max_total {
+                    Some(Refusal::TooManyConnections)
+                } else if from_ip >= limits.max_per_ip {
+                    Some(Refusal::TooManyFromAddress)
+                } else {
+                    occupancy.total += 1;
+                    *occupancy.per_ip.entry(peer.ip()).or_insert(0) += 1;
+                    None
+                }
+            };
+            let handler = handler.clone();
+            if let Some(refusal) = refusal {
+                tracing::info!(listener = name, %peer, ?refusal, "connection refused");
+                // Refusals with implicit TLS cannot be explained in cleartext: just close.
+                if implicit_tls.is_none() {
+                    tokio::spawn(handler.refuse(SessionStream::Plain(tcp), refusal));
+                }
+                continue;
+            }
+            let seat = Seat { occupancy: occupancy.clone(), ip: peer.ip() };
+            let implicit_tls = implicit_tls.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let _seat = seat;
+                let mut stream = SessionStream::Plain(tcp);
+                if let Some(acceptor) = implicit_tls {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.start_tls(&acceptor)).await {
+                        Ok(Ok(tls)) => stream = tls,
+                        Ok(Err(error)) => {
+                            tracing::debug!(listener = name, %peer, %error, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(listener = name, %peer, "TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+                handler.handle(stream, peer, shutdown).await;
+            });
+        }
+        tracing::debug!(listener = name, "stopped accepting");
+    });
+    ListenerHandle { sessions, accept_task }
+}

@@ -1,0 +1,175 @@
+//! Turns the message data of one transaction into the bytes that are stored: trace headers
+//! first (Return-Path, Received, RFC 5321 §4.4), then on submission the Date and
+//! Message-ID a client left out (RFC 6409 §8), then the data as received. The header
+//! section is held until its end (at most [`MAX_HEADER_BYTES`]) so the hop count is known
+//! before anything is stored; the body after it streams through.
+
+use bytes::Bytes;
+
+/// Largest header section held back for inspection; beyond it the data streams on.
+pub const MAX_HEADER_BYTES: usize = 256 * 1024;
+
+/// Builds the stored message from data chunks.
+pub struct BodyAssembler {
+    trace_headers: Option<Vec<u8>>,
+    header: Vec<u8>,
+    header_done: bool,
+    add_missing: Option<MissingHeaders>,
+    received_headers: usize,
+    data_size: u64,
+}
+
+/// What submission adds when the client did not.
+pub struct MissingHeaders {
+    /// `Date:` value to add.
+    pub date: String,
+    /// `Message-ID:` value to add.
+    pub message_id: String,
+}
+
+impl BodyAssembler {
+    /// Starts a message whose stored form begins with `trace_headers`.
+    pub fn new(trace_headers: Vec<u8>, add_missing: Option<MissingHeaders>) -> Self {
+        Self {
+            trace_headers: Some(trace_headers),
+            header: Vec::new(),
+            header_done: false,
+            add_missing,
+            received_headers: 0,
+            data_size: 0,
+        }
+    }
+
+    /// Size of the data received so far (without added headers).
+    pub fn data_size(&self) -> u64 {
+        self.data_size
+    }
+
+    /// Number of Received headers seen in the message's header section.
+    pub fn received_headers(&self) -> usize {
+        self.received_headers
+    }
+
+    /// Takes a data chunk; returns what may be stored now.
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<Bytes> {
+        self.data_size += chunk.len() as u64;
+        if self.header_done {
+            return vec![Bytes::copy_from_slice(chunk)];
+        }
+        self.header.extend_from_slice(chunk);
+        match header_end(&self.header) {
+            Some(end) => self.release(end),
+            None if self.header.len() > MAX_HEADER_BYTES => {
+                let all = self.header.len();
+                self.release(all)
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Ends the data; returns what is left to store.
+    pub fn finish(&mut self) -> Vec<Bytes> {
+        if self.header_done {
+            return Vec::new();
+        }
+        let all = self.header.len();
+        self.release(all)
+    }
+
+    /// Inspects `header[..end]` and releases everything held.
+    fn release(&mut self, end: usize) -> Vec<Bytes> {
+        self.header_done = true;
+        let header = std::mem::take(&mut self.header);
+        let (section, rest) = header.split_at(end);
+        let mut has_date = false;
+        let mut has_message_id = false;
+        for line in section.split(|&byte| byte == b'\n') {
+            let name = line.split(|&byte| byte == b':').next().unwrap_or_default();
+            if line.first().is_some_and(|byte| byte.is_ascii_whitespace()) || name.len() == line.len() {
+                continue; // a folded continuation, or not a field
+            }
+            let name = String::from_utf8_lossy(name).trim().to_ascii_lowercase();
+            match name.as_str() {
+                "received" => self.received_headers += 1,
+                "date" => has_date = true,
+                "message-id" => has_message_id = true,
+                _ => {}
+            }
+        }
+        let mut prefix = self.trace_headers.take().unwrap_or_default();
+        if let Some(missing) = self.add_missing.take() {
+            if !has_date {
+                prefix.extend_from_slice(format!("Date: {}\r\n", missing.date).as_bytes());
+            }
+            if !has_message_id {
+                prefix.extend_from_slice(format!("Message-ID: {}\r\n", missing.message_id).as_bytes());
+            }
+        }
+        vec![Bytes::from(prefix), Bytes::copy_from_slice(section), Bytes::copy_from_slice(rest)]
+            .into_iter()
+            .filter(|bytes| !bytes.is_empty())
+            .collect()
+    }
+}
+
+/// Returns the length of the header section including its terminating blank line, if
+/// complete: RFC 5322 §2.1 (CRLF CRLF; a bare LF LF is accepted too).
+fn header_end(data: &[u8]) -> Option<usize> {
+    if data.starts_with(b"\r\n") {
+        return Some(2);
+    }
+    if data.starts_with(b"\n") {
+        return Some(1);
+    }
+    let crlf = data.windows(4).position(|window| window == b"\r\n\r\n").map(|pos| pos + 4);
+    let lf = data.windows(2).position(|window| window == b"\n\n").map(|pos| pos + 2);
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assemble(chunks: &[&[u8]], add_missing: bool) -> (Vec<u8>, BodyAssembler) {
+        let missing = add_missing.then(|| MissingHeaders { date: "DATE".into(), message_id: "<ID@mx.test>".into() });
+        let mut assembler = BodyAssembler::new(b"Received: by mx.test\r\n".to_vec(), missing);
+        let mut out = Vec::new();
+        for chunk in chunks {
+            assembler.push(chunk).iter().for_each(|bytes| out.extend_from_slice(bytes));
+        }
+        assembler.finish().iter().for_each(|bytes| out.extend_from_slice(bytes));
+        (out, assembler)
+    }
+
+    #[test]
+    fn trace_headers_come_first_and_data_is_unchanged() {
+        let (out, assembler) = assemble(&[b"Subject: a\r\nRecei", b"ved: x\r\n\r\nbody\r\n"], false);
+        assert_eq!(out, b"Received: by mx.test\r\nSubject: a\r\nReceived: x\r\n\r\nbody\r\n");
+        assert_eq!(assembler.received_headers(), 1);
+        assert_eq!(assembler.data_size(), 34);
+    }
+
+    #[test]
+    fn submission_adds_only_missing_date_and_message_id() {
+        let (out, _) = assemble(&[b"Date: already\r\nSubject: a\r\n\r\nbody"], true);
+        assert_eq!(out, b"Received: by mx.test\r\nMessage-ID: <ID@mx.test>\r\nDate: already\r\nSubject: a\r\n\r\nbody");
+        let (out, _) = assemble(&[b"Subject: a\r\n\r\n"], true);
+        assert!(out.starts_with(b"Received: by mx.test\r\nDate: DATE\r\nMessage-ID: <ID@mx.test>\r\nSubject"));
+    }
+
+    #[test]
+    fn hops_are_counted_in_the_header_only_and_folding_is_understood() {
+        let data = b"Received: a\r\n  from b\r\nreceived:c\r\nX: y\r\n\r\nReceived: in body\r\n";
+        let (_, assembler) = assemble(&[data], false);
+        assert_eq!(assembler.received_headers(), 2);
+    }
+
+    #[test]
+    fn a_message_without_header_end_is_released_at_finish() {
+        let (out, _) = assemble(&[b"no blank line"], false);
+        assert_eq!(out, b"Received: by mx.test\r\nno blank line");
+    }
+}

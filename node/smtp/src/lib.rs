@@ -1,0 +1,113 @@
+//! wmail-smtp serves SMTP (RFC 5321) on the `smtp` (inbound MX), `submission` (587,
+//! STARTTLS + AUTH) and `submissions` (465, implicit TLS) listeners. Command syntax comes
+//! from `smtp-proto`; mail logic (who is local, authentication, delivery) from wmail-core.
+//! Accepted mail is streamed into the blob store and committed through Raft before `250`.
+
+mod body;
+mod reply;
+mod session;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::io::AsyncWriteExt;
+use wmail_core::Core;
+use wmail_net::{Refusal, SessionHandler, SessionStream, TlsAcceptor};
+
+/// Which service a listener provides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Port 25: mail for local domains from anyone, no relaying, no AUTH.
+    Mx,
+    /// Port 587 (RFC 6409): STARTTLS, then AUTH, then mail to anywhere the user may send.
+    Submission,
+    /// Port 465 (RFC 8314): like submission, over implicit TLS.
+    Submissions,
+}
+
+/// Settings of an SMTP listener.
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    /// Name in the greeting, EHLO reply and Received headers.
+    pub hostname: String,
+    /// The service.
+    pub mode: Mode,
+    /// Largest message accepted, in bytes (announced in SIZE, checked while streaming).
+    pub max_message_size: u64,
+    /// Most recipients per transaction.
+    pub max_recipients: usize,
+    /// Most RSET commands per session.
+    pub max_rsets: usize,
+    /// Most Received headers a message may carry (loop detection).
+    pub max_received_headers: usize,
+    /// Most protocol errors before the session is closed.
+    pub max_errors: usize,
+    /// How long to wait for a command.
+    pub command_timeout: Duration,
+    /// How long to wait for each piece of message data.
+    pub data_timeout: Duration,
+    /// Whether AUTH is allowed without TLS (never on by default).
+    pub allow_plaintext_auth: bool,
+}
+
+impl SmtpConfig {
+    /// Defaults for `mode` (limits from the seed manuals: 20 MB, 100 recipients).
+    pub fn new(hostname: impl Into<String>, mode: Mode) -> Self {
+        Self {
+            hostname: hostname.into(),
+            mode,
+            max_message_size: 20 * 1024 * 1024,
+            max_recipients: 100,
+            max_rsets: 20,
+            max_received_headers: 20,
+            max_errors: 20,
+            // RFC 5321 §4.5.3.2.7: at least 5 minutes between commands.
+            command_timeout: Duration::from_secs(300),
+            // RFC 5321 §4.5.3.2.6: at least 3 minutes per data block.
+            data_timeout: Duration::from_secs(180),
+            allow_plaintext_auth: false,
+        }
+    }
+}
+
+/// An SMTP service: one per listener.
+pub struct SmtpServer {
+    core: Arc<Core>,
+    config: Arc<SmtpConfig>,
+    tls: Option<TlsAcceptor>,
+}
+
+impl SmtpServer {
+    /// Creates the service; `tls` enables STARTTLS (and is required for submission).
+    pub fn new(core: Arc<Core>, config: SmtpConfig, tls: Option<TlsAcceptor>) -> Self {
+        Self { core, config: Arc::new(config), tls }
+    }
+}
+
+impl SessionHandler for SmtpServer {
+    fn handle(
+        &self,
+        stream: SessionStream,
+        peer: std::net::SocketAddr,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> BoxFuture<'static, ()> {
+        let session = session::Session::new(self.core.clone(), self.config.clone(), self.tls.clone(), peer, stream);
+        Box::pin(session.run(shutdown))
+    }
+
+    fn refuse(&self, mut stream: SessionStream, refusal: Refusal) -> BoxFuture<'static, ()> {
+        let hostname = self.config.hostname.clone();
+        Box::pin(async move {
+            let text = match refusal {
+                Refusal::TooManyConnections => "too many connections, try again later",
+                Refusal::TooManyFromAddress => "too many connections from your address, try again later",
+                Refusal::ShuttingDown => "shutting down, try again later",
+            };
+            // RFC 5321 §3.8: a server may answer 421 instead of its greeting.
+            let line = format!("421 4.7.0 {hostname} {text}\r\n");
+            let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(line.as_bytes())).await;
+            let _ = stream.shutdown().await;
+        })
+    }
+}

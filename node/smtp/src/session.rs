@@ -1,0 +1,851 @@
+//! One SMTP session: reads command lines (pipelined, RFC 2920), keeps the transaction
+//! state, streams message data into core, and writes replies.
+//!
+//! ```text
+//!  greeting ─► EHLO/HELO ─► [STARTTLS ─► EHLO] ─► [AUTH] ─► MAIL ─► RCPT+ ─► DATA | BDAT+ ─► 250
+//!                 ▲                                            │
+//!                 └──────────────── RSET / after each message ─┘
+//! ```
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::{Buf, Bytes, BytesMut};
+use smtp_proto::request::receiver::DataReceiver;
+use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN, Request};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+use wmail_core::{Account, Core, CoreError, DeliveryResult, ErrorCode, RecipientResult};
+use wmail_net::{SessionStream, TlsAcceptor};
+
+use crate::body::{BodyAssembler, MissingHeaders};
+use crate::reply::Reply;
+use crate::{Mode, SmtpConfig};
+
+/// Longest command line accepted, CRLF included. RFC 5321 §4.5.3.1.4 sets 512 as the
+/// minimum; extensions (SMTPUTF8, DSN parameters) need more.
+const MAX_COMMAND_LINE: usize = 1000;
+/// Pause after a failed AUTH, to slow password guessing.
+const AUTH_FAILURE_DELAY: Duration = Duration::from_millis(500);
+
+/// What happens after a command.
+enum Flow {
+    Continue,
+    Close,
+}
+
+/// A message being received with DATA or BDAT: its delivery runs in its own task and
+/// consumes the body through a bounded channel (backpressure, no whole-message buffer).
+struct BodyInProgress {
+    assembler: BodyAssembler,
+    sender: Option<mpsc::Sender<io::Result<Bytes>>>,
+    delivery: tokio::task::JoinHandle<wmail_core::Result<Vec<RecipientResult>>>,
+    too_big: bool,
+}
+
+/// The state of one mail transaction (MAIL .. end of data).
+struct Transaction {
+    reverse_path: String,
+    recipients: Vec<String>,
+    body: Option<BodyInProgress>,
+}
+
+/// The client's answer to a SASL challenge.
+enum SaslResponse {
+    Text(String),
+    /// The client sent `*` (already answered with 501).
+    Cancelled,
+    Closed,
+}
+
+/// Why reading a command line stopped.
+enum LineEvent {
+    Line(BytesMut),
+    TooLong,
+    Closed,
+    TimedOut,
+    ShuttingDown,
+}
+
+/// One client connection.
+pub struct Session {
+    core: Arc<Core>,
+    config: Arc<SmtpConfig>,
+    tls: Option<TlsAcceptor>,
+    peer: SocketAddr,
+    stream: Option<SessionStream>,
+    input: BytesMut,
+    output: Vec<u8>,
+    id: String,
+    helo: Option<String>,
+    esmtp: bool,
+    authenticated: Option<Account>,
+    transaction: Option<Transaction>,
+    messages: u64,
+    rsets: usize,
+    errors: usize,
+}
+
+fn reply(code: u16, status: &'static str, text: impl Into<String>) -> Reply {
+    Reply::new(code, status, text)
+}
+
+impl Session {
+    /// Prepares a session for an accepted connection.
+    pub fn new(
+        core: Arc<Core>,
+        config: Arc<SmtpConfig>,
+        tls: Option<TlsAcceptor>,
+        peer: SocketAddr,
+        stream: SessionStream,
+    ) -> Self {
+        Self {
+            core,
+            config,
+            tls,
+            peer,
+            stream: Some(stream),
+            input: BytesMut::with_capacity(4096),
+            output: Vec::with_capacity(1024),
+            id: format!("{:016x}", rand_u64()),
+            helo: None,
+            esmtp: false,
+            authenticated: None,
+            transaction: None,
+            messages: 0,
+            rsets: 0,
+            errors: 0,
+        }
+    }
+
+    fn stream(&mut self) -> &mut SessionStream {
+        self.stream.as_mut().expect("stream present outside STARTTLS")
+    }
+
+    fn is_tls(&self) -> bool {
+        self.stream.as_ref().is_some_and(SessionStream::is_tls)
+    }
+
+    fn send(&mut self, reply: Reply) {
+        if !reply.is_positive() {
+            self.errors += 1;
+        }
+        tracing::debug!(session = %self.id, code = reply.code, text = %reply.text, "reply");
+        reply.write_to(&mut self.output);
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        if !self.output.is_empty() {
+            let output = std::mem::take(&mut self.output);
+            self.stream().write_all(&output).await?;
+            self.stream().flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Serves the session until QUIT, a fatal error, a timeout or shutdown.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        tracing::info!(session = %self.id, peer = %self.peer, tls = self.is_tls(), "smtp session started");
+        // RFC 5321 §4.2: the greeting carries no enhanced status code (RFC 2034 §3).
+        let greeting = format!("{} ESMTP wmail ready", self.config.hostname);
+        self.send(reply(220, "", greeting));
+        loop {
+            let event = tokio::select! {
+                event = self.read_line() => event,
+                () = wmail_net::stopped(&mut shutdown) => Ok(LineEvent::ShuttingDown),
+            };
+            let flow = match event {
+                Ok(LineEvent::Line(line)) => self.command(line).await,
+                Ok(LineEvent::TooLong) => {
+                    self.send(reply(500, "5.5.2", "line too long"));
+                    Ok(Flow::Continue)
+                }
+                Ok(LineEvent::Closed) | Err(_) => break,
+                Ok(LineEvent::TimedOut) => {
+                    self.send(reply(421, "4.4.2", format!("{} timeout, closing connection", self.config.hostname)));
+                    Ok(Flow::Close)
+                }
+                Ok(LineEvent::ShuttingDown) => {
+                    self.send(reply(421, "4.3.2", format!("{} shutting down, try again later", self.config.hostname)));
+                    Ok(Flow::Close)
+                }
+            };
+            match flow {
+                Ok(Flow::Continue) if self.errors > self.config.max_errors => {
+                    self.send(reply(421, "4.7.0", "too many errors, closing connection"));
+                    break;
+                }
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Close) | Err(_) => break,
+            }
+        }
+        self.abort_body().await;
+        let _ = self.flush().await;
+        if let Some(stream) = self.stream.as_mut() {
+            let _ = stream.shutdown().await;
+        }
+        tracing::info!(session = %self.id, messages = self.messages, "smtp session ended");
+    }
+
+    /// Reads more input, waiting at most `timeout`. Returns 0 at end of stream.
+    async fn fill(&mut self, timeout: Duration) -> io::Result<Option<usize>> {
+        self.flush().await?;
+        let mut buffer = [0u8; 16 * 1024];
+        match tokio::time::timeout(timeout, self.stream().read(&mut buffer)).await {
+            Ok(Ok(read)) => {
+                self.input.extend_from_slice(&buffer[..read]);
+                Ok(Some(read))
+            }
+            Ok(Err(error)) => Err(error),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Returns the next command line (without interpreting it).
+    async fn read_line(&mut self) -> io::Result<LineEvent> {
+        let mut discarding = false;
+        loop {
+            if let Some(end) = self.input.iter().position(|&byte| byte == b'\n') {
+                let line = self.input.split_to(end + 1);
+                return Ok(if discarding || line.len() > MAX_COMMAND_LINE {
+                    LineEvent::TooLong
+                } else {
+                    LineEvent::Line(line)
+                });
+            }
+            if self.input.len() > MAX_COMMAND_LINE {
+                // Keep memory bounded: drop the line and answer once its end arrives.
+                discarding = true;
+                self.input.clear();
+            }
+            match self.fill(self.config.command_timeout).await? {
+                Some(0) => return Ok(LineEvent::Closed),
+                Some(_) => {}
+                None => return Ok(LineEvent::TimedOut),
+            }
+        }
+    }
+
+    async fn command(&mut self, line: BytesMut) -> io::Result<Flow> {
+        let body = line.strip_suffix(b"\n").unwrap_or(&line);
+        let body = body.strip_suffix(b"\r").unwrap_or(body);
+        if body.contains(&b'\r') || body.contains(&0) {
+            // RFC 5321 §2.3.8: CR only before LF; NUL is never part of a command.
+            self.send(reply(501, "5.5.2", "syntax error: bare CR or NUL in command"));
+            return Ok(Flow::Continue);
+        }
+        let request = match Request::parse(&mut line.iter()) {
+            Ok(request) => request.into_owned(),
+            Err(error) => {
+                self.send(parse_error_reply(error));
+                return Ok(Flow::Continue);
+            }
+        };
+        tracing::debug!(session = %self.id, command = request.name(), "command");
+        match request {
+            Request::Ehlo { host } => self.ehlo(host, true),
+            Request::Helo { host } => self.ehlo(host, false),
+            Request::Lhlo { .. } => self.send(reply(500, "5.5.1", "LHLO is for LMTP; this is SMTP")),
+            Request::Mail { from } => self.mail(from)?,
+            Request::Rcpt { to } => self.rcpt(to)?,
+            Request::Data => return self.data().await,
+            Request::Bdat { chunk_size, is_last } => return self.bdat(chunk_size, is_last).await,
+            Request::Rset => {
+                self.rsets += 1;
+                self.abort_body().await;
+                if self.rsets > self.config.max_rsets {
+                    self.send(reply(421, "4.7.0", "too many RSET commands, closing connection"));
+                    return Ok(Flow::Close);
+                }
+                self.send(reply(250, "2.0.0", "OK"));
+            }
+            Request::Noop { .. } => self.send(reply(250, "2.0.0", "OK")),
+            Request::Quit => {
+                self.send(reply(221, "2.0.0", format!("{} closing connection", self.config.hostname)));
+                return Ok(Flow::Close);
+            }
+            // RFC 5321 §3.5.3: VRFY may answer 252 without revealing whether a user exists.
+            Request::Vrfy { .. } => {
+                self.send(reply(252, "2.5.2", "cannot VRFY user, but will accept the message and attempt delivery"))
+            }
+            Request::Expn { .. } => self.send(reply(502, "5.5.1", "EXPN is disabled")),
+            Request::Help { .. } => self.send(reply(
+                214,
+                "2.0.0",
+                "see RFC 5321; commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT STARTTLS AUTH",
+            )),
+            Request::StartTls => return self.starttls().await,
+            Request::Auth { mechanism, initial_response } => return self.auth(mechanism, initial_response).await,
+            Request::Etrn { .. } | Request::Atrn { .. } | Request::Burl { .. } => {
+                self.send(reply(502, "5.5.1", "command not implemented"))
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn ehlo(&mut self, host: String, esmtp: bool) {
+        // RFC 5321 §4.1.4: EHLO/HELO reset the transaction state.
+        self.transaction = None;
+        self.helo = Some(host.clone());
+        self.esmtp = esmtp;
+        let first = format!("{} hello {host} [{}]", self.config.hostname, self.peer.ip());
+        if !esmtp {
+            self.send(reply(250, "", first));
+            return;
+        }
+        let mut lines = vec![
+            first,
+            "PIPELINING".to_owned(),
+            format!("SIZE {}", self.config.max_message_size),
+            "8BITMIME".to_owned(),
+            "SMTPUTF8".to_owned(),
+            "ENHANCEDSTATUSCODES".to_owned(),
+            "CHUNKING".to_owned(),
+        ];
+        if self.tls.is_some() && !self.is_tls() {
+            lines.push("STARTTLS".to_owned());
+        }
+        if self.auth_offered() {
+            lines.push("AUTH PLAIN LOGIN".to_owned());
+        }
+        lines.push("HELP".to_owned());
+        self.send(reply(250, "", lines.join("\n")));
+    }
+
+    fn auth_offered(&self) -> bool {
+        self.config.mode != Mode::Mx
+            && self.authenticated.is_none()
+            && (self.is_tls() || self.config.allow_plaintext_auth)
+    }
+
+    fn mail(&mut self, from: smtp_proto::MailFrom<String>) -> io::Result<()> {
+        if self.helo.is_none() {
+            self.send(reply(503, "5.5.1", "send EHLO or HELO first"));
+            return Ok(());
+        }
+        if self.transaction.is_some() {
+            self.send(reply(503, "5.5.1", "nested MAIL command; send RSET first"));
+            return Ok(());
+        }
+        if self.config.mode != Mode::Mx && self.authenticated.is_none() {
+            // RFC 4954 §6: submission needs authentication first.
+            self.send(reply(530, "5.7.0", "authentication required"));
+            return Ok(());
+        }
+        if from.size as u64 > self.config.max_message_size {
+            // RFC 1870 §6.
+            let text = format!("message size exceeds the fixed maximum of {} bytes", self.config.max_message_size);
+            self.send(reply(552, "5.3.4", text));
+            return Ok(());
+        }
+        let reverse_path = from.address.clone();
+        if let Some(account) = &self.authenticated {
+            let allowed = !reverse_path.is_empty() && self.core.may_send_as(account, &reverse_path).unwrap_or(false);
+            if !allowed {
+                let text = format!("{} is not authorised to send as <{reverse_path}>", account.address);
+                self.send(reply(553, "5.7.1", text));
+                return Ok(());
+            }
+        }
+        self.transaction = Some(Transaction { reverse_path, recipients: Vec::new(), body: None });
+        self.send(reply(250, "2.1.0", "sender OK"));
+        Ok(())
+    }
+
+    fn rcpt(&mut self, to: smtp_proto::RcptTo<String>) -> io::Result<()> {
+        let Some(transaction) = &self.transaction else {
+            self.send(reply(503, "5.5.1", "need MAIL before RCPT"));
+            return Ok(());
+        };
+        if transaction.recipients.len() >= self.config.max_recipients {
+            // RFC 5321 §4.5.3.1.10.
+            self.send(reply(452, "4.5.3", "too many recipients"));
+            return Ok(());
+        }
+        let address = to.address;
+        let domain = address.rsplit_once('@').map(|(_, domain)| domain).unwrap_or_default();
+        let reply = match self.core.is_local_domain(domain) {
+            Ok(true) => self.local_recipient(&address),
+            Ok(false) if self.authenticated.is_some() => {
+                reply(451, "4.3.2", "delivery to other domains is not enabled on this server yet; try again later")
+            }
+            Ok(false) => reply(550, "5.7.1", format!("relaying to <{address}> denied")),
+            Err(error) => core_error_reply(&error),
+        };
+        if reply.is_positive() {
+            self.transaction.as_mut().expect("checked above").recipients.push(address);
+        }
+        self.send(reply);
+        Ok(())
+    }
+
+    fn local_recipient(&self, address: &str) -> Reply {
+        let accounts = match self.core.resolve_recipient(address) {
+            Ok(accounts) => accounts,
+            Err(error) if error.code == ErrorCode::InvalidInput => {
+                return reply(501, "5.1.3", format!("bad recipient address syntax: {}", error.message));
+            }
+            Err(error) => return core_error_reply(&error),
+        };
+        if accounts.is_empty() {
+            return reply(550, "5.1.1", format!("<{address}>: no such user here"));
+        }
+        if accounts.len() == 1 {
+            let account = self.core.account_by_id(accounts[0]).ok().flatten();
+            if let Some(account) = account {
+                if !account.state.receives_mail() {
+                    return reply(550, "5.2.1", format!("<{address}>: mailbox disabled"));
+                }
+                if account.quota_bytes.is_some_and(|quota| account.used_bytes >= quota) {
+                    return reply(552, "5.2.2", format!("<{address}>: mailbox full"));
+                }
+            }
+        }
+        reply(250, "2.1.5", "recipient OK")
+    }
+
+    /// Starts the delivery task of the current transaction's message.
+    fn begin_body(&mut self) -> Option<&mut BodyInProgress> {
+        let submission = self.config.mode != Mode::Mx;
+        let trace = self.trace_headers();
+        let hostname = self.config.hostname.clone();
+        let transaction = self.transaction.as_mut()?;
+        if transaction.body.is_none() {
+            let (sender, mut receiver) = mpsc::channel::<io::Result<Bytes>>(8);
+            let core = self.core.clone();
+            let recipients = transaction.recipients.clone();
+            let delivery = tokio::spawn(async move {
+                let body = futures::stream::poll_fn(move |context| receiver.poll_recv(context));
+                core.deliver(&recipients, body).await
+            });
+            let missing = submission.then(|| MissingHeaders {
+                date: chrono::Utc::now().to_rfc2822(),
+                message_id: format!("<{:016x}{:016x}@{hostname}>", rand_u64(), rand_u64()),
+            });
+            transaction.body = Some(BodyInProgress {
+                assembler: BodyAssembler::new(trace, missing),
+                sender: Some(sender),
+                delivery,
+                too_big: false,
+            });
+        }
+        transaction.body.as_mut()
+    }
+
+    /// Return-Path and Received headers (RFC 5321 §4.4; RFC 3848 protocol names).
+    fn trace_headers(&self) -> Vec<u8> {
+        let Some(transaction) = &self.transaction else { return Vec::new() };
+        let protocol = match (self.esmtp, self.is_tls(), self.authenticated.is_some()) {
+            (false, _, _) => "SMTP",
+            (true, false, false) => "ESMTP",
+            (true, true, false) => "ESMTPS",
+            (true, false, true) => "ESMTPA",
+            (true, true, true) => "ESMTPSA",
+        };
+        let mut received = format!(
+            "Return-Path: <{}>\r\nReceived: from {} ([{}])\r\n\tby {} (wmail) with {protocol}",
+            transaction.reverse_path,
+            self.helo.as_deref().unwrap_or("unknown"),
+            self.peer.ip(),
+            self.config.hostname
+        );
+        if let Some(tls) = self.stream.as_ref().and_then(SessionStream::tls_description) {
+            received.push_str(&format!("\r\n\t(using {tls})"));
+        }
+        if let Some(account) = &self.authenticated {
+            received.push_str(&format!("\r\n\t(authenticated as {})", account.address));
+        }
+        received.push_str(&format!("\r\n\tid {}.{}", self.id, self.messages + 1));
+        if let [recipient] = transaction.recipients.as_slice() {
+            received.push_str(&format!("\r\n\tfor <{recipient}>"));
+        }
+        received.push_str(&format!("; {}\r\n", chrono::Utc::now().to_rfc2822()));
+        received.into_bytes()
+    }
+
+    /// Passes data to the delivery task (or drops it once the message is too big).
+    async fn feed_body(&mut self, data: &[u8]) {
+        let max = self.config.max_message_size;
+        let Some(body) = self.transaction.as_mut().and_then(|t| t.body.as_mut()) else { return };
+        if body.too_big {
+            return;
+        }
+        let chunks = body.assembler.push(data);
+        if body.assembler.data_size() > max {
+            body.too_big = true;
+            if let Some(sender) = body.sender.take() {
+                let _ = sender.send(Err(io::Error::other("message too big"))).await;
+            }
+            return;
+        }
+        if let Some(sender) = &body.sender {
+            for chunk in chunks {
+                if sender.send(Ok(chunk)).await.is_err() {
+                    break; // the delivery failed early; its result says why
+                }
+            }
+        }
+    }
+
+    /// Ends the message and returns the reply for it (RFC 5321 §4.2.5: after the data).
+    async fn finish_body(&mut self) -> Reply {
+        let max_hops = self.config.max_received_headers;
+        let max_size = self.config.max_message_size;
+        let Some(mut body) = self.transaction.take().and_then(|t| t.body) else {
+            return reply(554, "5.5.1", "no valid recipients");
+        };
+        let rest = body.assembler.finish();
+        let refusal = if body.too_big || body.assembler.data_size() > max_size {
+            Some(reply(552, "5.3.4", format!("message exceeds the fixed maximum size of {max_size} bytes")))
+        } else if body.assembler.received_headers() > max_hops {
+            Some(reply(
+                554,
+                "5.4.6",
+                format!("too many hops ({} Received headers): mail loop?", body.assembler.received_headers()),
+            ))
+        } else {
+            None
+        };
+        if let Some(sender) = body.sender.take() {
+            if refusal.is_some() {
+                let _ = sender.send(Err(io::Error::other("message refused"))).await;
+            } else {
+                for chunk in rest {
+                    if sender.send(Ok(chunk)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let delivered = body.delivery.await;
+        if let Some(refusal) = refusal {
+            return refusal;
+        }
+        match delivered {
+            Ok(Ok(results)) => self.delivery_reply(results),
+            Ok(Err(error)) => core_error_reply(&error),
+            Err(_) => reply(451, "4.3.0", "local error in processing; try again later"),
+        }
+    }
+
+    fn delivery_reply(&mut self, results: Vec<RecipientResult>) -> Reply {
+        let stored = results.iter().filter(|r| matches!(r.result, Ok(DeliveryResult::Stored { .. }))).count();
+        if stored > 0 {
+            self.messages += 1;
+            for failed in results.iter().filter(|r| !matches!(r.result, Ok(DeliveryResult::Stored { .. }))) {
+                // Accepted at RCPT but refused at commit (quota raced, account removed): a
+                // DSN to the sender is the outbound issue's job.
+                tracing::warn!(session = %self.id, recipient = %failed.recipient, result = ?failed.result, "recipient not delivered after 250");
+            }
+            tracing::info!(session = %self.id, stored, "message accepted");
+            return reply(250, "2.0.0", format!("OK: queued as {}.{}", self.id, self.messages));
+        }
+        match results.into_iter().next().map(|r| r.result) {
+            Some(Ok(DeliveryResult::OverQuota)) => reply(552, "5.2.2", "mailbox full"),
+            Some(Ok(DeliveryResult::NotReceiving)) => reply(550, "5.2.1", "mailbox disabled"),
+            Some(Err(error)) => core_error_reply(&error),
+            _ => reply(550, "5.1.1", "no such mailbox"),
+        }
+    }
+
+    /// Cancels a message in progress: nothing of it is delivered.
+    async fn abort_body(&mut self) {
+        if let Some(mut body) = self.transaction.take().and_then(|t| t.body) {
+            if let Some(sender) = body.sender.take() {
+                let _ = sender.send(Err(io::Error::other("transaction aborted"))).await;
+            }
+            let _ = body.delivery.await;
+        }
+    }
+
+    fn data_allowed(&mut self) -> bool {
+        match &self.transaction {
+            None => self.send(reply(503, "5.5.1", "need MAIL and RCPT before DATA")),
+            Some(transaction) if transaction.recipients.is_empty() => {
+                self.send(reply(554, "5.5.1", "no valid recipients"))
+            }
+            Some(transaction) if transaction.body.is_some() => {
+                self.send(reply(503, "5.5.1", "DATA cannot follow BDAT in one transaction"))
+            }
+            Some(_) => return true,
+        }
+        false
+    }
+
+    async fn data(&mut self) -> io::Result<Flow> {
+        if !self.data_allowed() {
+            return Ok(Flow::Continue);
+        }
+        self.send(reply(354, "", "end data with <CR><LF>.<CR><LF>"));
+        self.begin_body();
+        let mut receiver = DataReceiver::new();
+        // RFC 5321 §4.5.2 dot-unstuffing and the end marker come from smtp-proto, which
+        // ends data only at CRLF.CRLF (no smuggling with bare LF or CR).
+        let mut chunk = Vec::with_capacity(16 * 1024);
+        loop {
+            let mut bytes = self.input.iter();
+            let done = receiver.ingest(&mut bytes, &mut chunk);
+            let consumed = self.input.len() - bytes.len();
+            self.input.advance(consumed);
+            // Hold back a trailing CR: it may be the start of the CRLF.CRLF the receiver
+            // removes when the next bytes arrive.
+            let held_cr = !done && chunk.last() == Some(&b'\r');
+            if held_cr {
+                chunk.pop();
+            }
+            if !chunk.is_empty() {
+                let data = std::mem::take(&mut chunk);
+                self.feed_body(&data).await;
+            }
+            if held_cr {
+                chunk.push(b'\r');
+            }
+            if done {
+                break;
+            }
+            match self.fill(self.config.data_timeout).await? {
+                Some(0) => {
+                    self.abort_body().await;
+                    return Ok(Flow::Close);
+                }
+                Some(_) => {}
+                None => {
+                    self.abort_body().await;
+                    self.send(reply(421, "4.4.2", "timeout waiting for data, closing connection"));
+                    return Ok(Flow::Close);
+                }
+            }
+        }
+        let result = self.finish_body().await;
+        self.send(result);
+        Ok(Flow::Continue)
+    }
+
+    /// RFC 3030 BDAT: exactly `size` octets follow the command line.
+    async fn bdat(&mut self, size: usize, last: bool) -> io::Result<Flow> {
+        let accepted = match &self.transaction {
+            None => Err(reply(503, "5.5.1", "need MAIL and RCPT before BDAT")),
+            Some(transaction) if transaction.recipients.is_empty() => Err(reply(554, "5.5.1", "no valid recipients")),
+            Some(_) => Ok(()),
+        };
+        if accepted.is_ok() {
+            self.begin_body();
+        }
+        let mut left = size;
+        while left > 0 {
+            if self.input.is_empty() {
+                match self.fill(self.config.data_timeout).await? {
+                    Some(0) => {
+                        self.abort_body().await;
+                        return Ok(Flow::Close);
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.abort_body().await;
+                        self.send(reply(421, "4.4.2", "timeout waiting for data, closing connection"));
+                        return Ok(Flow::Close);
+                    }
+                }
+            }
+            let take = left.min(self.input.len());
+            let data = self.input.split_to(take);
+            left -= take;
+            if accepted.is_ok() {
+                self.feed_body(&data).await;
+            }
+        }
+        if let Err(refusal) = accepted {
+            self.send(refusal);
+            return Ok(Flow::Continue);
+        }
+        if last {
+            let result = self.finish_body().await;
+            self.send(result);
+        } else if self.transaction.as_ref().and_then(|t| t.body.as_ref()).is_some_and(|b| b.too_big) {
+            self.abort_body().await;
+            let text = format!("message exceeds the fixed maximum size of {} bytes", self.config.max_message_size);
+            self.send(reply(552, "5.3.4", text));
+        } else {
+            self.send(reply(250, "2.0.0", format!("{size} octets received")));
+        }
+        Ok(Flow::Continue)
+    }
+
+    async fn starttls(&mut self) -> io::Result<Flow> {
+        let Some(acceptor) = self.tls.clone() else {
+            self.send(reply(454, "4.7.0", "TLS not available"));
+            return Ok(Flow::Continue);
+        };
+        if self.is_tls() {
+            self.send(reply(503, "5.5.1", "already using TLS"));
+            return Ok(Flow::Continue);
+        }
+        self.send(reply(220, "2.0.0", "ready to start TLS"));
+        self.flush().await?;
+        // Anything the client pipelined after STARTTLS was sent in cleartext and must not
+        // be executed inside the TLS session (the CVE-2011-0411 command injection).
+        self.input.clear();
+        let plain = self.stream.take().expect("stream present");
+        match tokio::time::timeout(Duration::from_secs(30), plain.start_tls(&acceptor)).await {
+            Ok(Ok(tls)) => self.stream = Some(tls),
+            _ => return Ok(Flow::Close),
+        }
+        // RFC 3207 §4.2: forget everything learnt before TLS.
+        self.abort_body().await;
+        self.helo = None;
+        self.authenticated = None;
+        Ok(Flow::Continue)
+    }
+
+    async fn auth(&mut self, mechanism: u64, initial_response: String) -> io::Result<Flow> {
+        if self.config.mode == Mode::Mx {
+            self.send(reply(503, "5.5.1", "authentication is not offered on this port; use submission (587)"));
+            return Ok(Flow::Continue);
+        }
+        if self.authenticated.is_some() {
+            self.send(reply(503, "5.5.1", "already authenticated"));
+            return Ok(Flow::Continue);
+        }
+        if self.transaction.is_some() {
+            self.send(reply(503, "5.5.1", "AUTH is not allowed during a mail transaction"));
+            return Ok(Flow::Continue);
+        }
+        if !self.is_tls() && !self.config.allow_plaintext_auth {
+            // RFC 4954 §6.
+            self.send(reply(538, "5.7.11", "encryption required: use STARTTLS first"));
+            return Ok(Flow::Continue);
+        }
+        let credentials = match mechanism {
+            AUTH_PLAIN => {
+                let response = match initial_response.as_str() {
+                    "" => match self.sasl_challenge("").await? {
+                        SaslResponse::Text(response) => response,
+                        SaslResponse::Cancelled => return Ok(Flow::Continue),
+                        SaslResponse::Closed => return Ok(Flow::Close),
+                    },
+                    // RFC 4954 §4: "=" is an empty initial response.
+                    "=" => String::new(),
+                    other => other.to_owned(),
+                };
+                decode_base64(&response).and_then(|decoded| parse_plain(&decoded))
+            }
+            AUTH_LOGIN => {
+                let username = match initial_response.as_str() {
+                    "" => match self.sasl_challenge("VXNlcm5hbWU6").await? {
+                        SaslResponse::Text(response) => response,
+                        SaslResponse::Cancelled => return Ok(Flow::Continue),
+                        SaslResponse::Closed => return Ok(Flow::Close),
+                    },
+                    other => other.to_owned(),
+                };
+                let password = match self.sasl_challenge("UGFzc3dvcmQ6").await? {
+                    SaslResponse::Text(response) => response,
+                    SaslResponse::Cancelled => return Ok(Flow::Continue),
+                    SaslResponse::Closed => return Ok(Flow::Close),
+                };
+                decode_base64(&username)
+                    .zip(decode_base64(&password))
+                    .and_then(|(user, pass)| Some((String::from_utf8(user).ok()?, String::from_utf8(pass).ok()?)))
+            }
+            _ => {
+                self.send(reply(504, "5.5.4", "unsupported authentication mechanism; use PLAIN or LOGIN"));
+                return Ok(Flow::Continue);
+            }
+        };
+        let Some((username, password)) = credentials else {
+            self.send(reply(501, "5.5.2", "cannot decode the authentication response"));
+            return Ok(Flow::Continue);
+        };
+        match self.core.authenticate(&username, &password).await {
+            Ok(account) => {
+                tracing::info!(session = %self.id, user = %account.address, "authenticated");
+                self.authenticated = Some(account);
+                self.send(reply(235, "2.7.0", "authentication successful"));
+            }
+            Err(error) => {
+                tracing::info!(session = %self.id, user = %username, %error, "authentication failed");
+                tokio::time::sleep(AUTH_FAILURE_DELAY).await;
+                self.send(reply(535, "5.7.8", "authentication credentials invalid"));
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Sends a `334` challenge and reads the response line. A `*` response cancels the
+    /// exchange (RFC 4954 §4) and is answered here.
+    async fn sasl_challenge(&mut self, challenge: &str) -> io::Result<SaslResponse> {
+        self.output.extend_from_slice(format!("334 {challenge}\r\n").as_bytes());
+        match self.read_line().await? {
+            LineEvent::Line(line) => {
+                let text = String::from_utf8_lossy(&line).trim_end().to_owned();
+                if text == "*" {
+                    self.send(reply(501, "5.7.0", "authentication cancelled"));
+                    return Ok(SaslResponse::Cancelled);
+                }
+                Ok(SaslResponse::Text(text))
+            }
+            // Undecodable, answered as such by the caller.
+            LineEvent::TooLong => Ok(SaslResponse::Text(String::from("!"))),
+            _ => Ok(SaslResponse::Closed),
+        }
+    }
+}
+
+fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    base64::engine::general_purpose::STANDARD.decode(text.trim()).ok()
+}
+
+/// RFC 4616: `[authzid] NUL authcid NUL passwd`; an authzid other than authcid is refused.
+fn parse_plain(decoded: &[u8]) -> Option<(String, String)> {
+    let mut parts = decoded.split(|&byte| byte == 0);
+    let (authzid, authcid, password) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || (!authzid.is_empty() && authzid != authcid) {
+        return None;
+    }
+    Some((String::from_utf8(authcid.to_vec()).ok()?, String::from_utf8(password.to_vec()).ok()?))
+}
+
+fn parse_error_reply(error: smtp_proto::Error) -> Reply {
+    use smtp_proto::Error as E;
+    match error {
+        E::UnknownCommand => reply(500, "5.5.1", "command not recognized"),
+        E::InvalidSenderAddress => reply(501, "5.1.7", "bad sender address syntax"),
+        E::InvalidRecipientAddress => reply(501, "5.1.3", "bad recipient address syntax"),
+        E::SyntaxError { syntax } => reply(501, "5.5.4", format!("syntax: {syntax}")),
+        E::InvalidParameter { param } => reply(501, "5.5.4", format!("invalid parameter {param}")),
+        E::UnsupportedParameter { param } => reply(504, "5.5.4", format!("unsupported parameter {param}")),
+        E::ResponseTooLong => reply(500, "5.5.2", "line too long"),
+        E::NeedsMoreData { .. } | E::InvalidResponse { .. } => reply(501, "5.5.2", "syntax error"),
+    }
+}
+
+fn core_error_reply(error: &CoreError) -> Reply {
+    match error.code {
+        ErrorCode::Unavailable | ErrorCode::Internal => reply(451, "4.3.0", "temporary local problem; try again later"),
+        ErrorCode::InvalidInput => reply(554, "5.6.0", error.message.clone()),
+        ErrorCode::NotFound => reply(550, "5.1.1", error.message.clone()),
+        ErrorCode::Unauthorized => reply(535, "5.7.8", "authentication credentials invalid"),
+        ErrorCode::AlreadyExists | ErrorCode::Conflict => reply(451, "4.3.0", error.message.clone()),
+    }
+}
+
+fn rand_u64() -> u64 {
+    rand::random()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sasl_plain_is_parsed_per_rfc_4616() {
+        assert_eq!(parse_plain(b"\0alice@x.test\0secret"), Some(("alice@x.test".into(), "secret".into())));
+        assert_eq!(parse_plain(b"alice@x.test\0alice@x.test\0secret"), Some(("alice@x.test".into(), "secret".into())));
+        assert_eq!(parse_plain(b"bob@x.test\0alice@x.test\0secret"), None, "acting as another user");
+        assert_eq!(parse_plain(b"\0alice"), None);
+        assert_eq!(parse_plain(b"\0a\0b\0c"), None);
+    }
+}
