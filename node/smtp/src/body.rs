@@ -149,7 +149,7 @@ mod tests {
         let (out, assembler) = assemble(&[b"Subject: a\r\nRecei", b"ved: x\r\n\r\nbody\r\n"], false);
         assert_eq!(out, b"Received: by mx.test\r\nSubject: a\r\nReceived: x\r\n\r\nbody\r\n");
         assert_eq!(assembler.received_headers(), 1);
-        assert_eq!(assembler.data_size(), 34);
+        assert_eq!(assembler.data_size(), 33);
     }
 
     #[test]
