@@ -43,6 +43,12 @@ pub struct WmailNode {
     pub config_path: PathBuf,
     /// Its HTTP address.
     pub http: SocketAddr,
+    /// Its SMTP (MX) address.
+    pub smtp: SocketAddr,
+    /// Its submission (STARTTLS) address.
+    pub submission: SocketAddr,
+    /// Its submissions (implicit TLS) address.
+    pub submissions: SocketAddr,
     /// Its stdout and stderr.
     pub log_path: PathBuf,
     child: Option<Child>,
@@ -63,11 +69,12 @@ impl WmailNode {
     /// Prepares a node whose data lives in `dir/data`.
     pub fn in_dir(dir: &Path, extra_config: &str) -> Self {
         let data_dir = dir.join("data");
-        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let local = || -> SocketAddr { format!("127.0.0.1:{}", free_port()).parse().expect("addr") };
+        let (http, smtp, submission, submissions) = (local(), local(), local(), local());
         let config_path = dir.join(format!("wmail-{}.toml", http.port()));
         let cluster_port = free_port();
         let config = format!(
-            "version = 1\n{extra_config}\n[server]\ndata_dir = {data:?}\nhostname = \"mx.test\"\n\n[listen]\nhttp = [\"{http}\"]\n\n[cluster]\nlisten = \"127.0.0.1:{cluster_port}\"\n",
+            "version = 1\n{extra_config}\n[server]\ndata_dir = {data:?}\nhostname = \"mx.test\"\n\n[listen]\nhttp = [\"{http}\"]\nsmtp = [\"{smtp}\"]\nsubmission = [\"{submission}\"]\nsubmissions = [\"{submissions}\"]\n\n[cluster]\nlisten = \"127.0.0.1:{cluster_port}\"\n",
             data = data_dir.display().to_string(),
         );
         std::fs::write(&config_path, config).expect("write config");
@@ -76,6 +83,9 @@ impl WmailNode {
             log_path: dir.join(format!("wmail-{}.log", http.port())),
             config_path,
             http,
+            smtp,
+            submission,
+            submissions,
             child: None,
             http_client: reqwest::Client::new(),
             _temp: None,

@@ -4,6 +4,7 @@
 
 pub mod harness;
 pub mod peers;
+pub mod smtp_client;
 
 #[cfg(test)]
 mod bench_smoke;
@@ -13,3 +14,5 @@ mod blob_s3;
 mod foundation;
 #[cfg(test)]
 mod licences;
+#[cfg(test)]
+mod smtp;

@@ -1,0 +1,351 @@
+//! SMTP end to end: real clients (Python's smtplib, over plaintext, STARTTLS and implicit
+//! TLS) and a raw-socket harness for hostile input, smuggling and pipelining.
+
+use std::process::Command;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::harness::WmailNode;
+use crate::smtp_client::RawSmtp;
+
+async fn node_with_accounts(extra_config: &str) -> WmailNode {
+    let mut node = WmailNode::new(extra_config);
+    node.start().await;
+    let (status, _) = node.api(Method::POST, "/domains", Some(json!({ "name": "example.com" }))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    for (address, password) in [("alice@example.com", "alice password"), ("bob@example.com", "bob password")] {
+        let body = json!({ "address": address, "password": password });
+        assert_eq!(node.api(Method::POST, "/accounts", Some(body)).await.0, StatusCode::CREATED);
+    }
+    let alias = json!({ "alias": "team@example.com", "targets": ["alice@example.com", "bob@example.com"] });
+    assert_eq!(node.api(Method::POST, "/aliases", Some(alias)).await.0, StatusCode::CREATED);
+    node
+}
+
+async fn inbox(node: &WmailNode, address: &str) -> Vec<Value> {
+    let (status, messages) = node.api(Method::GET, &format!("/accounts/{address}/messages"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    messages.as_array().expect("list").clone()
+}
+
+async fn message_text(node: &WmailNode, address: &str, uid: u64) -> String {
+    String::from_utf8(node.read_message(address, uid).await).expect("utf-8 message")
+}
+
+/// Runs a Python smtplib script with `SMTP`, `SUBMISSION`, `SUBMISSIONS` ports set.
+fn python(node: &WmailNode, script: &str) -> String {
+    let prelude = format!(
+        "import smtplib, ssl, sys\nSMTP = {}\nSUBMISSION = {}\nSUBMISSIONS = {}\nctx = ssl.create_default_context()\nctx.check_hostname = False\nctx.verify_mode = ssl.CERT_NONE\n",
+        node.smtp.port(),
+        node.submission.port(),
+        node.submissions.port()
+    );
+    let output = Command::new("python3").arg("-c").arg(format!("{prelude}{script}")).output().expect("python3");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "python failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    stdout
+}
+
+#[tokio::test]
+async fn smtplib_delivers_over_plaintext_starttls_and_implicit_tls() {
+    let node = node_with_accounts("").await;
+    let out = python(
+        &node,
+        r#"
+s = smtplib.SMTP("127.0.0.1", SMTP)
+code, text = s.ehlo("client.test")
+assert code == 250 and b"PIPELINING" in text and b"STARTTLS" in text and b"CHUNKING" in text, text
+assert b"AUTH" not in text, "no AUTH on the MX port"
+refused = s.sendmail("sender@remote.test", ["team@example.com", "Alice+news@Example.com"], b"Subject: to the team\r\n\r\nhello\r\n.leading dot\r\n")
+assert refused == {}, refused
+s.quit()
+
+s = smtplib.SMTP("127.0.0.1", SUBMISSION)
+s.ehlo()
+assert not s.has_extn("auth"), "no AUTH before TLS on submission"
+s.starttls(context=ctx)
+s.ehlo()
+assert s.has_extn("auth")
+s.login("alice@example.com", "alice password")
+assert s.sendmail("alice@example.com", ["bob@example.com"], b"Subject: submitted\r\n\r\nfrom alice\r\n") == {}
+s.quit()
+
+s = smtplib.SMTP_SSL("127.0.0.1", SUBMISSIONS, context=ctx)
+s.login("bob@example.com", "bob password")
+assert s.sendmail("team@example.com", ["alice@example.com"], b"Subject: over 465\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-ID: <keep@client.test>\r\n\r\nbody\r\n") == {}
+s.quit()
+print("ok")
+"#,
+    );
+    assert_eq!(out.trim(), "ok");
+
+    // The team message reached each account once (alice through the alias and directly).
+    let alice = inbox(&node, "alice@example.com").await;
+    assert_eq!(alice.len(), 2, "{alice:?}");
+    let bob = inbox(&node, "bob@example.com").await;
+    assert_eq!(bob.len(), 2, "{bob:?}");
+    assert_eq!(alice[0]["blob"], bob[0]["blob"], "one stored body for every recipient");
+
+    let mx = message_text(&node, "alice@example.com", 1).await;
+    assert!(mx.starts_with("Return-Path: <sender@remote.test>\r\nReceived: from client.test ([127.0.0.1])"), "{mx}");
+    assert!(mx.contains("by mx.test (wmail) with ESMTP\r\n"), "{mx}");
+    // smtplib dot-stuffs the line (RFC 5321 §4.5.2), the server removes the stuffing.
+    assert!(mx.ends_with("\r\n\r\nhello\r\n.leading dot\r\n"), "dot-unstuffed: {mx}");
+    assert!(!mx.contains("Message-ID"), "the MX adds no Message-ID");
+
+    let submitted = message_text(&node, "bob@example.com", 2).await;
+    assert!(submitted.contains("with ESMTPSA"), "{submitted}");
+    assert!(submitted.contains("(using TLSv1_3 with cipher"), "{submitted}");
+    assert!(submitted.contains("(authenticated as alice@example.com)"), "{submitted}");
+    assert!(
+        submitted.contains("\r\nDate: ") && submitted.contains("\r\nMessage-ID: <"),
+        "submission adds them: {submitted}"
+    );
+
+    let implicit = message_text(&node, "alice@example.com", 2).await;
+    assert!(implicit.contains("Message-ID: <keep@client.test>") && !implicit.contains("@mx.test>"), "{implicit}");
+    assert_eq!(implicit.matches("Date:").count(), 1, "{implicit}");
+}
+
+#[tokio::test]
+async fn no_open_relay_and_senders_must_own_their_address() {
+    let node = node_with_accounts("").await;
+    let mut mx = RawSmtp::connect(node.smtp).await;
+    mx.command("EHLO attacker.test", 250).await;
+    mx.command("MAIL FROM:<spam@attacker.test>", 250).await;
+    let relay = mx.command("RCPT TO:<victim@elsewhere.test>", 550).await;
+    assert!(relay.text().contains("5.7.1"), "{relay:?}");
+    mx.command("RCPT TO:<nobody@example.com>", 550).await;
+    mx.command("DATA", 554).await;
+    mx.command("AUTH PLAIN AGFsaWNlQGV4YW1wbGUuY29tAGFsaWNlIHBhc3N3b3Jk", 503).await;
+    mx.command("QUIT", 221).await;
+
+    let mut submission = RawSmtp::connect(node.submission).await;
+    submission.command("EHLO client.test", 250).await;
+    submission.command("MAIL FROM:<alice@example.com>", 530).await;
+    // RFC 4954 §6: no AUTH in cleartext.
+    submission.command("AUTH PLAIN AGFsaWNlQGV4YW1wbGUuY29tAGFsaWNlIHBhc3N3b3Jk", 538).await;
+    submission.command("QUIT", 221).await;
+
+    let out = python(
+        &node,
+        r#"
+s = smtplib.SMTP("127.0.0.1", SUBMISSION)
+s.starttls(context=ctx)
+try:
+    s.login("alice@example.com", "wrong password")
+    print("logged in with a wrong password")
+except smtplib.SMTPAuthenticationError as e:
+    assert e.smtp_code == 535, e
+s.login("alice@example.com", "alice password")
+try:
+    s.sendmail("bob@example.com", ["alice@example.com"], b"Subject: spoof\r\n\r\nx\r\n")
+    print("spoofed")
+except smtplib.SMTPSenderRefused as e:
+    assert e.smtp_code == 553, e
+try:
+    s.sendmail("team@example.com", ["someone@elsewhere.test"], b"Subject: out\r\n\r\nx\r\n")
+    print("relayed")
+except smtplib.SMTPRecipientsRefused as e:
+    assert list(e.recipients.values())[0][0] == 451, e
+print("ok")
+"#,
+    );
+    assert_eq!(out.trim(), "ok");
+    assert!(inbox(&node, "alice@example.com").await.is_empty());
+}
+
+#[tokio::test]
+async fn smuggled_end_of_data_sequences_never_end_the_message() {
+    let node = node_with_accounts("").await;
+    for smuggle in ["\n.\n", "\n.\r\n", "\r.\r\n", "\r\n.\n", "\r\n.\r"] {
+        let mut client = RawSmtp::connect(node.smtp).await;
+        client.command("EHLO client.test", 250).await;
+        client.command("MAIL FROM:<a@remote.test>", 250).await;
+        client.command("RCPT TO:<alice@example.com>", 250).await;
+        client.command("DATA", 354).await;
+        let data = format!(
+            "Subject: smuggle\r\n\r\nfirst{smuggle}MAIL FROM:<evil@remote.test>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\nSubject: smuggled\r\n\r\nevil\r\n.\r\n"
+        );
+        client.send_raw(data.as_bytes()).await;
+        client.expect(250).await;
+        client.command("QUIT", 221).await;
+    }
+    assert_eq!(inbox(&node, "alice@example.com").await.len(), 5);
+    assert!(inbox(&node, "bob@example.com").await.is_empty(), "a smuggled second message was delivered");
+    let first = message_text(&node, "alice@example.com", 1).await;
+    assert!(first.contains("first\n.\nMAIL FROM:<evil@remote.test>"), "the smuggle attempt is content: {first}");
+}
+
+#[tokio::test]
+async fn hostile_and_broken_input_gets_clear_errors() {
+    let node = node_with_accounts("[smtp]\nmax_message_size = 100000\n").await;
+    let mut client = RawSmtp::connect(node.smtp).await;
+    // Out of sequence.
+    client.command("MAIL FROM:<a@remote.test>", 503).await;
+    client.command("EHLO client.test", 250).await;
+    client.command("RCPT TO:<alice@example.com>", 503).await;
+    client.command("DATA", 503).await;
+    // Malformed lines.
+    client.send_raw(format!("NOOP {}\r\n", "x".repeat(2000)).as_bytes()).await;
+    let long = client.expect(500).await;
+    assert!(long.text().contains("5.5.2"), "{long:?}");
+    client.send_raw(b"NOOP\0x\r\n").await;
+    client.expect(501).await;
+    client.send_raw(b"NOOP a\rb\r\n").await;
+    client.expect(501).await;
+    client.command("FROBNICATE", 500).await;
+    client.command("MAIL FROM:<not an address", 501).await;
+    // Declared size over the limit (RFC 1870).
+    client.command("MAIL FROM:<a@remote.test> SIZE=200000", 552).await;
+    // Pipelined commands after a failed one are each answered.
+    client.send_raw(b"MAIL FROM:<a@remote.test>\r\nRCPT TO:<nobody@example.com>\r\nRCPT TO:<alice@example.com>\r\nRSET\r\nNOOP\r\n").await;
+    for code in [250, 550, 250, 250, 250] {
+        client.expect(code).await;
+    }
+    // A message over the size limit while streaming: refused, nothing stored.
+    client.command("MAIL FROM:<a@remote.test>", 250).await;
+    client.command("RCPT TO:<alice@example.com>", 250).await;
+    client.command("DATA", 354).await;
+    let big = format!("Subject: big\r\n\r\n{}\r\n.\r\n", "0123456789abcdef\r\n".repeat(10_000));
+    client.send_raw(big.as_bytes()).await;
+    let refused = client.expect(552).await;
+    assert!(refused.text().contains("5.3.4"), "{refused:?}");
+    // Too many hops.
+    client.command("MAIL FROM:<a@remote.test>", 250).await;
+    client.command("RCPT TO:<alice@example.com>", 250).await;
+    client.command("DATA", 354).await;
+    let looped = format!("{}Subject: loop\r\n\r\nbody\r\n.\r\n", "Received: from x by y; date\r\n".repeat(21));
+    client.send_raw(looped.as_bytes()).await;
+    let hops = client.expect(554).await;
+    assert!(hops.text().contains("5.4.6"), "{hops:?}");
+    // Broken MIME is delivered as is: the MTA does not judge MIME.
+    client.command("MAIL FROM:<a@remote.test>", 250).await;
+    client.command("RCPT TO:<alice@example.com>", 250).await;
+    client.command("DATA", 354).await;
+    let broken = "Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nno closing boundary\r\n";
+    client.send_raw(format!("{broken}.\r\n").as_bytes()).await;
+    client.expect(250).await;
+    client.command("QUIT", 221).await;
+    let messages = inbox(&node, "alice@example.com").await;
+    assert_eq!(messages.len(), 1, "only the broken-MIME message: {messages:?}");
+    assert!(message_text(&node, "alice@example.com", 1).await.ends_with(broken));
+
+    // A client that disconnects in the middle of DATA: nothing delivered.
+    let mut client = RawSmtp::connect(node.smtp).await;
+    client.command("HELO client.test", 250).await;
+    client.command("MAIL FROM:<a@remote.test>", 250).await;
+    client.command("RCPT TO:<bob@example.com>", 250).await;
+    client.command("DATA", 354).await;
+    client.send_raw(b"Subject: cut\r\n\r\nhalf a messa").await;
+    drop(client);
+    // RSET flood.
+    let mut client = RawSmtp::connect(node.smtp).await;
+    client.command("EHLO client.test", 250).await;
+    for _ in 0..20 {
+        client.command("RSET", 250).await;
+    }
+    client.command("RSET", 421).await;
+    assert!(client.is_closed().await);
+    // The node is healthy, and the cut message was never delivered.
+    let mut client = RawSmtp::connect(node.smtp).await;
+    client.command("EHLO client.test", 250).await;
+    client.command("QUIT", 221).await;
+    assert!(inbox(&node, "bob@example.com").await.is_empty());
+    assert!(!node.log().contains("panicked"), "{}", node.log());
+}
+
+#[tokio::test]
+async fn pipelining_and_chunking() {
+    let node = node_with_accounts("").await;
+    let mut client = RawSmtp::connect(node.smtp).await;
+    client.command("EHLO client.test", 250).await;
+    // RFC 2920: the whole transaction in one write.
+    client
+        .send_raw(b"MAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@example.com>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n")
+        .await;
+    for code in [250, 250, 250, 354] {
+        client.expect(code).await;
+    }
+    client.send_raw(b"Subject: pipelined\r\n\r\nbody\r\n.\r\n").await;
+    client.expect(250).await;
+    // RFC 3030: BDAT chunks, the last one marked.
+    client.send_raw(b"MAIL FROM:<a@remote.test>\r\nRCPT TO:<bob@example.com>\r\n").await;
+    client.expect(250).await;
+    client.expect(250).await;
+    let chunk1 = b"Subject: chunked\r\n\r\nline one\r\n.not stuffed\r\n";
+    client.send_raw(format!("BDAT {}\r\n", chunk1.len()).as_bytes()).await;
+    client.send_raw(chunk1).await;
+    client.expect(250).await;
+    let chunk2 = b"line two\r\n";
+    client.send_raw(format!("BDAT {} LAST\r\n", chunk2.len()).as_bytes()).await;
+    client.send_raw(chunk2).await;
+    client.expect(250).await;
+    client.command("QUIT", 221).await;
+    let bob = inbox(&node, "bob@example.com").await;
+    assert_eq!(bob.len(), 2);
+    let chunked = message_text(&node, "bob@example.com", 2).await;
+    assert!(
+        chunked.ends_with("\r\n\r\nline one\r\n.not stuffed\r\nline two\r\n"),
+        "BDAT data is not unstuffed: {chunked}"
+    );
+}
+
+#[tokio::test]
+async fn a_250_survives_kill_9() {
+    let mut node = node_with_accounts("").await;
+    let mut client = RawSmtp::connect(node.smtp).await;
+    client.command("EHLO client.test", 250).await;
+    client.command("MAIL FROM:<a@remote.test>", 250).await;
+    client.command("RCPT TO:<alice@example.com>", 250).await;
+    client.command("DATA", 354).await;
+    client.send_raw(b"Subject: durable\r\n\r\nmust survive\r\n.\r\n").await;
+    client.expect(250).await;
+    node.kill9();
+    node.start().await;
+    let messages = inbox(&node, "alice@example.com").await;
+    assert_eq!(messages.len(), 1);
+    assert!(message_text(&node, "alice@example.com", 1).await.ends_with("must survive\r\n"));
+}
+
+#[tokio::test]
+async fn many_parallel_connections_from_one_address_are_limited_without_harm() {
+    let node = node_with_accounts("[smtp]\nmax_connections_per_ip = 20\n").await;
+    let address = node.smtp;
+    let attempts = futures::future::join_all((0..300).map(|_| async move {
+        match tokio::net::TcpStream::connect(address).await {
+            Ok(stream) => Some(stream),
+            Err(_) => None,
+        }
+    }))
+    .await;
+    let mut greetings = std::collections::HashMap::new();
+    let mut held = Vec::new();
+    for stream in attempts.into_iter().flatten() {
+        use tokio::io::AsyncBufReadExt;
+        let mut reader = tokio::io::BufReader::new(stream);
+        let mut line = String::new();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(30), reader.read_line(&mut line)).await;
+        let code = match read {
+            Ok(Ok(_)) => line.get(..3).unwrap_or("eof").to_owned(),
+            _ => "timeout".to_owned(),
+        };
+        *greetings.entry(code).or_insert(0) += 1;
+        held.push(reader);
+    }
+    assert_eq!(greetings.get("220"), Some(&20), "{greetings:?}");
+    assert!(greetings.get("421").copied().unwrap_or(0) > 0, "{greetings:?}");
+    drop(held);
+    // Once the clients are gone the server serves again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (mut client, greeting) = RawSmtp::connect_raw(address).await;
+        if greeting.as_ref().is_some_and(|reply| reply.code == 220) {
+            client.command("QUIT", 221).await;
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the listener did not recover");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
