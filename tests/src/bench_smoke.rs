@@ -24,6 +24,22 @@ async fn bench_delivers_and_reports_each_level() {
         assert!(report["delivered"].as_u64().unwrap() > 0, "{report}");
         assert!(report["p99_ms"].as_f64().unwrap() >= report["p50_ms"].as_f64().unwrap());
     }
+    // The SMTP mode too, through real sessions.
+    let output = Command::new(&bench)
+        .args(["--server", &format!("http://{}", node.http), "--token", &node.token()])
+        .args(["smtp", "--smtp", &node.smtp.to_string(), "--concurrency", "1,4", "--seconds", "5"])
+        .args(["--requests", "24", "--accounts", "3", "--json"])
+        .output()
+        .expect("run wmail-bench smtp");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let smtp_reports: Vec<serde_json::Value> =
+        String::from_utf8(output.stdout).unwrap().lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert_eq!(smtp_reports.len(), 2);
+    for report in &smtp_reports {
+        assert_eq!(report["failed"], 0, "{report}");
+    }
+    let reports: Vec<serde_json::Value> = reports.into_iter().chain(smtp_reports).collect();
+
     // Every acknowledged delivery is in a mailbox.
     let delivered: u64 = reports.iter().map(|r| r["delivered"].as_u64().unwrap()).sum();
     let (_, accounts) = node.api(reqwest::Method::GET, "/accounts?domain=bench.test", None).await;

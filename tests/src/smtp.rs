@@ -254,6 +254,20 @@ async fn hostile_and_broken_input_gets_clear_errors() {
     client.command("QUIT", 221).await;
     assert!(inbox(&node, "bob@example.com").await.is_empty());
     assert!(!node.log().contains("panicked"), "{}", node.log());
+
+    // Every outcome is counted.
+    let (_, metrics) = node.get("/metrics").await;
+    for expected in [
+        "wmail_smtp_messages_total{listener=\"smtp\",outcome=\"too_big\"} 1",
+        "wmail_smtp_messages_total{listener=\"smtp\",outcome=\"loop\"} 1",
+        "wmail_smtp_messages_total{listener=\"smtp\",outcome=\"accepted\"} 1",
+        "wmail_smtp_messages_total{listener=\"smtp\",outcome=\"aborted\"} 1",
+        "wmail_smtp_recipients_refused_total{listener=\"smtp\",reason=\"unknown_user\"} 1",
+        "wmail_smtp_connections_total{listener=\"smtp\"} 4",
+        "wmail_smtp_commit_duration_seconds_count{listener=\"smtp\"} 1",
+    ] {
+        assert!(metrics.contains(expected), "missing {expected} in\n{metrics}");
+    }
 }
 
 #[tokio::test]

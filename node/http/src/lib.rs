@@ -28,8 +28,8 @@ pub struct AppState {
 }
 
 /// Builds the whole HTTP router.
-pub fn router(core: Arc<Core>, admin_token: String) -> Router {
-    let state = Arc::new(AppState { core, admin_token, metrics: Metrics::new() });
+pub fn router(core: Arc<Core>, admin_token: String, registry: prometheus::Registry) -> Router {
+    let state = Arc::new(AppState { core, admin_token, metrics: Metrics::new(registry) });
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))

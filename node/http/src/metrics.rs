@@ -26,9 +26,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Creates and registers every metric.
-    pub fn new() -> Self {
-        let registry = Registry::new_custom(Some("wmail".into()), None).expect("valid prefix");
+    /// Creates the HTTP and Raft metrics in `registry`, which other services (SMTP, ...)
+    /// share; `/metrics` renders all of it. Use [`Metrics::new_registry`] to make one.
+    pub fn new(registry: Registry) -> Self {
         let build_info =
             IntGaugeVec::new(Opts::new("build_info", "Build information; the value is always 1"), &["version"])
                 .expect("valid metric");
@@ -106,8 +106,9 @@ impl Metrics {
     }
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
+impl Metrics {
+    /// A registry whose metric names all start with `wmail_`.
+    pub fn new_registry() -> Registry {
+        Registry::new_custom(Some("wmail".into()), None).expect("valid prefix")
     }
 }

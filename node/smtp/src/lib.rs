@@ -4,8 +4,11 @@
 //! Accepted mail is streamed into the blob store and committed through Raft before `250`.
 
 mod body;
+mod metrics;
 mod reply;
 mod session;
+
+pub use metrics::SmtpMetrics;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,12 +79,21 @@ pub struct SmtpServer {
     core: Arc<Core>,
     config: Arc<SmtpConfig>,
     tls: Option<TlsAcceptor>,
+    metrics: Arc<SmtpMetrics>,
+    listener: &'static str,
 }
 
 impl SmtpServer {
     /// Creates the service; `tls` enables STARTTLS (and is required for submission).
-    pub fn new(core: Arc<Core>, config: SmtpConfig, tls: Option<TlsAcceptor>) -> Self {
-        Self { core, config: Arc::new(config), tls }
+    /// Metrics are labelled with `listener`.
+    pub fn new(
+        core: Arc<Core>,
+        config: SmtpConfig,
+        tls: Option<TlsAcceptor>,
+        metrics: Arc<SmtpMetrics>,
+        listener: &'static str,
+    ) -> Self {
+        Self { core, config: Arc::new(config), tls, metrics, listener }
     }
 }
 
@@ -92,7 +104,10 @@ impl SessionHandler for SmtpServer {
         peer: std::net::SocketAddr,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> BoxFuture<'static, ()> {
-        let session = session::Session::new(self.core.clone(), self.config.clone(), self.tls.clone(), peer, stream);
+        self.metrics.connections.with_label_values(&[self.listener]).inc();
+        let observer = session::Observer { metrics: self.metrics.clone(), listener: self.listener };
+        let session =
+            session::Session::new(self.core.clone(), self.config.clone(), self.tls.clone(), observer, peer, stream);
         Box::pin(session.run(shutdown))
     }
 

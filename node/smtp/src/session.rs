@@ -70,8 +70,36 @@ enum LineEvent {
     ShuttingDown,
 }
 
+/// Where a session reports its metrics.
+pub struct Observer {
+    /// The shared metrics.
+    pub metrics: Arc<crate::SmtpMetrics>,
+    /// The listener label.
+    pub listener: &'static str,
+}
+
+impl Observer {
+    fn message(&self, outcome: &str) {
+        self.metrics.messages.with_label_values(&[self.listener, outcome]).inc();
+    }
+
+    fn refused_recipient(&self, reply: &Reply) {
+        let reason = match reply.status {
+            "5.1.1" => "unknown_user",
+            "5.7.1" => "relay_denied",
+            "4.3.2" => "outbound_unavailable",
+            "5.2.2" => "mailbox_full",
+            "5.2.1" => "mailbox_disabled",
+            "4.5.3" => "too_many_recipients",
+            _ => "other",
+        };
+        self.metrics.recipients_refused.with_label_values(&[self.listener, reason]).inc();
+    }
+}
+
 /// One client connection.
 pub struct Session {
+    observer: Observer,
     core: Arc<Core>,
     config: Arc<SmtpConfig>,
     tls: Option<TlsAcceptor>,
@@ -99,10 +127,12 @@ impl Session {
         core: Arc<Core>,
         config: Arc<SmtpConfig>,
         tls: Option<TlsAcceptor>,
+        observer: Observer,
         peer: SocketAddr,
         stream: SessionStream,
     ) -> Self {
         Self {
+            observer,
             core,
             config,
             tls,
@@ -377,6 +407,8 @@ impl Session {
         };
         if reply.is_positive() {
             self.transaction.as_mut().expect("checked above").recipients.push(address);
+        } else {
+            self.observer.refused_recipient(&reply);
         }
         self.send(reply);
         Ok(())
@@ -497,10 +529,15 @@ impl Session {
         let Some(mut body) = self.transaction.take().and_then(|t| t.body) else {
             return reply(554, "5.5.1", "no valid recipients");
         };
+        let started = std::time::Instant::now();
         let rest = body.assembler.finish();
+        let listener = self.observer.listener;
+        self.observer.metrics.bytes_received.with_label_values(&[listener]).inc_by(body.assembler.data_size());
         let refusal = if body.too_big || body.assembler.data_size() > max_size {
+            self.observer.message("too_big");
             Some(reply(552, "5.3.4", format!("message exceeds the fixed maximum size of {max_size} bytes")))
         } else if body.assembler.received_headers() > max_hops {
+            self.observer.message("loop");
             Some(reply(
                 554,
                 "5.4.6",
@@ -524,11 +561,14 @@ impl Session {
         if let Some(refusal) = refusal {
             return refusal;
         }
-        match delivered {
+        let result = match delivered {
             Ok(Ok(results)) => self.delivery_reply(results),
             Ok(Err(error)) => core_error_reply(&error),
             Err(_) => reply(451, "4.3.0", "local error in processing; try again later"),
-        }
+        };
+        self.observer.message(if result.code == 250 { "accepted" } else { "failed" });
+        self.observer.metrics.commit_seconds.with_label_values(&[listener]).observe(started.elapsed().as_secs_f64());
+        result
     }
 
     fn delivery_reply(&mut self, results: Vec<RecipientResult>) -> Reply {
@@ -554,6 +594,7 @@ impl Session {
     /// Cancels a message in progress: nothing of it is delivered.
     async fn abort_body(&mut self) {
         if let Some(mut body) = self.transaction.take().and_then(|t| t.body) {
+            self.observer.message("aborted");
             if let Some(sender) = body.sender.take() {
                 let _ = sender.send(Err(io::Error::other("transaction aborted"))).await;
             }

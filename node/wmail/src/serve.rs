@@ -37,8 +37,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
     let mut http_urls = Vec::new();
-    // One router (and so one metrics registry) shared by every HTTP listener.
-    let router = wmail_http::router(core.clone(), admin_token.clone());
+    // One metrics registry for every service, rendered by every HTTP listener.
+    let registry = wmail_http::Metrics::new_registry();
+    let router = wmail_http::router(core.clone(), admin_token.clone(), registry.clone());
     for address in &config.listen.http {
         let listener = bind(address, "http").await?;
         let local = listener.local_addr()?;
@@ -52,7 +53,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             axum::serve(listener, router).with_graceful_shutdown(stop).await
         }));
     }
-    let mail_listeners = start_smtp(&config, &core, &tls, &shutdown_rx).await?;
+    let mail_listeners = start_smtp(&config, &core, &tls, &registry, &shutdown_rx).await?;
     warn_about_unserved_protocols(&config);
     announce(&config, &data_dir, &token_path, &http_urls);
 
@@ -118,9 +119,11 @@ async fn start_smtp(
     config: &Config,
     core: &Arc<Core>,
     tls: &wmail_net::TlsAcceptor,
+    registry: &prometheus::Registry,
     shutdown: &tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<wmail_net::ListenerHandle>> {
-    use wmail_smtp::{Mode, SmtpConfig, SmtpServer};
+    use wmail_smtp::{Mode, SmtpConfig, SmtpMetrics, SmtpServer};
+    let metrics = Arc::new(SmtpMetrics::register(registry)?);
     let limits = wmail_net::ConnectionLimits {
         max_total: config.smtp.max_connections,
         max_per_ip: config.smtp.max_connections_per_ip,
@@ -136,7 +139,7 @@ async fn start_smtp(
             let mut smtp = SmtpConfig::new(config.server.hostname.clone(), mode);
             smtp.max_message_size = config.smtp.max_message_size;
             smtp.max_recipients = config.smtp.max_recipients;
-            let server = SmtpServer::new(core.clone(), smtp, Some(tls.clone()));
+            let server = SmtpServer::new(core.clone(), smtp, Some(tls.clone()), metrics.clone(), service);
             let implicit_tls = (mode == Mode::Submissions).then(|| tls.clone());
             tracing::info!(service, address = %listener.local_addr()?, "listening");
             handles.push(wmail_net::serve(listener, service, implicit_tls, limits, Arc::new(server), shutdown.clone()));

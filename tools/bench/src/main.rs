@@ -1,11 +1,16 @@
 //! wmail-bench: measures durable deliveries per second and their latency through a running
 //! node, like a client would (over the network, never through server internals).
 //!
-//! `wmail-bench deliver` creates a domain and accounts, then for each concurrency level
-//! keeps that many deliveries of a fixed-size message in flight for a fixed time (or
-//! count) and reports accepts/s and p50/p99/max latency. Each delivery is acknowledged
-//! only after its body is durable and its Raft command committed and applied.
+//! `wmail-bench deliver` (through the admin API's import endpoint) and `wmail-bench smtp`
+//! (real SMTP sessions, one per concurrent sender, with PIPELINING) create a domain and
+//! accounts, then for each concurrency level keep that many deliveries of a fixed-size
+//! message in flight for a fixed time (or count) and report accepts/s and p50/p99/max
+//! latency. Each delivery is acknowledged only after its body is durable and its Raft
+//! command committed and applied.
 
+mod smtp;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -15,7 +20,7 @@ use serde_json::json;
 #[derive(Parser)]
 #[command(name = "wmail-bench", about = "Load generator for wmail")]
 struct Cli {
-    /// Admin API of the node under test.
+    /// Admin API of the node under test (used to create the test domain and accounts).
     #[arg(long, env = "WMAIL_SERVER", default_value = "http://127.0.0.1:8080")]
     server: String,
     /// Admin token.
@@ -25,31 +30,45 @@ struct Cli {
     command: BenchCommand,
 }
 
+/// What every load shape shares.
+#[derive(clap::Args, Clone)]
+struct LoadShape {
+    /// Comma-separated concurrency levels.
+    #[arg(long, default_value = "1,16,64", value_delimiter = ',')]
+    concurrency: Vec<usize>,
+    /// Seconds per level.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Stop each level after this many deliveries (whichever comes first).
+    #[arg(long)]
+    requests: Option<usize>,
+    /// Message size in bytes.
+    #[arg(long, default_value_t = 10_240)]
+    size: usize,
+    /// Number of receiving accounts (deliveries rotate over them).
+    #[arg(long, default_value_t = 16)]
+    accounts: usize,
+    /// Print one JSON object per level instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Subcommand)]
 enum BenchCommand {
-    /// Durable message deliveries through the admin API's import endpoint.
-    #[command(
-        after_help = "Example: wmail-bench --token $(cat wmail-data/admin-token) deliver --concurrency 1,16,64 --seconds 10"
-    )]
+    /// Durable deliveries through the admin API's import endpoint.
+    #[command(after_help = "Example: wmail-bench --token $(cat wmail-data/admin-token) deliver --concurrency 1,16,64")]
     Deliver {
-        /// Comma-separated concurrency levels.
-        #[arg(long, default_value = "1,16,64", value_delimiter = ',')]
-        concurrency: Vec<usize>,
-        /// Seconds per level.
-        #[arg(long, default_value_t = 10.0)]
-        seconds: f64,
-        /// Stop each level after this many deliveries (whichever comes first).
-        #[arg(long)]
-        requests: Option<usize>,
-        /// Message size in bytes.
-        #[arg(long, default_value_t = 10_240)]
-        size: usize,
-        /// Number of receiving accounts (deliveries rotate over them).
-        #[arg(long, default_value_t = 16)]
-        accounts: usize,
-        /// Print one JSON object per level instead of a table.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        shape: LoadShape,
+    },
+    /// Durable deliveries over SMTP (the node's `[listen] smtp`), one session per sender.
+    #[command(after_help = "Example: wmail-bench --token $(cat wmail-data/admin-token) smtp --smtp 127.0.0.1:25")]
+    Smtp {
+        /// The SMTP (MX) address of the node.
+        #[arg(long, default_value = "127.0.0.1:25")]
+        smtp: String,
+        #[command(flatten)]
+        shape: LoadShape,
     },
 }
 
@@ -74,12 +93,36 @@ impl LevelReport {
     fn rate(&self) -> f64 {
         self.delivered as f64 / self.elapsed.as_secs_f64()
     }
+
+    fn print(&self, json: bool) {
+        let millis = |duration: Duration| duration.as_secs_f64() * 1000.0;
+        if json {
+            let line = json!({
+                "concurrency": self.concurrency,
+                "delivered": self.delivered,
+                "failed": self.failed,
+                "accepts_per_second": self.rate(),
+                "p50_ms": millis(self.percentile(0.50)),
+                "p99_ms": millis(self.percentile(0.99)),
+                "max_ms": millis(self.percentile(1.0)),
+            });
+            println!("{line}");
+        } else {
+            println!(
+                "{:>11} {:>10} {:>7} {:>10.0} {:>9.2} {:>9.2} {:>9.2}",
+                self.concurrency,
+                self.delivered,
+                self.failed,
+                self.rate(),
+                millis(self.percentile(0.50)),
+                millis(self.percentile(0.99)),
+                millis(self.percentile(1.0)),
+            );
+        }
+    }
 }
 
-fn millis(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1000.0
-}
-
+/// The admin API, for setup and the import endpoint.
 struct Api {
     http: reqwest::Client,
     server: String,
@@ -98,12 +141,18 @@ impl Api {
             .with_context(|| format!("cannot reach {}; is `wmail serve` running?", self.server))?;
         Ok(response.status())
     }
+
+    async fn deliver(&self, address: &str, message: Vec<u8>) -> bool {
+        let url = format!("{}/api/v1/accounts/{address}/messages", self.server);
+        let result = self.http.post(url).bearer_auth(&self.token).body(message).send().await;
+        result.is_ok_and(|response| response.status().is_success())
+    }
 }
 
+/// A distinct message of about `size` bytes (distinct bodies: every delivery stores a blob).
 fn message(size: usize, n: usize) -> Vec<u8> {
     let header = format!("From: bench@bench.test\r\nTo: user@bench.test\r\nSubject: bench {n}\r\n\r\n");
     let mut body = header.into_bytes();
-    // Distinct bodies, so every delivery stores a new blob.
     let filler = format!("{n:020} the quick brown fox jumps over the lazy dog\r\n");
     while body.len() < size {
         body.extend_from_slice(filler.as_bytes());
@@ -129,39 +178,34 @@ async fn setup(api: &Api, accounts: usize) -> anyhow::Result<Vec<String>> {
     Ok(addresses)
 }
 
-async fn run_level(
-    api: &Api,
-    addresses: &[String],
-    concurrency: usize,
-    duration: Duration,
-    max_requests: Option<usize>,
-    size: usize,
-) -> LevelReport {
+/// Runs `concurrency` workers; each calls `deliver(n)` until time or count runs out.
+async fn run_level<F, Fut>(concurrency: usize, shape: &LoadShape, deliver: F) -> LevelReport
+where
+    F: Fn(usize, usize) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let duration = Duration::from_secs_f64(shape.seconds);
     let started = Instant::now();
-    let issued = std::sync::atomic::AtomicUsize::new(0);
-    let workers = (0..concurrency).map(|_| async {
-        let mut latencies = Vec::new();
-        let mut failed = 0;
-        loop {
-            let n = issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if started.elapsed() >= duration || max_requests.is_some_and(|max| n >= max) {
-                break;
+    let issued = AtomicUsize::new(0);
+    let workers = (0..concurrency).map(|worker| {
+        let (issued, deliver) = (&issued, &deliver);
+        async move {
+            let mut latencies = Vec::new();
+            let mut failed = 0;
+            loop {
+                let n = issued.fetch_add(1, Ordering::Relaxed);
+                if started.elapsed() >= duration || shape.requests.is_some_and(|max| n >= max) {
+                    break;
+                }
+                let sent = Instant::now();
+                if deliver(worker, n).await {
+                    latencies.push(sent.elapsed());
+                } else {
+                    failed += 1;
+                }
             }
-            let address = &addresses[n % addresses.len()];
-            let sent = Instant::now();
-            let result = api
-                .http
-                .post(format!("{}/api/v1/accounts/{address}/messages", api.server))
-                .bearer_auth(&api.token)
-                .body(message(size, n))
-                .send()
-                .await;
-            match result {
-                Ok(response) if response.status().is_success() => latencies.push(sent.elapsed()),
-                _ => failed += 1,
-            }
+            (latencies, failed)
         }
-        (latencies, failed)
     });
     let results = futures::future::join_all(workers).await;
     let elapsed = started.elapsed();
@@ -176,58 +220,66 @@ async fn run_level(
     }
 }
 
+fn header(shape: &LoadShape, accounts: usize, via: &str) {
+    if !shape.json {
+        println!("durable deliveries of {}-byte messages to {accounts} accounts via {via}", shape.size);
+        println!(
+            "{:>11} {:>10} {:>7} {:>10} {:>9} {:>9} {:>9}",
+            "concurrency", "delivered", "failed", "accepts/s", "p50 ms", "p99 ms", "max ms"
+        );
+    }
+}
+
+fn check(report: &LevelReport) -> anyhow::Result<()> {
+    if report.failed > 0 && report.delivered == 0 {
+        bail!("every delivery failed at concurrency {}; see the node's log", report.concurrency);
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let api =
         Api { http: reqwest::Client::new(), server: cli.server.trim_end_matches('/').to_owned(), token: cli.token };
     match cli.command {
-        BenchCommand::Deliver { concurrency, seconds, requests, size, accounts, json } => {
-            let addresses = setup(&api, accounts.max(1)).await?;
-            if !json {
-                println!(
-                    "durable deliveries of {size}-byte messages to {} accounts via {}",
-                    addresses.len(),
-                    api.server
-                );
-                println!(
-                    "{:>11} {:>10} {:>7} {:>10} {:>9} {:>9} {:>9}",
-                    "concurrency", "delivered", "failed", "accepts/s", "p50 ms", "p99 ms", "max ms"
-                );
+        BenchCommand::Deliver { shape } => {
+            let addresses = setup(&api, shape.accounts.max(1)).await?;
+            header(&shape, addresses.len(), &api.server);
+            for &level in &shape.concurrency {
+                let report = run_level(level.max(1), &shape, |_, n| {
+                    api.deliver(&addresses[n % addresses.len()], message(shape.size, n))
+                })
+                .await;
+                report.print(shape.json);
+                check(&report)?;
             }
-            for level in concurrency {
-                let report =
-                    run_level(&api, &addresses, level.max(1), Duration::from_secs_f64(seconds), requests, size).await;
-                if json {
-                    println!(
-                        "{}",
-                        json!({
-                            "concurrency": report.concurrency,
-                            "delivered": report.delivered,
-                            "failed": report.failed,
-                            "accepts_per_second": report.rate(),
-                            "p50_ms": millis(report.percentile(0.50)),
-                            "p99_ms": millis(report.percentile(0.99)),
-                            "max_ms": millis(report.percentile(1.0)),
-                        })
-                    );
-                } else {
-                    println!(
-                        "{:>11} {:>10} {:>7} {:>10.0} {:>9.2} {:>9.2} {:>9.2}",
-                        report.concurrency,
-                        report.delivered,
-                        report.failed,
-                        report.rate(),
-                        millis(report.percentile(0.50)),
-                        millis(report.percentile(0.99)),
-                        millis(report.percentile(1.0)),
-                    );
+        }
+        BenchCommand::Smtp { smtp: address, shape } => {
+            let addresses = setup(&api, shape.accounts.max(1)).await?;
+            header(&shape, addresses.len(), &format!("smtp://{address}"));
+            for &level in &shape.concurrency {
+                let level = level.max(1);
+                let mut sessions = Vec::new();
+                for _ in 0..level {
+                    sessions.push(tokio::sync::Mutex::new(smtp::Sender::connect(&address).await?));
                 }
-                if report.failed > 0 && report.delivered == 0 {
-                    bail!("every delivery failed at concurrency {level}; see the node's log");
+                let report = run_level(level, &shape, |worker, n| {
+                    let (sessions, addresses) = (&sessions, &addresses);
+                    async move {
+                        let mut session = sessions[worker].lock().await;
+                        let recipient = &addresses[n % addresses.len()];
+                        session.send(recipient, &message(shape.size, n)).await.is_ok()
+                    }
+                })
+                .await;
+                for session in sessions {
+                    session.into_inner().quit().await;
                 }
+                report.print(shape.json);
+                check(&report)?;
             }
-            Ok(())
         }
     }
+    Ok(())
 }
