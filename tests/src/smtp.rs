@@ -118,7 +118,7 @@ async fn no_open_relay_and_senders_must_own_their_address() {
     assert!(relay.text().contains("5.7.1"), "{relay:?}");
     mx.command("RCPT TO:<nobody@example.com>", 550).await;
     mx.command("DATA", 554).await;
-    mx.command("AUTH PLAIN AGFsaWNlQGV4YW1wbGUuY29tAGFsaWNlIHBhc3N3b3Jk", 503).await;
+    mx.command("AUTH PLAIN AGFsaWNlQGV4YW1wbGUuY29tAGFsaWNlIHBhc3N3b3Jk", 502).await;
     mx.command("QUIT", 221).await;
 
     let mut submission = RawSmtp::connect(node.submission).await;
@@ -296,7 +296,30 @@ async fn pipelining_and_chunking() {
     client.send_raw(format!("BDAT {} LAST\r\n", chunk2.len()).as_bytes()).await;
     client.send_raw(chunk2).await;
     client.expect(250).await;
+    // Review regressions: EHLO in the middle of BDAT abandons the message (nothing stored);
+    // RCPT after BDAT is refused; a first data line starting with a dot is unstuffed and an
+    // immediate "." ends an empty message.
+    client.command("MAIL FROM:<a@remote.test>", 250).await;
+    client.command("RCPT TO:<alice@example.com>", 250).await;
+    client.send_raw(b"BDAT 10\r\nSubject: x").await;
+    client.expect(250).await;
+    client.command("RCPT TO:<bob@example.com>", 503).await;
+    client.command("EHLO client.test", 250).await;
+    client.command("MAIL FROM:<a@remote.test>", 250).await;
+    client.command("RCPT TO:<alice@example.com>", 250).await;
+    client.command("DATA", 354).await;
+    client.send_raw(b"..first line\r\n.\r\n").await;
+    client.expect(250).await;
+    client.command("MAIL FROM:<a@remote.test>", 250).await;
+    client.command("RCPT TO:<alice@example.com>", 250).await;
+    client.command("DATA", 354).await;
+    client.send_raw(b".\r\n").await;
+    client.expect(250).await;
     client.command("QUIT", 221).await;
+    let alice = inbox(&node, "alice@example.com").await;
+    assert_eq!(alice.len(), 3, "pipelined + unstuffed + empty; the abandoned BDAT stored nothing: {alice:?}");
+    assert!(message_text(&node, "alice@example.com", 2).await.ends_with("\r\n.first line\r\n"));
+    assert!(message_text(&node, "alice@example.com", 3).await.ends_with("+0000\r\n"), "only trace headers");
     let bob = inbox(&node, "bob@example.com").await;
     assert_eq!(bob.len(), 2);
     let chunked = message_text(&node, "bob@example.com", 2).await;

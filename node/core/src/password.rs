@@ -5,6 +5,12 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 
 use crate::error::{CoreError, Result};
 
+/// Argon2 hashes computed at once, node-wide: each needs about 19 MiB and a core, so
+/// unbounded parallel logins (a password-guessing flood) could exhaust memory.
+static HASHING_SLOTS: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
+    tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()).max(2))
+});
+
 /// Shortest password accepted.
 pub const MIN_PASSWORD_LENGTH: usize = 8;
 
@@ -20,6 +26,7 @@ pub fn check_policy(password: &str) -> Result<()> {
 
 /// Hashes `password` with argon2id and a random salt.
 pub async fn hash(password: String) -> Result<String> {
+    let _slot = HASHING_SLOTS.acquire().await.map_err(|e| CoreError::internal("hashing a password", e))?;
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::generate(&mut OsRng);
         Argon2::default()
@@ -42,6 +49,7 @@ static DUMMY_HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 /// Returns whether `password` matches the PHC `hash`; `None` (no such account) costs the
 /// same time and never matches. Malformed hashes never match.
 pub async fn verify(password: String, hash: Option<String>) -> bool {
+    let Ok(_slot) = HASHING_SLOTS.acquire().await else { return false };
     tokio::task::spawn_blocking(move || {
         let exists = hash.is_some();
         let hash = hash.unwrap_or_else(|| DUMMY_HASH.clone());

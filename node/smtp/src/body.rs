@@ -13,6 +13,8 @@ pub const MAX_HEADER_BYTES: usize = 256 * 1024;
 pub struct BodyAssembler {
     trace_headers: Option<Vec<u8>>,
     header: Vec<u8>,
+    /// How much of `header` was already searched for its end (linear, not quadratic).
+    searched: usize,
     header_done: bool,
     add_missing: Option<MissingHeaders>,
     received_headers: usize,
@@ -33,6 +35,7 @@ impl BodyAssembler {
         Self {
             trace_headers: Some(trace_headers),
             header: Vec::new(),
+            searched: 0,
             header_done: false,
             add_missing,
             received_headers: 0,
@@ -57,7 +60,10 @@ impl BodyAssembler {
             return vec![Bytes::copy_from_slice(chunk)];
         }
         self.header.extend_from_slice(chunk);
-        match header_end(&self.header) {
+        // A terminator may straddle the previous chunk: look back 3 bytes.
+        let from = self.searched.saturating_sub(3);
+        self.searched = self.header.len();
+        match header_end(&self.header, from) {
             Some(end) => self.release(end),
             None if self.header.len() > MAX_HEADER_BYTES => {
                 let all = self.header.len();
@@ -113,16 +119,17 @@ impl BodyAssembler {
 }
 
 /// Returns the length of the header section including its terminating blank line, if
-/// complete: RFC 5322 §2.1 (CRLF CRLF; a bare LF LF is accepted too).
-fn header_end(data: &[u8]) -> Option<usize> {
+/// complete: RFC 5322 §2.1 (CRLF CRLF; a bare LF LF is accepted too). Searches from `from`.
+fn header_end(data: &[u8], from: usize) -> Option<usize> {
     if data.starts_with(b"\r\n") {
         return Some(2);
     }
     if data.starts_with(b"\n") {
         return Some(1);
     }
-    let crlf = data.windows(4).position(|window| window == b"\r\n\r\n").map(|pos| pos + 4);
-    let lf = data.windows(2).position(|window| window == b"\n\n").map(|pos| pos + 2);
+    let tail = &data[from.min(data.len())..];
+    let crlf = tail.windows(4).position(|window| window == b"\r\n\r\n").map(|pos| from + pos + 4);
+    let lf = tail.windows(2).position(|window| window == b"\n\n").map(|pos| from + pos + 2);
     match (crlf, lf) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -165,6 +172,19 @@ mod tests {
         let data = b"Received: a\r\n  from b\r\nreceived:c\r\nX: y\r\n\r\nReceived: in body\r\n";
         let (_, assembler) = assemble(&[data], false);
         assert_eq!(assembler.received_headers(), 2);
+    }
+
+    #[test]
+    fn a_header_end_split_across_chunks_at_any_point_is_found() {
+        let message = b"Subject: a\r\nX: b\r\n\r\nbody\r\n";
+        for split in 0..message.len() {
+            let (out, _) = assemble(&[&message[..split], &message[split..]], false);
+            assert_eq!(out, [&b"Received: by mx.test\r\n"[..], message].concat(), "split at {split}");
+        }
+        let bytewise: Vec<&[u8]> = message.chunks(1).collect();
+        let (out, assembler) = assemble(&bytewise, false);
+        assert_eq!(out, [&b"Received: by mx.test\r\n"[..], message].concat());
+        assert_eq!(assembler.data_size(), message.len() as u64);
     }
 
     #[test]

@@ -37,11 +37,20 @@ enum Flow {
     Close,
 }
 
+/// What the session hands to a delivery task.
+enum Piece {
+    /// More of the stored message.
+    Data(Bytes),
+    /// The message is complete: commit it. A channel closed without `End` (an error, RSET,
+    /// a disconnect, a dropped session) aborts the delivery, so nothing partial is stored.
+    End,
+}
+
 /// A message being received with DATA or BDAT: its delivery runs in its own task and
 /// consumes the body through a bounded channel (backpressure, no whole-message buffer).
 struct BodyInProgress {
     assembler: BodyAssembler,
-    sender: Option<mpsc::Sender<io::Result<Bytes>>>,
+    sender: Option<mpsc::Sender<Piece>>,
     delivery: tokio::task::JoinHandle<wmail_core::Result<Vec<RecipientResult>>>,
     too_big: bool,
 }
@@ -167,11 +176,19 @@ impl Session {
         reply.write_to(&mut self.output);
     }
 
+    /// Writes the queued replies; a client that stops reading is cut off after the command
+    /// timeout instead of holding its connection slot forever.
     async fn flush(&mut self) -> io::Result<()> {
         if !self.output.is_empty() {
             let output = std::mem::take(&mut self.output);
-            self.stream().write_all(&output).await?;
-            self.stream().flush().await?;
+            let timeout = self.config.command_timeout;
+            let write = async {
+                self.stream().write_all(&output).await?;
+                self.stream().flush().await
+            };
+            tokio::time::timeout(timeout, write)
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client does not read its replies"))??;
         }
         Ok(())
     }
@@ -276,8 +293,8 @@ impl Session {
         };
         tracing::debug!(session = %self.id, command = request.name(), "command");
         match request {
-            Request::Ehlo { host } => self.ehlo(host, true),
-            Request::Helo { host } => self.ehlo(host, false),
+            Request::Ehlo { host } => self.ehlo(host, true).await,
+            Request::Helo { host } => self.ehlo(host, false).await,
             Request::Lhlo { .. } => self.send(reply(500, "5.5.1", "LHLO is for LMTP; this is SMTP")),
             Request::Mail { from } => self.mail(from)?,
             Request::Rcpt { to } => self.rcpt(to)?,
@@ -299,7 +316,7 @@ impl Session {
             }
             // RFC 5321 §3.5.3: VRFY may answer 252 without revealing whether a user exists.
             Request::Vrfy { .. } => {
-                self.send(reply(252, "2.5.2", "cannot VRFY user, but will accept the message and attempt delivery"))
+                self.send(reply(252, "2.0.0", "cannot VRFY user, but will accept the message and attempt delivery"))
             }
             Request::Expn { .. } => self.send(reply(502, "5.5.1", "EXPN is disabled")),
             Request::Help { .. } => self.send(reply(
@@ -316,8 +333,9 @@ impl Session {
         Ok(Flow::Continue)
     }
 
-    fn ehlo(&mut self, host: String, esmtp: bool) {
+    async fn ehlo(&mut self, host: String, esmtp: bool) {
         // RFC 5321 §4.1.4: EHLO/HELO reset the transaction state.
+        self.abort_body().await;
         self.transaction = None;
         self.helo = Some(host.clone());
         self.esmtp = esmtp;
@@ -390,6 +408,11 @@ impl Session {
             self.send(reply(503, "5.5.1", "need MAIL before RCPT"));
             return Ok(());
         };
+        if transaction.body.is_some() {
+            // RFC 3030 §2: the recipients are fixed once message data has begun.
+            self.send(reply(503, "5.5.1", "RCPT is not allowed after BDAT"));
+            return Ok(());
+        }
         if transaction.recipients.len() >= self.config.max_recipients {
             // RFC 5321 §4.5.3.1.10.
             self.send(reply(452, "4.5.3", "too many recipients"));
@@ -446,11 +469,27 @@ impl Session {
         let hostname = self.config.hostname.clone();
         let transaction = self.transaction.as_mut()?;
         if transaction.body.is_none() {
-            let (sender, mut receiver) = mpsc::channel::<io::Result<Bytes>>(8);
+            let (sender, mut receiver) = mpsc::channel::<Piece>(8);
             let core = self.core.clone();
             let recipients = transaction.recipients.clone();
             let delivery = tokio::spawn(async move {
-                let body = futures::stream::poll_fn(move |context| receiver.poll_recv(context));
+                let mut ended = false;
+                let body = futures::stream::poll_fn(move |context| {
+                    if ended {
+                        return std::task::Poll::Ready(None);
+                    }
+                    receiver.poll_recv(context).map(|piece| match piece {
+                        Some(Piece::Data(bytes)) => Some(Ok(bytes)),
+                        Some(Piece::End) => {
+                            ended = true;
+                            None
+                        }
+                        None => {
+                            ended = true;
+                            Some(Err(io::Error::other("the SMTP transaction ended before its data was complete")))
+                        }
+                    })
+                });
                 core.deliver(&recipients, body).await
             });
             let missing = submission.then(|| MissingHeaders {
@@ -508,14 +547,12 @@ impl Session {
         let chunks = body.assembler.push(data);
         if body.assembler.data_size() > max {
             body.too_big = true;
-            if let Some(sender) = body.sender.take() {
-                let _ = sender.send(Err(io::Error::other("message too big"))).await;
-            }
+            body.sender = None; // aborts the delivery
             return;
         }
         if let Some(sender) = &body.sender {
             for chunk in chunks {
-                if sender.send(Ok(chunk)).await.is_err() {
+                if sender.send(Piece::Data(chunk)).await.is_err() {
                     break; // the delivery failed early; its result says why
                 }
             }
@@ -546,16 +583,15 @@ impl Session {
         } else {
             None
         };
-        if let Some(sender) = body.sender.take() {
-            if refusal.is_some() {
-                let _ = sender.send(Err(io::Error::other("message refused"))).await;
-            } else {
-                for chunk in rest {
-                    if sender.send(Ok(chunk)).await.is_err() {
-                        break;
-                    }
+        if let Some(sender) = body.sender.take()
+            && refusal.is_none()
+        {
+            for chunk in rest {
+                if sender.send(Piece::Data(chunk)).await.is_err() {
+                    break;
                 }
             }
+            let _ = sender.send(Piece::End).await;
         }
         let delivered = body.delivery.await;
         if let Some(refusal) = refusal {
@@ -573,6 +609,16 @@ impl Session {
 
     fn delivery_reply(&mut self, results: Vec<RecipientResult>) -> Reply {
         let stored = results.iter().filter(|r| matches!(r.result, Ok(DeliveryResult::Stored { .. }))).count();
+        if stored > 0 && stored < results.len() {
+            // Some recipients accepted at RCPT failed at commit (a quota race, an account
+            // removed meanwhile). Without DSNs yet, a 250 would lose their copy silently;
+            // a temporary failure makes the client retry (the stored copies may then be
+            // duplicated, which is the lesser harm).
+            for failed in results.iter().filter(|r| !matches!(r.result, Ok(DeliveryResult::Stored { .. }))) {
+                tracing::warn!(session = %self.id, recipient = %failed.recipient, result = ?failed.result, "recipient not delivered at commit");
+            }
+            return reply(451, "4.3.0", "some recipients could not be delivered; try again later");
+        }
         if stored > 0 {
             self.messages += 1;
             for failed in results.iter().filter(|r| !matches!(r.result, Ok(DeliveryResult::Stored { .. }))) {
@@ -595,9 +641,7 @@ impl Session {
     async fn abort_body(&mut self) {
         if let Some(mut body) = self.transaction.take().and_then(|t| t.body) {
             self.observer.message("aborted");
-            if let Some(sender) = body.sender.take() {
-                let _ = sender.send(Err(io::Error::other("transaction aborted"))).await;
-            }
+            body.sender = None; // closing without `Piece::End` aborts the delivery
             let _ = body.delivery.await;
         }
     }
@@ -623,6 +667,9 @@ impl Session {
         self.send(reply(354, "", "end data with <CR><LF>.<CR><LF>"));
         self.begin_body();
         let mut receiver = DataReceiver::new();
+        // The CRLF that ended the DATA command counts as the line end before the first data
+        // line, so a leading "." is unstuffed and an immediate ".CRLF" ends an empty message.
+        receiver.ingest(&mut b"\r\n".iter(), &mut Vec::new());
         // RFC 5321 §4.5.2 dot-unstuffing and the end marker come from smtp-proto, which
         // ends data only at CRLF.CRLF (no smuggling with bare LF or CR).
         let mut chunk = Vec::with_capacity(16 * 1024);
@@ -743,7 +790,7 @@ impl Session {
 
     async fn auth(&mut self, mechanism: u64, initial_response: String) -> io::Result<Flow> {
         if self.config.mode == Mode::Mx {
-            self.send(reply(503, "5.5.1", "authentication is not offered on this port; use submission (587)"));
+            self.send(reply(502, "5.5.1", "authentication is not offered on this port; use submission (587)"));
             return Ok(Flow::Continue);
         }
         if self.authenticated.is_some() {
@@ -775,7 +822,7 @@ impl Session {
             }
             AUTH_LOGIN => {
                 let username = match initial_response.as_str() {
-                    "" => match self.sasl_challenge("VXNlcm5hbWU6").await? {
+                    "" | "=" => match self.sasl_challenge("VXNlcm5hbWU6").await? {
                         SaslResponse::Text(response) => response,
                         SaslResponse::Cancelled => return Ok(Flow::Continue),
                         SaslResponse::Closed => return Ok(Flow::Close),
@@ -807,7 +854,8 @@ impl Session {
                 self.send(reply(235, "2.7.0", "authentication successful"));
             }
             Err(error) => {
-                tracing::info!(session = %self.id, user = %username, %error, "authentication failed");
+                // The username is not logged: clients sometimes send a password in it.
+                tracing::info!(session = %self.id, peer = %self.peer, %error, "authentication failed");
                 tokio::time::sleep(AUTH_FAILURE_DELAY).await;
                 self.send(reply(535, "5.7.8", "authentication credentials invalid"));
             }
@@ -857,7 +905,8 @@ fn parse_error_reply(error: smtp_proto::Error) -> Reply {
         E::InvalidRecipientAddress => reply(501, "5.1.3", "bad recipient address syntax"),
         E::SyntaxError { syntax } => reply(501, "5.5.4", format!("syntax: {syntax}")),
         E::InvalidParameter { param } => reply(501, "5.5.4", format!("invalid parameter {param}")),
-        E::UnsupportedParameter { param } => reply(504, "5.5.4", format!("unsupported parameter {param}")),
+        // RFC 5321 §4.1.1.11: parameters not recognised get 555.
+        E::UnsupportedParameter { param } => reply(555, "5.5.4", format!("unsupported parameter {param}")),
         E::ResponseTooLong => reply(500, "5.5.2", "line too long"),
         E::NeedsMoreData { .. } | E::InvalidResponse { .. } => reply(501, "5.5.2", "syntax error"),
     }
