@@ -694,22 +694,25 @@ impl Session {
             if done {
                 break;
             }
-            match self.fill(self.config.data_timeout).await? {
-                Some(0) => {
-                    self.abort_body().await;
-                    return Ok(Flow::Close);
-                }
-                Some(_) => {}
-                None => {
-                    self.abort_body().await;
-                    self.send(reply(421, "4.4.2", "timeout waiting for data, closing connection"));
-                    return Ok(Flow::Close);
-                }
+            if !self.fill_data().await? {
+                return Ok(Flow::Close);
             }
         }
         let result = self.finish_body().await;
         self.send(result);
         Ok(Flow::Continue)
+    }
+
+    /// Reads more message data. Returns false when the session must end: the client left
+    /// or stalled past the data timeout (then told so); the message is abandoned.
+    async fn fill_data(&mut self) -> io::Result<bool> {
+        match self.fill(self.config.data_timeout).await? {
+            Some(0) => {}
+            Some(_) => return Ok(true),
+            None => self.send(reply(421, "4.4.2", "timeout waiting for data, closing connection")),
+        }
+        self.abort_body().await;
+        Ok(false)
     }
 
     /// RFC 3030 BDAT: exactly `size` octets follow the command line.
@@ -724,19 +727,8 @@ impl Session {
         }
         let mut left = size;
         while left > 0 {
-            if self.input.is_empty() {
-                match self.fill(self.config.data_timeout).await? {
-                    Some(0) => {
-                        self.abort_body().await;
-                        return Ok(Flow::Close);
-                    }
-                    Some(_) => {}
-                    None => {
-                        self.abort_body().await;
-                        self.send(reply(421, "4.4.2", "timeout waiting for data, closing connection"));
-                        return Ok(Flow::Close);
-                    }
-                }
+            if self.input.is_empty() && !self.fill_data().await? {
+                return Ok(Flow::Close);
             }
             let take = left.min(self.input.len());
             let data = self.input.split_to(take);

@@ -103,6 +103,23 @@ pub struct ListenSection {
     pub proxy_protocol_from: Vec<String>,
 }
 
+impl ListenSection {
+    /// Every service with its addresses, in the order of the config file.
+    pub fn services(&self) -> [(&'static str, &Vec<String>); 9] {
+        [
+            ("smtp", &self.smtp),
+            ("submission", &self.submission),
+            ("submissions", &self.submissions),
+            ("imap", &self.imap),
+            ("imaps", &self.imaps),
+            ("pop3", &self.pop3),
+            ("pop3s", &self.pop3s),
+            ("managesieve", &self.managesieve),
+            ("http", &self.http),
+        ]
+    }
+}
+
 impl Default for ListenSection {
     fn default() -> Self {
         Self {
@@ -238,18 +255,7 @@ impl Config {
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             bail!("[tls] needs both cert and key, or neither (then a self-signed certificate is generated)");
         }
-        let listen = &self.listen;
-        for (name, addresses) in [
-            ("smtp", &listen.smtp),
-            ("submission", &listen.submission),
-            ("submissions", &listen.submissions),
-            ("imap", &listen.imap),
-            ("imaps", &listen.imaps),
-            ("pop3", &listen.pop3),
-            ("pop3s", &listen.pop3s),
-            ("managesieve", &listen.managesieve),
-            ("http", &listen.http),
-        ] {
+        for (name, addresses) in self.listen.services() {
             for address in addresses {
                 address
                     .parse::<std::net::SocketAddr>()

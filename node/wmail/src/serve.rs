@@ -243,15 +243,9 @@ async fn bind(address: &str, service: &str) -> anyhow::Result<tokio::net::TcpLis
 }
 
 fn warn_about_unserved_protocols(config: &Config) {
-    let listen = &config.listen;
-    for (name, addresses) in [
-        ("imap", &listen.imap),
-        ("imaps", &listen.imaps),
-        ("pop3", &listen.pop3),
-        ("pop3s", &listen.pop3s),
-        ("managesieve", &listen.managesieve),
-    ] {
-        if !addresses.is_empty() {
+    const UNSERVED: [&str; 5] = ["imap", "imaps", "pop3", "pop3s", "managesieve"];
+    for (name, addresses) in config.listen.services() {
+        if UNSERVED.contains(&name) && !addresses.is_empty() {
             tracing::warn!(service = name, "this release does not serve {name} yet; the listener is not opened");
         }
     }
