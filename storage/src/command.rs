@@ -140,6 +140,12 @@ pub enum Command {
     /// Records that a claimed blob's object was deleted, leaving a tombstone with the log
     /// index so deliveries of copies stored before it are refused.
     ForgetBlob { blob: BlobId },
+    /// Takes (or renews) the exclusive lease on a resource such as an account's POP3
+    /// maildrop (RFC 1939 §8). Refused while another holder's lease is unexpired; a holder
+    /// that dies loses it when `until_ms` passes.
+    AcquireLease { resource: String, holder: String, until_ms: u64 },
+    /// Gives a lease up (only its holder can).
+    ReleaseLease { resource: String, holder: String },
 }
 
 /// What a successfully applied command produced.

@@ -21,10 +21,12 @@ pub const BLOB_REFS: &str = "blob_refs";
 pub const CHANGES: &str = "changes";
 /// Counters and the consensus layer's applied-state record.
 pub const META: &str = "meta";
+/// Exclusive leases: `resource` -> [`crate::Lease`].
+pub const LEASES: &str = "leases";
 
 /// Every column family of the state database, checked at open time.
-pub const COLUMN_FAMILIES: [&str; 10] =
-    [DOMAINS, ADDRESSES, PRINCIPALS, CREDENTIALS, MAILBOXES, MAILBOX_NAMES, MESSAGES, BLOB_REFS, CHANGES, META];
+pub const COLUMN_FAMILIES: [&str; 11] =
+    [DOMAINS, ADDRESSES, PRINCIPALS, CREDENTIALS, MAILBOXES, MAILBOX_NAMES, MESSAGES, BLOB_REFS, CHANGES, META, LEASES];
 
 /// Meta key of the consensus layer's opaque applied-state record.
 pub const META_RAFT: &[u8] = b"raft";

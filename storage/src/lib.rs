@@ -23,6 +23,8 @@ pub use command::{
     Outcome,
 };
 pub use error::{Error, ErrorKind, Result};
-pub use records::{Account, AccountState, AddressTarget, BlobRef, Change, Credentials, Domain, Mailbox, MessageRecord};
+pub use records::{
+    Account, AccountState, AddressTarget, BlobRef, Change, Credentials, Domain, Lease, Mailbox, MessageRecord,
+};
 
 pub use state::{ApplyEntry, INBOX, StateStore};

@@ -166,6 +166,15 @@ impl BlobRef {
         BlobRef { count: 0, zero_since_ms: None, deleting: false, deleted_at_index: None };
 }
 
+/// An exclusive, expiring claim on a resource (a POP3 maildrop, for example).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// Who holds it (node and session).
+    pub holder: String,
+    /// When it lapses unless renewed (ms since the epoch, proposer's clock).
+    pub until_ms: u64,
+}
+
 /// One entry of an account's change log (for IMAP CONDSTORE/QRESYNC, IDLE and sync).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Change {

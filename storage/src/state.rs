@@ -548,6 +548,8 @@ impl<'a> Tx<'a> {
             Command::Expunge { account_id, mailbox_id, uids } => self.expunge(account_id, mailbox_id, &uids),
             Command::ClaimBlobForDeletion { blob, grace_ms } => self.claim_blob(blob, grace_ms),
             Command::ForgetBlob { blob } => self.forget_blob(blob),
+            Command::AcquireLease { resource, holder, until_ms } => self.acquire_lease(resource, holder, until_ms),
+            Command::ReleaseLease { resource, holder } => self.release_lease(&resource, &holder),
         }
     }
 
@@ -898,6 +900,27 @@ impl<'a> Tx<'a> {
         }
         record.deleting = true;
         Ok(Ok(Outcome::Done))
+    }
+
+    fn acquire_lease(&mut self, resource: String, holder: String, until_ms: u64) -> Result<CommandResult> {
+        if let Some(lease) = self.get::<Lease>(ks::LEASES, resource.as_bytes())?
+            && lease.holder != holder
+            && lease.until_ms > self.now_ms
+        {
+            return Ok(Err(CommandError::Conflict(format!("{resource} is in use by another session"))));
+        }
+        self.put(ks::LEASES, resource.as_bytes(), &Lease { holder, until_ms });
+        Ok(Ok(Outcome::Done))
+    }
+
+    fn release_lease(&mut self, resource: &str, holder: &str) -> Result<CommandResult> {
+        match self.get::<Lease>(ks::LEASES, resource.as_bytes())? {
+            Some(lease) if lease.holder == holder => {
+                self.delete(ks::LEASES, resource.as_bytes());
+                Ok(Ok(Outcome::Done))
+            }
+            _ => Ok(Err(CommandError::Conflict(format!("{resource} is not held by {holder}")))),
+        }
     }
 
     fn forget_blob(&mut self, blob: BlobId) -> Result<CommandResult> {

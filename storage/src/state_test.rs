@@ -319,6 +319,24 @@ fn orphans_can_be_claimed_and_refused_deliveries_leave_collectable_bodies() {
 }
 
 #[test]
+fn leases_are_exclusive_until_released_or_expired() {
+    let (_dir, store) = store();
+    let acquire =
+        |holder: &str, until_ms| Command::AcquireLease { resource: "pop3:1".into(), holder: holder.into(), until_ms };
+    // `apply` issues commands at 1_000 ms.
+    assert_eq!(apply_one(&store, acquire("node1/a", 5_000)), Ok(Outcome::Done));
+    assert!(matches!(apply_one(&store, acquire("node2/b", 9_000)), Err(CommandError::Conflict(_))));
+    assert_eq!(apply_one(&store, acquire("node1/a", 9_000)), Ok(Outcome::Done), "the holder renews");
+    let release = |holder: &str| Command::ReleaseLease { resource: "pop3:1".into(), holder: holder.into() };
+    assert!(matches!(apply_one(&store, release("node2/b")), Err(CommandError::Conflict(_))));
+    assert_eq!(apply_one(&store, release("node1/a")), Ok(Outcome::Done));
+    assert_eq!(apply_one(&store, acquire("node2/b", 2_000)), Ok(Outcome::Done));
+    // An expired lease (until 500 < now 1000) can be taken over.
+    assert_eq!(apply_one(&store, acquire("node2/b", 500)), Ok(Outcome::Done));
+    assert_eq!(apply_one(&store, acquire("node3/c", 5_000)), Ok(Outcome::Done), "expired lease taken over");
+}
+
+#[test]
 fn checkpoint_restores_into_a_new_generation() {
     let (dir, store) = store();
     setup_two_accounts(&store);

@@ -49,6 +49,10 @@ pub struct WmailNode {
     pub submission: SocketAddr,
     /// Its submissions (implicit TLS) address.
     pub submissions: SocketAddr,
+    /// Its POP3 (STLS) address.
+    pub pop3: SocketAddr,
+    /// Its POP3S (implicit TLS) address.
+    pub pop3s: SocketAddr,
     /// Its stdout and stderr.
     pub log_path: PathBuf,
     child: Option<Child>,
@@ -71,10 +75,11 @@ impl WmailNode {
         let data_dir = dir.join("data");
         let local = || -> SocketAddr { format!("127.0.0.1:{}", free_port()).parse().expect("addr") };
         let (http, smtp, submission, submissions) = (local(), local(), local(), local());
+        let (pop3, pop3s) = (local(), local());
         let config_path = dir.join(format!("wmail-{}.toml", http.port()));
         let cluster_port = free_port();
         let config = format!(
-            "version = 1\n{extra_config}\n[server]\ndata_dir = {data:?}\nhostname = \"mx.test\"\n\n[listen]\nhttp = [\"{http}\"]\nsmtp = [\"{smtp}\"]\nsubmission = [\"{submission}\"]\nsubmissions = [\"{submissions}\"]\n\n[cluster]\nlisten = \"127.0.0.1:{cluster_port}\"\n",
+            "version = 1\n{extra_config}\n[server]\ndata_dir = {data:?}\nhostname = \"mx.test\"\n\n[listen]\nhttp = [\"{http}\"]\nsmtp = [\"{smtp}\"]\nsubmission = [\"{submission}\"]\nsubmissions = [\"{submissions}\"]\npop3 = [\"{pop3}\"]\npop3s = [\"{pop3s}\"]\n\n[cluster]\nlisten = \"127.0.0.1:{cluster_port}\"\n",
             data = data_dir.display().to_string(),
         );
         std::fs::write(&config_path, config).expect("write config");
@@ -86,6 +91,8 @@ impl WmailNode {
             smtp,
             submission,
             submissions,
+            pop3,
+            pop3s,
             child: None,
             http_client: reqwest::Client::new(),
             _temp: None,

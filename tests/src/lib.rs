@@ -15,4 +15,6 @@ mod foundation;
 #[cfg(test)]
 mod licences;
 #[cfg(test)]
+mod pop3;
+#[cfg(test)]
 mod smtp;

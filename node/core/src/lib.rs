@@ -9,6 +9,7 @@ mod address;
 mod error;
 pub mod password;
 mod replicated;
+pub mod sasl;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ pub use replicated::ReplicatedMailState;
 pub use wmail_consensus::{BasicNode, NodeId, RaftMetrics, ServerState};
 use wmail_consensus::{Consensus, ConsensusConfig, InMemoryRouter, ProposeError};
 pub use wmail_storage::{
-    Account, AccountState, AddressTarget, BlobBackend, BlobId, Command, DeliveryResult, DeliveryTarget, Domain,
+    Account, AccountState, AddressTarget, BlobBackend, BlobId, Command, DeliveryResult, DeliveryTarget, Domain, INBOX,
     Mailbox, MessageRecord, Outcome, S3Config,
 };
 use wmail_storage::{BlobStore, CommandEnvelope, StateStore};
@@ -484,6 +485,48 @@ impl Core {
             .mailbox_by_name(account.id, name)?
             .ok_or_else(|| CoreError::new(ErrorCode::NotFound, format!("mailbox {name} does not exist")))?;
         Ok(self.state.messages(account.id, mailbox.id)?)
+    }
+
+    /// This node's id (for lease holders and logs).
+    pub fn node_id(&self) -> NodeId {
+        self.config.node_id
+    }
+
+    /// Returns an account's mailbox by name, with its messages in UID order.
+    pub fn mailbox_with_messages(&self, account_id: u64, name: &str) -> Result<(Mailbox, Vec<MessageRecord>)> {
+        let mailbox = self
+            .state
+            .mailbox_by_name(account_id, name)?
+            .ok_or_else(|| CoreError::new(ErrorCode::NotFound, format!("mailbox {name} does not exist")))?;
+        let messages = self.state.messages(account_id, mailbox.id)?;
+        Ok((mailbox, messages))
+    }
+
+    /// Removes messages from a mailbox in one replicated command; returns the UIDs removed.
+    pub async fn expunge(&self, account_id: u64, mailbox_id: u64, uids: Vec<u32>) -> Result<Vec<u32>> {
+        match self.execute(Command::Expunge { account_id, mailbox_id, uids }).await? {
+            Outcome::Expunged { uids } => Ok(uids),
+            other => Err(CoreError::internal("expunging", format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    /// Takes or renews the exclusive lease on `resource` until `until_ms`; `Conflict` when
+    /// another holder has it. Leases are replicated, so they hold cluster-wide.
+    pub async fn acquire_lease(&self, resource: &str, holder: &str, until_ms: u64) -> Result<()> {
+        let command = Command::AcquireLease { resource: resource.into(), holder: holder.into(), until_ms };
+        self.execute(command).await.map(drop)
+    }
+
+    /// Gives a lease up.
+    pub async fn release_lease(&self, resource: &str, holder: &str) -> Result<()> {
+        self.execute(Command::ReleaseLease { resource: resource.into(), holder: holder.into() }).await.map(drop)
+    }
+
+    /// Streams a message body.
+    pub async fn blob_stream(&self, blob: &BlobId) -> Result<futures::stream::BoxStream<'static, Result<Bytes>>> {
+        use futures::TryStreamExt;
+        let stream = self.blobs.get(blob).await.map_err(|e| CoreError::internal("reading a message body", e))?;
+        Ok(Box::pin(stream.map_err(|e| CoreError::internal("reading a message body", e))))
     }
 
     /// Reads a message body.

@@ -8,10 +8,12 @@
 //!                          └─ over a limit ─► SessionHandler::refuse(stream)
 //! ```
 
+mod connection;
 mod listener;
 mod stream;
 mod tls;
 
+pub use connection::{Connection, LineRead};
 pub use listener::{ConnectionLimits, ListenerHandle, Refusal, SessionHandler, serve, stopped};
 pub use stream::SessionStream;
 pub use tls::{TlsError, install_crypto_provider, load_tls_acceptor};

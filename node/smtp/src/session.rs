@@ -12,7 +12,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
 use bytes::{Buf, Bytes, BytesMut};
 use smtp_proto::request::receiver::DataReceiver;
 use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN, Request};
@@ -810,7 +809,7 @@ impl Session {
                     "=" => String::new(),
                     other => other.to_owned(),
                 };
-                decode_base64(&response).and_then(|decoded| parse_plain(&decoded))
+                wmail_core::sasl::decode_plain(&response)
             }
             AUTH_LOGIN => {
                 let username = match initial_response.as_str() {
@@ -826,9 +825,7 @@ impl Session {
                     SaslResponse::Cancelled => return Ok(Flow::Continue),
                     SaslResponse::Closed => return Ok(Flow::Close),
                 };
-                decode_base64(&username)
-                    .zip(decode_base64(&password))
-                    .and_then(|(user, pass)| Some((String::from_utf8(user).ok()?, String::from_utf8(pass).ok()?)))
+                wmail_core::sasl::decode_text(&username).zip(wmail_core::sasl::decode_text(&password))
             }
             _ => {
                 self.send(reply(504, "5.5.4", "unsupported authentication mechanism; use PLAIN or LOGIN"));
@@ -875,20 +872,6 @@ impl Session {
     }
 }
 
-fn decode_base64(text: &str) -> Option<Vec<u8>> {
-    base64::engine::general_purpose::STANDARD.decode(text.trim()).ok()
-}
-
-/// RFC 4616: `[authzid] NUL authcid NUL passwd`; an authzid other than authcid is refused.
-fn parse_plain(decoded: &[u8]) -> Option<(String, String)> {
-    let mut parts = decoded.split(|&byte| byte == 0);
-    let (authzid, authcid, password) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() || (!authzid.is_empty() && authzid != authcid) {
-        return None;
-    }
-    Some((String::from_utf8(authcid.to_vec()).ok()?, String::from_utf8(password.to_vec()).ok()?))
-}
-
 fn parse_error_reply(error: smtp_proto::Error) -> Reply {
     use smtp_proto::Error as E;
     match error {
@@ -916,18 +899,4 @@ fn core_error_reply(error: &CoreError) -> Reply {
 
 fn rand_u64() -> u64 {
     rand::random()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sasl_plain_is_parsed_per_rfc_4616() {
-        assert_eq!(parse_plain(b"\0alice@x.test\0secret"), Some(("alice@x.test".into(), "secret".into())));
-        assert_eq!(parse_plain(b"alice@x.test\0alice@x.test\0secret"), Some(("alice@x.test".into(), "secret".into())));
-        assert_eq!(parse_plain(b"bob@x.test\0alice@x.test\0secret"), None, "acting as another user");
-        assert_eq!(parse_plain(b"\0alice"), None);
-        assert_eq!(parse_plain(b"\0a\0b\0c"), None);
-    }
 }

@@ -40,6 +40,25 @@ pub struct Config {
     /// `[smtp]`.
     #[serde(default)]
     pub smtp: SmtpSection,
+    /// `[pop3]`.
+    #[serde(default)]
+    pub pop3: Pop3Section,
+}
+
+/// `[pop3]`: limits of the POP3 listeners.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pop3Section {
+    /// Open POP3 sessions per listener.
+    pub max_connections: usize,
+    /// Open POP3 sessions per client address and listener.
+    pub max_connections_per_ip: usize,
+}
+
+impl Default for Pop3Section {
+    fn default() -> Self {
+        Self { max_connections: 1000, max_connections_per_ip: 20 }
+    }
 }
 
 /// `[smtp]`: limits of the SMTP listeners (defaults from the seed manuals).
@@ -245,6 +264,9 @@ impl Config {
         if self.smtp.max_connections == 0 || self.smtp.max_connections_per_ip == 0 || self.smtp.max_recipients == 0 {
             bail!("[smtp] max_connections, max_connections_per_ip and max_recipients must be 1 or more");
         }
+        if self.pop3.max_connections == 0 || self.pop3.max_connections_per_ip == 0 {
+            bail!("[pop3] max_connections and max_connections_per_ip must be 1 or more");
+        }
         if self.cluster.node_id == 0 {
             bail!("[cluster] node_id must be 1 or greater");
         }
@@ -285,7 +307,7 @@ impl Config {
 /// Applies `WMAIL_<SECTION>_<KEY>=value` overrides to the parsed table. Values are parsed
 /// as TOML when they can be (numbers, booleans, arrays) and taken as strings otherwise.
 fn apply_env_overrides(table: &mut toml::Table, vars: impl Iterator<Item = (String, String)>) -> anyhow::Result<()> {
-    const SECTIONS: [&str; 8] = ["server", "listen", "tls", "blob", "delivery", "dns", "cluster", "smtp"];
+    const SECTIONS: [&str; 9] = ["server", "listen", "tls", "blob", "delivery", "dns", "cluster", "smtp", "pop3"];
     for (name, raw) in vars {
         let Some(rest) = name.strip_prefix("WMAIL_") else { continue };
         let rest = rest.to_ascii_lowercase();

@@ -53,7 +53,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             axum::serve(listener, router).with_graceful_shutdown(stop).await
         }));
     }
-    let mail_listeners = start_smtp(&config, &core, &tls, &registry, &shutdown_rx).await?;
+    let mut mail_listeners = start_smtp(&config, &core, &tls, &registry, &shutdown_rx).await?;
+    mail_listeners.extend(start_pop3(&config, &core, &tls, &shutdown_rx).await?);
     warn_about_unserved_protocols(&config);
     announce(&config, &data_dir, &token_path, &http_urls);
 
@@ -141,6 +142,32 @@ async fn start_smtp(
             smtp.max_recipients = config.smtp.max_recipients;
             let server = SmtpServer::new(core.clone(), smtp, Some(tls.clone()), metrics.clone(), service);
             let implicit_tls = (mode == Mode::Submissions).then(|| tls.clone());
+            tracing::info!(service, address = %listener.local_addr()?, "listening");
+            handles.push(wmail_net::serve(listener, service, implicit_tls, limits, Arc::new(server), shutdown.clone()));
+        }
+    }
+    Ok(handles)
+}
+
+/// Starts the POP3 listeners: `pop3` (STLS offered) and `pop3s` (implicit TLS).
+async fn start_pop3(
+    config: &Config,
+    core: &Arc<Core>,
+    tls: &wmail_net::TlsAcceptor,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Vec<wmail_net::ListenerHandle>> {
+    let limits = wmail_net::ConnectionLimits {
+        max_total: config.pop3.max_connections,
+        max_per_ip: config.pop3.max_connections_per_ip,
+    };
+    let mut handles = Vec::new();
+    for (service, addresses, implicit) in [("pop3", &config.listen.pop3, false), ("pop3s", &config.listen.pop3s, true)]
+    {
+        for address in addresses {
+            let listener = bind(address, service).await?;
+            let pop3 = wmail_pop3::Pop3Config::new(config.server.hostname.clone());
+            let server = wmail_pop3::Pop3Server::new(core.clone(), pop3, Some(tls.clone()));
+            let implicit_tls = implicit.then(|| tls.clone());
             tracing::info!(service, address = %listener.local_addr()?, "listening");
             handles.push(wmail_net::serve(listener, service, implicit_tls, limits, Arc::new(server), shutdown.clone()));
         }
@@ -243,7 +270,7 @@ async fn bind(address: &str, service: &str) -> anyhow::Result<tokio::net::TcpLis
 }
 
 fn warn_about_unserved_protocols(config: &Config) {
-    const UNSERVED: [&str; 5] = ["imap", "imaps", "pop3", "pop3s", "managesieve"];
+    const UNSERVED: [&str; 3] = ["imap", "imaps", "managesieve"];
     for (name, addresses) in config.listen.services() {
         if UNSERVED.contains(&name) && !addresses.is_empty() {
             tracing::warn!(service = name, "this release does not serve {name} yet; the listener is not opened");

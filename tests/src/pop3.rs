@@ -1,0 +1,195 @@
+//! POP3 end to end with Python's poplib (STLS and implicit TLS) and raw lines for the
+//! protocol's corners: the maildrop snapshot, UPDATE at QUIT, exclusive access, UIDL.
+
+use std::process::Command;
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::harness::WmailNode;
+
+async fn node_with_mail() -> WmailNode {
+    let mut node = WmailNode::new("");
+    node.start().await;
+    assert_eq!(node.api(Method::POST, "/domains", Some(json!({ "name": "example.com" }))).await.0, StatusCode::CREATED);
+    let body = json!({ "address": "alice@example.com", "password": "alice password" });
+    assert_eq!(node.api(Method::POST, "/accounts", Some(body)).await.0, StatusCode::CREATED);
+    for n in 1..=3 {
+        let message =
+            format!("Subject: message {n}\r\nX-N: {n}\r\n\r\nline one\r\n.starts with a dot\r\nline three\r\n");
+        assert_eq!(node.deliver("alice@example.com", message.into_bytes()).await.0, StatusCode::CREATED);
+    }
+    node
+}
+
+fn python(node: &WmailNode, script: &str) -> String {
+    let prelude = format!(
+        "import poplib, ssl, socket\nPOP3 = {}\nPOP3S = {}\nctx = ssl.create_default_context()\nctx.check_hostname = False\nctx.verify_mode = ssl.CERT_NONE\n",
+        node.pop3.port(),
+        node.pop3s.port()
+    );
+    let output = Command::new("python3").arg("-c").arg(format!("{prelude}{script}")).output().expect("python3");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "python failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    stdout
+}
+
+async fn inbox_len(node: &WmailNode) -> usize {
+    let (_, messages) = node.api(Method::GET, "/accounts/alice@example.com/messages", None).await;
+    messages.as_array().expect("list").len()
+}
+
+#[tokio::test]
+async fn poplib_reads_and_deletes_over_stls_and_implicit_tls() {
+    let node = node_with_mail().await;
+    let out = python(
+        &node,
+        r#"
+p = poplib.POP3("127.0.0.1", POP3)
+caps = p.capa()
+assert "STLS" in caps and "USER" not in caps, caps
+try:
+    p.user("alice@example.com")
+    raise SystemExit("USER accepted before TLS")
+except poplib.error_proto as e:
+    assert b"STLS" in e.args[0], e
+p.stls(context=ctx)
+assert "USER" in p.capa() and "STLS" not in p.capa()
+p.user("alice@example.com")
+p.pass_("alice password")
+count, size = p.stat()
+assert count == 3, (count, size)
+uids = [line.split()[1] for line in p.uidl()[1]]
+assert len(set(uids)) == 3
+response, lines, octets = p.retr(2)
+assert b"Subject: message 2" in lines and b".starts with a dot" in lines, lines
+response, lines, octets = p.top(1, 1)
+assert lines[-1] == b"line one" and b"line three" not in lines, lines
+p.dele(1)
+try:
+    p.retr(1)
+    raise SystemExit("RETR of a deleted message")
+except poplib.error_proto:
+    pass
+assert p.stat()[0] == 2
+p.rset()
+assert p.stat()[0] == 3
+p.dele(3)
+p.quit()
+
+s = poplib.POP3_SSL("127.0.0.1", POP3S, context=ctx)
+s.user("alice@example.com")
+s.pass_("alice password")
+assert s.stat()[0] == 2
+again = [line.split()[1] for line in s.uidl()[1]]
+assert again == uids[:2], (again, uids)
+s.quit()
+print("ok")
+"#,
+    );
+    assert_eq!(out.trim(), "ok");
+    assert_eq!(inbox_len(&node).await, 2, "DELE 3 applied at QUIT, the RSET one not");
+}
+
+#[tokio::test]
+async fn maildrop_is_exclusive_and_deletes_happen_only_at_quit() {
+    let node = node_with_mail().await;
+    let out = python(
+        &node,
+        r#"
+first = poplib.POP3_SSL("127.0.0.1", POP3S, context=ctx)
+first.user("alice@example.com")
+first.pass_("alice password")
+second = poplib.POP3_SSL("127.0.0.1", POP3S, context=ctx)
+second.user("alice@example.com")
+try:
+    second.pass_("alice password")
+    raise SystemExit("a second session got the maildrop")
+except poplib.error_proto as e:
+    assert b"[IN-USE]" in e.args[0], e
+first.dele(1)
+first.dele(2)
+# Leave without QUIT: RFC 1939 says no deletions.
+first.sock.close()
+print("ok")
+"#,
+    );
+    assert_eq!(out.trim(), "ok");
+    assert_eq!(inbox_len(&node).await, 3, "a session that did not QUIT deleted nothing");
+    // The lease was released: a new session gets in. A message delivered while it is
+    // logged in is not shown until the next session (RFC 1939's fixed maildrop).
+    use std::io::{BufRead, Write};
+    let script = format!(
+        "import poplib, ssl, sys\nctx = ssl.create_default_context()\nctx.check_hostname = False\nctx.verify_mode = ssl.CERT_NONE\np = poplib.POP3_SSL('127.0.0.1', {}, context=ctx)\np.user('alice@example.com')\np.pass_('alice password')\nprint(p.stat()[0], flush=True)\nsys.stdin.readline()\nprint(p.stat()[0], flush=True)\np.quit()\n",
+        node.pop3s.port()
+    );
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "3");
+    assert_eq!(node.deliver("alice@example.com", b"Subject: later\r\n\r\nx\r\n".to_vec()).await.0, StatusCode::CREATED);
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    line.clear();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "3", "a message delivered after login appeared in the session");
+    assert!(child.wait().unwrap().success());
+    let out = python(
+        &node,
+        "p = poplib.POP3_SSL('127.0.0.1', POP3S, context=ctx)\np.user('alice@example.com')\np.pass_('alice password')\nprint(p.stat()[0])\np.quit()\n",
+    );
+    assert_eq!(out.trim(), "4", "the next session sees it");
+}
+
+#[tokio::test]
+async fn hostile_pop3_input_gets_clear_errors() {
+    let node = node_with_mail().await;
+    let out = python(
+        &node,
+        r#"
+s = socket.create_connection(("127.0.0.1", POP3))
+f = s.makefile("rwb")
+def cmd(line):
+    f.write(line + b"\r\n"); f.flush()
+    return f.readline()
+assert f.readline().startswith(b"+OK")
+assert cmd(b"STAT").startswith(b"-ERR"), "STAT before login"
+assert cmd(b"RETR 1").startswith(b"-ERR")
+assert cmd(b"FROBNICATE").startswith(b"-ERR")
+assert cmd(b"PASS x").startswith(b"-ERR")
+assert cmd(b"NOOP " + b"x" * 2000).startswith(b"-ERR")
+assert cmd(b"AUTH PLAIN").startswith(b"-ERR"), "AUTH before TLS"
+# Pipelined commands each get their answer.
+f.write(b"NOOP\r\nQUIT\r\n"); f.flush()
+assert f.readline().startswith(b"-ERR")
+assert f.readline().startswith(b"+OK")
+s.close()
+
+p = poplib.POP3_SSL("127.0.0.1", POP3S, context=ctx)
+try:
+    p.user("alice@example.com"); p.pass_("wrong")
+    raise SystemExit("wrong password accepted")
+except poplib.error_proto as e:
+    assert b"[AUTH]" in e.args[0], e
+import base64
+assert p._shortcmd("AUTH PLAIN " + base64.b64encode(b"\0alice@example.com\0alice password").decode()).startswith(b"+OK")
+for bad in ["RETR 0", "RETR 99", "RETR x", "DELE 4", "LIST -1", "TOP 1", "TOP 1 x"]:
+    try:
+        p._shortcmd(bad)
+        raise SystemExit(bad + " accepted")
+    except poplib.error_proto:
+        pass
+p.quit()
+print("ok")
+"#,
+    );
+    assert_eq!(out.trim(), "ok");
+    assert_eq!(inbox_len(&node).await, 3);
+    assert!(!node.log().contains("panicked"), "{}", node.log());
+}
