@@ -15,10 +15,9 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use smtp_proto::request::receiver::DataReceiver;
 use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN, Request};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use wmail_core::{Account, Core, CoreError, DeliveryResult, ErrorCode, RecipientResult};
-use wmail_net::{SessionStream, TlsAcceptor};
+use wmail_net::{Connection, LineRead, SessionStream, TlsAcceptor};
 
 use crate::body::{BodyAssembler, MissingHeaders};
 use crate::reply::Reply;
@@ -69,15 +68,6 @@ enum SaslResponse {
     Closed,
 }
 
-/// Why reading a command line stopped.
-enum LineEvent {
-    Line(BytesMut),
-    TooLong,
-    Closed,
-    TimedOut,
-    ShuttingDown,
-}
-
 /// Where a session reports its metrics.
 pub struct Observer {
     /// The shared metrics.
@@ -112,9 +102,7 @@ pub struct Session {
     config: Arc<SmtpConfig>,
     tls: Option<TlsAcceptor>,
     peer: SocketAddr,
-    stream: Option<SessionStream>,
-    input: BytesMut,
-    output: Vec<u8>,
+    connection: Connection,
     id: String,
     helo: Option<String>,
     esmtp: bool,
@@ -145,9 +133,7 @@ impl Session {
             config,
             tls,
             peer,
-            stream: Some(stream),
-            input: BytesMut::with_capacity(4096),
-            output: Vec::with_capacity(1024),
+            connection: Connection::new(stream, MAX_COMMAND_LINE),
             id: format!("{:016x}", rand_u64()),
             helo: None,
             esmtp: false,
@@ -159,12 +145,8 @@ impl Session {
         }
     }
 
-    fn stream(&mut self) -> &mut SessionStream {
-        self.stream.as_mut().expect("stream present outside STARTTLS")
-    }
-
     fn is_tls(&self) -> bool {
-        self.stream.as_ref().is_some_and(SessionStream::is_tls)
+        self.connection.is_tls()
     }
 
     fn send(&mut self, reply: Reply) {
@@ -172,24 +154,9 @@ impl Session {
             self.errors += 1;
         }
         tracing::debug!(session = %self.id, code = reply.code, text = %reply.text, "reply");
-        reply.write_to(&mut self.output);
-    }
-
-    /// Writes the queued replies; a client that stops reading is cut off after the command
-    /// timeout instead of holding its connection slot forever.
-    async fn flush(&mut self) -> io::Result<()> {
-        if !self.output.is_empty() {
-            let output = std::mem::take(&mut self.output);
-            let timeout = self.config.command_timeout;
-            let write = async {
-                self.stream().write_all(&output).await?;
-                self.stream().flush().await
-            };
-            tokio::time::timeout(timeout, write)
-                .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client does not read its replies"))??;
-        }
-        Ok(())
+        let mut wire = Vec::new();
+        reply.write_to(&mut wire);
+        self.connection.queue(&wire);
     }
 
     /// Serves the session until QUIT, a fatal error, a timeout or shutdown.
@@ -199,23 +166,23 @@ impl Session {
         let greeting = format!("{} ESMTP wmail ready", self.config.hostname);
         self.send(reply(220, "", greeting));
         loop {
+            let timeout = self.config.command_timeout;
             let event = tokio::select! {
-                event = self.read_line() => event,
-                () = wmail_net::stopped(&mut shutdown) => Ok(LineEvent::ShuttingDown),
+                event = self.connection.read_line(timeout) => event,
+                () = wmail_net::stopped(&mut shutdown) => {
+                    self.send(reply(421, "4.3.2", format!("{} shutting down, try again later", self.config.hostname)));
+                    break;
+                }
             };
             let flow = match event {
-                Ok(LineEvent::Line(line)) => self.command(line).await,
-                Ok(LineEvent::TooLong) => {
+                Ok(LineRead::Line(line)) => self.command(line).await,
+                Ok(LineRead::TooLong) => {
                     self.send(reply(500, "5.5.2", "line too long"));
                     Ok(Flow::Continue)
                 }
-                Ok(LineEvent::Closed) | Err(_) => break,
-                Ok(LineEvent::TimedOut) => {
+                Ok(LineRead::Closed) | Err(_) => break,
+                Ok(LineRead::TimedOut) => {
                     self.send(reply(421, "4.4.2", format!("{} timeout, closing connection", self.config.hostname)));
-                    Ok(Flow::Close)
-                }
-                Ok(LineEvent::ShuttingDown) => {
-                    self.send(reply(421, "4.3.2", format!("{} shutting down, try again later", self.config.hostname)));
                     Ok(Flow::Close)
                 }
             };
@@ -229,50 +196,8 @@ impl Session {
             }
         }
         self.abort_body().await;
-        let _ = self.flush().await;
-        if let Some(stream) = self.stream.as_mut() {
-            let _ = stream.shutdown().await;
-        }
+        self.connection.close(Duration::from_secs(5)).await;
         tracing::info!(session = %self.id, messages = self.messages, "smtp session ended");
-    }
-
-    /// Reads more input, waiting at most `timeout`. Returns 0 at end of stream.
-    async fn fill(&mut self, timeout: Duration) -> io::Result<Option<usize>> {
-        self.flush().await?;
-        let mut buffer = [0u8; 16 * 1024];
-        match tokio::time::timeout(timeout, self.stream().read(&mut buffer)).await {
-            Ok(Ok(read)) => {
-                self.input.extend_from_slice(&buffer[..read]);
-                Ok(Some(read))
-            }
-            Ok(Err(error)) => Err(error),
-            Err(_) => Ok(None),
-        }
-    }
-
-    /// Returns the next command line (without interpreting it).
-    async fn read_line(&mut self) -> io::Result<LineEvent> {
-        let mut discarding = false;
-        loop {
-            if let Some(end) = self.input.iter().position(|&byte| byte == b'\n') {
-                let line = self.input.split_to(end + 1);
-                return Ok(if discarding || line.len() > MAX_COMMAND_LINE {
-                    LineEvent::TooLong
-                } else {
-                    LineEvent::Line(line)
-                });
-            }
-            if self.input.len() > MAX_COMMAND_LINE {
-                // Keep memory bounded: drop the line and answer once its end arrives.
-                discarding = true;
-                self.input.clear();
-            }
-            match self.fill(self.config.command_timeout).await? {
-                Some(0) => return Ok(LineEvent::Closed),
-                Some(_) => {}
-                None => return Ok(LineEvent::TimedOut),
-            }
-        }
     }
 
     async fn command(&mut self, line: BytesMut) -> io::Result<Flow> {
@@ -522,7 +447,7 @@ impl Session {
             self.peer.ip(),
             self.config.hostname
         );
-        if let Some(tls) = self.stream.as_ref().and_then(SessionStream::tls_description) {
+        if let Some(tls) = self.connection.tls_description() {
             received.push_str(&format!("\r\n\t(using {tls})"));
         }
         if let Some(account) = &self.authenticated {
@@ -673,10 +598,11 @@ impl Session {
         // ends data only at CRLF.CRLF (no smuggling with bare LF or CR).
         let mut chunk = Vec::with_capacity(16 * 1024);
         loop {
-            let mut bytes = self.input.iter();
+            let input = self.connection.input();
+            let mut bytes = input.iter();
             let done = receiver.ingest(&mut bytes, &mut chunk);
-            let consumed = self.input.len() - bytes.len();
-            self.input.advance(consumed);
+            let consumed = input.len() - bytes.len();
+            input.advance(consumed);
             // Hold back a trailing CR: it may be the start of the CRLF.CRLF the receiver
             // removes when the next bytes arrive.
             let held_cr = !done && chunk.last() == Some(&b'\r');
@@ -705,7 +631,7 @@ impl Session {
     /// Reads more message data. Returns false when the session must end: the client left
     /// or stalled past the data timeout (then told so); the message is abandoned.
     async fn fill_data(&mut self) -> io::Result<bool> {
-        match self.fill(self.config.data_timeout).await? {
+        match self.connection.fill(self.config.data_timeout).await? {
             Some(0) => {}
             Some(_) => return Ok(true),
             None => self.send(reply(421, "4.4.2", "timeout waiting for data, closing connection")),
@@ -726,11 +652,12 @@ impl Session {
         }
         let mut left = size;
         while left > 0 {
-            if self.input.is_empty() && !self.fill_data().await? {
+            if self.connection.input().is_empty() && !self.fill_data().await? {
                 return Ok(Flow::Close);
             }
-            let take = left.min(self.input.len());
-            let data = self.input.split_to(take);
+            let input = self.connection.input();
+            let take = left.min(input.len());
+            let data = input.split_to(take);
             left -= take;
             if accepted.is_ok() {
                 self.feed_body(&data).await;
@@ -763,14 +690,9 @@ impl Session {
             return Ok(Flow::Continue);
         }
         self.send(reply(220, "2.0.0", "ready to start TLS"));
-        self.flush().await?;
-        // Anything the client pipelined after STARTTLS was sent in cleartext and must not
-        // be executed inside the TLS session (the CVE-2011-0411 command injection).
-        self.input.clear();
-        let plain = self.stream.take().expect("stream present");
-        match tokio::time::timeout(Duration::from_secs(30), plain.start_tls(&acceptor)).await {
-            Ok(Ok(tls)) => self.stream = Some(tls),
-            _ => return Ok(Flow::Close),
+        // The connection drops anything pipelined in cleartext after STARTTLS.
+        if self.connection.start_tls(&acceptor, Duration::from_secs(30)).await.is_err() {
+            return Ok(Flow::Close);
         }
         // RFC 3207 §4.2: forget everything learnt before TLS.
         self.abort_body().await;
@@ -855,9 +777,9 @@ impl Session {
     /// Sends a `334` challenge and reads the response line. A `*` response cancels the
     /// exchange (RFC 4954 §4) and is answered here.
     async fn sasl_challenge(&mut self, challenge: &str) -> io::Result<SaslResponse> {
-        self.output.extend_from_slice(format!("334 {challenge}\r\n").as_bytes());
-        match self.read_line().await? {
-            LineEvent::Line(line) => {
+        self.connection.queue(format!("334 {challenge}\r\n").as_bytes());
+        match self.connection.read_line(self.config.command_timeout).await? {
+            LineRead::Line(line) => {
                 let text = String::from_utf8_lossy(&line).trim_end().to_owned();
                 if text == "*" {
                     self.send(reply(501, "5.7.0", "authentication cancelled"));
@@ -866,7 +788,7 @@ impl Session {
                 Ok(SaslResponse::Text(text))
             }
             // Undecodable, answered as such by the caller.
-            LineEvent::TooLong => Ok(SaslResponse::Text(String::from("!"))),
+            LineRead::TooLong => Ok(SaslResponse::Text(String::from("!"))),
             _ => Ok(SaslResponse::Closed),
         }
     }
