@@ -304,6 +304,12 @@ impl StateStore {
         Ok(out)
     }
 
+    /// Lists every lease with its resource name.
+    pub fn leases(&self) -> Result<Vec<(String, Lease)>> {
+        let rows = scan::<Lease>(&self.db(), ks::LEASES, &[])?;
+        Ok(rows.into_iter().map(|(key, lease)| (String::from_utf8_lossy(&key).into_owned(), lease)).collect())
+    }
+
     /// Returns an account's change-log entries with an id greater than `after`.
     pub fn changes_since(&self, account_id: u64, after: u64) -> Result<Vec<(u64, Change)>> {
         let db = self.db();

@@ -148,6 +148,69 @@ print("ok")
 }
 
 #[tokio::test]
+async fn kill_9_during_a_session_deletes_nothing_and_frees_the_maildrop() {
+    use std::io::{BufRead, Write};
+    let mut node = node_with_mail().await;
+    let script = format!(
+        "import poplib, ssl, sys\nctx = ssl.create_default_context()\nctx.check_hostname = False\nctx.verify_mode = ssl.CERT_NONE\np = poplib.POP3_SSL('127.0.0.1', {}, context=ctx)\np.user('alice@example.com')\np.pass_('alice password')\np.dele(1)\np.dele(2)\nprint('ready', flush=True)\nsys.stdin.readline()\n",
+        node.pop3s.port()
+    );
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    node.kill9();
+    let _ = child.stdin.take().unwrap().write_all(b"\n");
+    let _ = child.wait();
+    node.start().await;
+    assert_eq!(inbox_len(&node).await, 3, "marked messages were deleted without QUIT");
+    // The dead session's lease does not lock the user out after the restart.
+    let out = python(
+        &node,
+        "p = poplib.POP3_SSL('127.0.0.1', POP3S, context=ctx)\np.user('alice@example.com')\np.pass_('alice password')\nprint(p.stat()[0])\np.quit()\n",
+    );
+    assert_eq!(out.trim(), "3");
+}
+
+#[tokio::test]
+async fn fetchmail_downloads_the_mailbox() {
+    let node = node_with_mail().await;
+    let dir = tempfile::tempdir().unwrap();
+    let delivered = dir.path().join("delivered.mbox");
+    let rc = dir.path().join("fetchmailrc");
+    std::fs::write(
+        &rc,
+        format!(
+            "set no syslog\npoll 127.0.0.1 protocol POP3 port {} auth password\n  user \"alice@example.com\" there with password \"alice password\" is \"nobody\" here\n  ssl sslproto '' no sslcertck fetchall\n  mda \"/bin/sh -c 'cat >> {}'\"\n",
+            node.pop3s.port(),
+            delivered.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&rc, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let output = Command::new("fetchmail")
+        .args(["-f", &rc.display().to_string(), "--nodetach", "-v"])
+        .env("HOME", dir.path())
+        .env("FETCHMAILHOME", dir.path())
+        .output()
+        .expect("fetchmail (Debian package) is installed by tests/run.sh");
+    let log = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "fetchmail failed:\n{log}");
+    let mbox = std::fs::read_to_string(&delivered).unwrap_or_default();
+    for n in 1..=3 {
+        assert!(mbox.contains(&format!("Subject: message {n}")), "message {n} missing:\n{mbox}\n{log}");
+    }
+    assert!(mbox.contains("\n.starts with a dot"), "dot-unstuffed by fetchmail: {mbox}");
+    assert_eq!(inbox_len(&node).await, 0, "fetchmail deletes what it downloaded");
+}
+
+#[tokio::test]
 async fn hostile_pop3_input_gets_clear_errors() {
     let node = node_with_mail().await;
     let out = python(

@@ -8,8 +8,9 @@ what="${1:-build}"
 
 packages=(librocksdb-dev libclang-dev pkg-config)
 if [ "$what" = test ]; then
-  # promtool (package prometheus) lints /metrics; python3-venv hosts SeaweedFS.
-  packages+=(prometheus python3-venv)
+  # promtool (package prometheus) lints /metrics; python3-venv hosts SeaweedFS;
+  # fetchmail is a real POP3 client.
+  packages+=(prometheus python3-venv fetchmail)
 fi
 
 missing=()

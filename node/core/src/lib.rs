@@ -144,6 +144,7 @@ impl Core {
             return Err(CoreError::new(ErrorCode::Unavailable, "consensus did not become ready within 60 s"));
         }
         let core = Arc::new(Self { state, blobs, consensus, config });
+        core.release_stale_leases().await;
         tokio::spawn(blob_gc_worker(Arc::downgrade(&core)));
         Ok(core)
     }
@@ -515,6 +516,26 @@ impl Core {
     pub async fn acquire_lease(&self, resource: &str, holder: &str, until_ms: u64) -> Result<()> {
         let command = Command::AcquireLease { resource: resource.into(), holder: holder.into(), until_ms };
         self.execute(command).await.map(drop)
+    }
+
+    /// Returns the lease holder name for a session of this node: `node/session`. Sessions
+    /// die with their process, so at start-up a node gives up every lease it still holds.
+    pub fn lease_holder(&self, session: &str) -> String {
+        format!("{}/{session}", self.config.node_id)
+    }
+
+    async fn release_stale_leases(&self) {
+        let prefix = format!("{}/", self.config.node_id);
+        let leases = match self.state.leases() {
+            Ok(leases) => leases,
+            Err(error) => return tracing::warn!(%error, "cannot list leases"),
+        };
+        for (resource, lease) in leases.into_iter().filter(|(_, lease)| lease.holder.starts_with(&prefix)) {
+            match self.release_lease(&resource, &lease.holder).await {
+                Ok(()) => tracing::info!(%resource, "released a lease held before this node restarted"),
+                Err(error) => tracing::warn!(%resource, %error, "cannot release a stale lease; it expires by itself"),
+            }
+        }
     }
 
     /// Gives a lease up.

@@ -291,7 +291,7 @@ impl Session {
             }
         };
         let lease = format!("pop3:{}", account.id);
-        let holder = format!("{}/{}", self.core.node_id(), self.id);
+        let holder = self.core.lease_holder(&self.id);
         match self.core.acquire_lease(&lease, &holder, now_ms() + LEASE.as_millis() as u64).await {
             Ok(()) => {}
             Err(error) if error.code == ErrorCode::Conflict => {
