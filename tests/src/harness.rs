@@ -13,11 +13,19 @@ use serde_json::Value;
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Returns a TCP port that was free a moment ago on 127.0.0.1.
+///
+/// Ports come from 20000-29999, below Linux's ephemeral range (32768+), so the outgoing
+/// connections of the tests themselves never take a port a node is about to bind; a
+/// process-wide counter keeps concurrent tests from picking the same one.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("free port")
+    static NEXT: std::sync::LazyLock<std::sync::atomic::AtomicU32> =
+        std::sync::LazyLock::new(|| std::sync::atomic::AtomicU32::new(std::process::id() % 10_000));
+    loop {
+        let port = 20_000 + (NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Path of the `wmail` binary under test: `$WMAIL_BIN`, or the one next to this test binary.
@@ -49,12 +57,15 @@ pub struct WmailNode {
     pub submission: SocketAddr,
     /// Its submissions (implicit TLS) address.
     pub submissions: SocketAddr,
+    /// Its LMTP address.
+    pub lmtp: SocketAddr,
     /// Its POP3 (STLS) address.
     pub pop3: SocketAddr,
     /// Its POP3S (implicit TLS) address.
     pub pop3s: SocketAddr,
     /// Its stdout and stderr.
     pub log_path: PathBuf,
+    extra_config: String,
     child: Option<Child>,
     http_client: reqwest::Client,
     _temp: Option<tempfile::TempDir>,
@@ -72,31 +83,46 @@ impl WmailNode {
 
     /// Prepares a node whose data lives in `dir/data`.
     pub fn in_dir(dir: &Path, extra_config: &str) -> Self {
-        let data_dir = dir.join("data");
-        let local = || -> SocketAddr { format!("127.0.0.1:{}", free_port()).parse().expect("addr") };
-        let (http, smtp, submission, submissions) = (local(), local(), local(), local());
-        let (pop3, pop3s) = (local(), local());
-        let config_path = dir.join(format!("wmail-{}.toml", http.port()));
-        let cluster_port = free_port();
-        let config = format!(
-            "version = 1\n{extra_config}\n[server]\ndata_dir = {data:?}\nhostname = \"mx.test\"\n\n[listen]\nhttp = [\"{http}\"]\nsmtp = [\"{smtp}\"]\nsubmission = [\"{submission}\"]\nsubmissions = [\"{submissions}\"]\npop3 = [\"{pop3}\"]\npop3s = [\"{pop3s}\"]\n\n[cluster]\nlisten = \"127.0.0.1:{cluster_port}\"\n",
-            data = data_dir.display().to_string(),
-        );
-        std::fs::write(&config_path, config).expect("write config");
-        Self {
-            data_dir,
-            log_path: dir.join(format!("wmail-{}.log", http.port())),
-            config_path,
-            http,
-            smtp,
-            submission,
-            submissions,
-            pop3,
-            pop3s,
+        let unset: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let mut node = Self {
+            data_dir: dir.join("data"),
+            log_path: dir.join(format!("wmail-{}.log", free_port())),
+            config_path: dir.join(format!("wmail-{}.toml", free_port())),
+            extra_config: extra_config.to_owned(),
+            http: unset,
+            smtp: unset,
+            submission: unset,
+            submissions: unset,
+            pop3: unset,
+            pop3s: unset,
+            lmtp: unset,
             child: None,
             http_client: reqwest::Client::new(),
             _temp: None,
-        }
+        };
+        node.write_config();
+        node
+    }
+
+    /// Picks fresh ports and writes the config file.
+    fn write_config(&mut self) {
+        let local = || -> SocketAddr { format!("127.0.0.1:{}", free_port()).parse().expect("addr") };
+        (self.http, self.smtp, self.submission, self.submissions) = (local(), local(), local(), local());
+        (self.pop3, self.pop3s, self.lmtp) = (local(), local(), local());
+        let config = format!(
+            "version = 1\n{extra}\n[server]\ndata_dir = {data:?}\nhostname = \"mx.test\"\n\n[listen]\nhttp = [\"{http}\"]\nsmtp = [\"{smtp}\"]\nsubmission = [\"{submission}\"]\nsubmissions = [\"{submissions}\"]\npop3 = [\"{pop3}\"]\npop3s = [\"{pop3s}\"]\nlmtp = [\"{lmtp}\"]\n\n[cluster]\nlisten = \"{cluster}\"\n",
+            extra = self.extra_config,
+            data = self.data_dir.display().to_string(),
+            http = self.http,
+            smtp = self.smtp,
+            submission = self.submission,
+            submissions = self.submissions,
+            pop3 = self.pop3,
+            pop3s = self.pop3s,
+            lmtp = self.lmtp,
+            cluster = local(),
+        );
+        std::fs::write(&self.config_path, config).expect("write config");
     }
 
     /// Spawns `wmail serve` without waiting for it.
@@ -116,23 +142,38 @@ impl WmailNode {
     }
 
     /// Spawns the node and waits until `/readyz` answers 200.
+    ///
+    /// A port taken by someone else between choosing and binding it (another test's
+    /// client, say) is not a failure of the node: it retries with fresh ports.
     pub async fn start(&mut self) {
-        self.spawn();
-        self.wait_ready().await;
+        for _ in 0..5 {
+            let log_before = self.log().len();
+            self.spawn();
+            match self.ready_or_exit().await {
+                Ok(()) => return,
+                Err(status) if self.log()[log_before..].contains("Address already in use") => {
+                    eprintln!("wmail exited with {status}: a port was taken; retrying with fresh ports");
+                    self.write_config();
+                }
+                Err(status) => panic!("wmail exited with {status} before becoming ready:\n{}", self.log()),
+            }
+        }
+        panic!("wmail could not bind its ports in five attempts:\n{}", self.log());
     }
 
-    /// Waits for `/readyz`; panics with the node's log if it exits or times out.
-    pub async fn wait_ready(&mut self) {
+    /// Waits for `/readyz`; returns the exit status if the process ends first.
+    async fn ready_or_exit(&mut self) -> Result<(), ExitStatus> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = self.child.as_mut().and_then(|child| child.try_wait().expect("try_wait")) {
-                panic!("wmail exited with {status} before becoming ready:\n{}", self.log());
+                self.child = None;
+                return Err(status);
             }
             let url = format!("http://{}/readyz", self.http);
             if let Ok(response) = self.http_client.get(&url).send().await
                 && response.status() == StatusCode::OK
             {
-                return;
+                return Ok(());
             }
             assert!(Instant::now() < deadline, "wmail not ready after {READY_TIMEOUT:?}:\n{}", self.log());
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -330,6 +330,43 @@ async fn pipelining_and_chunking() {
 }
 
 #[tokio::test]
+async fn lmtp_answers_once_per_recipient() {
+    let node = node_with_accounts("").await;
+    let mut client = RawSmtp::connect(node.lmtp).await;
+    client.command("EHLO mta.test", 500).await;
+    let lhlo = client.command("LHLO mta.test", 250).await;
+    assert!(!lhlo.text().contains("AUTH"), "{lhlo:?}");
+    client.command("MAIL FROM:<a@remote.test>", 250).await;
+    client.command("RCPT TO:<alice@example.com>", 250).await;
+    client.command("RCPT TO:<nobody@example.com>", 550).await;
+    client.command("RCPT TO:<someone@elsewhere.test>", 550).await;
+    client.command("RCPT TO:<bob@example.com>", 250).await;
+    client.command("DATA", 354).await;
+    client.send_raw(b"Subject: via lmtp\r\n\r\nhello\r\n.\r\n").await;
+    // RFC 2033 §4.2: one reply per accepted recipient, in order.
+    let first = client.expect(250).await;
+    assert!(first.text().contains("alice@example.com"), "{first:?}");
+    let second = client.expect(250).await;
+    assert!(second.text().contains("bob@example.com"), "{second:?}");
+    client.command("QUIT", 221).await;
+    assert_eq!(inbox(&node, "alice@example.com").await.len(), 1);
+    assert!(message_text(&node, "bob@example.com", 1).await.contains("with LMTP"));
+}
+
+#[tokio::test]
+async fn parameters_of_extensions_not_offered_are_refused() {
+    let node = node_with_accounts("").await;
+    let mut client = RawSmtp::connect(node.smtp).await;
+    client.command("EHLO client.test", 250).await;
+    client.command("MAIL FROM:<a@remote.test> RET=FULL", 555).await;
+    client.command("MAIL FROM:<a@remote.test> ENVID=abc", 555).await;
+    client.command("MAIL FROM:<a@remote.test> BODY=8BITMIME SMTPUTF8", 250).await;
+    client.command("RCPT TO:<alice@example.com> NOTIFY=NEVER", 555).await;
+    client.command("RCPT TO:<alice@example.com>", 250).await;
+    client.command("QUIT", 221).await;
+}
+
+#[tokio::test]
 async fn a_250_survives_kill_9() {
     let mut node = node_with_accounts("").await;
     let mut client = RawSmtp::connect(node.smtp).await;

@@ -1,5 +1,6 @@
 //! wmail-smtp serves SMTP (RFC 5321) on the `smtp` (inbound MX), `submission` (587,
-//! STARTTLS + AUTH) and `submissions` (465, implicit TLS) listeners. Command syntax comes
+//! STARTTLS + AUTH) and `submissions` (465, implicit TLS) listeners, and LMTP (RFC 2033)
+//! on the `lmtp` listener. Command syntax comes
 //! from `smtp-proto`; mail logic (who is local, authentication, delivery) from wmail-core.
 //! Accepted mail is streamed into the blob store and committed through Raft before `250`.
 
@@ -27,6 +28,16 @@ pub enum Mode {
     Submission,
     /// Port 465 (RFC 8314): like submission, over implicit TLS.
     Submissions,
+    /// LMTP (RFC 2033) for MTAs delivering into wmail: LHLO, local recipients only, one
+    /// reply per recipient after the data.
+    Lmtp,
+}
+
+impl Mode {
+    /// Whether MAIL needs AUTH first (and AUTH is offered).
+    pub fn requires_auth(self) -> bool {
+        matches!(self, Mode::Submission | Mode::Submissions)
+    }
 }
 
 /// Settings of an SMTP listener.

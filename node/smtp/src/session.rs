@@ -163,7 +163,8 @@ impl Session {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         tracing::info!(session = %self.id, peer = %self.peer, tls = self.is_tls(), "smtp session started");
         // RFC 5321 §4.2: the greeting carries no enhanced status code (RFC 2034 §3).
-        let greeting = format!("{} ESMTP wmail ready", self.config.hostname);
+        let kind = if self.config.mode == Mode::Lmtp { "LMTP" } else { "ESMTP" };
+        let greeting = format!("{} {kind} wmail ready", self.config.hostname);
         self.send(reply(220, "", greeting));
         loop {
             let timeout = self.config.command_timeout;
@@ -217,6 +218,11 @@ impl Session {
         };
         tracing::debug!(session = %self.id, command = request.name(), "command");
         match request {
+            // RFC 2033 §4.1: LMTP knows LHLO only; SMTP does not know it.
+            Request::Lhlo { host } if self.config.mode == Mode::Lmtp => self.ehlo(host, true).await,
+            Request::Ehlo { .. } | Request::Helo { .. } if self.config.mode == Mode::Lmtp => {
+                self.send(reply(500, "5.5.1", "this is LMTP: use LHLO"))
+            }
             Request::Ehlo { host } => self.ehlo(host, true).await,
             Request::Helo { host } => self.ehlo(host, false).await,
             Request::Lhlo { .. } => self.send(reply(500, "5.5.1", "LHLO is for LMTP; this is SMTP")),
@@ -288,7 +294,7 @@ impl Session {
     }
 
     fn auth_offered(&self) -> bool {
-        self.config.mode != Mode::Mx
+        self.config.mode.requires_auth()
             && self.authenticated.is_none()
             && (self.is_tls() || self.config.allow_plaintext_auth)
     }
@@ -302,9 +308,19 @@ impl Session {
             self.send(reply(503, "5.5.1", "nested MAIL command; send RSET first"));
             return Ok(());
         }
-        if self.config.mode != Mode::Mx && self.authenticated.is_none() {
+        if self.config.mode.requires_auth() && self.authenticated.is_none() {
             // RFC 4954 §6: submission needs authentication first.
             self.send(reply(530, "5.7.0", "authentication required"));
+            return Ok(());
+        }
+        // RFC 5321 §4.1.1.11: parameters of extensions not offered are refused (555).
+        let unoffered = smtp_proto::MAIL_RET_FULL | smtp_proto::MAIL_RET_HDRS | smtp_proto::MAIL_REQUIRETLS;
+        if from.flags & unoffered != 0 || from.env_id.is_some() || from.hold_for != 0 || from.hold_until != 0 {
+            self.send(reply(
+                555,
+                "5.5.4",
+                "unsupported MAIL parameter (DSN, REQUIRETLS and FUTURERELEASE are not offered)",
+            ));
             return Ok(());
         }
         if from.size as u64 > self.config.max_message_size {
@@ -342,10 +358,17 @@ impl Session {
             self.send(reply(452, "4.5.3", "too many recipients"));
             return Ok(());
         }
+        if to.flags != 0 || to.orcpt.is_some() {
+            self.send(reply(555, "5.5.4", "unsupported RCPT parameter (DSN is not offered)"));
+            return Ok(());
+        }
         let address = to.address;
         let domain = address.rsplit_once('@').map(|(_, domain)| domain).unwrap_or_default();
         let reply = match self.core.is_local_domain(domain) {
             Ok(true) => self.local_recipient(&address),
+            Ok(false) if self.config.mode == Mode::Lmtp => {
+                reply(550, "5.1.1", format!("<{address}> is not a local address"))
+            }
             Ok(false) if self.authenticated.is_some() => {
                 reply(451, "4.3.2", "delivery to other domains is not enabled on this server yet; try again later")
             }
@@ -388,7 +411,7 @@ impl Session {
 
     /// Starts the delivery task of the current transaction's message.
     fn begin_body(&mut self) -> Option<&mut BodyInProgress> {
-        let submission = self.config.mode != Mode::Mx;
+        let submission = self.config.mode.requires_auth();
         let trace = self.trace_headers();
         let hostname = self.config.hostname.clone();
         let transaction = self.transaction.as_mut()?;
@@ -434,6 +457,7 @@ impl Session {
     fn trace_headers(&self) -> Vec<u8> {
         let Some(transaction) = &self.transaction else { return Vec::new() };
         let protocol = match (self.esmtp, self.is_tls(), self.authenticated.is_some()) {
+            _ if self.config.mode == Mode::Lmtp => "LMTP",
             (false, _, _) => "SMTP",
             (true, false, false) => "ESMTP",
             (true, true, false) => "ESMTPS",
@@ -483,13 +507,20 @@ impl Session {
         }
     }
 
-    /// Ends the message and returns the reply for it (RFC 5321 §4.2.5: after the data).
-    async fn finish_body(&mut self) -> Reply {
+    /// Ends the message and returns its replies (RFC 5321 §4.2.5: after the data): one for
+    /// SMTP, one per accepted recipient in RCPT order for LMTP (RFC 2033 §4.2).
+    async fn finish_body(&mut self) -> Vec<Reply> {
         let max_hops = self.config.max_received_headers;
         let max_size = self.config.max_message_size;
-        let Some(mut body) = self.transaction.take().and_then(|t| t.body) else {
-            return reply(554, "5.5.1", "no valid recipients");
+        let lmtp = self.config.mode == Mode::Lmtp;
+        let Some(transaction) = self.transaction.take() else {
+            return vec![reply(554, "5.5.1", "no valid recipients")];
         };
+        let recipients = transaction.recipients.len();
+        let Some(mut body) = transaction.body else {
+            return vec![reply(554, "5.5.1", "no valid recipients")];
+        };
+        let for_all = |reply: Reply| if lmtp { vec![reply; recipients] } else { vec![reply] };
         let started = std::time::Instant::now();
         let rest = body.assembler.finish();
         let listener = self.observer.listener;
@@ -519,21 +550,31 @@ impl Session {
         }
         let delivered = body.delivery.await;
         if let Some(refusal) = refusal {
-            return refusal;
+            return for_all(refusal);
         }
-        let result = match delivered {
-            Ok(Ok(results)) => self.delivery_reply(results),
-            Ok(Err(error)) => core_error_reply(&error),
-            Err(_) => reply(451, "4.3.0", "local error in processing; try again later"),
+        let replies = match delivered {
+            Ok(Ok(results)) if lmtp => results.iter().map(recipient_reply).collect(),
+            Ok(Ok(results)) => vec![self.delivery_reply(results)],
+            Ok(Err(error)) => for_all(core_error_reply(&error)),
+            Err(_) => for_all(reply(451, "4.3.0", "local error in processing; try again later")),
         };
-        self.observer.message(if result.code == 250 { "accepted" } else { "failed" });
+        let accepted = replies.iter().any(|reply| reply.code == 250);
+        if accepted {
+            self.messages += 1;
+        }
+        self.observer.message(if accepted { "accepted" } else { "failed" });
         self.observer.metrics.commit_seconds.with_label_values(&[listener]).observe(started.elapsed().as_secs_f64());
-        result
+        replies
     }
 
-    fn delivery_reply(&mut self, results: Vec<RecipientResult>) -> Reply {
+    /// The single SMTP reply for a delivery to every recipient of a transaction.
+    fn delivery_reply(&self, results: Vec<RecipientResult>) -> Reply {
         let stored = results.iter().filter(|r| matches!(r.result, Ok(DeliveryResult::Stored { .. }))).count();
-        if stored > 0 && stored < results.len() {
+        if stored == results.len() {
+            tracing::info!(session = %self.id, stored, "message accepted");
+            return reply(250, "2.0.0", format!("OK: queued as {}.{}", self.id, self.messages + 1));
+        }
+        if stored > 0 {
             // Some recipients accepted at RCPT failed at commit (a quota race, an account
             // removed meanwhile). Without DSNs yet, a 250 would lose their copy silently;
             // a temporary failure makes the client retry (the stored copies may then be
@@ -543,22 +584,7 @@ impl Session {
             }
             return reply(451, "4.3.0", "some recipients could not be delivered; try again later");
         }
-        if stored > 0 {
-            self.messages += 1;
-            for failed in results.iter().filter(|r| !matches!(r.result, Ok(DeliveryResult::Stored { .. }))) {
-                // Accepted at RCPT but refused at commit (quota raced, account removed): a
-                // DSN to the sender is the outbound issue's job.
-                tracing::warn!(session = %self.id, recipient = %failed.recipient, result = ?failed.result, "recipient not delivered after 250");
-            }
-            tracing::info!(session = %self.id, stored, "message accepted");
-            return reply(250, "2.0.0", format!("OK: queued as {}.{}", self.id, self.messages));
-        }
-        match results.into_iter().next().map(|r| r.result) {
-            Some(Ok(DeliveryResult::OverQuota)) => reply(552, "5.2.2", "mailbox full"),
-            Some(Ok(DeliveryResult::NotReceiving)) => reply(550, "5.2.1", "mailbox disabled"),
-            Some(Err(error)) => core_error_reply(&error),
-            _ => reply(550, "5.1.1", "no such mailbox"),
-        }
+        results.first().map(recipient_reply).unwrap_or_else(|| reply(550, "5.1.1", "no such mailbox"))
     }
 
     /// Cancels a message in progress: nothing of it is delivered.
@@ -623,8 +649,9 @@ impl Session {
                 return Ok(Flow::Close);
             }
         }
-        let result = self.finish_body().await;
-        self.send(result);
+        for reply in self.finish_body().await {
+            self.send(reply);
+        }
         Ok(Flow::Continue)
     }
 
@@ -668,8 +695,9 @@ impl Session {
             return Ok(Flow::Continue);
         }
         if last {
-            let result = self.finish_body().await;
-            self.send(result);
+            for reply in self.finish_body().await {
+                self.send(reply);
+            }
         } else if self.transaction.as_ref().and_then(|t| t.body.as_ref()).is_some_and(|b| b.too_big) {
             self.abort_body().await;
             let text = format!("message exceeds the fixed maximum size of {} bytes", self.config.max_message_size);
@@ -702,7 +730,7 @@ impl Session {
     }
 
     async fn auth(&mut self, mechanism: u64, initial_response: String) -> io::Result<Flow> {
-        if self.config.mode == Mode::Mx {
+        if !self.config.mode.requires_auth() {
             self.send(reply(502, "5.5.1", "authentication is not offered on this port; use submission (587)"));
             return Ok(Flow::Continue);
         }
@@ -806,6 +834,17 @@ fn parse_error_reply(error: smtp_proto::Error) -> Reply {
         E::UnsupportedParameter { param } => reply(555, "5.5.4", format!("unsupported parameter {param}")),
         E::ResponseTooLong => reply(500, "5.5.2", "line too long"),
         E::NeedsMoreData { .. } | E::InvalidResponse { .. } => reply(501, "5.5.2", "syntax error"),
+    }
+}
+
+/// The reply for one recipient's delivery result.
+fn recipient_reply(result: &RecipientResult) -> Reply {
+    match &result.result {
+        Ok(DeliveryResult::Stored { .. }) => reply(250, "2.1.5", format!("<{}> delivered", result.recipient)),
+        Ok(DeliveryResult::OverQuota) => reply(552, "5.2.2", format!("<{}> mailbox full", result.recipient)),
+        Ok(DeliveryResult::NotReceiving) => reply(550, "5.2.1", format!("<{}> mailbox disabled", result.recipient)),
+        Ok(DeliveryResult::NoSuchMailbox) => reply(550, "5.1.1", format!("<{}> no such mailbox", result.recipient)),
+        Err(error) => core_error_reply(error),
     }
 }
 

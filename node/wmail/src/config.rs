@@ -113,6 +113,7 @@ pub struct ListenSection {
     pub smtp: Vec<String>,
     pub submission: Vec<String>,
     pub submissions: Vec<String>,
+    pub lmtp: Vec<String>,
     pub imap: Vec<String>,
     pub imaps: Vec<String>,
     pub pop3: Vec<String>,
@@ -124,11 +125,12 @@ pub struct ListenSection {
 
 impl ListenSection {
     /// Every service with its addresses, in the order of the config file.
-    pub fn services(&self) -> [(&'static str, &Vec<String>); 9] {
+    pub fn services(&self) -> [(&'static str, &Vec<String>); 10] {
         [
             ("smtp", &self.smtp),
             ("submission", &self.submission),
             ("submissions", &self.submissions),
+            ("lmtp", &self.lmtp),
             ("imap", &self.imap),
             ("imaps", &self.imaps),
             ("pop3", &self.pop3),
@@ -145,6 +147,7 @@ impl Default for ListenSection {
             smtp: vec![],
             submission: vec![],
             submissions: vec![],
+            lmtp: vec![],
             imap: vec![],
             imaps: vec![],
             pop3: vec![],

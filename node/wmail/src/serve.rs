@@ -134,6 +134,7 @@ async fn start_smtp(
         ("smtp", &config.listen.smtp, Mode::Mx),
         ("submission", &config.listen.submission, Mode::Submission),
         ("submissions", &config.listen.submissions, Mode::Submissions),
+        ("lmtp", &config.listen.lmtp, Mode::Lmtp),
     ] {
         for address in addresses {
             let listener = bind(address, service).await?;
