@@ -82,8 +82,13 @@ pub struct DeliveryTarget {
 pub enum Command {
     /// Adds a local domain.
     CreateDomain { name: String },
-    /// Removes a local domain that has no accounts or aliases left.
+    /// Removes a local domain that has no accounts or aliases left and no domain aliases
+    /// pointing at it.
     RemoveDomain { name: String },
+    /// Adds a domain alias: mail for `local@alias` goes to `local@target`.
+    CreateDomainAlias { alias: String, target: String },
+    /// Sets (or with `None` removes) a domain's catch-all address for unknown local parts.
+    SetCatchAll { domain: String, address: Option<String> },
     /// Creates an account with its INBOX.
     CreateAccount {
         address: String,

@@ -37,6 +37,11 @@ pub struct Domain {
     pub name: String,
     /// When the domain was created, in milliseconds since the Unix epoch.
     pub created_at_ms: u64,
+    /// Set for a domain alias: `local@this` means `local@alias_of`. An alias domain has
+    /// no addresses of its own.
+    pub alias_of: Option<String>,
+    /// Where mail for unknown local parts goes (catch-all); `None` rejects it.
+    pub catch_all: Option<String>,
 }
 
 /// Lifecycle state of an account (the seeds' five states).

@@ -428,8 +428,8 @@ impl<'a> Tx<'a> {
             rows.insert(key.to_vec(), value.to_vec());
         }
         for overlay in [self.earlier, &self.pending] {
-            for ((_, key), value) in overlay.range((table, prefix.to_vec())..) {
-                if !key.starts_with(prefix) {
+            for ((entry_table, key), value) in overlay.range((table, prefix.to_vec())..) {
+                if *entry_table != table || !key.starts_with(prefix) {
                     break;
                 }
                 match value {
@@ -533,6 +533,8 @@ impl<'a> Tx<'a> {
         match command {
             Command::CreateDomain { name } => self.create_domain(name),
             Command::RemoveDomain { name } => self.remove_domain(&name),
+            Command::CreateDomainAlias { alias, target } => self.create_domain_alias(alias, target),
+            Command::SetCatchAll { domain, address } => self.set_catch_all(&domain, address),
             Command::CreateAccount { address, display_name, password_hash, quota_bytes, state } => {
                 self.create_account(address, display_name, password_hash, quota_bytes, state)
             }
@@ -563,7 +565,38 @@ impl<'a> Tx<'a> {
         if self.get::<Domain>(ks::DOMAINS, name.as_bytes())?.is_some() {
             return Ok(Err(CommandError::exists("domain", name)));
         }
-        let domain = Domain { name: name.clone(), created_at_ms: self.now_ms };
+        let domain = Domain { name: name.clone(), created_at_ms: self.now_ms, alias_of: None, catch_all: None };
+        self.put(ks::DOMAINS, name.as_bytes(), &domain);
+        Ok(Ok(Outcome::Done))
+    }
+
+    fn create_domain_alias(&mut self, alias: String, target: String) -> Result<CommandResult> {
+        if self.get::<Domain>(ks::DOMAINS, alias.as_bytes())?.is_some() {
+            return Ok(Err(CommandError::exists("domain", alias)));
+        }
+        match self.get::<Domain>(ks::DOMAINS, target.as_bytes())? {
+            None => return Ok(Err(CommandError::not_found("domain", target))),
+            Some(domain) if domain.alias_of.is_some() => {
+                return Ok(Err(CommandError::Invalid(format!(
+                    "{target} is itself an alias; point {alias} at a real domain"
+                ))));
+            }
+            Some(_) => {}
+        }
+        let domain =
+            Domain { name: alias.clone(), created_at_ms: self.now_ms, alias_of: Some(target), catch_all: None };
+        self.put(ks::DOMAINS, alias.as_bytes(), &domain);
+        Ok(Ok(Outcome::Done))
+    }
+
+    fn set_catch_all(&mut self, name: &str, address: Option<String>) -> Result<CommandResult> {
+        let Some(mut domain) = self.get::<Domain>(ks::DOMAINS, name.as_bytes())? else {
+            return Ok(Err(CommandError::not_found("domain", name)));
+        };
+        if domain.alias_of.is_some() {
+            return Ok(Err(CommandError::Invalid(format!("{name} is an alias; set the catch-all on its target"))));
+        }
+        domain.catch_all = address;
         self.put(ks::DOMAINS, name.as_bytes(), &domain);
         Ok(Ok(Outcome::Done))
     }
@@ -571,6 +604,18 @@ impl<'a> Tx<'a> {
     fn remove_domain(&mut self, name: &str) -> Result<CommandResult> {
         if self.get::<Domain>(ks::DOMAINS, name.as_bytes())?.is_none() {
             return Ok(Err(CommandError::not_found("domain", name)));
+        }
+        let aliases: Vec<String> = self
+            .scan::<Domain>(ks::DOMAINS, &[])?
+            .into_iter()
+            .filter(|(_, domain)| domain.alias_of.as_deref() == Some(name))
+            .map(|(_, domain)| domain.name)
+            .collect();
+        if !aliases.is_empty() {
+            return Ok(Err(CommandError::Conflict(format!(
+                "domain {name} has domain aliases ({}); remove them first",
+                aliases.join(", ")
+            ))));
         }
         let remaining = self.scan::<AddressTarget>(ks::ADDRESSES, &ks::domain_prefix(name))?.len();
         if remaining > 0 {
@@ -586,8 +631,14 @@ impl<'a> Tx<'a> {
         let Some((_, domain)) = address.rsplit_once('@') else {
             return Ok(Err(CommandError::Invalid(format!("{address} is not an address"))));
         };
-        if self.get::<Domain>(ks::DOMAINS, domain.as_bytes())?.is_none() {
-            return Ok(Err(CommandError::not_found("domain", domain)));
+        match self.get::<Domain>(ks::DOMAINS, domain.as_bytes())? {
+            None => return Ok(Err(CommandError::not_found("domain", domain))),
+            Some(Domain { alias_of: Some(target), .. }) => {
+                return Ok(Err(CommandError::Invalid(format!(
+                    "{domain} is an alias of {target}; create the address in {target}"
+                ))));
+            }
+            Some(_) => {}
         }
         let key = ks::address_key(address).expect("has @");
         if self.get::<AddressTarget>(ks::ADDRESSES, &key)?.is_some() {

@@ -319,6 +319,42 @@ fn orphans_can_be_claimed_and_refused_deliveries_leave_collectable_bodies() {
 }
 
 #[test]
+fn domain_aliases_and_catch_alls_are_validated() {
+    let (_dir, store) = store();
+    setup_two_accounts(&store);
+    let alias = |alias: &str, target: &str| Command::CreateDomainAlias { alias: alias.into(), target: target.into() };
+    assert_eq!(apply_one(&store, alias("example.net", "example.com")), Ok(Outcome::Done));
+    assert!(matches!(apply_one(&store, alias("example.org", "nowhere.test")), Err(CommandError::NotFound { .. })));
+    assert!(matches!(apply_one(&store, alias("example.org", "example.net")), Err(CommandError::Invalid(_))));
+    assert!(matches!(apply_one(&store, alias("example.net", "example.com")), Err(CommandError::AlreadyExists { .. })));
+    assert!(
+        matches!(apply_one(&store, account("x@example.net")), Err(CommandError::Invalid(_))),
+        "no addresses in aliases"
+    );
+    let catch_all = |domain: &str, address: Option<&str>| Command::SetCatchAll {
+        domain: domain.into(),
+        address: address.map(str::to_owned),
+    };
+    assert_eq!(apply_one(&store, catch_all("example.com", Some("a@example.com"))), Ok(Outcome::Done));
+    assert_eq!(store.domain("example.com").unwrap().unwrap().catch_all.as_deref(), Some("a@example.com"));
+    assert!(matches!(
+        apply_one(&store, catch_all("example.net", Some("a@example.com"))),
+        Err(CommandError::Invalid(_))
+    ));
+    assert_eq!(apply_one(&store, catch_all("example.com", None)), Ok(Outcome::Done));
+    assert_eq!(store.domain("example.com").unwrap().unwrap().catch_all, None);
+    // The target cannot go while an alias points at it; the alias itself can.
+    apply_one(&store, Command::RemoveAccount { address: "a@example.com".into() }).unwrap();
+    apply_one(&store, Command::RemoveAccount { address: "b@example.com".into() }).unwrap();
+    assert!(matches!(
+        apply_one(&store, Command::RemoveDomain { name: "example.com".into() }),
+        Err(CommandError::Conflict(_))
+    ));
+    assert_eq!(apply_one(&store, Command::RemoveDomain { name: "example.net".into() }), Ok(Outcome::Done));
+    assert_eq!(apply_one(&store, Command::RemoveDomain { name: "example.com".into() }), Ok(Outcome::Done));
+}
+
+#[test]
 fn leases_are_exclusive_until_released_or_expired() {
     let (_dir, store) = store();
     let acquire =

@@ -330,6 +330,41 @@ async fn pipelining_and_chunking() {
 }
 
 #[tokio::test]
+async fn domain_aliases_and_catch_all_route_mail() {
+    let node = node_with_accounts("").await;
+    let ok = |output: std::process::Output| {
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    assert!(ok(node.cli(&["domain", "add", "example.net", "--alias-of", "example.com"], None)).contains("alias"));
+    let mut client = RawSmtp::connect(node.smtp).await;
+    client.command("EHLO client.test", 250).await;
+    client.command("MAIL FROM:<a@remote.test>", 250).await;
+    client.command("RCPT TO:<alice@example.net>", 250).await;
+    client.command("RCPT TO:<unknown@example.com>", 550).await;
+    client.command("RSET", 250).await;
+    assert!(ok(node.cli(&["domain", "catch-all", "example.com", "bob@example.com"], None)).contains("bob@example.com"));
+    client.command("MAIL FROM:<a@remote.test>", 250).await;
+    client.command("RCPT TO:<alice@example.net>", 250).await;
+    client.command("RCPT TO:<unknown@example.net>", 250).await;
+    client.command("DATA", 354).await;
+    client.send_raw(b"Subject: routed\r\n\r\nx\r\n.\r\n").await;
+    client.expect(250).await;
+    client.command("QUIT", 221).await;
+    assert_eq!(inbox(&node, "alice@example.com").await.len(), 1);
+    assert_eq!(inbox(&node, "bob@example.com").await.len(), 1, "the catch-all got the unknown address");
+    let listed = ok(node.cli(&["domain", "list"], None));
+    assert!(
+        listed.contains("example.com (catch-all bob@example.com)")
+            && listed.contains("example.net (alias of example.com)"),
+        "{listed}"
+    );
+    ok(node.cli(&["domain", "catch-all", "example.com"], None));
+    let (_, domain) = node.api(Method::GET, "/domains/example.com", None).await;
+    assert_eq!(domain["catch_all"], Value::Null);
+}
+
+#[tokio::test]
 async fn lmtp_answers_once_per_recipient() {
     let node = node_with_accounts("").await;
     let mut client = RawSmtp::connect(node.lmtp).await;

@@ -201,6 +201,21 @@ impl Core {
         self.domain(&name)?.ok_or_else(|| CoreError::internal("reading a created domain", &name))
     }
 
+    /// Adds a domain alias: mail for `x@alias` goes to `x@target`.
+    pub async fn create_domain_alias(&self, alias: &str, target: &str) -> Result<Domain> {
+        let (alias, target) = (normalize_domain(alias)?, normalize_domain(target)?);
+        self.execute(Command::CreateDomainAlias { alias: alias.clone(), target }).await?;
+        self.domain(&alias)?.ok_or_else(|| CoreError::internal("reading a created domain alias", &alias))
+    }
+
+    /// Sets (or removes, with `None`) a domain's catch-all address for unknown local parts.
+    pub async fn set_catch_all(&self, domain: &str, address: Option<&str>) -> Result<Domain> {
+        let domain = normalize_domain(domain)?;
+        let address = address.map(normalize_address).transpose()?;
+        self.execute(Command::SetCatchAll { domain: domain.clone(), address }).await?;
+        self.domain(&domain)?.ok_or_else(|| CoreError::internal("reading a domain", &domain))
+    }
+
     /// Removes a domain that has no accounts or aliases left.
     pub async fn remove_domain(&self, name: &str) -> Result<()> {
         let name = normalize_domain(name)?;
@@ -345,28 +360,20 @@ impl Core {
     /// Returns whether `account` may send as `address`: its own address, or an alias (or
     /// plus-address) that delivers to it.
     pub fn may_send_as(&self, account: &Account, address: &str) -> Result<bool> {
-        Ok(self.resolve_recipient(address).unwrap_or_default().contains(&account.id))
+        // Never through a catch-all: it would let its owner send as any address.
+        Ok(self.resolve(address, false).unwrap_or_default().contains(&account.id))
     }
 
-    /// Resolves a recipient to local accounts, following aliases (each account once). An
-    /// address with a `+tag` that is not itself known resolves like the address without it
-    /// (`alice+news@` delivers to `alice@`).
+    /// Resolves a recipient to local accounts (each once, in the order aliases name them).
+    /// An address that is not itself known resolves, in this order, through its domain's
+    /// alias (`x@alias.test` is `x@target.test`), without its `+tag` (`alice+news@` is
+    /// `alice@`), or to its domain's catch-all address.
     pub fn resolve_recipient(&self, recipient: &str) -> Result<Vec<u64>> {
-        let accounts = self.resolve_exact(recipient)?;
-        if !accounts.is_empty() {
-            return Ok(accounts);
-        }
-        let address = normalize_address(recipient)?;
-        let (local, domain) = address.rsplit_once('@').expect("normalized address has @");
-        match local.split_once('+') {
-            Some((base, _tag)) if !base.is_empty() => self.resolve_exact(&format!("{base}@{domain}")),
-            _ => Ok(accounts),
-        }
+        self.resolve(recipient, true)
     }
 
-    fn resolve_exact(&self, recipient: &str) -> Result<Vec<u64>> {
+    fn resolve(&self, recipient: &str, use_catch_all: bool) -> Result<Vec<u64>> {
         let mut accounts = Vec::new();
-        // Breadth-first, so accounts come in the order the aliases name them.
         let mut pending = std::collections::VecDeque::from([normalize_address(recipient)?]);
         let mut seen = std::collections::HashSet::new();
         while let Some(address) = pending.pop_front() {
@@ -374,9 +381,23 @@ impl Core {
                 continue;
             }
             match self.state.resolve_address(&address)? {
-                Some(AddressTarget::Account(id)) if !accounts.contains(&id) => accounts.push(id),
+                Some(AddressTarget::Account(id)) => {
+                    if !accounts.contains(&id) {
+                        accounts.push(id);
+                    }
+                }
                 Some(AddressTarget::Alias(targets)) => pending.extend(targets),
-                _ => {}
+                None => {
+                    let (local, domain) = address.rsplit_once('@').expect("normalized address has @");
+                    let Some(record) = self.state.domain(domain)? else { continue };
+                    if let Some(target) = record.alias_of {
+                        pending.push_back(format!("{local}@{target}"));
+                    } else if let Some((base, _tag)) = local.split_once('+').filter(|(base, _)| !base.is_empty()) {
+                        pending.push_back(format!("{base}@{domain}"));
+                    } else if let Some(catch_all) = record.catch_all.filter(|_| use_catch_all) {
+                        pending.push_back(catch_all);
+                    }
+                }
             }
         }
         Ok(accounts)

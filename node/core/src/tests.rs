@@ -92,6 +92,19 @@ async fn delivery_follows_aliases_and_stores_one_body() {
     assert!(!core.may_send_as(&alice, "bob@example.com").unwrap());
     assert!(!core.may_send_as(&alice, "someone@elsewhere.test").unwrap());
     assert!(core.is_local_domain("EXAMPLE.com").unwrap());
+
+    // Domain aliases and catch-alls.
+    core.create_domain_alias("example.net", "example.com").await.unwrap();
+    assert_eq!(core.resolve_recipient("alice+x@example.net").unwrap(), vec![alice.id]);
+    assert_eq!(core.resolve_recipient("team@example.net").unwrap().len(), 2);
+    assert!(core.resolve_recipient("unknown@example.com").unwrap().is_empty());
+    core.set_catch_all("example.com", Some("alice@example.com")).await.unwrap();
+    assert_eq!(core.resolve_recipient("unknown@example.com").unwrap(), vec![alice.id]);
+    assert_eq!(core.resolve_recipient("unknown@example.net").unwrap(), vec![alice.id], "via the alias");
+    assert!(!core.may_send_as(&alice, "unknown@example.com").unwrap(), "a catch-all grants no send-as");
+    assert!(core.may_send_as(&alice, "alice@example.net").unwrap(), "a domain alias does");
+    core.set_catch_all("example.com", None).await.unwrap();
+    assert!(core.resolve_recipient("unknown@example.com").unwrap().is_empty());
     assert!(!core.is_local_domain("elsewhere.test").unwrap());
 }
 

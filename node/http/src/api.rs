@@ -74,7 +74,7 @@ type ApiResult<T> = Result<T, ApiError>;
 pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
         .route("/domains", get(list_domains).post(create_domain))
-        .route("/domains/{name}", get(show_domain).delete(remove_domain))
+        .route("/domains/{name}", get(show_domain).patch(update_domain).delete(remove_domain))
         .route("/accounts", get(list_accounts).post(create_account))
         .route("/accounts/{address}", get(show_account).patch(update_account).delete(remove_account))
         .route("/accounts/{address}/messages", get(list_messages).post(deliver_message))
@@ -118,16 +118,38 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 struct DomainView {
     name: String,
     created_at_ms: u64,
+    alias_of: Option<String>,
+    catch_all: Option<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CreateDomain {
     name: String,
+    /// Makes the new domain an alias of this one.
+    alias_of: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateDomain {
+    /// Catch-all address for unknown local parts; `null` removes it.
+    #[serde(default, deserialize_with = "present_or_null_text")]
+    catch_all: Option<Option<String>>,
+}
+
+/// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
+fn present_or_null_text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(deserializer).map(Some)
 }
 
 fn domain_view(domain: wmail_core::Domain) -> DomainView {
-    DomainView { name: domain.name, created_at_ms: domain.created_at_ms }
+    DomainView {
+        name: domain.name,
+        created_at_ms: domain.created_at_ms,
+        alias_of: domain.alias_of,
+        catch_all: domain.catch_all,
+    }
 }
 
 async fn list_domains(State(state): State<Arc<AppState>>) -> ApiResult<Json<Vec<DomainView>>> {
@@ -138,7 +160,23 @@ async fn create_domain(
     State(state): State<Arc<AppState>>,
     JsonBody(body): JsonBody<CreateDomain>,
 ) -> ApiResult<(StatusCode, Json<DomainView>)> {
-    Ok((StatusCode::CREATED, Json(domain_view(state.core.create_domain(&body.name).await?))))
+    let domain = match &body.alias_of {
+        Some(target) => state.core.create_domain_alias(&body.name, target).await?,
+        None => state.core.create_domain(&body.name).await?,
+    };
+    Ok((StatusCode::CREATED, Json(domain_view(domain))))
+}
+
+async fn update_domain(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    JsonBody(body): JsonBody<UpdateDomain>,
+) -> ApiResult<Json<DomainView>> {
+    let domain = match body.catch_all {
+        Some(catch_all) => state.core.set_catch_all(&name, catch_all.as_deref()).await?,
+        None => state.core.domain(&name)?.ok_or_else(|| not_found("domain", &name))?,
+    };
+    Ok(Json(domain_view(domain)))
 }
 
 async fn show_domain(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> ApiResult<Json<DomainView>> {

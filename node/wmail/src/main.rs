@@ -76,9 +76,19 @@ enum ConfigCommand {
 
 #[derive(Subcommand)]
 enum DomainCommand {
-    /// Add a local domain.
-    #[command(after_help = "Example: wmail domain add example.com")]
-    Add { name: String },
+    /// Add a local domain, or a domain alias with --alias-of.
+    #[command(
+        after_help = "Examples: wmail domain add example.com\n          wmail domain add example.net --alias-of example.com"
+    )]
+    Add {
+        name: String,
+        /// Make NAME an alias: mail for x@NAME goes to x@TARGET.
+        #[arg(long, value_name = "TARGET")]
+        alias_of: Option<String>,
+    },
+    /// Set the catch-all address for unknown local parts; without ADDRESS, remove it.
+    #[command(after_help = "Example: wmail domain catch-all example.com postmaster@example.com")]
+    CatchAll { name: String, address: Option<String> },
     /// List local domains.
     List,
     /// Remove a domain (it must have no accounts or aliases left).
@@ -212,14 +222,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn domain(client: AdminClient, command: DomainCommand) -> anyhow::Result<()> {
     match command {
-        DomainCommand::Add { name } => {
-            let domain = client.call(Method::POST, "/domains", Some(json!({ "name": name }))).await?;
-            client.print(&domain, |d| format!("added domain {}", d["name"].as_str().unwrap_or_default()));
+        DomainCommand::Add { name, alias_of } => {
+            let body = json!({ "name": name, "alias_of": alias_of });
+            let domain = client.call(Method::POST, "/domains", Some(body)).await?;
+            client.print(&domain, |d| match d["alias_of"].as_str() {
+                Some(target) => format!("added domain alias {} -> {target}", d["name"].as_str().unwrap_or_default()),
+                None => format!("added domain {}", d["name"].as_str().unwrap_or_default()),
+            });
+        }
+        DomainCommand::CatchAll { name, address } => {
+            let path = format!("/domains/{}", encode(&name));
+            let domain = client.call(Method::PATCH, &path, Some(json!({ "catch_all": address }))).await?;
+            client.print(&domain, |d| match d["catch_all"].as_str() {
+                Some(address) => format!("unknown addresses of {name} now go to {address}"),
+                None => format!("unknown addresses of {name} are now rejected"),
+            });
         }
         DomainCommand::List => {
             let domains = client.call(Method::GET, "/domains", None).await?;
             client.print(&domains, |list| {
-                list.as_array().into_iter().flatten().filter_map(|d| d["name"].as_str()).collect::<Vec<_>>().join("\n")
+                let line = |d: &serde_json::Value| {
+                    let name = d["name"].as_str().unwrap_or_default();
+                    match (d["alias_of"].as_str(), d["catch_all"].as_str()) {
+                        (Some(target), _) => format!("{name} (alias of {target})"),
+                        (None, Some(catch_all)) => format!("{name} (catch-all {catch_all})"),
+                        (None, None) => name.to_owned(),
+                    }
+                };
+                list.as_array().into_iter().flatten().map(line).collect::<Vec<_>>().join("\n")
             });
         }
         DomainCommand::Remove { name } => {
