@@ -342,6 +342,12 @@ async fn domain_aliases_and_catch_all_route_mail() {
     client.command("MAIL FROM:<a@remote.test>", 250).await;
     client.command("RCPT TO:<alice@example.net>", 250).await;
     client.command("RCPT TO:<unknown@example.com>", 550).await;
+    client.command("RCPT TO:<postmaster>", 550).await;
+    client.command("RSET", 250).await;
+    let alias = json!({ "alias": "postmaster@example.com", "targets": ["alice@example.com"] });
+    assert_eq!(node.api(Method::POST, "/aliases", Some(alias)).await.0, StatusCode::CREATED);
+    client.command("MAIL FROM:<a@remote.test>", 250).await;
+    client.command("RCPT TO:<Postmaster>", 250).await;
     client.command("RSET", 250).await;
     assert!(ok(node.cli(&["domain", "catch-all", "example.com", "bob@example.com"], None)).contains("bob@example.com"));
     client.command("MAIL FROM:<a@remote.test>", 250).await;

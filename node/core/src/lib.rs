@@ -357,6 +357,21 @@ impl Core {
         }
     }
 
+    /// Returns the address that receives mail for a bare `postmaster` (RFC 5321 §4.5.1):
+    /// `postmaster@` the first local domain (by name) where that address delivers.
+    pub fn postmaster(&self) -> Result<Option<String>> {
+        for domain in self.state.domains()? {
+            if domain.alias_of.is_some() {
+                continue;
+            }
+            let address = format!("postmaster@{}", domain.name);
+            if !self.resolve(&address, false)?.is_empty() {
+                return Ok(Some(address));
+            }
+        }
+        Ok(None)
+    }
+
     /// Returns whether `account` may send as `address`: its own address, or an alias (or
     /// plus-address) that delivers to it.
     pub fn may_send_as(&self, account: &Account, address: &str) -> Result<bool> {

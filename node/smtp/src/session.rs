@@ -362,7 +362,19 @@ impl Session {
             self.send(reply(555, "5.5.4", "unsupported RCPT parameter (DSN is not offered)"));
             return Ok(());
         }
-        let address = to.address;
+        let mut address = to.address;
+        // smtp-proto hands "<postmaster>" over as an empty address (RCPT never has a null path).
+        if address.is_empty() || address.eq_ignore_ascii_case("postmaster") {
+            // RFC 5321 §4.5.1: "postmaster" without a domain must be accepted.
+            match self.core.postmaster() {
+                Ok(Some(postmaster)) => address = postmaster,
+                _ => {
+                    let text = "no postmaster mailbox here; the administrator should create postmaster@<domain>";
+                    self.send(reply(550, "5.1.1", text));
+                    return Ok(());
+                }
+            }
+        }
         let domain = address.rsplit_once('@').map(|(_, domain)| domain).unwrap_or_default();
         let reply = match self.core.is_local_domain(domain) {
             Ok(true) => self.local_recipient(&address),
