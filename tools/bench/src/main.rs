@@ -23,8 +23,8 @@ struct Cli {
     /// Admin API of the node under test (used to create the test domain and accounts).
     #[arg(long, env = "WMAIL_SERVER", default_value = "http://127.0.0.1:8080")]
     server: String,
-    /// Admin token.
-    #[arg(long, env = "WMAIL_TOKEN", hide_env_values = true)]
+    /// Admin token (not needed for `smtp --no-setup`).
+    #[arg(long, env = "WMAIL_TOKEN", hide_env_values = true, default_value = "")]
     token: String,
     #[command(subcommand)]
     command: BenchCommand,
@@ -62,11 +62,16 @@ enum BenchCommand {
         shape: LoadShape,
     },
     /// Durable deliveries over SMTP (the node's `[listen] smtp`), one session per sender.
+    /// With --no-setup it drives any SMTP server (Postfix, for a side-by-side run) that
+    /// accepts user0..userN@bench.test.
     #[command(after_help = "Example: wmail-bench --token $(cat wmail-data/admin-token) smtp --smtp 127.0.0.1:25")]
     Smtp {
-        /// The SMTP (MX) address of the node.
+        /// The SMTP (MX) address of the server.
         #[arg(long, default_value = "127.0.0.1:25")]
         smtp: String,
+        /// Do not create the domain and accounts through wmail's admin API.
+        #[arg(long)]
+        no_setup: bool,
         #[command(flatten)]
         shape: LoadShape,
     },
@@ -255,8 +260,12 @@ async fn main() -> anyhow::Result<()> {
                 check(&report)?;
             }
         }
-        BenchCommand::Smtp { smtp: address, shape } => {
-            let addresses = setup(&api, shape.accounts.max(1)).await?;
+        BenchCommand::Smtp { smtp: address, no_setup, shape } => {
+            let addresses = if no_setup {
+                (0..shape.accounts.max(1)).map(|index| format!("user{index}@bench.test")).collect()
+            } else {
+                setup(&api, shape.accounts.max(1)).await?
+            };
             header(&shape, addresses.len(), &format!("smtp://{address}"));
             for &level in &shape.concurrency {
                 let level = level.max(1);
