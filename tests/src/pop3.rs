@@ -211,6 +211,24 @@ async fn fetchmail_downloads_the_mailbox() {
 }
 
 #[tokio::test]
+async fn curl_lists_and_retrieves_over_pop3s() {
+    let node = node_with_mail().await;
+    let base = format!("pop3s://127.0.0.1:{}/", node.pop3s.port());
+    let curl = |url: &str| {
+        let output = Command::new("curl")
+            .args(["--silent", "--show-error", "--insecure", "--user", "alice@example.com:alice password", url])
+            .output()
+            .expect("curl");
+        assert!(output.status.success(), "curl {url}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let listing = curl(&base);
+    assert_eq!(listing.lines().count(), 3, "{listing}");
+    let message = curl(&format!("{base}2"));
+    assert!(message.contains("Subject: message 2") && message.contains("\n.starts with a dot"), "{message}");
+}
+
+#[tokio::test]
 async fn hostile_pop3_input_gets_clear_errors() {
     let node = node_with_mail().await;
     let out = python(

@@ -9,8 +9,8 @@ what="${1:-build}"
 packages=(librocksdb-dev libclang-dev pkg-config)
 if [ "$what" = test ]; then
   # promtool (package prometheus) lints /metrics; python3-venv hosts SeaweedFS;
-  # fetchmail is a real POP3 client.
-  packages+=(prometheus python3-venv fetchmail)
+  # fetchmail and curl are real POP3 clients.
+  packages+=(prometheus python3-venv fetchmail curl)
 fi
 
 missing=()
