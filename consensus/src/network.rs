@@ -115,8 +115,28 @@ fn transport_error<E: std::error::Error>(error: TransportError) -> RPCError<Node
     }
 }
 
-fn unexpected_reply<E: std::error::Error>(target: NodeId) -> RPCError<NodeId, BasicNode, E> {
-    transport_error(TransportError::Failed { node: target, reason: "reply of the wrong kind".into() })
+impl PeerClient {
+    /// Sends `rpc` and takes the answer `pick` expects out of the reply; a reply of another
+    /// kind is a transport failure, an error the peer answered is a remote error.
+    async fn call<T, E>(
+        &self,
+        rpc: RaftRpc,
+        pick: impl FnOnce(RaftRpcReply) -> Option<Result<T, E>>,
+    ) -> Result<T, RPCError<NodeId, BasicNode, E>>
+    where
+        E: std::error::Error,
+    {
+        let reply = self.transport.call(self.target, &self.node, rpc).await.map_err(transport_error)?;
+        match pick(reply) {
+            Some(answer) => {
+                answer.map_err(|e| RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e)))
+            }
+            None => Err(transport_error(TransportError::Failed {
+                node: self.target,
+                reason: "reply of the wrong kind".into(),
+            })),
+        }
+    }
 }
 
 impl RaftNetwork<TypeConfig> for PeerClient {
@@ -125,13 +145,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        match self.transport.call(self.target, &self.node, RaftRpc::AppendEntries(rpc)).await {
-            Ok(RaftRpcReply::AppendEntries(reply)) => {
-                reply.map_err(|e| RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e)))
-            }
-            Ok(_) => Err(unexpected_reply(self.target)),
-            Err(error) => Err(transport_error(error)),
-        }
+        self.call(RaftRpc::AppendEntries(rpc), |reply| match reply {
+            RaftRpcReply::AppendEntries(answer) => Some(answer),
+            _ => None,
+        })
+        .await
     }
 
     async fn install_snapshot(
@@ -140,13 +158,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         _option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
     {
-        match self.transport.call(self.target, &self.node, RaftRpc::InstallSnapshot(rpc)).await {
-            Ok(RaftRpcReply::InstallSnapshot(reply)) => {
-                reply.map_err(|e| RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e)))
-            }
-            Ok(_) => Err(unexpected_reply(self.target)),
-            Err(error) => Err(transport_error(error)),
-        }
+        self.call(RaftRpc::InstallSnapshot(rpc), |reply| match reply {
+            RaftRpcReply::InstallSnapshot(answer) => Some(answer),
+            _ => None,
+        })
+        .await
     }
 
     async fn vote(
@@ -154,13 +170,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         _option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        match self.transport.call(self.target, &self.node, RaftRpc::Vote(rpc)).await {
-            Ok(RaftRpcReply::Vote(reply)) => {
-                reply.map_err(|e| RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e)))
-            }
-            Ok(_) => Err(unexpected_reply(self.target)),
-            Err(error) => Err(transport_error(error)),
-        }
+        self.call(RaftRpc::Vote(rpc), |reply| match reply {
+            RaftRpcReply::Vote(answer) => Some(answer),
+            _ => None,
+        })
+        .await
     }
 }
 

@@ -34,6 +34,54 @@ fn python(node: &WmailNode, script: &str) -> String {
     stdout
 }
 
+/// A poplib script driven step by step: it prints a line at each checkpoint and waits for
+/// a line on stdin before going on, so the test can act in between.
+struct SteppedScript {
+    child: std::process::Child,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl SteppedScript {
+    /// Starts `body` after the same prelude as [`python`] (`POP3S`, `ctx`, `sys`).
+    fn start(node: &WmailNode, body: &str) -> Self {
+        let script = format!(
+            "import poplib, ssl, sys\nPOP3S = {}\nctx = ssl.create_default_context()\nctx.check_hostname = False\nctx.verify_mode = ssl.CERT_NONE\n{body}",
+            node.pop3s.port()
+        );
+        let mut child = Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        Self { child, stdout }
+    }
+
+    /// Reads the next checkpoint line.
+    fn checkpoint(&mut self) -> String {
+        use std::io::BufRead;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("script output");
+        line.trim().to_owned()
+    }
+
+    /// Lets the script go on past its `sys.stdin.readline()`.
+    fn resume(&mut self) {
+        use std::io::Write;
+        if let Some(stdin) = self.child.stdin.as_mut() {
+            let _ = stdin.write_all(b"\n");
+        }
+    }
+
+    /// Waits for the script to end; returns whether it succeeded.
+    fn finish(mut self) -> bool {
+        self.resume();
+        self.child.wait().is_ok_and(|status| status.success())
+    }
+}
+
 async fn inbox_len(node: &WmailNode) -> usize {
     let (_, messages) = node.api(Method::GET, "/accounts/alice@example.com/messages", None).await;
     messages.as_array().expect("list").len()
@@ -118,28 +166,15 @@ print("ok")
     assert_eq!(inbox_len(&node).await, 3, "a session that did not QUIT deleted nothing");
     // The lease was released: a new session gets in. A message delivered while it is
     // logged in is not shown until the next session (RFC 1939's fixed maildrop).
-    use std::io::{BufRead, Write};
-    let script = format!(
-        "import poplib, ssl, sys\nctx = ssl.create_default_context()\nctx.check_hostname = False\nctx.verify_mode = ssl.CERT_NONE\np = poplib.POP3_SSL('127.0.0.1', {}, context=ctx)\np.user('alice@example.com')\np.pass_('alice password')\nprint(p.stat()[0], flush=True)\nsys.stdin.readline()\nprint(p.stat()[0], flush=True)\np.quit()\n",
-        node.pop3s.port()
+    let mut script = SteppedScript::start(
+        &node,
+        "p = poplib.POP3_SSL('127.0.0.1', POP3S, context=ctx)\np.user('alice@example.com')\np.pass_('alice password')\nprint(p.stat()[0], flush=True)\nsys.stdin.readline()\nprint(p.stat()[0], flush=True)\np.quit()\n",
     );
-    let mut child = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "3");
+    assert_eq!(script.checkpoint(), "3");
     assert_eq!(node.deliver("alice@example.com", b"Subject: later\r\n\r\nx\r\n".to_vec()).await.0, StatusCode::CREATED);
-    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
-    line.clear();
-    stdout.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "3", "a message delivered after login appeared in the session");
-    assert!(child.wait().unwrap().success());
+    script.resume();
+    assert_eq!(script.checkpoint(), "3", "a message delivered after login appeared in the session");
+    assert!(script.finish());
     let out = python(
         &node,
         "p = poplib.POP3_SSL('127.0.0.1', POP3S, context=ctx)\np.user('alice@example.com')\np.pass_('alice password')\nprint(p.stat()[0])\np.quit()\n",
@@ -149,25 +184,14 @@ print("ok")
 
 #[tokio::test]
 async fn kill_9_during_a_session_deletes_nothing_and_frees_the_maildrop() {
-    use std::io::{BufRead, Write};
     let mut node = node_with_mail().await;
-    let script = format!(
-        "import poplib, ssl, sys\nctx = ssl.create_default_context()\nctx.check_hostname = False\nctx.verify_mode = ssl.CERT_NONE\np = poplib.POP3_SSL('127.0.0.1', {}, context=ctx)\np.user('alice@example.com')\np.pass_('alice password')\np.dele(1)\np.dele(2)\nprint('ready', flush=True)\nsys.stdin.readline()\n",
-        node.pop3s.port()
+    let mut script = SteppedScript::start(
+        &node,
+        "p = poplib.POP3_SSL('127.0.0.1', POP3S, context=ctx)\np.user('alice@example.com')\np.pass_('alice password')\np.dele(1)\np.dele(2)\nprint('ready', flush=True)\nsys.stdin.readline()\n",
     );
-    let mut child = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "ready");
+    assert_eq!(script.checkpoint(), "ready");
     node.kill9();
-    let _ = child.stdin.take().unwrap().write_all(b"\n");
-    let _ = child.wait();
+    script.finish();
     node.start().await;
     assert_eq!(inbox_len(&node).await, 3, "marked messages were deleted without QUIT");
     // The dead session's lease does not lock the user out after the restart.
