@@ -109,6 +109,40 @@ print("ok")
 }
 
 #[tokio::test]
+async fn lettre_submits_over_starttls_and_implicit_tls() {
+    use lettre::transport::smtp::authentication::Credentials;
+    use lettre::transport::smtp::client::{Tls, TlsParameters};
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+    let node = node_with_accounts("").await;
+    // The node's certificate is self-signed: accept it, as the other client tests do.
+    let tls =
+        || TlsParameters::builder("localhost".into()).dangerous_accept_invalid_certs(true).build_rustls().unwrap();
+    let credentials = Credentials::new("alice@example.com".into(), "alice password".into());
+    let transports = [(node.submission.port(), Tls::Required(tls())), (node.submissions.port(), Tls::Wrapper(tls()))];
+    for (index, (port, tls)) in transports.into_iter().enumerate() {
+        let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
+            .port(port)
+            .tls(tls)
+            .credentials(credentials.clone())
+            .build();
+        let message = Message::builder()
+            .from("Alice <alice@example.com>".parse().unwrap())
+            .to("Bob <bob@example.com>".parse().unwrap())
+            .subject(format!("lettre {index}"))
+            .body(String::from("sent by a Rust client\r\n.a line with a dot\r\n"))
+            .unwrap();
+        let response = transport.send(message).await.expect("lettre delivers");
+        assert!(response.is_positive(), "{response:?}");
+    }
+    let bob = inbox(&node, "bob@example.com").await;
+    assert_eq!(bob.len(), 2);
+    let text = message_text(&node, "bob@example.com", 2).await;
+    assert!(text.contains("Subject: lettre 1") && text.contains("(authenticated as alice@example.com)"), "{text}");
+    assert!(text.contains("\r\n.a line with a dot\r\n"), "{text}");
+}
+
+#[tokio::test]
 async fn no_open_relay_and_senders_must_own_their_address() {
     let node = node_with_accounts("").await;
     let mut mx = RawSmtp::connect(node.smtp).await;
