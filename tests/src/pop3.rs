@@ -253,6 +253,56 @@ async fn curl_lists_and_retrieves_over_pop3s() {
 }
 
 #[tokio::test]
+async fn repeated_failures_lock_the_account_out_for_every_protocol() {
+    let mut node = WmailNode::new("[security]\nmax_login_failures_per_account = 3\n");
+    node.start().await;
+    assert_eq!(node.api(Method::POST, "/domains", Some(json!({ "name": "example.com" }))).await.0, StatusCode::CREATED);
+    let body = json!({ "address": "alice@example.com", "password": "alice password" });
+    assert_eq!(node.api(Method::POST, "/accounts", Some(body)).await.0, StatusCode::CREATED);
+    let out = python(
+        &node,
+        r#"
+import smtplib
+for attempt in range(3):
+    p = poplib.POP3_SSL("127.0.0.1", POP3S, context=ctx)
+    p.user("alice@example.com")
+    try:
+        p.pass_("wrong password")
+        raise SystemExit("wrong password accepted")
+    except poplib.error_proto:
+        pass
+    p.quit()
+p = poplib.POP3_SSL("127.0.0.1", POP3S, context=ctx)
+p.user("alice@example.com")
+try:
+    p.pass_("alice password")
+    raise SystemExit("a locked account logged in over POP3")
+except poplib.error_proto as e:
+    assert b"too many failed logins" in e.args[0], e
+"#,
+    );
+    assert!(out.is_empty(), "{out}");
+    // The lock holds for SMTP AUTH too (one guard per node, for every protocol).
+    let submission = node.submissions.port();
+    let out = python(
+        &node,
+        &format!(
+            r#"
+import smtplib
+s = smtplib.SMTP_SSL("127.0.0.1", {submission}, context=ctx)
+try:
+    s.login("alice@example.com", "alice password")
+    raise SystemExit("a locked account logged in over SMTP")
+except smtplib.SMTPAuthenticationError as e:
+    assert e.smtp_code == 535, e
+print("ok")
+"#
+        ),
+    );
+    assert_eq!(out.trim(), "ok");
+}
+
+#[tokio::test]
 async fn hostile_pop3_input_gets_clear_errors() {
     let node = node_with_mail().await;
     let out = python(

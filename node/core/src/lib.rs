@@ -7,6 +7,7 @@
 
 mod address;
 mod error;
+mod login_guard;
 pub mod password;
 mod replicated;
 pub mod sasl;
@@ -19,6 +20,7 @@ pub use address::{normalize_address, normalize_domain};
 use bytes::Bytes;
 pub use error::{CoreError, ErrorCode, Result};
 use futures::Stream;
+pub use login_guard::{Blocked, LockoutPolicy, LoginGuard};
 pub use replicated::ReplicatedMailState;
 pub use wmail_consensus::{BasicNode, NodeId, RaftMetrics, ServerState};
 use wmail_consensus::{Consensus, ConsensusConfig, InMemoryRouter, ProposeError};
@@ -43,6 +45,8 @@ pub struct CoreConfig {
     pub blob_gc_grace: Duration,
     /// Applied entries between state snapshots (after which the log is purged).
     pub snapshot_every: u64,
+    /// Login lockout thresholds.
+    pub lockout: LockoutPolicy,
 }
 
 /// Default of [`CoreConfig::snapshot_every`].
@@ -87,6 +91,7 @@ pub struct RecipientResult {
 
 /// A running node's mail logic.
 pub struct Core {
+    login_guard: LoginGuard,
     state: Arc<StateStore>,
     blobs: BlobStore,
     consensus: Consensus,
@@ -143,7 +148,7 @@ impl Core {
         if !consensus.wait_ready(Duration::from_secs(60)).await {
             return Err(CoreError::new(ErrorCode::Unavailable, "consensus did not become ready within 60 s"));
         }
-        let core = Arc::new(Self { state, blobs, consensus, config });
+        let core = Arc::new(Self { login_guard: LoginGuard::new(config.lockout), state, blobs, consensus, config });
         core.release_stale_leases().await;
         tokio::spawn(blob_gc_worker(Arc::downgrade(&core)));
         Ok(core)
@@ -303,9 +308,28 @@ impl Core {
 
     /// Checks a password; returns the account if it matches and the account may log in.
     /// The error never says which part was wrong.
-    pub async fn authenticate(&self, address: &str, password: &str) -> Result<Account> {
+    ///
+    /// Too many failures from `client` or for the account block further attempts for a
+    /// while ([`LockoutPolicy`]); a blocked attempt does not even check the password.
+    pub async fn authenticate(
+        &self,
+        address: &str,
+        password: &str,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<Account> {
         let denied = || CoreError::new(ErrorCode::Unauthorized, "authentication failed");
-        let Ok(address) = normalize_address(address) else { return Err(denied()) };
+        let account_key = normalize_address(address).unwrap_or_else(|_| address.to_ascii_lowercase());
+        if let Err(blocked) = self.login_guard.check(client, &account_key, std::time::Instant::now()) {
+            tracing::info!(?blocked, "login refused: too many recent failures");
+            return Err(CoreError::new(
+                ErrorCode::Unauthorized,
+                "too many failed logins; try again later or ask your administrator",
+            ));
+        }
+        let Ok(address) = normalize_address(address) else {
+            self.login_guard.failed(client, &account_key, std::time::Instant::now());
+            return Err(denied());
+        };
         let account = self.state.account_by_address(&address)?;
         let credentials = match &account {
             Some(account) => self.state.credentials(account.id)?,
@@ -313,8 +337,14 @@ impl Core {
         };
         let matches = password::verify(password.to_owned(), credentials.map(|c| c.password_hash)).await;
         match account {
-            Some(account) if matches && account.state.may_log_in() => Ok(account),
-            _ => Err(denied()),
+            Some(account) if matches && account.state.may_log_in() => {
+                self.login_guard.succeeded(&account_key);
+                Ok(account)
+            }
+            _ => {
+                self.login_guard.failed(client, &account_key, std::time::Instant::now());
+                Err(denied())
+            }
         }
     }
 

@@ -17,6 +17,7 @@ async fn start_with_snapshots_every(dir: &std::path::Path, snapshot_every: u64) 
         blob_backend: BlobBackend::Local { root: dir.to_owned() },
         blob_gc_grace: Duration::ZERO,
         snapshot_every,
+        lockout: LockoutPolicy { max_failures_per_account: 3, ..LockoutPolicy::default() },
     })
     .await
     .unwrap()
@@ -113,15 +114,24 @@ async fn authentication_checks_password_and_state() {
     let dir = tempfile::tempdir().unwrap();
     let core = start(dir.path()).await;
     setup(&core).await;
-    assert_eq!(core.authenticate("ALICE@example.com", "correct horse").await.unwrap().address, "alice@example.com");
+    assert_eq!(
+        core.authenticate("ALICE@example.com", "correct horse", None).await.unwrap().address,
+        "alice@example.com"
+    );
     for (address, password) in
         [("alice@example.com", "wrong horse"), ("nobody@example.com", "correct horse"), ("x", "y")]
     {
-        assert_eq!(core.authenticate(address, password).await.unwrap_err().code, ErrorCode::Unauthorized);
+        assert_eq!(core.authenticate(address, password, None).await.unwrap_err().code, ErrorCode::Unauthorized);
     }
+    // Three failures for bob (the test policy's limit) lock him out, even with his password.
+    for _ in 0..3 {
+        assert!(core.authenticate("bob@example.com", "wrong horse", None).await.is_err());
+    }
+    let locked = core.authenticate("bob@example.com", "correct horse", None).await.unwrap_err();
+    assert!(locked.message.contains("too many failed logins"), "{locked}");
     let changes = AccountChanges { state: Some(AccountState::Dormant), ..Default::default() };
     core.update_account("alice@example.com", changes).await.unwrap();
-    let refused = core.authenticate("alice@example.com", "correct horse").await.unwrap_err();
+    let refused = core.authenticate("alice@example.com", "correct horse", None).await.unwrap_err();
     assert_eq!(refused.code, ErrorCode::Unauthorized, "a dormant account receives mail but cannot log in");
 }
 

@@ -281,12 +281,16 @@ impl Session {
 
     /// Checks the password, takes the maildrop lease and snapshots the INBOX.
     async fn login(&mut self, user: &str, password: &str) -> Flow {
-        let account = match self.core.authenticate(user, password).await {
+        let account = match self.core.authenticate(user, password, Some(self.peer.ip())).await {
             Ok(account) => account,
-            Err(_) => {
-                tracing::info!(session = %self.id, peer = %self.peer, "pop3 authentication failed");
+            Err(error) => {
+                tracing::info!(session = %self.id, peer = %self.peer, %error, "pop3 authentication failed");
                 tokio::time::sleep(AUTH_FAILURE_DELAY).await;
-                self.err("[AUTH] invalid user name or password");
+                if error.message.starts_with("too many failed logins") {
+                    self.err(&format!("[AUTH] {}", error.message));
+                } else {
+                    self.err("[AUTH] invalid user name or password");
+                }
                 return Flow::Continue;
             }
         };

@@ -798,7 +798,7 @@ impl Session {
             self.send(reply(501, "5.5.2", "cannot decode the authentication response"));
             return Ok(Flow::Continue);
         };
-        match self.core.authenticate(&username, &password).await {
+        match self.core.authenticate(&username, &password, Some(self.peer.ip())).await {
             Ok(account) => {
                 tracing::info!(session = %self.id, user = %account.address, "authenticated");
                 self.authenticated = Some(account);

@@ -43,6 +43,46 @@ pub struct Config {
     /// `[pop3]`.
     #[serde(default)]
     pub pop3: Pop3Section,
+    /// `[security]`.
+    #[serde(default)]
+    pub security: SecuritySection,
+}
+
+/// `[security]`: login lockout for every protocol (defaults from the seed manuals).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecuritySection {
+    /// Minutes failed logins are counted over.
+    pub login_failure_window_minutes: u64,
+    /// Failed logins from one client address in the window that block it.
+    pub max_login_failures_per_address: usize,
+    /// Failed logins for one account in the window that block it.
+    pub max_login_failures_per_account: usize,
+    /// Minutes a block lasts.
+    pub login_block_minutes: u64,
+}
+
+impl Default for SecuritySection {
+    fn default() -> Self {
+        Self {
+            login_failure_window_minutes: 10,
+            max_login_failures_per_address: 55,
+            max_login_failures_per_account: 20,
+            login_block_minutes: 2_880,
+        }
+    }
+}
+
+impl SecuritySection {
+    /// The lockout policy these settings describe.
+    pub fn lockout(&self) -> wmail_core::LockoutPolicy {
+        wmail_core::LockoutPolicy {
+            window: std::time::Duration::from_secs(self.login_failure_window_minutes * 60),
+            max_failures_per_address: self.max_login_failures_per_address,
+            max_failures_per_account: self.max_login_failures_per_account,
+            block: std::time::Duration::from_secs(self.login_block_minutes * 60),
+        }
+    }
 }
 
 /// `[pop3]`: limits of the POP3 listeners.
@@ -267,6 +307,10 @@ impl Config {
         if self.smtp.max_connections == 0 || self.smtp.max_connections_per_ip == 0 || self.smtp.max_recipients == 0 {
             bail!("[smtp] max_connections, max_connections_per_ip and max_recipients must be 1 or more");
         }
+        let security = &self.security;
+        if security.max_login_failures_per_address == 0 || security.max_login_failures_per_account == 0 {
+            bail!("[security] max_login_failures_per_address and max_login_failures_per_account must be 1 or more");
+        }
         if self.pop3.max_connections == 0 || self.pop3.max_connections_per_ip == 0 {
             bail!("[pop3] max_connections and max_connections_per_ip must be 1 or more");
         }
@@ -310,7 +354,8 @@ impl Config {
 /// Applies `WMAIL_<SECTION>_<KEY>=value` overrides to the parsed table. Values are parsed
 /// as TOML when they can be (numbers, booleans, arrays) and taken as strings otherwise.
 fn apply_env_overrides(table: &mut toml::Table, vars: impl Iterator<Item = (String, String)>) -> anyhow::Result<()> {
-    const SECTIONS: [&str; 9] = ["server", "listen", "tls", "blob", "delivery", "dns", "cluster", "smtp", "pop3"];
+    const SECTIONS: [&str; 10] =
+        ["server", "listen", "tls", "blob", "delivery", "dns", "cluster", "smtp", "pop3", "security"];
     for (name, raw) in vars {
         let Some(rest) = name.strip_prefix("WMAIL_") else { continue };
         let rest = rest.to_ascii_lowercase();

@@ -30,6 +30,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         blob_backend: blob_backend(&config, &data_dir)?,
         blob_gc_grace: Duration::from_secs(config.blob.gc_grace_hours * 3600),
         snapshot_every: wmail_core::DEFAULT_SNAPSHOT_EVERY,
+        lockout: config.security.lockout(),
     })
     .await
     .context("cannot start the node")?;
