@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::blob::BlobId;
 use crate::error::{Error, Result};
-use crate::records::AccountState;
+use crate::records::{AccountState, Service};
 
 /// Version of the command encoding this binary writes. A node that meets a higher version
 /// stops applying and asks the operator to upgrade (it never skips a command).
@@ -106,6 +106,11 @@ pub enum Command {
         quota_bytes: Option<Option<u64>>,
         state: Option<AccountState>,
     },
+    /// Sets which services an account may not use and which extra sender addresses it is
+    /// granted; `None` leaves a list as it is.
+    SetAccountAccess { address: String, disabled_services: Option<Vec<Service>>, send_as: Option<Vec<String>> },
+    /// Sets which services no account of a domain may use.
+    SetDomainServices { domain: String, disabled_services: Vec<Service> },
     /// Removes an account, its mailboxes and messages (dropping their blob references).
     RemoveAccount { address: String },
     /// Creates an alias that forwards to `targets`.

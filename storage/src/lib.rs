@@ -24,7 +24,7 @@ pub use command::{
 };
 pub use error::{Error, ErrorKind, Result};
 pub use records::{
-    Account, AccountState, AddressTarget, BlobRef, Change, Credentials, Domain, Lease, Mailbox, MessageRecord,
+    Account, AccountState, AddressTarget, BlobRef, Change, Credentials, Domain, Lease, Mailbox, MessageRecord, Service,
 };
 
 pub use state::{ApplyEntry, INBOX, StateStore};

@@ -42,6 +42,8 @@ pub struct Domain {
     pub alias_of: Option<String>,
     /// Where mail for unknown local parts goes (catch-all); `None` rejects it.
     pub catch_all: Option<String>,
+    /// Services no account of this domain may use.
+    pub disabled_services: Vec<Service>,
 }
 
 /// Lifecycle state of an account (the seeds' five states).
@@ -91,6 +93,25 @@ pub struct Account {
     pub message_count: u64,
     /// When the account was created, in milliseconds since the Unix epoch.
     pub created_at_ms: u64,
+    /// Services this account may not use (the seeds' per-user service permissions).
+    pub disabled_services: Vec<Service>,
+    /// Extra sender addresses granted by an administrator: `someone@domain`, or
+    /// `@domain` for every address of a domain.
+    pub send_as: Vec<String>,
+}
+
+/// A service an account or domain can be denied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Service {
+    /// Sending through SMTP submission (AUTH).
+    Smtp,
+    /// POP3.
+    Pop3,
+    /// IMAP.
+    Imap,
+    /// Webmail.
+    Web,
 }
 
 /// The secret material of an account.

@@ -541,6 +541,12 @@ impl<'a> Tx<'a> {
             Command::UpdateAccount { address, display_name, password_hash, quota_bytes, state } => {
                 self.update_account(&address, display_name, password_hash, quota_bytes, state)
             }
+            Command::SetAccountAccess { address, disabled_services, send_as } => {
+                self.set_account_access(&address, disabled_services, send_as)
+            }
+            Command::SetDomainServices { domain, disabled_services } => {
+                self.set_domain_services(&domain, disabled_services)
+            }
             Command::RemoveAccount { address } => self.remove_account(&address),
             Command::CreateAlias { alias, targets } => self.create_alias(&alias, targets),
             Command::RemoveAlias { alias } => self.remove_alias(&alias),
@@ -565,7 +571,13 @@ impl<'a> Tx<'a> {
         if self.get::<Domain>(ks::DOMAINS, name.as_bytes())?.is_some() {
             return Ok(Err(CommandError::exists("domain", name)));
         }
-        let domain = Domain { name: name.clone(), created_at_ms: self.now_ms, alias_of: None, catch_all: None };
+        let domain = Domain {
+            name: name.clone(),
+            created_at_ms: self.now_ms,
+            alias_of: None,
+            catch_all: None,
+            disabled_services: Vec::new(),
+        };
         self.put(ks::DOMAINS, name.as_bytes(), &domain);
         Ok(Ok(Outcome::Done))
     }
@@ -583,8 +595,13 @@ impl<'a> Tx<'a> {
             }
             Some(_) => {}
         }
-        let domain =
-            Domain { name: alias.clone(), created_at_ms: self.now_ms, alias_of: Some(target), catch_all: None };
+        let domain = Domain {
+            name: alias.clone(),
+            created_at_ms: self.now_ms,
+            alias_of: Some(target),
+            catch_all: None,
+            disabled_services: Vec::new(),
+        };
         self.put(ks::DOMAINS, alias.as_bytes(), &domain);
         Ok(Ok(Outcome::Done))
     }
@@ -671,6 +688,8 @@ impl<'a> Tx<'a> {
             used_bytes: 0,
             message_count: 0,
             created_at_ms: self.now_ms,
+            disabled_services: Vec::new(),
+            send_as: Vec::new(),
         };
         self.accounts.insert(account_id, account);
         let inbox_id = match self.create_mailbox(account_id, INBOX.to_owned(), None)? {
@@ -686,6 +705,35 @@ impl<'a> Tx<'a> {
             Some(AddressTarget::Account(id)) => Some(id),
             _ => None,
         })
+    }
+
+    fn set_account_access(
+        &mut self,
+        address: &str,
+        disabled_services: Option<Vec<Service>>,
+        send_as: Option<Vec<String>>,
+    ) -> Result<CommandResult> {
+        let Some(account_id) = self.account_id_of(address)? else {
+            return Ok(Err(CommandError::not_found("account", address)));
+        };
+        let account = self.account(account_id)?.ok_or_else(|| vanished("account"))?;
+        if let Some(mut services) = disabled_services {
+            services.dedup();
+            account.disabled_services = services;
+        }
+        if let Some(send_as) = send_as {
+            account.send_as = send_as;
+        }
+        Ok(Ok(Outcome::Done))
+    }
+
+    fn set_domain_services(&mut self, name: &str, disabled_services: Vec<Service>) -> Result<CommandResult> {
+        let Some(mut domain) = self.get::<Domain>(ks::DOMAINS, name.as_bytes())? else {
+            return Ok(Err(CommandError::not_found("domain", name)));
+        };
+        domain.disabled_services = disabled_services;
+        self.put(ks::DOMAINS, name.as_bytes(), &domain);
+        Ok(Ok(Outcome::Done))
     }
 
     fn update_account(

@@ -303,6 +303,26 @@ print("ok")
 }
 
 #[tokio::test]
+async fn services_can_be_disabled_per_account_and_per_domain() {
+    let node = node_with_mail().await;
+    let ok = |output: std::process::Output| {
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let login = "p = poplib.POP3_SSL('127.0.0.1', POP3S, context=ctx)\np.user('alice@example.com')\ntry:\n    p.pass_('alice password')\n    print('in')\nexcept poplib.error_proto as e:\n    print(e.args[0].decode())\n";
+    ok(node.cli(&["account", "access", "alice@example.com", "--disable", "pop3"], None));
+    assert!(python(&node, login).contains("POP3 is disabled"));
+    ok(node.cli(&["account", "access", "alice@example.com", "--disable", "none"], None));
+    assert_eq!(python(&node, login).trim(), "in");
+    ok(node.cli(&["domain", "services", "example.com", "--disable", "pop3"], None));
+    assert!(python(&node, login).contains("POP3 is disabled"), "the domain setting applies to its accounts");
+    ok(node.cli(&["domain", "services", "example.com", "--disable", "none"], None));
+    assert_eq!(python(&node, login).trim(), "in");
+    let bad = node.cli(&["account", "access", "alice@example.com", "--disable", "telnet"], None);
+    assert_eq!(bad.status.code(), Some(1), "an unknown service is refused");
+}
+
+#[tokio::test]
 async fn hostile_pop3_input_gets_clear_errors() {
     let node = node_with_mail().await;
     let out = python(

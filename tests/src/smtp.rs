@@ -162,6 +162,22 @@ async fn no_open_relay_and_senders_must_own_their_address() {
     submission.command("AUTH PLAIN AGFsaWNlQGV4YW1wbGUuY29tAGFsaWNlIHBhc3N3b3Jk", 538).await;
     submission.command("QUIT", 221).await;
 
+    // An administrator's send-as grant lets alice send as bob (checked below by the script).
+    let grant = node.cli(&["account", "access", "alice@example.com", "--send-as", "bob@example.com"], None);
+    assert!(grant.status.success(), "{}", String::from_utf8_lossy(&grant.stderr));
+    let out = python(
+        &node,
+        r#"
+s = smtplib.SMTP("127.0.0.1", SUBMISSION)
+s.starttls(context=ctx)
+s.login("alice@example.com", "alice password")
+assert s.sendmail("bob@example.com", ["alice@example.com"], b"Subject: granted\r\n\r\nx\r\n") == {}
+s.quit()
+"#,
+    );
+    assert!(out.is_empty(), "{out}");
+    let revoke = node.cli(&["account", "access", "alice@example.com", "--send-as", "none"], None);
+    assert!(revoke.status.success());
     let out = python(
         &node,
         r#"
@@ -187,7 +203,7 @@ print("ok")
 "#,
     );
     assert_eq!(out.trim(), "ok");
-    assert!(inbox(&node, "alice@example.com").await.is_empty());
+    assert_eq!(inbox(&node, "alice@example.com").await.len(), 1, "only the granted message");
 }
 
 #[tokio::test]

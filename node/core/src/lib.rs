@@ -26,7 +26,7 @@ pub use wmail_consensus::{BasicNode, NodeId, RaftMetrics, ServerState};
 use wmail_consensus::{Consensus, ConsensusConfig, InMemoryRouter, ProposeError};
 pub use wmail_storage::{
     Account, AccountState, AddressTarget, BlobBackend, BlobId, Command, DeliveryResult, DeliveryTarget, Domain, INBOX,
-    Mailbox, MessageRecord, Outcome, S3Config,
+    Mailbox, MessageRecord, Outcome, S3Config, Service,
 };
 use wmail_storage::{BlobStore, CommandEnvelope, StateStore};
 
@@ -405,8 +405,54 @@ impl Core {
     /// Returns whether `account` may send as `address`: its own address, or an alias (or
     /// plus-address) that delivers to it.
     pub fn may_send_as(&self, account: &Account, address: &str) -> Result<bool> {
+        let Ok(address) = normalize_address(address) else { return Ok(false) };
+        let domain = address.rsplit_once('@').map(|(_, domain)| domain).unwrap_or_default();
+        let granted = account.send_as.iter().any(|grant| {
+            *grant == address || grant.strip_prefix('@').is_some_and(|granted_domain| granted_domain == domain)
+        });
         // Never through a catch-all: it would let its owner send as any address.
-        Ok(self.resolve(address, false).unwrap_or_default().contains(&account.id))
+        Ok(granted || self.resolve(&address, false).unwrap_or_default().contains(&account.id))
+    }
+
+    /// Returns whether `account` may use `service`: neither the account nor its domain
+    /// has it disabled.
+    pub fn may_use(&self, account: &Account, service: Service) -> Result<bool> {
+        if account.disabled_services.contains(&service) {
+            return Ok(false);
+        }
+        let domain = account.address.rsplit_once('@').map(|(_, domain)| domain).unwrap_or_default();
+        Ok(!self.state.domain(domain)?.is_some_and(|domain| domain.disabled_services.contains(&service)))
+    }
+
+    /// Sets the services an account may not use and the extra sender addresses it is
+    /// granted (`someone@domain` or `@domain`); `None` leaves a list unchanged.
+    pub async fn set_account_access(
+        &self,
+        address: &str,
+        disabled_services: Option<Vec<Service>>,
+        send_as: Option<Vec<String>>,
+    ) -> Result<Account> {
+        let address = normalize_address(address)?;
+        let send_as = send_as
+            .map(|grants| {
+                grants
+                    .iter()
+                    .map(|grant| match grant.strip_prefix('@') {
+                        Some(domain) => normalize_domain(domain).map(|domain| format!("@{domain}")),
+                        None => normalize_address(grant),
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })
+            .transpose()?;
+        self.execute(Command::SetAccountAccess { address: address.clone(), disabled_services, send_as }).await?;
+        self.account(&address)?.ok_or_else(|| CoreError::internal("reading an account", &address))
+    }
+
+    /// Sets the services no account of a domain may use.
+    pub async fn set_domain_services(&self, domain: &str, disabled_services: Vec<Service>) -> Result<Domain> {
+        let domain = normalize_domain(domain)?;
+        self.execute(Command::SetDomainServices { domain: domain.clone(), disabled_services }).await?;
+        self.domain(&domain)?.ok_or_else(|| CoreError::internal("reading a domain", &domain))
     }
 
     /// Resolves a recipient to local accounts (each once, in the order aliases name them).

@@ -13,7 +13,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
-use wmail_core::{Account, AccountChanges, AccountState, Core, CoreError, DeliveryResult, ErrorCode, NewAccount};
+use wmail_core::{
+    Account, AccountChanges, AccountState, Core, CoreError, DeliveryResult, ErrorCode, NewAccount, Service,
+};
 
 use crate::AppState;
 
@@ -120,6 +122,7 @@ struct DomainView {
     created_at_ms: u64,
     alias_of: Option<String>,
     catch_all: Option<String>,
+    disabled_services: Vec<Service>,
 }
 
 #[derive(Deserialize)]
@@ -136,6 +139,8 @@ struct UpdateDomain {
     /// Catch-all address for unknown local parts; `null` removes it.
     #[serde(default, deserialize_with = "present_or_null_text")]
     catch_all: Option<Option<String>>,
+    /// Services no account of the domain may use.
+    disabled_services: Option<Vec<Service>>,
 }
 
 /// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -149,6 +154,7 @@ fn domain_view(domain: wmail_core::Domain) -> DomainView {
         created_at_ms: domain.created_at_ms,
         alias_of: domain.alias_of,
         catch_all: domain.catch_all,
+        disabled_services: domain.disabled_services,
     }
 }
 
@@ -172,10 +178,13 @@ async fn update_domain(
     Path(name): Path<String>,
     JsonBody(body): JsonBody<UpdateDomain>,
 ) -> ApiResult<Json<DomainView>> {
-    let domain = match body.catch_all {
-        Some(catch_all) => state.core.set_catch_all(&name, catch_all.as_deref()).await?,
-        None => state.core.domain(&name)?.ok_or_else(|| not_found("domain", &name))?,
-    };
+    if let Some(catch_all) = body.catch_all {
+        state.core.set_catch_all(&name, catch_all.as_deref()).await?;
+    }
+    if let Some(disabled_services) = body.disabled_services {
+        state.core.set_domain_services(&name, disabled_services).await?;
+    }
+    let domain = state.core.domain(&name)?.ok_or_else(|| not_found("domain", &name))?;
     Ok(Json(domain_view(domain)))
 }
 
@@ -205,6 +214,8 @@ struct AccountView {
     used_bytes: u64,
     message_count: u64,
     created_at_ms: u64,
+    disabled_services: Vec<Service>,
+    send_as: Vec<String>,
 }
 
 impl From<Account> for AccountView {
@@ -218,6 +229,8 @@ impl From<Account> for AccountView {
             used_bytes: account.used_bytes,
             message_count: account.message_count,
             created_at_ms: account.created_at_ms,
+            disabled_services: account.disabled_services,
+            send_as: account.send_as,
         }
     }
 }
@@ -242,6 +255,10 @@ struct UpdateAccount {
     #[serde(default, deserialize_with = "present_or_null")]
     quota_bytes: Option<Option<u64>>,
     state: Option<AccountState>,
+    /// Services the account may not use.
+    disabled_services: Option<Vec<Service>>,
+    /// Extra sender addresses (`someone@domain` or `@domain`).
+    send_as: Option<Vec<String>>,
 }
 
 /// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -294,6 +311,9 @@ async fn update_account(
     Path(address): Path<String>,
     JsonBody(body): JsonBody<UpdateAccount>,
 ) -> ApiResult<Json<AccountView>> {
+    if body.disabled_services.is_some() || body.send_as.is_some() {
+        state.core.set_account_access(&address, body.disabled_services, body.send_as).await?;
+    }
     let changes = AccountChanges {
         password: body.password,
         display_name: body.name,

@@ -294,6 +294,10 @@ impl Session {
                 return Flow::Continue;
             }
         };
+        if !self.core.may_use(&account, wmail_core::Service::Pop3).unwrap_or(false) {
+            self.err("[AUTH] POP3 is disabled for this account; ask your administrator");
+            return Flow::Continue;
+        }
         let lease = format!("pop3:{}", account.id);
         let holder = self.core.lease_holder(&self.id);
         match self.core.acquire_lease(&lease, &holder, now_ms() + LEASE.as_millis() as u64).await {

@@ -799,6 +799,10 @@ impl Session {
             return Ok(Flow::Continue);
         };
         match self.core.authenticate(&username, &password, Some(self.peer.ip())).await {
+            Ok(account) if !self.core.may_use(&account, wmail_core::Service::Smtp).unwrap_or(false) => {
+                tracing::info!(session = %self.id, user = %account.address, "smtp is disabled for this account");
+                self.send(reply(535, "5.7.8", "sending mail is disabled for this account; ask your administrator"));
+            }
             Ok(account) => {
                 tracing::info!(session = %self.id, user = %account.address, "authenticated");
                 self.authenticated = Some(account);

@@ -89,6 +89,15 @@ enum DomainCommand {
     /// Set the catch-all address for unknown local parts; without ADDRESS, remove it.
     #[command(after_help = "Example: wmail domain catch-all example.com postmaster@example.com")]
     CatchAll { name: String, address: Option<String> },
+    /// Disable services (smtp, pop3, imap, web) for every account of a domain; `--disable
+    /// none` enables them all again.
+    #[command(after_help = "Example: wmail domain services example.com --disable pop3 --disable imap")]
+    Services {
+        name: String,
+        /// A service to disable (repeatable), or `none`.
+        #[arg(long = "disable", value_name = "SERVICE", required = true)]
+        disable: Vec<String>,
+    },
     /// List local domains.
     List,
     /// Remove a domain (it must have no accounts or aliases left).
@@ -120,6 +129,20 @@ enum AccountCommand {
     Show { address: String },
     /// Remove an account and all its mail.
     Remove { address: String },
+    /// Change an account's service permissions and sender grants. A list given replaces
+    /// the old one; `none` empties it.
+    #[command(
+        after_help = "Examples: wmail account access alice@example.com --disable pop3\n          wmail account access alice@example.com --send-as sales@example.com --send-as @example.org"
+    )]
+    Access {
+        address: String,
+        /// A service to disable: smtp, pop3, imap, web (repeatable), or `none`.
+        #[arg(long = "disable", value_name = "SERVICE")]
+        disable: Vec<String>,
+        /// An extra sender address, `@domain` for a whole domain (repeatable), or `none`.
+        #[arg(long = "send-as", value_name = "ADDRESS")]
+        send_as: Vec<String>,
+    },
     /// Change an account's password.
     #[command(after_help = "Example: echo 'new secret' | wmail account passwd alice@example.com --password-stdin")]
     Passwd {
@@ -230,6 +253,11 @@ async fn domain(client: AdminClient, command: DomainCommand) -> anyhow::Result<(
                 None => format!("added domain {}", d["name"].as_str().unwrap_or_default()),
             });
         }
+        DomainCommand::Services { name, disable } => {
+            let body = json!({ "disabled_services": list_argument(&disable) });
+            let domain = client.call(Method::PATCH, &format!("/domains/{}", encode(&name)), Some(body)).await?;
+            client.print(&domain, |d| format!("disabled services of {name}: {}", d["disabled_services"]));
+        }
         DomainCommand::CatchAll { name, address } => {
             let path = format!("/domains/{}", encode(&name));
             let domain = client.call(Method::PATCH, &path, Some(json!({ "catch_all": address }))).await?;
@@ -295,6 +323,23 @@ async fn account(client: AdminClient, command: AccountCommand) -> anyhow::Result
             client.call(Method::DELETE, &format!("/accounts/{}", encode(&address)), None).await?;
             client.print(&json!({ "removed": address }), |_| format!("removed account {address}"));
         }
+        AccountCommand::Access { address, disable, send_as } => {
+            let mut body = serde_json::Map::new();
+            if !disable.is_empty() {
+                body.insert("disabled_services".into(), json!(list_argument(&disable)));
+            }
+            if !send_as.is_empty() {
+                body.insert("send_as".into(), json!(list_argument(&send_as)));
+            }
+            if body.is_empty() {
+                anyhow::bail!("nothing to change: give --disable and/or --send-as (see --help)");
+            }
+            let path = format!("/accounts/{}", encode(&address));
+            let account = client.call(Method::PATCH, &path, Some(serde_json::Value::Object(body))).await?;
+            client.print(&account, |a| {
+                format!("{address}: disabled services {}, may also send as {}", a["disabled_services"], a["send_as"])
+            });
+        }
         AccountCommand::Passwd { address, password_stdin } => {
             let (password, generated) = read_password(password_stdin)?;
             let path = format!("/accounts/{}", encode(&address));
@@ -312,6 +357,11 @@ async fn account(client: AdminClient, command: AccountCommand) -> anyhow::Result
         }
     }
     Ok(())
+}
+
+/// A repeatable list option where `none` means the empty list.
+fn list_argument(values: &[String]) -> Vec<String> {
+    values.iter().filter(|value| !value.eq_ignore_ascii_case("none")).cloned().collect()
 }
 
 async fn alias(client: AdminClient, command: AliasCommand) -> anyhow::Result<()> {
