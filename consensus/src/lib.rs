@@ -55,6 +55,8 @@ const MAX_BATCH_COMMANDS: usize = 1_024;
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Batches proposed to Raft and not yet answered; more proposals wait and join a batch.
 const MAX_BATCHES_IN_FLIGHT: usize = 2;
+/// How long a batch may wait for its commit before its proposers are told "unavailable".
+const PROPOSAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A command waiting to be proposed, and where its result goes.
 struct Proposal {
@@ -92,7 +94,17 @@ async fn batch_proposals(raft: Raft, mut queue: tokio::sync::mpsc::Receiver<Prop
         tokio::spawn(async move {
             let (commands, replies): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|proposal| (proposal.command, proposal.reply)).unzip();
-            match raft.client_write(Request(commands)).await {
+            let write = tokio::time::timeout(PROPOSAL_TIMEOUT, raft.client_write(Request(commands)));
+            let Ok(written) = write.await else {
+                // No quorum for a while: fail the callers instead of hanging them (the batch
+                // may still commit later; callers treat this as "outcome unknown").
+                let error = ProposeError::Unavailable("no quorum within 30 s; the outcome is unknown".into());
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                return;
+            };
+            match written {
                 Ok(response) => {
                     for (reply, result) in replies.into_iter().zip(response.data.0) {
                         let _ = reply.send(Ok(result));
@@ -240,8 +252,10 @@ impl Consensus {
         let log_stats = log_store.stats();
         let startup_log_index = {
             use openraft::storage::RaftLogStorage;
-            let state = log_store.get_log_state().await.map_err(|e| OpenError::Raft(e.to_string()))?;
-            state.last_log_id.map(|id| id.index)
+            // What was known committed: an uncommitted tail may be truncated by a new
+            // leader and never applied, so it is no readiness target.
+            let committed = log_store.read_committed().await.map_err(|e| OpenError::Raft(e.to_string()))?;
+            committed.map(|id| id.index)
         };
         let state_machine = StateMachineStore::new(state, config.snapshot_dir.clone())
             .map_err(|source| OpenError::Io { path: config.snapshot_dir.clone(), source })?;
@@ -340,8 +354,10 @@ impl Consensus {
             if self.is_ready() {
                 return true;
             }
-            if tokio::time::timeout_at(deadline, watch.changed()).await.is_err() {
-                return self.is_ready();
+            match tokio::time::timeout_at(deadline, watch.changed()).await {
+                Ok(Ok(())) => {}
+                // Raft stopped (its metrics sender is gone), or the deadline passed.
+                Ok(Err(_)) | Err(_) => return self.is_ready(),
             }
         }
     }

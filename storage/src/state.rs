@@ -199,6 +199,10 @@ impl StateStore {
         let current = read_current(&self.root)?.unwrap_or(1);
         let next = current + 1;
         let next_path = self.root.join(generation_name(next));
+        // Left over by an install that failed after its rename.
+        if next_path.exists() {
+            std::fs::remove_dir_all(&next_path)?;
+        }
         std::fs::rename(dir, &next_path)
             .map_err(|e| Error::io(format!("cannot move checkpoint into {}", next_path.display()), e))?;
         let db = open_db(&next_path)?;
@@ -783,6 +787,7 @@ impl<'a> Tx<'a> {
         self.delete(ks::CREDENTIALS, &prefix);
         self.delete(ks::PRINCIPALS, &prefix);
         self.delete(ks::ADDRESSES, &ks::address_key(address).expect("resolved above"));
+        self.delete(ks::LEASES, format!("pop3:{account_id}").as_bytes());
         Ok(Ok(Outcome::Done))
     }
 
@@ -969,10 +974,8 @@ impl<'a> Tx<'a> {
         let mut removed_bytes = 0;
         for &uid in uids {
             let key = ks::message_key(account_id, mailbox_id, uid);
+            // A UID given twice reads as deleted the second time (the overlay sees the delete).
             let Some(record) = self.get::<MessageRecord>(ks::MESSAGES, &key)? else { continue };
-            if removed.contains(&uid) {
-                continue;
-            }
             self.delete(ks::MESSAGES, &key);
             self.release_blob(record.blob)?;
             self.record_change(account_id, Change::Expunged { mailbox_id, uid, modseq })?;

@@ -319,17 +319,14 @@ impl Core {
     ) -> Result<Account> {
         let denied = || CoreError::new(ErrorCode::Unauthorized, "authentication failed");
         let account_key = normalize_address(address).unwrap_or_else(|_| address.to_ascii_lowercase());
-        if let Err(blocked) = self.login_guard.check(client, &account_key, std::time::Instant::now()) {
+        if let Err(blocked) = self.login_guard.attempt(client, &account_key, std::time::Instant::now()) {
             tracing::info!(?blocked, "login refused: too many recent failures");
             return Err(CoreError::new(
                 ErrorCode::Unauthorized,
                 "too many failed logins; try again later or ask your administrator",
             ));
         }
-        let Ok(address) = normalize_address(address) else {
-            self.login_guard.failed(client, &account_key, std::time::Instant::now());
-            return Err(denied());
-        };
+        let Ok(address) = normalize_address(address) else { return Err(denied()) };
         let account = self.state.account_by_address(&address)?;
         let credentials = match &account {
             Some(account) => self.state.credentials(account.id)?,
@@ -338,13 +335,10 @@ impl Core {
         let matches = password::verify(password.to_owned(), credentials.map(|c| c.password_hash)).await;
         match account {
             Some(account) if matches && account.state.may_log_in() => {
-                self.login_guard.succeeded(&account_key);
+                self.login_guard.succeeded(client, &account_key);
                 Ok(account)
             }
-            _ => {
-                self.login_guard.failed(client, &account_key, std::time::Instant::now());
-                Err(denied())
-            }
+            _ => Err(denied()),
         }
     }
 
@@ -675,6 +669,8 @@ impl Core {
         }
         let grace_ms = self.config.blob_gc_grace.as_millis() as u64;
         let cutoff_ms = now_ms().saturating_sub(grace_ms);
+        // Act on everything committed so far: a new leader must not trust a stale view.
+        self.read_barrier().await?;
         let mut candidates = self.state.unreferenced_blobs(cutoff_ms, 1_000)?;
         // Orphans: bodies stored longer ago than the grace period that no delivery ever
         // named (the node stopped between storing and committing, for example).
@@ -684,7 +680,13 @@ impl Core {
             .await
             .map_err(|e| CoreError::internal("listing blobs", e))?;
         for blob in written_before {
-            if self.state.blob_ref(&blob)?.is_none() {
+            // No record at all, or a tombstone whose object was stored again by a delivery
+            // that was then refused (`BlobCollected`): nothing references it.
+            let orphan = self
+                .state
+                .blob_ref(&blob)?
+                .is_none_or(|record| record.count == 0 && !record.deleting && record.zero_since_ms.is_none());
+            if orphan {
                 candidates.push(blob);
             }
         }

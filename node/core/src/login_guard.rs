@@ -34,7 +34,7 @@ impl Default for LockoutPolicy {
     }
 }
 
-/// Most tracked keys before idle ones are dropped.
+/// Most tracked keys; past it idle entries are dropped, then unblocked ones.
 const MAX_TRACKED: usize = 100_000;
 
 #[derive(Default)]
@@ -59,6 +59,11 @@ impl Failures {
         }
     }
 
+    /// Takes back one counted attempt (it succeeded).
+    fn forgive(&mut self) {
+        self.times.pop_back();
+    }
+
     fn idle(&self, now: Instant, policy: &LockoutPolicy) -> bool {
         !self.blocked(now) && self.times.back().is_none_or(|&last| now.duration_since(last) > policy.window)
     }
@@ -70,6 +75,23 @@ struct Tables {
     accounts: HashMap<String, Failures>,
 }
 
+impl Tables {
+    fn len(&self) -> usize {
+        self.addresses.len() + self.accounts.len()
+    }
+
+    /// Keeps memory bounded whatever clients send: drops idle entries, then (under a
+    /// flood of distinct names or addresses) every entry that is not blocking.
+    fn shrink(&mut self, now: Instant, policy: &LockoutPolicy) {
+        self.addresses.retain(|_, failures| !failures.idle(now, policy));
+        self.accounts.retain(|_, failures| !failures.idle(now, policy));
+        if self.len() > MAX_TRACKED {
+            self.addresses.retain(|_, failures| failures.blocked(now));
+            self.accounts.retain(|_, failures| failures.blocked(now));
+        }
+    }
+}
+
 /// Why a login attempt is refused before its password is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Blocked {
@@ -77,6 +99,17 @@ pub enum Blocked {
     Address,
     /// The account failed too often.
     Account,
+}
+
+/// IPv6 clients are counted per /64, the block one subscriber usually holds.
+fn address_key(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V6(v6) => {
+            let segments = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(segments[0], segments[1], segments[2], segments[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
 }
 
 /// The lockout state of one node.
@@ -91,35 +124,40 @@ impl LoginGuard {
         Self { policy, tables: Mutex::new(Tables::default()) }
     }
 
-    /// Returns whether an attempt from `address` for `account` is blocked now.
-    pub fn check(&self, address: Option<IpAddr>, account: &str, now: Instant) -> Result<(), Blocked> {
-        let tables = self.tables.lock().expect("login guard lock");
+    /// Admits a login attempt from `address` for `account`, or refuses it while either is
+    /// blocked. An admitted attempt counts as a failure at once (so parallel attempts
+    /// cannot all slip in before the first failure is recorded) until [`Self::succeeded`]
+    /// takes it back.
+    pub fn attempt(&self, address: Option<IpAddr>, account: &str, now: Instant) -> Result<(), Blocked> {
+        let address = address.map(address_key);
+        let mut tables = self.tables.lock().expect("login guard lock");
         if address.and_then(|ip| tables.addresses.get(&ip)).is_some_and(|f| f.blocked(now)) {
             return Err(Blocked::Address);
         }
         if tables.accounts.get(account).is_some_and(|f| f.blocked(now)) {
             return Err(Blocked::Account);
         }
-        Ok(())
-    }
-
-    /// Counts a failed attempt.
-    pub fn failed(&self, address: Option<IpAddr>, account: &str, now: Instant) {
-        let mut tables = self.tables.lock().expect("login guard lock");
-        let policy = self.policy;
-        if tables.addresses.len() + tables.accounts.len() > MAX_TRACKED {
-            tables.addresses.retain(|_, failures| !failures.idle(now, &policy));
-            tables.accounts.retain(|_, failures| !failures.idle(now, &policy));
+        if tables.len() > MAX_TRACKED {
+            tables.shrink(now, &self.policy);
         }
+        let policy = self.policy;
         if let Some(ip) = address {
             tables.addresses.entry(ip).or_default().record(now, &policy, policy.max_failures_per_address);
         }
         tables.accounts.entry(account.to_owned()).or_default().record(now, &policy, policy.max_failures_per_account);
+        Ok(())
     }
 
-    /// Forgets an account's failures after a successful login.
-    pub fn succeeded(&self, account: &str) {
-        self.tables.lock().expect("login guard lock").accounts.remove(account);
+    /// Takes back the attempt counted by [`Self::attempt`]: the password was right. Earlier
+    /// failures stay counted, so a user's own logins never reset an attacker's budget.
+    pub fn succeeded(&self, address: Option<IpAddr>, account: &str) {
+        let mut tables = self.tables.lock().expect("login guard lock");
+        if let Some(failures) = address.map(address_key).and_then(|ip| tables.addresses.get_mut(&ip)) {
+            failures.forgive();
+        }
+        if let Some(failures) = tables.accounts.get_mut(account) {
+            failures.forgive();
+        }
     }
 }
 
@@ -141,14 +179,12 @@ mod tests {
         let guard = LoginGuard::new(policy());
         let start = Instant::now();
         let ip: Option<IpAddr> = Some("192.0.2.1".parse().unwrap());
-        for second in 0..2 {
-            guard.failed(ip, "a@x.test", start + Duration::from_secs(second));
+        for second in 0..3 {
+            assert_eq!(guard.attempt(ip, "a@x.test", start + Duration::from_secs(second)), Ok(()));
         }
-        assert_eq!(guard.check(ip, "a@x.test", start + Duration::from_secs(3)), Ok(()));
-        guard.failed(ip, "a@x.test", start + Duration::from_secs(3));
-        assert_eq!(guard.check(None, "a@x.test", start + Duration::from_secs(4)), Err(Blocked::Account));
-        assert_eq!(guard.check(ip, "b@x.test", start + Duration::from_secs(4)), Ok(()), "other accounts are fine");
-        assert_eq!(guard.check(None, "a@x.test", start + Duration::from_secs(604)), Ok(()), "the block ends");
+        assert_eq!(guard.attempt(None, "a@x.test", start + Duration::from_secs(4)), Err(Blocked::Account));
+        assert_eq!(guard.attempt(ip, "b@x.test", start + Duration::from_secs(4)), Ok(()), "other accounts are fine");
+        assert_eq!(guard.attempt(None, "a@x.test", start + Duration::from_secs(604)), Ok(()), "the block ends");
     }
 
     #[test]
@@ -156,14 +192,19 @@ mod tests {
         let guard = LoginGuard::new(policy());
         let start = Instant::now();
         for minute in 0..5 {
-            guard.failed(None, "a@x.test", start + Duration::from_secs(minute * 61));
+            assert_eq!(guard.attempt(None, "a@x.test", start + Duration::from_secs(minute * 61)), Ok(()));
         }
-        assert_eq!(guard.check(None, "a@x.test", start + Duration::from_secs(400)), Ok(()));
-        guard.failed(None, "a@x.test", start + Duration::from_secs(401));
-        guard.failed(None, "a@x.test", start + Duration::from_secs(402));
-        guard.succeeded("a@x.test");
-        guard.failed(None, "a@x.test", start + Duration::from_secs(403));
-        assert_eq!(guard.check(None, "a@x.test", start + Duration::from_secs(404)), Ok(()));
+        // Successful logins are taken back; earlier failures stay counted.
+        guard.attempt(None, "a@x.test", start + Duration::from_secs(401)).unwrap();
+        for second in 402..412 {
+            guard.attempt(None, "a@x.test", start + Duration::from_secs(second)).unwrap();
+            guard.succeeded(None, "a@x.test");
+        }
+        guard.attempt(None, "a@x.test", start + Duration::from_secs(413)).unwrap();
+        // The third failure in the window is admitted and blocks what follows, whatever
+        // the successes between them.
+        guard.attempt(None, "a@x.test", start + Duration::from_secs(414)).unwrap();
+        assert_eq!(guard.attempt(None, "a@x.test", start + Duration::from_secs(415)), Err(Blocked::Account));
     }
 
     #[test]
@@ -172,9 +213,11 @@ mod tests {
         let start = Instant::now();
         let ip: Option<IpAddr> = Some("2001:db8::1".parse().unwrap());
         for n in 0..5 {
-            guard.failed(ip, &format!("user{n}@x.test"), start);
+            guard.attempt(ip, &format!("user{n}@x.test"), start).unwrap();
         }
-        assert_eq!(guard.check(ip, "fresh@x.test", start), Err(Blocked::Address));
-        assert_eq!(guard.check(Some("192.0.2.9".parse().unwrap()), "fresh@x.test", start), Ok(()));
+        assert_eq!(guard.attempt(ip, "fresh@x.test", start), Err(Blocked::Address));
+        let same_subscriber: Option<IpAddr> = Some("2001:db8::ffff".parse().unwrap());
+        assert_eq!(guard.attempt(same_subscriber, "fresh@x.test", start), Err(Blocked::Address), "counted per /64");
+        assert_eq!(guard.attempt(Some("192.0.2.9".parse().unwrap()), "fresh@x.test", start), Ok(()));
     }
 }

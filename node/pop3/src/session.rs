@@ -57,6 +57,8 @@ pub struct Session {
     id: String,
     user: Option<String>,
     maildrop: Option<Maildrop>,
+    /// Set when renewing the maildrop lease failed because another session took it.
+    lease_lost: bool,
     errors: usize,
 }
 
@@ -78,6 +80,7 @@ impl Session {
             id: format!("{:016x}", rand::random::<u64>()),
             user: None,
             maildrop: None,
+            lease_lost: false,
             errors: 0,
         }
     }
@@ -97,6 +100,17 @@ impl Session {
         self.ok(&format!("{} POP3 server ready", self.config.hostname));
         let timeout = self.config.idle_timeout;
         loop {
+            // Pipelined LIST/RETR commands queue replies without a read in between: write
+            // them out before taking more, so memory stays bounded.
+            if self.connection.queued() > 64 * 1024 && self.connection.flush(timeout).await.is_err() {
+                break;
+            }
+            if self.lease_lost {
+                // RFC 1939 §8: exclusive access is gone; leave without UPDATE.
+                self.err("[IN-USE] the maildrop lock was lost; no messages were deleted");
+                self.maildrop = None;
+                break;
+            }
             let event = tokio::select! {
                 event = self.connection.read_line(timeout) => event,
                 () = wmail_net::stopped(&mut shutdown) => {
@@ -134,10 +148,11 @@ impl Session {
     async fn command(&mut self, line: &[u8]) -> Flow {
         let text = String::from_utf8_lossy(line);
         let text = text.trim_end_matches(['\r', '\n']);
-        let (verb, argument) = match text.split_once(' ') {
-            Some((verb, argument)) => (verb.to_ascii_uppercase(), argument.trim()),
+        let (verb, raw_argument) = match text.split_once(' ') {
+            Some((verb, argument)) => (verb.to_ascii_uppercase(), argument),
             None => (text.to_ascii_uppercase(), ""),
         };
+        let argument = raw_argument.trim();
         tracing::debug!(session = %self.id, command = %verb, "command");
         let authorized = self.maildrop.is_some();
         match (verb.as_str(), authorized) {
@@ -153,7 +168,8 @@ impl Session {
             ("NOOP", true) => self.ok(""),
             ("STLS", false) => return self.stls().await,
             ("USER", false) => self.user(argument),
-            ("PASS", false) => return self.pass(argument.to_owned()).await,
+            // RFC 1939 §7: the password is everything after the space, spaces included.
+            ("PASS", false) => return self.pass(raw_argument.to_owned()).await,
             ("AUTH", false) => return self.auth(argument).await,
             ("STAT", true) => self.stat(),
             ("LIST", true) => self.list(argument, false),
@@ -348,8 +364,13 @@ impl Session {
         }
         maildrop.renewed = Instant::now();
         let until = now_ms() + LEASE.as_millis() as u64;
-        if let Err(error) = self.core.acquire_lease(&maildrop.lease, &maildrop.holder, until).await {
-            tracing::warn!(session = %self.id, %error, "cannot renew the maildrop lease");
+        match self.core.acquire_lease(&maildrop.lease, &maildrop.holder, until).await {
+            Ok(()) => {}
+            Err(error) if error.code == ErrorCode::Conflict => {
+                tracing::warn!(session = %self.id, "the maildrop lease was taken over; ending the session");
+                self.lease_lost = true;
+            }
+            Err(error) => tracing::warn!(session = %self.id, %error, "cannot renew the maildrop lease; retrying"),
         }
     }
 
