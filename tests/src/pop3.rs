@@ -323,6 +323,18 @@ async fn services_can_be_disabled_per_account_and_per_domain() {
 }
 
 #[tokio::test]
+async fn pass_keeps_spaces_in_the_password() {
+    let node = node_with_mail().await;
+    let body = json!({ "address": "spaces@example.com", "password": " spaced pass " });
+    assert_eq!(node.api(Method::POST, "/accounts", Some(body)).await.0, StatusCode::CREATED);
+    let out = python(
+        &node,
+        "p = poplib.POP3_SSL('127.0.0.1', POP3S, context=ctx)\np.user('spaces@example.com')\np.pass_(' spaced pass ')\nprint(p.stat()[0])\np.quit()\n",
+    );
+    assert_eq!(out.trim(), "0");
+}
+
+#[tokio::test]
 async fn hostile_pop3_input_gets_clear_errors() {
     let node = node_with_mail().await;
     let out = python(

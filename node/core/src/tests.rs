@@ -195,6 +195,14 @@ async fn garbage_collection_deletes_unreferenced_and_orphaned_bodies_only() {
         .await
         .unwrap_err();
     assert_eq!(stale.code, ErrorCode::Unavailable, "{stale}");
+
+    // That refused delivery had stored its copy again: the object exists under a
+    // tombstone, references nothing, and the next round collects it.
+    core.blobs.put_bytes(Bytes::from_static(b"stored, never delivered")).await.unwrap();
+    assert!(core.blobs.exists(&orphan.id).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(core.collect_blob_garbage().await.unwrap(), 1);
+    assert!(!core.blobs.exists(&orphan.id).await.unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
