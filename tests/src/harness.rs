@@ -299,6 +299,30 @@ impl WmailNode {
     }
 }
 
+/// Python code that imports the client libraries and defines the node's ports (`SMTP`,
+/// `SUBMISSION`, `SUBMISSIONS`, `POP3`, `POP3S`) and `ctx`, a TLS context that accepts the
+/// node's self-signed certificate.
+pub fn python_prelude(node: &WmailNode) -> String {
+    format!(
+        "import smtplib, poplib, ssl, socket, sys\nSMTP = {}\nSUBMISSION = {}\nSUBMISSIONS = {}\nPOP3 = {}\nPOP3S = {}\nctx = ssl.create_default_context()\nctx.check_hostname = False\nctx.verify_mode = ssl.CERT_NONE\n",
+        node.smtp.port(),
+        node.submission.port(),
+        node.submissions.port(),
+        node.pop3.port(),
+        node.pop3s.port()
+    )
+}
+
+/// Runs a Python script (after [`python_prelude`]) and returns its output; panics with
+/// the output when it fails.
+pub fn python(node: &WmailNode, script: &str) -> String {
+    let output =
+        Command::new("python3").arg("-c").arg(format!("{}{script}", python_prelude(node))).output().expect("python3");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "python failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    stdout
+}
+
 /// Runs the `wmail` binary with `args`, feeding `stdin`.
 pub fn run_cli(args: &[&str], stdin: Option<&str>) -> Output {
     use std::io::Write;

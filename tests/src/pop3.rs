@@ -6,7 +6,7 @@ use std::process::Command;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::harness::WmailNode;
+use crate::harness::{WmailNode, python, python_prelude};
 
 async fn node_with_mail() -> WmailNode {
     let mut node = WmailNode::new("");
@@ -22,18 +22,6 @@ async fn node_with_mail() -> WmailNode {
     node
 }
 
-fn python(node: &WmailNode, script: &str) -> String {
-    let prelude = format!(
-        "import poplib, ssl, socket\nPOP3 = {}\nPOP3S = {}\nctx = ssl.create_default_context()\nctx.check_hostname = False\nctx.verify_mode = ssl.CERT_NONE\n",
-        node.pop3.port(),
-        node.pop3s.port()
-    );
-    let output = Command::new("python3").arg("-c").arg(format!("{prelude}{script}")).output().expect("python3");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(output.status.success(), "python failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    stdout
-}
-
 /// A poplib script driven step by step: it prints a line at each checkpoint and waits for
 /// a line on stdin before going on, so the test can act in between.
 struct SteppedScript {
@@ -42,12 +30,9 @@ struct SteppedScript {
 }
 
 impl SteppedScript {
-    /// Starts `body` after the same prelude as [`python`] (`POP3S`, `ctx`, `sys`).
+    /// Starts `body` after [`python_prelude`].
     fn start(node: &WmailNode, body: &str) -> Self {
-        let script = format!(
-            "import poplib, ssl, sys\nPOP3S = {}\nctx = ssl.create_default_context()\nctx.check_hostname = False\nctx.verify_mode = ssl.CERT_NONE\n{body}",
-            node.pop3s.port()
-        );
+        let script = format!("{}{body}", python_prelude(node));
         let mut child = Command::new("python3")
             .arg("-c")
             .arg(script)

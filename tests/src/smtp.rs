@@ -1,12 +1,10 @@
 //! SMTP end to end: real clients (Python's smtplib, over plaintext, STARTTLS and implicit
 //! TLS) and a raw-socket harness for hostile input, smuggling and pipelining.
 
-use std::process::Command;
-
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::harness::WmailNode;
+use crate::harness::{WmailNode, python};
 use crate::smtp_client::RawSmtp;
 
 async fn node_with_accounts(extra_config: &str) -> WmailNode {
@@ -31,20 +29,6 @@ async fn inbox(node: &WmailNode, address: &str) -> Vec<Value> {
 
 async fn message_text(node: &WmailNode, address: &str, uid: u64) -> String {
     String::from_utf8(node.read_message(address, uid).await).expect("utf-8 message")
-}
-
-/// Runs a Python smtplib script with `SMTP`, `SUBMISSION`, `SUBMISSIONS` ports set.
-fn python(node: &WmailNode, script: &str) -> String {
-    let prelude = format!(
-        "import smtplib, ssl, sys\nSMTP = {}\nSUBMISSION = {}\nSUBMISSIONS = {}\nctx = ssl.create_default_context()\nctx.check_hostname = False\nctx.verify_mode = ssl.CERT_NONE\n",
-        node.smtp.port(),
-        node.submission.port(),
-        node.submissions.port()
-    );
-    let output = Command::new("python3").arg("-c").arg(format!("{prelude}{script}")).output().expect("python3");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(output.status.success(), "python failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    stdout
 }
 
 #[tokio::test]
