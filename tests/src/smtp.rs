@@ -160,6 +160,22 @@ s.quit()
 "#,
     );
     assert!(out.is_empty(), "{out}");
+    // The header From: must be owned too.
+    let out = python(
+        &node,
+        r#"
+s = smtplib.SMTP("127.0.0.1", SUBMISSION)
+s.starttls(context=ctx)
+s.login("alice@example.com", "alice password")
+try:
+    s.sendmail("alice@example.com", ["alice@example.com"], b"From: The CEO <ceo@example.com>\r\nSubject: pay this\r\n\r\nx\r\n")
+    print("spoofed header accepted")
+except smtplib.SMTPDataError as e:
+    assert e.smtp_code == 553, e
+s.quit()
+"#,
+    );
+    assert!(out.is_empty(), "{out}");
     let revoke = node.cli(&["account", "access", "alice@example.com", "--send-as", "none"], None);
     assert!(revoke.status.success());
     let out = python(

@@ -18,6 +18,7 @@ pub struct BodyAssembler {
     header_done: bool,
     add_missing: Option<MissingHeaders>,
     received_headers: usize,
+    from_addresses: Vec<String>,
     data_size: u64,
 }
 
@@ -39,6 +40,7 @@ impl BodyAssembler {
             header_done: false,
             add_missing,
             received_headers: 0,
+            from_addresses: Vec::new(),
             data_size: 0,
         }
     }
@@ -51,6 +53,11 @@ impl BodyAssembler {
     /// Number of Received headers seen in the message's header section.
     pub fn received_headers(&self) -> usize {
         self.received_headers
+    }
+
+    /// The addresses of the message's From: field(s), lowercase.
+    pub fn header_from_addresses(&self) -> &[String] {
+        &self.from_addresses
     }
 
     /// Takes a data chunk; returns what may be stored now.
@@ -89,16 +96,12 @@ impl BodyAssembler {
         let (section, rest) = header.split_at(end);
         let mut has_date = false;
         let mut has_message_id = false;
-        for line in section.split(|&byte| byte == b'\n') {
-            let name = line.split(|&byte| byte == b':').next().unwrap_or_default();
-            if line.first().is_some_and(|byte| byte.is_ascii_whitespace()) || name.len() == line.len() {
-                continue; // a folded continuation, or not a field
-            }
-            let name = String::from_utf8_lossy(name).trim().to_ascii_lowercase();
+        for (name, value) in unfolded_fields(section) {
             match name.as_str() {
                 "received" => self.received_headers += 1,
                 "date" => has_date = true,
                 "message-id" => has_message_id = true,
+                "from" => self.from_addresses.extend(addresses_in(&value)),
                 _ => {}
             }
         }
@@ -116,6 +119,43 @@ impl BodyAssembler {
             .filter(|bytes| !bytes.is_empty())
             .collect()
     }
+}
+
+/// Splits a header section into (lowercase name, unfolded value) pairs (RFC 5322 §2.2.3).
+fn unfolded_fields(section: &[u8]) -> Vec<(String, String)> {
+    let mut fields: Vec<(String, String)> = Vec::new();
+    for line in section.split(|&byte| byte == b'\n') {
+        let line = String::from_utf8_lossy(line);
+        let line = line.trim_end_matches('\r');
+        if line.starts_with([' ', '\t']) {
+            if let Some((_, value)) = fields.last_mut() {
+                value.push(' ');
+                value.push_str(line.trim());
+            }
+        } else if let Some((name, value)) = line.split_once(':') {
+            fields.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+        }
+    }
+    fields
+}
+
+/// Extracts the addresses of an address-list field value: every `<addr-spec>`, or when
+/// there are no angle brackets, every comma-separated word with an `@`.
+fn addresses_in(value: &str) -> Vec<String> {
+    let bracketed: Vec<String> = value
+        .split('<')
+        .skip(1)
+        .filter_map(|part| part.split_once('>').map(|(address, _)| address.trim().to_ascii_lowercase()))
+        .filter(|address| address.contains('@'))
+        .collect();
+    if !bracketed.is_empty() || value.contains('<') {
+        return bracketed;
+    }
+    value
+        .split(',')
+        .map(|part| part.split('(').next().unwrap_or_default().trim().to_ascii_lowercase())
+        .filter(|address| address.contains('@'))
+        .collect()
 }
 
 /// Returns the length of the header section including its terminating blank line, if
@@ -185,6 +225,19 @@ mod tests {
         let (out, assembler) = assemble(&bytewise, false);
         assert_eq!(out, [&b"Received: by mx.test\r\n"[..], message].concat());
         assert_eq!(assembler.data_size(), message.len() as u64);
+    }
+
+    #[test]
+    fn from_addresses_are_found_in_every_form() {
+        let (_, assembler) = assemble(
+            &[b"From: \"Smith, Alice\" <Alice@Example.com>,\r\n bob@example.com (Bob)\r\nTo: x@y\r\n\r\n"],
+            false,
+        );
+        assert_eq!(assembler.header_from_addresses(), ["alice@example.com"], "angle brackets win when present");
+        let (_, assembler) = assemble(&[b"from: bob@example.com (Bob), carol@example.com\r\n\r\n"], false);
+        assert_eq!(assembler.header_from_addresses(), ["bob@example.com", "carol@example.com"]);
+        let (_, assembler) = assemble(&[b"Subject: none\r\n\r\nFrom: body@example.com\r\n"], false);
+        assert!(assembler.header_from_addresses().is_empty(), "only the header counts");
     }
 
     #[test]

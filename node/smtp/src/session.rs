@@ -540,6 +540,9 @@ impl Session {
         let refusal = if body.too_big || body.assembler.data_size() > max_size {
             self.observer.message("too_big");
             Some(reply(552, "5.3.4", format!("message exceeds the fixed maximum size of {max_size} bytes")))
+        } else if let Some(foreign) = self.foreign_from(&body) {
+            self.observer.message("spoofed_from");
+            Some(reply(553, "5.7.1", format!("the From: address <{foreign}> is not yours to send as")))
         } else if body.assembler.received_headers() > max_hops {
             self.observer.message("loop");
             Some(reply(
@@ -577,6 +580,17 @@ impl Session {
         self.observer.message(if accepted { "accepted" } else { "failed" });
         self.observer.metrics.commit_seconds.with_label_values(&[listener]).observe(started.elapsed().as_secs_f64());
         replies
+    }
+
+    /// On submission, returns a From: header address the authenticated user may not send
+    /// as (the header must be as honest as the envelope).
+    fn foreign_from(&self, body: &BodyInProgress) -> Option<String> {
+        let account = self.authenticated.as_ref()?;
+        body.assembler
+            .header_from_addresses()
+            .iter()
+            .find(|address| !self.core.may_send_as(account, address).unwrap_or(false))
+            .cloned()
     }
 
     /// The single SMTP reply for a delivery to every recipient of a transaction.
