@@ -445,6 +445,30 @@ async fn lmtp_answers_once_per_recipient() {
 }
 
 #[tokio::test]
+async fn vrfy_and_expn_are_off_unless_configured() {
+    let node = node_with_accounts("").await;
+    let mut client = RawSmtp::connect(node.smtp).await;
+    client.command("EHLO client.test", 250).await;
+    client.command("VRFY <alice@example.com>", 252).await;
+    client.command("VRFY <nobody@example.com>", 252).await;
+    client.command("EXPN <team@example.com>", 502).await;
+    client.command("QUIT", 221).await;
+
+    let node = node_with_accounts("[smtp]\nvrfy = true\nexpn = true\n").await;
+    let mut client = RawSmtp::connect(node.smtp).await;
+    client.command("EHLO client.test", 250).await;
+    client.command("VRFY <alice@example.com>", 250).await;
+    client.command("VRFY <nobody@example.com>", 550).await;
+    let members = client.command("EXPN <team@example.com>", 250).await;
+    assert!(
+        members.text().contains("<alice@example.com>") && members.text().contains("<bob@example.com>"),
+        "{members:?}"
+    );
+    client.command("EXPN <alice@example.com>", 550).await;
+    client.command("QUIT", 221).await;
+}
+
+#[tokio::test]
 async fn parameters_of_extensions_not_offered_are_refused() {
     let node = node_with_accounts("").await;
     let mut client = RawSmtp::connect(node.smtp).await;

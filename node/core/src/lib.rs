@@ -357,6 +357,14 @@ impl Core {
         self.execute(Command::RemoveAlias { alias }).await.map(drop)
     }
 
+    /// Returns the targets of an alias (`None` when the address is not an alias).
+    pub fn alias_targets(&self, alias: &str) -> Result<Option<Vec<String>>> {
+        match self.state.resolve_address(&normalize_address(alias)?)? {
+            Some(AddressTarget::Alias(targets)) => Ok(Some(targets)),
+            _ => Ok(None),
+        }
+    }
+
     /// Lists aliases with their targets, of one domain or all.
     pub fn aliases(&self, domain: Option<&str>) -> Result<Vec<(String, Vec<String>)>> {
         let domain = domain.map(normalize_domain).transpose()?;

@@ -63,6 +63,11 @@ pub struct SmtpConfig {
     pub data_timeout: Duration,
     /// Whether AUTH is allowed without TLS (never on by default).
     pub allow_plaintext_auth: bool,
+    /// Whether VRFY says if a local address exists (off: always 252, RFC 5321 §3.5.3;
+    /// on, it helps address harvesting).
+    pub vrfy: bool,
+    /// Whether EXPN lists an alias's members (off: 502).
+    pub expn: bool,
 }
 
 impl SmtpConfig {
@@ -81,6 +86,8 @@ impl SmtpConfig {
             // RFC 5321 §4.5.3.2.6: at least 3 minutes per data block.
             data_timeout: Duration::from_secs(180),
             allow_plaintext_auth: false,
+            vrfy: false,
+            expn: false,
         }
     }
 }

@@ -245,10 +245,14 @@ impl Session {
                 return Ok(Flow::Close);
             }
             // RFC 5321 §3.5.3: VRFY may answer 252 without revealing whether a user exists.
-            Request::Vrfy { .. } => {
-                self.send(reply(252, "2.0.0", "cannot VRFY user, but will accept the message and attempt delivery"))
+            Request::Vrfy { value } => {
+                let reply = self.vrfy(&value);
+                self.send(reply)
             }
-            Request::Expn { .. } => self.send(reply(502, "5.5.1", "EXPN is disabled")),
+            Request::Expn { value } => {
+                let reply = self.expn(&value);
+                self.send(reply)
+            }
             Request::Help { .. } => self.send(reply(
                 214,
                 "2.0.0",
@@ -291,6 +295,34 @@ impl Session {
         }
         lines.push("HELP".to_owned());
         self.send(reply(250, "", lines.join("\n")));
+    }
+
+    /// RFC 5321 §3.5: VRFY. Unless enabled, 252 without saying whether the user exists.
+    fn vrfy(&self, value: &str) -> Reply {
+        let address = value.trim().trim_start_matches('<').trim_end_matches('>');
+        if !self.config.vrfy || !address.contains('@') {
+            return reply(252, "2.0.0", "cannot VRFY user, but will accept the message and attempt delivery");
+        }
+        let domain = address.rsplit_once('@').map(|(_, domain)| domain).unwrap_or_default();
+        match (self.core.is_local_domain(domain), self.core.resolve_recipient(address)) {
+            (Ok(true), Ok(accounts)) if !accounts.is_empty() => reply(250, "2.1.5", format!("<{address}>")),
+            (Ok(true), _) => reply(550, "5.1.1", format!("<{address}>: no such user here")),
+            _ => reply(252, "2.0.0", "not a local address; will attempt delivery"),
+        }
+    }
+
+    /// RFC 5321 §3.5: EXPN lists an alias's members, when enabled.
+    fn expn(&self, value: &str) -> Reply {
+        if !self.config.expn {
+            return reply(502, "5.5.1", "EXPN is disabled");
+        }
+        let address = value.trim().trim_start_matches('<').trim_end_matches('>');
+        match self.core.alias_targets(address) {
+            Ok(Some(targets)) if !targets.is_empty() => {
+                reply(250, "2.1.5", targets.iter().map(|target| format!("<{target}>")).collect::<Vec<_>>().join("\n"))
+            }
+            _ => reply(550, "5.1.1", format!("<{address}>: no such list here")),
+        }
     }
 
     fn auth_offered(&self) -> bool {

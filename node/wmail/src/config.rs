@@ -113,6 +113,10 @@ pub struct SmtpSection {
     pub max_connections: usize,
     /// Open SMTP sessions per client address and listener.
     pub max_connections_per_ip: usize,
+    /// Whether VRFY reveals if a local address exists.
+    pub vrfy: bool,
+    /// Whether EXPN lists alias members.
+    pub expn: bool,
 }
 
 impl Default for SmtpSection {
@@ -122,6 +126,8 @@ impl Default for SmtpSection {
             max_recipients: 100,
             max_connections: 1000,
             max_connections_per_ip: 20,
+            vrfy: false,
+            expn: false,
         }
     }
 }

@@ -142,6 +142,8 @@ async fn start_smtp(
             let mut smtp = SmtpConfig::new(config.server.hostname.clone(), mode);
             smtp.max_message_size = config.smtp.max_message_size;
             smtp.max_recipients = config.smtp.max_recipients;
+            smtp.vrfy = config.smtp.vrfy;
+            smtp.expn = config.smtp.expn;
             let server = SmtpServer::new(core.clone(), smtp, Some(tls.clone()), metrics.clone(), service);
             let implicit_tls = (mode == Mode::Submissions).then(|| tls.clone());
             tracing::info!(service, address = %listener.local_addr()?, "listening");
