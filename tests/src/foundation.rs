@@ -6,7 +6,7 @@ use std::process::Command;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::harness::{WmailNode, run_cli};
+use crate::harness::{WmailNode, run_cli, succeeded};
 
 async fn create(node: &WmailNode, path: &str, body: Value) -> Value {
     let (status, reply) = node.api(Method::POST, path, Some(body)).await;
@@ -219,38 +219,38 @@ async fn unwritable_data_dir_exits_1_naming_the_path() {
 async fn the_cli_manages_domains_accounts_and_aliases() {
     let mut node = WmailNode::new("");
     node.start().await;
-    let ok = |output: std::process::Output| {
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8(output.stdout).unwrap()
-    };
-    assert!(ok(node.cli(&["domain", "add", "Example.COM"], None)).contains("added domain example.com"));
-    ok(node.cli(
+    assert!(succeeded(node.cli(&["domain", "add", "Example.COM"], None)).contains("added domain example.com"));
+    succeeded(node.cli(
         &["account", "add", "alice@example.com", "--password-stdin", "--quota", "1G", "--name", "Alice"],
         Some("a long secret\n"),
     ));
-    let generated = ok(node.cli(&["account", "add", "bob@example.com"], None));
+    let generated = succeeded(node.cli(&["account", "add", "bob@example.com"], None));
     assert!(generated.contains("generated password"), "{generated}");
-    ok(node.cli(&["alias", "add", "sales@example.com", "alice@example.com", "bob@example.com"], None));
+    succeeded(node.cli(&["alias", "add", "sales@example.com", "alice@example.com", "bob@example.com"], None));
 
     let listed: Value =
-        serde_json::from_str(&ok(node.cli(&["--json", "account", "list", "example.com"], None))).unwrap();
+        serde_json::from_str(&succeeded(node.cli(&["--json", "account", "list", "example.com"], None))).unwrap();
     let listed: Vec<&str> = listed.as_array().unwrap().iter().map(|a| a["address"].as_str().unwrap()).collect();
     assert_eq!(listed, ["alice@example.com", "bob@example.com"]);
     let shown: Value =
-        serde_json::from_str(&ok(node.cli(&["account", "show", "alice@example.com", "--json"], None))).unwrap();
+        serde_json::from_str(&succeeded(node.cli(&["account", "show", "alice@example.com", "--json"], None))).unwrap();
     assert_eq!(shown["quota_bytes"], json!(1u64 << 30));
     assert_eq!(shown["name"], "Alice");
-    assert!(ok(node.cli(&["alias", "list"], None)).contains("sales@example.com -> alice@example.com, bob@example.com"));
+    assert!(
+        succeeded(node.cli(&["alias", "list"], None))
+            .contains("sales@example.com -> alice@example.com, bob@example.com")
+    );
 
     // Addresses with URL-special characters survive the trip through the CLI.
-    ok(node.cli(&["account", "add", "a/b?c#d%e@example.com", "--password-stdin"], Some("a long secret\n")));
+    succeeded(node.cli(&["account", "add", "a/b?c#d%e@example.com", "--password-stdin"], Some("a long secret\n")));
     let odd: Value =
-        serde_json::from_str(&ok(node.cli(&["--json", "account", "show", "a/b?c#d%e@example.com"], None))).unwrap();
+        serde_json::from_str(&succeeded(node.cli(&["--json", "account", "show", "a/b?c#d%e@example.com"], None)))
+            .unwrap();
     assert_eq!(odd["address"], "a/b?c#d%e@example.com");
-    ok(node.cli(&["account", "remove", "a/b?c#d%e@example.com"], None));
+    succeeded(node.cli(&["account", "remove", "a/b?c#d%e@example.com"], None));
 
     // A password changed through the CLI is the one that counts (checked via the state).
-    ok(node.cli(&["account", "passwd", "alice@example.com", "--password-stdin"], Some("another secret\n")));
+    succeeded(node.cli(&["account", "passwd", "alice@example.com", "--password-stdin"], Some("another secret\n")));
 
     // Failures exit 1 with the reason; bad usage exits 2.
     let failed = node.cli(&["account", "add", "carol@nowhere.test", "--password-stdin"], Some("a long secret\n"));
@@ -267,11 +267,11 @@ async fn the_cli_manages_domains_accounts_and_aliases() {
     let unreachable = run_cli(&["--server", "http://127.0.0.1:9", "--token", "x", "domain", "list"], None);
     assert!(String::from_utf8_lossy(&unreachable.stderr).contains("is `wmail serve` running"));
 
-    ok(node.cli(&["alias", "remove", "sales@example.com"], None));
-    ok(node.cli(&["account", "remove", "bob@example.com"], None));
-    ok(node.cli(&["account", "remove", "alice@example.com"], None));
-    ok(node.cli(&["domain", "remove", "example.com"], None));
-    assert_eq!(ok(node.cli(&["domain", "list"], None)).trim(), "");
+    succeeded(node.cli(&["alias", "remove", "sales@example.com"], None));
+    succeeded(node.cli(&["account", "remove", "bob@example.com"], None));
+    succeeded(node.cli(&["account", "remove", "alice@example.com"], None));
+    succeeded(node.cli(&["domain", "remove", "example.com"], None));
+    assert_eq!(succeeded(node.cli(&["domain", "list"], None)).trim(), "");
 }
 
 #[tokio::test]

@@ -323,6 +323,21 @@ pub fn python(node: &WmailNode, script: &str) -> String {
     stdout
 }
 
+/// Asserts that a CLI run succeeded and returns its standard output.
+pub fn succeeded(output: Output) -> String {
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).expect("utf-8 output")
+}
+
+/// Logs in over POP3S with `user` and `password` and returns the message count the
+/// server reports (STAT), as poplib sees it.
+pub fn pop3_message_count(node: &WmailNode, user: &str, password: &str) -> String {
+    let script = format!(
+        "p = poplib.POP3_SSL('127.0.0.1', POP3S, context=ctx)\np.user({user:?})\np.pass_({password:?})\nprint(p.stat()[0])\np.quit()\n"
+    );
+    python(node, &script).trim().to_owned()
+}
+
 /// Runs the `wmail` binary with `args`, feeding `stdin`.
 pub fn run_cli(args: &[&str], stdin: Option<&str>) -> Output {
     use std::io::Write;

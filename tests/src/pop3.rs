@@ -6,7 +6,7 @@ use std::process::Command;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::harness::{WmailNode, python, python_prelude};
+use crate::harness::{WmailNode, pop3_message_count, python, python_prelude, succeeded};
 
 async fn node_with_mail() -> WmailNode {
     let mut node = WmailNode::new("");
@@ -160,11 +160,7 @@ print("ok")
     script.resume();
     assert_eq!(script.checkpoint(), "3", "a message delivered after login appeared in the session");
     assert!(script.finish());
-    let out = python(
-        &node,
-        "p = poplib.POP3_SSL('127.0.0.1', POP3S, context=ctx)\np.user('alice@example.com')\np.pass_('alice password')\nprint(p.stat()[0])\np.quit()\n",
-    );
-    assert_eq!(out.trim(), "4", "the next session sees it");
+    assert_eq!(pop3_message_count(&node, "alice@example.com", "alice password"), "4", "the next session sees it");
 }
 
 #[tokio::test]
@@ -180,11 +176,7 @@ async fn kill_9_during_a_session_deletes_nothing_and_frees_the_maildrop() {
     node.start().await;
     assert_eq!(inbox_len(&node).await, 3, "marked messages were deleted without QUIT");
     // The dead session's lease does not lock the user out after the restart.
-    let out = python(
-        &node,
-        "p = poplib.POP3_SSL('127.0.0.1', POP3S, context=ctx)\np.user('alice@example.com')\np.pass_('alice password')\nprint(p.stat()[0])\np.quit()\n",
-    );
-    assert_eq!(out.trim(), "3");
+    assert_eq!(pop3_message_count(&node, "alice@example.com", "alice password"), "3");
 }
 
 #[tokio::test]
@@ -290,18 +282,14 @@ print("ok")
 #[tokio::test]
 async fn services_can_be_disabled_per_account_and_per_domain() {
     let node = node_with_mail().await;
-    let ok = |output: std::process::Output| {
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8(output.stdout).unwrap()
-    };
     let login = "p = poplib.POP3_SSL('127.0.0.1', POP3S, context=ctx)\np.user('alice@example.com')\ntry:\n    p.pass_('alice password')\n    print('in')\nexcept poplib.error_proto as e:\n    print(e.args[0].decode())\n";
-    ok(node.cli(&["account", "access", "alice@example.com", "--disable", "pop3"], None));
+    succeeded(node.cli(&["account", "access", "alice@example.com", "--disable", "pop3"], None));
     assert!(python(&node, login).contains("POP3 is disabled"));
-    ok(node.cli(&["account", "access", "alice@example.com", "--disable", "none"], None));
+    succeeded(node.cli(&["account", "access", "alice@example.com", "--disable", "none"], None));
     assert_eq!(python(&node, login).trim(), "in");
-    ok(node.cli(&["domain", "services", "example.com", "--disable", "pop3"], None));
+    succeeded(node.cli(&["domain", "services", "example.com", "--disable", "pop3"], None));
     assert!(python(&node, login).contains("POP3 is disabled"), "the domain setting applies to its accounts");
-    ok(node.cli(&["domain", "services", "example.com", "--disable", "none"], None));
+    succeeded(node.cli(&["domain", "services", "example.com", "--disable", "none"], None));
     assert_eq!(python(&node, login).trim(), "in");
     let bad = node.cli(&["account", "access", "alice@example.com", "--disable", "telnet"], None);
     assert_eq!(bad.status.code(), Some(1), "an unknown service is refused");
@@ -312,11 +300,7 @@ async fn pass_keeps_spaces_in_the_password() {
     let node = node_with_mail().await;
     let body = json!({ "address": "spaces@example.com", "password": " spaced pass " });
     assert_eq!(node.api(Method::POST, "/accounts", Some(body)).await.0, StatusCode::CREATED);
-    let out = python(
-        &node,
-        "p = poplib.POP3_SSL('127.0.0.1', POP3S, context=ctx)\np.user('spaces@example.com')\np.pass_(' spaced pass ')\nprint(p.stat()[0])\np.quit()\n",
-    );
-    assert_eq!(out.trim(), "0");
+    assert_eq!(pop3_message_count(&node, "spaces@example.com", " spaced pass "), "0");
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::harness::{WmailNode, python};
+use crate::harness::{WmailNode, python, succeeded};
 use crate::smtp_client::RawSmtp;
 
 async fn node_with_accounts(extra_config: &str) -> WmailNode {
@@ -382,11 +382,9 @@ async fn pipelining_and_chunking() {
 #[tokio::test]
 async fn domain_aliases_and_catch_all_route_mail() {
     let node = node_with_accounts("").await;
-    let ok = |output: std::process::Output| {
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8(output.stdout).unwrap()
-    };
-    assert!(ok(node.cli(&["domain", "add", "example.net", "--alias-of", "example.com"], None)).contains("alias"));
+    assert!(
+        succeeded(node.cli(&["domain", "add", "example.net", "--alias-of", "example.com"], None)).contains("alias")
+    );
     let mut client = RawSmtp::connect(node.smtp).await;
     client.command("EHLO client.test", 250).await;
     client.command("MAIL FROM:<a@remote.test>", 250).await;
@@ -399,7 +397,10 @@ async fn domain_aliases_and_catch_all_route_mail() {
     client.command("MAIL FROM:<a@remote.test>", 250).await;
     client.command("RCPT TO:<Postmaster>", 250).await;
     client.command("RSET", 250).await;
-    assert!(ok(node.cli(&["domain", "catch-all", "example.com", "bob@example.com"], None)).contains("bob@example.com"));
+    assert!(
+        succeeded(node.cli(&["domain", "catch-all", "example.com", "bob@example.com"], None))
+            .contains("bob@example.com")
+    );
     client.command("MAIL FROM:<a@remote.test>", 250).await;
     client.command("RCPT TO:<alice@example.net>", 250).await;
     client.command("RCPT TO:<unknown@example.net>", 250).await;
@@ -409,13 +410,13 @@ async fn domain_aliases_and_catch_all_route_mail() {
     client.command("QUIT", 221).await;
     assert_eq!(inbox(&node, "alice@example.com").await.len(), 1);
     assert_eq!(inbox(&node, "bob@example.com").await.len(), 1, "the catch-all got the unknown address");
-    let listed = ok(node.cli(&["domain", "list"], None));
+    let listed = succeeded(node.cli(&["domain", "list"], None));
     assert!(
         listed.contains("example.com (catch-all bob@example.com)")
             && listed.contains("example.net (alias of example.com)"),
         "{listed}"
     );
-    ok(node.cli(&["domain", "catch-all", "example.com"], None));
+    succeeded(node.cli(&["domain", "catch-all", "example.com"], None));
     let (_, domain) = node.api(Method::GET, "/domains/example.com", None).await;
     assert_eq!(domain["catch_all"], Value::Null);
 }
