@@ -212,9 +212,7 @@ async fn smuggled_end_of_data_sequences_never_end_the_message() {
     for smuggle in ["\n.\n", "\n.\r\n", "\r.\r\n", "\r\n.\n", "\r\n.\r"] {
         let mut client = RawSmtp::connect(node.smtp).await;
         client.command("EHLO client.test", 250).await;
-        client.command("MAIL FROM:<a@remote.test>", 250).await;
-        client.command("RCPT TO:<alice@example.com>", 250).await;
-        client.command("DATA", 354).await;
+        client.start_data("alice@example.com").await;
         let data = format!(
             "Subject: smuggle\r\n\r\nfirst{smuggle}MAIL FROM:<evil@remote.test>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\nSubject: smuggled\r\n\r\nevil\r\n.\r\n"
         );
@@ -255,25 +253,19 @@ async fn hostile_and_broken_input_gets_clear_errors() {
         client.expect(code).await;
     }
     // A message over the size limit while streaming: refused, nothing stored.
-    client.command("MAIL FROM:<a@remote.test>", 250).await;
-    client.command("RCPT TO:<alice@example.com>", 250).await;
-    client.command("DATA", 354).await;
+    client.start_data("alice@example.com").await;
     let big = format!("Subject: big\r\n\r\n{}\r\n.\r\n", "0123456789abcdef\r\n".repeat(10_000));
     client.send_raw(big.as_bytes()).await;
     let refused = client.expect(552).await;
     assert!(refused.text().contains("5.3.4"), "{refused:?}");
     // Too many hops.
-    client.command("MAIL FROM:<a@remote.test>", 250).await;
-    client.command("RCPT TO:<alice@example.com>", 250).await;
-    client.command("DATA", 354).await;
+    client.start_data("alice@example.com").await;
     let looped = format!("{}Subject: loop\r\n\r\nbody\r\n.\r\n", "Received: from x by y; date\r\n".repeat(21));
     client.send_raw(looped.as_bytes()).await;
     let hops = client.expect(554).await;
     assert!(hops.text().contains("5.4.6"), "{hops:?}");
     // Broken MIME is delivered as is: the MTA does not judge MIME.
-    client.command("MAIL FROM:<a@remote.test>", 250).await;
-    client.command("RCPT TO:<alice@example.com>", 250).await;
-    client.command("DATA", 354).await;
+    client.start_data("alice@example.com").await;
     let broken = "Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nno closing boundary\r\n";
     client.send_raw(format!("{broken}.\r\n").as_bytes()).await;
     client.expect(250).await;
@@ -285,9 +277,7 @@ async fn hostile_and_broken_input_gets_clear_errors() {
     // A client that disconnects in the middle of DATA: nothing delivered.
     let mut client = RawSmtp::connect(node.smtp).await;
     client.command("HELO client.test", 250).await;
-    client.command("MAIL FROM:<a@remote.test>", 250).await;
-    client.command("RCPT TO:<bob@example.com>", 250).await;
-    client.command("DATA", 354).await;
+    client.start_data("bob@example.com").await;
     client.send_raw(b"Subject: cut\r\n\r\nhalf a messa").await;
     drop(client);
     // RSET flood.
@@ -355,14 +345,10 @@ async fn pipelining_and_chunking() {
     client.expect(250).await;
     client.command("RCPT TO:<bob@example.com>", 503).await;
     client.command("EHLO client.test", 250).await;
-    client.command("MAIL FROM:<a@remote.test>", 250).await;
-    client.command("RCPT TO:<alice@example.com>", 250).await;
-    client.command("DATA", 354).await;
+    client.start_data("alice@example.com").await;
     client.send_raw(b"..first line\r\n.\r\n").await;
     client.expect(250).await;
-    client.command("MAIL FROM:<a@remote.test>", 250).await;
-    client.command("RCPT TO:<alice@example.com>", 250).await;
-    client.command("DATA", 354).await;
+    client.start_data("alice@example.com").await;
     client.send_raw(b".\r\n").await;
     client.expect(250).await;
     client.command("QUIT", 221).await;
@@ -487,9 +473,7 @@ async fn a_250_survives_kill_9() {
     let mut node = node_with_accounts("").await;
     let mut client = RawSmtp::connect(node.smtp).await;
     client.command("EHLO client.test", 250).await;
-    client.command("MAIL FROM:<a@remote.test>", 250).await;
-    client.command("RCPT TO:<alice@example.com>", 250).await;
-    client.command("DATA", 354).await;
+    client.start_data("alice@example.com").await;
     client.send_raw(b"Subject: durable\r\n\r\nmust survive\r\n.\r\n").await;
     client.expect(250).await;
     node.kill9();

@@ -92,6 +92,14 @@ impl RawSmtp {
         self.expect(code).await
     }
 
+    /// Starts a one-recipient message from `a@remote.test`: MAIL, RCPT and DATA, each
+    /// expected to succeed; the caller sends the data and reads the final reply.
+    pub async fn start_data(&mut self, recipient: &str) {
+        self.command("MAIL FROM:<a@remote.test>", 250).await;
+        self.command(&format!("RCPT TO:<{recipient}>"), 250).await;
+        self.command("DATA", 354).await;
+    }
+
     /// Returns whether the server has closed the connection (reading gives end of stream).
     pub async fn is_closed(&mut self) -> bool {
         let mut rest = String::new();
