@@ -117,8 +117,23 @@ pub enum Command {
     CreateAlias { alias: String, targets: Vec<String> },
     /// Removes an alias.
     RemoveAlias { alias: String },
-    /// Creates a mailbox in an account.
+    /// Creates a mailbox in an account, and any missing superiors of its name (RFC 9051
+    /// §6.3.4: creating `a/b/c` creates `a` and `a/b`).
     CreateMailbox { account_id: u64, name: String, special_use: Option<String> },
+    /// Renames a mailbox and every mailbox below it (RFC 9051 §6.3.6). Renaming INBOX moves
+    /// its messages to the new name and leaves an empty INBOX.
+    RenameMailbox { account_id: u64, from: String, to: String },
+    /// Deletes a mailbox and its messages; mailboxes below it stay (RFC 9051 §6.3.5).
+    /// INBOX cannot be deleted.
+    DeleteMailbox { account_id: u64, name: String },
+    /// Adds or removes a name from an account's subscriptions (RFC 9051 §6.3.7, §6.3.8).
+    SetSubscription { account_id: u64, name: String, subscribed: bool },
+    /// Copies messages to another mailbox of the same account, sharing their blobs; with
+    /// `remove_source` the originals are expunged in the same command (RFC 6851 MOVE).
+    CopyMessages { account_id: u64, from_mailbox: u64, uids: Vec<u32>, to_mailbox: u64, remove_source: bool },
+    /// Claims the `\Recent` messages of a mailbox for one session (RFC 3501 §2.3.2): the
+    /// outcome names the first UID still recent, and later sessions see none of them.
+    ClaimRecent { account_id: u64, mailbox_id: u64 },
     /// Files one stored blob into every target mailbox, assigning UIDs and MODSEQs.
     Deliver {
         blob: BlobId,
@@ -173,6 +188,10 @@ pub enum Outcome {
     FlagsSet { modseq: u64, modified: Vec<u32> },
     /// Messages were expunged; the UIDs that existed and were removed.
     Expunged { uids: Vec<u32> },
+    /// Messages were copied (RFC 4315 COPYUID): source UIDs and the new UIDs, pairwise.
+    Copied { uid_validity: u32, source_uids: Vec<u32>, new_uids: Vec<u32> },
+    /// `\Recent` was claimed: messages from this UID up are recent for the claimer.
+    RecentClaimed { first_recent_uid: u32 },
 }
 
 /// The result of delivering to one target.
@@ -203,6 +222,9 @@ pub enum CommandError {
     /// The command is malformed.
     #[error("{0}")]
     Invalid(String),
+    /// The account's quota does not allow the change.
+    #[error("account {account} is over its storage quota")]
+    OverQuota { account: String },
     /// A delivery's blob copy may have been deleted by garbage collection while it was
     /// stored; the proposer must store the body again.
     #[error("blob {blob} was garbage-collected while this copy was stored; store it again")]

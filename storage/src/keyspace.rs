@@ -23,10 +23,25 @@ pub const CHANGES: &str = "changes";
 pub const META: &str = "meta";
 /// Exclusive leases: `resource` -> [`crate::Lease`].
 pub const LEASES: &str = "leases";
+/// IMAP subscriptions (RFC 9051 §6.3.7): `account_id, name` -> empty. A name may be
+/// subscribed whether or not the mailbox exists.
+pub const SUBSCRIPTIONS: &str = "subscriptions";
 
 /// Every column family of the state database, checked at open time.
-pub const COLUMN_FAMILIES: [&str; 11] =
-    [DOMAINS, ADDRESSES, PRINCIPALS, CREDENTIALS, MAILBOXES, MAILBOX_NAMES, MESSAGES, BLOB_REFS, CHANGES, META, LEASES];
+pub const COLUMN_FAMILIES: [&str; 12] = [
+    DOMAINS,
+    ADDRESSES,
+    PRINCIPALS,
+    CREDENTIALS,
+    MAILBOXES,
+    MAILBOX_NAMES,
+    MESSAGES,
+    BLOB_REFS,
+    CHANGES,
+    META,
+    LEASES,
+    SUBSCRIPTIONS,
+];
 
 /// Meta key of the consensus layer's opaque applied-state record.
 pub const META_RAFT: &[u8] = b"raft";

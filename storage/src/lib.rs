@@ -27,4 +27,4 @@ pub use records::{
     Account, AccountState, AddressTarget, BlobRef, Change, Credentials, Domain, Lease, Mailbox, MessageRecord, Service,
 };
 
-pub use state::{ApplyEntry, INBOX, StateStore};
+pub use state::{ApplyEntry, ChangeListener, INBOX, MAILBOX_SEPARATOR, StateStore};

@@ -151,6 +151,10 @@ pub struct Mailbox {
     pub message_count: u64,
     /// Bytes of the messages currently in the mailbox.
     pub size_bytes: u64,
+    /// RFC 3501 §2.3.2 `\Recent`: messages with this UID or above have not been seen by a
+    /// session yet; the next session that claims them ([`crate::Command::ClaimRecent`])
+    /// reports them as recent and moves this up.
+    pub first_recent_uid: u32,
 }
 
 /// The index entry of one message in one mailbox.
@@ -212,4 +216,8 @@ pub enum Change {
     Expunged { mailbox_id: u64, uid: u32, modseq: u64 },
     /// A mailbox was created.
     MailboxCreated { mailbox_id: u64 },
+    /// A mailbox was renamed.
+    MailboxRenamed { mailbox_id: u64 },
+    /// A mailbox was deleted with its messages.
+    MailboxDeleted { mailbox_id: u64 },
 }

@@ -27,6 +27,8 @@ use crate::records::{decode_value, encode_value};
 
 /// Name of the mailbox every account starts with.
 pub const INBOX: &str = "INBOX";
+/// The hierarchy separator of mailbox names.
+pub const MAILBOX_SEPARATOR: char = '/';
 
 /// One committed Raft entry to apply: a batch of commands (empty for Raft's own entries
 /// such as membership changes) and the consensus layer's opaque record of the state after it.
@@ -48,7 +50,13 @@ pub struct StateStore {
     db: RwLock<Arc<DB>>,
     /// Serialises apply, checkpoint and restore.
     apply_lock: Mutex<()>,
+    /// Told which accounts' change logs grew, after each applied batch is written.
+    change_listener: RwLock<Option<ChangeListener>>,
 }
+
+/// A callback told, after each applied batch is written, the ids of the accounts whose
+/// mailboxes changed (for IMAP IDLE and other sessions that wait for changes).
+pub type ChangeListener = Arc<dyn Fn(&[u64]) + Send + Sync>;
 
 impl std::fmt::Debug for StateStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -125,7 +133,12 @@ impl StateStore {
             }
         }
         let db = open_db(&root.join(live))?;
-        Ok(Self { root, db: RwLock::new(Arc::new(db)), apply_lock: Mutex::new(()) })
+        Ok(Self { root, db: RwLock::new(Arc::new(db)), apply_lock: Mutex::new(()), change_listener: RwLock::new(None) })
+    }
+
+    /// Installs the callback told about changed accounts after each applied batch.
+    pub fn set_change_listener(&self, listener: ChangeListener) {
+        *self.change_listener.write().expect("listener lock") = Some(listener);
     }
 
     fn db(&self) -> Arc<DB> {
@@ -150,6 +163,7 @@ impl StateStore {
         let _guard = self.apply_lock.lock().expect("apply lock");
         let db = self.db();
         let mut results = Vec::with_capacity(entries.len());
+        let mut touched = Vec::new();
         // The Raft log is the durable record; the state may lag it after a power loss and is
         // then replayed, so these writes need no fsync of their own.
         let mut write_options = WriteOptions::default();
@@ -162,6 +176,7 @@ impl StateStore {
                 let mut tx = Tx::new(&db, &entry_writes, entry.log_index, envelope.issued_at_ms);
                 let result = tx.apply(envelope.command)?;
                 if result.is_ok() {
+                    touched.extend_from_slice(&tx.touched_accounts);
                     entry_writes.extend(tx.finish());
                 }
                 entry_results.push(result);
@@ -176,6 +191,13 @@ impl StateStore {
             }
             db.write_opt(batch, &write_options)?;
             results.push(entry_results);
+        }
+        if !touched.is_empty()
+            && let Some(listener) = self.change_listener.read().expect("listener lock").clone()
+        {
+            touched.sort_unstable();
+            touched.dedup();
+            listener(&touched);
         }
         Ok(results)
     }
@@ -282,6 +304,31 @@ impl StateStore {
         Ok(rows.into_iter().map(|(_, message)| message).collect())
     }
 
+    /// Returns a mailbox by id.
+    pub fn mailbox(&self, account_id: u64, mailbox_id: u64) -> Result<Option<Mailbox>> {
+        get(&self.db(), ks::MAILBOXES, &ks::mailbox_key(account_id, mailbox_id))
+    }
+
+    /// Returns one message of a mailbox.
+    pub fn message(&self, account_id: u64, mailbox_id: u64, uid: u32) -> Result<Option<MessageRecord>> {
+        get(&self.db(), ks::MESSAGES, &ks::message_key(account_id, mailbox_id, uid))
+    }
+
+    /// Lists the names an account subscribed to, sorted.
+    pub fn subscriptions(&self, account_id: u64) -> Result<Vec<String>> {
+        let db = self.db();
+        let mut out = Vec::new();
+        let prefix = ks::id_key(account_id);
+        for item in db.iterator_cf(&cf(&db, ks::SUBSCRIPTIONS), IteratorMode::From(&prefix, Direction::Forward)) {
+            let (key, _) = item?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            out.push(String::from_utf8_lossy(&key[8..]).into_owned());
+        }
+        Ok(out)
+    }
+
     /// Returns the reference count record of a blob.
     pub fn blob_ref(&self, blob: &BlobId) -> Result<Option<BlobRef>> {
         get(&self.db(), ks::BLOB_REFS, blob.as_bytes())
@@ -379,6 +426,8 @@ struct Tx<'a> {
     blob_refs: HashMap<BlobId, BlobRef>,
     now_ms: u64,
     log_index: u64,
+    /// Accounts whose change log this command extended.
+    touched_accounts: Vec<u64>,
 }
 
 fn vanished(what: &str) -> Error {
@@ -397,6 +446,7 @@ impl<'a> Tx<'a> {
             blob_refs: HashMap::new(),
             now_ms,
             log_index,
+            touched_accounts: Vec::new(),
         }
     }
 
@@ -528,6 +578,9 @@ impl<'a> Tx<'a> {
 
     fn record_change(&mut self, account_id: u64, change: Change) -> Result<()> {
         let change_id = self.next_id(ks::META_NEXT_CHANGE_ID)?;
+        if self.touched_accounts.last() != Some(&account_id) {
+            self.touched_accounts.push(account_id);
+        }
         self.put(ks::CHANGES, &ks::change_key(account_id, change_id), &change);
         Ok(())
     }
@@ -555,7 +608,29 @@ impl<'a> Tx<'a> {
             Command::CreateAlias { alias, targets } => self.create_alias(&alias, targets),
             Command::RemoveAlias { alias } => self.remove_alias(&alias),
             Command::CreateMailbox { account_id, name, special_use } => {
-                self.create_mailbox(account_id, name, special_use)
+                self.create_mailbox_with_superiors(account_id, name, special_use)
+            }
+            Command::RenameMailbox { account_id, from, to } => self.rename_mailbox(account_id, &from, &to),
+            Command::DeleteMailbox { account_id, name } => self.delete_mailbox(account_id, &name),
+            Command::SetSubscription { account_id, name, subscribed } => {
+                let key = ks::mailbox_name_key(account_id, &name);
+                if subscribed {
+                    self.put_raw(ks::SUBSCRIPTIONS, &key, Vec::new());
+                } else {
+                    self.delete(ks::SUBSCRIPTIONS, &key);
+                }
+                Ok(Ok(Outcome::Done))
+            }
+            Command::CopyMessages { account_id, from_mailbox, uids, to_mailbox, remove_source } => {
+                self.copy_messages(account_id, from_mailbox, &uids, to_mailbox, remove_source)
+            }
+            Command::ClaimRecent { account_id, mailbox_id } => {
+                let Some(mailbox) = self.mailbox(account_id, mailbox_id)? else {
+                    return Ok(Err(CommandError::not_found("mailbox", mailbox_id)));
+                };
+                let first_recent_uid = mailbox.first_recent_uid;
+                mailbox.first_recent_uid = mailbox.uid_next;
+                Ok(Ok(Outcome::RecentClaimed { first_recent_uid }))
             }
             Command::Deliver { blob, stored_after_index, size, internal_date_ms, flags, targets } => {
                 self.deliver(blob, stored_after_index, size, internal_date_ms, flags, &targets)
@@ -779,7 +854,7 @@ impl<'a> Tx<'a> {
         for (key, _) in self.scan::<Mailbox>(ks::MAILBOXES, &prefix)? {
             self.delete(ks::MAILBOXES, &key);
         }
-        for table in [ks::MAILBOX_NAMES, ks::CHANGES] {
+        for table in [ks::MAILBOX_NAMES, ks::CHANGES, ks::SUBSCRIPTIONS] {
             for (key, _) in self.scan_raw(table, &prefix)? {
                 self.delete(table, &key);
             }
@@ -842,10 +917,171 @@ impl<'a> Tx<'a> {
             special_use,
             message_count: 0,
             size_bytes: 0,
+            first_recent_uid: 1,
         };
         self.mailboxes.insert((account_id, mailbox_id), mailbox);
         self.record_change(account_id, Change::MailboxCreated { mailbox_id })?;
         Ok(Ok(Outcome::MailboxCreated { mailbox_id }))
+    }
+
+    /// Creates `name` after any of its superiors (`a` and `a/b` for `a/b/c`) that are
+    /// missing, so the hierarchy has no holes (RFC 9051 §6.3.4 SHOULD).
+    fn create_mailbox_with_superiors(
+        &mut self,
+        account_id: u64,
+        name: String,
+        special_use: Option<String>,
+    ) -> Result<CommandResult> {
+        if name.split(MAILBOX_SEPARATOR).any(str::is_empty) {
+            return Ok(Err(CommandError::Invalid(format!("mailbox name {name:?} has an empty level"))));
+        }
+        for (index, _) in name.match_indices(MAILBOX_SEPARATOR) {
+            let superior = &name[..index];
+            if self.get_u64(ks::MAILBOX_NAMES, &ks::mailbox_name_key(account_id, superior))?.is_none()
+                && let Err(refusal) = self.create_mailbox(account_id, superior.to_owned(), None)?
+            {
+                return Ok(Err(refusal));
+            }
+        }
+        self.create_mailbox(account_id, name, special_use)
+    }
+
+    fn mailbox_id_by_name(&self, account_id: u64, name: &str) -> Result<Option<u64>> {
+        self.get_u64(ks::MAILBOX_NAMES, &ks::mailbox_name_key(account_id, name))
+    }
+
+    fn rename_mailbox(&mut self, account_id: u64, from: &str, to: &str) -> Result<CommandResult> {
+        let Some(from_id) = self.mailbox_id_by_name(account_id, from)? else {
+            return Ok(Err(CommandError::not_found("mailbox", from)));
+        };
+        if to.split(MAILBOX_SEPARATOR).any(str::is_empty) {
+            return Ok(Err(CommandError::Invalid(format!("mailbox name {to:?} has an empty level"))));
+        }
+        if to == from || to.starts_with(&format!("{from}{MAILBOX_SEPARATOR}")) {
+            return Ok(Err(CommandError::Invalid(format!("cannot rename {from} to itself or below itself"))));
+        }
+        // The mailbox and every inferior, with their new names (INBOX's inferiors stay:
+        // RFC 9051 §6.3.6 renames only INBOX's messages).
+        let mut renames = vec![(from_id, from.to_owned(), to.to_owned())];
+        if from != INBOX {
+            let prefix = format!("{from}{MAILBOX_SEPARATOR}");
+            for (key, id) in self.scan_raw(ks::MAILBOX_NAMES, &ks::mailbox_name_key(account_id, &prefix))? {
+                let name = String::from_utf8_lossy(&key[8..]).into_owned();
+                let id = u64::from_be_bytes(id.as_slice().try_into().map_err(|_| Error::corrupt("mailbox name id"))?);
+                renames.push((id, name.clone(), format!("{to}{}", &name[from.len()..])));
+            }
+        }
+        for (_, _, new_name) in &renames {
+            if self.mailbox_id_by_name(account_id, new_name)?.is_some() {
+                return Ok(Err(CommandError::exists("mailbox", new_name)));
+            }
+        }
+        for (id, old_name, new_name) in renames {
+            self.delete(ks::MAILBOX_NAMES, &ks::mailbox_name_key(account_id, &old_name));
+            self.put_raw(ks::MAILBOX_NAMES, &ks::mailbox_name_key(account_id, &new_name), id.to_be_bytes().to_vec());
+            let mailbox = self.mailbox(account_id, id)?.ok_or_else(|| vanished("mailbox"))?;
+            mailbox.name = new_name;
+            self.record_change(account_id, Change::MailboxRenamed { mailbox_id: id })?;
+        }
+        // Superiors of the new name, then a fresh INBOX if INBOX was the one renamed.
+        for (index, _) in to.match_indices(MAILBOX_SEPARATOR) {
+            let superior = &to[..index];
+            if self.mailbox_id_by_name(account_id, superior)?.is_none()
+                && let Err(refusal) = self.create_mailbox(account_id, superior.to_owned(), None)?
+            {
+                return Ok(Err(refusal));
+            }
+        }
+        if from == INBOX
+            && let Err(refusal) = self.create_mailbox(account_id, INBOX.to_owned(), None)?
+        {
+            return Ok(Err(refusal));
+        }
+        Ok(Ok(Outcome::Done))
+    }
+
+    fn delete_mailbox(&mut self, account_id: u64, name: &str) -> Result<CommandResult> {
+        if name == INBOX {
+            return Ok(Err(CommandError::Invalid("INBOX cannot be deleted".into())));
+        }
+        let Some(mailbox_id) = self.mailbox_id_by_name(account_id, name)? else {
+            return Ok(Err(CommandError::not_found("mailbox", name)));
+        };
+        let mut removed_bytes = 0;
+        let mut removed = 0;
+        for (key, message) in self.scan::<MessageRecord>(ks::MESSAGES, &ks::mailbox_key(account_id, mailbox_id))? {
+            self.release_blob(message.blob)?;
+            self.delete(ks::MESSAGES, &key);
+            removed_bytes += message.size;
+            removed += 1;
+        }
+        let account = self.account(account_id)?.ok_or_else(|| vanished("account"))?;
+        account.used_bytes -= removed_bytes;
+        account.message_count -= removed;
+        self.mailboxes.remove(&(account_id, mailbox_id));
+        self.delete(ks::MAILBOXES, &ks::mailbox_key(account_id, mailbox_id));
+        self.delete(ks::MAILBOX_NAMES, &ks::mailbox_name_key(account_id, name));
+        self.record_change(account_id, Change::MailboxDeleted { mailbox_id })?;
+        Ok(Ok(Outcome::Done))
+    }
+
+    fn copy_messages(
+        &mut self,
+        account_id: u64,
+        from_mailbox: u64,
+        uids: &[u32],
+        to_mailbox: u64,
+        remove_source: bool,
+    ) -> Result<CommandResult> {
+        if self.mailbox(account_id, from_mailbox)?.is_none() {
+            return Ok(Err(CommandError::not_found("mailbox", from_mailbox)));
+        }
+        let Some(target) = self.mailbox(account_id, to_mailbox)? else {
+            return Ok(Err(CommandError::not_found("mailbox", to_mailbox)));
+        };
+        let uid_validity = target.uid_validity;
+        let mut records = Vec::new();
+        for &uid in uids {
+            if let Some(record) = self.get::<MessageRecord>(ks::MESSAGES, &ks::message_key(account_id, from_mailbox, uid))? {
+                records.push(record);
+            }
+        }
+        records.sort_by_key(|record| record.uid);
+        records.dedup_by_key(|record| record.uid);
+        let bytes: u64 = records.iter().map(|record| record.size).sum();
+        let account = self.account(account_id)?.ok_or_else(|| vanished("account"))?;
+        // A move within one account does not change its usage; a copy adds to it.
+        if !remove_source && account.quota_bytes.is_some_and(|quota| account.used_bytes.saturating_add(bytes) > quota) {
+            return Ok(Err(CommandError::OverQuota { account: account.address.clone() }));
+        }
+        let mut source_uids = Vec::with_capacity(records.len());
+        let mut new_uids = Vec::with_capacity(records.len());
+        let target = self.mailbox(account_id, to_mailbox)?.ok_or_else(|| vanished("mailbox"))?;
+        // RFC 7162 §3.1.2: one new modseq for everything this command adds.
+        target.highest_modseq += 1;
+        let modseq = target.highest_modseq;
+        let first_uid = target.uid_next;
+        target.uid_next += records.len() as u32;
+        target.message_count += records.len() as u64;
+        target.size_bytes += bytes;
+        for (offset, record) in records.iter().enumerate() {
+            let uid = first_uid + offset as u32;
+            let copy = MessageRecord { uid, modseq, ..record.clone() };
+            self.put(ks::MESSAGES, &ks::message_key(account_id, to_mailbox, uid), &copy);
+            let blob_ref = self.blob_ref(record.blob)?;
+            blob_ref.count += 1;
+            blob_ref.zero_since_ms = None;
+            self.record_change(account_id, Change::Added { mailbox_id: to_mailbox, uid, modseq })?;
+            source_uids.push(record.uid);
+            new_uids.push(uid);
+        }
+        let account = self.account(account_id)?.ok_or_else(|| vanished("account"))?;
+        account.used_bytes += bytes;
+        account.message_count += records.len() as u64;
+        if remove_source && let Err(refusal) = self.expunge(account_id, from_mailbox, &source_uids)? {
+            return Ok(Err(refusal));
+        }
+        Ok(Ok(Outcome::Copied { uid_validity, source_uids, new_uids }))
     }
 
     fn deliver(

@@ -401,3 +401,143 @@ fn a_command_from_a_newer_release_stops_apply() {
     assert_eq!(store.raft_meta().unwrap(), None, "nothing of the entry applied");
     assert!(store.domains().unwrap().is_empty(), "the entry is all or nothing");
 }
+
+fn mailbox_id(store: &StateStore, account_id: u64, name: &str) -> u64 {
+    store.mailbox_by_name(account_id, name).unwrap().unwrap_or_else(|| panic!("mailbox {name} missing")).id
+}
+
+fn names(store: &StateStore, account_id: u64) -> Vec<String> {
+    let mut names: Vec<String> = store.mailboxes(account_id).unwrap().into_iter().map(|m| m.name).collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn create_makes_superiors_and_rename_moves_inferiors() {
+    let (_dir, store) = store();
+    let (a, _) = setup_two_accounts(&store);
+    let create = |name: &str| Command::CreateMailbox { account_id: a, name: name.into(), special_use: None };
+    apply_one(&store, create("work/2026/q4")).unwrap();
+    assert_eq!(names(&store, a), ["INBOX", "work", "work/2026", "work/2026/q4"]);
+    assert!(matches!(apply_one(&store, create("work")), Err(CommandError::AlreadyExists { .. })));
+    assert!(matches!(apply_one(&store, create("a//b")), Err(CommandError::Invalid(_))));
+    let q4 = mailbox_id(&store, a, "work/2026/q4");
+
+    let rename = |from: &str, to: &str| Command::RenameMailbox { account_id: a, from: from.into(), to: to.into() };
+    apply_one(&store, rename("work", "archive/old")).unwrap();
+    assert_eq!(names(&store, a), ["INBOX", "archive", "archive/old", "archive/old/2026", "archive/old/2026/q4"]);
+    assert_eq!(mailbox_id(&store, a, "archive/old/2026/q4"), q4, "a rename keeps the mailbox (and its UIDs)");
+    assert!(matches!(apply_one(&store, rename("archive", "archive/x")), Err(CommandError::Invalid(_))));
+    assert!(matches!(apply_one(&store, rename("nope", "x")), Err(CommandError::NotFound { .. })));
+    assert!(matches!(apply_one(&store, rename("archive", "INBOX")), Err(CommandError::AlreadyExists { .. })));
+}
+
+#[test]
+fn renaming_inbox_moves_its_messages_and_leaves_an_empty_inbox() {
+    let (_dir, store) = store();
+    let (a, _) = setup_two_accounts(&store);
+    apply_one(&store, deliver(BlobId::of(b"m1"), 10, &[a])).unwrap();
+    let inbox = mailbox_id(&store, a, INBOX);
+    apply_one(&store, Command::RenameMailbox { account_id: a, from: INBOX.into(), to: "old-inbox".into() }).unwrap();
+    assert_eq!(mailbox_id(&store, a, "old-inbox"), inbox);
+    assert_eq!(store.messages(a, inbox).unwrap().len(), 1);
+    let new_inbox = store.mailbox_by_name(a, INBOX).unwrap().unwrap();
+    assert_ne!(new_inbox.id, inbox);
+    assert_ne!(new_inbox.uid_validity, store.mailbox(a, inbox).unwrap().unwrap().uid_validity);
+    assert!(store.messages(a, new_inbox.id).unwrap().is_empty());
+}
+
+#[test]
+fn delete_removes_messages_but_not_inferiors_and_never_inbox() {
+    let (_dir, store) = store();
+    let (a, _) = setup_two_accounts(&store);
+    apply_one(&store, Command::CreateMailbox { account_id: a, name: "x/y".into(), special_use: None }).unwrap();
+    let x = mailbox_id(&store, a, "x");
+    let blob = BlobId::of(b"m1");
+    let copy = Command::Deliver {
+        blob,
+        stored_after_index: 0,
+        size: 10,
+        internal_date_ms: 5,
+        flags: vec![],
+        targets: vec![DeliveryTarget { account_id: a, mailbox_id: Some(x) }],
+    };
+    apply_one(&store, copy).unwrap();
+    assert_eq!(store.account(a).unwrap().unwrap().used_bytes, 10);
+    apply_one(&store, Command::DeleteMailbox { account_id: a, name: "x".into() }).unwrap();
+    assert_eq!(names(&store, a), ["INBOX", "x/y"]);
+    let account = store.account(a).unwrap().unwrap();
+    assert_eq!((account.used_bytes, account.message_count), (0, 0));
+    assert_eq!(store.blob_ref(&blob).unwrap().unwrap().count, 0);
+    let refused = apply_one(&store, Command::DeleteMailbox { account_id: a, name: INBOX.into() });
+    assert!(matches!(refused, Err(CommandError::Invalid(_))));
+}
+
+#[test]
+fn copy_and_move_share_blobs_assign_uids_and_respect_quota() {
+    let (_dir, store) = store();
+    let (a, _) = setup_two_accounts(&store);
+    for body in [b"one".as_slice(), b"two", b"three"] {
+        apply_one(&store, deliver(BlobId::of(body), 100, &[a])).unwrap();
+    }
+    apply_one(&store, Command::CreateMailbox { account_id: a, name: "Archive".into(), special_use: None }).unwrap();
+    let (inbox, archive) = (mailbox_id(&store, a, INBOX), mailbox_id(&store, a, "Archive"));
+    let copy = |uids: Vec<u32>, remove_source| Command::CopyMessages {
+        account_id: a,
+        from_mailbox: inbox,
+        uids,
+        to_mailbox: archive,
+        remove_source,
+    };
+    let Outcome::Copied { source_uids, new_uids, uid_validity } = apply_one(&store, copy(vec![3, 1, 9], false)).unwrap()
+    else {
+        panic!("copy outcome")
+    };
+    assert_eq!((source_uids, new_uids), (vec![1, 3], vec![1, 2]));
+    assert_eq!(uid_validity, store.mailbox(a, archive).unwrap().unwrap().uid_validity);
+    assert_eq!(store.blob_ref(&BlobId::of(b"one")).unwrap().unwrap().count, 2);
+    assert_eq!(store.account(a).unwrap().unwrap().used_bytes, 500);
+
+    let Outcome::Copied { new_uids, .. } = apply_one(&store, copy(vec![2], true)).unwrap() else { panic!() };
+    assert_eq!(new_uids, vec![3]);
+    let inbox_uids: Vec<u32> = store.messages(a, inbox).unwrap().iter().map(|m| m.uid).collect();
+    assert_eq!(inbox_uids, vec![1, 3]);
+    assert_eq!(store.account(a).unwrap().unwrap().used_bytes, 500, "a move does not change usage");
+    assert_eq!(store.blob_ref(&BlobId::of(b"two")).unwrap().unwrap().count, 1);
+
+    let quota = Some(Some(550));
+    apply_one(
+        &store,
+        Command::UpdateAccount {
+            address: "a@example.com".into(),
+            display_name: None,
+            password_hash: None,
+            quota_bytes: quota,
+            state: None,
+        },
+    )
+    .unwrap();
+    assert!(matches!(apply_one(&store, copy(vec![1], false)), Err(CommandError::OverQuota { .. })));
+    apply_one(&store, copy(vec![1], true)).unwrap();
+}
+
+#[test]
+fn subscriptions_recent_claims_and_change_listener() {
+    let (_dir, store) = store();
+    let (a, b) = setup_two_accounts(&store);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let recorder = seen.clone();
+    store.set_change_listener(Arc::new(move |accounts: &[u64]| recorder.lock().unwrap().push(accounts.to_vec())));
+    let subscribe = |name: &str, subscribed| Command::SetSubscription { account_id: a, name: name.into(), subscribed };
+    apply(&store, vec![subscribe("Sent", true), subscribe("gone", true), subscribe("gone", false)]);
+    assert_eq!(store.subscriptions(a).unwrap(), ["Sent"]);
+    assert!(store.subscriptions(b).unwrap().is_empty());
+    assert!(seen.lock().unwrap().is_empty(), "subscriptions change no mailbox");
+
+    apply_one(&store, deliver(BlobId::of(b"m"), 1, &[a, b])).unwrap();
+    assert_eq!(seen.lock().unwrap().last().unwrap(), &vec![a.min(b), a.max(b)]);
+    let inbox = mailbox_id(&store, a, INBOX);
+    let claim = Command::ClaimRecent { account_id: a, mailbox_id: inbox };
+    assert_eq!(apply_one(&store, claim.clone()).unwrap(), Outcome::RecentClaimed { first_recent_uid: 1 });
+    assert_eq!(apply_one(&store, claim).unwrap(), Outcome::RecentClaimed { first_recent_uid: 2 });
+}
