@@ -361,6 +361,20 @@ impl StateStore {
         Ok(rows.into_iter().map(|(key, lease)| (String::from_utf8_lossy(&key).into_owned(), lease)).collect())
     }
 
+    /// Returns the id of an account's latest change-log entry (0 when there is none).
+    pub fn last_change_id(&self, account_id: u64) -> Result<u64> {
+        let db = self.db();
+        let prefix = ks::id_key(account_id);
+        let end = ks::change_key(account_id, u64::MAX);
+        let mut iterator = db.iterator_cf(&cf(&db, ks::CHANGES), IteratorMode::From(&end, Direction::Reverse));
+        match iterator.next().transpose()? {
+            Some((key, _)) if key.starts_with(&prefix) => {
+                Ok(u64::from_be_bytes(key[8..16].try_into().map_err(|_| Error::corrupt("change key"))?))
+            }
+            _ => Ok(0),
+        }
+    }
+
     /// Returns an account's change-log entries with an id greater than `after`.
     pub fn changes_since(&self, account_id: u64, after: u64) -> Result<Vec<(u64, Change)>> {
         let db = self.db();
@@ -1042,7 +1056,9 @@ impl<'a> Tx<'a> {
         let uid_validity = target.uid_validity;
         let mut records = Vec::new();
         for &uid in uids {
-            if let Some(record) = self.get::<MessageRecord>(ks::MESSAGES, &ks::message_key(account_id, from_mailbox, uid))? {
+            if let Some(record) =
+                self.get::<MessageRecord>(ks::MESSAGES, &ks::message_key(account_id, from_mailbox, uid))?
+            {
                 records.push(record);
             }
         }

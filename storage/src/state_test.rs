@@ -489,7 +489,8 @@ fn copy_and_move_share_blobs_assign_uids_and_respect_quota() {
         to_mailbox: archive,
         remove_source,
     };
-    let Outcome::Copied { source_uids, new_uids, uid_validity } = apply_one(&store, copy(vec![3, 1, 9], false)).unwrap()
+    let Outcome::Copied { source_uids, new_uids, uid_validity } =
+        apply_one(&store, copy(vec![3, 1, 9], false)).unwrap()
     else {
         panic!("copy outcome")
     };
@@ -534,8 +535,13 @@ fn subscriptions_recent_claims_and_change_listener() {
     assert!(store.subscriptions(b).unwrap().is_empty());
     assert!(seen.lock().unwrap().is_empty(), "subscriptions change no mailbox");
 
+    let before = store.last_change_id(a).unwrap();
     apply_one(&store, deliver(BlobId::of(b"m"), 1, &[a, b])).unwrap();
     assert_eq!(seen.lock().unwrap().last().unwrap(), &vec![a.min(b), a.max(b)]);
+    let after = store.last_change_id(a).unwrap();
+    assert!(after > before);
+    assert_eq!(store.changes_since(a, before).unwrap().last().unwrap().0, after);
+    assert_eq!(store.last_change_id(999).unwrap(), 0);
     let inbox = mailbox_id(&store, a, INBOX);
     let claim = Command::ClaimRecent { account_id: a, mailbox_id: inbox };
     assert_eq!(apply_one(&store, claim.clone()).unwrap(), Outcome::RecentClaimed { first_recent_uid: 1 });

@@ -63,6 +63,10 @@ pub struct WmailNode {
     pub pop3: SocketAddr,
     /// Its POP3S (implicit TLS) address.
     pub pop3s: SocketAddr,
+    /// Its IMAP (STARTTLS) address.
+    pub imap: SocketAddr,
+    /// Its IMAPS (implicit TLS) address.
+    pub imaps: SocketAddr,
     /// Its stdout and stderr.
     pub log_path: PathBuf,
     extra_config: String,
@@ -95,6 +99,8 @@ impl WmailNode {
             submissions: unset,
             pop3: unset,
             pop3s: unset,
+            imap: unset,
+            imaps: unset,
             lmtp: unset,
             child: None,
             http_client: reqwest::Client::new(),
@@ -109,8 +115,9 @@ impl WmailNode {
         let local = || -> SocketAddr { format!("127.0.0.1:{}", free_port()).parse().expect("addr") };
         (self.http, self.smtp, self.submission, self.submissions) = (local(), local(), local(), local());
         (self.pop3, self.pop3s, self.lmtp) = (local(), local(), local());
+        (self.imap, self.imaps) = (local(), local());
         let config = format!(
-            "version = 1\n{extra}\n[server]\ndata_dir = {data:?}\nhostname = \"mx.test\"\n\n[listen]\nhttp = [\"{http}\"]\nsmtp = [\"{smtp}\"]\nsubmission = [\"{submission}\"]\nsubmissions = [\"{submissions}\"]\npop3 = [\"{pop3}\"]\npop3s = [\"{pop3s}\"]\nlmtp = [\"{lmtp}\"]\n\n[cluster]\nlisten = \"{cluster}\"\n",
+            "version = 1\n{extra}\n[server]\ndata_dir = {data:?}\nhostname = \"mx.test\"\n\n[listen]\nhttp = [\"{http}\"]\nsmtp = [\"{smtp}\"]\nsubmission = [\"{submission}\"]\nsubmissions = [\"{submissions}\"]\npop3 = [\"{pop3}\"]\npop3s = [\"{pop3s}\"]\nimap = [\"{imap}\"]\nimaps = [\"{imaps}\"]\nlmtp = [\"{lmtp}\"]\n\n[cluster]\nlisten = \"{cluster}\"\n",
             extra = self.extra_config,
             data = self.data_dir.display().to_string(),
             http = self.http,
@@ -119,6 +126,8 @@ impl WmailNode {
             submissions = self.submissions,
             pop3 = self.pop3,
             pop3s = self.pop3s,
+            imap = self.imap,
+            imaps = self.imaps,
             lmtp = self.lmtp,
             cluster = local(),
         );
@@ -300,16 +309,18 @@ impl WmailNode {
 }
 
 /// Python code that imports the client libraries and defines the node's ports (`SMTP`,
-/// `SUBMISSION`, `SUBMISSIONS`, `POP3`, `POP3S`) and `ctx`, a TLS context that accepts the
-/// node's self-signed certificate.
+/// `SUBMISSION`, `SUBMISSIONS`, `POP3`, `POP3S`, `IMAP`, `IMAPS`) and `ctx`, a TLS context
+/// that accepts the node's self-signed certificate.
 pub fn python_prelude(node: &WmailNode) -> String {
     format!(
-        "import smtplib, poplib, ssl, socket, sys\nSMTP = {}\nSUBMISSION = {}\nSUBMISSIONS = {}\nPOP3 = {}\nPOP3S = {}\nctx = ssl.create_default_context()\nctx.check_hostname = False\nctx.verify_mode = ssl.CERT_NONE\n",
+        "import smtplib, poplib, imaplib, ssl, socket, sys\nSMTP = {}\nSUBMISSION = {}\nSUBMISSIONS = {}\nPOP3 = {}\nPOP3S = {}\nIMAP = {}\nIMAPS = {}\nctx = ssl.create_default_context()\nctx.check_hostname = False\nctx.verify_mode = ssl.CERT_NONE\n",
         node.smtp.port(),
         node.submission.port(),
         node.submissions.port(),
         node.pop3.port(),
-        node.pop3s.port()
+        node.pop3s.port(),
+        node.imap.port(),
+        node.imaps.port()
     )
 }
 

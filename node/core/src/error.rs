@@ -14,6 +14,8 @@ pub enum ErrorCode {
     InvalidInput,
     /// The credentials are wrong, or the account may not log in.
     Unauthorized,
+    /// The account's storage quota does not allow the change.
+    OverQuota,
     /// Temporarily unavailable (no leader, shutting down); retry later.
     Unavailable,
     /// A bug or a storage failure; the log has details.
@@ -60,6 +62,7 @@ impl From<wmail_storage::CommandError> for CoreError {
             E::Conflict(_) => ErrorCode::Conflict,
             E::Invalid(_) => ErrorCode::InvalidInput,
             E::BlobCollected { .. } => ErrorCode::Unavailable,
+            E::OverQuota { .. } => ErrorCode::OverQuota,
         };
         Self::new(code, error.to_string())
     }

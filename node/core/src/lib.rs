@@ -8,6 +8,8 @@
 mod address;
 mod error;
 mod login_guard;
+mod mailbox;
+pub mod message;
 pub mod password;
 mod replicated;
 pub mod sasl;
@@ -21,6 +23,7 @@ use bytes::Bytes;
 pub use error::{CoreError, ErrorCode, Result};
 use futures::Stream;
 pub use login_guard::{Blocked, LockoutPolicy, LoginGuard};
+pub use mailbox::{CopyResult, StoredBody};
 pub use replicated::ReplicatedMailState;
 pub use wmail_consensus::{BasicNode, NodeId, RaftMetrics, ServerState};
 use wmail_consensus::{Consensus, ConsensusConfig, InMemoryRouter, ProposeError};
@@ -29,6 +32,7 @@ pub use wmail_storage::{
     Mailbox, MessageRecord, Outcome, S3Config, Service,
 };
 use wmail_storage::{BlobStore, CommandEnvelope, StateStore};
+pub use wmail_storage::{Change, FlagAction, MAILBOX_SEPARATOR};
 
 /// Settings core needs to start.
 #[derive(Debug, Clone)]
@@ -92,6 +96,7 @@ pub struct RecipientResult {
 /// A running node's mail logic.
 pub struct Core {
     login_guard: LoginGuard,
+    notifier: Arc<mailbox::ChangeNotifier>,
     state: Arc<StateStore>,
     blobs: BlobStore,
     consensus: Consensus,
@@ -132,6 +137,9 @@ impl Core {
                 .map_err(|e| CoreError::internal("opening the state", e))?
                 .map_err(|e| CoreError::internal("opening the state", e))?,
         );
+        let notifier = Arc::new(mailbox::ChangeNotifier::default());
+        let listener = notifier.clone();
+        state.set_change_listener(Arc::new(move |accounts: &[u64]| listener.notify(accounts)));
         let blobs =
             BlobStore::open(&config.blob_backend).map_err(|e| CoreError::internal("opening the blob store", e))?;
         let mut consensus_config = ConsensusConfig::new(config.node_id, &config.advertise_addr, &config.data_dir);
@@ -148,7 +156,8 @@ impl Core {
         if !consensus.wait_ready(Duration::from_secs(60)).await {
             return Err(CoreError::new(ErrorCode::Unavailable, "consensus did not become ready within 60 s"));
         }
-        let core = Arc::new(Self { login_guard: LoginGuard::new(config.lockout), state, blobs, consensus, config });
+        let core =
+            Arc::new(Self { login_guard: LoginGuard::new(config.lockout), notifier, state, blobs, consensus, config });
         core.release_stale_leases().await;
         tokio::spawn(blob_gc_worker(Arc::downgrade(&core)));
         Ok(core)

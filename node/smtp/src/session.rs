@@ -916,6 +916,7 @@ fn core_error_reply(error: &CoreError) -> Reply {
         ErrorCode::InvalidInput => reply(554, "5.6.0", error.message.clone()),
         ErrorCode::NotFound => reply(550, "5.1.1", error.message.clone()),
         ErrorCode::Unauthorized => reply(535, "5.7.8", "authentication credentials invalid"),
+        ErrorCode::OverQuota => reply(552, "5.2.2", error.message.clone()),
         ErrorCode::AlreadyExists | ErrorCode::Conflict => reply(451, "4.3.0", error.message.clone()),
     }
 }

@@ -43,6 +43,9 @@ pub struct Config {
     /// `[pop3]`.
     #[serde(default)]
     pub pop3: Pop3Section,
+    /// `[imap]`.
+    #[serde(default)]
+    pub imap: ImapSection,
     /// `[security]`.
     #[serde(default)]
     pub security: SecuritySection,
@@ -98,6 +101,32 @@ pub struct Pop3Section {
 impl Default for Pop3Section {
     fn default() -> Self {
         Self { max_connections: 1000, max_connections_per_ip: 20 }
+    }
+}
+
+/// `[imap]`: limits of the IMAP listeners.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImapSection {
+    /// Open IMAP sessions per listener.
+    pub max_connections: usize,
+    /// Open IMAP sessions per client address and listener (offices behind one NAT
+    /// address need many; each mail client opens several).
+    pub max_connections_per_ip: usize,
+    /// Largest message APPEND accepts, in bytes (advertised as APPENDLIMIT).
+    pub max_append_size: u64,
+    /// Whether LOGIN works on the plaintext port before STARTTLS (never in production).
+    pub allow_plaintext_auth: bool,
+}
+
+impl Default for ImapSection {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_connections_per_ip: 100,
+            max_append_size: 50 * 1024 * 1024,
+            allow_plaintext_auth: false,
+        }
     }
 }
 
@@ -320,6 +349,9 @@ impl Config {
         if self.pop3.max_connections == 0 || self.pop3.max_connections_per_ip == 0 {
             bail!("[pop3] max_connections and max_connections_per_ip must be 1 or more");
         }
+        if self.imap.max_connections == 0 || self.imap.max_connections_per_ip == 0 || self.imap.max_append_size == 0 {
+            bail!("[imap] max_connections, max_connections_per_ip and max_append_size must be 1 or more");
+        }
         if self.cluster.node_id == 0 {
             bail!("[cluster] node_id must be 1 or greater");
         }
@@ -360,8 +392,8 @@ impl Config {
 /// Applies `WMAIL_<SECTION>_<KEY>=value` overrides to the parsed table. Values are parsed
 /// as TOML when they can be (numbers, booleans, arrays) and taken as strings otherwise.
 fn apply_env_overrides(table: &mut toml::Table, vars: impl Iterator<Item = (String, String)>) -> anyhow::Result<()> {
-    const SECTIONS: [&str; 10] =
-        ["server", "listen", "tls", "blob", "delivery", "dns", "cluster", "smtp", "pop3", "security"];
+    const SECTIONS: [&str; 11] =
+        ["server", "listen", "tls", "blob", "delivery", "dns", "cluster", "smtp", "pop3", "imap", "security"];
     for (name, raw) in vars {
         let Some(rest) = name.strip_prefix("WMAIL_") else { continue };
         let rest = rest.to_ascii_lowercase();

@@ -56,6 +56,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let mut mail_listeners = start_smtp(&config, &core, &tls, &registry, &shutdown_rx).await?;
     mail_listeners.extend(start_pop3(&config, &core, &tls, &shutdown_rx).await?);
+    mail_listeners.extend(start_imap(&config, &core, &tls, &shutdown_rx).await?);
     warn_about_unserved_protocols(&config);
     announce(&config, &data_dir, &token_path, &http_urls);
 
@@ -171,6 +172,34 @@ async fn start_pop3(
             let listener = bind(address, service).await?;
             let pop3 = wmail_pop3::Pop3Config::new(config.server.hostname.clone());
             let server = wmail_pop3::Pop3Server::new(core.clone(), pop3, Some(tls.clone()));
+            let implicit_tls = implicit.then(|| tls.clone());
+            tracing::info!(service, address = %listener.local_addr()?, "listening");
+            handles.push(wmail_net::serve(listener, service, implicit_tls, limits, Arc::new(server), shutdown.clone()));
+        }
+    }
+    Ok(handles)
+}
+
+/// Starts the IMAP listeners: `imap` (STARTTLS offered) and `imaps` (implicit TLS).
+async fn start_imap(
+    config: &Config,
+    core: &Arc<Core>,
+    tls: &wmail_net::TlsAcceptor,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Vec<wmail_net::ListenerHandle>> {
+    let limits = wmail_net::ConnectionLimits {
+        max_total: config.imap.max_connections,
+        max_per_ip: config.imap.max_connections_per_ip,
+    };
+    let mut handles = Vec::new();
+    for (service, addresses, implicit) in [("imap", &config.listen.imap, false), ("imaps", &config.listen.imaps, true)]
+    {
+        for address in addresses {
+            let listener = bind(address, service).await?;
+            let mut imap = wmail_imap::ImapConfig::new(config.server.hostname.clone());
+            imap.append_limit = config.imap.max_append_size;
+            imap.allow_plaintext_auth = config.imap.allow_plaintext_auth;
+            let server = wmail_imap::ImapServer::new(core.clone(), imap, Some(tls.clone()));
             let implicit_tls = implicit.then(|| tls.clone());
             tracing::info!(service, address = %listener.local_addr()?, "listening");
             handles.push(wmail_net::serve(listener, service, implicit_tls, limits, Arc::new(server), shutdown.clone()));

@@ -1,0 +1,271 @@
+//! Mailboxes and messages as IMAP (and later webmail and JMAP) see them: listing, creating,
+//! renaming and deleting mailboxes, subscriptions, APPEND, flags, copy and move, and
+//! notifications when an account's mailboxes change.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use futures::Stream;
+use tokio::sync::watch;
+use wmail_storage::{
+    BlobId, Change, Command, DeliveryResult, DeliveryTarget, FlagAction, Mailbox, MessageRecord, Outcome,
+};
+
+use crate::{Core, CoreError, ErrorCode, Result};
+
+/// The special-use mailboxes every account gets on first login (RFC 6154 §2), with names
+/// most clients look for.
+pub const DEFAULT_MAILBOXES: [(&str, &str); 5] =
+    [("Sent", "\\Sent"), ("Drafts", "\\Drafts"), ("Trash", "\\Trash"), ("Junk", "\\Junk"), ("Archive", "\\Archive")];
+
+/// A message body stored in the blob store but not yet filed into a mailbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredBody {
+    /// Its content address.
+    pub blob: BlobId,
+    /// Its size in octets.
+    pub size: u64,
+    /// The last applied log index before it was stored (see `Command::Deliver`).
+    pub stored_after_index: u64,
+}
+
+/// The result of a copy or move (RFC 4315 COPYUID).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyResult {
+    /// UIDVALIDITY of the destination.
+    pub uid_validity: u32,
+    /// The UIDs that were copied, ascending.
+    pub source_uids: Vec<u32>,
+    /// Their UIDs in the destination, pairwise.
+    pub new_uids: Vec<u32>,
+}
+
+/// Per-account change signals: sessions subscribe to an account and are woken after each
+/// applied batch that changed one of its mailboxes.
+#[derive(Default)]
+pub(crate) struct ChangeNotifier {
+    senders: Mutex<HashMap<u64, watch::Sender<()>>>,
+}
+
+impl ChangeNotifier {
+    fn subscribe(&self, account_id: u64) -> watch::Receiver<()> {
+        let mut senders = self.senders.lock().expect("notifier lock");
+        senders.entry(account_id).or_insert_with(|| watch::channel(()).0).subscribe()
+    }
+
+    /// Wakes the subscribers of `accounts`; forgets accounts nobody watches any more.
+    pub(crate) fn notify(&self, accounts: &[u64]) {
+        let mut senders = self.senders.lock().expect("notifier lock");
+        for account_id in accounts {
+            if let Some(sender) = senders.get(account_id) {
+                if sender.receiver_count() == 0 {
+                    senders.remove(account_id);
+                } else {
+                    sender.send_replace(());
+                }
+            }
+        }
+    }
+}
+
+fn unexpected(context: &str, outcome: Outcome) -> CoreError {
+    CoreError::internal(context, format!("unexpected outcome {outcome:?}"))
+}
+
+impl Core {
+    /// Returns a receiver that changes after every applied change to `account_id`'s
+    /// mailboxes (new, changed or expunged messages; created, renamed or deleted mailboxes).
+    pub fn watch_account(&self, account_id: u64) -> watch::Receiver<()> {
+        self.notifier.subscribe(account_id)
+    }
+
+    /// Lists an account's mailboxes.
+    pub fn mailboxes(&self, account_id: u64) -> Result<Vec<Mailbox>> {
+        Ok(self.state.mailboxes(account_id)?)
+    }
+
+    /// Returns a mailbox by name.
+    pub fn mailbox_by_name(&self, account_id: u64, name: &str) -> Result<Option<Mailbox>> {
+        Ok(self.state.mailbox_by_name(account_id, name)?)
+    }
+
+    /// Returns a mailbox by id.
+    pub fn mailbox(&self, account_id: u64, mailbox_id: u64) -> Result<Option<Mailbox>> {
+        Ok(self.state.mailbox(account_id, mailbox_id)?)
+    }
+
+    /// Lists a mailbox's messages in UID order, off the async executor (a large mailbox
+    /// takes a while to read).
+    pub async fn mailbox_messages(&self, account_id: u64, mailbox_id: u64) -> Result<Vec<MessageRecord>> {
+        let state = self.state.clone();
+        tokio::task::spawn_blocking(move || state.messages(account_id, mailbox_id))
+            .await
+            .map_err(|e| CoreError::internal("listing messages", e))?
+            .map_err(CoreError::from)
+    }
+
+    /// Returns one message.
+    pub fn message(&self, account_id: u64, mailbox_id: u64, uid: u32) -> Result<Option<MessageRecord>> {
+        Ok(self.state.message(account_id, mailbox_id, uid)?)
+    }
+
+    /// Returns an account's change-log entries after `after` (a change id), in order.
+    pub fn changes_since(&self, account_id: u64, after: u64) -> Result<Vec<(u64, Change)>> {
+        Ok(self.state.changes_since(account_id, after)?)
+    }
+
+    /// Returns the id of the account's latest change (0 when none): the starting point of a
+    /// session that follows the account with [`Core::changes_since`].
+    pub fn last_change_id(&self, account_id: u64) -> Result<u64> {
+        Ok(self.state.last_change_id(account_id)?)
+    }
+
+    /// Returns the names an account subscribed to.
+    pub fn subscriptions(&self, account_id: u64) -> Result<Vec<String>> {
+        Ok(self.state.subscriptions(account_id)?)
+    }
+
+    /// Creates the default special-use mailboxes an account lacks (on its first login).
+    pub async fn ensure_default_mailboxes(&self, account_id: u64) -> Result<()> {
+        let existing = self.state.mailboxes(account_id)?;
+        for (name, special_use) in DEFAULT_MAILBOXES {
+            let present = existing.iter().any(|mailbox| {
+                mailbox.name.eq_ignore_ascii_case(name) || mailbox.special_use.as_deref() == Some(special_use)
+            });
+            if present {
+                continue;
+            }
+            match self.create_mailbox(account_id, name, Some(special_use.to_owned())).await {
+                Ok(_) => {}
+                // Another session of the same user created it first.
+                Err(error) if error.code == ErrorCode::AlreadyExists => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a mailbox (and its missing superiors); returns its id.
+    pub async fn create_mailbox(&self, account_id: u64, name: &str, special_use: Option<String>) -> Result<u64> {
+        let command = Command::CreateMailbox { account_id, name: name.to_owned(), special_use };
+        match self.execute(command).await? {
+            Outcome::MailboxCreated { mailbox_id } => Ok(mailbox_id),
+            other => Err(unexpected("creating a mailbox", other)),
+        }
+    }
+
+    /// Renames a mailbox with its inferiors.
+    pub async fn rename_mailbox(&self, account_id: u64, from: &str, to: &str) -> Result<()> {
+        self.execute(Command::RenameMailbox { account_id, from: from.to_owned(), to: to.to_owned() }).await.map(drop)
+    }
+
+    /// Deletes a mailbox and its messages.
+    pub async fn delete_mailbox(&self, account_id: u64, name: &str) -> Result<()> {
+        self.execute(Command::DeleteMailbox { account_id, name: name.to_owned() }).await.map(drop)
+    }
+
+    /// Subscribes to or unsubscribes from a name.
+    pub async fn set_subscription(&self, account_id: u64, name: &str, subscribed: bool) -> Result<()> {
+        self.execute(Command::SetSubscription { account_id, name: name.to_owned(), subscribed }).await.map(drop)
+    }
+
+    /// Streams a message body into the blob store, to be filed by [`Core::append`]. Fails
+    /// with `InvalidInput` when the stream itself fails (the client went away).
+    pub async fn store_message<S>(&self, body: S) -> Result<StoredBody>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send,
+    {
+        let stored_after_index = self.consensus.metrics().last_applied.map_or(0, |id| id.index);
+        let stored = self.store_body(body).await?;
+        Ok(StoredBody { blob: stored.id, size: stored.size, stored_after_index })
+    }
+
+    /// Files stored bodies into a mailbox with their flags and internal dates, all in one
+    /// replicated batch (MULTIAPPEND is all or nothing only per message; RFC 3502 §6 asks
+    /// for all-or-nothing, so a failure after the first commit is reported with the UIDs
+    /// already appended). Returns `(uid_validity, uids)`.
+    pub async fn append(
+        &self,
+        account_id: u64,
+        mailbox_id: u64,
+        messages: Vec<(StoredBody, Vec<String>, u64)>,
+    ) -> Result<(u32, Vec<u32>)> {
+        let mailbox = self
+            .mailbox(account_id, mailbox_id)?
+            .ok_or_else(|| CoreError::new(ErrorCode::NotFound, "the mailbox does not exist any more"))?;
+        let mut uids = Vec::with_capacity(messages.len());
+        for (body, flags, internal_date_ms) in messages {
+            let command = Command::Deliver {
+                blob: body.blob,
+                stored_after_index: body.stored_after_index,
+                size: body.size,
+                internal_date_ms,
+                flags,
+                targets: vec![DeliveryTarget { account_id, mailbox_id: Some(mailbox_id) }],
+            };
+            let results = match self.execute(command).await? {
+                Outcome::Delivered { results } => results,
+                other => return Err(unexpected("appending", other)),
+            };
+            match results.first() {
+                Some(DeliveryResult::Stored { uid, .. }) => uids.push(*uid),
+                Some(DeliveryResult::OverQuota) => {
+                    return Err(CoreError::new(ErrorCode::OverQuota, "the mailbox is over its storage quota"));
+                }
+                Some(DeliveryResult::NotReceiving) => {
+                    return Err(CoreError::new(ErrorCode::Conflict, "the account does not accept messages"));
+                }
+                Some(DeliveryResult::NoSuchMailbox) | None => {
+                    return Err(CoreError::new(ErrorCode::NotFound, "the mailbox does not exist any more"));
+                }
+            }
+        }
+        Ok((mailbox.uid_validity, uids))
+    }
+
+    /// Changes flags; returns the mailbox's new HIGHESTMODSEQ and the UIDs that failed an
+    /// `unchanged_since` test (RFC 7162 §3.1.3).
+    pub async fn set_flags(
+        &self,
+        account_id: u64,
+        mailbox_id: u64,
+        uids: Vec<u32>,
+        action: FlagAction,
+        flags: Vec<String>,
+        unchanged_since: Option<u64>,
+    ) -> Result<(u64, Vec<u32>)> {
+        let command = Command::SetFlags { account_id, mailbox_id, uids, action, flags, unchanged_since };
+        match self.execute(command).await? {
+            Outcome::FlagsSet { modseq, modified } => Ok((modseq, modified)),
+            other => Err(unexpected("storing flags", other)),
+        }
+    }
+
+    /// Copies (or with `remove_source`, moves) messages to another mailbox of the account.
+    pub async fn copy_messages(
+        &self,
+        account_id: u64,
+        from_mailbox: u64,
+        uids: Vec<u32>,
+        to_mailbox: u64,
+        remove_source: bool,
+    ) -> Result<CopyResult> {
+        let command = Command::CopyMessages { account_id, from_mailbox, uids, to_mailbox, remove_source };
+        match self.execute(command).await? {
+            Outcome::Copied { uid_validity, source_uids, new_uids } => {
+                Ok(CopyResult { uid_validity, source_uids, new_uids })
+            }
+            other => Err(unexpected("copying messages", other)),
+        }
+    }
+
+    /// Claims the `\Recent` messages of a mailbox for the calling session; returns the
+    /// first UID that is recent for it.
+    pub async fn claim_recent(&self, account_id: u64, mailbox_id: u64) -> Result<u32> {
+        match self.execute(Command::ClaimRecent { account_id, mailbox_id }).await? {
+            Outcome::RecentClaimed { first_recent_uid } => Ok(first_recent_uid),
+            other => Err(unexpected("claiming recent messages", other)),
+        }
+    }
+}

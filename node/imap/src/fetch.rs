@@ -1,0 +1,404 @@
+//! FETCH (RFC 9051 §6.4.5) with CONDSTORE/QRESYNC modifiers (RFC 7162 §3.1.4, §3.2.6),
+//! BINARY (RFC 3516) and OBJECTID (RFC 8474). A whole message (BODY[], RFC822, BINARY[]
+//! of a message without other body items) is streamed from the blob store; everything
+//! else reads the message once per FETCH of it.
+
+use std::collections::BTreeSet;
+
+use futures::StreamExt;
+use wmail_core::message::{MessageSummary, summarize};
+use wmail_core::{FlagAction, MessageRecord};
+
+use crate::proto::body::{decoded_part, section_bytes, write_body_structure, write_envelope};
+use crate::proto::command::{FetchItem, Section, SectionText, SequenceSet};
+use crate::proto::response::{push_flags, push_literal_header};
+use crate::selected::{compress_set, display_flags};
+use crate::session::Session;
+
+/// A message's content, loaded when an item needs it.
+struct Content {
+    raw: bytes::Bytes,
+    summary: MessageSummary,
+}
+
+/// Formats an INTERNALDATE (RFC 9051 §9 `date-time`), in UTC.
+pub(crate) fn internal_date(ms: u64) -> String {
+    let time = chrono::DateTime::from_timestamp_millis(ms as i64).unwrap_or_default();
+    time.format("%d-%b-%Y %H:%M:%S +0000").to_string()
+}
+
+fn needs_content(item: &FetchItem) -> bool {
+    !matches!(
+        item,
+        FetchItem::Uid
+            | FetchItem::Flags
+            | FetchItem::InternalDate
+            | FetchItem::Rfc822Size
+            | FetchItem::ModSeq
+            | FetchItem::EmailId
+            | FetchItem::ThreadId
+    )
+}
+
+/// Whether an item is the whole message, which can be streamed without parsing.
+fn is_whole_message(item: &FetchItem) -> bool {
+    match item {
+        FetchItem::Rfc822 => true,
+        FetchItem::BodySection { section, partial: None, .. } => section.part.is_empty() && section.text.is_none(),
+        FetchItem::Binary { part, partial: None, .. } => part.is_empty(),
+        _ => false,
+    }
+}
+
+fn sets_seen(item: &FetchItem) -> bool {
+    matches!(
+        item,
+        FetchItem::Rfc822
+            | FetchItem::Rfc822Text
+            | FetchItem::BodySection { peek: false, .. }
+            | FetchItem::Binary { peek: false, .. }
+    )
+}
+
+/// Writes a section specification as the client wrote it (`1.2.HEADER.FIELDS (A B)`).
+fn section_spec(section: &Section) -> String {
+    let mut parts: Vec<String> = section.part.iter().map(u32::to_string).collect();
+    match &section.text {
+        None => {}
+        Some(SectionText::Header) => parts.push("HEADER".into()),
+        Some(SectionText::Text) => parts.push("TEXT".into()),
+        Some(SectionText::Mime) => parts.push("MIME".into()),
+        Some(SectionText::HeaderFields(names)) => parts.push(format!("HEADER.FIELDS ({})", quote_names(names))),
+        Some(SectionText::HeaderFieldsNot(names)) => parts.push(format!("HEADER.FIELDS.NOT ({})", quote_names(names))),
+    }
+    parts.join(".")
+}
+
+fn quote_names(names: &[String]) -> String {
+    let mut out = Vec::new();
+    for (index, name) in names.iter().enumerate() {
+        if index > 0 {
+            out.push(b' ');
+        }
+        crate::proto::response::push_astring(&mut out, name.as_bytes(), false);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn part_spec(part: &[u32]) -> String {
+    part.iter().map(u32::to_string).collect::<Vec<_>>().join(".")
+}
+
+/// Applies a `<offset.length>` partial (RFC 9051 §6.4.5): an offset past the end is empty.
+fn partial_slice(bytes: &[u8], partial: Option<(u32, u32)>) -> &[u8] {
+    match partial {
+        None => bytes,
+        Some((offset, length)) => {
+            let start = (offset as usize).min(bytes.len());
+            let end = start.saturating_add(length as usize).min(bytes.len());
+            &bytes[start..end]
+        }
+    }
+}
+
+/// Appends a literal, as literal8 (`~{n}`) when it holds NUL octets (RFC 3516 §4.3).
+fn push_literal(out: &mut Vec<u8>, bytes: &[u8], binary: bool) {
+    if binary && bytes.contains(&0) {
+        out.push(b'~');
+    }
+    push_literal_header(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+impl Session {
+    /// FETCH and UID FETCH.
+    pub(crate) async fn fetch(
+        &mut self,
+        tag: &str,
+        uid: bool,
+        set: &SequenceSet,
+        items: &[FetchItem],
+        changed_since: Option<u64>,
+        vanished: bool,
+    ) {
+        let account_id = self.account().id;
+        let selected = self.selected.as_ref().expect("selected state checked");
+        if vanished && (!uid || !self.enabled.qresync || changed_since.is_none()) {
+            // RFC 7162 §3.2.6: VANISHED only in UID FETCH, with CHANGEDSINCE, after ENABLE QRESYNC.
+            return self.bad(tag, "VANISHED needs UID FETCH, CHANGEDSINCE and ENABLE QRESYNC");
+        }
+        let targets = match selected.resolve(set, uid) {
+            Ok(targets) => targets,
+            Err(text) => return self.bad(tag, &text),
+        };
+        let mailbox_id = selected.mailbox_id;
+        let read_only = selected.read_only;
+        let first_recent = selected.first_recent_uid;
+        let mut items = items.to_vec();
+        if uid && !items.contains(&FetchItem::Uid) {
+            items.insert(0, FetchItem::Uid);
+        }
+        if (changed_since.is_some() || self.enabled.condstore) && !items.contains(&FetchItem::ModSeq) {
+            // RFC 7162 §3.1.4.1 (CHANGEDSINCE implies MODSEQ) and §3.1.2 (once CONDSTORE is
+            // on, every FETCH carries MODSEQ).
+            items.push(FetchItem::ModSeq);
+        }
+        if vanished && let Some(since) = changed_since {
+            let expunged = self.expunged_since(account_id, mailbox_id, since, set);
+            if !expunged.is_empty() {
+                self.untagged(&format!("VANISHED (EARLIER) {}", compress_set(&expunged)));
+            }
+        }
+        // RFC 9051 §6.4.5: reading a body sets \Seen, and the new flags are reported.
+        let mut newly_seen = BTreeSet::new();
+        if !read_only && items.iter().any(sets_seen) {
+            let mut unseen = Vec::new();
+            for &(_, uid) in &targets {
+                if let Ok(Some(record)) = self.core.message(account_id, mailbox_id, uid)
+                    && !record.flags.iter().any(|flag| flag == "\\Seen")
+                {
+                    unseen.push(uid);
+                }
+            }
+            if !unseen.is_empty() {
+                let seen = vec!["\\Seen".to_owned()];
+                match self.core.set_flags(account_id, mailbox_id, unseen.clone(), FlagAction::Add, seen, None).await {
+                    Ok(_) => newly_seen.extend(unseen),
+                    Err(error) => return self.no_for(tag, &error),
+                }
+            }
+        }
+        let whole_only = items.iter().filter(|item| needs_content(item)).all(is_whole_message);
+        let mut missing = false;
+        for (seq, uid_value) in targets {
+            let record = match self.core.message(account_id, mailbox_id, uid_value) {
+                Ok(Some(record)) => record,
+                // Expunged by another session, not reported yet (RFC 9051 §7.5.1).
+                Ok(None) => {
+                    missing = true;
+                    continue;
+                }
+                Err(error) => return self.no_for(tag, &error),
+            };
+            if changed_since.is_some_and(|since| record.modseq <= since) {
+                continue;
+            }
+            let content = if !whole_only && items.iter().any(needs_content) {
+                match self.load_content(&record).await {
+                    Ok(content) => Some(content),
+                    Err(error) => return self.no_for(tag, &error),
+                }
+            } else {
+                None
+            };
+            let add_flags = newly_seen.contains(&uid_value) && !items.contains(&FetchItem::Flags);
+            if let Some(selected) = self.selected.as_mut() {
+                selected.reported_modseq.insert(uid_value, record.modseq);
+            }
+            if !self.write_fetch(seq, &record, &items, content.as_ref(), add_flags, first_recent).await {
+                return;
+            }
+            if !self.flush_if_large().await {
+                return;
+            }
+        }
+        self.sync(uid).await;
+        if missing {
+            // RFC 9051 §7.1: EXPUNGEISSUED when some messages were expunged meanwhile.
+            self.ok(tag, "[EXPUNGEISSUED] some messages were expunged meanwhile; FETCH completed for the rest");
+        } else {
+            self.ok(tag, "FETCH completed");
+        }
+    }
+
+    /// UIDs of `set` expunged with a MODSEQ above `since` (for VANISHED (EARLIER)).
+    pub(crate) fn expunged_since(&self, account_id: u64, mailbox_id: u64, since: u64, set: &SequenceSet) -> Vec<u32> {
+        let SequenceSet::Ranges(ranges) = set else { return Vec::new() };
+        let contains = |uid: u32| {
+            ranges.iter().any(|&(start, end)| {
+                let value = |bound| match bound {
+                    crate::proto::command::SeqBound::Number(number) => number,
+                    crate::proto::command::SeqBound::Largest => u32::MAX,
+                };
+                (value(start).min(value(end))..=value(start).max(value(end))).contains(&uid)
+            })
+        };
+        let mut out = Vec::new();
+        if let Ok(changes) = self.core.changes_since(account_id, 0) {
+            for (_, change) in changes {
+                if let wmail_core::Change::Expunged { mailbox_id: id, uid, modseq } = change
+                    && id == mailbox_id
+                    && modseq > since
+                    && contains(uid)
+                {
+                    out.push(uid);
+                }
+            }
+        }
+        out
+    }
+
+    async fn load_content(&self, record: &MessageRecord) -> wmail_core::Result<Content> {
+        let raw = self.core.read_blob(&record.blob).await?;
+        let parsed = raw.clone();
+        // Parsing a large message takes a while: keep it off the executor.
+        let summary = if raw.len() > 256 * 1024 {
+            tokio::task::spawn_blocking(move || summarize(&parsed))
+                .await
+                .map_err(|e| wmail_core::CoreError::internal("parsing a message", e))?
+        } else {
+            summarize(&parsed)
+        };
+        Ok(Content { raw, summary })
+    }
+
+    /// Writes one `* n FETCH (...)` response. Returns false when the client is gone.
+    async fn write_fetch(
+        &mut self,
+        seq: u32,
+        record: &MessageRecord,
+        items: &[FetchItem],
+        content: Option<&Content>,
+        add_flags: bool,
+        first_recent: u32,
+    ) -> bool {
+        let utf8 = self.enabled.utf8();
+        let rev2 = self.enabled.rev2;
+        let mut out = format!("* {seq} FETCH (").into_bytes();
+        let mut first = true;
+        let mut separator = |out: &mut Vec<u8>| {
+            if !std::mem::take(&mut first) {
+                out.push(b' ');
+            }
+        };
+        let mut record = record.clone();
+        if add_flags && !record.flags.iter().any(|flag| flag == "\\Seen") {
+            record.flags.push("\\Seen".into());
+        }
+        for item in items {
+            separator(&mut out);
+            match item {
+                FetchItem::Uid => out.extend_from_slice(format!("UID {}", record.uid).as_bytes()),
+                FetchItem::Flags => {
+                    out.extend_from_slice(b"FLAGS ");
+                    push_flags(&mut out, display_flags(&record, first_recent, rev2));
+                }
+                FetchItem::InternalDate => out.extend_from_slice(
+                    format!("INTERNALDATE \"{}\"", internal_date(record.internal_date_ms)).as_bytes(),
+                ),
+                FetchItem::Rfc822Size => out.extend_from_slice(format!("RFC822.SIZE {}", record.size).as_bytes()),
+                FetchItem::ModSeq => out.extend_from_slice(format!("MODSEQ ({})", record.modseq).as_bytes()),
+                FetchItem::EmailId => {
+                    out.extend_from_slice(format!("EMAILID (E{})", &record.blob.to_hex()[..24]).as_bytes())
+                }
+                // Threads are not tracked yet (RFC 8474 §5.2 allows NIL).
+                FetchItem::ThreadId => out.extend_from_slice(b"THREADID NIL"),
+                FetchItem::Envelope => {
+                    out.extend_from_slice(b"ENVELOPE ");
+                    if let Some(content) = content {
+                        write_envelope(&mut out, &content.summary.envelope, utf8);
+                    }
+                }
+                FetchItem::BodyStructure | FetchItem::Body => {
+                    let extensible = matches!(item, FetchItem::BodyStructure);
+                    out.extend_from_slice(if extensible { b"BODYSTRUCTURE " } else { b"BODY " });
+                    if let Some(content) = content {
+                        write_body_structure(&mut out, &content.summary.root, extensible, utf8);
+                    }
+                }
+                item if content.is_none() && is_whole_message(item) => {
+                    // Stream the stored message: the literal length is the record's size.
+                    let label = match item {
+                        FetchItem::Rfc822 => "RFC822 ".to_owned(),
+                        FetchItem::Binary { .. } => "BINARY[] ".to_owned(),
+                        _ => "BODY[] ".to_owned(),
+                    };
+                    out.extend_from_slice(label.as_bytes());
+                    push_literal_header(&mut out, record.size);
+                    self.queue(&out);
+                    out.clear();
+                    if !self.stream_blob(&record).await {
+                        return false;
+                    }
+                }
+                FetchItem::Rfc822 | FetchItem::Rfc822Header | FetchItem::Rfc822Text | FetchItem::BodySection { .. } => {
+                    let Some(content) = content else { continue };
+                    let (label, section, partial) = match item {
+                        FetchItem::Rfc822 => ("RFC822".to_owned(), Section { part: vec![], text: None }, None),
+                        FetchItem::Rfc822Header => (
+                            "RFC822.HEADER".to_owned(),
+                            Section { part: vec![], text: Some(SectionText::Header) },
+                            None,
+                        ),
+                        FetchItem::Rfc822Text => {
+                            ("RFC822.TEXT".to_owned(), Section { part: vec![], text: Some(SectionText::Text) }, None)
+                        }
+                        FetchItem::BodySection { section, partial, .. } => {
+                            let origin = partial.map(|(offset, _)| format!("<{offset}>")).unwrap_or_default();
+                            (format!("BODY[{}]{origin}", section_spec(section)), section.clone(), *partial)
+                        }
+                        _ => unreachable!("matched above"),
+                    };
+                    out.extend_from_slice(label.as_bytes());
+                    out.push(b' ');
+                    match section_bytes(&content.raw, &content.summary, &section) {
+                        Some(bytes) => push_literal(&mut out, partial_slice(&bytes, partial), false),
+                        None => out.extend_from_slice(b"NIL"),
+                    }
+                }
+                FetchItem::Binary { part, partial, .. } => {
+                    let Some(content) = content else { continue };
+                    match decoded_part(&content.raw, &content.summary, part) {
+                        Ok(bytes) => {
+                            let origin = partial.map(|(offset, _)| format!("<{offset}>")).unwrap_or_default();
+                            out.extend_from_slice(format!("BINARY[{}]{origin} ", part_spec(part)).as_bytes());
+                            push_literal(&mut out, partial_slice(&bytes, *partial), true);
+                        }
+                        Err(_) => {
+                            // RFC 3516 §4.2: an encoding the server cannot decode.
+                            self.pending_no = Some("[UNKNOWN-CTE] cannot decode the part's transfer encoding".into());
+                            out.extend_from_slice(format!("BINARY[{}] NIL", part_spec(part)).as_bytes());
+                        }
+                    }
+                }
+                FetchItem::BinarySize { part } => {
+                    let Some(content) = content else { continue };
+                    let size = decoded_part(&content.raw, &content.summary, part).map(|bytes| bytes.len()).unwrap_or(0);
+                    out.extend_from_slice(format!("BINARY.SIZE[{}] {size}", part_spec(part)).as_bytes());
+                }
+            }
+        }
+        if add_flags && !items.contains(&FetchItem::Flags) {
+            separator(&mut out);
+            out.extend_from_slice(b"FLAGS ");
+            push_flags(&mut out, display_flags(&record, first_recent, rev2));
+        }
+        out.extend_from_slice(b")\r\n");
+        self.queue(&out);
+        true
+    }
+
+    /// Streams a stored message to the client in chunks (memory stays bounded).
+    async fn stream_blob(&mut self, record: &MessageRecord) -> bool {
+        let mut stream = match self.core.blob_stream(&record.blob).await {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::error!(session = %self.id, %error, "cannot read a message body");
+                return false;
+            }
+        };
+        let mut sent = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let Ok(chunk) = chunk else { return false };
+            let room = record.size.saturating_sub(sent) as usize;
+            let chunk = &chunk[..chunk.len().min(room)];
+            sent += chunk.len() as u64;
+            self.queue(chunk);
+            if self.connection.flush(self.config.idle_timeout).await.is_err() {
+                return false;
+            }
+        }
+        // The literal's length was announced: a short body would break the protocol.
+        sent == record.size
+    }
+}

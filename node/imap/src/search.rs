@@ -1,0 +1,427 @@
+//! SEARCH (RFC 9051 §6.4.4) with ESEARCH (RFC 4731), SEARCHRES (RFC 5182) and the
+//! CONDSTORE MODSEQ key (RFC 7162 §3.1.5); SORT and THREAD (RFC 5256).
+//!
+//! Keys on flags, sizes, dates and UIDs use the message index; text keys read the
+//! message (the full-text index of the search issue will narrow that down).
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+
+use chrono::NaiveDate;
+use wmail_core::MessageRecord;
+use wmail_core::message::{MessageSummary, body_text, header_values, summarize};
+
+use crate::proto::command::{SearchKey, SearchReturn, SortCriterion, SortKey, ThreadAlgorithm};
+use crate::selected::compress_set;
+use crate::session::Session;
+
+/// One candidate message.
+struct Candidate {
+    seq: u32,
+    record: MessageRecord,
+    content: Option<(bytes::Bytes, MessageSummary)>,
+}
+
+/// What evaluation needs besides the message.
+struct Context<'a> {
+    count: u32,
+    largest_uid: u32,
+    saved: &'a [u32],
+    first_recent: u32,
+    rev2: bool,
+    now_ms: u64,
+}
+
+fn needs_content(key: &SearchKey) -> bool {
+    match key {
+        SearchKey::Bcc(_)
+        | SearchKey::Body(_)
+        | SearchKey::Cc(_)
+        | SearchKey::From(_)
+        | SearchKey::Subject(_)
+        | SearchKey::Text(_)
+        | SearchKey::To(_)
+        | SearchKey::Header(..)
+        | SearchKey::SentBefore(_)
+        | SearchKey::SentOn(_)
+        | SearchKey::SentSince(_) => true,
+        SearchKey::Not(inner) => needs_content(inner),
+        SearchKey::Or(left, right) => needs_content(left) || needs_content(right),
+        SearchKey::And(keys) => keys.iter().any(needs_content),
+        _ => false,
+    }
+}
+
+fn uses_modseq(key: &SearchKey) -> bool {
+    match key {
+        SearchKey::ModSeq(_) => true,
+        SearchKey::Not(inner) => uses_modseq(inner),
+        SearchKey::Or(left, right) => uses_modseq(left) || uses_modseq(right),
+        SearchKey::And(keys) => keys.iter().any(uses_modseq),
+        _ => false,
+    }
+}
+
+/// Case-insensitive substring test (RFC 9051 §6.4.4: "case-insensitive substring").
+fn contains(haystack: &str, needle: &str) -> bool {
+    needle.is_empty() || haystack.to_lowercase().contains(&needle.to_lowercase())
+}
+
+fn day_of(ms: i64) -> NaiveDate {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().date_naive()
+}
+
+fn has_flag(record: &MessageRecord, flag: &str) -> bool {
+    record.flags.iter().any(|f| f.eq_ignore_ascii_case(flag))
+}
+
+fn in_set(set: &crate::proto::command::SequenceSet, value: u32, largest: u32, saved: Option<&[u32]>) -> bool {
+    use crate::proto::command::{SeqBound, SequenceSet};
+    match set {
+        SequenceSet::Saved => saved.is_some_and(|saved| saved.contains(&value)),
+        SequenceSet::Ranges(ranges) => ranges.iter().any(|&(start, end)| {
+            let bound = |bound| match bound {
+                SeqBound::Number(number) => number,
+                SeqBound::Largest => largest,
+            };
+            let (low, high) = (bound(start).min(bound(end)), bound(start).max(bound(end)));
+            (low..=high).contains(&value)
+        }),
+    }
+}
+
+fn header_text(raw: &[u8], summary: &MessageSummary, name: &str) -> String {
+    header_values(raw, summary.root.header_end, name).join("\n")
+}
+
+fn matches(key: &SearchKey, candidate: &Candidate, context: &Context) -> bool {
+    let record = &candidate.record;
+    let text = |name: &str, needle: &str| {
+        candidate.content.as_ref().is_some_and(|(raw, summary)| contains(&header_text(raw, summary, name), needle))
+    };
+    match key {
+        SearchKey::All => true,
+        SearchKey::Answered => has_flag(record, "\\Answered"),
+        SearchKey::Deleted => has_flag(record, "\\Deleted"),
+        SearchKey::Draft => has_flag(record, "\\Draft"),
+        SearchKey::Flagged => has_flag(record, "\\Flagged"),
+        SearchKey::Seen => has_flag(record, "\\Seen"),
+        SearchKey::Unanswered => !has_flag(record, "\\Answered"),
+        SearchKey::Undeleted => !has_flag(record, "\\Deleted"),
+        SearchKey::Undraft => !has_flag(record, "\\Draft"),
+        SearchKey::Unflagged => !has_flag(record, "\\Flagged"),
+        SearchKey::Unseen => !has_flag(record, "\\Seen"),
+        SearchKey::Recent => !context.rev2 && record.uid >= context.first_recent,
+        SearchKey::New => !context.rev2 && record.uid >= context.first_recent && !has_flag(record, "\\Seen"),
+        SearchKey::Old => context.rev2 || record.uid < context.first_recent,
+        SearchKey::Keyword(flag) => has_flag(record, flag),
+        SearchKey::Unkeyword(flag) => !has_flag(record, flag),
+        SearchKey::Bcc(needle) => text("bcc", needle),
+        SearchKey::Cc(needle) => text("cc", needle),
+        SearchKey::From(needle) => text("from", needle),
+        SearchKey::To(needle) => text("to", needle),
+        SearchKey::Subject(needle) => candidate.content.as_ref().is_some_and(|(raw, summary)| {
+            contains(&summary.subject_decoded, needle) || contains(&header_text(raw, summary, "subject"), needle)
+        }),
+        SearchKey::Header(name, needle) => candidate.content.as_ref().is_some_and(|(raw, summary)| {
+            let values = header_values(raw, summary.root.header_end, name);
+            // RFC 9051 §6.4.4: an empty string matches every message that has the field.
+            !values.is_empty() && values.iter().any(|value| contains(value, needle))
+        }),
+        SearchKey::Body(needle) => candidate.content.as_ref().is_some_and(|(raw, _)| contains(&body_text(raw), needle)),
+        SearchKey::Text(needle) => candidate.content.as_ref().is_some_and(|(raw, summary)| {
+            let header = String::from_utf8_lossy(&raw[..summary.root.header_end.min(raw.len())]).into_owned();
+            contains(&header, needle) || contains(&summary.subject_decoded, needle) || contains(&body_text(raw), needle)
+        }),
+        SearchKey::Before(date) => day_of(record.internal_date_ms as i64) < *date,
+        SearchKey::On(date) => day_of(record.internal_date_ms as i64) == *date,
+        SearchKey::Since(date) => day_of(record.internal_date_ms as i64) >= *date,
+        SearchKey::SentBefore(date) | SearchKey::SentOn(date) | SearchKey::SentSince(date) => {
+            let Some(sent) = candidate.content.as_ref().and_then(|(_, summary)| summary.sent_date_ms) else {
+                return false;
+            };
+            let day = day_of(sent);
+            match key {
+                SearchKey::SentBefore(_) => day < *date,
+                SearchKey::SentOn(_) => day == *date,
+                _ => day >= *date,
+            }
+        }
+        SearchKey::Larger(size) => record.size > *size,
+        SearchKey::Smaller(size) => record.size < *size,
+        SearchKey::Uid(set) => in_set(set, record.uid, context.largest_uid, Some(context.saved)),
+        SearchKey::Sequence(set) => match set {
+            crate::proto::command::SequenceSet::Saved => context.saved.contains(&record.uid),
+            _ => in_set(set, candidate.seq, context.count, None),
+        },
+        SearchKey::Not(inner) => !matches(inner, candidate, context),
+        SearchKey::Or(left, right) => matches(left, candidate, context) || matches(right, candidate, context),
+        SearchKey::And(keys) => keys.iter().all(|key| matches(key, candidate, context)),
+        SearchKey::ModSeq(modseq) => record.modseq >= *modseq,
+        SearchKey::Older(seconds) => record.internal_date_ms + u64::from(*seconds) * 1000 <= context.now_ms,
+        SearchKey::Younger(seconds) => record.internal_date_ms + u64::from(*seconds) * 1000 > context.now_ms,
+        SearchKey::EmailId(id) => id
+            .strip_prefix('E')
+            .is_some_and(|hex| record.blob.to_hex().starts_with(&hex.to_lowercase()) && hex.len() >= 8),
+        SearchKey::ThreadId(_) => false,
+    }
+}
+
+impl Session {
+    /// Evaluates `key` over the selected mailbox; returns the matching candidates in
+    /// sequence order. `with_content` loads every message (SORT and THREAD need it).
+    async fn evaluate(&mut self, key: &SearchKey, with_content: bool) -> wmail_core::Result<Vec<Candidate>> {
+        let account_id = self.account().id;
+        let selected = self.selected.as_ref().expect("selected state checked");
+        let records = self.core.mailbox_messages(account_id, selected.mailbox_id).await?;
+        let by_uid: HashMap<u32, MessageRecord> = records.into_iter().map(|record| (record.uid, record)).collect();
+        let context = Context {
+            count: selected.uids.len() as u32,
+            largest_uid: selected.uids.last().copied().unwrap_or(0),
+            saved: &selected.saved_search,
+            first_recent: selected.first_recent_uid,
+            rev2: self.enabled.rev2,
+            now_ms: wmail_core::now_ms(),
+        };
+        let load = with_content || needs_content(key);
+        let mut out = Vec::new();
+        for (index, uid) in selected.uids.iter().enumerate() {
+            // Expunged by another session and not reported yet: it matches nothing.
+            let Some(record) = by_uid.get(uid) else { continue };
+            let mut candidate = Candidate { seq: index as u32 + 1, record: record.clone(), content: None };
+            if load {
+                let raw = self.core.read_blob(&record.blob).await?;
+                let summary = summarize(&raw);
+                candidate.content = Some((raw, summary));
+            }
+            if matches(key, &candidate, &context) {
+                out.push(candidate);
+            }
+        }
+        Ok(out)
+    }
+
+    /// SEARCH and UID SEARCH.
+    pub(crate) async fn search(
+        &mut self,
+        tag: &str,
+        uid: bool,
+        returns: Option<&[SearchReturn]>,
+        charset: Option<&str>,
+        key: &SearchKey,
+    ) {
+        if let Some(charset) = charset
+            && !charset.eq_ignore_ascii_case("UTF-8")
+            && !charset.eq_ignore_ascii_case("US-ASCII")
+        {
+            return self.no(tag, "[BADCHARSET (UTF-8 US-ASCII)] unsupported charset");
+        }
+        let found = match self.evaluate(key, false).await {
+            Ok(found) => found,
+            Err(error) => return self.no_for(tag, &error),
+        };
+        let numbers: Vec<u32> = found.iter().map(|c| if uid { c.record.uid } else { c.seq }).collect();
+        let highest_modseq = found.iter().map(|c| c.record.modseq).max();
+        let modseq = uses_modseq(key).then_some(highest_modseq).flatten();
+        self.report_search(
+            tag,
+            uid,
+            returns,
+            &numbers,
+            &found.iter().map(|c| c.record.uid).collect::<Vec<_>>(),
+            modseq,
+            "SEARCH",
+        );
+        self.sync(uid).await;
+        self.ok(tag, "SEARCH completed");
+    }
+
+    /// Writes the result of SEARCH or SORT: ESEARCH when RETURN was given or the client is
+    /// IMAP4rev2, the rev1 `* SEARCH`/`* SORT` response otherwise; SAVE keeps it for `$`.
+    #[allow(clippy::too_many_arguments)]
+    fn report_search(
+        &mut self,
+        tag: &str,
+        uid: bool,
+        returns: Option<&[SearchReturn]>,
+        numbers: &[u32],
+        uids: &[u32],
+        modseq: Option<u64>,
+        command: &str,
+    ) {
+        let returns: Vec<SearchReturn> = match returns {
+            Some([]) => vec![SearchReturn::All],
+            Some(list) => list.to_vec(),
+            None if self.enabled.rev2 && command == "SEARCH" => vec![SearchReturn::All],
+            None => {
+                let mut line = format!("* {command}");
+                for number in numbers {
+                    line.push_str(&format!(" {number}"));
+                }
+                if let Some(modseq) = modseq.filter(|_| !numbers.is_empty()) {
+                    line.push_str(&format!(" (MODSEQ {modseq})"));
+                }
+                line.push_str("\r\n");
+                self.queue(line.as_bytes());
+                return;
+            }
+        };
+        if returns.contains(&SearchReturn::Save)
+            && let Some(selected) = self.selected.as_mut()
+        {
+            // RFC 5182 §2.1: with MIN or MAX only, SAVE keeps just those.
+            let only_min_max = !returns.contains(&SearchReturn::All) && !returns.contains(&SearchReturn::Count);
+            let mut saved = uids.to_vec();
+            if only_min_max && (returns.contains(&SearchReturn::Min) || returns.contains(&SearchReturn::Max)) {
+                let (min, max) = (uids.iter().min().copied(), uids.iter().max().copied());
+                saved = [
+                    returns.contains(&SearchReturn::Min).then_some(min).flatten(),
+                    returns.contains(&SearchReturn::Max).then_some(max).flatten(),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                saved.sort_unstable();
+                saved.dedup();
+            }
+            selected.saved_search = saved;
+        }
+        if returns.iter().all(|r| *r == SearchReturn::Save) {
+            return;
+        }
+        let mut line = format!("* ESEARCH (TAG \"{tag}\")");
+        if uid {
+            line.push_str(" UID");
+        }
+        for option in &returns {
+            match option {
+                SearchReturn::Min => {
+                    if let Some(min) = numbers.iter().min() {
+                        line.push_str(&format!(" MIN {min}"));
+                    }
+                }
+                SearchReturn::Max => {
+                    if let Some(max) = numbers.iter().max() {
+                        line.push_str(&format!(" MAX {max}"));
+                    }
+                }
+                SearchReturn::Count => line.push_str(&format!(" COUNT {}", numbers.len())),
+                SearchReturn::All => {
+                    if !numbers.is_empty() {
+                        // ESORT (RFC 5267) keeps the sort order; SEARCH sends a set.
+                        if command == "SORT" {
+                            line.push_str(&format!(
+                                " ALL {}",
+                                numbers.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+                            ));
+                        } else {
+                            line.push_str(&format!(" ALL {}", compress_set(numbers)));
+                        }
+                    }
+                }
+                SearchReturn::Save => {}
+            }
+        }
+        if let Some(modseq) = modseq.filter(|_| !numbers.is_empty()) {
+            line.push_str(&format!(" MODSEQ {modseq}"));
+        }
+        line.push_str("\r\n");
+        self.queue(line.as_bytes());
+    }
+
+    /// SORT and UID SORT (RFC 5256 §3, RFC 5267 ESORT).
+    pub(crate) async fn sort(
+        &mut self,
+        tag: &str,
+        uid: bool,
+        returns: Option<&[SearchReturn]>,
+        criteria: &[SortCriterion],
+        charset: &str,
+        key: &SearchKey,
+    ) {
+        if !charset.eq_ignore_ascii_case("UTF-8") && !charset.eq_ignore_ascii_case("US-ASCII") {
+            return self.no(tag, "[BADCHARSET (UTF-8 US-ASCII)] unsupported charset");
+        }
+        let mut found = match self.evaluate(key, true).await {
+            Ok(found) => found,
+            Err(error) => return self.no_for(tag, &error),
+        };
+        found.sort_by(|a, b| {
+            for criterion in criteria {
+                let order = compare(criterion.key, a, b);
+                let order = if criterion.reverse { order.reverse() } else { order };
+                if order != Ordering::Equal {
+                    return order;
+                }
+            }
+            // RFC 5256 §3: ties are broken by sequence number.
+            a.seq.cmp(&b.seq)
+        });
+        let numbers: Vec<u32> = found.iter().map(|c| if uid { c.record.uid } else { c.seq }).collect();
+        let uids: Vec<u32> = found.iter().map(|c| c.record.uid).collect();
+        self.report_search(tag, uid, returns, &numbers, &uids, None, "SORT");
+        self.sync(uid).await;
+        self.ok(tag, "SORT completed");
+    }
+
+    /// THREAD and UID THREAD (RFC 5256 §3).
+    pub(crate) async fn thread(
+        &mut self,
+        tag: &str,
+        uid: bool,
+        algorithm: ThreadAlgorithm,
+        charset: &str,
+        key: &SearchKey,
+    ) {
+        if !charset.eq_ignore_ascii_case("UTF-8") && !charset.eq_ignore_ascii_case("US-ASCII") {
+            return self.no(tag, "[BADCHARSET (UTF-8 US-ASCII)] unsupported charset");
+        }
+        let found = match self.evaluate(key, true).await {
+            Ok(found) => found,
+            Err(error) => return self.no_for(tag, &error),
+        };
+        let messages: Vec<crate::thread::ThreadInput> = found
+            .iter()
+            .map(|c| {
+                let summary = &c.content.as_ref().expect("loaded").1;
+                crate::thread::ThreadInput {
+                    number: if uid { c.record.uid } else { c.seq },
+                    seq: c.seq,
+                    date_ms: summary.sent_date_ms.unwrap_or(c.record.internal_date_ms as i64),
+                    base_subject: summary.base_subject.to_lowercase(),
+                    is_reply: summary.subject_decoded.trim() != summary.base_subject.trim(),
+                    message_id: summary.message_id.clone(),
+                    references: summary.references.clone(),
+                    in_reply_to: summary.in_reply_to.first().cloned(),
+                }
+            })
+            .collect();
+        let text = match algorithm {
+            ThreadAlgorithm::OrderedSubject => crate::thread::ordered_subject(messages),
+            ThreadAlgorithm::References => crate::thread::references(messages),
+        };
+        self.untagged(&format!("THREAD {text}"));
+        self.sync(uid).await;
+        self.ok(tag, "THREAD completed");
+    }
+}
+
+fn compare(key: SortKey, a: &Candidate, b: &Candidate) -> Ordering {
+    fn summary(c: &Candidate) -> &MessageSummary {
+        &c.content.as_ref().expect("loaded for SORT").1
+    }
+    let date = |c: &Candidate| summary(c).sent_date_ms.unwrap_or(c.record.internal_date_ms as i64);
+    // RFC 5256 uses the i;ascii-casemap collation: compare case-insensitively.
+    let text = |value: &str| value.to_ascii_lowercase();
+    match key {
+        SortKey::Arrival => a.record.internal_date_ms.cmp(&b.record.internal_date_ms),
+        SortKey::Date => date(a).cmp(&date(b)),
+        SortKey::Size => a.record.size.cmp(&b.record.size),
+        SortKey::Subject => text(&summary(a).base_subject).cmp(&text(&summary(b).base_subject)),
+        SortKey::From => text(&summary(a).from_sort_key).cmp(&text(&summary(b).from_sort_key)),
+        SortKey::To => text(&summary(a).to_sort_key).cmp(&text(&summary(b).to_sort_key)),
+        SortKey::Cc => text(&summary(a).cc_sort_key).cmp(&text(&summary(b).cc_sort_key)),
+        SortKey::DisplayFrom => text(&summary(a).display_from).cmp(&text(&summary(b).display_from)),
+        SortKey::DisplayTo => text(&summary(a).display_to).cmp(&text(&summary(b).display_to)),
+    }
+}

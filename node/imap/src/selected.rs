@@ -1,0 +1,520 @@
+//! The selected state: the session's view of one mailbox (message sequence numbers to
+//! UIDs), kept in step with the replicated change log, and the commands that change it
+//! (STORE, COPY, MOVE, EXPUNGE, CLOSE, UNSELECT).
+//!
+//! Message numbers only change when the session tells the client: expunges made by other
+//! sessions wait until a command during which EXPUNGE may be sent (RFC 9051 §7.5.1).
+
+use std::collections::{BTreeSet, HashMap};
+
+use wmail_core::{Change, FlagAction, Mailbox, MessageRecord};
+
+use crate::proto::command::{SeqBound, SequenceSet, StoreAction};
+use crate::proto::response::push_flags;
+use crate::session::Session;
+
+/// The session's view of the selected mailbox.
+#[derive(Debug)]
+pub struct Selected {
+    /// Mailbox id.
+    pub mailbox_id: u64,
+    /// Name as selected (internal UTF-8 form).
+    pub name: String,
+    /// EXAMINE, or SELECT of a mailbox the user may not change.
+    pub read_only: bool,
+    /// UIDs by message sequence number (index + 1), ascending.
+    pub uids: Vec<u32>,
+    /// UIDs from this one up are `\Recent` for this session (IMAP4rev1 only).
+    pub first_recent_uid: u32,
+    /// The last change-log entry applied to this view.
+    pub last_change_id: u64,
+    /// Expunged by someone, not yet reported to the client.
+    pub pending_expunges: BTreeSet<u32>,
+    /// Flags changed by someone, not yet reported.
+    pub pending_flags: BTreeSet<u32>,
+    /// The highest MODSEQ of flags already reported per UID (to skip echoing our own STORE).
+    pub reported_modseq: HashMap<u32, u64>,
+    /// The SEARCHRES saved result (RFC 5182), as UIDs.
+    pub saved_search: Vec<u32>,
+    /// The mailbox was deleted by another session.
+    pub deleted: bool,
+}
+
+impl Selected {
+    /// The view of `mailbox` with its current messages.
+    pub fn new(mailbox: &Mailbox, messages: &[MessageRecord], read_only: bool, last_change_id: u64) -> Self {
+        Self {
+            mailbox_id: mailbox.id,
+            name: mailbox.name.clone(),
+            read_only,
+            uids: messages.iter().map(|message| message.uid).collect(),
+            first_recent_uid: u32::MAX,
+            last_change_id,
+            pending_expunges: BTreeSet::new(),
+            pending_flags: BTreeSet::new(),
+            reported_modseq: HashMap::new(),
+            saved_search: Vec::new(),
+            deleted: false,
+        }
+    }
+
+    /// The sequence number of `uid`, if it is in the view.
+    pub fn seq_of(&self, uid: u32) -> Option<u32> {
+        self.uids.binary_search(&uid).ok().map(|index| index as u32 + 1)
+    }
+
+    /// Resolves a sequence set to `(seq, uid)` pairs in ascending order. With `uid` the
+    /// set names UIDs and those not in the view are skipped (RFC 9051 §6.4.9); otherwise
+    /// it names message numbers, and one beyond the mailbox is an error.
+    pub fn resolve(&self, set: &SequenceSet, uid: bool) -> Result<Vec<(u32, u32)>, String> {
+        let ranges = match set {
+            SequenceSet::Saved => {
+                let mut out: Vec<(u32, u32)> =
+                    self.saved_search.iter().filter_map(|&uid| Some((self.seq_of(uid)?, uid))).collect();
+                out.sort_unstable();
+                return Ok(out);
+            }
+            SequenceSet::Ranges(ranges) => ranges,
+        };
+        let mut out = Vec::new();
+        if uid {
+            // "*" is the largest UID in use; with an empty mailbox nothing matches.
+            let Some(&largest) = self.uids.last() else { return Ok(out) };
+            let value = |bound: SeqBound| match bound {
+                SeqBound::Number(number) => number,
+                SeqBound::Largest => largest,
+            };
+            for &(start, end) in ranges {
+                let (low, high) = (value(start).min(value(end)), value(start).max(value(end)));
+                let first = self.uids.partition_point(|&uid| uid < low);
+                let last = self.uids.partition_point(|&uid| uid <= high);
+                out.extend((first..last).map(|index| (index as u32 + 1, self.uids[index])));
+            }
+        } else {
+            let count = self.uids.len() as u32;
+            let value = |bound: SeqBound| match bound {
+                SeqBound::Number(number) => number,
+                SeqBound::Largest => count,
+            };
+            for &(start, end) in ranges {
+                let (low, high) = (value(start).min(value(end)), value(start).max(value(end)));
+                if high > count || low == 0 {
+                    return Err(if count == 0 {
+                        "the mailbox is empty: no message numbers are valid".into()
+                    } else {
+                        format!("message number out of range: the mailbox has {count} messages")
+                    });
+                }
+                out.extend((low..=high).map(|seq| (seq, self.uids[seq as usize - 1])));
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+}
+
+impl Session {
+    /// Brings the selected view up to date with the change log and queues the untagged
+    /// responses: EXPUNGE or VANISHED (only when `expunges_allowed`), FETCH for changed
+    /// flags, EXISTS and RECENT for new messages.
+    pub(crate) async fn sync(&mut self, expunges_allowed: bool) {
+        let Some(account) = self.account.as_ref().map(|account| account.id) else { return };
+        let Some(selected) = self.selected.as_mut() else { return };
+        let changes = match self.core.changes_since(account, selected.last_change_id) {
+            Ok(changes) => changes,
+            Err(error) => {
+                tracing::warn!(session = %self.id, %error, "cannot read the change log");
+                return;
+            }
+        };
+        let mut added = false;
+        for (change_id, change) in changes {
+            selected.last_change_id = change_id;
+            match change {
+                Change::Added { mailbox_id, uid, .. }
+                    if mailbox_id == selected.mailbox_id && selected.uids.last().is_none_or(|&last| uid > last) =>
+                {
+                    selected.uids.push(uid);
+                    added = true;
+                }
+                Change::FlagsChanged { mailbox_id, uid, .. } if mailbox_id == selected.mailbox_id => {
+                    selected.pending_flags.insert(uid);
+                }
+                Change::Expunged { mailbox_id, uid, .. }
+                    if mailbox_id == selected.mailbox_id && selected.seq_of(uid).is_some() =>
+                {
+                    selected.pending_expunges.insert(uid);
+                }
+                Change::MailboxDeleted { mailbox_id } if mailbox_id == selected.mailbox_id => selected.deleted = true,
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        if expunges_allowed && !selected.pending_expunges.is_empty() {
+            let expunged = std::mem::take(&mut selected.pending_expunges);
+            write_expunges(&mut out, selected, &expunged, self.enabled.qresync);
+        }
+        // Flags of messages still in view, with what they are now.
+        let flag_uids: Vec<u32> = std::mem::take(&mut selected.pending_flags).into_iter().collect();
+        for uid in flag_uids {
+            let Some(seq) = selected.seq_of(uid) else { continue };
+            if selected.pending_expunges.contains(&uid) {
+                continue;
+            }
+            let Ok(Some(record)) = self.core.message(account, selected.mailbox_id, uid) else { continue };
+            if selected.reported_modseq.get(&uid).is_some_and(|&reported| reported >= record.modseq) {
+                continue;
+            }
+            selected.reported_modseq.insert(uid, record.modseq);
+            write_flags_fetch(
+                &mut out,
+                seq,
+                &record,
+                self.enabled.condstore,
+                selected.first_recent_uid,
+                self.enabled.rev2,
+            );
+        }
+        if added {
+            out.extend_from_slice(format!("* {} EXISTS\r\n", selected.uids.len()).as_bytes());
+            if !self.enabled.rev2 {
+                let recent = selected.uids.iter().filter(|&&uid| uid >= selected.first_recent_uid).count();
+                out.extend_from_slice(format!("* {recent} RECENT\r\n").as_bytes());
+            }
+        }
+        self.queue(&out);
+    }
+
+    /// Whether the selected mailbox disappeared under the session.
+    pub(crate) fn selected_was_deleted(&self) -> bool {
+        self.selected.as_ref().is_some_and(|selected| selected.deleted)
+    }
+
+    /// STORE (RFC 9051 §6.4.6, RFC 7162 §3.1.3 UNCHANGEDSINCE).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn store(
+        &mut self,
+        tag: &str,
+        uid: bool,
+        set: &SequenceSet,
+        action: StoreAction,
+        silent: bool,
+        flags: Vec<String>,
+        unchanged_since: Option<u64>,
+    ) {
+        let account_id = self.account().id;
+        let selected = self.selected.as_ref().expect("selected state checked");
+        if selected.read_only {
+            self.no(tag, "[READ-ONLY] the mailbox is read-only (EXAMINE)");
+            return;
+        }
+        if flags.iter().any(|flag| flag.eq_ignore_ascii_case("\\Recent")) {
+            self.bad(tag, "\\Recent cannot be stored");
+            return;
+        }
+        let targets = match selected.resolve(set, uid) {
+            Ok(targets) => targets,
+            Err(text) => return self.bad(tag, &text),
+        };
+        let mailbox_id = selected.mailbox_id;
+        let action = match action {
+            StoreAction::Replace => FlagAction::Replace,
+            StoreAction::Add => FlagAction::Add,
+            StoreAction::Remove => FlagAction::Remove,
+        };
+        let uids: Vec<u32> = targets.iter().map(|&(_, uid)| uid).collect();
+        let failed = match self.core.set_flags(account_id, mailbox_id, uids, action, flags, unchanged_since).await {
+            Ok((_, failed)) => failed,
+            Err(error) => return self.no_for(tag, &error),
+        };
+        let condstore = self.enabled.condstore || unchanged_since.is_some();
+        let mut out = Vec::new();
+        let selected = self.selected.as_mut().expect("selected state checked");
+        for &(seq, uid_value) in &targets {
+            if failed.contains(&uid_value) {
+                continue;
+            }
+            let Ok(Some(record)) = self.core.message(account_id, mailbox_id, uid_value) else { continue };
+            selected.reported_modseq.insert(uid_value, record.modseq);
+            // RFC 7162 §3.1.3: with UNCHANGEDSINCE, even .SILENT reports the new MODSEQ.
+            if !silent || unchanged_since.is_some() {
+                out.extend_from_slice(format!("* {seq} FETCH (").as_bytes());
+                if !silent {
+                    out.extend_from_slice(b"FLAGS ");
+                    push_flags(&mut out, display_flags(&record, selected.first_recent_uid, self.enabled.rev2));
+                    out.push(b' ');
+                }
+                if uid {
+                    out.extend_from_slice(format!("UID {uid_value} ").as_bytes());
+                }
+                if condstore {
+                    out.extend_from_slice(format!("MODSEQ ({}) ", record.modseq).as_bytes());
+                }
+                out.pop();
+                out.extend_from_slice(b")\r\n");
+            }
+        }
+        self.queue(&out);
+        self.sync(uid).await;
+        if failed.is_empty() {
+            self.ok(tag, "STORE completed");
+        } else {
+            let selected = self.selected.as_ref().expect("selected state checked");
+            let numbers: Vec<u32> =
+                if uid { failed.clone() } else { failed.iter().filter_map(|&uid| selected.seq_of(uid)).collect() };
+            self.ok(tag, &format!("[MODIFIED {}] conditional STORE failed for some messages", compress_set(&numbers)));
+        }
+    }
+
+    /// COPY and MOVE (RFC 9051 §6.4.7, RFC 6851, RFC 4315 COPYUID).
+    pub(crate) async fn copy(&mut self, tag: &str, uid: bool, set: &SequenceSet, destination: &str, moving: bool) {
+        let account_id = self.account().id;
+        let name = match self.decode_mailbox_name(destination) {
+            Ok(name) => name,
+            Err(text) => return self.bad(tag, &text),
+        };
+        let selected = self.selected.as_ref().expect("selected state checked");
+        if moving && selected.read_only {
+            self.no(tag, "[READ-ONLY] the mailbox is read-only (EXAMINE)");
+            return;
+        }
+        let targets = match selected.resolve(set, uid) {
+            Ok(targets) => targets,
+            Err(text) => return self.bad(tag, &text),
+        };
+        let from_mailbox = selected.mailbox_id;
+        let destination = match self.core.mailbox_by_name(account_id, &name) {
+            Ok(Some(mailbox)) => mailbox,
+            Ok(None) => return self.no(tag, "[TRYCREATE] the destination mailbox does not exist"),
+            Err(error) => return self.no_for(tag, &error),
+        };
+        if targets.is_empty() {
+            // RFC 9051 §6.4.9: a UID range that matches nothing is not an error.
+            self.sync(uid).await;
+            self.ok(tag, &format!("{} completed (no messages)", if moving { "MOVE" } else { "COPY" }));
+            return;
+        }
+        let uids: Vec<u32> = targets.iter().map(|&(_, uid)| uid).collect();
+        let result = match self.core.copy_messages(account_id, from_mailbox, uids, destination.id, moving).await {
+            Ok(result) => result,
+            Err(error) => return self.no_for(tag, &error),
+        };
+        let code = if result.source_uids.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "[COPYUID {} {} {}] ",
+                result.uid_validity,
+                compress_set(&result.source_uids),
+                compress_set(&result.new_uids)
+            )
+        };
+        if moving {
+            // RFC 6851 §4.3: COPYUID goes in an untagged OK before the expunges.
+            if !code.is_empty() {
+                self.untagged(&format!("OK {code}moved"));
+            }
+            let selected = self.selected.as_mut().expect("selected state checked");
+            let moved: BTreeSet<u32> = result.source_uids.iter().copied().collect();
+            let mut out = Vec::new();
+            write_expunges(&mut out, selected, &moved, self.enabled.qresync);
+            self.queue(&out);
+            self.sync(true).await;
+            self.ok(tag, "MOVE completed");
+        } else {
+            self.sync(uid).await;
+            self.ok(tag, &format!("{code}COPY completed"));
+        }
+    }
+
+    /// EXPUNGE, UID EXPUNGE (RFC 4315 §2.1) and the silent expunge of CLOSE.
+    pub(crate) async fn expunge(&mut self, tag: Option<&str>, uids: Option<&SequenceSet>) {
+        let account_id = self.account().id;
+        let selected = self.selected.as_ref().expect("selected state checked");
+        if selected.read_only {
+            if let Some(tag) = tag {
+                self.no(tag, "[READ-ONLY] the mailbox is read-only (EXAMINE)");
+            }
+            return;
+        }
+        let mailbox_id = selected.mailbox_id;
+        let allowed: Option<BTreeSet<u32>> = match uids.map(|set| selected.resolve(set, true)) {
+            Some(Ok(targets)) => Some(targets.into_iter().map(|(_, uid)| uid).collect()),
+            Some(Err(text)) => {
+                if let Some(tag) = tag {
+                    self.bad(tag, &text);
+                }
+                return;
+            }
+            None => None,
+        };
+        let messages = match self.core.mailbox_messages(account_id, mailbox_id).await {
+            Ok(messages) => messages,
+            Err(error) => {
+                if let Some(tag) = tag {
+                    self.no_for(tag, &error);
+                }
+                return;
+            }
+        };
+        let doomed: Vec<u32> = messages
+            .iter()
+            .filter(|message| message.flags.iter().any(|flag| flag == "\\Deleted"))
+            .filter(|message| allowed.as_ref().is_none_or(|allowed| allowed.contains(&message.uid)))
+            .map(|message| message.uid)
+            .collect();
+        let removed = if doomed.is_empty() {
+            Vec::new()
+        } else {
+            match self.core.expunge(account_id, mailbox_id, doomed).await {
+                Ok(removed) => removed,
+                Err(error) => {
+                    if let Some(tag) = tag {
+                        self.no_for(tag, &error);
+                    }
+                    return;
+                }
+            }
+        };
+        let Some(tag) = tag else { return };
+        let selected = self.selected.as_mut().expect("selected state checked");
+        let removed: BTreeSet<u32> = removed.into_iter().collect();
+        let mut out = Vec::new();
+        write_expunges(&mut out, selected, &removed, self.enabled.qresync);
+        self.queue(&out);
+        self.sync(true).await;
+        self.ok(tag, "EXPUNGE completed");
+    }
+}
+
+/// Flags as the client sees them: the stored ones plus `\Recent` for rev1 sessions.
+pub(crate) fn display_flags(record: &MessageRecord, first_recent_uid: u32, rev2: bool) -> Vec<String> {
+    let mut flags = record.flags.clone();
+    if !rev2 && record.uid >= first_recent_uid {
+        flags.push("\\Recent".into());
+    }
+    flags
+}
+
+/// Queues `* seq FETCH (FLAGS (...) UID n [MODSEQ (m)])` for an unsolicited flag change
+/// (RFC 7162 §3.2.4 requires the UID once QRESYNC is on; it never hurts).
+fn write_flags_fetch(
+    out: &mut Vec<u8>,
+    seq: u32,
+    record: &MessageRecord,
+    condstore: bool,
+    first_recent: u32,
+    rev2: bool,
+) {
+    out.extend_from_slice(format!("* {seq} FETCH (FLAGS ").as_bytes());
+    push_flags(out, display_flags(record, first_recent, rev2));
+    out.extend_from_slice(format!(" UID {}", record.uid).as_bytes());
+    if condstore {
+        out.extend_from_slice(format!(" MODSEQ ({})", record.modseq).as_bytes());
+    }
+    out.extend_from_slice(b")\r\n");
+}
+
+/// Removes `expunged` UIDs from the view and writes the responses: `* VANISHED uids` with
+/// QRESYNC (RFC 7162 §3.2.10), else one `* n EXPUNGE` per message, highest number first so
+/// the numbers stay valid as they are applied.
+pub(crate) fn write_expunges(out: &mut Vec<u8>, selected: &mut Selected, expunged: &BTreeSet<u32>, qresync: bool) {
+    let present: Vec<u32> = expunged.iter().copied().filter(|&uid| selected.seq_of(uid).is_some()).collect();
+    if present.is_empty() {
+        return;
+    }
+    if qresync {
+        out.extend_from_slice(format!("* VANISHED {}\r\n", compress_set(&present)).as_bytes());
+    } else {
+        for &uid in present.iter().rev() {
+            let seq = selected.seq_of(uid).expect("present");
+            out.extend_from_slice(format!("* {seq} EXPUNGE\r\n").as_bytes());
+        }
+    }
+    selected.uids.retain(|uid| !expunged.contains(uid));
+    for uid in &present {
+        selected.pending_expunges.remove(uid);
+        selected.pending_flags.remove(uid);
+        selected.reported_modseq.remove(uid);
+    }
+}
+
+/// Writes numbers as a compact sequence set (`1:3,7,9:10`); the input need not be sorted.
+pub(crate) fn compress_set(numbers: &[u32]) -> String {
+    let mut sorted = numbers.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out = String::new();
+    let mut index = 0;
+    while index < sorted.len() {
+        let start = sorted[index];
+        let mut end = start;
+        while index + 1 < sorted.len() && sorted[index + 1] == end + 1 {
+            index += 1;
+            end = sorted[index];
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if start == end {
+            out.push_str(&start.to_string());
+        } else {
+            out.push_str(&format!("{start}:{end}"));
+        }
+        index += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(uids: &[u32]) -> Selected {
+        Selected {
+            mailbox_id: 1,
+            name: "INBOX".into(),
+            read_only: false,
+            uids: uids.to_vec(),
+            first_recent_uid: u32::MAX,
+            last_change_id: 0,
+            pending_expunges: BTreeSet::new(),
+            pending_flags: BTreeSet::new(),
+            reported_modseq: HashMap::new(),
+            saved_search: Vec::new(),
+            deleted: false,
+        }
+    }
+
+    fn ranges(list: &[(SeqBound, SeqBound)]) -> SequenceSet {
+        SequenceSet::Ranges(list.to_vec())
+    }
+
+    #[test]
+    fn sequence_sets_resolve_per_rfc_9051() {
+        use SeqBound::{Largest, Number};
+        let selected = view(&[3, 5, 9, 10]);
+        assert_eq!(selected.resolve(&ranges(&[(Number(2), Largest)]), false).unwrap(), [(2, 5), (3, 9), (4, 10)]);
+        assert_eq!(selected.resolve(&ranges(&[(Number(4), Number(1))]), false).unwrap().len(), 4);
+        assert!(selected.resolve(&ranges(&[(Number(5), Number(5))]), false).is_err());
+        // UID sets skip what does not exist; "20:*" on a mailbox whose largest UID is 10 is 10.
+        assert_eq!(selected.resolve(&ranges(&[(Number(4), Number(9))]), true).unwrap(), [(2, 5), (3, 9)]);
+        assert_eq!(selected.resolve(&ranges(&[(Number(20), Largest)]), true).unwrap(), [(4, 10)]);
+        assert!(view(&[]).resolve(&ranges(&[(Number(1), Largest)]), true).unwrap().is_empty());
+        assert!(view(&[]).resolve(&ranges(&[(Number(1), Largest)]), false).is_err());
+    }
+
+    #[test]
+    fn expunges_are_reported_from_the_top() {
+        let mut selected = view(&[3, 5, 9, 10]);
+        let mut out = Vec::new();
+        write_expunges(&mut out, &mut selected, &[5, 10, 77].into_iter().collect(), false);
+        assert_eq!(String::from_utf8(out).unwrap(), "* 4 EXPUNGE\r\n* 2 EXPUNGE\r\n");
+        assert_eq!(selected.uids, [3, 9]);
+        let mut out = Vec::new();
+        write_expunges(&mut out, &mut selected, &[3, 9].into_iter().collect(), true);
+        assert_eq!(String::from_utf8(out).unwrap(), "* VANISHED 3,9\r\n");
+        assert_eq!(compress_set(&[9, 1, 2, 3, 7, 10]), "1:3,7,9:10");
+    }
+}
