@@ -51,6 +51,7 @@ fn main() {
                             size: 10_240,
                             internal_date_ms: n,
                             flags: vec![],
+                            summary: None,
                             targets: vec![DeliveryTarget { account_id: 1 + n % 100, mailbox_id: None }],
                         },
                         index,

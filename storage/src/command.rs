@@ -144,6 +144,9 @@ pub enum Command {
         size: u64,
         internal_date_ms: u64,
         flags: Vec<String>,
+        /// The message's parsed summary (encoded by core; opaque here), kept once per blob
+        /// so IMAP FETCH ENVELOPE/BODYSTRUCTURE and SORT never re-read the body.
+        summary: Option<Vec<u8>>,
         targets: Vec<DeliveryTarget>,
     },
     /// Changes flags of messages in one mailbox (RFC 9051 §6.4.6, RFC 7162 §3.1.3).

@@ -26,9 +26,12 @@ pub const LEASES: &str = "leases";
 /// IMAP subscriptions (RFC 9051 §6.3.7): `account_id, name` -> empty. A name may be
 /// subscribed whether or not the mailbox exists.
 pub const SUBSCRIPTIONS: &str = "subscriptions";
+/// Parsed message summaries: `sha256` -> opaque bytes written by core, one per blob,
+/// removed when the blob is forgotten.
+pub const SUMMARIES: &str = "summaries";
 
 /// Every column family of the state database, checked at open time.
-pub const COLUMN_FAMILIES: [&str; 12] = [
+pub const COLUMN_FAMILIES: [&str; 13] = [
     DOMAINS,
     ADDRESSES,
     PRINCIPALS,
@@ -41,6 +44,7 @@ pub const COLUMN_FAMILIES: [&str; 12] = [
     META,
     LEASES,
     SUBSCRIPTIONS,
+    SUMMARIES,
 ];
 
 /// Meta key of the consensus layer's opaque applied-state record.

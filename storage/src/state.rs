@@ -309,6 +309,12 @@ impl StateStore {
         get(&self.db(), ks::MAILBOXES, &ks::mailbox_key(account_id, mailbox_id))
     }
 
+    /// Returns the summary stored with a blob's first delivery, if any.
+    pub fn summary(&self, blob: &BlobId) -> Result<Option<Vec<u8>>> {
+        let db = self.db();
+        Ok(db.get_cf(&cf(&db, ks::SUMMARIES), blob.as_bytes())?)
+    }
+
     /// Returns one message of a mailbox.
     pub fn message(&self, account_id: u64, mailbox_id: u64, uid: u32) -> Result<Option<MessageRecord>> {
         get(&self.db(), ks::MESSAGES, &ks::message_key(account_id, mailbox_id, uid))
@@ -646,8 +652,16 @@ impl<'a> Tx<'a> {
                 mailbox.first_recent_uid = mailbox.uid_next;
                 Ok(Ok(Outcome::RecentClaimed { first_recent_uid }))
             }
-            Command::Deliver { blob, stored_after_index, size, internal_date_ms, flags, targets } => {
-                self.deliver(blob, stored_after_index, size, internal_date_ms, flags, &targets)
+            Command::Deliver { blob, stored_after_index, size, internal_date_ms, flags, summary, targets } => {
+                let result = self.deliver(blob, stored_after_index, size, internal_date_ms, flags, &targets)?;
+                let stored = matches!(&result, Ok(Outcome::Delivered { results })
+                    if results.iter().any(|r| matches!(r, DeliveryResult::Stored { .. })));
+                if let (true, Some(summary)) = (stored, summary)
+                    && self.get_raw(ks::SUMMARIES, blob.as_bytes())?.is_none()
+                {
+                    self.put_raw(ks::SUMMARIES, blob.as_bytes(), summary);
+                }
+                Ok(result)
             }
             Command::SetFlags { account_id, mailbox_id, uids, action, flags, unchanged_since } => {
                 self.set_flags(account_id, mailbox_id, &uids, action, flags, unchanged_since)
@@ -1289,6 +1303,7 @@ impl<'a> Tx<'a> {
         }
         let log_index = self.log_index;
         *self.blob_ref(blob)? = BlobRef { deleted_at_index: Some(log_index), ..BlobRef::UNREFERENCED };
+        self.delete(ks::SUMMARIES, blob.as_bytes());
         Ok(Ok(Outcome::Done))
     }
 }

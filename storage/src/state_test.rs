@@ -54,6 +54,7 @@ fn deliver(blob: BlobId, size: u64, account_ids: &[u64]) -> Command {
         size,
         internal_date_ms: 5,
         flags: vec![],
+        summary: None,
         targets: account_ids.iter().map(|&account_id| DeliveryTarget { account_id, mailbox_id: None }).collect(),
     }
 }
@@ -273,6 +274,7 @@ fn garbage_collection_claims_only_expired_unreferenced_blobs() {
         size: 2,
         internal_date_ms: 1,
         flags: vec![],
+        summary: None,
         targets: vec![DeliveryTarget { account_id: a, mailbox_id: None }],
     };
     assert!(matches!(apply_one(&store, stale), Err(CommandError::BlobCollected { .. })));
@@ -283,6 +285,7 @@ fn garbage_collection_claims_only_expired_unreferenced_blobs() {
         size: 2,
         internal_date_ms: 1,
         flags: vec![],
+        summary: None,
         targets: vec![DeliveryTarget { account_id: a, mailbox_id: None }],
     };
     assert!(matches!(apply_one(&store, fresh), Ok(Outcome::Delivered { .. })));
@@ -460,6 +463,7 @@ fn delete_removes_messages_but_not_inferiors_and_never_inbox() {
         size: 10,
         internal_date_ms: 5,
         flags: vec![],
+        summary: None,
         targets: vec![DeliveryTarget { account_id: a, mailbox_id: Some(x) }],
     };
     apply_one(&store, copy).unwrap();
@@ -546,4 +550,38 @@ fn subscriptions_recent_claims_and_change_listener() {
     let claim = Command::ClaimRecent { account_id: a, mailbox_id: inbox };
     assert_eq!(apply_one(&store, claim.clone()).unwrap(), Outcome::RecentClaimed { first_recent_uid: 1 });
     assert_eq!(apply_one(&store, claim).unwrap(), Outcome::RecentClaimed { first_recent_uid: 2 });
+}
+
+#[test]
+fn summaries_are_kept_once_per_blob_and_forgotten_with_it() {
+    let (_dir, store) = store();
+    let (a, b) = setup_two_accounts(&store);
+    let blob = BlobId::of(b"body");
+    let with_summary = |summary: &[u8], account_id| Command::Deliver {
+        blob,
+        stored_after_index: 0,
+        size: 4,
+        internal_date_ms: 5,
+        flags: vec![],
+        summary: Some(summary.to_vec()),
+        targets: vec![DeliveryTarget { account_id, mailbox_id: None }],
+    };
+    apply_one(&store, with_summary(b"first", a)).unwrap();
+    apply_one(&store, with_summary(b"second", b)).unwrap();
+    assert_eq!(store.summary(&blob).unwrap().as_deref(), Some(b"first".as_slice()));
+    // A refused delivery stores no summary.
+    let other = BlobId::of(b"other");
+    let mut refused = with_summary(b"x", 999);
+    if let Command::Deliver { blob, .. } = &mut refused {
+        *blob = other;
+    }
+    apply_one(&store, refused).unwrap();
+    assert_eq!(store.summary(&other).unwrap(), None);
+    for account in [a, b] {
+        let inbox = mailbox_id(&store, account, INBOX);
+        apply_one(&store, Command::Expunge { account_id: account, mailbox_id: inbox, uids: vec![1] }).unwrap();
+    }
+    apply_one(&store, Command::ClaimBlobForDeletion { blob, grace_ms: 0 }).unwrap();
+    apply_one(&store, Command::ForgetBlob { blob }).unwrap();
+    assert_eq!(store.summary(&blob).unwrap(), None);
 }

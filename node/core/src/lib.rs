@@ -96,6 +96,8 @@ pub struct RecipientResult {
 /// A running node's mail logic.
 pub struct Core {
     login_guard: LoginGuard,
+    /// Bounds how many large bodies are read back and parsed at once.
+    summary_parses: tokio::sync::Semaphore,
     notifier: Arc<mailbox::ChangeNotifier>,
     state: Arc<StateStore>,
     blobs: BlobStore,
@@ -156,8 +158,15 @@ impl Core {
         if !consensus.wait_ready(Duration::from_secs(60)).await {
             return Err(CoreError::new(ErrorCode::Unavailable, "consensus did not become ready within 60 s"));
         }
-        let core =
-            Arc::new(Self { login_guard: LoginGuard::new(config.lockout), notifier, state, blobs, consensus, config });
+        let core = Arc::new(Self {
+            login_guard: LoginGuard::new(config.lockout),
+            summary_parses: tokio::sync::Semaphore::new(2),
+            notifier,
+            state,
+            blobs,
+            consensus,
+            config,
+        });
         core.release_stale_leases().await;
         tokio::spawn(blob_gc_worker(Arc::downgrade(&core)));
         Ok(core)
@@ -551,7 +560,8 @@ impl Core {
         // Read before storing: garbage collection that finishes after this index cannot
         // have deleted the copy stored below (see `Command::Deliver`).
         let stored_after_index = self.consensus.metrics().last_applied.map_or(0, |id| id.index);
-        let stored = self.store_body(body).await?;
+        let (stored, copy) = self.store_body(body).await?;
+        let summary = self.encoded_summary(&stored, copy).await;
         let outcome = self
             .execute(Command::Deliver {
                 blob: stored.id,
@@ -559,6 +569,7 @@ impl Core {
                 size: stored.size,
                 internal_date_ms: now_ms(),
                 flags: Vec::new(),
+                summary,
                 targets,
             })
             .await?;
@@ -575,22 +586,34 @@ impl Core {
             .collect())
     }
 
-    /// Streams a message body into the blob store. A failure of the body itself (the client
-    /// went away, a size limit in the caller's stream) is the caller's fault, not ours.
-    async fn store_body<S>(&self, body: S) -> Result<wmail_storage::StoredBlob>
+    /// Streams a message body into the blob store, keeping a copy of small bodies for
+    /// [`Core::encoded_summary`]. A failure of the body itself (the client went away, a size
+    /// limit in the caller's stream) is the caller's fault, not ours.
+    pub(crate) async fn store_body<S>(&self, body: S) -> Result<(wmail_storage::StoredBlob, Option<Vec<u8>>)>
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send,
     {
         use futures::StreamExt;
         let body_error: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+        let copy: std::sync::Mutex<Option<Vec<u8>>> = std::sync::Mutex::new(Some(Vec::new()));
         let watched = body.map(|chunk| {
-            if let Err(error) = &chunk {
-                *body_error.lock().expect("body error lock") = Some(error.to_string());
+            match &chunk {
+                Err(error) => *body_error.lock().expect("body error lock") = Some(error.to_string()),
+                Ok(bytes) => {
+                    let mut copy = copy.lock().expect("copy lock");
+                    let keep =
+                        copy.as_ref().is_some_and(|kept| kept.len() + bytes.len() <= mailbox::SUMMARY_COPY_LIMIT);
+                    if keep {
+                        copy.as_mut().expect("checked").extend_from_slice(bytes);
+                    } else {
+                        *copy = None;
+                    }
+                }
             }
             chunk
         });
         match self.blobs.put_stream(watched).await {
-            Ok(stored) => Ok(stored),
+            Ok(stored) => Ok((stored, copy.into_inner().expect("copy lock"))),
             Err(error) => match body_error.into_inner().expect("body error lock") {
                 Some(reason) => Err(CoreError::invalid(format!("the message body could not be received: {reason}"))),
                 None => Err(CoreError::internal("storing a message body", error)),

@@ -9,9 +9,10 @@ use bytes::Bytes;
 use futures::Stream;
 use tokio::sync::watch;
 use wmail_storage::{
-    BlobId, Change, Command, DeliveryResult, DeliveryTarget, FlagAction, Mailbox, MessageRecord, Outcome,
+    BlobId, Change, Command, DeliveryResult, DeliveryTarget, FlagAction, Mailbox, MessageRecord, Outcome, StoredBlob,
 };
 
+use crate::message::{MessageSummary, summarize};
 use crate::{Core, CoreError, ErrorCode, Result};
 
 /// The special-use mailboxes every account gets on first login (RFC 6154 §2), with names
@@ -19,8 +20,29 @@ use crate::{Core, CoreError, ErrorCode, Result};
 pub const DEFAULT_MAILBOXES: [(&str, &str); 5] =
     [("Sent", "\\Sent"), ("Drafts", "\\Drafts"), ("Trash", "\\Trash"), ("Junk", "\\Junk"), ("Archive", "\\Archive")];
 
+/// Bodies up to this size are kept in memory while they are stored, to be summarised
+/// without reading them back.
+pub(crate) const SUMMARY_COPY_LIMIT: usize = 1024 * 1024;
+/// Bodies larger than this are not summarised at delivery (readers parse on demand).
+const SUMMARY_PARSE_LIMIT: u64 = 64 * 1024 * 1024;
+/// Format byte of an encoded summary.
+const SUMMARY_FORMAT: u8 = 1;
+
+fn encode_summary(summary: &MessageSummary) -> Vec<u8> {
+    let mut out = vec![SUMMARY_FORMAT];
+    out.extend(postcard::to_stdvec(summary).expect("postcard encodes summaries"));
+    out
+}
+
+fn decode_summary(bytes: &[u8]) -> Option<MessageSummary> {
+    match bytes.split_first() {
+        Some((&SUMMARY_FORMAT, rest)) => postcard::from_bytes(rest).ok(),
+        _ => None,
+    }
+}
+
 /// A message body stored in the blob store but not yet filed into a mailbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredBody {
     /// Its content address.
     pub blob: BlobId,
@@ -28,6 +50,8 @@ pub struct StoredBody {
     pub size: u64,
     /// The last applied log index before it was stored (see `Command::Deliver`).
     pub stored_after_index: u64,
+    /// Its encoded summary, when it could be parsed.
+    pub summary: Option<Vec<u8>>,
 }
 
 /// The result of a copy or move (RFC 4315 COPYUID).
@@ -177,8 +201,42 @@ impl Core {
         S: Stream<Item = std::io::Result<Bytes>> + Send,
     {
         let stored_after_index = self.consensus.metrics().last_applied.map_or(0, |id| id.index);
-        let stored = self.store_body(body).await?;
-        Ok(StoredBody { blob: stored.id, size: stored.size, stored_after_index })
+        let (stored, copy) = self.store_body(body).await?;
+        let summary = self.encoded_summary(&stored, copy).await;
+        Ok(StoredBody { blob: stored.id, size: stored.size, stored_after_index, summary })
+    }
+
+    /// Parses a stored message into its encoded [`MessageSummary`] (from `copy` when the
+    /// body was small enough to keep, else read back). `None` when the body is too large
+    /// to parse or cannot be read: readers then parse on demand.
+    pub(crate) async fn encoded_summary(&self, stored: &StoredBlob, copy: Option<Vec<u8>>) -> Option<Vec<u8>> {
+        let raw = match copy {
+            Some(copy) => Bytes::from(copy),
+            None if stored.size <= SUMMARY_PARSE_LIMIT => {
+                let _permit = self.summary_parses.acquire().await.ok()?;
+                match self.blobs.read_all(&stored.id).await {
+                    Ok(raw) => raw,
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot read a stored body back to summarise it");
+                        return None;
+                    }
+                }
+            }
+            None => return None,
+        };
+        let summary = tokio::task::spawn_blocking(move || summarize(&raw)).await.ok()?;
+        Some(encode_summary(&summary))
+    }
+
+    /// Returns a message's summary: the one stored at delivery, or parsed now from the body.
+    pub async fn message_summary(&self, blob: &BlobId) -> Result<MessageSummary> {
+        if let Some(summary) = self.state.summary(blob)?.as_deref().and_then(decode_summary) {
+            return Ok(summary);
+        }
+        let raw = self.read_blob(blob).await?;
+        tokio::task::spawn_blocking(move || summarize(&raw))
+            .await
+            .map_err(|e| CoreError::internal("parsing a message", e))
     }
 
     /// Files stored bodies into a mailbox with their flags and internal dates, all in one
@@ -202,6 +260,7 @@ impl Core {
                 size: body.size,
                 internal_date_ms,
                 flags,
+                summary: body.summary,
                 targets: vec![DeliveryTarget { account_id, mailbox_id: Some(mailbox_id) }],
             };
             let results = match self.execute(command).await? {

@@ -190,6 +190,7 @@ async fn garbage_collection_deletes_unreferenced_and_orphaned_bodies_only() {
             size: 1,
             internal_date_ms: 0,
             flags: vec![],
+            summary: None,
             targets: vec![DeliveryTarget { account_id: bob.id, mailbox_id: None }],
         })
         .await
@@ -215,4 +216,28 @@ async fn a_failing_body_is_the_clients_fault_and_stores_nothing() {
     assert_eq!(error.code, ErrorCode::InvalidInput);
     assert!(error.message.contains("client left"), "{error}");
     assert!(core.messages("alice@example.com", None).unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_and_appends_store_their_summary_and_large_bodies_are_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = start(dir.path()).await;
+    setup(&core).await;
+    let small = "Subject: small one\r\nFrom: Bob <bob@example.org>\r\n\r\nhello\r\n";
+    core.deliver(&["alice@example.com".into()], body(small)).await.unwrap();
+    // Larger than the in-memory copy: summarised by reading the stored body back.
+    let large = format!("Subject: large one\r\n\r\n{}", "x".repeat(mailbox::SUMMARY_COPY_LIMIT + 10));
+    core.deliver(&["alice@example.com".into()], body(&large)).await.unwrap();
+    let alice = core.account("alice@example.com").unwrap().unwrap();
+    let inbox = core.mailbox_by_name(alice.id, INBOX).unwrap().unwrap();
+    let messages = core.mailbox_messages(alice.id, inbox.id).await.unwrap();
+    for (message, subject) in messages.iter().zip(["small one", "large one"]) {
+        assert!(core.state.summary(&message.blob).unwrap().is_some(), "no summary stored for {subject}");
+        assert_eq!(core.message_summary(&message.blob).await.unwrap().subject_decoded, subject);
+    }
+    let stored = core.store_message(body("Subject: appended\r\n\r\nbody\r\n")).await.unwrap();
+    assert!(stored.summary.is_some());
+    let (_, uids) = core.append(alice.id, inbox.id, vec![(stored.clone(), vec!["\\Seen".into()], 7)]).await.unwrap();
+    assert_eq!(uids, vec![3]);
+    assert_eq!(core.message_summary(&stored.blob).await.unwrap().subject_decoded, "appended");
 }

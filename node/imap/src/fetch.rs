@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 
 use futures::StreamExt;
-use wmail_core::message::{MessageSummary, summarize};
+use wmail_core::message::MessageSummary;
 use wmail_core::{FlagAction, MessageRecord};
 
 use crate::proto::body::{decoded_part, section_bytes, write_body_structure, write_envelope};
@@ -15,9 +15,10 @@ use crate::proto::response::{push_flags, push_literal_header};
 use crate::selected::{compress_set, display_flags};
 use crate::session::Session;
 
-/// A message's content, loaded when an item needs it.
+/// A message's content, loaded when an item needs it: the summary stored at delivery,
+/// and the raw message only for items that need its bytes.
 struct Content {
-    raw: bytes::Bytes,
+    raw: Option<bytes::Bytes>,
     summary: MessageSummary,
 }
 
@@ -25,6 +26,10 @@ struct Content {
 pub(crate) fn internal_date(ms: u64) -> String {
     let time = chrono::DateTime::from_timestamp_millis(ms as i64).unwrap_or_default();
     time.format("%d-%b-%Y %H:%M:%S +0000").to_string()
+}
+
+fn needs_raw(item: &FetchItem) -> bool {
+    needs_content(item) && !matches!(item, FetchItem::Envelope | FetchItem::BodyStructure | FetchItem::Body)
 }
 
 fn needs_content(item: &FetchItem) -> bool {
@@ -169,9 +174,22 @@ impl Session {
             }
         }
         let whole_only = items.iter().filter(|item| needs_content(item)).all(is_whole_message);
+        // Many messages: one scan of the mailbox beats a lookup per message.
+        let bulk: Option<std::collections::HashMap<u32, MessageRecord>> = if targets.len() > 64 {
+            match self.core.mailbox_messages(account_id, mailbox_id).await {
+                Ok(records) => Some(records.into_iter().map(|record| (record.uid, record)).collect()),
+                Err(error) => return self.no_for(tag, &error),
+            }
+        } else {
+            None
+        };
         let mut missing = false;
         for (seq, uid_value) in targets {
-            let record = match self.core.message(account_id, mailbox_id, uid_value) {
+            let lookup = match &bulk {
+                Some(bulk) => Ok(bulk.get(&uid_value).cloned()),
+                None => self.core.message(account_id, mailbox_id, uid_value),
+            };
+            let record = match lookup {
                 Ok(Some(record)) => record,
                 // Expunged by another session, not reported yet (RFC 9051 §7.5.1).
                 Ok(None) => {
@@ -184,7 +202,7 @@ impl Session {
                 continue;
             }
             let content = if !whole_only && items.iter().any(needs_content) {
-                match self.load_content(&record).await {
+                match self.load_content(&record, items.iter().any(needs_raw)).await {
                     Ok(content) => Some(content),
                     Err(error) => return self.no_for(tag, &error),
                 }
@@ -238,17 +256,9 @@ impl Session {
         out
     }
 
-    async fn load_content(&self, record: &MessageRecord) -> wmail_core::Result<Content> {
-        let raw = self.core.read_blob(&record.blob).await?;
-        let parsed = raw.clone();
-        // Parsing a large message takes a while: keep it off the executor.
-        let summary = if raw.len() > 256 * 1024 {
-            tokio::task::spawn_blocking(move || summarize(&parsed))
-                .await
-                .map_err(|e| wmail_core::CoreError::internal("parsing a message", e))?
-        } else {
-            summarize(&parsed)
-        };
+    async fn load_content(&self, record: &MessageRecord, with_raw: bool) -> wmail_core::Result<Content> {
+        let summary = self.core.message_summary(&record.blob).await?;
+        let raw = if with_raw { Some(self.core.read_blob(&record.blob).await?) } else { None };
         Ok(Content { raw, summary })
     }
 
@@ -322,7 +332,9 @@ impl Session {
                     }
                 }
                 FetchItem::Rfc822 | FetchItem::Rfc822Header | FetchItem::Rfc822Text | FetchItem::BodySection { .. } => {
-                    let Some(content) = content else { continue };
+                    let Some((raw, summary)) = content.and_then(|c| Some((c.raw.as_ref()?, &c.summary))) else {
+                        continue;
+                    };
                     let (label, section, partial) = match item {
                         FetchItem::Rfc822 => ("RFC822".to_owned(), Section { part: vec![], text: None }, None),
                         FetchItem::Rfc822Header => (
@@ -341,14 +353,16 @@ impl Session {
                     };
                     out.extend_from_slice(label.as_bytes());
                     out.push(b' ');
-                    match section_bytes(&content.raw, &content.summary, &section) {
+                    match section_bytes(raw, summary, &section) {
                         Some(bytes) => push_literal(&mut out, partial_slice(&bytes, partial), false),
                         None => out.extend_from_slice(b"NIL"),
                     }
                 }
                 FetchItem::Binary { part, partial, .. } => {
-                    let Some(content) = content else { continue };
-                    match decoded_part(&content.raw, &content.summary, part) {
+                    let Some((raw, summary)) = content.and_then(|c| Some((c.raw.as_ref()?, &c.summary))) else {
+                        continue;
+                    };
+                    match decoded_part(raw, summary, part) {
                         Ok(bytes) => {
                             let origin = partial.map(|(offset, _)| format!("<{offset}>")).unwrap_or_default();
                             out.extend_from_slice(format!("BINARY[{}]{origin} ", part_spec(part)).as_bytes());
@@ -362,8 +376,10 @@ impl Session {
                     }
                 }
                 FetchItem::BinarySize { part } => {
-                    let Some(content) = content else { continue };
-                    let size = decoded_part(&content.raw, &content.summary, part).map(|bytes| bytes.len()).unwrap_or(0);
+                    let Some((raw, summary)) = content.and_then(|c| Some((c.raw.as_ref()?, &c.summary))) else {
+                        continue;
+                    };
+                    let size = decoded_part(raw, summary, part).map(|bytes| bytes.len()).unwrap_or(0);
                     out.extend_from_slice(format!("BINARY.SIZE[{}] {size}", part_spec(part)).as_bytes());
                 }
             }

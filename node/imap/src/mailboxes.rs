@@ -490,7 +490,7 @@ impl Session {
                 return self.bad(tag, "\\Recent cannot be set by APPEND");
             }
             let date = message.internal_date_ms.map_or(now_ms(), |ms| ms.max(0) as u64);
-            batch.push((*body, message.flags, date));
+            batch.push((body.clone(), message.flags, date));
         }
         match self.core.append(account_id, mailbox.id, batch).await {
             Ok((uid_validity, uids)) => {

@@ -9,17 +9,18 @@ use std::collections::HashMap;
 
 use chrono::NaiveDate;
 use wmail_core::MessageRecord;
-use wmail_core::message::{MessageSummary, body_text, header_values, summarize};
+use wmail_core::message::{MessageSummary, body_text, header_values};
 
 use crate::proto::command::{SearchKey, SearchReturn, SortCriterion, SortKey, ThreadAlgorithm};
 use crate::selected::compress_set;
 use crate::session::Session;
 
-/// One candidate message.
+/// One candidate message, with what the keys need loaded.
 struct Candidate {
     seq: u32,
     record: MessageRecord,
-    content: Option<(bytes::Bytes, MessageSummary)>,
+    summary: Option<MessageSummary>,
+    raw: Option<bytes::Bytes>,
 }
 
 /// What evaluation needs besides the message.
@@ -32,24 +33,48 @@ struct Context<'a> {
     now_ms: u64,
 }
 
-fn needs_content(key: &SearchKey) -> bool {
+/// Whether a key needs the message summary (stored at delivery).
+fn needs_summary(key: &SearchKey) -> bool {
     match key {
         SearchKey::Bcc(_)
-        | SearchKey::Body(_)
         | SearchKey::Cc(_)
         | SearchKey::From(_)
         | SearchKey::Subject(_)
-        | SearchKey::Text(_)
         | SearchKey::To(_)
-        | SearchKey::Header(..)
         | SearchKey::SentBefore(_)
         | SearchKey::SentOn(_)
         | SearchKey::SentSince(_) => true,
-        SearchKey::Not(inner) => needs_content(inner),
-        SearchKey::Or(left, right) => needs_content(left) || needs_content(right),
-        SearchKey::And(keys) => keys.iter().any(needs_content),
+        SearchKey::Not(inner) => needs_summary(inner),
+        SearchKey::Or(left, right) => needs_summary(left) || needs_summary(right),
+        SearchKey::And(keys) => keys.iter().any(needs_summary),
+        _ => needs_raw(key),
+    }
+}
+
+/// Whether a key needs the message itself.
+fn needs_raw(key: &SearchKey) -> bool {
+    match key {
+        SearchKey::Body(_) | SearchKey::Text(_) | SearchKey::Header(..) => true,
+        SearchKey::Not(inner) => needs_raw(inner),
+        SearchKey::Or(left, right) => needs_raw(left) || needs_raw(right),
+        SearchKey::And(keys) => keys.iter().any(needs_raw),
         _ => false,
     }
+}
+
+/// The text an address key (FROM, TO, CC, BCC) is matched against: each address's name
+/// and `mailbox@host`, plus the decoded display form.
+fn address_text(addresses: &[wmail_core::message::Address], display: &str) -> String {
+    let mut text = String::from(display);
+    for address in addresses.iter().filter(|address| !address.is_group_marker()) {
+        text.push('\n');
+        if let Some(name) = &address.name {
+            text.push_str(name);
+            text.push(' ');
+        }
+        text.push_str(&address.addr_spec());
+    }
+    text
 }
 
 fn uses_modseq(key: &SearchKey) -> bool {
@@ -90,14 +115,13 @@ fn in_set(set: &crate::proto::command::SequenceSet, value: u32, largest: u32, sa
     }
 }
 
-fn header_text(raw: &[u8], summary: &MessageSummary, name: &str) -> String {
-    header_values(raw, summary.root.header_end, name).join("\n")
-}
-
 fn matches(key: &SearchKey, candidate: &Candidate, context: &Context) -> bool {
     let record = &candidate.record;
-    let text = |name: &str, needle: &str| {
-        candidate.content.as_ref().is_some_and(|(raw, summary)| contains(&header_text(raw, summary, name), needle))
+    let addresses = |needle: &str, pick: fn(&MessageSummary) -> (&[wmail_core::message::Address], &str)| {
+        candidate.summary.as_ref().is_some_and(|summary| {
+            let (list, display) = pick(summary);
+            contains(&address_text(list, display), needle)
+        })
     };
     match key {
         SearchKey::All => true,
@@ -116,28 +140,35 @@ fn matches(key: &SearchKey, candidate: &Candidate, context: &Context) -> bool {
         SearchKey::Old => context.rev2 || record.uid < context.first_recent,
         SearchKey::Keyword(flag) => has_flag(record, flag),
         SearchKey::Unkeyword(flag) => !has_flag(record, flag),
-        SearchKey::Bcc(needle) => text("bcc", needle),
-        SearchKey::Cc(needle) => text("cc", needle),
-        SearchKey::From(needle) => text("from", needle),
-        SearchKey::To(needle) => text("to", needle),
-        SearchKey::Subject(needle) => candidate.content.as_ref().is_some_and(|(raw, summary)| {
-            contains(&summary.subject_decoded, needle) || contains(&header_text(raw, summary, "subject"), needle)
+        SearchKey::Bcc(needle) => addresses(needle, |s| (&s.envelope.bcc, "")),
+        SearchKey::Cc(needle) => addresses(needle, |s| (&s.envelope.cc, "")),
+        SearchKey::From(needle) => addresses(needle, |s| (&s.envelope.from, &s.display_from)),
+        SearchKey::To(needle) => addresses(needle, |s| (&s.envelope.to, &s.display_to)),
+        SearchKey::Subject(needle) => candidate.summary.as_ref().is_some_and(|summary| {
+            contains(&summary.subject_decoded, needle)
+                || summary.envelope.subject.as_deref().is_some_and(|raw| contains(raw, needle))
         }),
-        SearchKey::Header(name, needle) => candidate.content.as_ref().is_some_and(|(raw, summary)| {
-            let values = header_values(raw, summary.root.header_end, name);
-            // RFC 9051 §6.4.4: an empty string matches every message that has the field.
-            !values.is_empty() && values.iter().any(|value| contains(value, needle))
-        }),
-        SearchKey::Body(needle) => candidate.content.as_ref().is_some_and(|(raw, _)| contains(&body_text(raw), needle)),
-        SearchKey::Text(needle) => candidate.content.as_ref().is_some_and(|(raw, summary)| {
-            let header = String::from_utf8_lossy(&raw[..summary.root.header_end.min(raw.len())]).into_owned();
-            contains(&header, needle) || contains(&summary.subject_decoded, needle) || contains(&body_text(raw), needle)
-        }),
+        SearchKey::Header(name, needle) => {
+            candidate.raw.as_ref().zip(candidate.summary.as_ref()).is_some_and(|(raw, summary)| {
+                let values = header_values(raw, summary.root.header_end, name);
+                // RFC 9051 §6.4.4: an empty string matches every message that has the field.
+                !values.is_empty() && values.iter().any(|value| contains(value, needle))
+            })
+        }
+        SearchKey::Body(needle) => candidate.raw.as_ref().is_some_and(|raw| contains(&body_text(raw), needle)),
+        SearchKey::Text(needle) => {
+            candidate.raw.as_ref().zip(candidate.summary.as_ref()).is_some_and(|(raw, summary)| {
+                let header = String::from_utf8_lossy(&raw[..summary.root.header_end.min(raw.len())]).into_owned();
+                contains(&header, needle)
+                    || contains(&summary.subject_decoded, needle)
+                    || contains(&body_text(raw), needle)
+            })
+        }
         SearchKey::Before(date) => day_of(record.internal_date_ms as i64) < *date,
         SearchKey::On(date) => day_of(record.internal_date_ms as i64) == *date,
         SearchKey::Since(date) => day_of(record.internal_date_ms as i64) >= *date,
         SearchKey::SentBefore(date) | SearchKey::SentOn(date) | SearchKey::SentSince(date) => {
-            let Some(sent) = candidate.content.as_ref().and_then(|(_, summary)| summary.sent_date_ms) else {
+            let Some(sent) = candidate.summary.as_ref().and_then(|summary| summary.sent_date_ms) else {
                 return false;
             };
             let day = day_of(sent);
@@ -183,16 +214,17 @@ impl Session {
             rev2: self.enabled.rev2,
             now_ms: wmail_core::now_ms(),
         };
-        let load = with_content || needs_content(key);
+        let (load_summary, load_raw) = (with_content || needs_summary(key), needs_raw(key));
         let mut out = Vec::new();
         for (index, uid) in selected.uids.iter().enumerate() {
             // Expunged by another session and not reported yet: it matches nothing.
             let Some(record) = by_uid.get(uid) else { continue };
-            let mut candidate = Candidate { seq: index as u32 + 1, record: record.clone(), content: None };
-            if load {
-                let raw = self.core.read_blob(&record.blob).await?;
-                let summary = summarize(&raw);
-                candidate.content = Some((raw, summary));
+            let mut candidate = Candidate { seq: index as u32 + 1, record: record.clone(), summary: None, raw: None };
+            if load_summary {
+                candidate.summary = Some(self.core.message_summary(&record.blob).await?);
+            }
+            if load_raw {
+                candidate.raw = Some(self.core.read_blob(&record.blob).await?);
             }
             if matches(key, &candidate, &context) {
                 out.push(candidate);
@@ -383,7 +415,7 @@ impl Session {
         let messages: Vec<crate::thread::ThreadInput> = found
             .iter()
             .map(|c| {
-                let summary = &c.content.as_ref().expect("loaded").1;
+                let summary = c.summary.as_ref().expect("loaded for THREAD");
                 crate::thread::ThreadInput {
                     number: if uid { c.record.uid } else { c.seq },
                     seq: c.seq,
@@ -408,7 +440,7 @@ impl Session {
 
 fn compare(key: SortKey, a: &Candidate, b: &Candidate) -> Ordering {
     fn summary(c: &Candidate) -> &MessageSummary {
-        &c.content.as_ref().expect("loaded for SORT").1
+        c.summary.as_ref().expect("loaded for SORT")
     }
     let date = |c: &Candidate| summary(c).sent_date_ms.unwrap_or(c.record.internal_date_ms as i64);
     // RFC 5256 uses the i;ascii-casemap collation: compare case-insensitively.
