@@ -303,7 +303,7 @@ async fn bind(address: &str, service: &str) -> anyhow::Result<tokio::net::TcpLis
 }
 
 fn warn_about_unserved_protocols(config: &Config) {
-    const UNSERVED: [&str; 3] = ["imap", "imaps", "managesieve"];
+    const UNSERVED: [&str; 1] = ["managesieve"];
     for (name, addresses) in config.listen.services() {
         if UNSERVED.contains(&name) && !addresses.is_empty() {
             tracing::warn!(service = name, "this release does not serve {name} yet; the listener is not opened");
