@@ -13,6 +13,8 @@ mod blob_s3;
 #[cfg(test)]
 mod foundation;
 #[cfg(test)]
+mod imap;
+#[cfg(test)]
 mod licences;
 #[cfg(test)]
 mod pop3;

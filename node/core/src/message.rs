@@ -210,6 +210,34 @@ pub fn header_values(raw: &[u8], header_end: usize, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// Decodes the RFC 2047 encoded words of a header value (any charset mail-parser knows);
+/// text without encoded words comes back as it is. For SEARCH, which compares decoded
+/// text (RFC 9051 §6.4.4).
+pub fn decode_header_text(value: &str) -> String {
+    if !value.contains("=?") {
+        return value.to_owned();
+    }
+    // mail-parser decodes unstructured fields; parse the value as a Subject.
+    let field = format!("Subject: {}\r\n\r\n", value.replace(['\r', '\n'], " "));
+    MessageParser::default()
+        .parse_headers(field.as_bytes())
+        .and_then(|message| message.subject().map(str::to_owned))
+        .unwrap_or_else(|| value.to_owned())
+}
+
+/// Every top-level header field as `name: decoded value` lines, for SEARCH TEXT.
+pub fn decoded_header_text(raw: &[u8], header_end: usize) -> String {
+    let header = raw.get(..header_end.min(raw.len())).unwrap_or_default();
+    let mut out = String::new();
+    for field in raw_fields(header) {
+        out.push_str(&String::from_utf8_lossy(field.name));
+        out.push_str(": ");
+        out.push_str(&decode_header_text(&unfold(field.value)));
+        out.push('\n');
+    }
+    out
+}
+
 /// The decoded text of every text/* part, nested messages included, HTML converted to plain
 /// text, parts separated by a newline; for SEARCH BODY and TEXT.
 pub fn body_text(raw: &[u8]) -> String {

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use chrono::NaiveDate;
 use wmail_core::MessageRecord;
-use wmail_core::message::{MessageSummary, body_text, header_values};
+use wmail_core::message::{MessageSummary, body_text, decode_header_text, decoded_header_text, header_values};
 
 use crate::proto::command::{SearchKey, SearchReturn, SortCriterion, SortKey, ThreadAlgorithm};
 use crate::selected::compress_set;
@@ -69,7 +69,7 @@ fn address_text(addresses: &[wmail_core::message::Address], display: &str) -> St
     for address in addresses.iter().filter(|address| !address.is_group_marker()) {
         text.push('\n');
         if let Some(name) = &address.name {
-            text.push_str(name);
+            text.push_str(&decode_header_text(name));
             text.push(' ');
         }
         text.push_str(&address.addr_spec());
@@ -152,7 +152,10 @@ fn matches(key: &SearchKey, candidate: &Candidate, context: &Context) -> bool {
             candidate.raw.as_ref().zip(candidate.summary.as_ref()).is_some_and(|(raw, summary)| {
                 let values = header_values(raw, summary.root.header_end, name);
                 // RFC 9051 §6.4.4: an empty string matches every message that has the field.
-                !values.is_empty() && values.iter().any(|value| contains(value, needle))
+                !values.is_empty()
+                    && values
+                        .iter()
+                        .any(|value| contains(value, needle) || contains(&decode_header_text(value), needle))
             })
         }
         SearchKey::Body(needle) => candidate.raw.as_ref().is_some_and(|raw| contains(&body_text(raw), needle)),
@@ -160,6 +163,7 @@ fn matches(key: &SearchKey, candidate: &Candidate, context: &Context) -> bool {
             candidate.raw.as_ref().zip(candidate.summary.as_ref()).is_some_and(|(raw, summary)| {
                 let header = String::from_utf8_lossy(&raw[..summary.root.header_end.min(raw.len())]).into_owned();
                 contains(&header, needle)
+                    || contains(&decoded_header_text(raw, summary.root.header_end), needle)
                     || contains(&summary.subject_decoded, needle)
                     || contains(&body_text(raw), needle)
             })

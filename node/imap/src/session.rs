@@ -609,9 +609,10 @@ impl Session {
     /// RFC 2177 IDLE: report changes as they happen until the client sends DONE.
     async fn idle(&mut self, tag: &str) -> Flow {
         self.queue(b"+ idling\r\n");
-        self.sync(true).await;
         let Some(mut changes) = self.changes.clone() else { return Flow::Close };
+        // Mark first, then sync: a change committed in between wakes the loop at once.
         changes.mark_unchanged();
+        self.sync(true).await;
         loop {
             if self.connection.flush(self.config.idle_timeout).await.is_err() {
                 return Flow::Close;

@@ -17,7 +17,9 @@ use crate::stream::SessionStream;
 pub enum LineRead {
     /// A complete line, with its line ending.
     Line(BytesMut),
-    /// A line longer than the limit; it was discarded up to and including its end.
+    /// A line longer than the limit. Reported as soon as the limit is passed (the client
+    /// may never send the line's end); the rest of the line is discarded by the next reads,
+    /// which report `TooLong` again for every further limit's worth of it.
     TooLong,
     /// The client closed the connection.
     Closed,
@@ -31,6 +33,8 @@ pub struct Connection {
     input: BytesMut,
     output: Vec<u8>,
     max_line: usize,
+    /// Set while the rest of an over-long line is being skipped; counts what was skipped.
+    discarding: Option<usize>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -42,7 +46,7 @@ impl std::fmt::Debug for Connection {
 impl Connection {
     /// Wraps `stream`; lines longer than `max_line` octets are refused.
     pub fn new(stream: SessionStream, max_line: usize) -> Self {
-        Self { stream: Some(stream), input: BytesMut::with_capacity(4096), output: Vec::with_capacity(1024), max_line }
+        Self { stream: Some(stream), input: BytesMut::new(), output: Vec::new(), max_line, discarding: None }
     }
 
     fn stream(&mut self) -> &mut SessionStream {
@@ -91,35 +95,58 @@ impl Connection {
 
     /// Flushes, then reads more input, waiting at most `timeout`. Returns `Some(0)` at the
     /// end of the stream and `None` on timeout. Cancel safe: a cancelled read loses nothing.
+    ///
+    /// Reads go straight into the input buffer: an idle connection waiting here holds no
+    /// read buffer of its own (thousands of IMAP IDLE sessions wait here), and the buffer
+    /// grows only while a client sends a lot (a large APPEND or DATA).
     pub async fn fill(&mut self, timeout: Duration) -> io::Result<Option<usize>> {
         self.flush(timeout).await?;
-        let mut buffer = [0u8; 16 * 1024];
-        match tokio::time::timeout(timeout, self.stream().read(&mut buffer)).await {
-            Ok(Ok(read)) => {
-                self.input.extend_from_slice(&buffer[..read]);
-                Ok(Some(read))
-            }
+        let room = if self.input.is_empty() { 2 * 1024 } else { 16 * 1024 };
+        if self.input.capacity() - self.input.len() < room {
+            self.input.reserve(room);
+        }
+        let stream = self.stream.as_mut().expect("stream present outside a TLS upgrade");
+        match tokio::time::timeout(timeout, stream.read_buf(&mut self.input)).await {
+            Ok(Ok(read)) => Ok(Some(read)),
             Ok(Err(error)) => Err(error),
             Err(_) => Ok(None),
         }
     }
 
     /// Returns the next line. Memory stays bounded: an over-long line is dropped as it
-    /// arrives and reported once its end is seen.
+    /// arrives and reported as soon as it passes the limit, so a client that never ends its
+    /// line cannot hold the session (protocols count the errors, IMAP closes at once).
     pub async fn read_line(&mut self, timeout: Duration) -> io::Result<LineRead> {
-        let mut discarding = false;
         loop {
-            if let Some(end) = self.input.iter().position(|&byte| byte == b'\n') {
+            let newline = self.input.iter().position(|&byte| byte == b'\n');
+            if let Some(skipped) = self.discarding {
+                match newline {
+                    Some(end) => {
+                        let _ = self.input.split_to(end + 1);
+                        self.discarding = None;
+                        continue;
+                    }
+                    None => {
+                        let skipped = skipped + self.input.len();
+                        self.input.clear();
+                        if skipped > self.max_line {
+                            self.discarding = Some(0);
+                            return Ok(LineRead::TooLong);
+                        }
+                        self.discarding = Some(skipped);
+                    }
+                }
+            } else if let Some(end) = newline {
                 let line = self.input.split_to(end + 1);
-                return Ok(if discarding || line.len() > self.max_line {
-                    LineRead::TooLong
-                } else {
-                    LineRead::Line(line)
-                });
-            }
-            if self.input.len() > self.max_line {
-                discarding = true;
+                if self.input.is_empty() && self.input.capacity() > 4096 {
+                    // Give a large buffer back once it is drained (idle sessions stay small).
+                    self.input = BytesMut::new();
+                }
+                return Ok(if line.len() > self.max_line { LineRead::TooLong } else { LineRead::Line(line) });
+            } else if self.input.len() > self.max_line {
                 self.input.clear();
+                self.discarding = Some(0);
+                return Ok(LineRead::TooLong);
             }
             match self.fill(timeout).await? {
                 Some(0) => return Ok(LineRead::Closed),
@@ -135,6 +162,7 @@ impl Connection {
     pub async fn start_tls(&mut self, acceptor: &TlsAcceptor, timeout: Duration) -> io::Result<()> {
         self.flush(timeout).await?;
         self.input.clear();
+        self.discarding = None;
         let plain = self.stream.take().expect("stream present");
         let upgraded = tokio::time::timeout(timeout, plain.start_tls(acceptor))
             .await

@@ -178,6 +178,7 @@ impl Session {
             let flow = match event {
                 Ok(LineRead::Line(line)) => self.command(line).await,
                 Ok(LineRead::TooLong) => {
+                    self.errors += 1;
                     self.send(reply(500, "5.5.2", "line too long"));
                     Ok(Flow::Continue)
                 }
