@@ -9,7 +9,11 @@ use serde_json::json;
 use crate::harness::{WmailNode, pop3_message_count, python, python_prelude, succeeded};
 
 async fn node_with_mail() -> WmailNode {
-    let mut node = WmailNode::new("");
+    node_with_mail_and_config("").await
+}
+
+async fn node_with_mail_and_config(extra_config: &str) -> WmailNode {
+    let mut node = WmailNode::new(extra_config);
     node.start().await;
     assert_eq!(node.api(Method::POST, "/domains", Some(json!({ "name": "example.com" }))).await.0, StatusCode::CREATED);
     let body = json!({ "address": "alice@example.com", "password": "alice password" });
@@ -348,4 +352,94 @@ print("ok")
     assert_eq!(out.trim(), "ok");
     assert_eq!(inbox_len(&node).await, 3);
     assert!(!node.log().contains("panicked"), "{}", node.log());
+}
+
+#[tokio::test]
+async fn login_delay_is_advertised_and_enforced_per_account() {
+    let node = node_with_mail_and_config("[pop3]\nlogin_delay_seconds = 2\n").await;
+    let out = python(
+        &node,
+        r#"
+import time
+p = poplib.POP3_SSL("127.0.0.1", POP3S, context=ctx)
+assert "LOGIN-DELAY" in p.capa() and p.capa()["LOGIN-DELAY"] == ["2"], p.capa()
+p.user("alice@example.com")
+p.pass_("alice password")
+p.quit()
+again = poplib.POP3_SSL("127.0.0.1", POP3S, context=ctx)
+again.user("alice@example.com")
+try:
+    again.pass_("alice password")
+    raise SystemExit("a login within LOGIN-DELAY was accepted")
+except poplib.error_proto as e:
+    assert e.args[0].startswith(b"-ERR [LOGIN-DELAY]"), e
+again.quit()
+time.sleep(2.2)
+late = poplib.POP3_SSL("127.0.0.1", POP3S, context=ctx)
+late.user("alice@example.com")
+late.pass_("alice password")
+assert late.stat()[0] == 3
+late.quit()
+print("ok")
+"#,
+    );
+    assert_eq!(out.trim(), "ok");
+}
+
+#[tokio::test]
+async fn a_slow_download_keeps_the_maildrop_locked_past_the_lease() {
+    // A 3-second lease and a download that takes about three times as long: the session
+    // renews its lease while it sends, so a second login stays locked out throughout.
+    let node = node_with_mail_and_config("[pop3]\nmaildrop_lease_seconds = 3\n").await;
+    let mut big = b"Subject: big\r\n\r\n".to_vec();
+    for line in 0..150_000 {
+        big.extend_from_slice(format!("line {line:06} of a message that takes a while to download\r\n").as_bytes());
+    }
+    assert_eq!(node.deliver("alice@example.com", big.clone()).await.0, StatusCode::CREATED);
+    let out = python(
+        &node,
+        r#"
+import threading, time
+slow = socket.create_connection(("127.0.0.1", POP3S))
+slow = ctx.wrap_socket(slow, server_hostname="mx.test")
+slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+f = slow.makefile("rb")
+f.readline()
+for command in [b"USER alice@example.com", b"PASS alice password", b"RETR 4"]:
+    slow.sendall(command + b"\r\n")
+    assert f.readline().startswith(b"+OK"), command
+results = []
+def second_login():
+    for _ in range(3):
+        time.sleep(2.5)
+        p = poplib.POP3_SSL("127.0.0.1", POP3S, context=ctx)
+        p.user("alice@example.com")
+        try:
+            p.pass_("alice password")
+            results.append("got the maildrop")
+            p.quit()
+        except poplib.error_proto as e:
+            results.append(e.args[0][:12].decode())
+            p.quit()
+checker = threading.Thread(target=second_login)
+checker.start()
+received = 0
+started = time.time()
+while True:
+    line = f.readline()
+    if line in (b".\r\n", b""):
+        break
+    received += len(line)
+    if received % (64 * 1024) < 80:
+        time.sleep(0.05)
+elapsed = time.time() - started
+checker.join()
+slow.sendall(b"QUIT\r\n")
+assert line == b".\r\n", "the download was cut off"
+assert elapsed > 7, "the download was too fast to test the lease (%.1f s)" % elapsed
+assert results == ["-ERR [IN-USE"] * 3, results
+print("ok")
+"#,
+    );
+    assert_eq!(out.trim(), "ok");
 }

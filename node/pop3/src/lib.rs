@@ -23,12 +23,24 @@ pub struct Pop3Config {
     pub idle_timeout: Duration,
     /// Whether USER/PASS and AUTH work without TLS (never on by default).
     pub allow_plaintext_auth: bool,
+    /// RFC 2449 §6.5 LOGIN-DELAY: least time between two logins of one account (zero: none).
+    pub login_delay: Duration,
+    /// How long the exclusive maildrop lease lasts unless renewed (a session that dies
+    /// leaves the maildrop locked this long); renewed every fifteenth of it while in use.
+    pub maildrop_lease: Duration,
 }
 
 impl Pop3Config {
-    /// Defaults: 10-minute autologout, no authentication in cleartext.
+    /// Defaults: 10-minute autologout, no authentication in cleartext, no login delay, a
+    /// 15-minute maildrop lease.
     pub fn new(hostname: impl Into<String>) -> Self {
-        Self { hostname: hostname.into(), idle_timeout: Duration::from_secs(600), allow_plaintext_auth: false }
+        Self {
+            hostname: hostname.into(),
+            idle_timeout: Duration::from_secs(600),
+            allow_plaintext_auth: false,
+            login_delay: Duration::ZERO,
+            maildrop_lease: Duration::from_secs(15 * 60),
+        }
     }
 }
 

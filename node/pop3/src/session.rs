@@ -16,10 +16,6 @@ use crate::dot_stuff::DotStuffer;
 
 /// Longest command line (RFC 2449 §4 allows 255 octets; AUTH responses may be longer).
 const MAX_LINE: usize = 1024;
-/// Lease on the maildrop; renewed while the session is active.
-const LEASE: Duration = Duration::from_secs(15 * 60);
-/// How often an active session renews its lease.
-const LEASE_RENEWAL: Duration = Duration::from_secs(60);
 /// Pause after a failed login, to slow password guessing.
 const AUTH_FAILURE_DELAY: Duration = Duration::from_millis(500);
 /// Most protocol errors before the session is closed.
@@ -204,7 +200,11 @@ impl Session {
     }
 
     fn capa(&mut self) {
+        let login_delay = format!("LOGIN-DELAY {}", self.config.login_delay.as_secs());
         let mut lines = vec!["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING", "EXPIRE NEVER"];
+        if !self.config.login_delay.is_zero() {
+            lines.push(&login_delay);
+        }
         if self.maildrop.is_none() {
             if self.auth_allowed() {
                 lines.extend(["USER", "SASL PLAIN"]);
@@ -316,7 +316,8 @@ impl Session {
         }
         let lease = format!("pop3:{}", account.id);
         let holder = self.core.lease_holder(&self.id);
-        match self.core.acquire_lease(&lease, &holder, now_ms() + LEASE.as_millis() as u64).await {
+        let lease_ms = self.config.maildrop_lease.as_millis() as u64;
+        match self.core.acquire_lease(&lease, &holder, now_ms() + lease_ms).await {
             Ok(()) => {}
             Err(error) if error.code == ErrorCode::Conflict => {
                 // RFC 2449 §8.1.1.
@@ -326,6 +327,21 @@ impl Session {
             Err(error) => {
                 tracing::warn!(session = %self.id, %error, "cannot lock the maildrop");
                 self.err("[SYS/TEMP] cannot open the maildrop now; try again later");
+                return Flow::Continue;
+            }
+        }
+        // RFC 2449 §6.5 LOGIN-DELAY: a replicated lease that lapses after the delay marks
+        // the last login, cluster-wide; a login while it holds is refused.
+        if !self.config.login_delay.is_zero() {
+            let until = now_ms() + self.config.login_delay.as_millis() as u64;
+            if let Err(error) = self.core.acquire_lease(&format!("pop3-login:{}", account.id), &holder, until).await {
+                let _ = self.core.release_lease(&lease, &holder).await;
+                if error.code == ErrorCode::Conflict {
+                    let seconds = self.config.login_delay.as_secs();
+                    self.err(&format!("[LOGIN-DELAY] wait {seconds} seconds between logins"));
+                } else {
+                    self.err("[SYS/TEMP] cannot open the maildrop now; try again later");
+                }
                 return Flow::Continue;
             }
         }
@@ -359,11 +375,11 @@ impl Session {
 
     async fn renew_lease(&mut self) {
         let Some(maildrop) = self.maildrop.as_mut() else { return };
-        if maildrop.renewed.elapsed() < LEASE_RENEWAL {
+        if maildrop.renewed.elapsed() < self.config.maildrop_lease / 15 {
             return;
         }
         maildrop.renewed = Instant::now();
-        let until = now_ms() + LEASE.as_millis() as u64;
+        let until = now_ms() + self.config.maildrop_lease.as_millis() as u64;
         match self.core.acquire_lease(&maildrop.lease, &maildrop.holder, until).await {
             Ok(()) => {}
             Err(error) if error.code == ErrorCode::Conflict => {
@@ -471,6 +487,8 @@ impl Session {
                 if self.connection.flush(self.config.idle_timeout).await.is_err() {
                     return Flow::Close;
                 }
+                // A slow client may take longer than the lease to download a large message.
+                self.renew_lease().await;
             }
         }
         stuffer.finish(&mut out);

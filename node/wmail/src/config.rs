@@ -96,11 +96,16 @@ pub struct Pop3Section {
     pub max_connections: usize,
     /// Open POP3 sessions per client address and listener.
     pub max_connections_per_ip: usize,
+    /// RFC 2449 LOGIN-DELAY: least seconds between two logins of one account (0: none).
+    pub login_delay_seconds: u64,
+    /// Seconds the exclusive maildrop lock lasts unless renewed: after a node dies, its
+    /// sessions' maildrops stay locked this long.
+    pub maildrop_lease_seconds: u64,
 }
 
 impl Default for Pop3Section {
     fn default() -> Self {
-        Self { max_connections: 1000, max_connections_per_ip: 20 }
+        Self { max_connections: 1000, max_connections_per_ip: 20, login_delay_seconds: 0, maildrop_lease_seconds: 900 }
     }
 }
 
@@ -348,6 +353,9 @@ impl Config {
         }
         if self.pop3.max_connections == 0 || self.pop3.max_connections_per_ip == 0 {
             bail!("[pop3] max_connections and max_connections_per_ip must be 1 or more");
+        }
+        if self.pop3.maildrop_lease_seconds < 2 {
+            bail!("[pop3] maildrop_lease_seconds must be 2 or more (900, the default, suits production)");
         }
         if self.imap.max_connections == 0 || self.imap.max_connections_per_ip == 0 || self.imap.max_append_size == 0 {
             bail!("[imap] max_connections, max_connections_per_ip and max_append_size must be 1 or more");

@@ -170,7 +170,9 @@ async fn start_pop3(
     {
         for address in addresses {
             let listener = bind(address, service).await?;
-            let pop3 = wmail_pop3::Pop3Config::new(config.server.hostname.clone());
+            let mut pop3 = wmail_pop3::Pop3Config::new(config.server.hostname.clone());
+            pop3.login_delay = Duration::from_secs(config.pop3.login_delay_seconds);
+            pop3.maildrop_lease = Duration::from_secs(config.pop3.maildrop_lease_seconds);
             let server = wmail_pop3::Pop3Server::new(core.clone(), pop3, Some(tls.clone()));
             let implicit_tls = implicit.then(|| tls.clone());
             tracing::info!(service, address = %listener.local_addr()?, "listening");
