@@ -1386,3 +1386,113 @@ async fn curl_fetches_a_message_over_imaps_and_starttls() {
     let search = String::from_utf8(curl(&[&format!("{imaps}/INBOX?SUBJECT%20curl")])).expect("utf-8");
     assert_eq!(search.trim(), "* SEARCH 1", "{search}");
 }
+
+/// Runs mbsync (isync) with `config`; panics with its output when it fails.
+fn mbsync(config: &std::path::Path) -> String {
+    let output = Command::new("mbsync")
+        .arg("-c")
+        .arg(config)
+        .arg("-a")
+        .output()
+        .expect("mbsync (package isync, installed by tools/dev/deps.sh test)");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "mbsync failed:\n{text}");
+    text
+}
+
+/// The message files of one maildir folder (cur and new).
+fn maildir_files(folder: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for sub in ["cur", "new"] {
+        if let Ok(entries) = std::fs::read_dir(folder.join(sub)) {
+            files.extend(entries.map(|entry| entry.expect("dir entry").path()));
+        }
+    }
+    files.sort();
+    files
+}
+
+#[tokio::test]
+async fn mbsync_synchronises_both_ways() {
+    let node = node_with_account("", None).await;
+    deliver_numbered(&node, 3).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mail = dir.path().join("mail");
+    std::fs::create_dir_all(&mail).expect("maildir root");
+    let config = dir.path().join("mbsyncrc");
+    std::fs::write(
+        &config,
+        format!(
+            "IMAPAccount wmail\nHost 127.0.0.1\nPort {port}\nUser {ALICE}\nPass {PASSWORD}\nSSLType IMAPS\n\
+             CertificateFile {cert}\n\nIMAPStore remote\nAccount wmail\n\nMaildirStore local\nPath {mail}/\n\
+             Inbox {mail}/INBOX\nSubFolders Verbatim\n\nChannel sync\nFar :remote:\nNear :local:\nPatterns *\n\
+             Create Both\nExpunge Both\nSyncState *\n",
+            port = node.imaps.port(),
+            cert = node.data_dir.join("tls/cert.pem").display(),
+            mail = mail.display(),
+        ),
+    )
+    .expect("write mbsyncrc");
+
+    // First run: the server's mailboxes and messages arrive.
+    mbsync(&config);
+    let inbox = maildir_files(&mail.join("INBOX"));
+    assert_eq!(inbox.len(), 3, "{inbox:?}");
+    for name in ["Sent", "Drafts", "Trash", "Junk", "Archive"] {
+        assert!(mail.join(name).join("cur").is_dir(), "{name} was not created locally");
+    }
+    let first = std::fs::read(&inbox[0]).expect("read message");
+    assert!(String::from_utf8_lossy(&first).contains("Subject: message"), "{}", String::from_utf8_lossy(&first));
+
+    // Local changes: one message read, one deleted, a new folder with a new message.
+    let (seen, deleted) = (&inbox[0], &inbox[1]);
+    let flagged = |path: &std::path::Path, flag: char| {
+        let name = path.file_name().expect("file name").to_string_lossy().into_owned();
+        let base = name.split(":2,").next().expect("base").to_owned();
+        let flags = name.split(":2,").nth(1).unwrap_or("");
+        let mut flags: Vec<char> = flags.chars().chain([flag]).collect();
+        flags.sort();
+        flags.dedup();
+        mail.join("INBOX/cur").join(format!("{base}:2,{}", flags.into_iter().collect::<String>()))
+    };
+    std::fs::rename(seen, flagged(seen, 'S')).expect("mark seen");
+    std::fs::rename(deleted, flagged(deleted, 'T')).expect("mark deleted");
+    let projects = mail.join("Projects");
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(projects.join(sub)).expect("maildir");
+    }
+    let new_message = "From: alice@example.com\r\nTo: bob@remote.test\r\nSubject: written offline\r\n\r\nplan\r\n";
+    std::fs::write(projects.join("new/1700000000.1.local"), new_message).expect("write message");
+    mbsync(&config);
+
+    // The server now has the changes.
+    let out = python(
+        &node,
+        &format!(
+            r#"
+m = imaplib.IMAP4_SSL("127.0.0.1", IMAPS, ssl_context=ctx)
+m.login({ALICE:?}, {PASSWORD:?})
+m.select("INBOX")
+typ, data = m.fetch("1:*", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+flags = [line[0] for line in data if isinstance(line, tuple)]
+assert len(flags) == 2, data
+assert sum(b"\\Seen" in f for f in flags) == 1, flags
+typ, data = m.select("Projects")
+assert typ == "OK" and data == [b"1"], data
+typ, data = m.fetch("1", "(BODY.PEEK[])")
+# mbsync adds its own X-TUID header while uploading; the rest arrives as written.
+body = data[0][1]
+assert b"Subject: written offline\r\n" in body and body.endswith(b"\r\n\r\nplan\r\n"), data
+print("ok")
+"#
+        ),
+    );
+    assert_eq!(out.trim(), "ok");
+    assert_eq!(maildir_files(&mail.join("INBOX")).len(), 2, "the deleted message was expunged locally too");
+
+    // Nothing changed since: a third run finds nothing to do.
+    let quiet = mbsync(&config);
+    assert!(!quiet.contains("Error"), "{quiet}");
+    assert_eq!(maildir_files(&mail.join("INBOX")).len(), 2);
+    assert_eq!(maildir_files(&projects).len(), 1);
+}

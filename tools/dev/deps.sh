@@ -9,8 +9,8 @@ what="${1:-build}"
 packages=(librocksdb-dev libclang-dev pkg-config)
 if [ "$what" = test ]; then
   # promtool (package prometheus) lints /metrics; python3-venv hosts SeaweedFS;
-  # fetchmail and curl are real POP3 clients.
-  packages+=(prometheus python3-venv fetchmail curl)
+  # fetchmail and curl are real POP3 clients; isync (mbsync) and curl real IMAP clients.
+  packages+=(prometheus python3-venv fetchmail curl isync)
 fi
 
 missing=()
