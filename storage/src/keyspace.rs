@@ -29,9 +29,12 @@ pub const SUBSCRIPTIONS: &str = "subscriptions";
 /// Parsed message summaries: `sha256` -> opaque bytes written by core, one per blob,
 /// removed when the blob is forgotten.
 pub const SUMMARIES: &str = "summaries";
+/// Expunged messages by mailbox and MODSEQ (RFC 7162 QRESYNC `VANISHED (EARLIER)`):
+/// `account_id, mailbox_id, modseq, uid` -> empty.
+pub const EXPUNGED: &str = "expunged";
 
 /// Every column family of the state database, checked at open time.
-pub const COLUMN_FAMILIES: [&str; 13] = [
+pub const COLUMN_FAMILIES: [&str; 14] = [
     DOMAINS,
     ADDRESSES,
     PRINCIPALS,
@@ -45,7 +48,17 @@ pub const COLUMN_FAMILIES: [&str; 13] = [
     LEASES,
     SUBSCRIPTIONS,
     SUMMARIES,
+    EXPUNGED,
 ];
+
+/// Key of an expunged message in [`EXPUNGED`].
+pub fn expunged_key(account_id: u64, mailbox_id: u64, modseq: u64, uid: u32) -> [u8; 28] {
+    let mut key = [0; 28];
+    key[..16].copy_from_slice(&mailbox_key(account_id, mailbox_id));
+    key[16..24].copy_from_slice(&modseq.to_be_bytes());
+    key[24..].copy_from_slice(&uid.to_be_bytes());
+    key
+}
 
 /// Meta key of the consensus layer's opaque applied-state record.
 pub const META_RAFT: &[u8] = b"raft";

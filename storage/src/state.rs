@@ -367,6 +367,23 @@ impl StateStore {
         Ok(rows.into_iter().map(|(key, lease)| (String::from_utf8_lossy(&key).into_owned(), lease)).collect())
     }
 
+    /// Returns the UIDs expunged from a mailbox with a MODSEQ above `after`, ascending by
+    /// MODSEQ (RFC 7162 §3.2.5.2 `VANISHED (EARLIER)`).
+    pub fn expunged_since(&self, account_id: u64, mailbox_id: u64, after: u64) -> Result<Vec<u32>> {
+        let db = self.db();
+        let prefix = ks::mailbox_key(account_id, mailbox_id);
+        let start = ks::expunged_key(account_id, mailbox_id, after.saturating_add(1), 0);
+        let mut out = Vec::new();
+        for item in db.iterator_cf(&cf(&db, ks::EXPUNGED), IteratorMode::From(&start, Direction::Forward)) {
+            let (key, _) = item?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            out.push(u32::from_be_bytes(key[24..28].try_into().map_err(|_| Error::corrupt("expunged key"))?));
+        }
+        Ok(out)
+    }
+
     /// Returns the id of an account's latest change-log entry (0 when there is none).
     pub fn last_change_id(&self, account_id: u64) -> Result<u64> {
         let db = self.db();
@@ -882,7 +899,7 @@ impl<'a> Tx<'a> {
         for (key, _) in self.scan::<Mailbox>(ks::MAILBOXES, &prefix)? {
             self.delete(ks::MAILBOXES, &key);
         }
-        for table in [ks::MAILBOX_NAMES, ks::CHANGES, ks::SUBSCRIPTIONS] {
+        for table in [ks::MAILBOX_NAMES, ks::CHANGES, ks::SUBSCRIPTIONS, ks::EXPUNGED] {
             for (key, _) in self.scan_raw(table, &prefix)? {
                 self.delete(table, &key);
             }
@@ -1048,6 +1065,9 @@ impl<'a> Tx<'a> {
         account.message_count -= removed;
         self.mailboxes.remove(&(account_id, mailbox_id));
         self.delete(ks::MAILBOXES, &ks::mailbox_key(account_id, mailbox_id));
+        for (key, _) in self.scan_raw(ks::EXPUNGED, &ks::mailbox_key(account_id, mailbox_id))? {
+            self.delete(ks::EXPUNGED, &key);
+        }
         self.delete(ks::MAILBOX_NAMES, &ks::mailbox_name_key(account_id, name));
         self.record_change(account_id, Change::MailboxDeleted { mailbox_id })?;
         Ok(Ok(Outcome::Done))
@@ -1245,6 +1265,7 @@ impl<'a> Tx<'a> {
             self.delete(ks::MESSAGES, &key);
             self.release_blob(record.blob)?;
             self.record_change(account_id, Change::Expunged { mailbox_id, uid, modseq })?;
+            self.put_raw(ks::EXPUNGED, &ks::expunged_key(account_id, mailbox_id, modseq, uid), Vec::new());
             removed_bytes += record.size;
             removed.push(uid);
         }

@@ -585,3 +585,25 @@ fn summaries_are_kept_once_per_blob_and_forgotten_with_it() {
     apply_one(&store, Command::ForgetBlob { blob }).unwrap();
     assert_eq!(store.summary(&blob).unwrap(), None);
 }
+
+#[test]
+fn expunges_are_indexed_by_modseq_per_mailbox() {
+    let (_dir, store) = store();
+    let (a, _) = setup_two_accounts(&store);
+    for body in [b"1".as_slice(), b"2", b"3", b"4"] {
+        apply_one(&store, deliver(BlobId::of(body), 1, &[a])).unwrap();
+    }
+    let inbox = mailbox_id(&store, a, INBOX);
+    let before = store.mailbox(a, inbox).unwrap().unwrap().highest_modseq;
+    apply_one(&store, Command::Expunge { account_id: a, mailbox_id: inbox, uids: vec![2] }).unwrap();
+    let middle = store.mailbox(a, inbox).unwrap().unwrap().highest_modseq;
+    apply_one(&store, Command::Expunge { account_id: a, mailbox_id: inbox, uids: vec![4, 1] }).unwrap();
+    let mut since_before = store.expunged_since(a, inbox, before).unwrap();
+    since_before.sort_unstable();
+    assert_eq!(since_before, [1, 2, 4]);
+    let mut since_middle = store.expunged_since(a, inbox, middle).unwrap();
+    since_middle.sort_unstable();
+    assert_eq!(since_middle, [1, 4]);
+    apply_one(&store, Command::CreateMailbox { account_id: a, name: "x".into(), special_use: None }).unwrap();
+    assert!(store.expunged_since(a, mailbox_id(&store, a, "x"), 0).unwrap().is_empty());
+}

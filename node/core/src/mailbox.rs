@@ -145,6 +145,11 @@ impl Core {
         Ok(self.state.last_change_id(account_id)?)
     }
 
+    /// Returns the UIDs expunged from a mailbox with a MODSEQ above `after`.
+    pub fn expunged_since(&self, account_id: u64, mailbox_id: u64, after: u64) -> Result<Vec<u32>> {
+        Ok(self.state.expunged_since(account_id, mailbox_id, after)?)
+    }
+
     /// Returns the names an account subscribed to.
     pub fn subscriptions(&self, account_id: u64) -> Result<Vec<String>> {
         Ok(self.state.subscriptions(account_id)?)

@@ -241,18 +241,15 @@ impl Session {
                 (value(start).min(value(end))..=value(start).max(value(end))).contains(&uid)
             })
         };
-        let mut out = Vec::new();
-        if let Ok(changes) = self.core.changes_since(account_id, 0) {
-            for (_, change) in changes {
-                if let wmail_core::Change::Expunged { mailbox_id: id, uid, modseq } = change
-                    && id == mailbox_id
-                    && modseq > since
-                    && contains(uid)
-                {
-                    out.push(uid);
-                }
+        let mut out: Vec<u32> = match self.core.expunged_since(account_id, mailbox_id, since) {
+            Ok(uids) => uids.into_iter().filter(|&uid| contains(uid)).collect(),
+            Err(error) => {
+                tracing::warn!(session = %self.id, %error, "cannot read expunged messages");
+                Vec::new()
             }
-        }
+        };
+        out.sort_unstable();
+        out.dedup();
         out
     }
 

@@ -203,16 +203,8 @@ impl Session {
                 .map(|pairs| pairs.into_iter().map(|(_, uid)| uid).collect::<BTreeSet<u32>>())
         });
         let mut vanished = BTreeSet::new();
-        if let Ok(changes) = self.core.changes_since(account_id, 0) {
-            for (_, change) in changes {
-                if let wmail_core::Change::Expunged { mailbox_id, uid, modseq } = change
-                    && mailbox_id == mailbox.id
-                    && modseq > params.modseq
-                    && known.as_ref().is_none_or(|known| known.contains(&uid))
-                {
-                    vanished.insert(uid);
-                }
-            }
+        if let Ok(uids) = self.core.expunged_since(account_id, mailbox.id, params.modseq) {
+            vanished.extend(uids.into_iter().filter(|uid| known.as_ref().is_none_or(|known| known.contains(uid))));
         }
         let vanished: Vec<u32> = vanished.into_iter().filter(|uid| selected.seq_of(*uid).is_none()).collect();
         if !vanished.is_empty() {
