@@ -1496,3 +1496,36 @@ print("ok")
     assert_eq!(maildir_files(&mail.join("INBOX")).len(), 2);
     assert_eq!(maildir_files(&projects).len(), 1);
 }
+
+#[tokio::test]
+async fn parallel_correct_logins_never_lock_the_account() {
+    // Regression: each attempt used to count as a failure until it finished, so 20 correct
+    // logins in flight at once locked the account for two days.
+    let node = node_with_account("", None).await;
+    let out = python(
+        &node,
+        &format!(
+            r#"
+import threading
+results = []
+def login():
+    m = imaplib.IMAP4_SSL("127.0.0.1", IMAPS, ssl_context=ctx)
+    try:
+        results.append(m.login({ALICE:?}, {PASSWORD:?})[0])
+        m.logout()
+    except imaplib.IMAP4.error as e:
+        results.append(str(e))
+threads = [threading.Thread(target=login) for _ in range(30)]
+for t in threads: t.start()
+for t in threads: t.join()
+assert not any("failed logins" in r or "AUTHENTICATIONFAILED" in r for r in results), results
+assert all(r == "OK" or "UNAVAILABLE" in r for r in results), results
+assert results.count("OK") >= 20, results
+m = imaplib.IMAP4_SSL("127.0.0.1", IMAPS, ssl_context=ctx)
+assert m.login({ALICE:?}, {PASSWORD:?})[0] == "OK"
+print("ok")
+"#
+        ),
+    );
+    assert_eq!(out.trim(), "ok");
+}

@@ -337,13 +337,22 @@ impl Core {
     ) -> Result<Account> {
         let denied = || CoreError::new(ErrorCode::Unauthorized, "authentication failed");
         let account_key = normalize_address(address).unwrap_or_else(|_| address.to_ascii_lowercase());
-        if let Err(blocked) = self.login_guard.attempt(client, &account_key, std::time::Instant::now()) {
-            tracing::info!(?blocked, "login refused: too many recent failures");
-            return Err(CoreError::new(
-                ErrorCode::Unauthorized,
-                "too many failed logins; try again later or ask your administrator",
-            ));
-        }
+        let attempt = match self.login_guard.attempt(client, &account_key, std::time::Instant::now()) {
+            Ok(attempt) => attempt,
+            Err(Blocked::Busy) => {
+                return Err(CoreError::new(
+                    ErrorCode::Unavailable,
+                    "too many logins in progress for this account or address; try again in a moment",
+                ));
+            }
+            Err(blocked) => {
+                tracing::info!(?blocked, "login refused: too many recent failures");
+                return Err(CoreError::new(
+                    ErrorCode::Unauthorized,
+                    "too many failed logins; try again later or ask your administrator",
+                ));
+            }
+        };
         let Ok(address) = normalize_address(address) else { return Err(denied()) };
         let account = self.state.account_by_address(&address)?;
         let credentials = match &account {
@@ -353,7 +362,7 @@ impl Core {
         let matches = password::verify(password.to_owned(), credentials.map(|c| c.password_hash)).await;
         match account {
             Some(account) if matches && account.state.may_log_in() => {
-                self.login_guard.succeeded(client, &account_key);
+                attempt.succeeded();
                 Ok(account)
             }
             _ => Err(denied()),

@@ -40,6 +40,8 @@ const MAX_TRACKED: usize = 100_000;
 #[derive(Default)]
 struct Failures {
     times: VecDeque<Instant>,
+    /// Admitted attempts whose password check has not finished.
+    pending: usize,
     blocked_until: Option<Instant>,
 }
 
@@ -48,24 +50,36 @@ impl Failures {
         self.blocked_until.is_some_and(|until| now < until)
     }
 
-    fn record(&mut self, now: Instant, policy: &LockoutPolicy, limit: usize) {
+    fn prune(&mut self, now: Instant, policy: &LockoutPolicy) {
         while self.times.front().is_some_and(|&time| now.duration_since(time) > policy.window) {
             self.times.pop_front();
         }
-        self.times.push_back(now);
-        if self.times.len() >= limit {
-            self.blocked_until = Some(now + policy.block);
-            self.times.clear();
+    }
+
+    /// Whether another attempt may start: failures in the window plus attempts still being
+    /// checked stay under the limit, so parallel guesses cannot overrun it.
+    fn has_room(&mut self, now: Instant, policy: &LockoutPolicy, limit: usize) -> bool {
+        self.prune(now, policy);
+        self.times.len() + self.pending < limit
+    }
+
+    /// Ends an attempt; a failure is counted and may start a block.
+    fn finish(&mut self, failed: bool, now: Instant, policy: &LockoutPolicy, limit: usize) {
+        self.pending = self.pending.saturating_sub(1);
+        if failed {
+            self.prune(now, policy);
+            self.times.push_back(now);
+            if self.times.len() >= limit {
+                self.blocked_until = Some(now + policy.block);
+                self.times.clear();
+            }
         }
     }
 
-    /// Takes back one counted attempt (it succeeded).
-    fn forgive(&mut self) {
-        self.times.pop_back();
-    }
-
     fn idle(&self, now: Instant, policy: &LockoutPolicy) -> bool {
-        !self.blocked(now) && self.times.back().is_none_or(|&last| now.duration_since(last) > policy.window)
+        !self.blocked(now)
+            && self.pending == 0
+            && self.times.back().is_none_or(|&last| now.duration_since(last) > policy.window)
     }
 }
 
@@ -86,8 +100,8 @@ impl Tables {
         self.addresses.retain(|_, failures| !failures.idle(now, policy));
         self.accounts.retain(|_, failures| !failures.idle(now, policy));
         if self.len() > MAX_TRACKED {
-            self.addresses.retain(|_, failures| failures.blocked(now));
-            self.accounts.retain(|_, failures| failures.blocked(now));
+            self.addresses.retain(|_, failures| failures.blocked(now) || failures.pending > 0);
+            self.accounts.retain(|_, failures| failures.blocked(now) || failures.pending > 0);
         }
     }
 }
@@ -99,6 +113,32 @@ pub enum Blocked {
     Address,
     /// The account failed too often.
     Account,
+    /// So many attempts for the account or from the address are being checked right now
+    /// that one more could exceed the limit; a moment later it may go through.
+    Busy,
+}
+
+/// An admitted login attempt. Call [`Attempt::succeeded`] when the password was right;
+/// dropped otherwise (wrong password, error, cancelled session), it counts as a failure.
+pub struct Attempt<'a> {
+    guard: &'a LoginGuard,
+    address: Option<IpAddr>,
+    account: String,
+    succeeded: bool,
+}
+
+impl Attempt<'_> {
+    /// Ends the attempt as a success: it counts for nothing, and earlier failures stay
+    /// counted, so a user's own logins never reset an attacker's budget.
+    pub fn succeeded(mut self) {
+        self.succeeded = true;
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        self.guard.finish(self.address, &self.account, !self.succeeded, Instant::now());
+    }
 }
 
 /// IPv6 clients are counted per /64, the block one subscriber usually holds.
@@ -125,10 +165,10 @@ impl LoginGuard {
     }
 
     /// Admits a login attempt from `address` for `account`, or refuses it while either is
-    /// blocked. An admitted attempt counts as a failure at once (so parallel attempts
-    /// cannot all slip in before the first failure is recorded) until [`Self::succeeded`]
-    /// takes it back.
-    pub fn attempt(&self, address: Option<IpAddr>, account: &str, now: Instant) -> Result<(), Blocked> {
+    /// blocked, or while failures plus attempts in progress reach a limit (so parallel
+    /// guesses cannot all slip in before the first failure is recorded, and parallel
+    /// correct logins are only held back a moment, never blocked).
+    pub fn attempt(&self, address: Option<IpAddr>, account: &str, now: Instant) -> Result<Attempt<'_>, Blocked> {
         let address = address.map(address_key);
         let mut tables = self.tables.lock().expect("login guard lock");
         if address.and_then(|ip| tables.addresses.get(&ip)).is_some_and(|f| f.blocked(now)) {
@@ -141,22 +181,32 @@ impl LoginGuard {
             tables.shrink(now, &self.policy);
         }
         let policy = self.policy;
-        if let Some(ip) = address {
-            tables.addresses.entry(ip).or_default().record(now, &policy, policy.max_failures_per_address);
+        let address_room = address.is_none_or(|ip| {
+            tables.addresses.entry(ip).or_default().has_room(now, &policy, policy.max_failures_per_address)
+        });
+        let account_room = tables.accounts.entry(account.to_owned()).or_default().has_room(
+            now,
+            &policy,
+            policy.max_failures_per_account,
+        );
+        if !address_room || !account_room {
+            return Err(Blocked::Busy);
         }
-        tables.accounts.entry(account.to_owned()).or_default().record(now, &policy, policy.max_failures_per_account);
-        Ok(())
+        if let Some(ip) = address {
+            tables.addresses.entry(ip).or_default().pending += 1;
+        }
+        tables.accounts.entry(account.to_owned()).or_default().pending += 1;
+        Ok(Attempt { guard: self, address, account: account.to_owned(), succeeded: false })
     }
 
-    /// Takes back the attempt counted by [`Self::attempt`]: the password was right. Earlier
-    /// failures stay counted, so a user's own logins never reset an attacker's budget.
-    pub fn succeeded(&self, address: Option<IpAddr>, account: &str) {
+    fn finish(&self, address: Option<IpAddr>, account: &str, failed: bool, now: Instant) {
+        let policy = self.policy;
         let mut tables = self.tables.lock().expect("login guard lock");
-        if let Some(failures) = address.map(address_key).and_then(|ip| tables.addresses.get_mut(&ip)) {
-            failures.forgive();
+        if let Some(failures) = address.and_then(|ip| tables.addresses.get_mut(&ip)) {
+            failures.finish(failed, now, &policy, policy.max_failures_per_address);
         }
         if let Some(failures) = tables.accounts.get_mut(account) {
-            failures.forgive();
+            failures.finish(failed, now, &policy, policy.max_failures_per_account);
         }
     }
 }
@@ -174,37 +224,54 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_account_is_blocked_after_its_limit_within_the_window_and_freed_later() {
-        let guard = LoginGuard::new(policy());
-        let start = Instant::now();
-        let ip: Option<IpAddr> = Some("192.0.2.1".parse().unwrap());
-        for second in 0..3 {
-            assert_eq!(guard.attempt(ip, "a@x.test", start + Duration::from_secs(second)), Ok(()));
-        }
-        assert_eq!(guard.attempt(None, "a@x.test", start + Duration::from_secs(4)), Err(Blocked::Account));
-        assert_eq!(guard.attempt(ip, "b@x.test", start + Duration::from_secs(4)), Ok(()), "other accounts are fine");
-        assert_eq!(guard.attempt(None, "a@x.test", start + Duration::from_secs(604)), Ok(()), "the block ends");
+    /// One failed attempt at `now` (dropping it counts the failure "now" too, which the
+    /// window treats alike at this scale).
+    fn fail(guard: &LoginGuard, ip: Option<IpAddr>, account: &str, now: Instant) -> Result<(), Blocked> {
+        guard.attempt(ip, account, now).map(drop)
     }
 
     #[test]
-    fn failures_outside_the_window_do_not_add_up_and_success_resets() {
+    fn an_account_is_blocked_after_its_limit_and_freed_later() {
         let guard = LoginGuard::new(policy());
         let start = Instant::now();
-        for minute in 0..5 {
-            assert_eq!(guard.attempt(None, "a@x.test", start + Duration::from_secs(minute * 61)), Ok(()));
+        let ip: Option<IpAddr> = Some("192.0.2.1".parse().unwrap());
+        for _ in 0..3 {
+            assert_eq!(fail(&guard, ip, "a@x.test", start), Ok(()));
         }
-        // Successful logins are taken back; earlier failures stay counted.
-        guard.attempt(None, "a@x.test", start + Duration::from_secs(401)).unwrap();
-        for second in 402..412 {
-            guard.attempt(None, "a@x.test", start + Duration::from_secs(second)).unwrap();
-            guard.succeeded(None, "a@x.test");
+        assert_eq!(guard.attempt(None, "a@x.test", start).err(), Some(Blocked::Account));
+        assert!(guard.attempt(ip, "b@x.test", start).is_ok(), "other accounts are fine");
+        let later = Instant::now() + Duration::from_secs(601);
+        assert!(guard.attempt(None, "a@x.test", later).is_ok(), "the block ends");
+    }
+
+    #[test]
+    fn parallel_correct_logins_are_held_back_but_never_blocked() {
+        let guard = LoginGuard::new(policy());
+        let now = Instant::now();
+        let in_flight: Vec<Attempt> = (0..3).map(|_| guard.attempt(None, "a@x.test", now).unwrap()).collect();
+        // A fourth at the same time could be the limit's worth of guesses: held back.
+        assert_eq!(guard.attempt(None, "a@x.test", now).err(), Some(Blocked::Busy));
+        in_flight.into_iter().for_each(Attempt::succeeded);
+        for _ in 0..20 {
+            guard.attempt(None, "a@x.test", now).unwrap().succeeded();
         }
-        guard.attempt(None, "a@x.test", start + Duration::from_secs(413)).unwrap();
-        // The third failure in the window is admitted and blocks what follows, whatever
-        // the successes between them.
-        guard.attempt(None, "a@x.test", start + Duration::from_secs(414)).unwrap();
-        assert_eq!(guard.attempt(None, "a@x.test", start + Duration::from_secs(415)), Err(Blocked::Account));
+        assert!(guard.attempt(None, "a@x.test", now).is_ok(), "successes never block");
+    }
+
+    #[test]
+    fn failures_stay_counted_across_successes_and_expire_with_the_window() {
+        let guard = LoginGuard::new(policy());
+        let start = Instant::now();
+        fail(&guard, None, "a@x.test", start).unwrap();
+        for _ in 0..10 {
+            guard.attempt(None, "a@x.test", start).unwrap().succeeded();
+        }
+        fail(&guard, None, "a@x.test", start).unwrap();
+        // Two failures and one attempt in flight: a parallel one must wait.
+        let pending = guard.attempt(None, "a@x.test", start).unwrap();
+        assert_eq!(guard.attempt(None, "a@x.test", start).err(), Some(Blocked::Busy));
+        drop(pending);
+        assert_eq!(guard.attempt(None, "a@x.test", start).err(), Some(Blocked::Account), "the third failure blocks");
     }
 
     #[test]
@@ -213,11 +280,11 @@ mod tests {
         let start = Instant::now();
         let ip: Option<IpAddr> = Some("2001:db8::1".parse().unwrap());
         for n in 0..5 {
-            guard.attempt(ip, &format!("user{n}@x.test"), start).unwrap();
+            fail(&guard, ip, &format!("user{n}@x.test"), start).unwrap();
         }
-        assert_eq!(guard.attempt(ip, "fresh@x.test", start), Err(Blocked::Address));
+        assert_eq!(guard.attempt(ip, "fresh@x.test", start).err(), Some(Blocked::Address));
         let same_subscriber: Option<IpAddr> = Some("2001:db8::ffff".parse().unwrap());
-        assert_eq!(guard.attempt(same_subscriber, "fresh@x.test", start), Err(Blocked::Address), "counted per /64");
-        assert_eq!(guard.attempt(Some("192.0.2.9".parse().unwrap()), "fresh@x.test", start), Ok(()));
+        assert_eq!(guard.attempt(same_subscriber, "fresh@x.test", start).err(), Some(Blocked::Address), "per /64");
+        assert!(guard.attempt(Some("192.0.2.9".parse().unwrap()), "fresh@x.test", start).is_ok());
     }
 }

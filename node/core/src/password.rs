@@ -1,7 +1,7 @@
 //! Password hashing with argon2id (PHC strings), off the async executor.
 
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString, rand_core::OsRng};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 
 use crate::error::{CoreError, Result};
 
@@ -38,6 +38,42 @@ pub async fn hash(password: String) -> Result<String> {
     .map_err(|e| CoreError::internal("hashing a password", e))?
 }
 
+/// Argon2 work memory kept between verifications, one buffer per hashing slot. Each
+/// verification needs about 19 MiB; allocating and freeing that per login made glibc keep
+/// hundreds of megabytes in per-thread arenas, so the buffers are reused instead.
+static BLOCK_POOL: std::sync::Mutex<Vec<Vec<Block>>> = std::sync::Mutex::new(Vec::new());
+
+/// Verifies `password` against a parsed PHC hash like `PasswordVerifier` does (same
+/// algorithm, version, parameters and salt; constant-time comparison), with work memory
+/// from [`BLOCK_POOL`].
+fn verify_with_pooled_memory(password: &str, parsed: &PasswordHash) -> bool {
+    let (Ok(algorithm), Ok(params), Some(salt), Some(expected)) =
+        (Algorithm::try_from(parsed.algorithm), Params::try_from(parsed), parsed.salt, parsed.hash)
+    else {
+        return false;
+    };
+    let version = match parsed.version.map(Version::try_from).transpose() {
+        Ok(version) => version.unwrap_or_default(),
+        Err(_) => return false,
+    };
+    let mut salt_buffer = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buffer) else { return false };
+    let mut blocks = BLOCK_POOL.lock().expect("block pool lock").pop().unwrap_or_default();
+    if blocks.len() < params.block_count() {
+        blocks.resize(params.block_count(), Block::default());
+    }
+    let mut output = vec![0u8; expected.len()];
+    let hashed = Argon2::new(algorithm, version, params).hash_password_into_with_memory(
+        password.as_bytes(),
+        salt,
+        &mut output,
+        &mut blocks,
+    );
+    BLOCK_POOL.lock().expect("block pool lock").push(blocks);
+    // Constant time: every byte is compared whatever the first difference.
+    hashed.is_ok() && output.iter().zip(expected.as_bytes()).fold(0u8, |diff, (a, b)| diff | (a ^ b)) == 0
+}
+
 /// A hash of a random secret, verified against when the account does not exist so the
 /// response time does not reveal which addresses exist.
 static DUMMY_HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
@@ -53,8 +89,7 @@ pub async fn verify(password: String, hash: Option<String>) -> bool {
     tokio::task::spawn_blocking(move || {
         let exists = hash.is_some();
         let hash = hash.unwrap_or_else(|| DUMMY_HASH.clone());
-        let matches = PasswordHash::new(&hash)
-            .is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok());
+        let matches = PasswordHash::new(&hash).is_ok_and(|parsed| verify_with_pooled_memory(&password, &parsed));
         exists && matches
     })
     .await
@@ -73,6 +108,13 @@ mod tests {
         assert!(!verify("wrong horse".into(), Some(hash)).await);
         assert!(!verify("x".into(), Some("not a hash".into())).await);
         assert!(!verify("x".into(), None).await);
+        // Hashes with other parameters (older accounts, other tools) verify too.
+        let salt = SaltString::generate(&mut OsRng);
+        let params = Params::new(8 * 1024, 3, 1, None).unwrap();
+        let other =
+            Argon2::new(Algorithm::Argon2id, Version::V0x13, params).hash_password(b"pw1234567", &salt).unwrap();
+        assert!(verify("pw1234567".into(), Some(other.to_string())).await);
+        assert!(!verify("pw1234568".into(), Some(other.to_string())).await);
         assert!(check_policy("short").is_err());
     }
 }

@@ -580,6 +580,10 @@ impl Session {
     async fn login(&mut self, tag: &str, user: &str, password: &str) {
         let account = match self.core.authenticate(user, password, Some(self.peer.ip())).await {
             Ok(account) => account,
+            Err(error) if error.code == ErrorCode::Unavailable => {
+                self.no(tag, &format!("[UNAVAILABLE] {}", error.message));
+                return;
+            }
             Err(error) => {
                 tracing::info!(session = %self.id, peer = %self.peer, %error, "imap authentication failed");
                 tokio::time::sleep(AUTH_FAILURE_DELAY).await;

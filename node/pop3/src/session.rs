@@ -299,6 +299,10 @@ impl Session {
     async fn login(&mut self, user: &str, password: &str) -> Flow {
         let account = match self.core.authenticate(user, password, Some(self.peer.ip())).await {
             Ok(account) => account,
+            Err(error) if error.code == ErrorCode::Unavailable => {
+                self.err(&format!("[SYS/TEMP] {}", error.message));
+                return Flow::Continue;
+            }
             Err(error) => {
                 tracing::info!(session = %self.id, peer = %self.peer, %error, "pop3 authentication failed");
                 tokio::time::sleep(AUTH_FAILURE_DELAY).await;

@@ -855,6 +855,10 @@ impl Session {
                 self.authenticated = Some(account);
                 self.send(reply(235, "2.7.0", "authentication successful"));
             }
+            Err(error) if error.code == ErrorCode::Unavailable => {
+                // RFC 4954 §6: a temporary failure; the client may retry at once.
+                self.send(reply(454, "4.7.0", error.message));
+            }
             Err(error) => {
                 // The username is not logged: clients sometimes send a password in it.
                 tracing::info!(session = %self.id, peer = %self.peer, %error, "authentication failed");
