@@ -43,3 +43,58 @@ async fn bench_delivers_and_reports_each_level() {
     let stored: u64 = accounts.as_array().unwrap().iter().map(|a| a["message_count"].as_u64().unwrap()).sum();
     assert_eq!(stored, delivered);
 }
+
+/// The IMAP modes against a node that allows LOGIN without TLS: `fill`, a short mixed
+/// workload with its answers checked, and IDLE connections woken by a delivery.
+#[tokio::test]
+async fn bench_drives_imap() {
+    let mut node = WmailNode::new("[imap]\nallow_plaintext_auth = true\n");
+    node.start().await;
+    let bench = wmail_bin().with_file_name("wmail-bench");
+    let imap = node.imap.to_string();
+    // Runs one mode (each well under 15 s) and returns its JSON report.
+    let run = |mode: &[&str]| -> serde_json::Value {
+        let started = std::time::Instant::now();
+        let output = Command::new(&bench)
+            .args(["--server", &format!("http://{}", node.http), "--token", &node.token()])
+            .args(mode)
+            .args(["--imap", &imap, "--json"])
+            .output()
+            .expect("run wmail-bench");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{mode:?}: {stderr}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(15), "{mode:?} took {:?}", started.elapsed());
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|_| panic!("{mode:?}: {stderr}"))
+    };
+
+    let fill = run(&["fill", "--user", "filled@bench.test", "--count", "50", "--concurrency", "4", "--fetch-all"]);
+    assert_eq!((fill["appended"].as_u64(), fill["refused"].as_u64()), (Some(50), Some(0)), "{fill}");
+    assert!(fill["messages_per_second"].as_f64().unwrap() > 0.0, "{fill}");
+    assert_eq!(fill["fetch_all_messages"], 50, "{fill}");
+    let (_, account) = node.api(reqwest::Method::GET, "/accounts/filled@bench.test", None).await;
+    assert_eq!(account["message_count"], 50, "{account}");
+
+    let mixed = run(&["imap", "--users", "2", "--clients", "2", "--seconds", "2", "--check"]);
+    assert_eq!((mixed["errors"].as_u64(), mixed["inconsistent"].as_u64()), (Some(0), Some(0)), "{mixed}");
+    for command in ["SELECT", "FETCH 1:* (UID FLAGS)", "UID FETCH BODY[]", "STORE +\\Seen", "APPEND", "EXPUNGE"] {
+        assert!(mixed["commands"][command]["ops"].as_u64().unwrap() > 0, "{command}: {mixed}");
+    }
+
+    let pid = server_pid(&node).to_string();
+    let idle = run(&["idle", "--connections", "20", "--pid", &pid]);
+    assert_eq!((idle["idling"].as_u64(), idle["woken"].as_u64()), (Some(20), Some(20)), "{idle}");
+    assert!(idle["rss_after_kb"].as_u64().unwrap() > 0, "{idle}");
+}
+
+/// The process id of the node's `wmail serve`, found by its config file in /proc.
+fn server_pid(node: &WmailNode) -> u32 {
+    let config = node.config_path.display().to_string();
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).split('\0').any(|argument| argument == config)
+        })
+        .expect("the node's process")
+}

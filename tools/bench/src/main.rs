@@ -7,7 +7,14 @@
 //! message in flight for a fixed time (or count) and report accepts/s and p50/p99/max
 //! latency. Each delivery is acknowledged only after its body is durable and its Raft
 //! command committed and applied.
+//!
+//! `fill`, `imap` and `idle` drive the IMAP server like mail clients do (see [`imap_load`]):
+//! APPEND throughput, a mixed user workload with per-command latencies, and the memory and
+//! wake-up latency of many IDLE connections.
 
+mod imap;
+mod imap_load;
+mod messages;
 mod smtp;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,7 +30,7 @@ struct Cli {
     /// Admin API of the node under test (used to create the test domain and accounts).
     #[arg(long, env = "WMAIL_SERVER", default_value = "http://127.0.0.1:8080")]
     server: String,
-    /// Admin token (not needed for `smtp --no-setup`).
+    /// Admin token (not needed with --no-setup, except by `idle`, which delivers a message).
     #[arg(long, env = "WMAIL_TOKEN", hide_env_values = true, default_value = "")]
     token: String,
     #[command(subcommand)]
@@ -75,7 +82,25 @@ enum BenchCommand {
         #[command(flatten)]
         shape: LoadShape,
     },
+    /// APPENDs generated, realistic messages to one mailbox over IMAP (LITERAL+: one round
+    /// trip each), reporting messages/s and MB/s.
+    #[command(after_help = "Example: wmail-bench --token $(cat wmail-data/admin-token) fill --imap 127.0.0.1:143 \
+                              --count 100000 --fetch-all")]
+    Fill(imap_load::FillArgs),
+    /// A mixed IMAP user workload (like imaptest's default profile): ops/s and latency
+    /// percentiles per command, errors by kind.
+    #[command(after_help = "Example: wmail-bench --token $(cat wmail-data/admin-token) imap --imap 127.0.0.1:143 \
+                              --users 50 --clients 50 --seconds 20 --check")]
+    Imap(imap_load::MixedArgs),
+    /// Many IMAP IDLE connections: the server's memory per connection and how fast a
+    /// delivery wakes them.
+    #[command(after_help = "Example: wmail-bench --token $(cat wmail-data/admin-token) idle --imap 127.0.0.1:143 \
+                              --connections 2000 --pid $(pidof wmail)")]
+    Idle(imap_load::IdleArgs),
 }
+
+/// The password of every account the benchmark creates.
+const PASSWORD: &str = "bench password";
 
 /// One level's results.
 struct LevelReport {
@@ -86,13 +111,22 @@ struct LevelReport {
     latencies: Vec<Duration>,
 }
 
+/// The latency at `fraction` (0.5 for the median) of sorted latencies; zero when empty.
+fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * fraction).round() as usize]
+}
+
+/// A duration in milliseconds.
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
 impl LevelReport {
     fn percentile(&self, fraction: f64) -> Duration {
-        if self.latencies.is_empty() {
-            return Duration::ZERO;
-        }
-        let index = ((self.latencies.len() as f64 - 1.0) * fraction).round() as usize;
-        self.latencies[index]
+        percentile(&self.latencies, fraction)
     }
 
     fn rate(&self) -> f64 {
@@ -100,7 +134,6 @@ impl LevelReport {
     }
 
     fn print(&self, json: bool) {
-        let millis = |duration: Duration| duration.as_secs_f64() * 1000.0;
         if json {
             let line = json!({
                 "concurrency": self.concurrency,
@@ -166,19 +199,27 @@ fn message(size: usize, n: usize) -> Vec<u8> {
     body
 }
 
-async fn setup(api: &Api, accounts: usize) -> anyhow::Result<Vec<String>> {
-    let status = api.post("/domains", json!({ "name": "bench.test" })).await?;
+/// Creates `address`'s domain and the account (either may exist already).
+async fn ensure_account(api: &Api, address: &str, password: &str) -> anyhow::Result<()> {
+    let domain = address.rsplit_once('@').map_or(address, |(_, domain)| domain);
+    let status = api.post("/domains", json!({ "name": domain })).await?;
     if !status.is_success() && status != reqwest::StatusCode::CONFLICT {
-        bail!("creating domain bench.test failed with {status} (check --token)");
+        bail!("creating domain {domain} failed with {status} (check --token)");
     }
-    let mut addresses = Vec::new();
-    for index in 0..accounts {
-        let address = format!("user{index}@bench.test");
-        let status = api.post("/accounts", json!({ "address": address, "password": "bench password" })).await?;
-        if !status.is_success() && status != reqwest::StatusCode::CONFLICT {
-            bail!("creating {address} failed with {status}");
+    let status = api.post("/accounts", json!({ "address": address, "password": password })).await?;
+    if !status.is_success() && status != reqwest::StatusCode::CONFLICT {
+        bail!("creating {address} failed with {status}");
+    }
+    Ok(())
+}
+
+/// The addresses user0..user{count-1}@bench.test, created with [`PASSWORD`] unless `no_setup`.
+async fn accounts(api: &Api, count: usize, no_setup: bool) -> anyhow::Result<Vec<String>> {
+    let addresses: Vec<String> = (0..count).map(|index| format!("user{index}@bench.test")).collect();
+    if !no_setup {
+        for address in &addresses {
+            ensure_account(api, address, PASSWORD).await?;
         }
-        addresses.push(address);
     }
     Ok(addresses)
 }
@@ -249,7 +290,7 @@ async fn main() -> anyhow::Result<()> {
         Api { http: reqwest::Client::new(), server: cli.server.trim_end_matches('/').to_owned(), token: cli.token };
     match cli.command {
         BenchCommand::Deliver { shape } => {
-            let addresses = setup(&api, shape.accounts.max(1)).await?;
+            let addresses = accounts(&api, shape.accounts.max(1), false).await?;
             header(&shape, addresses.len(), &api.server);
             for &level in &shape.concurrency {
                 let report = run_level(level.max(1), &shape, |_, n| {
@@ -261,11 +302,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         BenchCommand::Smtp { smtp: address, no_setup, shape } => {
-            let addresses = if no_setup {
-                (0..shape.accounts.max(1)).map(|index| format!("user{index}@bench.test")).collect()
-            } else {
-                setup(&api, shape.accounts.max(1)).await?
-            };
+            let addresses = accounts(&api, shape.accounts.max(1), no_setup).await?;
             header(&shape, addresses.len(), &format!("smtp://{address}"));
             for &level in &shape.concurrency {
                 let level = level.max(1);
@@ -289,6 +326,9 @@ async fn main() -> anyhow::Result<()> {
                 check(&report)?;
             }
         }
+        BenchCommand::Fill(args) => imap_load::fill(&api, &args).await?,
+        BenchCommand::Imap(args) => imap_load::mixed(&api, &args).await?,
+        BenchCommand::Idle(args) => imap_load::idle(&api, &args).await?,
     }
     Ok(())
 }
