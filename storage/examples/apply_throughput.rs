@@ -52,6 +52,7 @@ fn main() {
                             internal_date_ms: n,
                             flags: vec![],
                             summary: None,
+                            threading: None,
                             targets: vec![DeliveryTarget { account_id: 1 + n % 100, mailbox_id: None }],
                         },
                         index,

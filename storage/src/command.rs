@@ -68,6 +68,15 @@ pub enum FlagAction {
     Replace,
 }
 
+/// What threading needs of a delivered message (RFC 8474 THREADID, RFC 5256 §2.2 links).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Threading {
+    /// Its Message-ID.
+    pub message_id: Option<String>,
+    /// The ids it refers to: References, then In-Reply-To.
+    pub references: Vec<String>,
+}
+
 /// One mailbox that receives a delivered message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryTarget {
@@ -147,6 +156,9 @@ pub enum Command {
         /// The message's parsed summary (encoded by core; opaque here), kept once per blob
         /// so IMAP FETCH ENVELOPE/BODYSTRUCTURE and SORT never re-read the body.
         summary: Option<Vec<u8>>,
+        /// Links to earlier messages: the message joins the thread of the first one the
+        /// receiving account has, else starts a new thread.
+        threading: Option<Threading>,
         targets: Vec<DeliveryTarget>,
     },
     /// Changes flags of messages in one mailbox (RFC 9051 §6.4.6, RFC 7162 §3.1.3).

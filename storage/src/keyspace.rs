@@ -32,9 +32,12 @@ pub const SUMMARIES: &str = "summaries";
 /// Expunged messages by mailbox and MODSEQ (RFC 7162 QRESYNC `VANISHED (EARLIER)`):
 /// `account_id, mailbox_id, modseq, uid` -> empty.
 pub const EXPUNGED: &str = "expunged";
+/// Thread of each Message-ID an account received: `account_id, sha256(message id)[..16]`
+/// -> thread id (u64).
+pub const THREADS: &str = "threads";
 
 /// Every column family of the state database, checked at open time.
-pub const COLUMN_FAMILIES: [&str; 14] = [
+pub const COLUMN_FAMILIES: [&str; 15] = [
     DOMAINS,
     ADDRESSES,
     PRINCIPALS,
@@ -49,7 +52,17 @@ pub const COLUMN_FAMILIES: [&str; 14] = [
     SUBSCRIPTIONS,
     SUMMARIES,
     EXPUNGED,
+    THREADS,
 ];
+
+/// Key of a Message-ID in an account's [`THREADS`].
+pub fn thread_key(account_id: u64, message_id: &str) -> [u8; 24] {
+    use sha2::{Digest, Sha256};
+    let mut key = [0; 24];
+    key[..8].copy_from_slice(&account_id.to_be_bytes());
+    key[8..].copy_from_slice(&Sha256::digest(message_id.as_bytes())[..16]);
+    key
+}
 
 /// Key of an expunged message in [`EXPUNGED`].
 pub fn expunged_key(account_id: u64, mailbox_id: u64, modseq: u64, uid: u32) -> [u8; 28] {
@@ -68,6 +81,8 @@ pub const META_NEXT_ACCOUNT_ID: &[u8] = b"next_account_id";
 pub const META_NEXT_MAILBOX_ID: &[u8] = b"next_mailbox_id";
 /// Meta key of the next change id.
 pub const META_NEXT_CHANGE_ID: &[u8] = b"next_change_id";
+/// Meta key of the next thread id.
+pub const META_NEXT_THREAD_ID: &[u8] = b"next_thread_id";
 
 /// Key of an account, principal or credential record.
 pub fn id_key(id: u64) -> [u8; 8] {

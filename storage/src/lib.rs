@@ -20,7 +20,7 @@ mod state;
 pub use blob::{BlobBackend, BlobId, BlobStore, S3Config, StoredBlob};
 pub use command::{
     COMMAND_VERSION, Command, CommandEnvelope, CommandError, CommandResult, DeliveryResult, DeliveryTarget, FlagAction,
-    Outcome,
+    Outcome, Threading,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use records::{

@@ -172,6 +172,9 @@ pub struct MessageRecord {
     pub flags: Vec<String>,
     /// RFC 7162 mod-sequence of the last change to this message.
     pub modseq: u64,
+    /// The conversation it belongs to in its account (RFC 8474 THREADID); 0 when the
+    /// delivery carried no threading data.
+    pub thread_id: u64,
 }
 
 /// The reference count of one blob.

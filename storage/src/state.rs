@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use crate::blob::BlobId;
 use crate::command::{
     Command, CommandEnvelope, CommandError, CommandResult, DeliveryResult, DeliveryTarget, FlagAction, Outcome,
+    Threading,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::keyspace::{self as ks};
@@ -669,8 +670,25 @@ impl<'a> Tx<'a> {
                 mailbox.first_recent_uid = mailbox.uid_next;
                 Ok(Ok(Outcome::RecentClaimed { first_recent_uid }))
             }
-            Command::Deliver { blob, stored_after_index, size, internal_date_ms, flags, summary, targets } => {
-                let result = self.deliver(blob, stored_after_index, size, internal_date_ms, flags, &targets)?;
+            Command::Deliver {
+                blob,
+                stored_after_index,
+                size,
+                internal_date_ms,
+                flags,
+                summary,
+                threading,
+                targets,
+            } => {
+                let result = self.deliver(
+                    blob,
+                    stored_after_index,
+                    size,
+                    internal_date_ms,
+                    flags,
+                    threading.as_ref(),
+                    &targets,
+                )?;
                 let stored = matches!(&result, Ok(Outcome::Delivered { results })
                     if results.iter().any(|r| matches!(r, DeliveryResult::Stored { .. })));
                 if let (true, Some(summary)) = (stored, summary)
@@ -899,7 +917,7 @@ impl<'a> Tx<'a> {
         for (key, _) in self.scan::<Mailbox>(ks::MAILBOXES, &prefix)? {
             self.delete(ks::MAILBOXES, &key);
         }
-        for table in [ks::MAILBOX_NAMES, ks::CHANGES, ks::SUBSCRIPTIONS, ks::EXPUNGED] {
+        for table in [ks::MAILBOX_NAMES, ks::CHANGES, ks::SUBSCRIPTIONS, ks::EXPUNGED, ks::THREADS] {
             for (key, _) in self.scan_raw(table, &prefix)? {
                 self.delete(table, &key);
             }
@@ -1073,6 +1091,35 @@ impl<'a> Tx<'a> {
         Ok(Ok(Outcome::Done))
     }
 
+    /// The thread a message joins in an account: that of the first referenced message the
+    /// account has, else a new one; records the message's own id for later replies.
+    fn thread_of(&mut self, account_id: u64, threading: &Threading) -> Result<u64> {
+        let mut thread_id = None;
+        for reference in threading.references.iter().rev() {
+            if let Some(id) = self.get_u64(ks::THREADS, &ks::thread_key(account_id, reference))? {
+                thread_id = Some(id);
+                break;
+            }
+        }
+        let own = match &threading.message_id {
+            Some(id) => self.get_u64(ks::THREADS, &ks::thread_key(account_id, id))?,
+            None => None,
+        };
+        let thread_id = match thread_id.or(own) {
+            Some(id) => id,
+            None => self.next_id(ks::META_NEXT_THREAD_ID)?,
+        };
+        // The message's own id, and the ids it refers to that the account has not seen (so
+        // a parent arriving after its reply joins the reply's thread).
+        for id in threading.message_id.iter().chain(&threading.references) {
+            let key = ks::thread_key(account_id, id);
+            if self.get_u64(ks::THREADS, &key)?.is_none() {
+                self.put_raw(ks::THREADS, &key, thread_id.to_be_bytes().to_vec());
+            }
+        }
+        Ok(thread_id)
+    }
+
     fn copy_messages(
         &mut self,
         account_id: u64,
@@ -1134,6 +1181,7 @@ impl<'a> Tx<'a> {
         Ok(Ok(Outcome::Copied { uid_validity, source_uids, new_uids }))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn deliver(
         &mut self,
         blob: BlobId,
@@ -1141,6 +1189,7 @@ impl<'a> Tx<'a> {
         size: u64,
         internal_date_ms: u64,
         flags: Vec<String>,
+        threading: Option<&Threading>,
         targets: &[DeliveryTarget],
     ) -> Result<CommandResult> {
         let record = *self.blob_ref(blob)?;
@@ -1184,7 +1233,11 @@ impl<'a> Tx<'a> {
             let account = self.account(target.account_id)?.ok_or_else(|| vanished("account"))?;
             account.used_bytes += size;
             account.message_count += 1;
-            let record = MessageRecord { uid, blob, size, internal_date_ms, flags: flags.clone(), modseq };
+            let thread_id = match threading {
+                Some(threading) => self.thread_of(target.account_id, threading)?,
+                None => 0,
+            };
+            let record = MessageRecord { uid, blob, size, internal_date_ms, flags: flags.clone(), modseq, thread_id };
             self.put(ks::MESSAGES, &ks::message_key(target.account_id, mailbox_id, uid), &record);
             let blob_ref = self.blob_ref(blob)?;
             blob_ref.count += 1;

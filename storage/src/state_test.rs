@@ -55,6 +55,7 @@ fn deliver(blob: BlobId, size: u64, account_ids: &[u64]) -> Command {
         internal_date_ms: 5,
         flags: vec![],
         summary: None,
+        threading: None,
         targets: account_ids.iter().map(|&account_id| DeliveryTarget { account_id, mailbox_id: None }).collect(),
     }
 }
@@ -275,6 +276,7 @@ fn garbage_collection_claims_only_expired_unreferenced_blobs() {
         internal_date_ms: 1,
         flags: vec![],
         summary: None,
+        threading: None,
         targets: vec![DeliveryTarget { account_id: a, mailbox_id: None }],
     };
     assert!(matches!(apply_one(&store, stale), Err(CommandError::BlobCollected { .. })));
@@ -286,6 +288,7 @@ fn garbage_collection_claims_only_expired_unreferenced_blobs() {
         internal_date_ms: 1,
         flags: vec![],
         summary: None,
+        threading: None,
         targets: vec![DeliveryTarget { account_id: a, mailbox_id: None }],
     };
     assert!(matches!(apply_one(&store, fresh), Ok(Outcome::Delivered { .. })));
@@ -464,6 +467,7 @@ fn delete_removes_messages_but_not_inferiors_and_never_inbox() {
         internal_date_ms: 5,
         flags: vec![],
         summary: None,
+        threading: None,
         targets: vec![DeliveryTarget { account_id: a, mailbox_id: Some(x) }],
     };
     apply_one(&store, copy).unwrap();
@@ -564,6 +568,7 @@ fn summaries_are_kept_once_per_blob_and_forgotten_with_it() {
         internal_date_ms: 5,
         flags: vec![],
         summary: Some(summary.to_vec()),
+        threading: None,
         targets: vec![DeliveryTarget { account_id, mailbox_id: None }],
     };
     apply_one(&store, with_summary(b"first", a)).unwrap();
@@ -606,4 +611,39 @@ fn expunges_are_indexed_by_modseq_per_mailbox() {
     assert_eq!(since_middle, [1, 4]);
     apply_one(&store, Command::CreateMailbox { account_id: a, name: "x".into(), special_use: None }).unwrap();
     assert!(store.expunged_since(a, mailbox_id(&store, a, "x"), 0).unwrap().is_empty());
+}
+
+#[test]
+fn replies_join_their_thread_per_account_whatever_the_arrival_order() {
+    let (_dir, store) = store();
+    let (a, b) = setup_two_accounts(&store);
+    let deliver_threaded = |body: &[u8], id: &str, references: &[&str], accounts: &[u64]| {
+        let Command::Deliver { blob, stored_after_index, size, internal_date_ms, flags, summary, targets, .. } =
+            deliver(BlobId::of(body), 1, accounts)
+        else {
+            unreachable!()
+        };
+        let threading = Some(Threading {
+            message_id: Some(id.into()),
+            references: references.iter().map(|r| r.to_string()).collect(),
+        });
+        let command =
+            Command::Deliver { blob, stored_after_index, size, internal_date_ms, flags, summary, threading, targets };
+        apply_one(&store, command).unwrap();
+    };
+    let thread_of = |account: u64, uid: u32| {
+        store.message(account, mailbox_id(&store, account, INBOX), uid).unwrap().unwrap().thread_id
+    };
+    deliver_threaded(b"root", "<root@x>", &[], &[a]);
+    deliver_threaded(b"other", "<other@x>", &[], &[a]);
+    deliver_threaded(b"reply", "<reply@x>", &["<root@x>"], &[a, b]);
+    deliver_threaded(b"deep", "<deep@x>", &["<root@x>", "<reply@x>"], &[a]);
+    assert_ne!(thread_of(a, 1), 0);
+    assert_ne!(thread_of(a, 1), thread_of(a, 2), "unrelated messages are separate threads");
+    assert_eq!(thread_of(a, 3), thread_of(a, 1));
+    assert_eq!(thread_of(a, 4), thread_of(a, 1));
+    // b got the reply first: when the root arrives later it joins the reply's thread.
+    deliver_threaded(b"root", "<root@x>", &[], &[b]);
+    assert_eq!(thread_of(b, 2), thread_of(b, 1));
+    assert_ne!(thread_of(b, 1), thread_of(a, 1), "thread ids are per account");
 }

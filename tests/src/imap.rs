@@ -1529,3 +1529,37 @@ print("ok")
     );
     assert_eq!(out.trim(), "ok");
 }
+
+#[tokio::test]
+async fn threadid_and_emailid_follow_rfc_8474() {
+    let node = node_with_account("", None).await;
+    let out = python(
+        &node,
+        &format!(
+            r#"
+import re
+m = imaplib.IMAP4_SSL("127.0.0.1", IMAPS, ssl_context=ctx)
+m.login({ALICE:?}, {PASSWORD:?})
+root = b"Message-ID: <root@x>\r\nSubject: plan\r\n\r\nroot\r\n"
+reply = b"Message-ID: <reply@x>\r\nIn-Reply-To: <root@x>\r\nReferences: <root@x>\r\nSubject: Re: plan\r\n\r\nreply\r\n"
+other = b"Message-ID: <other@x>\r\nSubject: lunch\r\n\r\nother\r\n"
+for message in (root, reply, other):
+    assert m.append("INBOX", None, None, message)[0] == "OK"
+assert m.append("Archive", None, None, root)[0] == "OK"
+m.select("INBOX")
+typ, data = m.fetch("1:3", "(THREADID EMAILID)")
+ids = [re.search(rb"THREADID \((T[0-9a-f]+)\) EMAILID \((E[0-9a-f]+)\)", line).groups() for line in data]
+assert ids[0][0] == ids[1][0] and ids[0][0] != ids[2][0], ids
+assert len({{e for _, e in ids}}) == 3, ids
+typ, data = m.search(None, "THREADID", ids[0][0].decode())
+assert data == [b"1 2"], data
+m.select("Archive")
+typ, data = m.fetch("1", "(THREADID EMAILID)")
+archived = re.search(rb"THREADID \((T[0-9a-f]+)\) EMAILID \((E[0-9a-f]+)\)", data[0]).groups()
+assert archived == ids[0], "the same message and its thread keep their ids in every mailbox: %r %r" % (archived, ids[0])
+print("ok")
+"#
+        ),
+    );
+    assert_eq!(out.trim(), "ok");
+}

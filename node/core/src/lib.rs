@@ -32,7 +32,7 @@ pub use wmail_storage::{
     Mailbox, MessageRecord, Outcome, S3Config, Service,
 };
 use wmail_storage::{BlobStore, CommandEnvelope, StateStore};
-pub use wmail_storage::{Change, FlagAction, MAILBOX_SEPARATOR};
+pub use wmail_storage::{Change, FlagAction, MAILBOX_SEPARATOR, Threading};
 
 /// Settings core needs to start.
 #[derive(Debug, Clone)]
@@ -570,7 +570,7 @@ impl Core {
         // have deleted the copy stored below (see `Command::Deliver`).
         let stored_after_index = self.consensus.metrics().last_applied.map_or(0, |id| id.index);
         let (stored, copy) = self.store_body(body).await?;
-        let summary = self.encoded_summary(&stored, copy).await;
+        let (summary, threading) = self.encoded_summary(&stored, copy).await.unzip();
         let outcome = self
             .execute(Command::Deliver {
                 blob: stored.id,
@@ -579,6 +579,7 @@ impl Core {
                 internal_date_ms: now_ms(),
                 flags: Vec::new(),
                 summary,
+                threading,
                 targets,
             })
             .await?;

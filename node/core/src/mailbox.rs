@@ -10,6 +10,7 @@ use futures::Stream;
 use tokio::sync::watch;
 use wmail_storage::{
     BlobId, Change, Command, DeliveryResult, DeliveryTarget, FlagAction, Mailbox, MessageRecord, Outcome, StoredBlob,
+    Threading,
 };
 
 use crate::message::{MessageSummary, summarize};
@@ -52,6 +53,8 @@ pub struct StoredBody {
     pub stored_after_index: u64,
     /// Its encoded summary, when it could be parsed.
     pub summary: Option<Vec<u8>>,
+    /// Its threading links, when it could be parsed.
+    pub threading: Option<Threading>,
 }
 
 /// The result of a copy or move (RFC 4315 COPYUID).
@@ -207,14 +210,18 @@ impl Core {
     {
         let stored_after_index = self.consensus.metrics().last_applied.map_or(0, |id| id.index);
         let (stored, copy) = self.store_body(body).await?;
-        let summary = self.encoded_summary(&stored, copy).await;
-        Ok(StoredBody { blob: stored.id, size: stored.size, stored_after_index, summary })
+        let (summary, threading) = self.encoded_summary(&stored, copy).await.unzip();
+        Ok(StoredBody { blob: stored.id, size: stored.size, stored_after_index, summary, threading })
     }
 
     /// Parses a stored message into its encoded [`MessageSummary`] (from `copy` when the
-    /// body was small enough to keep, else read back). `None` when the body is too large
-    /// to parse or cannot be read: readers then parse on demand.
-    pub(crate) async fn encoded_summary(&self, stored: &StoredBlob, copy: Option<Vec<u8>>) -> Option<Vec<u8>> {
+    /// body was small enough to keep, else read back) and its threading links. `None` when
+    /// the body is too large to parse or cannot be read: readers then parse on demand.
+    pub(crate) async fn encoded_summary(
+        &self,
+        stored: &StoredBlob,
+        copy: Option<Vec<u8>>,
+    ) -> Option<(Vec<u8>, Threading)> {
         let raw = match copy {
             Some(copy) => Bytes::from(copy),
             None if stored.size <= SUMMARY_PARSE_LIMIT => {
@@ -230,7 +237,10 @@ impl Core {
             None => return None,
         };
         let summary = tokio::task::spawn_blocking(move || summarize(&raw)).await.ok()?;
-        Some(encode_summary(&summary))
+        let mut references = summary.references.clone();
+        references.extend(summary.in_reply_to.iter().filter(|id| !summary.references.contains(id)).cloned());
+        let threading = Threading { message_id: summary.message_id.clone(), references };
+        Some((encode_summary(&summary), threading))
     }
 
     /// Returns a message's summary: the one stored at delivery, or parsed now from the body.
@@ -266,6 +276,7 @@ impl Core {
                 internal_date_ms,
                 flags,
                 summary: body.summary,
+                threading: body.threading,
                 targets: vec![DeliveryTarget { account_id, mailbox_id: Some(mailbox_id) }],
             };
             let results = match self.execute(command).await? {

@@ -191,6 +191,7 @@ async fn garbage_collection_deletes_unreferenced_and_orphaned_bodies_only() {
             internal_date_ms: 0,
             flags: vec![],
             summary: None,
+            threading: None,
             targets: vec![DeliveryTarget { account_id: bob.id, mailbox_id: None }],
         })
         .await

@@ -298,8 +298,9 @@ impl Session {
                 FetchItem::EmailId => {
                     out.extend_from_slice(format!("EMAILID (E{})", &record.blob.to_hex()[..24]).as_bytes())
                 }
-                // Threads are not tracked yet (RFC 8474 §5.2 allows NIL).
-                FetchItem::ThreadId => out.extend_from_slice(b"THREADID NIL"),
+                // RFC 8474 §5.2: NIL for a message delivered without threading data.
+                FetchItem::ThreadId if record.thread_id == 0 => out.extend_from_slice(b"THREADID NIL"),
+                FetchItem::ThreadId => out.extend_from_slice(format!("THREADID (T{:x})", record.thread_id).as_bytes()),
                 FetchItem::Envelope => {
                     out.extend_from_slice(b"ENVELOPE ");
                     if let Some(content) = content {

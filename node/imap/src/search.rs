@@ -198,7 +198,10 @@ fn matches(key: &SearchKey, candidate: &Candidate, context: &Context) -> bool {
         SearchKey::EmailId(id) => id
             .strip_prefix('E')
             .is_some_and(|hex| record.blob.to_hex().starts_with(&hex.to_lowercase()) && hex.len() >= 8),
-        SearchKey::ThreadId(_) => false,
+        SearchKey::ThreadId(id) => id
+            .strip_prefix('T')
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+            .is_some_and(|thread| thread != 0 && thread == record.thread_id),
     }
 }
 
