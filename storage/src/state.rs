@@ -28,6 +28,12 @@ use crate::records::{decode_value, encode_value};
 
 /// Name of the mailbox every account starts with.
 pub const INBOX: &str = "INBOX";
+/// Change-log entries kept per account (at most twice this many exist at a time).
+#[cfg(not(test))]
+const CHANGE_LOG_RETAIN: u64 = 10_000;
+#[cfg(test)]
+const CHANGE_LOG_RETAIN: u64 = 4;
+
 /// The hierarchy separator of mailbox names.
 pub const MAILBOX_SEPARATOR: char = '/';
 
@@ -399,6 +405,15 @@ impl StateStore {
         }
     }
 
+    /// Returns the id up to which an account's change log was trimmed (0: nothing trimmed).
+    pub fn change_floor(&self, account_id: u64) -> Result<u64> {
+        let db = self.db();
+        Ok(match db.get_cf(&cf(&db, ks::CHANGES), ks::change_key(account_id, 0))? {
+            Some(bytes) if bytes.len() == 16 => u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes")),
+            _ => 0,
+        })
+    }
+
     /// Returns an account's change-log entries with an id greater than `after`.
     pub fn changes_since(&self, account_id: u64, after: u64) -> Result<Vec<(u64, Change)>> {
         let db = self.db();
@@ -620,6 +635,35 @@ impl<'a> Tx<'a> {
             self.touched_accounts.push(account_id);
         }
         self.put(ks::CHANGES, &ks::change_key(account_id, change_id), &change);
+        self.bound_change_log(account_id)
+    }
+
+    /// Keeps an account's change log bounded: once it holds twice [`CHANGE_LOG_RETAIN`]
+    /// entries, the oldest are dropped down to that many, and the account's floor (key 0 of
+    /// its change log: floor, then count) says up to which id changes are gone. A session
+    /// that last synced below the floor must resynchronise from the mailbox itself.
+    fn bound_change_log(&mut self, account_id: u64) -> Result<()> {
+        let meta_key = ks::change_key(account_id, 0);
+        let (mut floor, mut count) = match self.get_raw(ks::CHANGES, &meta_key)? {
+            Some(bytes) if bytes.len() == 16 => (
+                u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes")),
+                u64::from_be_bytes(bytes[8..].try_into().expect("8 bytes")),
+            ),
+            _ => (0, 0),
+        };
+        count += 1;
+        if count > 2 * CHANGE_LOG_RETAIN {
+            let excess = (count - CHANGE_LOG_RETAIN) as usize;
+            let rows = self.scan_raw(ks::CHANGES, &ks::id_key(account_id))?;
+            for (key, _) in rows.iter().filter(|(key, _)| key[8..16] != [0; 8]).take(excess) {
+                floor = u64::from_be_bytes(key[8..16].try_into().expect("change key"));
+                self.delete(ks::CHANGES, key);
+            }
+            count = CHANGE_LOG_RETAIN;
+        }
+        let mut value = floor.to_be_bytes().to_vec();
+        value.extend_from_slice(&count.to_be_bytes());
+        self.put_raw(ks::CHANGES, &meta_key, value);
         Ok(())
     }
 

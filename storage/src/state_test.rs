@@ -647,3 +647,23 @@ fn replies_join_their_thread_per_account_whatever_the_arrival_order() {
     assert_eq!(thread_of(b, 2), thread_of(b, 1));
     assert_ne!(thread_of(b, 1), thread_of(a, 1), "thread ids are per account");
 }
+
+#[test]
+fn change_logs_are_bounded_and_say_how_far_they_were_trimmed() {
+    let (_dir, store) = store();
+    let (a, b) = setup_two_accounts(&store);
+    assert_eq!(store.change_floor(a).unwrap(), 0);
+    let first = store.last_change_id(a).unwrap();
+    for n in 0..20u32 {
+        apply_one(&store, deliver(BlobId::of(&n.to_be_bytes()), 1, &[a])).unwrap();
+    }
+    let kept = store.changes_since(a, 0).unwrap();
+    assert!(kept.len() as u64 <= 2 * CHANGE_LOG_RETAIN && kept.len() as u64 >= CHANGE_LOG_RETAIN, "{}", kept.len());
+    let floor = store.change_floor(a).unwrap();
+    assert!(floor > first, "the floor moved past the oldest changes");
+    assert!(kept.iter().all(|(id, _)| *id > floor));
+    assert_eq!(kept.last().unwrap().0, store.last_change_id(a).unwrap(), "the newest change is kept");
+    // Another account's log is untouched.
+    assert_eq!(store.change_floor(b).unwrap(), 0);
+    assert!(!store.changes_since(b, 0).unwrap().is_empty());
+}

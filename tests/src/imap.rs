@@ -1563,3 +1563,46 @@ print("ok")
     );
     assert_eq!(out.trim(), "ok");
 }
+
+#[tokio::test]
+async fn a_session_resyncs_after_the_change_log_is_trimmed_past_it() {
+    // Change logs keep 10,000-20,000 entries per account; a session that slept through more
+    // rebuilds its view from the mailbox and still reports exactly what changed.
+    let node = node_with_account("", None).await;
+    let out = python(
+        &node,
+        &format!(
+            r#"
+a = imaplib.IMAP4_SSL("127.0.0.1", IMAPS, ssl_context=ctx)
+a.login({ALICE:?}, {PASSWORD:?})
+b = imaplib.IMAP4_SSL("127.0.0.1", IMAPS, ssl_context=ctx)
+b.login({ALICE:?}, {PASSWORD:?})
+for n in range(50):
+    assert b.append("INBOX", None, None, ("Subject: m%d\r\n\r\nbody\r\n" % n).encode())[0] == "OK"
+a.select("INBOX")
+b.select("INBOX")
+for n in range(420):
+    assert b.store("1:50", "+FLAGS.SILENT" if n % 2 == 0 else "-FLAGS.SILENT", "(\\Flagged)")[0] == "OK"
+b.store("3", "+FLAGS.SILENT", "(\\Answered)")
+b.store("5", "+FLAGS.SILENT", "(\\Deleted)")
+b.expunge()
+b.append("INBOX", None, None, b"Subject: new\r\n\r\nbody\r\n")
+a.untagged_responses.clear()
+assert a.noop()[0] == "OK"
+assert a.untagged_responses.get("EXPUNGE") == [b"5"], a.untagged_responses
+assert a.untagged_responses.get("EXISTS") == [b"50"], a.untagged_responses
+fetches = a.untagged_responses.get("FETCH", [])
+assert any(b"\\Answered" in f for f in fetches), fetches
+a.untagged_responses.clear()
+typ, data = a.fetch("3", "(FLAGS)")
+assert b"\\Answered" in data[0], data
+a.untagged_responses.clear()
+typ, data = a.fetch("50", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+assert b"Subject: new" in data[0][1], data
+print("ok")
+"#
+        ),
+    );
+    assert_eq!(out.trim(), "ok");
+    assert!(node.log().contains("change log trimmed past this session"), "the resync path was not taken");
+}

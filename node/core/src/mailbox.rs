@@ -148,6 +148,12 @@ impl Core {
         Ok(self.state.last_change_id(account_id)?)
     }
 
+    /// Returns the change id up to which the account's change log was trimmed: a session
+    /// that last synced below it must resynchronise from the mailbox itself.
+    pub fn change_floor(&self, account_id: u64) -> Result<u64> {
+        Ok(self.state.change_floor(account_id)?)
+    }
+
     /// Returns the UIDs expunged from a mailbox with a MODSEQ above `after`.
     pub fn expunged_since(&self, account_id: u64, mailbox_id: u64, after: u64) -> Result<Vec<u32>> {
         Ok(self.state.expunged_since(account_id, mailbox_id, after)?)

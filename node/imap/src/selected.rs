@@ -28,6 +28,9 @@ pub struct Selected {
     pub first_recent_uid: u32,
     /// The last change-log entry applied to this view.
     pub last_change_id: u64,
+    /// The highest MODSEQ this view has accounted for (for a resync after the change log
+    /// was trimmed past `last_change_id`).
+    pub known_modseq: u64,
     /// Expunged by someone, not yet reported to the client.
     pub pending_expunges: BTreeSet<u32>,
     /// Flags changed by someone, not yet reported.
@@ -50,6 +53,7 @@ impl Selected {
             uids: messages.iter().map(|message| message.uid).collect(),
             first_recent_uid: u32::MAX,
             last_change_id,
+            known_modseq: mailbox.highest_modseq,
             pending_expunges: BTreeSet::new(),
             pending_flags: BTreeSet::new(),
             reported_modseq: HashMap::new(),
@@ -121,6 +125,10 @@ impl Session {
     pub(crate) async fn sync(&mut self, expunges_allowed: bool) {
         let Some(account) = self.account.as_ref().map(|account| account.id) else { return };
         let Some(selected) = self.selected.as_mut() else { return };
+        let mut added = false;
+        if self.core.change_floor(account).is_ok_and(|floor| selected.last_change_id < floor) {
+            added = resync_from_mailbox(&self.core, account, selected).await;
+        }
         let changes = match self.core.changes_since(account, selected.last_change_id) {
             Ok(changes) => changes,
             Err(error) => {
@@ -128,9 +136,14 @@ impl Session {
                 return;
             }
         };
-        let mut added = false;
         for (change_id, change) in changes {
             selected.last_change_id = change_id;
+            if let Change::Added { modseq, .. }
+            | Change::FlagsChanged { modseq, .. }
+            | Change::Expunged { modseq, .. } = change
+            {
+                selected.known_modseq = selected.known_modseq.max(modseq);
+            }
             match change {
                 Change::Added { mailbox_id, uid, .. }
                     if mailbox_id == selected.mailbox_id && selected.uids.last().is_none_or(|&last| uid > last) =>
@@ -388,6 +401,45 @@ impl Session {
     }
 }
 
+/// Rebuilds what changed from the mailbox itself, for a view whose place in the change log
+/// was trimmed away: messages gone are pending expunges, new ones are appended, and those
+/// with a MODSEQ above what the view knew get their flags reported. Returns whether
+/// messages were added.
+async fn resync_from_mailbox(core: &wmail_core::Core, account_id: u64, selected: &mut Selected) -> bool {
+    // The change id first: changes made while the mailbox is read are applied again by the
+    // next sync, which is harmless.
+    let Ok(last_change_id) = core.last_change_id(account_id) else { return false };
+    match core.mailbox(account_id, selected.mailbox_id) {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            selected.deleted = true;
+            return false;
+        }
+        Err(_) => return false,
+    }
+    let Ok(records) = core.mailbox_messages(account_id, selected.mailbox_id).await else { return false };
+    tracing::info!(mailbox = selected.mailbox_id, "change log trimmed past this session; resynchronising");
+    let present: HashMap<u32, u64> = records.iter().map(|record| (record.uid, record.modseq)).collect();
+    for uid in &selected.uids {
+        if !present.contains_key(uid) {
+            selected.pending_expunges.insert(*uid);
+        }
+    }
+    let mut added = false;
+    let last_uid = selected.uids.last().copied().unwrap_or(0);
+    for record in &records {
+        if record.uid > last_uid {
+            selected.uids.push(record.uid);
+            added = true;
+        } else if record.modseq > selected.known_modseq && present.contains_key(&record.uid) {
+            selected.pending_flags.insert(record.uid);
+        }
+    }
+    selected.known_modseq = records.iter().map(|record| record.modseq).max().unwrap_or(0).max(selected.known_modseq);
+    selected.last_change_id = last_change_id;
+    added
+}
+
 /// Flags as the client sees them: the stored ones plus `\Recent` for rev1 sessions.
 pub(crate) fn display_flags(record: &MessageRecord, first_recent_uid: u32, rev2: bool) -> Vec<String> {
     let mut flags = record.flags.clone();
@@ -479,6 +531,7 @@ mod tests {
             uids: uids.to_vec(),
             first_recent_uid: u32::MAX,
             last_change_id: 0,
+            known_modseq: 0,
             pending_expunges: BTreeSet::new(),
             pending_flags: BTreeSet::new(),
             reported_modseq: HashMap::new(),
