@@ -211,7 +211,14 @@ impl Session {
             };
             let add_flags = newly_seen.contains(&uid_value) && !items.contains(&FetchItem::Flags);
             if let Some(selected) = self.selected.as_mut() {
-                selected.reported_modseq.insert(uid_value, record.modseq);
+                // Our own \Seen change comes back through the change log: the flags sent
+                // here already say it. Someone else's pending change is reported here too.
+                if newly_seen.contains(&uid_value) {
+                    selected.reported_modseq.insert(uid_value, record.modseq);
+                }
+                if items.contains(&FetchItem::Flags) || add_flags {
+                    selected.pending_flags.remove(&uid_value);
+                }
             }
             if !self.write_fetch(seq, &record, &items, content.as_ref(), add_flags, first_recent).await {
                 return;

@@ -176,10 +176,10 @@ impl Session {
                 continue;
             }
             let Ok(Some(record)) = self.core.message(account, selected.mailbox_id, uid) else { continue };
-            if selected.reported_modseq.get(&uid).is_some_and(|&reported| reported >= record.modseq) {
+            // Entries live only until this sync: the map never grows with the mailbox.
+            if selected.reported_modseq.remove(&uid).is_some_and(|reported| reported >= record.modseq) {
                 continue;
             }
-            selected.reported_modseq.insert(uid, record.modseq);
             write_flags_fetch(
                 &mut out,
                 seq,
@@ -189,6 +189,8 @@ impl Session {
                 self.enabled.rev2,
             );
         }
+        // Every change this session made itself is now read from the log: forget them.
+        selected.reported_modseq.clear();
         if added {
             out.extend_from_slice(format!("* {} EXISTS\r\n", selected.uids.len()).as_bytes());
             if !self.enabled.rev2 {
