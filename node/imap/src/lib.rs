@@ -17,6 +17,7 @@ mod search;
 mod selected;
 pub mod session;
 mod thread;
+mod uid_list;
 mod utf7;
 
 use std::sync::Arc;

@@ -196,7 +196,10 @@ impl Session {
     ) {
         let known = params.known_uids.as_ref().and_then(|set| {
             // Known UIDs are resolved against the full UID space, not the view.
-            let everything = Selected { uids: (1..mailbox.uid_next).collect(), ..Selected::new(mailbox, &[], true, 0) };
+            let everything = Selected {
+                uids: crate::uid_list::UidList::from_sorted(1..mailbox.uid_next),
+                ..Selected::new(mailbox, &[], true, 0)
+            };
             everything
                 .resolve(set, true)
                 .ok()

@@ -215,7 +215,7 @@ impl Session {
         let by_uid: HashMap<u32, MessageRecord> = records.into_iter().map(|record| (record.uid, record)).collect();
         let context = Context {
             count: selected.uids.len() as u32,
-            largest_uid: selected.uids.last().copied().unwrap_or(0),
+            largest_uid: selected.uids.last().unwrap_or(0),
             saved: &selected.saved_search,
             first_recent: selected.first_recent_uid,
             rev2: self.enabled.rev2,
@@ -225,7 +225,7 @@ impl Session {
         let mut out = Vec::new();
         for (index, uid) in selected.uids.iter().enumerate() {
             // Expunged by another session and not reported yet: it matches nothing.
-            let Some(record) = by_uid.get(uid) else { continue };
+            let Some(record) = by_uid.get(&uid) else { continue };
             let mut candidate = Candidate { seq: index as u32 + 1, record: record.clone(), summary: None, raw: None };
             if load_summary {
                 candidate.summary = Some(self.core.message_summary(&record.blob).await?);

@@ -12,6 +12,7 @@ use wmail_core::{Change, FlagAction, Mailbox, MessageRecord};
 use crate::proto::command::{SeqBound, SequenceSet, StoreAction};
 use crate::proto::response::push_flags;
 use crate::session::Session;
+use crate::uid_list::UidList;
 
 /// The session's view of the selected mailbox.
 #[derive(Debug)]
@@ -23,7 +24,7 @@ pub struct Selected {
     /// EXAMINE, or SELECT of a mailbox the user may not change.
     pub read_only: bool,
     /// UIDs by message sequence number (index + 1), ascending.
-    pub uids: Vec<u32>,
+    pub uids: UidList,
     /// UIDs from this one up are `\Recent` for this session (IMAP4rev1 only).
     pub first_recent_uid: u32,
     /// The last change-log entry applied to this view.
@@ -50,7 +51,7 @@ impl Selected {
             mailbox_id: mailbox.id,
             name: mailbox.name.clone(),
             read_only,
-            uids: messages.iter().map(|message| message.uid).collect(),
+            uids: UidList::from_sorted(messages.iter().map(|message| message.uid)),
             first_recent_uid: u32::MAX,
             last_change_id,
             known_modseq: mailbox.highest_modseq,
@@ -64,7 +65,7 @@ impl Selected {
 
     /// The sequence number of `uid`, if it is in the view.
     pub fn seq_of(&self, uid: u32) -> Option<u32> {
-        self.uids.binary_search(&uid).ok().map(|index| index as u32 + 1)
+        self.uids.position(uid).map(|index| index as u32 + 1)
     }
 
     /// Resolves a sequence set to `(seq, uid)` pairs in ascending order. With `uid` the
@@ -83,16 +84,16 @@ impl Selected {
         let mut out = Vec::new();
         if uid {
             // "*" is the largest UID in use; with an empty mailbox nothing matches.
-            let Some(&largest) = self.uids.last() else { return Ok(out) };
+            let Some(largest) = self.uids.last() else { return Ok(out) };
             let value = |bound: SeqBound| match bound {
                 SeqBound::Number(number) => number,
                 SeqBound::Largest => largest,
             };
             for &(start, end) in ranges {
                 let (low, high) = (value(start).min(value(end)), value(start).max(value(end)));
-                let first = self.uids.partition_point(|&uid| uid < low);
-                let last = self.uids.partition_point(|&uid| uid <= high);
-                out.extend((first..last).map(|index| (index as u32 + 1, self.uids[index])));
+                let first = self.uids.count_below(low);
+                let last = high.checked_add(1).map_or(self.uids.len(), |above| self.uids.count_below(above));
+                out.extend((first..last).filter_map(|index| Some((index as u32 + 1, self.uids.get(index)?))));
             }
         } else {
             let count = self.uids.len() as u32;
@@ -109,7 +110,7 @@ impl Selected {
                         format!("message number out of range: the mailbox has {count} messages")
                     });
                 }
-                out.extend((low..=high).map(|seq| (seq, self.uids[seq as usize - 1])));
+                out.extend((low..=high).filter_map(|seq| Some((seq, self.uids.get(seq as usize - 1)?))));
             }
         }
         out.sort_unstable();
@@ -146,7 +147,7 @@ impl Session {
             }
             match change {
                 Change::Added { mailbox_id, uid, .. }
-                    if mailbox_id == selected.mailbox_id && selected.uids.last().is_none_or(|&last| uid > last) =>
+                    if mailbox_id == selected.mailbox_id && selected.uids.last().is_none_or(|last| uid > last) =>
                 {
                     selected.uids.push(uid);
                     added = true;
@@ -194,7 +195,7 @@ impl Session {
         if added {
             out.extend_from_slice(format!("* {} EXISTS\r\n", selected.uids.len()).as_bytes());
             if !self.enabled.rev2 {
-                let recent = selected.uids.iter().filter(|&&uid| uid >= selected.first_recent_uid).count();
+                let recent = selected.uids.len() - selected.uids.count_below(selected.first_recent_uid);
                 out.extend_from_slice(format!("* {recent} RECENT\r\n").as_bytes());
             }
         }
@@ -422,13 +423,13 @@ async fn resync_from_mailbox(core: &wmail_core::Core, account_id: u64, selected:
     let Ok(records) = core.mailbox_messages(account_id, selected.mailbox_id).await else { return false };
     tracing::info!(mailbox = selected.mailbox_id, "change log trimmed past this session; resynchronising");
     let present: HashMap<u32, u64> = records.iter().map(|record| (record.uid, record.modseq)).collect();
-    for uid in &selected.uids {
-        if !present.contains_key(uid) {
-            selected.pending_expunges.insert(*uid);
+    for uid in selected.uids.iter() {
+        if !present.contains_key(&uid) {
+            selected.pending_expunges.insert(uid);
         }
     }
     let mut added = false;
-    let last_uid = selected.uids.last().copied().unwrap_or(0);
+    let last_uid = selected.uids.last().unwrap_or(0);
     for record in &records {
         if record.uid > last_uid {
             selected.uids.push(record.uid);
@@ -486,7 +487,7 @@ pub(crate) fn write_expunges(out: &mut Vec<u8>, selected: &mut Selected, expunge
             out.extend_from_slice(format!("* {seq} EXPUNGE\r\n").as_bytes());
         }
     }
-    selected.uids.retain(|uid| !expunged.contains(uid));
+    selected.uids.remove_all(expunged);
     for uid in &present {
         selected.pending_expunges.remove(uid);
         selected.pending_flags.remove(uid);
@@ -530,7 +531,7 @@ mod tests {
             mailbox_id: 1,
             name: "INBOX".into(),
             read_only: false,
-            uids: uids.to_vec(),
+            uids: UidList::from_sorted(uids.iter().copied()),
             first_recent_uid: u32::MAX,
             last_change_id: 0,
             known_modseq: 0,
@@ -566,7 +567,7 @@ mod tests {
         let mut out = Vec::new();
         write_expunges(&mut out, &mut selected, &[5, 10, 77].into_iter().collect(), false);
         assert_eq!(String::from_utf8(out).unwrap(), "* 4 EXPUNGE\r\n* 2 EXPUNGE\r\n");
-        assert_eq!(selected.uids, [3, 9]);
+        assert_eq!(selected.uids.iter().collect::<Vec<_>>(), [3, 9]);
         let mut out = Vec::new();
         write_expunges(&mut out, &mut selected, &[3, 9].into_iter().collect(), true);
         assert_eq!(String::from_utf8(out).unwrap(), "* VANISHED 3,9\r\n");
