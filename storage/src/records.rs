@@ -155,6 +155,10 @@ pub struct Mailbox {
     /// session yet; the next session that claims them ([`crate::Command::ClaimRecent`])
     /// reports them as recent and moves this up.
     pub first_recent_uid: u32,
+    /// Messages without `\Seen` (STATUS UNSEEN without reading every message).
+    pub unseen_count: u64,
+    /// Messages with `\Deleted` (STATUS DELETED).
+    pub deleted_count: u64,
 }
 
 /// The index entry of one message in one mailbox.

@@ -1025,6 +1025,8 @@ impl<'a> Tx<'a> {
             message_count: 0,
             size_bytes: 0,
             first_recent_uid: 1,
+            unseen_count: 0,
+            deleted_count: 0,
         };
         self.mailboxes.insert((account_id, mailbox_id), mailbox);
         self.record_change(account_id, Change::MailboxCreated { mailbox_id })?;
@@ -1205,6 +1207,11 @@ impl<'a> Tx<'a> {
         target.uid_next += records.len() as u32;
         target.message_count += records.len() as u64;
         target.size_bytes += bytes;
+        for record in &records {
+            let (unseen, deleted) = flag_counts(&record.flags);
+            target.unseen_count += unseen;
+            target.deleted_count += deleted;
+        }
         for (offset, record) in records.iter().enumerate() {
             let uid = first_uid + offset as u32;
             let copy = MessageRecord { uid, modseq, ..record.clone() };
@@ -1272,6 +1279,9 @@ impl<'a> Tx<'a> {
             mailbox.uid_next += 1;
             mailbox.highest_modseq += 1;
             mailbox.message_count += 1;
+            let (unseen, deleted) = flag_counts(&flags);
+            mailbox.unseen_count += unseen;
+            mailbox.deleted_count += deleted;
             mailbox.size_bytes += size;
             let modseq = mailbox.highest_modseq;
             let account = self.account(target.account_id)?.ok_or_else(|| vanished("account"))?;
@@ -1316,6 +1326,7 @@ impl<'a> Tx<'a> {
         let modseq = mailbox.highest_modseq + 1;
         let flags = normalize_flags(flags);
         let mut changed = false;
+        let (mut unseen_delta, mut deleted_delta) = (0i64, 0i64);
         let mut failed_unchanged_since = Vec::new();
         let mut uids = uids.to_vec();
         uids.sort_unstable();
@@ -1327,7 +1338,7 @@ impl<'a> Tx<'a> {
                 failed_unchanged_since.push(uid);
                 continue;
             }
-            let new_flags = match action {
+            let new_flags: Vec<String> = match action {
                 FlagAction::Replace => flags.clone(),
                 FlagAction::Add => normalize_flags(record.flags.iter().chain(&flags).cloned().collect()),
                 FlagAction::Remove => record.flags.iter().filter(|flag| !flags.contains(flag)).cloned().collect(),
@@ -1335,6 +1346,10 @@ impl<'a> Tx<'a> {
             if new_flags == record.flags {
                 continue;
             }
+            let (old_unseen, old_deleted) = flag_counts(&record.flags);
+            let (new_unseen, new_deleted) = flag_counts(&new_flags);
+            unseen_delta += new_unseen as i64 - old_unseen as i64;
+            deleted_delta += new_deleted as i64 - old_deleted as i64;
             record.flags = new_flags;
             record.modseq = modseq;
             self.put(ks::MESSAGES, &key, &record);
@@ -1344,6 +1359,8 @@ impl<'a> Tx<'a> {
         let mailbox = self.mailbox(account_id, mailbox_id)?.ok_or_else(|| vanished("mailbox"))?;
         if changed {
             mailbox.highest_modseq = modseq;
+            mailbox.unseen_count = mailbox.unseen_count.saturating_add_signed(unseen_delta);
+            mailbox.deleted_count = mailbox.deleted_count.saturating_add_signed(deleted_delta);
         }
         Ok(Ok(Outcome::FlagsSet { modseq: mailbox.highest_modseq, modified: failed_unchanged_since }))
     }
@@ -1355,6 +1372,7 @@ impl<'a> Tx<'a> {
         let modseq = mailbox.highest_modseq + 1;
         let mut removed = Vec::new();
         let mut removed_bytes = 0;
+        let (mut removed_unseen, mut removed_deleted) = (0, 0);
         for &uid in uids {
             let key = ks::message_key(account_id, mailbox_id, uid);
             // A UID given twice reads as deleted the second time (the overlay sees the delete).
@@ -1364,6 +1382,9 @@ impl<'a> Tx<'a> {
             self.record_change(account_id, Change::Expunged { mailbox_id, uid, modseq })?;
             self.put_raw(ks::EXPUNGED, &ks::expunged_key(account_id, mailbox_id, modseq, uid), Vec::new());
             removed_bytes += record.size;
+            let (unseen, deleted) = flag_counts(&record.flags);
+            removed_unseen += unseen;
+            removed_deleted += deleted;
             removed.push(uid);
         }
         if !removed.is_empty() {
@@ -1372,6 +1393,8 @@ impl<'a> Tx<'a> {
             mailbox.highest_modseq = modseq;
             mailbox.message_count -= count;
             mailbox.size_bytes -= removed_bytes;
+            mailbox.unseen_count = mailbox.unseen_count.saturating_sub(removed_unseen);
+            mailbox.deleted_count = mailbox.deleted_count.saturating_sub(removed_deleted);
             let account = self.account(account_id)?.ok_or_else(|| vanished("account"))?;
             account.message_count -= count;
             account.used_bytes -= removed_bytes;
@@ -1424,6 +1447,12 @@ impl<'a> Tx<'a> {
         self.delete(ks::SUMMARIES, blob.as_bytes());
         Ok(Ok(Outcome::Done))
     }
+}
+
+/// How a message with `flags` counts towards its mailbox's `(unseen, deleted)` counters.
+fn flag_counts(flags: &[String]) -> (u64, u64) {
+    let has = |flag: &str| flags.iter().any(|f| f == flag);
+    (u64::from(!has("\\Seen")), u64::from(has("\\Deleted")))
 }
 
 /// Sorts and deduplicates flags. System flags compare case-insensitively (RFC 9051 §2.3.2),

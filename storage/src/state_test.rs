@@ -667,3 +667,48 @@ fn change_logs_are_bounded_and_say_how_far_they_were_trimmed() {
     assert_eq!(store.change_floor(b).unwrap(), 0);
     assert!(!store.changes_since(b, 0).unwrap().is_empty());
 }
+
+#[test]
+fn unseen_and_deleted_counters_match_the_messages() {
+    let (_dir, store) = store();
+    let (a, _) = setup_two_accounts(&store);
+    for n in 0..6u32 {
+        let mut command = deliver(BlobId::of(&n.to_be_bytes()), 1, &[a]);
+        if let Command::Deliver { flags, .. } = &mut command
+            && n % 2 == 0
+        {
+            *flags = vec!["\\seen".into()];
+        }
+        apply_one(&store, command).unwrap();
+    }
+    apply_one(&store, Command::CreateMailbox { account_id: a, name: "Other".into(), special_use: None }).unwrap();
+    let (inbox, other) = (mailbox_id(&store, a, INBOX), mailbox_id(&store, a, "Other"));
+    let set = |uids: Vec<u32>, action, flags: &[&str]| Command::SetFlags {
+        account_id: a,
+        mailbox_id: inbox,
+        uids,
+        action,
+        flags: flags.iter().map(|f| f.to_string()).collect(),
+        unchanged_since: None,
+    };
+    apply_one(&store, set(vec![1, 2, 3], FlagAction::Add, &["\\Deleted", "\\Seen"])).unwrap();
+    apply_one(&store, set(vec![3, 4], FlagAction::Remove, &["\\Seen"])).unwrap();
+    apply_one(&store, set(vec![6], FlagAction::Replace, &["$label"])).unwrap();
+    let copy = Command::CopyMessages {
+        account_id: a,
+        from_mailbox: inbox,
+        uids: vec![1, 4],
+        to_mailbox: other,
+        remove_source: false,
+    };
+    apply_one(&store, copy).unwrap();
+    apply_one(&store, Command::Expunge { account_id: a, mailbox_id: inbox, uids: vec![2, 5] }).unwrap();
+    for mailbox in [inbox, other] {
+        let record = store.mailbox(a, mailbox).unwrap().unwrap();
+        let messages = store.messages(a, mailbox).unwrap();
+        let unseen = messages.iter().filter(|m| !m.flags.iter().any(|f| f == "\\Seen")).count() as u64;
+        let deleted = messages.iter().filter(|m| m.flags.iter().any(|f| f == "\\Deleted")).count() as u64;
+        assert_eq!((record.unseen_count, record.deleted_count), (unseen, deleted), "mailbox {mailbox}");
+        assert!(unseen > 0 && deleted > 0, "the test exercises both counters");
+    }
+}

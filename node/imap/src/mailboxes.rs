@@ -342,7 +342,6 @@ impl Session {
         }
         let select_subscribed = lsub || options.select_subscribed;
         let mut out = Vec::new();
-        let mut status_for = Vec::new();
         for name in &names {
             let matched_directly = matchers.iter().any(|pattern| wildcard_match(pattern, name));
             let mailbox = existing.get(name.as_str());
@@ -394,12 +393,8 @@ impl Session {
             self.push_mailbox_name(&mut out, name);
             out.extend_from_slice(b"\r\n");
             if let (Some(items), Some(mailbox)) = (&options.return_status, mailbox) {
-                status_for.push(((*mailbox).clone(), items.clone()));
                 // RFC 5819 §2: STATUS right after its LIST line.
-                let status = self.status_line(account_id, mailbox, items).await;
-                if let Some(status) = status {
-                    out.extend_from_slice(&status);
-                }
+                out.extend_from_slice(&self.status_line(mailbox, items));
             }
         }
         self.queue(&out);
@@ -420,31 +415,21 @@ impl Session {
             Ok(None) => return self.no(tag, "[NONEXISTENT] no such mailbox"),
             Err(error) => return self.no_for(tag, &error),
         };
-        match self.status_line(account_id, &mailbox, items).await {
-            Some(line) => {
-                self.queue(&line);
-                self.ok(tag, "STATUS completed");
-            }
-            None => self.no(tag, "[UNAVAILABLE] cannot read the mailbox now"),
-        }
+        let line = self.status_line(&mailbox, items);
+        self.queue(&line);
+        self.ok(tag, "STATUS completed");
     }
 
     /// `* STATUS name (items)` for one mailbox.
-    async fn status_line(&self, account_id: u64, mailbox: &Mailbox, items: &[StatusItem]) -> Option<Vec<u8>> {
-        let needs_messages = items.iter().any(|item| matches!(item, StatusItem::Unseen | StatusItem::Deleted));
-        let messages =
-            if needs_messages { self.core.mailbox_messages(account_id, mailbox.id).await.ok()? } else { Vec::new() };
-        let count_flag = |flag: &str, present: bool| {
-            messages.iter().filter(|message| message.flags.iter().any(|f| f == flag) == present).count()
-        };
+    fn status_line(&self, mailbox: &Mailbox, items: &[StatusItem]) -> Vec<u8> {
         let mut values = Vec::new();
         for item in items {
             values.push(match item {
                 StatusItem::Messages => format!("MESSAGES {}", mailbox.message_count),
                 StatusItem::UidNext => format!("UIDNEXT {}", mailbox.uid_next),
                 StatusItem::UidValidity => format!("UIDVALIDITY {}", mailbox.uid_validity),
-                StatusItem::Unseen => format!("UNSEEN {}", count_flag("\\Seen", false)),
-                StatusItem::Deleted => format!("DELETED {}", count_flag("\\Deleted", true)),
+                StatusItem::Unseen => format!("UNSEEN {}", mailbox.unseen_count),
+                StatusItem::Deleted => format!("DELETED {}", mailbox.deleted_count),
                 StatusItem::Size => format!("SIZE {}", mailbox.size_bytes),
                 StatusItem::Recent => {
                     format!(
@@ -459,7 +444,7 @@ impl Session {
         let mut out = b"* STATUS ".to_vec();
         self.push_mailbox_name(&mut out, &mailbox.name);
         out.extend_from_slice(format!(" ({})\r\n", values.join(" ")).as_bytes());
-        Some(out)
+        out
     }
 
     /// APPEND and MULTIAPPEND (RFC 9051 §6.3.12, RFC 3502, RFC 4315 APPENDUID). The bodies
