@@ -322,6 +322,25 @@ impl StateStore {
         Ok(db.get_cf(&cf(&db, ks::SUMMARIES), blob.as_bytes())?)
     }
 
+    /// Calls `visit` with each message of a mailbox in UID order, without holding them all.
+    pub fn for_each_message(
+        &self,
+        account_id: u64,
+        mailbox_id: u64,
+        mut visit: impl FnMut(MessageRecord),
+    ) -> Result<()> {
+        let db = self.db();
+        let prefix = ks::mailbox_key(account_id, mailbox_id);
+        for item in db.iterator_cf(&cf(&db, ks::MESSAGES), IteratorMode::From(&prefix, Direction::Forward)) {
+            let (key, value) = item?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            visit(decode_value(&value)?);
+        }
+        Ok(())
+    }
+
     /// Returns one message of a mailbox.
     pub fn message(&self, account_id: u64, mailbox_id: u64, uid: u32) -> Result<Option<MessageRecord>> {
         get(&self.db(), ks::MESSAGES, &ks::message_key(account_id, mailbox_id, uid))

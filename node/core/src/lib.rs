@@ -23,7 +23,7 @@ use bytes::Bytes;
 pub use error::{CoreError, ErrorCode, Result};
 use futures::Stream;
 pub use login_guard::{Blocked, LockoutPolicy, LoginGuard};
-pub use mailbox::{CopyResult, StoredBody};
+pub use mailbox::{CopyResult, MailboxScan, StoredBody};
 pub use replicated::ReplicatedMailState;
 pub use wmail_consensus::{BasicNode, NodeId, RaftMetrics, ServerState};
 use wmail_consensus::{Consensus, ConsensusConfig, InMemoryRouter, ProposeError};

@@ -68,6 +68,19 @@ pub struct CopyResult {
     pub new_uids: Vec<u32>,
 }
 
+/// What opening a mailbox needs, gathered in one pass without holding every message.
+#[derive(Debug, Clone, Default)]
+pub struct MailboxScan {
+    /// UIDs, ascending.
+    pub uids: Vec<u32>,
+    /// Keywords (flags not starting with `\\`) in use.
+    pub keywords: std::collections::BTreeSet<String>,
+    /// Index of the first message without `\\Seen`.
+    pub first_unseen: Option<usize>,
+    /// Messages with a MODSEQ above the one asked for, with their index.
+    pub changed: Vec<(usize, MessageRecord)>,
+}
+
 /// Per-account change signals: sessions subscribe to an account and are woken after each
 /// applied batch that changed one of its mailboxes.
 #[derive(Default)]
@@ -130,6 +143,38 @@ impl Core {
             .await
             .map_err(|e| CoreError::internal("listing messages", e))?
             .map_err(CoreError::from)
+    }
+
+    /// Reads a mailbox once for opening it: UIDs, keywords in use, the first unseen message
+    /// and the messages changed after `changed_since` (for QRESYNC).
+    pub async fn scan_mailbox(
+        &self,
+        account_id: u64,
+        mailbox_id: u64,
+        changed_since: Option<u64>,
+    ) -> Result<MailboxScan> {
+        let state = self.state.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut scan = MailboxScan::default();
+            state.for_each_message(account_id, mailbox_id, |record| {
+                let index = scan.uids.len();
+                scan.uids.push(record.uid);
+                for flag in record.flags.iter().filter(|flag| !flag.starts_with('\\')) {
+                    if !scan.keywords.contains(flag) {
+                        scan.keywords.insert(flag.clone());
+                    }
+                }
+                if scan.first_unseen.is_none() && !record.flags.iter().any(|flag| flag == "\\Seen") {
+                    scan.first_unseen = Some(index);
+                }
+                if changed_since.is_some_and(|since| record.modseq > since) {
+                    scan.changed.push((index, record));
+                }
+            })?;
+            Ok(scan)
+        })
+        .await
+        .map_err(|e| CoreError::internal("reading a mailbox", e))?
     }
 
     /// Returns one message.

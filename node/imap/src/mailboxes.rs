@@ -133,11 +133,14 @@ impl Session {
             Ok(id) => id,
             Err(error) => return self.no_for(tag, &error),
         };
-        let messages = match self.core.mailbox_messages(account_id, mailbox.id).await {
-            Ok(messages) => messages,
+        let qresync = qresync.filter(|params| params.uid_validity == mailbox.uid_validity);
+        let scan = match self.core.scan_mailbox(account_id, mailbox.id, qresync.as_ref().map(|p| p.modseq)).await {
+            Ok(scan) => scan,
             Err(error) => return self.no_for(tag, &error),
         };
-        let mut selected = Selected::new(&mailbox, &messages, read_only, last_change_id);
+        let count = scan.uids.len();
+        let uids = crate::uid_list::UidList::from_sorted(scan.uids.iter().copied());
+        let mut selected = Selected::new(&mailbox, uids, read_only, last_change_id);
         if !self.enabled.rev2 && !read_only && mailbox.first_recent_uid < mailbox.uid_next {
             match self.core.claim_recent(account_id, mailbox.id).await {
                 Ok(first) => selected.first_recent_uid = first,
@@ -145,18 +148,14 @@ impl Session {
             }
         }
         let rev2 = self.enabled.rev2;
-        let mut keywords: BTreeSet<&str> = BTreeSet::new();
-        for message in &messages {
-            keywords.extend(message.flags.iter().filter(|flag| !flag.starts_with('\\')).map(String::as_str));
-        }
-        let keywords: String = keywords.iter().map(|keyword| format!(" {keyword}")).collect();
+        let keywords: String = scan.keywords.iter().map(|keyword| format!(" {keyword}")).collect();
         let mut out = Vec::new();
-        out.extend_from_slice(format!("* {} EXISTS\r\n", messages.len()).as_bytes());
+        out.extend_from_slice(format!("* {count} EXISTS\r\n").as_bytes());
         if !rev2 {
-            let recent = messages.iter().filter(|message| message.uid >= selected.first_recent_uid).count();
+            let recent = count - selected.uids.count_below(selected.first_recent_uid);
             out.extend_from_slice(format!("* {recent} RECENT\r\n").as_bytes());
             // RFC 3501 §6.3.1: the first unseen message.
-            if let Some(index) = messages.iter().position(|message| !message.flags.iter().any(|f| f == "\\Seen")) {
+            if let Some(index) = scan.first_unseen {
                 out.extend_from_slice(format!("* OK [UNSEEN {}] first unseen\r\n", index + 1).as_bytes());
             }
         }
@@ -174,8 +173,8 @@ impl Session {
             self.push_mailbox_name(&mut out, &mailbox.name);
             out.extend_from_slice(b"\r\n");
         }
-        if let Some(params) = qresync.filter(|params| params.uid_validity == mailbox.uid_validity) {
-            self.qresync_report(&mut out, account_id, &mailbox, &params, &messages, &selected);
+        if let Some(params) = qresync {
+            self.qresync_report(&mut out, account_id, &mailbox, &params, &scan.changed, &selected);
         }
         self.queue(&out);
         self.selected = Some(selected);
@@ -191,15 +190,13 @@ impl Session {
         account_id: u64,
         mailbox: &Mailbox,
         params: &QresyncParams,
-        messages: &[wmail_core::MessageRecord],
+        changed: &[(usize, wmail_core::MessageRecord)],
         selected: &Selected,
     ) {
         let known = params.known_uids.as_ref().and_then(|set| {
             // Known UIDs are resolved against the full UID space, not the view.
-            let everything = Selected {
-                uids: crate::uid_list::UidList::from_sorted(1..mailbox.uid_next),
-                ..Selected::new(mailbox, &[], true, 0)
-            };
+            let everything =
+                Selected::new(mailbox, crate::uid_list::UidList::from_sorted(1..mailbox.uid_next), true, 0);
             everything
                 .resolve(set, true)
                 .ok()
@@ -213,15 +210,13 @@ impl Session {
         if !vanished.is_empty() {
             out.extend_from_slice(format!("* VANISHED (EARLIER) {}\r\n", compress_set(&vanished)).as_bytes());
         }
-        for (index, message) in messages.iter().enumerate() {
-            if message.modseq > params.modseq {
-                out.extend_from_slice(format!("* {} FETCH (UID {} FLAGS ", index + 1, message.uid).as_bytes());
-                crate::proto::response::push_flags(
-                    out,
-                    display_flags(message, selected.first_recent_uid, self.enabled.rev2),
-                );
-                out.extend_from_slice(format!(" MODSEQ ({}))\r\n", message.modseq).as_bytes());
-            }
+        for (index, message) in changed {
+            out.extend_from_slice(format!("* {} FETCH (UID {} FLAGS ", index + 1, message.uid).as_bytes());
+            crate::proto::response::push_flags(
+                out,
+                display_flags(message, selected.first_recent_uid, self.enabled.rev2),
+            );
+            out.extend_from_slice(format!(" MODSEQ ({}))\r\n", message.modseq).as_bytes());
         }
     }
 

@@ -46,12 +46,12 @@ pub struct Selected {
 
 impl Selected {
     /// The view of `mailbox` with its current messages.
-    pub fn new(mailbox: &Mailbox, messages: &[MessageRecord], read_only: bool, last_change_id: u64) -> Self {
+    pub fn new(mailbox: &Mailbox, uids: UidList, read_only: bool, last_change_id: u64) -> Self {
         Self {
             mailbox_id: mailbox.id,
             name: mailbox.name.clone(),
             read_only,
-            uids: UidList::from_sorted(messages.iter().map(|message| message.uid)),
+            uids,
             first_recent_uid: u32::MAX,
             last_change_id,
             known_modseq: mailbox.highest_modseq,
