@@ -322,6 +322,28 @@ impl StateStore {
         Ok(db.get_cf(&cf(&db, ks::SUMMARIES), blob.as_bytes())?)
     }
 
+    /// Returns the messages of a mailbox with UIDs in `first..=last`, in UID order.
+    pub fn messages_between(
+        &self,
+        account_id: u64,
+        mailbox_id: u64,
+        first: u32,
+        last: u32,
+    ) -> Result<Vec<MessageRecord>> {
+        let db = self.db();
+        let prefix = ks::mailbox_key(account_id, mailbox_id);
+        let start = ks::message_key(account_id, mailbox_id, first);
+        let mut out = Vec::new();
+        for item in db.iterator_cf(&cf(&db, ks::MESSAGES), IteratorMode::From(&start, Direction::Forward)) {
+            let (key, value) = item?;
+            if !key.starts_with(&prefix) || ks::uid_of_message_key(&key).is_none_or(|uid| uid > last) {
+                break;
+            }
+            out.push(decode_value(&value)?);
+        }
+        Ok(out)
+    }
+
     /// Calls `visit` with each message of a mailbox in UID order, without holding them all.
     pub fn for_each_message(
         &self,

@@ -712,3 +712,20 @@ fn unseen_and_deleted_counters_match_the_messages() {
         assert!(unseen > 0 && deleted > 0, "the test exercises both counters");
     }
 }
+
+#[test]
+fn messages_between_reads_one_uid_range() {
+    let (_dir, store) = store();
+    let (a, b) = setup_two_accounts(&store);
+    for n in 0..6u32 {
+        apply_one(&store, deliver(BlobId::of(&n.to_be_bytes()), 1, &[a, b])).unwrap();
+    }
+    let inbox = mailbox_id(&store, a, INBOX);
+    apply_one(&store, Command::Expunge { account_id: a, mailbox_id: inbox, uids: vec![3] }).unwrap();
+    let uids = |first, last| -> Vec<u32> {
+        store.messages_between(a, inbox, first, last).unwrap().iter().map(|m| m.uid).collect()
+    };
+    assert_eq!(uids(2, 5), [2, 4, 5]);
+    assert_eq!(uids(6, u32::MAX), [6], "stops at the mailbox's end, not in the next one");
+    assert!(uids(7, 9).is_empty());
+}

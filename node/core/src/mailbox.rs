@@ -177,6 +177,21 @@ impl Core {
         .map_err(|e| CoreError::internal("reading a mailbox", e))?
     }
 
+    /// Returns the messages with UIDs in `first..=last`, in UID order.
+    pub async fn messages_between(
+        &self,
+        account_id: u64,
+        mailbox_id: u64,
+        first: u32,
+        last: u32,
+    ) -> Result<Vec<MessageRecord>> {
+        let state = self.state.clone();
+        tokio::task::spawn_blocking(move || state.messages_between(account_id, mailbox_id, first, last))
+            .await
+            .map_err(|e| CoreError::internal("listing messages", e))?
+            .map_err(CoreError::from)
+    }
+
     /// Returns one message.
     pub fn message(&self, account_id: u64, mailbox_id: u64, uid: u32) -> Result<Option<MessageRecord>> {
         Ok(self.state.message(account_id, mailbox_id, uid)?)

@@ -15,6 +15,9 @@ use crate::proto::response::{push_flags, push_literal_header};
 use crate::selected::{compress_set, display_flags};
 use crate::session::Session;
 
+/// Messages whose index records are read together by FETCH.
+const FETCH_CHUNK: usize = 1024;
+
 /// A message's content, loaded when an item needs it: the summary stored at delivery,
 /// and the raw message only for items that need its bytes.
 struct Content {
@@ -174,19 +177,26 @@ impl Session {
             }
         }
         let whole_only = items.iter().filter(|item| needs_content(item)).all(is_whole_message);
-        // Many messages: one scan of the mailbox beats a lookup per message.
-        let bulk: Option<std::collections::HashMap<u32, MessageRecord>> = if targets.len() > 64 {
-            match self.core.mailbox_messages(account_id, mailbox_id).await {
-                Ok(records) => Some(records.into_iter().map(|record| (record.uid, record)).collect()),
-                Err(error) => return self.no_for(tag, &error),
-            }
-        } else {
-            None
-        };
         let mut missing = false;
-        for (seq, uid_value) in targets {
-            let lookup = match &bulk {
-                Some(bulk) => Ok(bulk.get(&uid_value).cloned()),
+        // In chunks, so memory stays bounded whatever the set: a dense chunk is one range
+        // read of the index, a sparse one a lookup per message.
+        let mut chunk: std::collections::HashMap<u32, MessageRecord> = std::collections::HashMap::new();
+        let mut chunk_end = 0;
+        for (position, &(seq, uid_value)) in targets.iter().enumerate() {
+            if position == chunk_end {
+                chunk.clear();
+                chunk_end = (position + FETCH_CHUNK).min(targets.len());
+                let (first, last) = (uid_value, targets[chunk_end - 1].1);
+                if chunk_end - position > 16 && (last - first) as usize <= 4 * FETCH_CHUNK {
+                    match self.core.messages_between(account_id, mailbox_id, first, last).await {
+                        Ok(records) => chunk.extend(records.into_iter().map(|record| (record.uid, record))),
+                        Err(error) => return self.no_for(tag, &error),
+                    }
+                }
+            }
+            // Not in the chunk: a sparse chunk, or expunged meanwhile (the lookup says which).
+            let lookup = match chunk.remove(&uid_value) {
+                Some(record) => Ok(Some(record)),
                 None => self.core.message(account_id, mailbox_id, uid_value),
             };
             let record = match lookup {
