@@ -15,6 +15,9 @@ use crate::proto::command::{SearchKey, SearchReturn, SortCriterion, SortKey, Thr
 use crate::selected::compress_set;
 use crate::session::Session;
 
+/// Messages whose index records SEARCH reads together.
+const SEARCH_CHUNK: usize = 1024;
+
 /// One candidate message, with what the keys need loaded.
 struct Candidate {
     seq: u32,
@@ -211,8 +214,7 @@ impl Session {
     async fn evaluate(&mut self, key: &SearchKey, with_content: bool) -> wmail_core::Result<Vec<Candidate>> {
         let account_id = self.account().id;
         let selected = self.selected.as_ref().expect("selected state checked");
-        let records = self.core.mailbox_messages(account_id, selected.mailbox_id).await?;
-        let by_uid: HashMap<u32, MessageRecord> = records.into_iter().map(|record| (record.uid, record)).collect();
+        let mailbox_id = selected.mailbox_id;
         let context = Context {
             count: selected.uids.len() as u32,
             largest_uid: selected.uids.last().unwrap_or(0),
@@ -223,17 +225,36 @@ impl Session {
         };
         let (load_summary, load_raw) = (with_content || needs_summary(key), needs_raw(key));
         let mut out = Vec::new();
+        // The index is read in chunks of consecutive sequence numbers: memory stays bounded
+        // by what matches, not by the mailbox.
+        let mut by_uid: HashMap<u32, MessageRecord> = HashMap::new();
         for (index, uid) in selected.uids.iter().enumerate() {
+            if index % SEARCH_CHUNK == 0 {
+                let last_index = (index + SEARCH_CHUNK).min(selected.uids.len()) - 1;
+                let last = selected.uids.get(last_index).unwrap_or(uid);
+                by_uid = self
+                    .core
+                    .messages_between(account_id, mailbox_id, uid, last)
+                    .await?
+                    .into_iter()
+                    .map(|record| (record.uid, record))
+                    .collect();
+            }
             // Expunged by another session and not reported yet: it matches nothing.
-            let Some(record) = by_uid.get(&uid) else { continue };
-            let mut candidate = Candidate { seq: index as u32 + 1, record: record.clone(), summary: None, raw: None };
+            let Some(record) = by_uid.remove(&uid) else { continue };
+            let mut candidate = Candidate { seq: index as u32 + 1, record, summary: None, raw: None };
             if load_summary {
-                candidate.summary = Some(self.core.message_summary(&record.blob).await?);
+                candidate.summary = Some(self.core.message_summary(&candidate.record.blob).await?);
             }
             if load_raw {
-                candidate.raw = Some(self.core.read_blob(&record.blob).await?);
+                candidate.raw = Some(self.core.read_blob(&candidate.record.blob).await?);
             }
             if matches(key, &candidate, &context) {
+                // Keep what SORT and THREAD read, never the bodies.
+                candidate.raw = None;
+                if !with_content {
+                    candidate.summary = None;
+                }
                 out.push(candidate);
             }
         }
