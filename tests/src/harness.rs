@@ -374,3 +374,49 @@ impl Drop for WmailNode {
         self.kill9();
     }
 }
+
+/// A Python script driven step by step: it prints a line at each checkpoint and waits for
+/// a line on stdin before going on, so the test can act in between.
+pub struct SteppedScript {
+    child: std::process::Child,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl SteppedScript {
+    /// Starts `body` after [`python_prelude`].
+    pub fn start(node: &WmailNode, body: &str) -> Self {
+        let script = format!("{}{body}", python_prelude(node));
+        let mut child = Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        Self { child, stdout }
+    }
+
+    /// Reads the next checkpoint line ("" when the script ended, its error on stderr).
+    pub fn checkpoint(&mut self) -> String {
+        use std::io::BufRead;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("script output");
+        line.trim().to_owned()
+    }
+
+    /// Lets the script go on past its `sys.stdin.readline()`.
+    pub fn resume(&mut self) {
+        use std::io::Write;
+        if let Some(stdin) = self.child.stdin.as_mut() {
+            let _ = stdin.write_all(b"\n");
+            let _ = stdin.flush();
+        }
+    }
+
+    /// Waits for the script to end; returns whether it succeeded.
+    pub fn finish(mut self) -> bool {
+        self.resume();
+        self.child.wait().is_ok_and(|status| status.success())
+    }
+}

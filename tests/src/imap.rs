@@ -9,12 +9,12 @@ use std::process::Command;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::harness::{WmailNode, python, python_prelude};
+use crate::harness::{SteppedScript, WmailNode, python};
 
 const ALICE: &str = "alice@example.com";
 const PASSWORD: &str = "password";
 
-/// Python helpers every script gets after [`python_prelude`]: `Raw`, a line-exact IMAP
+/// Python helpers every script gets after [`crate::harness::python_prelude`]: `Raw`, a line-exact IMAP
 /// client over (by default) implicit TLS, and parsers for its responses.
 const HELPERS: &str = r#####"
 import re, base64, time, threading
@@ -244,52 +244,6 @@ async fn deliver_numbered(node: &WmailNode, count: usize) {
         let message = format!("From: sender@remote.test\r\nTo: {ALICE}\r\nSubject: message {n}\r\n\r\nbody {n}\r\n");
         let (status, body) = node.deliver(ALICE, message.into_bytes()).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
-    }
-}
-
-/// A Python script driven step by step: it prints a line at each checkpoint and waits for
-/// a line on stdin before going on, so the test can act in between.
-struct SteppedScript {
-    child: std::process::Child,
-    stdout: std::io::BufReader<std::process::ChildStdout>,
-}
-
-impl SteppedScript {
-    /// Starts `body` after [`python_prelude`] and [`HELPERS`].
-    fn start(node: &WmailNode, body: &str) -> Self {
-        let script = format!("{}{HELPERS}{body}", python_prelude(node));
-        let mut child = Command::new("python3")
-            .arg("-c")
-            .arg(script)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
-        Self { child, stdout }
-    }
-
-    /// Reads the next checkpoint line ("" when the script ended, its error on stderr).
-    fn checkpoint(&mut self) -> String {
-        use std::io::BufRead;
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).expect("script output");
-        line.trim().to_owned()
-    }
-
-    /// Lets the script go on past its `sys.stdin.readline()`.
-    fn resume(&mut self) {
-        use std::io::Write;
-        if let Some(stdin) = self.child.stdin.as_mut() {
-            let _ = stdin.write_all(b"\n");
-            let _ = stdin.flush();
-        }
-    }
-
-    /// Waits for the script to end; returns whether it succeeded.
-    fn finish(mut self) -> bool {
-        self.resume();
-        self.child.wait().is_ok_and(|status| status.success())
     }
 }
 
@@ -982,7 +936,9 @@ async fn two_sessions_see_each_other_and_idle_reports_new_mail() {
     deliver_numbered(&node, 2).await;
     let mut script = SteppedScript::start(
         &node,
-        r#"
+        &format!(
+            "{HELPERS}{}",
+            r#"
 a = Raw()
 b = Raw()
 a.ok("SELECT INBOX")
@@ -1039,7 +995,8 @@ untagged, status = b.finish(tag)
 assert status.startswith("OK"), (status, untagged)
 b.ok("NOOP")
 print("done", flush=True)
-"#,
+"#
+        ),
     );
     assert_eq!(script.checkpoint(), "idling", "the script failed before IDLE (its error is above)");
     let (status, body) = node.deliver(ALICE, b"Subject: idle api\r\n\r\nx\r\n".to_vec()).await;
@@ -1466,12 +1423,10 @@ async fn mbsync_synchronises_both_ways() {
     mbsync(&config);
 
     // The server now has the changes.
-    let out = python(
+    let out = imap(
         &node,
-        &format!(
-            r#"
-m = imaplib.IMAP4_SSL("127.0.0.1", IMAPS, ssl_context=ctx)
-m.login({ALICE:?}, {PASSWORD:?})
+        r#"
+m = imaps()
 m.select("INBOX")
 typ, data = m.fetch("1:*", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
 flags = [line[0] for line in data if isinstance(line, tuple)]
@@ -1484,8 +1439,7 @@ typ, data = m.fetch("1", "(BODY.PEEK[])")
 body = data[0][1]
 assert b"Subject: written offline\r\n" in body and body.endswith(b"\r\n\r\nplan\r\n"), data
 print("ok")
-"#
-        ),
+"#,
     );
     assert_eq!(out.trim(), "ok");
     assert_eq!(maildir_files(&mail.join("INBOX")).len(), 2, "the deleted message was expunged locally too");
@@ -1502,16 +1456,15 @@ async fn parallel_correct_logins_never_lock_the_account() {
     // Regression: each attempt used to count as a failure until it finished, so 20 correct
     // logins in flight at once locked the account for two days.
     let node = node_with_account("", None).await;
-    let out = python(
+    let out = imap(
         &node,
-        &format!(
-            r#"
+        r#"
 import threading
 results = []
 def login():
     m = imaplib.IMAP4_SSL("127.0.0.1", IMAPS, ssl_context=ctx)
     try:
-        results.append(m.login({ALICE:?}, {PASSWORD:?})[0])
+        results.append(m.login(ALICE, PASSWORD)[0])
         m.logout()
     except imaplib.IMAP4.error as e:
         results.append(str(e))
@@ -1522,10 +1475,9 @@ assert not any("failed logins" in r or "AUTHENTICATIONFAILED" in r for r in resu
 assert all(r == "OK" or "UNAVAILABLE" in r for r in results), results
 assert results.count("OK") >= 20, results
 m = imaplib.IMAP4_SSL("127.0.0.1", IMAPS, ssl_context=ctx)
-assert m.login({ALICE:?}, {PASSWORD:?})[0] == "OK"
+assert m.login(ALICE, PASSWORD)[0] == "OK"
 print("ok")
-"#
-        ),
+"#,
     );
     assert_eq!(out.trim(), "ok");
 }
@@ -1533,13 +1485,10 @@ print("ok")
 #[tokio::test]
 async fn threadid_and_emailid_follow_rfc_8474() {
     let node = node_with_account("", None).await;
-    let out = python(
+    let out = imap(
         &node,
-        &format!(
-            r#"
-import re
-m = imaplib.IMAP4_SSL("127.0.0.1", IMAPS, ssl_context=ctx)
-m.login({ALICE:?}, {PASSWORD:?})
+        r#"
+m = imaps()
 root = b"Message-ID: <root@x>\r\nSubject: plan\r\n\r\nroot\r\n"
 reply = b"Message-ID: <reply@x>\r\nIn-Reply-To: <root@x>\r\nReferences: <root@x>\r\nSubject: Re: plan\r\n\r\nreply\r\n"
 other = b"Message-ID: <other@x>\r\nSubject: lunch\r\n\r\nother\r\n"
@@ -1550,7 +1499,7 @@ m.select("INBOX")
 typ, data = m.fetch("1:3", "(THREADID EMAILID)")
 ids = [re.search(rb"THREADID \((T[0-9a-f]+)\) EMAILID \((E[0-9a-f]+)\)", line).groups() for line in data]
 assert ids[0][0] == ids[1][0] and ids[0][0] != ids[2][0], ids
-assert len({{e for _, e in ids}}) == 3, ids
+assert len({e for _, e in ids}) == 3, ids
 typ, data = m.search(None, "THREADID", ids[0][0].decode())
 assert data == [b"1 2"], data
 m.select("Archive")
@@ -1558,8 +1507,7 @@ typ, data = m.fetch("1", "(THREADID EMAILID)")
 archived = re.search(rb"THREADID \((T[0-9a-f]+)\) EMAILID \((E[0-9a-f]+)\)", data[0]).groups()
 assert archived == ids[0], "the same message and its thread keep their ids in every mailbox: %r %r" % (archived, ids[0])
 print("ok")
-"#
-        ),
+"#,
     );
     assert_eq!(out.trim(), "ok");
 }
@@ -1569,14 +1517,11 @@ async fn a_session_resyncs_after_the_change_log_is_trimmed_past_it() {
     // Change logs keep 10,000-20,000 entries per account; a session that slept through more
     // rebuilds its view from the mailbox and still reports exactly what changed.
     let node = node_with_account("", None).await;
-    let out = python(
+    let out = imap(
         &node,
-        &format!(
-            r#"
-a = imaplib.IMAP4_SSL("127.0.0.1", IMAPS, ssl_context=ctx)
-a.login({ALICE:?}, {PASSWORD:?})
-b = imaplib.IMAP4_SSL("127.0.0.1", IMAPS, ssl_context=ctx)
-b.login({ALICE:?}, {PASSWORD:?})
+        r#"
+a = imaps()
+b = imaps()
 for n in range(50):
     assert b.append("INBOX", None, None, ("Subject: m%d\r\n\r\nbody\r\n" % n).encode())[0] == "OK"
 a.select("INBOX")
@@ -1600,8 +1545,7 @@ a.untagged_responses.clear()
 typ, data = a.fetch("50", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
 assert b"Subject: new" in data[0][1], data
 print("ok")
-"#
-        ),
+"#,
     );
     assert_eq!(out.trim(), "ok");
     assert!(node.log().contains("change log trimmed past this session"), "the resync path was not taken");

@@ -6,7 +6,7 @@ use std::process::Command;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::harness::{WmailNode, pop3_message_count, python, python_prelude, succeeded};
+use crate::harness::{SteppedScript, WmailNode, pop3_message_count, python, succeeded};
 
 async fn node_with_mail() -> WmailNode {
     node_with_mail_and_config("").await
@@ -24,51 +24,6 @@ async fn node_with_mail_and_config(extra_config: &str) -> WmailNode {
         assert_eq!(node.deliver("alice@example.com", message.into_bytes()).await.0, StatusCode::CREATED);
     }
     node
-}
-
-/// A poplib script driven step by step: it prints a line at each checkpoint and waits for
-/// a line on stdin before going on, so the test can act in between.
-struct SteppedScript {
-    child: std::process::Child,
-    stdout: std::io::BufReader<std::process::ChildStdout>,
-}
-
-impl SteppedScript {
-    /// Starts `body` after [`python_prelude`].
-    fn start(node: &WmailNode, body: &str) -> Self {
-        let script = format!("{}{body}", python_prelude(node));
-        let mut child = Command::new("python3")
-            .arg("-c")
-            .arg(script)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
-        Self { child, stdout }
-    }
-
-    /// Reads the next checkpoint line.
-    fn checkpoint(&mut self) -> String {
-        use std::io::BufRead;
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).expect("script output");
-        line.trim().to_owned()
-    }
-
-    /// Lets the script go on past its `sys.stdin.readline()`.
-    fn resume(&mut self) {
-        use std::io::Write;
-        if let Some(stdin) = self.child.stdin.as_mut() {
-            let _ = stdin.write_all(b"\n");
-        }
-    }
-
-    /// Waits for the script to end; returns whether it succeeded.
-    fn finish(mut self) -> bool {
-        self.resume();
-        self.child.wait().is_ok_and(|status| status.success())
-    }
 }
 
 async fn inbox_len(node: &WmailNode) -> usize {

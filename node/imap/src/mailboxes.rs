@@ -115,20 +115,8 @@ impl Session {
         if condstore {
             self.enabled.condstore = true;
         }
-        let name = match self.decode_mailbox_name(raw) {
-            Ok(name) => name,
-            Err(text) => return self.bad(tag, &text),
-        };
+        let Some(mailbox) = self.fresh_mailbox(tag, raw).await else { return };
         let account_id = self.account().id;
-        // The freshest view: wait for every write acknowledged before this command.
-        if let Err(error) = self.core.read_barrier().await {
-            return self.no_for(tag, &error);
-        }
-        let mailbox = match self.core.mailbox_by_name(account_id, &name) {
-            Ok(Some(mailbox)) => mailbox,
-            Ok(None) => return self.no(tag, "[NONEXISTENT] no such mailbox"),
-            Err(error) => return self.no_for(tag, &error),
-        };
         let last_change_id = match self.core.last_change_id(account_id) {
             Ok(id) => id,
             Err(error) => return self.no_for(tag, &error),
@@ -180,6 +168,34 @@ impl Session {
         self.selected = Some(selected);
         let access = if read_only { "[READ-ONLY]" } else { "[READ-WRITE]" };
         self.ok(tag, &format!("{access} {} completed", if read_only { "EXAMINE" } else { "SELECT" }));
+    }
+
+    /// Looks a mailbox up by its wire name after a read barrier (the freshest view: every
+    /// write acknowledged before this command is seen); answers the command and returns
+    /// `None` when the name is bad or the mailbox does not exist.
+    async fn fresh_mailbox(&mut self, tag: &str, raw: &str) -> Option<Mailbox> {
+        let name = match self.decode_mailbox_name(raw) {
+            Ok(name) => name,
+            Err(text) => {
+                self.bad(tag, &text);
+                return None;
+            }
+        };
+        if let Err(error) = self.core.read_barrier().await {
+            self.no_for(tag, &error);
+            return None;
+        }
+        match self.core.mailbox_by_name(self.account().id, &name) {
+            Ok(Some(mailbox)) => Some(mailbox),
+            Ok(None) => {
+                self.no(tag, "[NONEXISTENT] no such mailbox");
+                None
+            }
+            Err(error) => {
+                self.no_for(tag, &error);
+                None
+            }
+        }
     }
 
     /// RFC 7162 §3.2.5.2: what changed since the client's MODSEQ: VANISHED (EARLIER) for
@@ -397,19 +413,7 @@ impl Session {
     }
 
     async fn status(&mut self, tag: &str, raw: &str, items: &[StatusItem]) {
-        let name = match self.decode_mailbox_name(raw) {
-            Ok(name) => name,
-            Err(text) => return self.bad(tag, &text),
-        };
-        let account_id = self.account().id;
-        if let Err(error) = self.core.read_barrier().await {
-            return self.no_for(tag, &error);
-        }
-        let mailbox = match self.core.mailbox_by_name(account_id, &name) {
-            Ok(Some(mailbox)) => mailbox,
-            Ok(None) => return self.no(tag, "[NONEXISTENT] no such mailbox"),
-            Err(error) => return self.no_for(tag, &error),
-        };
+        let Some(mailbox) = self.fresh_mailbox(tag, raw).await else { return };
         let line = self.status_line(&mailbox, items);
         self.queue(&line);
         self.ok(tag, "STATUS completed");

@@ -131,27 +131,27 @@ async fn start_smtp(
         max_total: config.smtp.max_connections,
         max_per_ip: config.smtp.max_connections_per_ip,
     };
-    let mut handles = Vec::new();
-    for (service, addresses, mode) in [
-        ("smtp", &config.listen.smtp, Mode::Mx),
-        ("submission", &config.listen.submission, Mode::Submission),
-        ("submissions", &config.listen.submissions, Mode::Submissions),
-        ("lmtp", &config.listen.lmtp, Mode::Lmtp),
-    ] {
-        for address in addresses {
-            let listener = bind(address, service).await?;
-            let mut smtp = SmtpConfig::new(config.server.hostname.clone(), mode);
-            smtp.max_message_size = config.smtp.max_message_size;
-            smtp.max_recipients = config.smtp.max_recipients;
-            smtp.vrfy = config.smtp.vrfy;
-            smtp.expn = config.smtp.expn;
-            let server = SmtpServer::new(core.clone(), smtp, Some(tls.clone()), metrics.clone(), service);
-            let implicit_tls = (mode == Mode::Submissions).then(|| tls.clone());
-            tracing::info!(service, address = %listener.local_addr()?, "listening");
-            handles.push(wmail_net::serve(listener, service, implicit_tls, limits, Arc::new(server), shutdown.clone()));
-        }
-    }
-    Ok(handles)
+    let services = [
+        ("smtp", &config.listen.smtp, false),
+        ("submission", &config.listen.submission, false),
+        ("submissions", &config.listen.submissions, true),
+        ("lmtp", &config.listen.lmtp, false),
+    ];
+    open_listeners(&services, limits, tls, shutdown, |service| {
+        let mode = match service {
+            "submission" => Mode::Submission,
+            "submissions" => Mode::Submissions,
+            "lmtp" => Mode::Lmtp,
+            _ => Mode::Mx,
+        };
+        let mut smtp = SmtpConfig::new(config.server.hostname.clone(), mode);
+        smtp.max_message_size = config.smtp.max_message_size;
+        smtp.max_recipients = config.smtp.max_recipients;
+        smtp.vrfy = config.smtp.vrfy;
+        smtp.expn = config.smtp.expn;
+        Arc::new(SmtpServer::new(core.clone(), smtp, Some(tls.clone()), metrics.clone(), service))
+    })
+    .await
 }
 
 /// Starts the POP3 listeners: `pop3` (STLS offered) and `pop3s` (implicit TLS).
@@ -165,21 +165,14 @@ async fn start_pop3(
         max_total: config.pop3.max_connections,
         max_per_ip: config.pop3.max_connections_per_ip,
     };
-    let mut handles = Vec::new();
-    for (service, addresses, implicit) in [("pop3", &config.listen.pop3, false), ("pop3s", &config.listen.pop3s, true)]
-    {
-        for address in addresses {
-            let listener = bind(address, service).await?;
-            let mut pop3 = wmail_pop3::Pop3Config::new(config.server.hostname.clone());
-            pop3.login_delay = Duration::from_secs(config.pop3.login_delay_seconds);
-            pop3.maildrop_lease = Duration::from_secs(config.pop3.maildrop_lease_seconds);
-            let server = wmail_pop3::Pop3Server::new(core.clone(), pop3, Some(tls.clone()));
-            let implicit_tls = implicit.then(|| tls.clone());
-            tracing::info!(service, address = %listener.local_addr()?, "listening");
-            handles.push(wmail_net::serve(listener, service, implicit_tls, limits, Arc::new(server), shutdown.clone()));
-        }
-    }
-    Ok(handles)
+    let services = [("pop3", &config.listen.pop3, false), ("pop3s", &config.listen.pop3s, true)];
+    open_listeners(&services, limits, tls, shutdown, |_| {
+        let mut pop3 = wmail_pop3::Pop3Config::new(config.server.hostname.clone());
+        pop3.login_delay = Duration::from_secs(config.pop3.login_delay_seconds);
+        pop3.maildrop_lease = Duration::from_secs(config.pop3.maildrop_lease_seconds);
+        Arc::new(wmail_pop3::Pop3Server::new(core.clone(), pop3, Some(tls.clone())))
+    })
+    .await
 }
 
 /// Starts the IMAP listeners: `imap` (STARTTLS offered) and `imaps` (implicit TLS).
@@ -193,18 +186,32 @@ async fn start_imap(
         max_total: config.imap.max_connections,
         max_per_ip: config.imap.max_connections_per_ip,
     };
+    let services = [("imap", &config.listen.imap, false), ("imaps", &config.listen.imaps, true)];
+    open_listeners(&services, limits, tls, shutdown, |_| {
+        let mut imap = wmail_imap::ImapConfig::new(config.server.hostname.clone());
+        imap.append_limit = config.imap.max_append_size;
+        imap.allow_plaintext_auth = config.imap.allow_plaintext_auth;
+        Arc::new(wmail_imap::ImapServer::new(core.clone(), imap, Some(tls.clone())))
+    })
+    .await
+}
+
+/// Binds every address of each `(service, addresses, implicit TLS)` and serves it with a
+/// handler from `handler(service)`, all sharing one set of connection limits per service.
+async fn open_listeners(
+    services: &[(&'static str, &Vec<String>, bool)],
+    limits: wmail_net::ConnectionLimits,
+    tls: &wmail_net::TlsAcceptor,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+    handler: impl Fn(&'static str) -> Arc<dyn wmail_net::SessionHandler>,
+) -> anyhow::Result<Vec<wmail_net::ListenerHandle>> {
     let mut handles = Vec::new();
-    for (service, addresses, implicit) in [("imap", &config.listen.imap, false), ("imaps", &config.listen.imaps, true)]
-    {
+    for &(service, addresses, implicit) in services {
         for address in addresses {
             let listener = bind(address, service).await?;
-            let mut imap = wmail_imap::ImapConfig::new(config.server.hostname.clone());
-            imap.append_limit = config.imap.max_append_size;
-            imap.allow_plaintext_auth = config.imap.allow_plaintext_auth;
-            let server = wmail_imap::ImapServer::new(core.clone(), imap, Some(tls.clone()));
             let implicit_tls = implicit.then(|| tls.clone());
             tracing::info!(service, address = %listener.local_addr()?, "listening");
-            handles.push(wmail_net::serve(listener, service, implicit_tls, limits, Arc::new(server), shutdown.clone()));
+            handles.push(wmail_net::serve(listener, service, implicit_tls, limits, handler(service), shutdown.clone()));
         }
     }
     Ok(handles)
