@@ -12,7 +12,7 @@ use wmail_core::{FlagAction, MessageRecord};
 use crate::proto::body::{decoded_part, section_bytes, write_body_structure, write_envelope};
 use crate::proto::command::{FetchItem, Section, SectionText, SequenceSet};
 use crate::proto::response::{push_flags, push_literal_header};
-use crate::selected::{compress_set, display_flags};
+use crate::selected::{compress_set, display_flags, set_contains};
 use crate::session::Session;
 
 /// Messages whose index records are read together by FETCH.
@@ -248,16 +248,8 @@ impl Session {
 
     /// UIDs of `set` expunged with a MODSEQ above `since` (for VANISHED (EARLIER)).
     pub(crate) fn expunged_since(&self, account_id: u64, mailbox_id: u64, since: u64, set: &SequenceSet) -> Vec<u32> {
-        let SequenceSet::Ranges(ranges) = set else { return Vec::new() };
-        let contains = |uid: u32| {
-            ranges.iter().any(|&(start, end)| {
-                let value = |bound| match bound {
-                    crate::proto::command::SeqBound::Number(number) => number,
-                    crate::proto::command::SeqBound::Largest => u32::MAX,
-                };
-                (value(start).min(value(end))..=value(start).max(value(end))).contains(&uid)
-            })
-        };
+        // `*` is open-ended here: expunged UIDs may lie above every UID still present.
+        let contains = |uid: u32| set_contains(set, uid, u32::MAX, None);
         let mut out: Vec<u32> = match self.core.expunged_since(account_id, mailbox_id, since) {
             Ok(uids) => uids.into_iter().filter(|&uid| contains(uid)).collect(),
             Err(error) => {

@@ -12,7 +12,7 @@ use wmail_core::MessageRecord;
 use wmail_core::message::{MessageSummary, body_text, decode_header_text, decoded_header_text, header_values};
 
 use crate::proto::command::{SearchKey, SearchReturn, SortCriterion, SortKey, ThreadAlgorithm};
-use crate::selected::compress_set;
+use crate::selected::{compress_set, set_contains};
 use crate::session::Session;
 
 /// Messages whose index records SEARCH reads together.
@@ -103,21 +103,6 @@ fn has_flag(record: &MessageRecord, flag: &str) -> bool {
     record.flags.iter().any(|f| f.eq_ignore_ascii_case(flag))
 }
 
-fn in_set(set: &crate::proto::command::SequenceSet, value: u32, largest: u32, saved: Option<&[u32]>) -> bool {
-    use crate::proto::command::{SeqBound, SequenceSet};
-    match set {
-        SequenceSet::Saved => saved.is_some_and(|saved| saved.contains(&value)),
-        SequenceSet::Ranges(ranges) => ranges.iter().any(|&(start, end)| {
-            let bound = |bound| match bound {
-                SeqBound::Number(number) => number,
-                SeqBound::Largest => largest,
-            };
-            let (low, high) = (bound(start).min(bound(end)), bound(start).max(bound(end)));
-            (low..=high).contains(&value)
-        }),
-    }
-}
-
 fn matches(key: &SearchKey, candidate: &Candidate, context: &Context) -> bool {
     let record = &candidate.record;
     let addresses = |needle: &str, pick: fn(&MessageSummary) -> (&[wmail_core::message::Address], &str)| {
@@ -187,10 +172,10 @@ fn matches(key: &SearchKey, candidate: &Candidate, context: &Context) -> bool {
         }
         SearchKey::Larger(size) => record.size > *size,
         SearchKey::Smaller(size) => record.size < *size,
-        SearchKey::Uid(set) => in_set(set, record.uid, context.largest_uid, Some(context.saved)),
+        SearchKey::Uid(set) => set_contains(set, record.uid, context.largest_uid, Some(context.saved)),
         SearchKey::Sequence(set) => match set {
             crate::proto::command::SequenceSet::Saved => context.saved.contains(&record.uid),
-            _ => in_set(set, candidate.seq, context.count, None),
+            _ => set_contains(set, candidate.seq, context.count, None),
         },
         SearchKey::Not(inner) => !matches(inner, candidate, context),
         SearchKey::Or(left, right) => matches(left, candidate, context) || matches(right, candidate, context),

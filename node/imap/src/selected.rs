@@ -443,6 +443,22 @@ async fn resync_from_mailbox(core: &wmail_core::Core, account_id: u64, selected:
     added
 }
 
+/// Whether `value` is in `set`, with `*` standing for `largest` and `$` for `saved` (no
+/// saved result: `$` contains nothing).
+pub(crate) fn set_contains(set: &SequenceSet, value: u32, largest: u32, saved: Option<&[u32]>) -> bool {
+    match set {
+        SequenceSet::Saved => saved.is_some_and(|saved| saved.contains(&value)),
+        SequenceSet::Ranges(ranges) => ranges.iter().any(|&(start, end)| {
+            let bound = |bound| match bound {
+                SeqBound::Number(number) => number,
+                SeqBound::Largest => largest,
+            };
+            let (low, high) = (bound(start).min(bound(end)), bound(start).max(bound(end)));
+            (low..=high).contains(&value)
+        }),
+    }
+}
+
 /// Flags as the client sees them: the stored ones plus `\Recent` for rev1 sessions.
 pub(crate) fn display_flags(record: &MessageRecord, first_recent_uid: u32, rev2: bool) -> Vec<String> {
     let mut flags = record.flags.clone();
