@@ -54,6 +54,7 @@ fn main() {
                             summary: None,
                             threading: None,
                             targets: vec![DeliveryTarget { account_id: 1 + n % 100, mailbox_id: None }],
+                            outbound: None,
                         },
                         index,
                     )

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::blob::BlobId;
 use crate::error::{Error, Result};
+use crate::queue::{AttemptResult, OutboundEnvelope};
 use crate::records::{AccountState, Service};
 
 /// Version of the command encoding this binary writes. A node that meets a higher version
@@ -160,6 +161,9 @@ pub enum Command {
         /// receiving account has, else starts a new thread.
         threading: Option<Threading>,
         targets: Vec<DeliveryTarget>,
+        /// Recipients in other domains: the message also joins the outbound queue (one
+        /// entry holding one blob reference), atomically with the local copies.
+        outbound: Option<OutboundEnvelope>,
     },
     /// Changes flags of messages in one mailbox (RFC 9051 §6.4.6, RFC 7162 §3.1.3).
     SetFlags {
@@ -186,6 +190,21 @@ pub enum Command {
     AcquireLease { resource: String, holder: String, until_ms: u64 },
     /// Gives a lease up (only its holder can).
     ReleaseLease { resource: String, holder: String },
+    /// Claims outbound queue entries for one delivery worker until `until_ms`. Only entries
+    /// that are due (next attempt reached, no unexpired lease) at the command's time are
+    /// claimed; the outcome lists them, so two workers never hold the same entry. The
+    /// current holder may claim again (renewing the lease, or taking back its entries
+    /// after a restart).
+    ClaimOutbound { ids: Vec<u64>, holder: String, until_ms: u64 },
+    /// Records one delivery attempt of a claimed entry: per-recipient results, the next
+    /// attempt time, and whether the sender has now been told of the delay. The lease is
+    /// released; an entry whose recipients are all final is removed (dropping its blob
+    /// reference). Refused when `holder` no longer holds the entry's lease.
+    RecordAttempt { id: u64, holder: String, results: Vec<AttemptResult>, next_attempt_ms: u64, delay_notified: bool },
+    /// Makes a queue entry due now (an operator's "retry").
+    RetryOutbound { id: u64 },
+    /// Removes a queue entry without delivering it further (an operator's "remove").
+    RemoveOutbound { id: u64 },
 }
 
 /// What a successfully applied command produced.
@@ -197,8 +216,11 @@ pub enum Outcome {
     AccountCreated { account_id: u64, inbox_id: u64 },
     /// A mailbox was created.
     MailboxCreated { mailbox_id: u64 },
-    /// A message was delivered; one entry per target, in order.
-    Delivered { results: Vec<DeliveryResult> },
+    /// A message was delivered; one entry per target, in order, and the id of its outbound
+    /// queue entry when it had remote recipients.
+    Delivered { results: Vec<DeliveryResult>, queue_id: Option<u64> },
+    /// These outbound queue entries are now leased to the claimer.
+    OutboundClaimed { ids: Vec<u64> },
     /// Flags changed; the UIDs whose UNCHANGEDSINCE test failed are listed.
     FlagsSet { modseq: u64, modified: Vec<u32> },
     /// Messages were expunged; the UIDs that existed and were removed.

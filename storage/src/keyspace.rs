@@ -36,8 +36,14 @@ pub const EXPUNGED: &str = "expunged";
 /// -> thread id (u64).
 pub const THREADS: &str = "threads";
 
+/// The outbound queue: `queue_id` -> [`crate::QueueEntry`].
+pub const QUEUE: &str = "queue";
+/// The outbound queue's due index: `due_ms, queue_id` -> empty (see
+/// [`crate::QueueEntry::due_ms`]), so due entries are found without scanning the queue.
+pub const QUEUE_DUE: &str = "queue_due";
+
 /// Every column family of the state database, checked at open time.
-pub const COLUMN_FAMILIES: [&str; 15] = [
+pub const COLUMN_FAMILIES: [&str; 17] = [
     DOMAINS,
     ADDRESSES,
     PRINCIPALS,
@@ -53,7 +59,14 @@ pub const COLUMN_FAMILIES: [&str; 15] = [
     SUMMARIES,
     EXPUNGED,
     THREADS,
+    QUEUE,
+    QUEUE_DUE,
 ];
+
+/// Key of an entry in [`QUEUE_DUE`].
+pub fn queue_due_key(due_ms: u64, queue_id: u64) -> [u8; 16] {
+    mailbox_key(due_ms, queue_id)
+}
 
 /// Key of a Message-ID in an account's [`THREADS`].
 pub fn thread_key(account_id: u64, message_id: &str) -> [u8; 24] {
@@ -81,6 +94,10 @@ pub const META_NEXT_ACCOUNT_ID: &[u8] = b"next_account_id";
 pub const META_NEXT_MAILBOX_ID: &[u8] = b"next_mailbox_id";
 /// Meta key of the next change id.
 pub const META_NEXT_CHANGE_ID: &[u8] = b"next_change_id";
+/// Meta key of the next outbound queue id.
+pub const META_NEXT_QUEUE_ID: &[u8] = b"next_queue_id";
+/// Meta key of the number of outbound queue entries.
+pub const META_QUEUE_LENGTH: &[u8] = b"queue_length";
 /// Meta key of the next thread id.
 pub const META_NEXT_THREAD_ID: &[u8] = b"next_thread_id";
 

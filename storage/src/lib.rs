@@ -14,6 +14,7 @@ pub mod blob_testsuite;
 pub mod command;
 mod error;
 pub mod keyspace;
+pub mod queue;
 mod records;
 mod state;
 
@@ -23,6 +24,9 @@ pub use command::{
     Outcome, Threading,
 };
 pub use error::{Error, ErrorKind, Result};
+pub use queue::{
+    AttemptResult, Notify, OutboundEnvelope, OutboundRecipient, QueueEntry, QueuedRecipient, RecipientStatus, Ret,
+};
 pub use records::{
     Account, AccountState, AddressTarget, BlobRef, Change, Credentials, Domain, Lease, Mailbox, MessageRecord, Service,
 };

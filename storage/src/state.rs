@@ -23,6 +23,7 @@ use crate::command::{
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::keyspace::{self as ks};
+use crate::queue::{AttemptResult, OutboundEnvelope, QueueEntry, QueuedRecipient, RecipientStatus};
 use crate::records::*;
 use crate::records::{decode_value, encode_value};
 
@@ -409,6 +410,47 @@ impl StateStore {
         Ok(out)
     }
 
+    /// Returns one outbound queue entry.
+    pub fn queue_entry(&self, id: u64) -> Result<Option<QueueEntry>> {
+        get(&self.db(), ks::QUEUE, &ks::id_key(id))
+    }
+
+    /// Returns the ids of queue entries due at `now_ms` (next attempt reached, no live
+    /// lease), the longest-waiting first, at most `limit`. Reads only the due index.
+    pub fn due_outbound(&self, now_ms: u64, limit: usize) -> Result<Vec<u64>> {
+        let db = self.db();
+        let mut out = Vec::new();
+        for item in db.iterator_cf(&cf(&db, ks::QUEUE_DUE), IteratorMode::Start) {
+            let (key, _) = item?;
+            let due = u64::from_be_bytes(key[..8].try_into().map_err(|_| Error::corrupt("queue due key"))?);
+            if due > now_ms || out.len() >= limit {
+                break;
+            }
+            out.push(u64::from_be_bytes(key[8..16].try_into().map_err(|_| Error::corrupt("queue due key"))?));
+        }
+        Ok(out)
+    }
+
+    /// Lists queue entries with ids above `after`, oldest first, at most `limit`.
+    pub fn outbound_queue(&self, after: u64, limit: usize) -> Result<Vec<QueueEntry>> {
+        let db = self.db();
+        let start = ks::id_key(after.saturating_add(1));
+        let mut out = Vec::new();
+        for item in db.iterator_cf(&cf(&db, ks::QUEUE), IteratorMode::From(&start, Direction::Forward)) {
+            if out.len() >= limit {
+                break;
+            }
+            let (_, value) = item?;
+            out.push(decode_value(&value)?);
+        }
+        Ok(out)
+    }
+
+    /// The number of entries in the outbound queue.
+    pub fn queue_length(&self) -> Result<u64> {
+        Ok(get_u64(&self.db(), ks::META, ks::META_QUEUE_LENGTH)?.unwrap_or(0))
+    }
+
     /// Lists every lease with its resource name.
     pub fn leases(&self) -> Result<Vec<(String, Lease)>> {
         let rows = scan::<Lease>(&self.db(), ks::LEASES, &[])?;
@@ -764,8 +806,9 @@ impl<'a> Tx<'a> {
                 summary,
                 threading,
                 targets,
+                outbound,
             } => {
-                let result = self.deliver(
+                let mut result = self.deliver(
                     blob,
                     stored_after_index,
                     size,
@@ -774,7 +817,10 @@ impl<'a> Tx<'a> {
                     threading.as_ref(),
                     &targets,
                 )?;
-                let stored = matches!(&result, Ok(Outcome::Delivered { results })
+                if let (Ok(Outcome::Delivered { queue_id, .. }), Some(envelope)) = (&mut result, outbound) {
+                    *queue_id = Some(self.enqueue(blob, size, envelope)?);
+                }
+                let stored = matches!(&result, Ok(Outcome::Delivered { results, .. })
                     if results.iter().any(|r| matches!(r, DeliveryResult::Stored { .. })));
                 if let (true, Some(summary)) = (stored, summary)
                     && self.get_raw(ks::SUMMARIES, blob.as_bytes())?.is_none()
@@ -791,6 +837,12 @@ impl<'a> Tx<'a> {
             Command::ForgetBlob { blob } => self.forget_blob(blob),
             Command::AcquireLease { resource, holder, until_ms } => self.acquire_lease(resource, holder, until_ms),
             Command::ReleaseLease { resource, holder } => self.release_lease(&resource, &holder),
+            Command::ClaimOutbound { ids, holder, until_ms } => self.claim_outbound(&ids, holder, until_ms),
+            Command::RecordAttempt { id, holder, results, next_attempt_ms, delay_notified } => {
+                self.record_attempt(id, &holder, results, next_attempt_ms, delay_notified)
+            }
+            Command::RetryOutbound { id } => self.retry_outbound(id),
+            Command::RemoveOutbound { id } => self.remove_outbound(id),
         }
     }
 
@@ -1348,7 +1400,138 @@ impl<'a> Tx<'a> {
         if blob_ref.count == 0 && blob_ref.zero_since_ms.is_none() {
             blob_ref.zero_since_ms = Some(now_ms);
         }
-        Ok(Ok(Outcome::Delivered { results }))
+        Ok(Ok(Outcome::Delivered { results, queue_id: None }))
+    }
+
+    fn queue_entry(&self, id: u64) -> Result<Option<QueueEntry>> {
+        self.get(ks::QUEUE, &ks::id_key(id))
+    }
+
+    /// Writes a queue entry and moves its due-index key from `old_due` (when it had one).
+    fn put_queue_entry(&mut self, old_due: Option<u64>, entry: &QueueEntry) {
+        if let Some(old_due) = old_due {
+            self.delete(ks::QUEUE_DUE, &ks::queue_due_key(old_due, entry.id));
+        }
+        self.put_raw(ks::QUEUE_DUE, &ks::queue_due_key(entry.due_ms(), entry.id), Vec::new());
+        self.put(ks::QUEUE, &ks::id_key(entry.id), entry);
+    }
+
+    /// Removes a queue entry filed in the due index under `due_ms`.
+    fn remove_queue_entry(&mut self, due_ms: u64, entry: &QueueEntry) -> Result<()> {
+        self.delete(ks::QUEUE_DUE, &ks::queue_due_key(due_ms, entry.id));
+        self.delete(ks::QUEUE, &ks::id_key(entry.id));
+        self.add_to_counter(ks::META_QUEUE_LENGTH, -1)?;
+        self.release_blob(entry.blob)
+    }
+
+    fn add_to_counter(&mut self, counter: &'static [u8], delta: i64) -> Result<()> {
+        let current = match self.counters.get(counter) {
+            Some(value) => *value,
+            None => self.get_u64(ks::META, counter)?.unwrap_or(0),
+        };
+        self.counters.insert(counter, current.saturating_add_signed(delta));
+        Ok(())
+    }
+
+    /// Puts a delivered blob into the outbound queue, due at once.
+    fn enqueue(&mut self, blob: BlobId, size: u64, envelope: OutboundEnvelope) -> Result<u64> {
+        let id = self.next_id(ks::META_NEXT_QUEUE_ID)?;
+        let entry = QueueEntry {
+            id,
+            blob,
+            size,
+            return_path: envelope.return_path,
+            envid: envelope.envid,
+            ret: envelope.ret,
+            recipients: envelope
+                .recipients
+                .into_iter()
+                .map(|recipient| QueuedRecipient { recipient, status: RecipientStatus::Pending { last_reply: None } })
+                .collect(),
+            created_ms: self.now_ms,
+            attempts: 0,
+            next_attempt_ms: self.now_ms,
+            lease: None,
+            delay_notified: false,
+        };
+        self.put_queue_entry(None, &entry);
+        self.add_to_counter(ks::META_QUEUE_LENGTH, 1)?;
+        let blob_ref = self.blob_ref(blob)?;
+        blob_ref.count += 1;
+        blob_ref.zero_since_ms = None;
+        Ok(id)
+    }
+
+    fn claim_outbound(&mut self, ids: &[u64], holder: String, until_ms: u64) -> Result<CommandResult> {
+        let mut claimed = Vec::new();
+        for &id in ids {
+            let Some(mut entry) = self.queue_entry(id)? else { continue };
+            // The holder itself may claim again: to renew its lease during a long delivery,
+            // or, restarted, to take back what its previous process held.
+            let own = entry.lease.as_ref().is_some_and(|lease| lease.holder == holder);
+            let due = if own { entry.next_attempt_ms } else { entry.due_ms() };
+            if due > self.now_ms {
+                continue; // leased by another live worker, or not due yet
+            }
+            let old_due = entry.due_ms();
+            entry.lease = Some(Lease { holder: holder.clone(), until_ms });
+            self.put_queue_entry(Some(old_due), &entry);
+            claimed.push(id);
+        }
+        Ok(Ok(Outcome::OutboundClaimed { ids: claimed }))
+    }
+
+    fn record_attempt(
+        &mut self,
+        id: u64,
+        holder: &str,
+        results: Vec<AttemptResult>,
+        next_attempt_ms: u64,
+        delay_notified: bool,
+    ) -> Result<CommandResult> {
+        let Some(mut entry) = self.queue_entry(id)? else {
+            return Ok(Err(CommandError::not_found("queue entry", id)));
+        };
+        if entry.lease.as_ref().is_none_or(|lease| lease.holder != holder) {
+            return Ok(Err(CommandError::Conflict(format!("queue entry {id} is not leased to {holder}"))));
+        }
+        let old_due = entry.due_ms();
+        for result in results {
+            let Some(recipient) = entry.recipients.get_mut(result.index as usize) else {
+                return Ok(Err(CommandError::Invalid(format!("queue entry {id} has no recipient {}", result.index))));
+            };
+            if !recipient.status.is_final() {
+                recipient.status = result.status;
+            }
+        }
+        entry.attempts += 1;
+        entry.lease = None;
+        entry.next_attempt_ms = next_attempt_ms;
+        entry.delay_notified |= delay_notified;
+        if entry.pending().next().is_none() {
+            self.remove_queue_entry(old_due, &entry)?;
+        } else {
+            self.put_queue_entry(Some(old_due), &entry);
+        }
+        Ok(Ok(Outcome::Done))
+    }
+
+    fn retry_outbound(&mut self, id: u64) -> Result<CommandResult> {
+        let Some(mut entry) = self.queue_entry(id)? else {
+            return Ok(Err(CommandError::not_found("queue entry", id)));
+        };
+        let old_due = entry.due_ms();
+        entry.next_attempt_ms = self.now_ms;
+        self.put_queue_entry(Some(old_due), &entry);
+        Ok(Ok(Outcome::Done))
+    }
+
+    fn remove_outbound(&mut self, id: u64) -> Result<CommandResult> {
+        let Some(entry) = self.queue_entry(id)? else {
+            return Ok(Err(CommandError::not_found("queue entry", id)));
+        };
+        self.remove_queue_entry(entry.due_ms(), &entry)?;
+        Ok(Ok(Outcome::Done))
     }
 
     fn set_flags(

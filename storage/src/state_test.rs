@@ -57,6 +57,33 @@ fn deliver(blob: BlobId, size: u64, account_ids: &[u64]) -> Command {
         summary: None,
         threading: None,
         targets: account_ids.iter().map(|&account_id| DeliveryTarget { account_id, mailbox_id: None }).collect(),
+        outbound: None,
+    }
+}
+
+/// Applies one command issued at `now_ms`.
+fn apply_at(store: &StateStore, command: Command, now_ms: u64) -> CommandResult {
+    let entry = ApplyEntry {
+        log_index: NEXT_LOG_INDEX.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        commands: vec![CommandEnvelope::new(command, now_ms).encode()],
+        raft_meta: vec![1],
+    };
+    store.apply_batch(vec![entry]).unwrap().pop().unwrap().pop().unwrap()
+}
+
+fn outbound_to(addresses: &[&str]) -> OutboundEnvelope {
+    OutboundEnvelope {
+        return_path: "a@example.com".into(),
+        envid: Some("env-1".into()),
+        ret: Some(crate::Ret::Headers),
+        recipients: addresses
+            .iter()
+            .map(|address| crate::OutboundRecipient {
+                address: (*address).into(),
+                orcpt: None,
+                notify: crate::Notify::default(),
+            })
+            .collect(),
     }
 }
 
@@ -142,10 +169,10 @@ fn deliver_assigns_uids_modseqs_and_counts_blob_references() {
     let (a, b) = setup_two_accounts(&store);
     let blob = BlobId::of(b"message one");
     let results = apply(&store, vec![deliver(blob, 11, &[a, b]), deliver(blob, 11, &[a])]);
-    let Ok(Outcome::Delivered { results: first }) = &results[0] else { panic!("{results:?}") };
+    let Ok(Outcome::Delivered { results: first, .. }) = &results[0] else { panic!("{results:?}") };
     assert!(matches!(first[0], DeliveryResult::Stored { uid: 1, modseq: 2, .. }), "{first:?}");
     assert!(matches!(first[1], DeliveryResult::Stored { uid: 1, .. }));
-    let Ok(Outcome::Delivered { results: second }) = &results[1] else { panic!() };
+    let Ok(Outcome::Delivered { results: second, .. }) = &results[1] else { panic!() };
     assert!(matches!(second[0], DeliveryResult::Stored { uid: 2, modseq: 3, .. }));
     assert_eq!(store.blob_ref(&blob).unwrap().unwrap().count, 3);
     let account_a = store.account(a).unwrap().unwrap();
@@ -181,7 +208,8 @@ fn quota_and_state_are_checked_per_target() {
     assert_eq!(
         result,
         Ok(Outcome::Delivered {
-            results: vec![DeliveryResult::OverQuota, DeliveryResult::NotReceiving, DeliveryResult::NoSuchMailbox]
+            results: vec![DeliveryResult::OverQuota, DeliveryResult::NotReceiving, DeliveryResult::NoSuchMailbox],
+            queue_id: None
         })
     );
     assert_eq!(store.blob_ref(&BlobId::of(b"big")).unwrap().unwrap_or(BlobRef::UNREFERENCED).count, 0);
@@ -278,6 +306,7 @@ fn garbage_collection_claims_only_expired_unreferenced_blobs() {
         summary: None,
         threading: None,
         targets: vec![DeliveryTarget { account_id: a, mailbox_id: None }],
+        outbound: None,
     };
     assert!(matches!(apply_one(&store, stale), Err(CommandError::BlobCollected { .. })));
     // A copy stored after it is safe, and clears the tombstone.
@@ -290,6 +319,7 @@ fn garbage_collection_claims_only_expired_unreferenced_blobs() {
         summary: None,
         threading: None,
         targets: vec![DeliveryTarget { account_id: a, mailbox_id: None }],
+        outbound: None,
     };
     assert!(matches!(apply_one(&store, fresh), Ok(Outcome::Delivered { .. })));
     let record = store.blob_ref(&blob).unwrap().unwrap();
@@ -317,7 +347,7 @@ fn orphans_can_be_claimed_and_refused_deliveries_leave_collectable_bodies() {
     .unwrap();
     let refused = BlobId::of(b"too big");
     let result = apply_one(&store, deliver(refused, 100, &[a]));
-    assert_eq!(result, Ok(Outcome::Delivered { results: vec![DeliveryResult::OverQuota] }));
+    assert_eq!(result, Ok(Outcome::Delivered { results: vec![DeliveryResult::OverQuota], queue_id: None }));
     let record = store.blob_ref(&refused).unwrap().unwrap();
     assert_eq!(record.count, 0);
     assert!(record.zero_since_ms.is_some());
@@ -376,6 +406,103 @@ fn leases_are_exclusive_until_released_or_expired() {
     // An expired lease (until 500 < now 1000) can be taken over.
     assert_eq!(apply_one(&store, acquire("node2/b", 500)), Ok(Outcome::Done));
     assert_eq!(apply_one(&store, acquire("node3/c", 5_000)), Ok(Outcome::Done), "expired lease taken over");
+}
+
+#[test]
+fn outbound_queue_claims_records_and_removes_entries() {
+    let (_dir, store) = store();
+    let (a, _) = setup_two_accounts(&store);
+    let blob = BlobId::of(b"outbound");
+    let mut command = deliver(blob, 8, &[a]);
+    if let Command::Deliver { outbound, .. } = &mut command {
+        *outbound = Some(outbound_to(&["x@remote.test", "y@remote.test"]));
+    }
+    let Ok(Outcome::Delivered { results, queue_id: Some(id) }) = apply_at(&store, command, 10_000) else {
+        panic!("not queued")
+    };
+    assert!(matches!(results[0], DeliveryResult::Stored { .. }));
+    assert_eq!(store.blob_ref(&blob).unwrap().unwrap().count, 2, "the local copy and the queue entry");
+    assert_eq!(store.queue_length().unwrap(), 1);
+    assert_eq!(store.due_outbound(9_999, 10).unwrap(), Vec::<u64>::new(), "not due before it was queued");
+    assert_eq!(store.due_outbound(10_000, 10).unwrap(), vec![id]);
+
+    let claim = |holder: &str, until_ms| Command::ClaimOutbound { ids: vec![id], holder: holder.into(), until_ms };
+    assert_eq!(apply_at(&store, claim("n1", 70_000), 11_000), Ok(Outcome::OutboundClaimed { ids: vec![id] }));
+    assert_eq!(apply_at(&store, claim("n2", 80_000), 12_000), Ok(Outcome::OutboundClaimed { ids: vec![] }));
+    assert_eq!(
+        apply_at(&store, claim("n1", 70_000), 12_000),
+        Ok(Outcome::OutboundClaimed { ids: vec![id] }),
+        "renewal"
+    );
+    assert!(store.due_outbound(69_999, 10).unwrap().is_empty(), "leased entries are not due");
+
+    // One recipient delivered, one deferred to 100 s.
+    let record = |holder: &str, results, next_attempt_ms| Command::RecordAttempt {
+        id,
+        holder: holder.into(),
+        results,
+        next_attempt_ms,
+        delay_notified: false,
+    };
+    let first = vec![
+        AttemptResult { index: 0, status: RecipientStatus::Delivered { reply: "250 ok".into() } },
+        AttemptResult { index: 1, status: RecipientStatus::Pending { last_reply: Some("451 later".into()) } },
+    ];
+    assert!(matches!(apply_at(&store, record("n2", first.clone(), 100_000), 13_000), Err(CommandError::Conflict(_))));
+    assert_eq!(apply_at(&store, record("n1", first, 100_000), 13_000), Ok(Outcome::Done));
+    let entry = store.queue_entry(id).unwrap().unwrap();
+    assert_eq!((entry.attempts, entry.lease.is_none(), entry.pending().count()), (1, true, 1));
+    assert!(store.due_outbound(99_999, 10).unwrap().is_empty());
+    assert_eq!(store.due_outbound(100_000, 10).unwrap(), vec![id]);
+
+    // A worker that dies holding the lease: after it lapses another takes over.
+    assert_eq!(apply_at(&store, claim("n1", 160_000), 100_000), Ok(Outcome::OutboundClaimed { ids: vec![id] }));
+    assert_eq!(apply_at(&store, claim("n2", 300_000), 150_000), Ok(Outcome::OutboundClaimed { ids: vec![] }));
+    assert_eq!(apply_at(&store, claim("n2", 300_000), 160_000), Ok(Outcome::OutboundClaimed { ids: vec![id] }));
+    let last = vec![
+        // A late result for a final recipient does not change it.
+        AttemptResult { index: 0, status: RecipientStatus::Failed { reply: "550 no".into() } },
+        AttemptResult { index: 1, status: RecipientStatus::Failed { reply: "550 no such user".into() } },
+    ];
+    assert_eq!(apply_at(&store, record("n2", last, 400_000), 170_000), Ok(Outcome::Done));
+    assert_eq!(store.queue_entry(id).unwrap(), None, "every recipient final: removed");
+    assert!(store.due_outbound(u64::MAX, 10).unwrap().is_empty(), "due index cleaned up");
+    assert_eq!(store.queue_length().unwrap(), 0);
+    assert_eq!(store.blob_ref(&blob).unwrap().unwrap().count, 1, "the queue's reference is released");
+}
+
+#[test]
+fn outbound_queue_retry_and_remove() {
+    let (_dir, store) = store();
+    let blob = BlobId::of(b"only remote");
+    let mut command = deliver(blob, 11, &[]);
+    if let Command::Deliver { outbound, .. } = &mut command {
+        *outbound = Some(outbound_to(&["x@remote.test"]));
+    }
+    let Ok(Outcome::Delivered { queue_id: Some(id), .. }) = apply_at(&store, command, 1_000) else { panic!() };
+    assert_eq!(store.blob_ref(&blob).unwrap().unwrap().count, 1);
+    let claimed =
+        apply_at(&store, Command::ClaimOutbound { ids: vec![id], holder: "n1".into(), until_ms: 5_000 }, 2_000);
+    assert_eq!(claimed, Ok(Outcome::OutboundClaimed { ids: vec![id] }));
+    let deferred = Command::RecordAttempt {
+        id,
+        holder: "n1".into(),
+        results: vec![],
+        next_attempt_ms: 1_000_000,
+        delay_notified: true,
+    };
+    assert_eq!(apply_at(&store, deferred, 3_000), Ok(Outcome::Done));
+    assert!(store.queue_entry(id).unwrap().unwrap().delay_notified);
+    assert!(store.due_outbound(10_000, 10).unwrap().is_empty());
+    assert_eq!(apply_at(&store, Command::RetryOutbound { id }, 10_000), Ok(Outcome::Done));
+    assert_eq!(store.due_outbound(10_000, 10).unwrap(), vec![id]);
+    assert_eq!(store.outbound_queue(0, 10).unwrap().len(), 1);
+    assert_eq!(apply_at(&store, Command::RemoveOutbound { id }, 11_000), Ok(Outcome::Done));
+    assert!(store.outbound_queue(0, 10).unwrap().is_empty());
+    assert!(store.due_outbound(u64::MAX, 10).unwrap().is_empty());
+    let record = store.blob_ref(&blob).unwrap().unwrap();
+    assert_eq!((record.count, record.zero_since_ms), (0, Some(11_000)), "the body becomes garbage");
+    assert!(matches!(apply_at(&store, Command::RemoveOutbound { id }, 12_000), Err(CommandError::NotFound { .. })));
 }
 
 #[test]
@@ -469,6 +596,7 @@ fn delete_removes_messages_but_not_inferiors_and_never_inbox() {
         summary: None,
         threading: None,
         targets: vec![DeliveryTarget { account_id: a, mailbox_id: Some(x) }],
+        outbound: None,
     };
     apply_one(&store, copy).unwrap();
     assert_eq!(store.account(a).unwrap().unwrap().used_bytes, 10);
@@ -570,6 +698,7 @@ fn summaries_are_kept_once_per_blob_and_forgotten_with_it() {
         summary: Some(summary.to_vec()),
         threading: None,
         targets: vec![DeliveryTarget { account_id, mailbox_id: None }],
+        outbound: None,
     };
     apply_one(&store, with_summary(b"first", a)).unwrap();
     apply_one(&store, with_summary(b"second", b)).unwrap();
@@ -627,8 +756,17 @@ fn replies_join_their_thread_per_account_whatever_the_arrival_order() {
             message_id: Some(id.into()),
             references: references.iter().map(|r| r.to_string()).collect(),
         });
-        let command =
-            Command::Deliver { blob, stored_after_index, size, internal_date_ms, flags, summary, threading, targets };
+        let command = Command::Deliver {
+            blob,
+            stored_after_index,
+            size,
+            internal_date_ms,
+            flags,
+            summary,
+            threading,
+            targets,
+            outbound: None,
+        };
         apply_one(&store, command).unwrap();
     };
     let thread_of = |account: u64, uid: u32| {

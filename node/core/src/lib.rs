@@ -10,6 +10,7 @@ mod error;
 mod login_guard;
 mod mailbox;
 pub mod message;
+mod outbound;
 pub mod password;
 mod replicated;
 pub mod sasl;
@@ -30,6 +31,9 @@ use wmail_consensus::{Consensus, ConsensusConfig, InMemoryRouter, ProposeError};
 pub use wmail_storage::{
     Account, AccountState, AddressTarget, BlobBackend, BlobId, Command, DeliveryResult, DeliveryTarget, Domain, INBOX,
     Mailbox, MessageRecord, Outcome, S3Config, Service,
+};
+pub use wmail_storage::{
+    AttemptResult, Notify, OutboundEnvelope, OutboundRecipient, QueueEntry, QueuedRecipient, RecipientStatus, Ret,
 };
 use wmail_storage::{BlobStore, CommandEnvelope, StateStore};
 pub use wmail_storage::{Change, FlagAction, MAILBOX_SEPARATOR, Threading};
@@ -93,8 +97,19 @@ pub struct RecipientResult {
     pub result: std::result::Result<DeliveryResult, CoreError>,
 }
 
+/// What [`Core::submit`] did with a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submitted {
+    /// One result per local recipient, in the order given.
+    pub recipients: Vec<RecipientResult>,
+    /// The outbound queue entry holding the remote recipients, if there were any.
+    pub queue_id: Option<u64>,
+}
+
 /// A running node's mail logic.
 pub struct Core {
+    /// Wakes this node's delivery worker when it queued a message.
+    queue_signal: tokio::sync::Notify,
     login_guard: LoginGuard,
     /// Bounds how many large bodies are read back and parsed at once.
     summary_parses: tokio::sync::Semaphore,
@@ -159,6 +174,7 @@ impl Core {
             return Err(CoreError::new(ErrorCode::Unavailable, "consensus did not become ready within 60 s"));
         }
         let core = Arc::new(Self {
+            queue_signal: tokio::sync::Notify::new(),
             login_guard: LoginGuard::new(config.lockout),
             summary_parses: tokio::sync::Semaphore::new(2),
             notifier,
@@ -529,6 +545,23 @@ impl Core {
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send,
     {
+        Ok(self.submit(recipients, None, body).await?.recipients)
+    }
+
+    /// Stores a message body once, files it into the INBOX of every local recipient and,
+    /// when `outbound` names remote recipients, puts it into the outbound queue, all with
+    /// one replicated command: either every local copy and the queue entry exist, or none.
+    /// Returns when that command is committed and applied.
+    pub async fn submit<S>(
+        &self,
+        recipients: &[String],
+        outbound: Option<OutboundEnvelope>,
+        body: S,
+    ) -> Result<Submitted>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send,
+    {
+        let outbound = outbound.filter(|envelope| !envelope.recipients.is_empty());
         // Each account gets one copy however many recipients (addresses, aliases, groups)
         // lead to it; each recipient reports the result of its first account.
         let mut plan = Vec::new();
@@ -556,15 +589,16 @@ impl Core {
             });
             plan.push((recipient.clone(), planned));
         }
-        if targets.is_empty() {
+        if targets.is_empty() && outbound.is_none() {
             // Nothing local: every entry of the plan is an error; store nothing.
-            return Ok(plan
+            let recipients = plan
                 .into_iter()
                 .map(|(recipient, planned)| RecipientResult {
                     recipient,
                     result: planned.and_then(|_| Err(CoreError::internal("planning a delivery", "no targets"))),
                 })
-                .collect());
+                .collect();
+            return Ok(Submitted { recipients, queue_id: None });
         }
         // Read before storing: garbage collection that finishes after this index cannot
         // have deleted the copy stored below (see `Command::Deliver`).
@@ -581,19 +615,24 @@ impl Core {
                 summary,
                 threading,
                 targets,
+                outbound,
             })
             .await?;
-        let Outcome::Delivered { results } = outcome else {
+        let Outcome::Delivered { results, queue_id } = outcome else {
             return Err(CoreError::internal("delivering", format!("unexpected outcome {outcome:?}")));
         };
-        Ok(plan
+        if queue_id.is_some() {
+            self.queue_signal.notify_one();
+        }
+        let recipients = plan
             .into_iter()
             .map(|(recipient, planned)| RecipientResult {
                 recipient,
                 // The first account of a recipient stands for it (aliases fan out further).
                 result: planned.map(|index| results[index]),
             })
-            .collect())
+            .collect();
+        Ok(Submitted { recipients, queue_id })
     }
 
     /// Streams a message body into the blob store, keeping a copy of small bodies for

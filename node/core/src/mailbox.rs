@@ -344,9 +344,10 @@ impl Core {
                 summary: body.summary,
                 threading: body.threading,
                 targets: vec![DeliveryTarget { account_id, mailbox_id: Some(mailbox_id) }],
+                outbound: None,
             };
             let results = match self.execute(command).await? {
-                Outcome::Delivered { results } => results,
+                Outcome::Delivered { results, .. } => results,
                 other => return Err(unexpected("appending", other)),
             };
             match results.first() {

@@ -193,6 +193,7 @@ async fn garbage_collection_deletes_unreferenced_and_orphaned_bodies_only() {
             summary: None,
             threading: None,
             targets: vec![DeliveryTarget { account_id: bob.id, mailbox_id: None }],
+            outbound: None,
         })
         .await
         .unwrap_err();

@@ -85,6 +85,9 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/aliases", get(list_aliases).post(create_alias))
         .route("/aliases/{alias}", axum::routing::delete(remove_alias))
         .route("/cluster/status", get(cluster_status))
+        .route("/queue", get(list_queue))
+        .route("/queue/{id}", get(show_queue_entry).delete(remove_queue_entry))
+        .route("/queue/{id}/retry", axum::routing::post(retry_queue_entry))
         .layer(axum::middleware::from_fn_with_state(state, require_token))
 }
 
@@ -463,6 +466,89 @@ async fn create_alias(
 
 async fn remove_alias(State(state): State<Arc<AppState>>, Path(alias): Path<String>) -> ApiResult<StatusCode> {
     state.core.remove_alias(&alias).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ----- outbound queue -----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueuePage {
+    /// List entries with ids above this one.
+    #[serde(default)]
+    after: u64,
+    /// At most this many (default 100, at most 1,000).
+    limit: Option<usize>,
+}
+
+#[derive(Debug, Serialize)]
+struct QueueRecipientView {
+    address: String,
+    /// `pending`, `delivered` or `failed`.
+    status: &'static str,
+    /// The last reply for it, if any.
+    reply: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct QueueEntryView {
+    id: u64,
+    return_path: String,
+    size: u64,
+    created_ms: u64,
+    attempts: u32,
+    next_attempt_ms: u64,
+    /// The node delivering it now, if any.
+    leased_to: Option<String>,
+    recipients: Vec<QueueRecipientView>,
+}
+
+fn queue_entry_view(entry: wmail_core::QueueEntry) -> QueueEntryView {
+    use wmail_core::RecipientStatus;
+    QueueEntryView {
+        id: entry.id,
+        return_path: entry.return_path,
+        size: entry.size,
+        created_ms: entry.created_ms,
+        attempts: entry.attempts,
+        next_attempt_ms: entry.next_attempt_ms,
+        leased_to: entry.lease.map(|lease| lease.holder),
+        recipients: entry
+            .recipients
+            .into_iter()
+            .map(|r| {
+                let (status, reply) = match r.status {
+                    RecipientStatus::Pending { last_reply } => ("pending", last_reply),
+                    RecipientStatus::Delivered { reply } => ("delivered", Some(reply)),
+                    RecipientStatus::Failed { reply } => ("failed", Some(reply)),
+                };
+                QueueRecipientView { address: r.recipient.address, status, reply }
+            })
+            .collect(),
+    }
+}
+
+async fn list_queue(
+    State(state): State<Arc<AppState>>,
+    Query(page): Query<QueuePage>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let limit = page.limit.unwrap_or(100).clamp(1, 1_000);
+    let entries = state.core.outbound_queue(page.after, limit)?;
+    let views: Vec<QueueEntryView> = entries.into_iter().map(queue_entry_view).collect();
+    Ok(Json(serde_json::json!({ "total": state.core.queue_length()?, "entries": views })))
+}
+
+async fn show_queue_entry(State(state): State<Arc<AppState>>, Path(id): Path<u64>) -> ApiResult<Json<QueueEntryView>> {
+    Ok(Json(queue_entry_view(state.core.require_queue_entry(id)?)))
+}
+
+async fn retry_queue_entry(State(state): State<Arc<AppState>>, Path(id): Path<u64>) -> ApiResult<StatusCode> {
+    state.core.retry_outbound(id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn remove_queue_entry(State(state): State<Arc<AppState>>, Path(id): Path<u64>) -> ApiResult<StatusCode> {
+    state.core.remove_outbound(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

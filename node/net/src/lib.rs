@@ -9,11 +9,13 @@
 //! ```
 
 mod connection;
+mod dot_stuff;
 mod listener;
 mod stream;
 mod tls;
 
 pub use connection::{Connection, LineRead};
+pub use dot_stuff::DotStuffer;
 pub use listener::{ConnectionLimits, ListenerHandle, Refusal, SessionHandler, serve, stopped};
 pub use stream::SessionStream;
 pub use tls::{TlsError, install_crypto_provider, load_tls_acceptor};

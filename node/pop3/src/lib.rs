@@ -3,7 +3,6 @@
 //! was at login; deletions are applied at QUIT with one replicated command, and a
 //! replicated lease gives one session at a time exclusive access, cluster-wide.
 
-mod dot_stuff;
 mod session;
 
 use std::sync::Arc;

@@ -12,7 +12,7 @@ use wmail_core::{Account, Core, ErrorCode, MessageRecord, now_ms};
 use wmail_net::{Connection, LineRead, SessionStream, TlsAcceptor};
 
 use crate::Pop3Config;
-use crate::dot_stuff::DotStuffer;
+use wmail_net::DotStuffer;
 
 /// Longest command line (RFC 2449 §4 allows 255 octets; AUTH responses may be longer).
 const MAX_LINE: usize = 1024;

@@ -16,7 +16,10 @@ use bytes::{Buf, Bytes, BytesMut};
 use smtp_proto::request::receiver::DataReceiver;
 use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN, Request};
 use tokio::sync::{mpsc, watch};
-use wmail_core::{Account, Core, CoreError, DeliveryResult, ErrorCode, RecipientResult};
+use wmail_core::{
+    Account, Core, CoreError, DeliveryResult, ErrorCode, Notify, OutboundEnvelope, OutboundRecipient, RecipientResult,
+    Ret, Submitted,
+};
 use wmail_net::{Connection, LineRead, SessionStream, TlsAcceptor};
 
 use crate::body::{BodyAssembler, MissingHeaders};
@@ -49,15 +52,37 @@ enum Piece {
 struct BodyInProgress {
     assembler: BodyAssembler,
     sender: Option<mpsc::Sender<Piece>>,
-    delivery: tokio::task::JoinHandle<wmail_core::Result<Vec<RecipientResult>>>,
+    delivery: tokio::task::JoinHandle<wmail_core::Result<Submitted>>,
     too_big: bool,
 }
 
 /// The state of one mail transaction (MAIL .. end of data).
 struct Transaction {
     reverse_path: String,
+    /// Every accepted recipient, local and remote, in RCPT order.
     recipients: Vec<String>,
+    /// The remote ones (authenticated submission only), for the outbound queue.
+    outbound: Vec<OutboundRecipient>,
+    /// RFC 3461 §4.4 ENVID and §4.3 RET.
+    envid: Option<String>,
+    ret: Option<Ret>,
     body: Option<BodyInProgress>,
+}
+
+impl Transaction {
+    fn local_recipients(&self) -> Vec<String> {
+        let remote: std::collections::HashSet<&str> = self.outbound.iter().map(|r| r.address.as_str()).collect();
+        self.recipients.iter().filter(|r| !remote.contains(r.as_str())).cloned().collect()
+    }
+
+    fn outbound_envelope(&self) -> Option<OutboundEnvelope> {
+        (!self.outbound.is_empty()).then(|| OutboundEnvelope {
+            return_path: self.reverse_path.clone(),
+            envid: self.envid.clone(),
+            ret: self.ret,
+            recipients: self.outbound.clone(),
+        })
+    }
 }
 
 /// The client's answer to a SASL challenge.
@@ -287,6 +312,7 @@ impl Session {
             "SMTPUTF8".to_owned(),
             "ENHANCEDSTATUSCODES".to_owned(),
             "CHUNKING".to_owned(),
+            "DSN".to_owned(),
         ];
         if self.tls.is_some() && !self.is_tls() {
             lines.push("STARTTLS".to_owned());
@@ -347,13 +373,22 @@ impl Session {
             return Ok(());
         }
         // RFC 5321 §4.1.1.11: parameters of extensions not offered are refused (555).
-        let unoffered = smtp_proto::MAIL_RET_FULL | smtp_proto::MAIL_RET_HDRS | smtp_proto::MAIL_REQUIRETLS;
-        if from.flags & unoffered != 0 || from.env_id.is_some() || from.hold_for != 0 || from.hold_until != 0 {
-            self.send(reply(
-                555,
-                "5.5.4",
-                "unsupported MAIL parameter (DSN, REQUIRETLS and FUTURERELEASE are not offered)",
-            ));
+        if from.flags & smtp_proto::MAIL_REQUIRETLS != 0 || from.hold_for != 0 || from.hold_until != 0 {
+            self.send(reply(555, "5.5.4", "unsupported MAIL parameter (REQUIRETLS and FUTURERELEASE are not offered)"));
+            return Ok(());
+        }
+        // RFC 3461 §4.3, §4.4.
+        let ret = match (from.flags & smtp_proto::MAIL_RET_FULL != 0, from.flags & smtp_proto::MAIL_RET_HDRS != 0) {
+            (true, true) => {
+                self.send(reply(501, "5.5.4", "RET may be given once: FULL or HDRS"));
+                return Ok(());
+            }
+            (true, false) => Some(Ret::Full),
+            (false, true) => Some(Ret::Headers),
+            (false, false) => None,
+        };
+        if from.env_id.as_ref().is_some_and(|id| id.len() > 100) {
+            self.send(reply(501, "5.5.4", "ENVID is longer than 100 characters"));
             return Ok(());
         }
         if from.size as u64 > self.config.max_message_size {
@@ -371,7 +406,14 @@ impl Session {
                 return Ok(());
             }
         }
-        self.transaction = Some(Transaction { reverse_path, recipients: Vec::new(), body: None });
+        self.transaction = Some(Transaction {
+            reverse_path,
+            recipients: Vec::new(),
+            outbound: Vec::new(),
+            envid: from.env_id,
+            ret,
+            body: None,
+        });
         self.send(reply(250, "2.1.0", "sender OK"));
         Ok(())
     }
@@ -391,10 +433,21 @@ impl Session {
             self.send(reply(452, "4.5.3", "too many recipients"));
             return Ok(());
         }
-        if to.flags != 0 || to.orcpt.is_some() {
-            self.send(reply(555, "5.5.4", "unsupported RCPT parameter (DSN is not offered)"));
+        // RFC 3461 §4.1: NEVER excludes the others.
+        let never = to.flags & smtp_proto::RCPT_NOTIFY_NEVER != 0;
+        let notify = if to.flags == 0 {
+            Notify::default()
+        } else if never && to.flags != smtp_proto::RCPT_NOTIFY_NEVER {
+            self.send(reply(501, "5.5.4", "NOTIFY=NEVER cannot be combined with other values"));
             return Ok(());
-        }
+        } else {
+            Notify {
+                success: to.flags & smtp_proto::RCPT_NOTIFY_SUCCESS != 0,
+                failure: to.flags & smtp_proto::RCPT_NOTIFY_FAILURE != 0,
+                delay: to.flags & smtp_proto::RCPT_NOTIFY_DELAY != 0,
+            }
+        };
+        let orcpt = to.orcpt.map(|address| format!("rfc822;{address}"));
         let mut address = to.address;
         // smtp-proto hands "<postmaster>" over as an empty address (RCPT never has a null path).
         if address.is_empty() || address.eq_ignore_ascii_case("postmaster") {
@@ -415,7 +468,15 @@ impl Session {
                 reply(550, "5.1.1", format!("<{address}> is not a local address"))
             }
             Ok(false) if self.authenticated.is_some() => {
-                reply(451, "4.3.2", "delivery to other domains is not enabled on this server yet; try again later")
+                if address.rsplit_once('@').is_none_or(|(local, domain)| local.is_empty() || domain.is_empty()) {
+                    reply(501, "5.1.3", format!("bad recipient address syntax: <{address}>"))
+                } else {
+                    let transaction = self.transaction.as_mut().expect("checked above");
+                    if !transaction.outbound.iter().any(|r| r.address == address) {
+                        transaction.outbound.push(OutboundRecipient { address: address.clone(), orcpt, notify });
+                    }
+                    reply(250, "2.1.5", "recipient OK; will be relayed")
+                }
             }
             Ok(false) => reply(550, "5.7.1", format!("relaying to <{address}> denied")),
             Err(error) => core_error_reply(&error),
@@ -463,7 +524,8 @@ impl Session {
         if transaction.body.is_none() {
             let (sender, mut receiver) = mpsc::channel::<Piece>(8);
             let core = self.core.clone();
-            let recipients = transaction.recipients.clone();
+            let recipients = transaction.local_recipients();
+            let outbound = transaction.outbound_envelope();
             let delivery = tokio::spawn(async move {
                 let mut ended = false;
                 let body = futures::stream::poll_fn(move |context| {
@@ -482,7 +544,7 @@ impl Session {
                         }
                     })
                 });
-                core.deliver(&recipients, body).await
+                core.submit(&recipients, outbound, body).await
             });
             let missing = submission.then(|| MissingHeaders {
                 date: chrono::Utc::now().to_rfc2822(),
@@ -601,8 +663,8 @@ impl Session {
             return for_all(refusal);
         }
         let replies = match delivered {
-            Ok(Ok(results)) if lmtp => results.iter().map(recipient_reply).collect(),
-            Ok(Ok(results)) => vec![self.delivery_reply(results)],
+            Ok(Ok(submitted)) if lmtp => submitted.recipients.iter().map(recipient_reply).collect(),
+            Ok(Ok(submitted)) => vec![self.delivery_reply(submitted)],
             Ok(Err(error)) => for_all(core_error_reply(&error)),
             Err(_) => for_all(reply(451, "4.3.0", "local error in processing; try again later")),
         };
@@ -627,11 +689,17 @@ impl Session {
     }
 
     /// The single SMTP reply for a delivery to every recipient of a transaction.
-    fn delivery_reply(&self, results: Vec<RecipientResult>) -> Reply {
+    fn delivery_reply(&self, submitted: Submitted) -> Reply {
+        let Submitted { recipients: results, queue_id } = submitted;
         let stored = results.iter().filter(|r| matches!(r.result, Ok(DeliveryResult::Stored { .. }))).count();
         if stored == results.len() {
-            tracing::info!(session = %self.id, stored, "message accepted");
-            return reply(250, "2.0.0", format!("OK: queued as {}.{}", self.id, self.messages + 1));
+            tracing::info!(session = %self.id, stored, ?queue_id, "message accepted");
+            return match queue_id {
+                Some(queue_id) => {
+                    reply(250, "2.0.0", format!("OK: queued as {}.{}, outbound {queue_id}", self.id, self.messages + 1))
+                }
+                None => reply(250, "2.0.0", format!("OK: queued as {}.{}", self.id, self.messages + 1)),
+            };
         }
         if stored > 0 {
             // Some recipients accepted at RCPT failed at commit (a quota race, an account

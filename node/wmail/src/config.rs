@@ -2,6 +2,7 @@
 //! `WMAIL_<SECTION>_<KEY>` environment overrides, validated into [`Config`].
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
@@ -278,14 +279,77 @@ impl Default for BlobSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliverySection {
+    /// Port used for MX hosts.
     pub remote_port: u16,
+    /// `host:port` to relay everything through; empty: MX routing.
     pub smarthost: String,
+    /// Waits between attempts (`"30s"`, `"5m"`, `"1h"`, `"2d"`); the last one repeats.
+    pub retry_schedule: Vec<String>,
+    /// How long a message is retried before it bounces.
+    pub queue_lifetime: String,
+    /// When the sender hears that delivery is delayed; `""` or `"0"`: never.
+    pub delay_notice: String,
+    /// Messages delivered at once by this node.
+    pub concurrency: usize,
+    /// Connections at once to one destination domain.
+    pub per_destination: usize,
+    /// RET=FULL bounces return the message only up to this many bytes.
+    pub bounce_size_limit: u64,
+    /// A PEM file of extra CA certificates trusted by the `require-verified` policy.
+    pub tls_ca_file: String,
+    /// TCP connect timeout, seconds.
+    pub connect_timeout_seconds: u64,
+    /// Per-domain static routes (the seeds' "direct delivery").
+    pub routes: std::collections::BTreeMap<String, RouteSection>,
+    /// Per-domain TLS policy: `opportunistic`, `require`, `require-verified`, `disabled`.
+    pub tls: std::collections::BTreeMap<String, String>,
+}
+
+/// One `[delivery.routes]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    /// `host:port` targets in order.
+    pub targets: Vec<String>,
+    /// Whether the domain's MX hosts are tried when the targets fail.
+    #[serde(default)]
+    pub mx_fallback: bool,
 }
 
 impl Default for DeliverySection {
     fn default() -> Self {
-        Self { remote_port: 25, smarthost: String::new() }
+        Self {
+            remote_port: 25,
+            smarthost: String::new(),
+            retry_schedule: ["5m", "10m", "30m", "1h", "2h"].map(String::from).to_vec(),
+            queue_lifetime: "5d".into(),
+            delay_notice: "4h".into(),
+            concurrency: 100,
+            per_destination: 20,
+            bounce_size_limit: 1024 * 1024,
+            tls_ca_file: String::new(),
+            connect_timeout_seconds: 30,
+            routes: Default::default(),
+            tls: Default::default(),
+        }
     }
+}
+
+/// Parses `"90s"`, `"5m"`, `"1h"`, `"2d"` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let number: u64 = number
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{text:?} is not a duration like \"30s\", \"5m\", \"1h\" or \"2d\""))?;
+    let seconds = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => bail!("{text:?} has an unknown unit; use s, m, h or d"),
+    };
+    Ok(Duration::from_secs(number * seconds))
 }
 
 /// `[dns]`: resolvers.
@@ -387,6 +451,26 @@ impl Config {
         }
         if self.delivery.remote_port == 0 {
             bail!("[delivery] remote_port must be 1 to 65535");
+        }
+        if self.delivery.retry_schedule.is_empty() {
+            bail!("[delivery] retry_schedule needs at least one wait, e.g. [\"5m\"]");
+        }
+        for wait in &self.delivery.retry_schedule {
+            parse_duration(wait).map_err(|error| anyhow::anyhow!("[delivery] retry_schedule: {error}"))?;
+        }
+        parse_duration(&self.delivery.queue_lifetime).map_err(|e| anyhow::anyhow!("[delivery] queue_lifetime: {e}"))?;
+        if !self.delivery.delay_notice.is_empty() {
+            parse_duration(&self.delivery.delay_notice).map_err(|e| anyhow::anyhow!("[delivery] delay_notice: {e}"))?;
+        }
+        for (domain, policy) in &self.delivery.tls {
+            if !["opportunistic", "require", "require-verified", "disabled"].contains(&policy.as_str()) {
+                bail!("[delivery.tls] {domain} = {policy:?}: use opportunistic, require, require-verified or disabled");
+            }
+        }
+        for (domain, route) in &self.delivery.routes {
+            if route.targets.is_empty() || route.targets.iter().any(|target| !target.contains(':')) {
+                bail!("[delivery.routes] {domain}: targets must be \"host:port\" entries, at least one");
+            }
         }
         if !self.cluster.join.is_empty() {
             bail!(

@@ -63,6 +63,25 @@ enum Command {
     /// Inspect the cluster.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Inspect and manage the outbound queue (mail for other domains).
+    #[command(subcommand)]
+    Queue(QueueCommand),
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// List queued messages, oldest first.
+    List {
+        /// Show at most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Show one queued message with each recipient's status and last reply.
+    Show { id: u64 },
+    /// Try a queued message again now.
+    Retry { id: u64 },
+    /// Remove a queued message without delivering it further (no bounce is sent).
+    Remove { id: u64 },
 }
 
 #[derive(Subcommand)]
@@ -222,6 +241,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Domain(command) => domain(client()?, command).await,
         Command::Account(command) => account(client()?, command).await,
         Command::Alias(command) => alias(client()?, command).await,
+        Command::Queue(command) => queue(client()?, command).await,
         Command::Cluster(ClusterCommand::Status) => {
             let client = client()?;
             let status = client.call(Method::GET, "/cluster/status", None).await?;
@@ -362,6 +382,67 @@ async fn account(client: AdminClient, command: AccountCommand) -> anyhow::Result
 /// A repeatable list option where `none` means the empty list.
 fn list_argument(values: &[String]) -> Vec<String> {
     values.iter().filter(|value| !value.eq_ignore_ascii_case("none")).cloned().collect()
+}
+
+/// One line per queued message: id, age, attempts, sender, and pending recipients.
+fn queue_line(entry: &serde_json::Value) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let age_minutes = now.saturating_sub(entry["created_ms"].as_u64().unwrap_or(now)) / 60_000;
+    let recipients: Vec<String> = entry["recipients"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["status"] == "pending")
+        .map(|r| r["address"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let sender = entry["return_path"].as_str().filter(|s| !s.is_empty()).unwrap_or("<>");
+    format!(
+        "{:>8}  {:>6} min  {:>3} attempts  {sender} -> {}",
+        entry["id"],
+        age_minutes,
+        entry["attempts"],
+        recipients.join(", ")
+    )
+}
+
+async fn queue(client: AdminClient, command: QueueCommand) -> anyhow::Result<()> {
+    match command {
+        QueueCommand::List { limit } => {
+            let page = client.call(Method::GET, &format!("/queue?limit={limit}"), None).await?;
+            client.print(&page, |page| {
+                let mut lines: Vec<String> = page["entries"].as_array().into_iter().flatten().map(queue_line).collect();
+                lines.push(format!("{} message(s) queued", page["total"]));
+                lines.join("\n")
+            });
+        }
+        QueueCommand::Show { id } => {
+            let entry = client.call(Method::GET, &format!("/queue/{id}"), None).await?;
+            client.print(&entry, |entry| {
+                let mut lines = vec![queue_line(entry)];
+                for r in entry["recipients"].as_array().into_iter().flatten() {
+                    lines.push(format!(
+                        "  {} {}: {}",
+                        r["status"].as_str().unwrap_or_default(),
+                        r["address"].as_str().unwrap_or_default(),
+                        r["reply"].as_str().unwrap_or("(not tried yet)")
+                    ));
+                }
+                if let Some(node) = entry["leased_to"].as_str() {
+                    lines.push(format!("  being delivered by {node}"));
+                }
+                lines.join("\n")
+            });
+        }
+        QueueCommand::Retry { id } => {
+            client.call(Method::POST, &format!("/queue/{id}/retry"), None).await?;
+            client.print(&json!({ "retrying": id }), |_| format!("queue entry {id} will be retried now"));
+        }
+        QueueCommand::Remove { id } => {
+            client.call(Method::DELETE, &format!("/queue/{id}"), None).await?;
+            client.print(&json!({ "removed": id }), |_| format!("removed queue entry {id}"));
+        }
+    }
+    Ok(())
 }
 
 async fn alias(client: AdminClient, command: AliasCommand) -> anyhow::Result<()> {

@@ -57,6 +57,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut mail_listeners = start_smtp(&config, &core, &tls, &registry, &shutdown_rx).await?;
     mail_listeners.extend(start_pop3(&config, &core, &tls, &shutdown_rx).await?);
     mail_listeners.extend(start_imap(&config, &core, &tls, &shutdown_rx).await?);
+    let delivery = tokio::spawn(delivery_worker(&config, &core)?.run(shutdown_rx.clone()));
     warn_about_unserved_protocols(&config);
     announce(&config, &data_dir, &token_path, &http_urls);
 
@@ -68,6 +69,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for listener in mail_listeners {
         listener.stopped(Duration::from_secs(10)).await;
     }
+    let _ = delivery.await;
     for server in servers {
         if let Ok(Err(error)) = server.await {
             tracing::warn!(%error, "http listener ended with an error");
@@ -114,6 +116,55 @@ fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
         ),
         Err(std::fs::TryLockError::Error(error)) => Err(error).context(format!("cannot lock {}", path.display())),
     }
+}
+
+/// The outbound delivery worker, configured from `[delivery]` and `[dns]`.
+fn delivery_worker(config: &Config, core: &Arc<Core>) -> anyhow::Result<Arc<wmail_delivery::Worker>> {
+    use crate::config::parse_duration;
+    use wmail_delivery::{DeliveryConfig, Router, StaticRoute, TlsPolicy};
+    let section = &config.delivery;
+    let dns: Vec<SocketAddr> = config.dns.servers.iter().filter_map(|server| server.parse().ok()).collect();
+    let routes = section
+        .routes
+        .iter()
+        .map(|(domain, route)| {
+            (domain.clone(), StaticRoute { targets: route.targets.clone(), mx_fallback: route.mx_fallback })
+        })
+        .collect();
+    let smarthost = (!section.smarthost.is_empty()).then(|| section.smarthost.clone());
+    let router = Router::new(&dns, section.remote_port, smarthost, routes).context("cannot set up the DNS resolver")?;
+    let mut delivery = DeliveryConfig::new(config.server.hostname.clone(), format!("node-{}", config.cluster.node_id));
+    delivery.retry_schedule =
+        section.retry_schedule.iter().map(|wait| parse_duration(wait)).collect::<Result<_, _>>()?;
+    delivery.queue_lifetime = parse_duration(&section.queue_lifetime)?;
+    delivery.delay_notice = match section.delay_notice.trim() {
+        "" | "0" => None,
+        text => Some(parse_duration(text)?),
+    };
+    delivery.concurrency = section.concurrency;
+    delivery.per_destination = section.per_destination;
+    delivery.bounce_size_limit = section.bounce_size_limit;
+    delivery.timeouts.connect = Duration::from_secs(section.connect_timeout_seconds.max(1));
+    delivery.tls_policies = section
+        .tls
+        .iter()
+        .map(|(domain, policy)| {
+            let policy = match policy.as_str() {
+                "require" => TlsPolicy::Require,
+                "require-verified" => TlsPolicy::RequireVerified,
+                "disabled" => TlsPolicy::Disabled,
+                _ => TlsPolicy::Opportunistic,
+            };
+            (domain.to_ascii_lowercase(), policy)
+        })
+        .collect();
+    if !section.tls_ca_file.is_empty() {
+        use rustls::pki_types::pem::PemObject;
+        delivery.extra_roots = rustls::pki_types::CertificateDer::pem_file_iter(&section.tls_ca_file)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .with_context(|| format!("[delivery] tls_ca_file {} is not a readable PEM file", section.tls_ca_file))?;
+    }
+    Ok(wmail_delivery::Worker::new(core.clone(), delivery, router))
 }
 
 /// Starts the SMTP listeners: `smtp` (MX, STARTTLS offered), `submission` (STARTTLS, then

@@ -1,5 +1,6 @@
-//! Turns a stored message into POP3's multi-line form (RFC 1939 §3): CRLF line ends, a
-//! leading "." doubled, and (for TOP) only the header and the first N body lines.
+//! Turns a stored message into the dot-terminated form of POP3 (RFC 1939 §3) and SMTP DATA
+//! (RFC 5321 §4.5.2): CRLF line ends, a leading "." doubled, and (for POP3 TOP) only the
+//! header and the first N body lines.
 
 /// Streaming encoder; feed chunks in order, then call [`DotStuffer::finish`].
 pub struct DotStuffer {

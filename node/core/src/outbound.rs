@@ -1,0 +1,80 @@
+//! The outbound queue as the delivery worker and the admin API see it. The queue itself is
+//! replicated state (`wmail_storage::queue`); this module proposes its commands.
+
+use crate::{AttemptResult, Command, Core, CoreError, ErrorCode, Outcome, QueueEntry, Result};
+
+impl Core {
+    /// Waits until this node queued a message (or `timeout` passes): the delivery worker's
+    /// nudge, so fresh mail leaves without waiting for the next poll.
+    pub async fn queue_activity(&self, timeout: std::time::Duration) {
+        let _ = tokio::time::timeout(timeout, self.queue_signal.notified()).await;
+    }
+
+    /// Ids of queue entries due now, longest waiting first, at most `limit`.
+    pub fn due_outbound(&self, limit: usize) -> Result<Vec<u64>> {
+        Ok(self.state.due_outbound(crate::now_ms(), limit)?)
+    }
+
+    /// Leases due queue entries to `holder` until `until_ms`; returns the claimed entries
+    /// (others were taken or changed meanwhile).
+    pub async fn claim_outbound(&self, ids: Vec<u64>, holder: &str, until_ms: u64) -> Result<Vec<QueueEntry>> {
+        let outcome = self.execute(Command::ClaimOutbound { ids, holder: holder.to_owned(), until_ms }).await?;
+        let Outcome::OutboundClaimed { ids } = outcome else {
+            return Err(CoreError::internal("claiming queue entries", format!("unexpected outcome {outcome:?}")));
+        };
+        let mut entries = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(entry) = self.state.queue_entry(id)? {
+                entries.push(entry);
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Records one attempt's results and releases the lease (see `Command::RecordAttempt`).
+    pub async fn record_attempt(
+        &self,
+        id: u64,
+        holder: &str,
+        results: Vec<AttemptResult>,
+        next_attempt_ms: u64,
+        delay_notified: bool,
+    ) -> Result<()> {
+        let command =
+            Command::RecordAttempt { id, holder: holder.to_owned(), results, next_attempt_ms, delay_notified };
+        self.execute(command).await.map(drop)
+    }
+
+    /// One queue entry, if it is still queued.
+    pub fn queue_entry(&self, id: u64) -> Result<Option<QueueEntry>> {
+        Ok(self.state.queue_entry(id)?)
+    }
+
+    /// Queue entries with ids above `after`, oldest first, at most `limit`.
+    pub fn outbound_queue(&self, after: u64, limit: usize) -> Result<Vec<QueueEntry>> {
+        Ok(self.state.outbound_queue(after, limit)?)
+    }
+
+    /// How many messages are queued.
+    pub fn queue_length(&self) -> Result<u64> {
+        Ok(self.state.queue_length()?)
+    }
+
+    /// Makes a queue entry due now.
+    pub async fn retry_outbound(&self, id: u64) -> Result<()> {
+        self.execute(Command::RetryOutbound { id }).await?;
+        self.queue_signal.notify_one();
+        Ok(())
+    }
+
+    /// Removes a queue entry without delivering it further.
+    pub async fn remove_outbound(&self, id: u64) -> Result<()> {
+        self.execute(Command::RemoveOutbound { id }).await.map(drop)
+    }
+
+    /// Fails with `NotFound` unless `id` is queued.
+    pub fn require_queue_entry(&self, id: u64) -> Result<QueueEntry> {
+        self.queue_entry(id)?
+            .ok_or_else(|| CoreError::new(ErrorCode::NotFound, format!("queue entry {id} does not exist")))
+    }
+}

@@ -1,0 +1,806 @@
+//! The delivery worker: claims due queue entries, delivers them, records the results and
+//! reports to senders.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use tokio::sync::{Semaphore, watch};
+use wmail_core::{AttemptResult, Core, Notify, OutboundEnvelope, OutboundRecipient, QueueEntry, RecipientStatus, Ret};
+
+use crate::client::{ClientError, Reply, SmtpClient, Timeouts, tls_connector};
+use crate::dsn::{self, Action, ReportContext, ReportedRecipient, Returned};
+use crate::route::{Hop, RouteError, Router};
+
+/// How a destination's sessions use TLS (per domain in `[delivery.tls]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsPolicy {
+    /// STARTTLS when offered, any certificate; cleartext otherwise (RFC 3207 default).
+    #[default]
+    Opportunistic,
+    /// STARTTLS required, any certificate; no delivery in cleartext.
+    Require,
+    /// STARTTLS required with a certificate valid for the host name.
+    RequireVerified,
+    /// Never STARTTLS (for peers with broken TLS).
+    Disabled,
+}
+
+/// The worker's settings (from `[delivery]`).
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// This server's name: EHLO, DSNs.
+    pub hostname: String,
+    /// The lease holder name of this node (stable across restarts).
+    pub holder: String,
+    /// Waits between attempts; the last one repeats.
+    pub retry_schedule: Vec<Duration>,
+    /// How long a message is retried before it bounces (RFC 5321 §4.5.4.1: 4-5 days).
+    pub queue_lifetime: Duration,
+    /// When the sender is told that delivery is delayed; `None`: never.
+    pub delay_notice: Option<Duration>,
+    /// Messages delivered at once by this node.
+    pub concurrency: usize,
+    /// Connections at once to one destination domain.
+    pub per_destination: usize,
+    /// How long a claim lasts without renewal.
+    pub lease: Duration,
+    /// How often the queue is checked when nothing nudges the worker.
+    pub poll_interval: Duration,
+    /// Client time limits.
+    pub timeouts: Timeouts,
+    /// TLS policy per destination domain; others are opportunistic.
+    pub tls_policies: HashMap<String, TlsPolicy>,
+    /// Extra trusted roots for verified TLS (a private CA).
+    pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// RET=FULL returns the whole message only up to this size; above it, the headers.
+    pub bounce_size_limit: u64,
+    /// Most recipients per transaction (RFC 5321 §4.5.3.1.8: at least 100 must work).
+    pub max_recipients_per_transaction: usize,
+}
+
+impl DeliveryConfig {
+    /// Defaults from the seeds' manuals and RFC 5321 for a server called `hostname`.
+    pub fn new(hostname: impl Into<String>, holder: impl Into<String>) -> Self {
+        let minutes = |m: u64| Duration::from_secs(60 * m);
+        DeliveryConfig {
+            hostname: hostname.into(),
+            holder: holder.into(),
+            retry_schedule: vec![minutes(5), minutes(10), minutes(30), minutes(60), minutes(120)],
+            queue_lifetime: Duration::from_secs(5 * 24 * 3600),
+            delay_notice: Some(Duration::from_secs(4 * 3600)),
+            concurrency: 100,
+            per_destination: 20,
+            lease: minutes(10),
+            poll_interval: Duration::from_secs(1),
+            timeouts: Timeouts::default(),
+            tls_policies: HashMap::new(),
+            extra_roots: Vec::new(),
+            bounce_size_limit: 1024 * 1024,
+            max_recipients_per_transaction: 100,
+        }
+    }
+}
+
+/// What happened to one recipient in one attempt.
+#[derive(Debug, Clone)]
+struct Result1 {
+    index: usize,
+    kind: Kind,
+    reply: String,
+    remote: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Accepted; `true` when the remote took over DSN duty (it offered DSN).
+    Delivered(bool),
+    Failed,
+    Deferred,
+}
+
+impl Kind {
+    fn of(reply: &Reply) -> Kind {
+        if reply.is_positive() {
+            Kind::Delivered(false)
+        } else if reply.is_permanent() {
+            Kind::Failed
+        } else {
+            Kind::Deferred
+        }
+    }
+}
+
+/// A transaction that could not start on this connection: try the next host.
+struct NextHost(Reply);
+
+/// An idle connection kept for the next message to the same host.
+struct Idle {
+    client: SmtpClient,
+    since: Instant,
+}
+
+const IDLE_LIMIT: Duration = Duration::from_secs(10);
+const IDLE_PER_HOST: usize = 8;
+
+/// The outbound delivery worker of one node.
+pub struct Worker {
+    core: Arc<Core>,
+    config: DeliveryConfig,
+    router: Router,
+    opportunistic_tls: tokio_rustls::TlsConnector,
+    verified_tls: tokio_rustls::TlsConnector,
+    destinations: Mutex<HashMap<String, Arc<Semaphore>>>,
+    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    in_flight: Mutex<HashSet<u64>>,
+    finished: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("holder", &self.config.holder).finish()
+    }
+}
+
+fn domain_of(address: &str) -> String {
+    address.rsplit_once('@').map(|(_, domain)| domain.to_ascii_lowercase()).unwrap_or_default()
+}
+
+/// RFC 3461 §4 xtext: `+HH` for `+`, `=`, and bytes outside 33..=126.
+fn xtext(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if (33..=126).contains(&byte) && byte != b'+' && byte != b'=' {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("+{byte:02X}"));
+        }
+    }
+    out
+}
+
+fn notify_param(notify: &Notify) -> String {
+    let mut kinds = Vec::new();
+    if notify.success {
+        kinds.push("SUCCESS");
+    }
+    if notify.failure {
+        kinds.push("FAILURE");
+    }
+    if notify.delay {
+        kinds.push("DELAY");
+    }
+    if kinds.is_empty() { "NEVER".to_owned() } else { kinds.join(",") }
+}
+
+/// Drops the Return-Path header the receiving side stored at the top of the message: a
+/// message in transit must not carry one (RFC 5321 §4.4).
+async fn without_return_path(
+    mut body: BoxStream<'static, wmail_core::Result<Bytes>>,
+) -> std::io::Result<BoxStream<'static, std::io::Result<Bytes>>> {
+    let mut head = BytesMut::new();
+    // Enough to hold the header field; it is the first line, folded at most a little.
+    while head.len() < 4096 {
+        match body.next().await {
+            Some(chunk) => head.extend_from_slice(&chunk.map_err(std::io::Error::other)?),
+            None => break,
+        }
+    }
+    let skip = if head.len() >= 12 && head[..12].eq_ignore_ascii_case(b"return-path:") {
+        let mut end = 0;
+        let mut found = None;
+        while let Some(offset) = head[end..].windows(2).position(|w| w == b"\r\n") {
+            end += offset + 2;
+            if !matches!(head.get(end), Some(b' ' | b'\t')) {
+                found = Some(end);
+                break;
+            }
+        }
+        found.unwrap_or(0)
+    } else {
+        0
+    };
+    let first = head.freeze().slice(skip..);
+    let rest = body.map_err(std::io::Error::other);
+    Ok(futures::stream::once(async move { Ok(first) }).chain(rest).boxed())
+}
+
+impl Worker {
+    /// A worker for `core`'s queue.
+    pub fn new(core: Arc<Core>, config: DeliveryConfig, router: Router) -> Arc<Self> {
+        Arc::new(Worker {
+            opportunistic_tls: tls_connector(false, &[]),
+            verified_tls: tls_connector(true, &config.extra_roots),
+            core,
+            config,
+            router,
+            destinations: Mutex::new(HashMap::new()),
+            idle: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashSet::new()),
+            finished: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Runs until `shutdown` turns true, then waits a little for deliveries in progress.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
+        let mut tasks = tokio::task::JoinSet::new();
+        self.take_back_own_entries(&permits, &mut tasks).await;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let free = permits.available_permits();
+            let claimed = if free > 0 { self.claim(free).await } else { Vec::new() };
+            let busy = !claimed.is_empty() && claimed.len() == free;
+            for entry in claimed {
+                self.spawn(entry, &permits, &mut tasks);
+            }
+            while tasks.try_join_next().is_some() {}
+            if busy {
+                continue;
+            }
+            tokio::select! {
+                _ = self.core.queue_activity(self.config.poll_interval) => {}
+                _ = self.finished.notified() => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        // Unfinished deliveries keep their leases; the next start takes them back.
+        let _ =
+            tokio::time::timeout(Duration::from_secs(10), async { while tasks.join_next().await.is_some() {} }).await;
+        tasks.abort_all();
+    }
+
+    /// After a restart, entries this node held when it stopped are still leased to it:
+    /// take them back at once instead of waiting for the leases to lapse.
+    async fn take_back_own_entries(self: &Arc<Self>, permits: &Arc<Semaphore>, tasks: &mut tokio::task::JoinSet<()>) {
+        let mut after = 0;
+        let mut own = Vec::new();
+        loop {
+            let page = match self.core.outbound_queue(after, 1_000) {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::warn!(%error, "could not read the outbound queue");
+                    return;
+                }
+            };
+            let Some(last) = page.last() else { break };
+            after = last.id;
+            own.extend(
+                page.iter()
+                    .filter(|entry| entry.lease.as_ref().is_some_and(|lease| lease.holder == self.config.holder))
+                    .map(|entry| entry.id),
+            );
+        }
+        if own.is_empty() {
+            return;
+        }
+        tracing::info!(count = own.len(), "taking back outbound deliveries this node held before it restarted");
+        for chunk in own.chunks(self.config.concurrency.max(1)) {
+            let until = wmail_core::now_ms() + self.config.lease.as_millis() as u64;
+            match self.core.claim_outbound(chunk.to_vec(), &self.config.holder, until).await {
+                Ok(entries) => {
+                    for entry in entries {
+                        self.spawn(entry, permits, tasks);
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "could not take back outbound deliveries"),
+            }
+        }
+    }
+
+    async fn claim(&self, free: usize) -> Vec<QueueEntry> {
+        let ids = match self.core.due_outbound(free) {
+            Ok(ids) => ids,
+            Err(error) => {
+                tracing::warn!(%error, "could not read the outbound queue");
+                return Vec::new();
+            }
+        };
+        let ids: Vec<u64> = {
+            let in_flight = self.in_flight.lock().expect("in-flight lock");
+            ids.into_iter().filter(|id| !in_flight.contains(id)).collect()
+        };
+        if ids.is_empty() {
+            return Vec::new();
+        }
+        let until = wmail_core::now_ms() + self.config.lease.as_millis() as u64;
+        match self.core.claim_outbound(ids, &self.config.holder, until).await {
+            Ok(entries) => entries,
+            Err(error) => {
+                tracing::debug!(%error, "could not claim outbound queue entries");
+                Vec::new()
+            }
+        }
+    }
+
+    fn spawn(self: &Arc<Self>, entry: QueueEntry, permits: &Arc<Semaphore>, tasks: &mut tokio::task::JoinSet<()>) {
+        if !self.in_flight.lock().expect("in-flight lock").insert(entry.id) {
+            return;
+        }
+        let worker = self.clone();
+        let permits = permits.clone();
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let id = entry.id;
+            worker.deliver_entry(entry).await;
+            worker.in_flight.lock().expect("in-flight lock").remove(&id);
+            worker.finished.notify_one();
+        });
+    }
+
+    /// One attempt for every pending recipient of an entry, then its record.
+    async fn deliver_entry(self: &Arc<Self>, entry: QueueEntry) {
+        let renewal = self.keep_lease(entry.id);
+        let mut by_domain: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (index, recipient) in entry.pending() {
+            by_domain.entry(domain_of(&recipient.recipient.address)).or_default().push(index);
+        }
+        let attempts = by_domain.into_iter().map(|(domain, indexes)| self.deliver_domain(&entry, domain, indexes));
+        let mut results: Vec<Result1> = futures::future::join_all(attempts).await.into_iter().flatten().collect();
+        renewal.abort();
+
+        let now = wmail_core::now_ms();
+        let expires_ms = entry.created_ms + self.config.queue_lifetime.as_millis() as u64;
+        let schedule = &self.config.retry_schedule;
+        let wait =
+            schedule.get(entry.attempts as usize).or(schedule.last()).copied().unwrap_or(Duration::from_secs(300));
+        let next_attempt_ms = (now + wait.as_millis() as u64).min(expires_ms.max(now));
+        if now >= expires_ms {
+            // RFC 5321 §4.5.4.1: give up after the queue lifetime.
+            let days = self.config.queue_lifetime.as_secs_f64() / 86_400.0;
+            for result in results.iter_mut().filter(|r| r.kind == Kind::Deferred) {
+                result.kind = Kind::Failed;
+                result.reply = format!("{} (gave up after {days:.1} days of retries)", result.reply);
+            }
+        }
+        let delay_notified = self.report(&entry, &results, expires_ms).await;
+        let records = results
+            .iter()
+            .map(|result| AttemptResult {
+                index: result.index as u32,
+                status: match result.kind {
+                    Kind::Delivered(_) => RecipientStatus::Delivered { reply: result.reply.clone() },
+                    Kind::Failed => RecipientStatus::Failed { reply: result.reply.clone() },
+                    Kind::Deferred => RecipientStatus::Pending { last_reply: Some(result.reply.clone()) },
+                },
+            })
+            .collect();
+        for result in &results {
+            let address = &entry.recipients[result.index].recipient.address;
+            match result.kind {
+                Kind::Delivered(_) => {
+                    tracing::info!(queue_id = entry.id, to = %address, remote = ?result.remote, reply = %result.reply, "delivered")
+                }
+                Kind::Failed => {
+                    tracing::warn!(queue_id = entry.id, to = %address, remote = ?result.remote, reply = %result.reply, "delivery failed; bouncing")
+                }
+                Kind::Deferred => {
+                    tracing::info!(queue_id = entry.id, to = %address, remote = ?result.remote, reply = %result.reply, attempt = entry.attempts + 1, "delivery deferred")
+                }
+            }
+        }
+        if let Err(error) =
+            self.core.record_attempt(entry.id, &self.config.holder, records, next_attempt_ms, delay_notified).await
+        {
+            tracing::warn!(queue_id = entry.id, %error, "could not record a delivery attempt; it will be retried");
+        }
+    }
+
+    /// Renews the entry's lease every third of its length while the attempt runs.
+    fn keep_lease(self: &Arc<Self>, id: u64) -> tokio::task::JoinHandle<()> {
+        let worker = self.clone();
+        tokio::spawn(async move {
+            let period = worker.config.lease / 3;
+            loop {
+                tokio::time::sleep(period).await;
+                let until = wmail_core::now_ms() + worker.config.lease.as_millis() as u64;
+                if let Err(error) = worker.core.claim_outbound(vec![id], &worker.config.holder, until).await {
+                    tracing::warn!(queue_id = id, %error, "could not renew a delivery lease");
+                }
+            }
+        })
+    }
+
+    /// Sends the reports this attempt calls for; returns whether a delay notice went out.
+    async fn report(&self, entry: &QueueEntry, results: &[Result1], expires_ms: u64) -> bool {
+        if entry.return_path.is_empty() {
+            return false; // never bounce a bounce (RFC 3461 §6.2, RFC 5321 §4.5.5)
+        }
+        let now = wmail_core::now_ms();
+        let delay_due = !entry.delay_notified
+            && self.config.delay_notice.is_some_and(|after| now >= entry.created_ms + after.as_millis() as u64);
+        let mut reported = Vec::new();
+        let mut delay_sent = false;
+        for result in results {
+            let recipient = &entry.recipients[result.index].recipient;
+            let action = match result.kind {
+                Kind::Failed if recipient.notify.failure => Action::Failed,
+                // RFC 3461 §5.2.2: a server that offers DSN takes over; else we say "relayed".
+                Kind::Delivered(false) if recipient.notify.success => Action::Relayed,
+                Kind::Deferred if delay_due && recipient.notify.delay => Action::Delayed,
+                _ => continue,
+            };
+            delay_sent |= action == Action::Delayed;
+            reported.push(ReportedRecipient {
+                address: recipient.address.clone(),
+                orcpt: recipient.orcpt.clone(),
+                action,
+                reply: result.reply.clone(),
+                remote_mta: result.remote.clone(),
+            });
+        }
+        if reported.is_empty() {
+            return false;
+        }
+        let returned = match self.returned_message(entry).await {
+            Ok(returned) => returned,
+            Err(error) => {
+                tracing::warn!(queue_id = entry.id, %error, "could not read the message for its report");
+                Returned::Headers(Vec::new())
+            }
+        };
+        let context = ReportContext { hostname: &self.config.hostname, entry, retry_until_ms: expires_ms };
+        let report = dsn::build_report(&context, &reported, &returned);
+        match self.send_report(&entry.return_path, report).await {
+            Ok(()) => delay_sent,
+            Err(error) => {
+                tracing::error!(queue_id = entry.id, to = %entry.return_path, %error, "could not send a delivery report");
+                false
+            }
+        }
+    }
+
+    /// Reads what the report returns: the whole message or its header section, bounded.
+    async fn returned_message(&self, entry: &QueueEntry) -> wmail_core::Result<Returned> {
+        let full = dsn::wants_full_message(entry, self.config.bounce_size_limit);
+        let mut stream = self.core.blob_stream(&entry.blob).await?;
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk?);
+            if !full {
+                if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+                    out.truncate(end + 2);
+                    break;
+                }
+                if out.len() > 256 * 1024 {
+                    out.truncate(256 * 1024);
+                    break;
+                }
+            }
+        }
+        Ok(if full { Returned::Full(out) } else { Returned::Headers(out) })
+    }
+
+    /// Delivers a report from the null sender: into the sender's mailbox when local, else
+    /// through the queue (where, having a null return path, it is never bounced itself).
+    async fn send_report(&self, to: &str, report: Vec<u8>) -> wmail_core::Result<()> {
+        let body = futures::stream::once(async move { Ok(Bytes::from(report)) });
+        let local = self.core.is_local_domain(&domain_of(to))?;
+        if local {
+            let results = self.core.deliver(&[to.to_owned()], body).await?;
+            if let Some(Err(error)) = results.into_iter().map(|r| r.result).next() {
+                return Err(error);
+            }
+            return Ok(());
+        }
+        let envelope = OutboundEnvelope {
+            return_path: String::new(),
+            envid: None,
+            ret: None,
+            recipients: vec![OutboundRecipient {
+                address: to.to_owned(),
+                orcpt: None,
+                notify: Notify { success: false, failure: false, delay: false },
+            }],
+        };
+        self.core.submit(&[], Some(envelope), body).await.map(drop)
+    }
+
+    fn destination(&self, domain: &str) -> Arc<Semaphore> {
+        let mut destinations = self.destinations.lock().expect("destinations lock");
+        destinations
+            .entry(domain.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.config.per_destination.max(1))))
+            .clone()
+    }
+
+    /// One attempt for the recipients of one domain: the hosts in order until one takes
+    /// the transaction.
+    async fn deliver_domain(&self, entry: &QueueEntry, domain: String, indexes: Vec<usize>) -> Vec<Result1> {
+        let all = |kind, reply: &Reply, remote: Option<String>| -> Vec<Result1> {
+            indexes.iter().map(|&index| Result1 { index, kind, reply: reply.line(), remote: remote.clone() }).collect()
+        };
+        let destination = self.destination(&domain);
+        let Ok(_permit) = destination.acquire().await else { return Vec::new() };
+        let hops = match self.router.route(&domain).await {
+            Ok(hops) => hops,
+            Err(RouteError::Permanent(reply)) => return all(Kind::Failed, &reply, None),
+            Err(RouteError::Temporary(reply)) => return all(Kind::Deferred, &reply, None),
+        };
+        let policy = self.config.tls_policies.get(&domain).copied().unwrap_or_default();
+        let mut last = Reply::local(451, [4, 4, 1], format!("no mail server for {domain} could be reached"));
+        let mut last_remote = None;
+        for hop in &hops {
+            for &addr in &hop.addrs {
+                let remote = format!("{}[{}]", hop.name, addr.ip());
+                let mut client = match self.session(hop, addr, policy).await {
+                    Ok(client) => client,
+                    Err(NextHost(reply)) => {
+                        tracing::debug!(%remote, reply = %reply.line(), "host not usable, trying the next");
+                        last = reply;
+                        last_remote = Some(remote);
+                        continue;
+                    }
+                };
+                let mut results = Vec::with_capacity(indexes.len());
+                let mut broken = None;
+                for batch in indexes.chunks(self.config.max_recipients_per_transaction.max(1)) {
+                    match self.transaction(&mut client, entry, batch, &hop.name).await {
+                        Ok(batch_results) => results.extend(batch_results),
+                        Err(reply) => {
+                            broken = Some(reply);
+                            break;
+                        }
+                    }
+                }
+                match broken {
+                    None => {
+                        self.keep_idle(client);
+                        return results;
+                    }
+                    // The connection broke before any of this batch was sent: the others
+                    // are tried on the next host.
+                    Some(reply) => {
+                        let done: HashSet<usize> = results.iter().map(|r| r.index).collect();
+                        let rest: Vec<usize> = indexes.iter().copied().filter(|i| !done.contains(i)).collect();
+                        if results.is_empty() {
+                            last = reply;
+                            last_remote = Some(remote);
+                            continue;
+                        }
+                        results.extend(rest.into_iter().map(|index| Result1 {
+                            index,
+                            kind: Kind::Deferred,
+                            reply: reply.line(),
+                            remote: Some(hop.name.clone()),
+                        }));
+                        return results;
+                    }
+                }
+            }
+        }
+        all(Kind::Deferred, &last, last_remote)
+    }
+
+    /// A connection ready for MAIL: an idle one to the same address, or a new one with
+    /// EHLO and STARTTLS as the policy says.
+    async fn session(&self, hop: &Hop, addr: SocketAddr, policy: TlsPolicy) -> Result<SmtpClient, NextHost> {
+        let tls_required = matches!(policy, TlsPolicy::Require | TlsPolicy::RequireVerified);
+        if let Some(client) = self.take_idle(addr, tls_required) {
+            return Ok(client);
+        }
+        let hostname = &self.config.hostname;
+        let fail = |error: ClientError| NextHost(error_reply(&error, &hop.name));
+        let mut client = SmtpClient::connect(addr, self.config.timeouts).await.map_err(fail)?;
+        client.hello(hostname).await.map_err(fail)?;
+        if client.extensions.starttls && policy != TlsPolicy::Disabled {
+            let connector =
+                if policy == TlsPolicy::RequireVerified { &self.verified_tls } else { &self.opportunistic_tls };
+            match client.start_tls(connector, &hop.name, hostname).await {
+                Ok(()) => {}
+                Err(error) if policy == TlsPolicy::Opportunistic => {
+                    // Opportunistic: deliver in cleartext rather than not at all.
+                    tracing::info!(host = %hop.name, %error, "STARTTLS failed; retrying without TLS");
+                    client = SmtpClient::connect(addr, self.config.timeouts).await.map_err(fail)?;
+                    client.hello(hostname).await.map_err(fail)?;
+                }
+                Err(error) => return Err(fail(error)),
+            }
+        } else if tls_required {
+            return Err(NextHost(Reply::local(
+                451,
+                [4, 7, 10],
+                format!("{} does not offer STARTTLS, and the TLS policy for this domain requires it", hop.name),
+            )));
+        }
+        Ok(client)
+    }
+
+    fn take_idle(&self, addr: SocketAddr, tls_required: bool) -> Option<SmtpClient> {
+        let mut idle = self.idle.lock().expect("idle lock");
+        let list = idle.get_mut(&addr)?;
+        while let Some(connection) = list.pop() {
+            if connection.since.elapsed() < IDLE_LIMIT && (connection.client.tls || !tls_required) {
+                return Some(connection.client);
+            }
+        }
+        None
+    }
+
+    fn keep_idle(&self, client: SmtpClient) {
+        let mut idle = self.idle.lock().expect("idle lock");
+        idle.retain(|_, list| {
+            list.retain(|connection| connection.since.elapsed() < IDLE_LIMIT);
+            !list.is_empty()
+        });
+        let list = idle.entry(client.peer).or_default();
+        if list.len() < IDLE_PER_HOST {
+            list.push(Idle { client, since: Instant::now() });
+        }
+    }
+
+    /// One SMTP transaction for `indexes` on an open connection. `Err` means the
+    /// connection failed before the message was handed over (try elsewhere).
+    async fn transaction(
+        &self,
+        client: &mut SmtpClient,
+        entry: &QueueEntry,
+        indexes: &[usize],
+        host: &str,
+    ) -> Result<Vec<Result1>, Reply> {
+        let remote = Some(host.to_owned());
+        let all = |kind, reply: &Reply| -> Vec<Result1> {
+            indexes.iter().map(|&index| Result1 { index, kind, reply: reply.line(), remote: remote.clone() }).collect()
+        };
+        let extensions = client.extensions.clone();
+        if let Some(limit) = extensions.size.filter(|&limit| limit > 0 && entry.size > limit) {
+            // RFC 1870 §6: it would be refused; say so now.
+            let reply = Reply::local(
+                552,
+                [5, 3, 4],
+                format!("message size {} exceeds {host}'s limit of {limit} bytes", entry.size),
+            );
+            return Ok(all(Kind::Failed, &reply));
+        }
+        let recipients: Vec<&OutboundRecipient> = indexes.iter().map(|&i| &entry.recipients[i].recipient).collect();
+        let needs_utf8 = !entry.return_path.is_ascii() || recipients.iter().any(|r| !r.address.is_ascii());
+        if needs_utf8 && !extensions.smtputf8 {
+            // RFC 6531 §3.2: no downgrade of internationalised addresses.
+            let reply = Reply::local(
+                553,
+                [5, 6, 7],
+                format!("{host} does not accept internationalised addresses (no SMTPUTF8)"),
+            );
+            return Ok(all(Kind::Failed, &reply));
+        }
+        let mut mail = format!("MAIL FROM:<{}>", entry.return_path);
+        if extensions.size.is_some() {
+            mail.push_str(&format!(" SIZE={}", entry.size));
+        }
+        if extensions.eight_bit_mime {
+            mail.push_str(" BODY=8BITMIME");
+        }
+        if needs_utf8 {
+            mail.push_str(" SMTPUTF8");
+        }
+        if extensions.dsn {
+            // RFC 3461 §4.3, §4.4: pass the sender's requests on.
+            match entry.ret {
+                Some(Ret::Full) => mail.push_str(" RET=FULL"),
+                Some(Ret::Headers) => mail.push_str(" RET=HDRS"),
+                None => {}
+            }
+            if let Some(envid) = &entry.envid {
+                mail.push_str(&format!(" ENVID={}", xtext(envid)));
+            }
+        }
+        mail.push_str("\r\n");
+        let rcpts: Vec<String> = recipients
+            .iter()
+            .map(|recipient| {
+                let mut line = format!("RCPT TO:<{}>", recipient.address);
+                if extensions.dsn {
+                    line.push_str(&format!(" NOTIFY={}", notify_param(&recipient.notify)));
+                    if let Some(orcpt) = &recipient.orcpt {
+                        let (kind, address) = orcpt.split_once(';').unwrap_or(("rfc822", orcpt));
+                        line.push_str(&format!(" ORCPT={kind};{}", xtext(address)));
+                    }
+                }
+                line.push_str("\r\n");
+                line
+            })
+            .collect();
+        let replies = match client.envelope(&mail, &rcpts).await {
+            Ok(replies) => replies,
+            Err(ClientError::Refused { reply, .. }) => {
+                let _ = client.reset().await;
+                return Ok(all(Kind::of(&reply), &reply));
+            }
+            Err(error) => return Err(error_reply(&error, host)),
+        };
+        let mut results = Vec::with_capacity(indexes.len());
+        let mut accepted = Vec::new();
+        for (&index, reply) in indexes.iter().zip(&replies) {
+            if reply.is_positive() {
+                accepted.push(index);
+            } else {
+                results.push(Result1 { index, kind: Kind::of(reply), reply: reply.line(), remote: remote.clone() });
+            }
+        }
+        if accepted.is_empty() {
+            if client.reset().await.is_err() {
+                return Err(Reply::local(451, [4, 4, 2], format!("{host} closed the connection")));
+            }
+            return Ok(results);
+        }
+        let body = match self.core.blob_stream(&entry.blob).await {
+            Ok(body) => body,
+            Err(error) => {
+                let reply = Reply::local(451, [4, 3, 0], format!("local error reading the message: {error}"));
+                let _ = client.reset().await;
+                return Ok(all(Kind::Deferred, &reply));
+            }
+        };
+        let outcome = match without_return_path(body).await {
+            Ok(body) => client.data(body).await,
+            Err(error) => Err(ClientError::Io(error)),
+        };
+        let (kind, reply) = match outcome {
+            Ok(reply) => (Kind::of(&reply), reply),
+            Err(ClientError::Refused { reply, .. }) => (Kind::of(&reply), reply),
+            // The message may or may not have arrived: retry (at least once, never zero).
+            Err(error) => (Kind::Deferred, error_reply(&error, host)),
+        };
+        let kind = match kind {
+            Kind::Delivered(_) => Kind::Delivered(extensions.dsn),
+            other => other,
+        };
+        results.extend(accepted.into_iter().map(|index| Result1 {
+            index,
+            kind,
+            reply: reply.line(),
+            remote: remote.clone(),
+        }));
+        results.sort_by_key(|result| result.index);
+        Ok(results)
+    }
+}
+
+/// The reply recorded for a failure that is not a server's reply.
+fn error_reply(error: &ClientError, host: &str) -> Reply {
+    match error {
+        ClientError::Refused { reply, .. } => reply.clone(),
+        ClientError::Io(error) => Reply::local(451, [4, 4, 1], format!("connection to {host} failed: {error}")),
+        ClientError::Protocol(what) => Reply::local(451, [4, 5, 0], format!("{host}: {what}")),
+        ClientError::Tls(what) => Reply::local(451, [4, 7, 5], format!("TLS with {host} failed: {what}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xtext_escapes_plus_equals_and_controls() {
+        assert_eq!(xtext("rfc822;a+b=c@x"), "rfc822;a+2Bb+3Dc@x");
+        assert_eq!(xtext("a b"), "a+20b");
+    }
+
+    #[test]
+    fn notify_lists_the_requested_kinds() {
+        assert_eq!(notify_param(&Notify::default()), "FAILURE,DELAY");
+        assert_eq!(notify_param(&Notify { success: false, failure: false, delay: false }), "NEVER");
+        assert_eq!(notify_param(&Notify { success: true, failure: true, delay: false }), "SUCCESS,FAILURE");
+    }
+
+    #[tokio::test]
+    async fn the_stored_return_path_is_not_sent() {
+        let chunks: Vec<wmail_core::Result<Bytes>> = vec![
+            Ok(Bytes::from_static(b"Return-Path: <a@x>\r\nReceived: from x\r\n\tby y\r\n")),
+            Ok(Bytes::from_static(b"Subject: hi\r\n\r\nbody\r\n")),
+        ];
+        let stream = without_return_path(futures::stream::iter(chunks).boxed()).await.unwrap();
+        let out: Vec<Bytes> = stream.try_collect().await.unwrap();
+        assert_eq!(out.concat(), b"Received: from x\r\n\tby y\r\nSubject: hi\r\n\r\nbody\r\n");
+        let plain: Vec<wmail_core::Result<Bytes>> = vec![Ok(Bytes::from_static(b"Subject: x\r\n\r\n"))];
+        let stream = without_return_path(futures::stream::iter(plain).boxed()).await.unwrap();
+        let out: Vec<Bytes> = stream.try_collect().await.unwrap();
+        assert_eq!(out.concat(), b"Subject: x\r\n\r\n");
+    }
+}

@@ -1,0 +1,291 @@
+//! Outbound delivery end to end: mail submitted for other domains leaves through the
+//! replicated queue to real receiving MTAs (aiosmtpd, and a second wmail node), routed by
+//! MX records that dnsmasq serves on 127.0.0.1.
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::harness::{WmailNode, python, succeeded};
+use crate::peers::{Dnsmasq, MailSink};
+
+async fn create(node: &WmailNode, domain: &str, accounts: &[&str]) {
+    let (status, body) = node.api(Method::POST, "/domains", Some(json!({ "name": domain }))).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    for address in accounts {
+        let body = json!({ "address": address, "password": "secret password" });
+        assert_eq!(node.api(Method::POST, "/accounts", Some(body)).await.0, StatusCode::CREATED);
+    }
+}
+
+async fn inbox(node: &WmailNode, address: &str) -> Vec<Value> {
+    let (status, messages) = node.api(Method::GET, &format!("/accounts/{address}/messages"), None).await;
+    assert_eq!(status, StatusCode::OK, "{messages}");
+    messages.as_array().expect("list").clone()
+}
+
+/// Waits until `address` has at least `count` messages and returns their texts.
+async fn wait_for_inbox(node: &WmailNode, address: &str, count: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let messages = inbox(node, address).await;
+        if messages.len() >= count {
+            let mut texts = Vec::new();
+            for message in messages {
+                let uid = message["uid"].as_u64().expect("uid");
+                texts.push(String::from_utf8_lossy(&node.read_message(address, uid).await).into_owned());
+            }
+            return texts;
+        }
+        assert!(Instant::now() < deadline, "{address} has {} of {count} messages:\n{}", messages.len(), node.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn queue(node: &WmailNode) -> Value {
+    let (status, page) = node.api(Method::GET, "/queue", None).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    page
+}
+
+async fn wait_for_empty_queue(node: &WmailNode) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while queue(node).await["total"] != 0 {
+        assert!(Instant::now() < deadline, "queue not drained: {}\n{}", queue(node).await, node.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Submits a message as alice over STARTTLS + AUTH; `options` is the Python text of
+/// smtplib's `mail_options, rcpt_options` arguments.
+fn submit(node: &WmailNode, recipients: &[&str], body: &str, options: &str) {
+    submit_built(node, recipients, &format!("{body:?}"), options);
+}
+
+/// [`submit`] with the message given as a Python expression (for bodies too large for a
+/// command line).
+fn submit_built(node: &WmailNode, recipients: &[&str], body_expression: &str, options: &str) {
+    let recipients: Vec<String> = recipients.iter().map(|r| format!("{r:?}")).collect();
+    let out = python(
+        node,
+        &format!(
+            r#"
+s = smtplib.SMTP("127.0.0.1", SUBMISSION)
+s.starttls(context=ctx)
+s.login("alice@example.com", "secret password")
+body = ({body_expression}).encode()
+refused = s.sendmail("alice@example.com", [{}], body, {options})
+assert refused == {{}}, refused
+s.quit()
+"#,
+            recipients.join(", ")
+        ),
+    );
+    assert!(out.is_empty(), "{out}");
+}
+
+fn sink_dns_records(remote_mx: bool) -> Vec<String> {
+    let mut records = vec![
+        "--mx-host=sink.test,mx.sink.test,10".to_owned(),
+        "--host-record=mx.sink.test,127.0.0.1".to_owned(),
+        "--mx-host=nullmx.test,.,0".to_owned(),
+    ];
+    if remote_mx {
+        records.push("--mx-host=remote.test,mx.remote.test,10".to_owned());
+        records.push("--host-record=mx.remote.test,127.0.0.1".to_owned());
+    }
+    records
+}
+
+#[tokio::test]
+async fn outbound_mail_is_routed_retried_bounced_and_reported() {
+    let dns = Dnsmasq::start(&sink_dns_records(true)).await;
+    let mut sink = MailSink::new();
+    sink.set_behaviour(json!({
+        "rcpt": { "carol@sink.test": "550 5.1.1 <carol@sink.test>: no such user" },
+        "rcpt_fail_first": { "retry@sink.test": [2, "451 4.2.0 greylisted, try again later"] },
+    }));
+    sink.start().await;
+    // A second wmail node is the MX of remote.test, reached through a static route.
+    let mut remote = WmailNode::new("");
+    remote.start().await;
+    create(&remote, "remote.test", &["bob@remote.test"]).await;
+    let config = format!(
+        "{}\n[delivery]\nremote_port = {}\nretry_schedule = [\"1s\"]\n\n[delivery.routes]\n\"remote.test\" = {{ targets = [\"127.0.0.1:{}\"] }}\n",
+        dns.wmail_config(),
+        sink.port,
+        remote.smtp.port()
+    );
+    let mut node = WmailNode::new(&config);
+    node.start().await;
+    create(&node, "example.com", &["alice@example.com"]).await;
+
+    // One message to five recipients in four domains.
+    submit(
+        &node,
+        &["bob@sink.test", "carol@sink.test", "x@nullmx.test", "nobody@nxdomain.test", "bob@remote.test"],
+        "From: alice@example.com\r\nSubject: outbound 1\r\nMessage-ID: <out-1@example.com>\r\n\r\nhello\r\n..dot\r\n",
+        r#"["RET=HDRS", "ENVID=test-envelope-1"], ["NOTIFY=SUCCESS,FAILURE"]"#,
+    );
+    let messages = sink.wait_for_messages(1).await;
+    let (envelope, body) = &messages[0];
+    assert_eq!(envelope["to"], json!(["bob@sink.test"]), "carol was refused at RCPT");
+    assert_eq!(envelope["from"], "alice@example.com");
+    assert_eq!(envelope["tls"], true, "STARTTLS was used: {envelope}");
+    let options = envelope["mail_options"].to_string();
+    assert!(options.contains("SIZE=") && options.contains("BODY=8BITMIME"), "{options}");
+    let text = String::from_utf8_lossy(body);
+    assert!(!text.contains("Return-Path:"), "no Return-Path in transit (RFC 5321 §4.4):\n{text}");
+    assert!(text.contains("Subject: outbound 1") && text.contains("\r\n..dot\r\n"), "dots as sent:\n{text}");
+
+    // The other wmail node got its copy (over BDAT and STARTTLS).
+    let delivered = wait_for_inbox(&remote, "bob@remote.test", 1).await;
+    assert!(delivered[0].contains("Subject: outbound 1"), "{}", delivered[0]);
+    assert!(delivered[0].contains("Return-Path: <alice@example.com>"), "{}", delivered[0]);
+    assert!(delivered[0].contains("with ESMTPS"), "TLS between the nodes:\n{}", delivered[0]);
+
+    // One report to alice: three failures and a "relayed" for the sink, which does not
+    // offer DSN; the wmail node offers DSN, so it reports (or not) itself.
+    let reports = wait_for_inbox(&node, "alice@example.com", 1).await;
+    let report = &reports[0];
+    assert!(report.contains("Subject: Undelivered Mail Returned to Sender"), "{report}");
+    assert!(report.contains("report-type=delivery-status"), "{report}");
+    assert!(report.contains("Original-Envelope-Id: test-envelope-1"), "{report}");
+    for (recipient, action, status) in [
+        ("carol@sink.test", "failed", "5.1.1"),
+        ("x@nullmx.test", "failed", "5.1.10"),
+        ("nobody@nxdomain.test", "failed", "5.1.2"),
+        ("bob@sink.test", "relayed", "2.0.0"),
+    ] {
+        let block = format!("Final-Recipient: rfc822; {recipient}\r\nAction: {action}\r\nStatus: {status}\r\n");
+        assert!(report.contains(&block), "missing {block:?} in\n{report}");
+    }
+    assert!(!report.contains("Final-Recipient: rfc822; bob@remote.test"), "{report}");
+    assert!(report.contains("Content-Type: text/rfc822-headers"), "RET=HDRS: {report}");
+    assert!(!report.contains("\r\nhello\r\n"), "RET=HDRS returns no body: {report}");
+
+    // A recipient that is greylisted twice is delivered on the third attempt.
+    submit(&node, &["retry@sink.test"], "From: alice@example.com\r\nSubject: retried\r\n\r\nx\r\n", "[], []");
+    let messages = sink.wait_for_messages(2).await;
+    assert_eq!(messages[1].0["to"], json!(["retry@sink.test"]));
+    assert_eq!(sink.events().matches("<retry@sink.test>").count(), 3, "{}", sink.events());
+
+    // Thirty recipients at one domain go in one transaction.
+    let many: Vec<String> = (1..=30).map(|n| format!("user{n}@sink.test")).collect();
+    let many_refs: Vec<&str> = many.iter().map(String::as_str).collect();
+    submit(&node, &many_refs, "From: alice@example.com\r\nSubject: many\r\n\r\nx\r\n", "[], []");
+    let messages = sink.wait_for_messages(3).await;
+    assert_eq!(messages[2].0["to"].as_array().map(Vec::len), Some(30), "{}", messages[2].0);
+
+    // A 5 MB message streams through unchanged.
+    let line = "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz\r\n";
+    let big_body = line.repeat(5 * 1024 * 1024 / line.len());
+    let expression = format!(
+        "'From: alice@example.com\\r\\nSubject: big\\r\\n\\r\\n' + {line:?} * {}",
+        5 * 1024 * 1024 / line.len()
+    );
+    submit_built(&node, &["bob@sink.test"], &expression, "[], []");
+    let messages = sink.wait_for_messages(4).await;
+    assert!(messages[3].1.ends_with(big_body.as_bytes()), "the large body arrived intact");
+
+    wait_for_empty_queue(&node).await;
+    let listed = succeeded(node.cli(&["queue", "list"], None));
+    assert!(listed.contains("0 message(s) queued"), "{listed}");
+    assert_eq!(inbox(&node, "alice@example.com").await.len(), 1, "no reports for the later messages");
+}
+
+#[tokio::test]
+async fn queued_mail_survives_a_down_remote_kill_9_and_operator_actions() {
+    let dns = Dnsmasq::start(&sink_dns_records(false)).await;
+    let mut sink = MailSink::new(); // not started: connections are refused
+    let config = format!(
+        "{}\n[delivery]\nremote_port = {}\nretry_schedule = [\"1h\"]\ndelay_notice = \"1s\"\n",
+        dns.wmail_config(),
+        sink.port
+    );
+    let mut node = WmailNode::new(&config);
+    node.start().await;
+    create(&node, "example.com", &["alice@example.com"]).await;
+
+    submit(&node, &["later@sink.test"], "From: alice@example.com\r\nSubject: patience\r\n\r\nx\r\n", "[], []");
+    // The first attempt fails to connect and is deferred for an hour.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let id = loop {
+        let page = queue(&node).await;
+        let entry = &page["entries"][0];
+        if entry["attempts"].as_u64().unwrap_or(0) >= 1 {
+            let reply = entry["recipients"][0]["reply"].as_str().unwrap_or_default().to_owned();
+            assert!(reply.starts_with("451 4.4.1") && reply.contains("refused"), "{reply}");
+            assert_eq!(entry["recipients"][0]["status"], "pending");
+            break entry["id"].as_u64().expect("id");
+        }
+        assert!(Instant::now() < deadline, "no attempt made: {page}\n{}", node.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let shown = succeeded(node.cli(&["queue", "show", &id.to_string()], None));
+    assert!(shown.contains("later@sink.test") && shown.contains("refused"), "{shown}");
+
+    // Retrying after the delay-notice time tells alice once that the mail is late.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    succeeded(node.cli(&["queue", "retry", &id.to_string()], None));
+    let reports = wait_for_inbox(&node, "alice@example.com", 1).await;
+    assert!(reports[0].contains("Action: delayed\r\nStatus: 4.4.1"), "{}", reports[0]);
+    assert!(reports[0].contains("Will-Retry-Until: "), "{}", reports[0]);
+
+    // An operator removes a second message: it is never delivered and not bounced.
+    submit(&node, &["unwanted@sink.test"], "From: alice@example.com\r\nSubject: unwanted\r\n\r\nx\r\n", "[], []");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let unwanted = loop {
+        let page = queue(&node).await;
+        if let Some(entry) = page["entries"].as_array().into_iter().flatten().find(|e| e["id"] != id) {
+            break entry["id"].as_u64().expect("id");
+        }
+        assert!(Instant::now() < deadline, "second message not queued: {page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    succeeded(node.cli(&["queue", "remove", &unwanted.to_string()], None));
+    let missing = node.cli(&["queue", "show", &unwanted.to_string()], None);
+    assert!(!missing.status.success());
+
+    // kill -9: the queued message survives; once the remote is up it is delivered.
+    node.kill9();
+    node.start().await;
+    assert_eq!(queue(&node).await["total"], 1, "{}", queue(&node).await);
+    sink.start().await;
+    succeeded(node.cli(&["queue", "retry", &id.to_string()], None));
+    let messages = sink.wait_for_messages(1).await;
+    assert_eq!(messages[0].0["to"], json!(["later@sink.test"]));
+    assert!(String::from_utf8_lossy(&messages[0].1).contains("Subject: patience"));
+    wait_for_empty_queue(&node).await;
+    assert_eq!(sink.messages().len(), 1, "the removed message was not sent");
+    assert_eq!(inbox(&node, "alice@example.com").await.len(), 1, "one delay notice, no bounce");
+}
+
+#[tokio::test]
+async fn a_delivery_cut_by_kill_9_is_taken_back_at_restart() {
+    let dns = Dnsmasq::start(&sink_dns_records(false)).await;
+    let mut sink = MailSink::new();
+    // The sink holds the data reply long enough to kill the node mid-delivery.
+    sink.set_behaviour(json!({ "data_delay": 30 }));
+    sink.start().await;
+    let config = format!("{}\n[delivery]\nremote_port = {}\n", dns.wmail_config(), sink.port);
+    let mut node = WmailNode::new(&config);
+    node.start().await;
+    create(&node, "example.com", &["alice@example.com"]).await;
+    submit(&node, &["cut@sink.test"], "From: alice@example.com\r\nSubject: cut\r\n\r\nx\r\n", "[], []");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !sink.events().contains("data-started") {
+        assert!(Instant::now() < deadline, "no data sent: {}", sink.events());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    node.kill9();
+    sink.set_behaviour(json!({}));
+    // The entry is still leased to this node (for ten minutes); the restarted node takes
+    // it back at once instead of waiting for the lease to lapse.
+    node.start().await;
+    wait_for_empty_queue(&node).await;
+    let delivered = sink.messages();
+    assert!(!delivered.is_empty(), "delivered at least once");
+    assert!(node.log().contains("taking back outbound deliveries"), "{}", node.log());
+}
