@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::blob::BlobId;
 use crate::error::{Error, Result};
 use crate::queue::{AttemptResult, OutboundEnvelope};
-use crate::records::{AccountState, Service};
+use crate::records::{AccountState, DkimKey, Service};
 
 /// Version of the command encoding this binary writes. A node that meets a higher version
 /// stops applying and asks the operator to upgrade (it never skips a command).
@@ -201,6 +201,14 @@ pub enum Command {
     /// released; an entry whose recipients are all final is removed (dropping its blob
     /// reference). Refused when `holder` no longer holds the entry's lease.
     RecordAttempt { id: u64, holder: String, results: Vec<AttemptResult>, next_attempt_ms: u64, delay_notified: bool },
+    /// Adds a DKIM key to a local domain. A domain's first key is active at once; later
+    /// ones only when `key.active` says so (after their DNS record is published), and an
+    /// active key deactivates the others.
+    AddDkimKey { domain: String, key: DkimKey },
+    /// Makes one of a domain's DKIM keys the one that signs (selector rotation).
+    ActivateDkimKey { domain: String, selector: String },
+    /// Removes a DKIM key.
+    RemoveDkimKey { domain: String, selector: String },
     /// Makes a queue entry due now (an operator's "retry").
     RetryOutbound { id: u64 },
     /// Removes a queue entry without delivering it further (an operator's "remove").

@@ -42,8 +42,11 @@ pub const QUEUE: &str = "queue";
 /// [`crate::QueueEntry::due_ms`]), so due entries are found without scanning the queue.
 pub const QUEUE_DUE: &str = "queue_due";
 
+/// DKIM keys: `domain \0 selector` -> [`crate::DkimKey`].
+pub const DKIM_KEYS: &str = "dkim_keys";
+
 /// Every column family of the state database, checked at open time.
-pub const COLUMN_FAMILIES: [&str; 17] = [
+pub const COLUMN_FAMILIES: [&str; 18] = [
     DOMAINS,
     ADDRESSES,
     PRINCIPALS,
@@ -61,7 +64,15 @@ pub const COLUMN_FAMILIES: [&str; 17] = [
     THREADS,
     QUEUE,
     QUEUE_DUE,
+    DKIM_KEYS,
 ];
+
+/// Key of a domain's DKIM key in [`DKIM_KEYS`].
+pub fn dkim_key(domain: &str, selector: &str) -> Vec<u8> {
+    let mut key = domain_prefix(domain);
+    key.extend_from_slice(selector.as_bytes());
+    key
+}
 
 /// Key of an entry in [`QUEUE_DUE`].
 pub fn queue_due_key(due_ms: u64, queue_id: u64) -> [u8; 16] {

@@ -46,6 +46,33 @@ pub struct Domain {
     pub disabled_services: Vec<Service>,
 }
 
+/// A DKIM signing key of a domain (RFC 6376; Ed25519 per RFC 8463).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DkimKey {
+    /// The selector: the key's record is `<selector>._domainkey.<domain>`.
+    pub selector: String,
+    /// The signing algorithm.
+    pub algorithm: DkimAlgorithm,
+    /// The private key, PKCS#8 DER.
+    pub private_key: Vec<u8>,
+    /// The public key as published in `p=` (SubjectPublicKeyInfo DER for RSA, the raw
+    /// 32 bytes for Ed25519).
+    pub public_key: Vec<u8>,
+    /// When it was made (ms since the epoch).
+    pub created_ms: u64,
+    /// Whether outgoing mail is signed with it (one key per domain at a time).
+    pub active: bool,
+}
+
+/// A DKIM key type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DkimAlgorithm {
+    /// RSA-2048 with SHA-256 (`k=rsa`).
+    Rsa,
+    /// Ed25519 with SHA-256 (`k=ed25519`).
+    Ed25519,
+}
+
 /// Lifecycle state of an account (the seeds' five states).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

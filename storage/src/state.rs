@@ -410,6 +410,14 @@ impl StateStore {
         Ok(out)
     }
 
+    /// Returns a domain's DKIM keys, by selector.
+    pub fn dkim_keys(&self, domain: &str) -> Result<Vec<DkimKey>> {
+        Ok(scan::<DkimKey>(&self.db(), ks::DKIM_KEYS, &ks::domain_prefix(domain))?
+            .into_iter()
+            .map(|(_, key)| key)
+            .collect())
+    }
+
     /// Returns one outbound queue entry.
     pub fn queue_entry(&self, id: u64) -> Result<Option<QueueEntry>> {
         get(&self.db(), ks::QUEUE, &ks::id_key(id))
@@ -841,6 +849,9 @@ impl<'a> Tx<'a> {
             Command::RecordAttempt { id, holder, results, next_attempt_ms, delay_notified } => {
                 self.record_attempt(id, &holder, results, next_attempt_ms, delay_notified)
             }
+            Command::AddDkimKey { domain, key } => self.add_dkim_key(&domain, key),
+            Command::ActivateDkimKey { domain, selector } => self.activate_dkim_key(&domain, &selector),
+            Command::RemoveDkimKey { domain, selector } => self.remove_dkim_key(&domain, &selector),
             Command::RetryOutbound { id } => self.retry_outbound(id),
             Command::RemoveOutbound { id } => self.remove_outbound(id),
         }
@@ -920,6 +931,61 @@ impl<'a> Tx<'a> {
             ))));
         }
         self.delete(ks::DOMAINS, name.as_bytes());
+        for (key, _) in self.scan_raw(ks::DKIM_KEYS, &ks::domain_prefix(name))? {
+            self.delete(ks::DKIM_KEYS, &key);
+        }
+        Ok(Ok(Outcome::Done))
+    }
+
+    fn add_dkim_key(&mut self, domain: &str, mut key: DkimKey) -> Result<CommandResult> {
+        if self.get::<Domain>(ks::DOMAINS, domain.as_bytes())?.is_none() {
+            return Ok(Err(CommandError::not_found("domain", domain)));
+        }
+        if key.selector.is_empty()
+            || !key.selector.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            return Ok(Err(CommandError::Invalid(format!(
+                "DKIM selector {:?} must be letters, digits, '-', '_' or '.'",
+                key.selector
+            ))));
+        }
+        let existing = self.scan::<DkimKey>(ks::DKIM_KEYS, &ks::domain_prefix(domain))?;
+        if existing.iter().any(|(_, other)| other.selector == key.selector) {
+            return Ok(Err(CommandError::exists("DKIM selector", format!("{} of {domain}", key.selector))));
+        }
+        key.active |= existing.is_empty();
+        if key.active {
+            self.deactivate_dkim_keys(existing);
+        }
+        self.put(ks::DKIM_KEYS, &ks::dkim_key(domain, &key.selector), &key);
+        Ok(Ok(Outcome::Done))
+    }
+
+    fn deactivate_dkim_keys(&mut self, keys: Vec<(Vec<u8>, DkimKey)>) {
+        for (row, mut other) in keys.into_iter().filter(|(_, other)| other.active) {
+            other.active = false;
+            self.put(ks::DKIM_KEYS, &row, &other);
+        }
+    }
+
+    fn activate_dkim_key(&mut self, domain: &str, selector: &str) -> Result<CommandResult> {
+        let row = ks::dkim_key(domain, selector);
+        let Some(mut key) = self.get::<DkimKey>(ks::DKIM_KEYS, &row)? else {
+            return Ok(Err(CommandError::not_found("DKIM selector", format!("{selector} of {domain}"))));
+        };
+        let existing = self.scan::<DkimKey>(ks::DKIM_KEYS, &ks::domain_prefix(domain))?;
+        self.deactivate_dkim_keys(existing);
+        key.active = true;
+        self.put(ks::DKIM_KEYS, &row, &key);
+        Ok(Ok(Outcome::Done))
+    }
+
+    fn remove_dkim_key(&mut self, domain: &str, selector: &str) -> Result<CommandResult> {
+        let row = ks::dkim_key(domain, selector);
+        if self.get_raw(ks::DKIM_KEYS, &row)?.is_none() {
+            return Ok(Err(CommandError::not_found("DKIM selector", format!("{selector} of {domain}"))));
+        }
+        self.delete(ks::DKIM_KEYS, &row);
         Ok(Ok(Outcome::Done))
     }
 

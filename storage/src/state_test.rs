@@ -472,6 +472,41 @@ fn outbound_queue_claims_records_and_removes_entries() {
 }
 
 #[test]
+fn dkim_keys_rotate_with_one_active_key_per_domain() {
+    let (_dir, store) = store();
+    let key = |selector: &str, active| crate::DkimKey {
+        selector: selector.into(),
+        algorithm: crate::DkimAlgorithm::Ed25519,
+        private_key: vec![1],
+        public_key: vec![2],
+        created_ms: 1,
+        active,
+    };
+    let add = |selector: &str, active| Command::AddDkimKey { domain: "d.test".into(), key: key(selector, active) };
+    assert!(matches!(apply_one(&store, add("s1", false)), Err(CommandError::NotFound { .. })));
+    apply_one(&store, Command::CreateDomain { name: "d.test".into() }).unwrap();
+    assert_eq!(apply_one(&store, add("s1", false)), Ok(Outcome::Done));
+    assert!(store.dkim_keys("d.test").unwrap()[0].active, "the first key signs at once");
+    assert!(matches!(apply_one(&store, add("s1", false)), Err(CommandError::AlreadyExists { .. })));
+    assert!(matches!(apply_one(&store, add("bad selector", false)), Err(CommandError::Invalid(_))));
+    assert_eq!(apply_one(&store, add("s2", false)), Ok(Outcome::Done));
+    let active = |store: &StateStore| -> Vec<String> {
+        store.dkim_keys("d.test").unwrap().into_iter().filter(|k| k.active).map(|k| k.selector).collect()
+    };
+    assert_eq!(active(&store), vec!["s1"], "a later key waits for its DNS record");
+    let activate = Command::ActivateDkimKey { domain: "d.test".into(), selector: "s2".into() };
+    assert_eq!(apply_one(&store, activate), Ok(Outcome::Done));
+    assert_eq!(active(&store), vec!["s2"]);
+    assert_eq!(apply_one(&store, add("s3", true)), Ok(Outcome::Done));
+    assert_eq!(active(&store), vec!["s3"]);
+    let remove = Command::RemoveDkimKey { domain: "d.test".into(), selector: "s1".into() };
+    assert_eq!(apply_one(&store, remove), Ok(Outcome::Done));
+    assert_eq!(store.dkim_keys("d.test").unwrap().len(), 2);
+    apply_one(&store, Command::RemoveDomain { name: "d.test".into() }).unwrap();
+    assert!(store.dkim_keys("d.test").unwrap().is_empty(), "keys go with their domain");
+}
+
+#[test]
 fn outbound_queue_retry_and_remove() {
     let (_dir, store) = store();
     let blob = BlobId::of(b"only remote");

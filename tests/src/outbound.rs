@@ -85,6 +85,40 @@ s.quit()
     assert!(out.is_empty(), "{out}");
 }
 
+/// Checks a message's DKIM signature with dkimpy, an independent verifier, answering its
+/// key lookup with the record the node says to publish; returns dkimpy's verdict.
+async fn dkim_verify(node: &WmailNode, domain: &str, message: &[u8]) -> bool {
+    let (status, keys) = node.api(Method::GET, &format!("/domains/{domain}/dkim"), None).await;
+    assert_eq!(status, StatusCode::OK, "{keys}");
+    let records: serde_json::Map<String, Value> = keys
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|key| (format!("{}.", key["dns_name"].as_str().unwrap()), key["dns_value"].clone()))
+        .collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("message.eml"), message).expect("message");
+    std::fs::write(dir.path().join("records.json"), Value::Object(records).to_string()).expect("records");
+    let python = format!("{}/venv/bin/python", std::env::var("WMAIL_PEERS_DIR").expect("WMAIL_PEERS_DIR"));
+    let script = r#"
+import dkim, json, sys
+records = json.load(open(sys.argv[2]))
+def lookup(name, timeout=5):
+    name = name.decode() if isinstance(name, bytes) else name
+    return records.get(name, "").encode() or None
+print(dkim.verify(open(sys.argv[1], "rb").read(), dnsfunc=lookup))
+"#;
+    let output = std::process::Command::new(python)
+        .args(["-c", script])
+        .arg(dir.path().join("message.eml"))
+        .arg(dir.path().join("records.json"))
+        .output()
+        .expect("dkimpy");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "dkimpy failed: {stdout}{}", String::from_utf8_lossy(&output.stderr));
+    stdout.trim() == "True"
+}
+
 fn sink_dns_records(remote_mx: bool) -> Vec<String> {
     let mut records = vec![
         "--mx-host=sink.test,mx.sink.test,10".to_owned(),
@@ -120,6 +154,9 @@ async fn outbound_mail_is_routed_retried_bounced_and_reported() {
     let mut node = WmailNode::new(&config);
     node.start().await;
     create(&node, "example.com", &["alice@example.com"]).await;
+    // The domain's first DKIM key signs at once; the CLI prints the record to publish.
+    let generated = succeeded(node.cli(&["domain", "dkim", "generate", "example.com", "--selector", "rsa1"], None));
+    assert!(generated.contains("rsa1._domainkey.example.com. IN TXT") && generated.contains("k=rsa"), "{generated}");
 
     // One message to five recipients in four domains.
     submit(
@@ -138,6 +175,12 @@ async fn outbound_mail_is_routed_retried_bounced_and_reported() {
     let text = String::from_utf8_lossy(body);
     assert!(!text.contains("Return-Path:"), "no Return-Path in transit (RFC 5321 §4.4):\n{text}");
     assert!(text.contains("Subject: outbound 1") && text.contains("\r\n..dot\r\n"), "dots as sent:\n{text}");
+    assert!(text.starts_with("DKIM-Signature: v=1; a=rsa-sha256;") && text.contains("s=rsa1"), "{text}");
+    assert!(dkim_verify(&node, "example.com", body).await, "dkimpy rejects the signature:\n{text}");
+    let mut tampered = body.clone();
+    let at = tampered.windows(5).position(|w| w == b"hello").expect("body text");
+    tampered[at] = b'j';
+    assert!(!dkim_verify(&node, "example.com", &tampered).await, "a changed body must fail");
 
     // The other wmail node got its copy (over BDAT and STARTTLS).
     let delivered = wait_for_inbox(&remote, "bob@remote.test", 1).await;
@@ -188,6 +231,20 @@ async fn outbound_mail_is_routed_retried_bounced_and_reported() {
     submit_built(&node, &["bob@sink.test"], &expression, "[], []");
     let messages = sink.wait_for_messages(4).await;
     assert!(messages[3].1.ends_with(big_body.as_bytes()), "the large body arrived intact");
+
+    // Selector rotation: a new Ed25519 key waits for its DNS record, then takes over.
+    let generated = succeeded(
+        node.cli(&["domain", "dkim", "generate", "example.com", "--selector", "ed1", "--algorithm", "ed25519"], None),
+    );
+    assert!(generated.contains("inactive") && generated.contains("k=ed25519"), "{generated}");
+    succeeded(node.cli(&["domain", "dkim", "activate", "example.com", "ed1"], None));
+    let refused = node.cli(&["domain", "dkim", "remove", "example.com", "ed1"], None);
+    assert!(!refused.status.success(), "the active key cannot be removed while others exist");
+    submit(&node, &["bob@sink.test"], "From: Alice <alice@example.com>\r\nSubject: ed\r\n\r\ned\r\n", "[], []");
+    let messages = sink.wait_for_messages(5).await;
+    let text = String::from_utf8_lossy(&messages[4].1);
+    assert!(text.starts_with("DKIM-Signature: v=1; a=ed25519-sha256;") && text.contains("s=ed1"), "{text}");
+    assert!(dkim_verify(&node, "example.com", &messages[4].1).await, "dkimpy rejects the Ed25519 signature:\n{text}");
 
     wait_for_empty_queue(&node).await;
     let listed = succeeded(node.cli(&["queue", "list"], None));

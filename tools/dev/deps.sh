@@ -38,8 +38,8 @@ if [ "$what" = test ] && [ ! -x "$WMAIL_WEED" ]; then
 fi
 
 # aiosmtpd is the scriptable receiving MTA of the outbound tests; dkimpy (with dnspython)
-# verifies our DKIM signatures independently.
-if [ "$what" = test ] && ! "$WMAIL_PEERS_DIR/venv/bin/python" -c "import aiosmtpd, dkim, dns" 2>/dev/null; then
+# verifies our DKIM signatures independently (PyNaCl for Ed25519).
+if [ "$what" = test ] && ! "$WMAIL_PEERS_DIR/venv/bin/python" -c "import aiosmtpd, dkim, dns, nacl" 2>/dev/null; then
   echo "installing aiosmtpd and dkimpy into $WMAIL_PEERS_DIR/venv" >&2
-  "$WMAIL_PEERS_DIR/venv/bin/pip" install -q --disable-pip-version-check "aiosmtpd==1.4.6" "dkimpy==1.1.8" "dnspython==2.9.2"
+  "$WMAIL_PEERS_DIR/venv/bin/pip" install -q --disable-pip-version-check "aiosmtpd==1.4.6" "dkimpy==1.1.8" "dnspython==2.9.2" "pynacl==1.6.2"
 fi

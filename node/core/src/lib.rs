@@ -6,6 +6,7 @@
 //! the command is committed and applied on this node. Reads come from the local state.
 
 mod address;
+pub mod dkim;
 mod error;
 mod login_guard;
 mod mailbox;
@@ -37,6 +38,7 @@ pub use wmail_storage::{
 };
 use wmail_storage::{BlobStore, CommandEnvelope, StateStore};
 pub use wmail_storage::{Change, FlagAction, MAILBOX_SEPARATOR, Threading};
+pub use wmail_storage::{DkimAlgorithm, DkimKey};
 
 /// Settings core needs to start.
 #[derive(Debug, Clone)]

@@ -13,6 +13,7 @@
 pub mod client;
 pub mod dsn;
 pub mod route;
+pub mod sign;
 mod worker;
 
 pub use route::{Router, StaticRoute};

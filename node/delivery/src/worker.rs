@@ -124,6 +124,8 @@ struct Idle {
     since: Instant,
 }
 
+/// Messages are held in memory while they are DKIM-signed; this bounds the total, in KiB.
+const SIGNING_BUDGET_KIB: u32 = 64 * 1024;
 const IDLE_LIMIT: Duration = Duration::from_secs(10);
 const IDLE_PER_HOST: usize = 8;
 
@@ -138,6 +140,7 @@ pub struct Worker {
     idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
     in_flight: Mutex<HashSet<u64>>,
     finished: tokio::sync::Notify,
+    signing_budget: Semaphore,
 }
 
 impl std::fmt::Debug for Worker {
@@ -222,6 +225,7 @@ impl Worker {
             idle: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashSet::new()),
             finished: tokio::sync::Notify::new(),
+            signing_budget: Semaphore::new(SIGNING_BUDGET_KIB as usize),
         })
     }
 
@@ -578,6 +582,50 @@ impl Worker {
         all(Kind::Deferred, &last, last_remote)
     }
 
+    /// The message as it leaves: without the stored Return-Path, and with a DKIM signature
+    /// when the From: domain has an active key. Only signed messages are read into memory
+    /// (signing needs the whole message), within a node-wide budget.
+    async fn outgoing_message(
+        &self,
+        entry: &QueueEntry,
+    ) -> std::io::Result<BoxStream<'static, std::io::Result<Bytes>>> {
+        let open = || async {
+            let stream = self.core.blob_stream(&entry.blob).await.map_err(std::io::Error::other)?;
+            without_return_path(stream).await
+        };
+        let mut body = open().await?;
+        let mut head = BytesMut::new();
+        while head.windows(4).all(|w| w != b"\r\n\r\n") && head.len() < 256 * 1024 {
+            match body.next().await {
+                Some(chunk) => head.extend_from_slice(&chunk?),
+                None => break,
+            }
+        }
+        let key = match crate::sign::from_domain(&head) {
+            Some(domain) if !entry.return_path.is_empty() => {
+                self.core.dkim_signing_key(&domain).map_err(std::io::Error::other)?.map(|key| (domain, key))
+            }
+            _ => None,
+        };
+        let Some((domain, key)) = key else {
+            let head = head.freeze();
+            return Ok(futures::stream::once(async move { Ok(head) }).chain(body).boxed());
+        };
+        let kib = u32::try_from(entry.size.div_ceil(1024)).unwrap_or(u32::MAX).clamp(1, SIGNING_BUDGET_KIB);
+        let _budget = self.signing_budget.acquire_many(kib).await.map_err(std::io::Error::other)?;
+        let mut whole = head.to_vec();
+        while let Some(chunk) = body.next().await {
+            whole.extend_from_slice(&chunk?);
+        }
+        let header = tokio::task::spawn_blocking(move || crate::sign::sign(&whole, &domain, &key))
+            .await
+            .map_err(std::io::Error::other)?
+            .map_err(std::io::Error::other)?;
+        // The copy is dropped; the message streams from the blob store again.
+        let body = open().await?;
+        Ok(futures::stream::once(async move { Ok(Bytes::from(header)) }).chain(body).boxed())
+    }
+
     /// A connection ready for MAIL: an idle one to the same address, or a new one with
     /// EHLO and STARTTLS as the policy says.
     async fn session(&self, hop: &Hop, addr: SocketAddr, policy: TlsPolicy) -> Result<SmtpClient, NextHost> {
@@ -729,18 +777,15 @@ impl Worker {
             }
             return Ok(results);
         }
-        let body = match self.core.blob_stream(&entry.blob).await {
+        let body = match self.outgoing_message(entry).await {
             Ok(body) => body,
             Err(error) => {
-                let reply = Reply::local(451, [4, 3, 0], format!("local error reading the message: {error}"));
+                let reply = Reply::local(451, [4, 3, 0], format!("local error preparing the message: {error}"));
                 let _ = client.reset().await;
                 return Ok(all(Kind::Deferred, &reply));
             }
         };
-        let outcome = match without_return_path(body).await {
-            Ok(body) => client.data(body).await,
-            Err(error) => Err(ClientError::Io(error)),
-        };
+        let outcome = client.data(body).await;
         let (kind, reply) = match outcome {
             Ok(reply) => (Kind::of(&reply), reply),
             Err(ClientError::Refused { reply, .. }) => (Kind::of(&reply), reply),

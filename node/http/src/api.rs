@@ -85,6 +85,9 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/aliases", get(list_aliases).post(create_alias))
         .route("/aliases/{alias}", axum::routing::delete(remove_alias))
         .route("/cluster/status", get(cluster_status))
+        .route("/domains/{name}/dkim", get(list_dkim_keys).post(generate_dkim_key))
+        .route("/domains/{name}/dkim/{selector}", axum::routing::delete(remove_dkim_key))
+        .route("/domains/{name}/dkim/{selector}/activate", axum::routing::post(activate_dkim_key))
         .route("/queue", get(list_queue))
         .route("/queue/{id}", get(show_queue_entry).delete(remove_queue_entry))
         .route("/queue/{id}/retry", axum::routing::post(retry_queue_entry))
@@ -466,6 +469,93 @@ async fn create_alias(
 
 async fn remove_alias(State(state): State<Arc<AppState>>, Path(alias): Path<String>) -> ApiResult<StatusCode> {
     state.core.remove_alias(&alias).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ----- DKIM keys -----
+
+#[derive(Debug, Serialize)]
+struct DkimKeyView {
+    selector: String,
+    algorithm: &'static str,
+    active: bool,
+    created_ms: u64,
+    /// The TXT record's name and value, and the record as a zone-file line.
+    dns_name: String,
+    dns_value: String,
+    zone_line: String,
+}
+
+fn dkim_key_view(domain: &str, key: &wmail_core::DkimKey) -> DkimKeyView {
+    let (dns_name, dns_value) = wmail_core::dkim::dns_record(domain, key);
+    DkimKeyView {
+        selector: key.selector.clone(),
+        algorithm: match key.algorithm {
+            wmail_core::DkimAlgorithm::Rsa => "rsa",
+            wmail_core::DkimAlgorithm::Ed25519 => "ed25519",
+        },
+        active: key.active,
+        created_ms: key.created_ms,
+        dns_name,
+        dns_value,
+        zone_line: wmail_core::dkim::zone_line(domain, key),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewDkimKey {
+    selector: Option<String>,
+    /// `rsa` (default) or `ed25519`.
+    algorithm: Option<String>,
+    #[serde(default)]
+    activate: bool,
+}
+
+async fn list_dkim_keys(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vec<DkimKeyView>>> {
+    if state.core.domain(&name)?.is_none() {
+        return Err(not_found("domain", &name));
+    }
+    let keys = state.core.dkim_keys(&name)?;
+    Ok(Json(keys.iter().map(|key| dkim_key_view(&name, key)).collect()))
+}
+
+async fn generate_dkim_key(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    JsonBody(body): JsonBody<NewDkimKey>,
+) -> ApiResult<(StatusCode, Json<DkimKeyView>)> {
+    let algorithm = match body.algorithm.as_deref().unwrap_or("rsa") {
+        "rsa" => wmail_core::DkimAlgorithm::Rsa,
+        "ed25519" => wmail_core::DkimAlgorithm::Ed25519,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_input",
+                format!("unknown DKIM algorithm {other:?}; use rsa or ed25519"),
+            ));
+        }
+    };
+    let key = state.core.generate_dkim_key(&name, body.selector.as_deref(), algorithm, body.activate).await?;
+    Ok((StatusCode::CREATED, Json(dkim_key_view(&name, &key))))
+}
+
+async fn activate_dkim_key(
+    State(state): State<Arc<AppState>>,
+    Path((name, selector)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    state.core.activate_dkim_key(&name, &selector).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn remove_dkim_key(
+    State(state): State<Arc<AppState>>,
+    Path((name, selector)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    state.core.remove_dkim_key(&name, &selector).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -122,6 +122,34 @@ enum DomainCommand {
     /// Remove a domain (it must have no accounts or aliases left).
     #[command(after_help = "Example: wmail domain remove example.com")]
     Remove { name: String },
+    /// Manage the domain's DKIM signing keys.
+    #[command(subcommand)]
+    Dkim(DkimCommand),
+}
+
+#[derive(Subcommand)]
+enum DkimCommand {
+    /// Generate a key and print the DNS TXT record to publish. The domain's first key signs
+    /// at once; a later one (rotation) only after `activate`, once its record is published.
+    #[command(after_help = "Example: wmail domain dkim generate example.com --algorithm ed25519 --selector s2")]
+    Generate {
+        domain: String,
+        /// The selector (default: wmail<yyyymmdd>).
+        #[arg(long)]
+        selector: Option<String>,
+        /// rsa (2048 bits, understood everywhere) or ed25519 (RFC 8463).
+        #[arg(long, default_value = "rsa")]
+        algorithm: String,
+        /// Sign with the new key at once.
+        #[arg(long)]
+        activate: bool,
+    },
+    /// List the domain's keys and their DNS records.
+    List { domain: String },
+    /// Sign with this selector from now on.
+    Activate { domain: String, selector: String },
+    /// Remove a key (not the active one while others exist).
+    Remove { domain: String, selector: String },
 }
 
 #[derive(Subcommand)]
@@ -303,6 +331,53 @@ async fn domain(client: AdminClient, command: DomainCommand) -> anyhow::Result<(
         DomainCommand::Remove { name } => {
             client.call(Method::DELETE, &format!("/domains/{}", encode(&name)), None).await?;
             client.print(&json!({ "removed": name }), |_| format!("removed domain {name}"));
+        }
+        DomainCommand::Dkim(command) => dkim(client, command).await?,
+    }
+    Ok(())
+}
+
+/// One DKIM key: selector, algorithm, state, and the record to publish.
+fn dkim_lines(key: &serde_json::Value) -> String {
+    let state = if key["active"] == true { "active" } else { "inactive" };
+    format!(
+        "{} ({}, {state})\n  publish: {}",
+        key["selector"].as_str().unwrap_or_default(),
+        key["algorithm"].as_str().unwrap_or_default(),
+        key["zone_line"].as_str().unwrap_or_default()
+    )
+}
+
+async fn dkim(client: AdminClient, command: DkimCommand) -> anyhow::Result<()> {
+    match command {
+        DkimCommand::Generate { domain, selector, algorithm, activate } => {
+            let body = json!({ "selector": selector, "algorithm": algorithm, "activate": activate });
+            let key = client.call(Method::POST, &format!("/domains/{}/dkim", encode(&domain)), Some(body)).await?;
+            client.print(&key, |key| {
+                let next = if key["active"] == true {
+                    "Outgoing mail is signed with it now; publish the record so receivers can check it."
+                } else {
+                    "Publish the record, wait for the DNS TTL, then run `wmail domain dkim activate`."
+                };
+                format!("generated DKIM key {}\n{next}", dkim_lines(key))
+            });
+        }
+        DkimCommand::List { domain } => {
+            let keys = client.call(Method::GET, &format!("/domains/{}/dkim", encode(&domain)), None).await?;
+            client.print(&keys, |keys| {
+                let lines: Vec<String> = keys.as_array().into_iter().flatten().map(dkim_lines).collect();
+                if lines.is_empty() { format!("{domain} has no DKIM keys") } else { lines.join("\n") }
+            });
+        }
+        DkimCommand::Activate { domain, selector } => {
+            let path = format!("/domains/{}/dkim/{}/activate", encode(&domain), encode(&selector));
+            client.call(Method::POST, &path, None).await?;
+            client.print(&json!({ "active": selector }), |_| format!("{domain} now signs with {selector}"));
+        }
+        DkimCommand::Remove { domain, selector } => {
+            let path = format!("/domains/{}/dkim/{}", encode(&domain), encode(&selector));
+            client.call(Method::DELETE, &path, None).await?;
+            client.print(&json!({ "removed": selector }), |_| format!("removed DKIM key {selector} of {domain}"));
         }
     }
     Ok(())
