@@ -209,8 +209,9 @@ pub enum Command {
     ActivateDkimKey { domain: String, selector: String },
     /// Removes a DKIM key.
     RemoveDkimKey { domain: String, selector: String },
-    /// Makes a queue entry due now (an operator's "retry").
-    RetryOutbound { id: u64 },
+    /// Makes queue entries due now (an operator's "retry" or "flush"). Ids no longer
+    /// queued are skipped; refused only when none of them is.
+    RetryOutbound { ids: Vec<u64> },
     /// Removes a queue entry without delivering it further (an operator's "remove").
     RemoveOutbound { id: u64 },
 }

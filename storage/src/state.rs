@@ -60,7 +60,13 @@ pub struct StateStore {
     apply_lock: Mutex<()>,
     /// Told which accounts' change logs grew, after each applied batch is written.
     change_listener: RwLock<Option<ChangeListener>>,
+    /// Keys deleted from the queue's due index since it was last compacted: each leaves a
+    /// tombstone that range scans from the start must step over until compaction.
+    queue_due_deletes: std::sync::atomic::AtomicU64,
 }
+
+/// Tombstones in the due index after which [`StateStore::compact_queue_index`] compacts.
+const QUEUE_DUE_COMPACT_AFTER: u64 = 10_000;
 
 /// A callback told, after each applied batch is written, the ids of the accounts whose
 /// mailboxes changed (for IMAP IDLE and other sessions that wait for changes).
@@ -141,7 +147,13 @@ impl StateStore {
             }
         }
         let db = open_db(&root.join(live))?;
-        Ok(Self { root, db: RwLock::new(Arc::new(db)), apply_lock: Mutex::new(()), change_listener: RwLock::new(None) })
+        Ok(Self {
+            root,
+            db: RwLock::new(Arc::new(db)),
+            apply_lock: Mutex::new(()),
+            change_listener: RwLock::new(None),
+            queue_due_deletes: std::sync::atomic::AtomicU64::new(0),
+        })
     }
 
     /// Installs the callback told about changed accounts after each applied batch.
@@ -191,12 +203,17 @@ impl StateStore {
             }
             entry_writes.insert((ks::META, ks::META_RAFT.to_vec()), Some(entry.raft_meta));
             let mut batch = WriteBatch::default();
+            let mut due_deletes = 0;
             for ((table, key), value) in entry_writes {
                 match value {
                     Some(value) => batch.put_cf(cf(&db, table), key, value),
-                    None => batch.delete_cf(cf(&db, table), key),
+                    None => {
+                        due_deletes += u64::from(table == ks::QUEUE_DUE);
+                        batch.delete_cf(cf(&db, table), key)
+                    }
                 }
             }
+            self.queue_due_deletes.fetch_add(due_deletes, std::sync::atomic::Ordering::Relaxed);
             db.write_opt(batch, &write_options)?;
             results.push(entry_results);
         }
@@ -428,7 +445,12 @@ impl StateStore {
     pub fn due_outbound(&self, now_ms: u64, limit: usize) -> Result<Vec<u64>> {
         let db = self.db();
         let mut out = Vec::new();
-        for item in db.iterator_cf(&cf(&db, ks::QUEUE_DUE), IteratorMode::Start) {
+        // The bound stops the iterator at `now` instead of stepping over the tombstones of
+        // later keys to find the first live one; those before the first live key are
+        // removed by `compact_queue_index`.
+        let mut options = rocksdb::ReadOptions::default();
+        options.set_iterate_upper_bound(ks::queue_due_key(now_ms.saturating_add(1), 0).to_vec());
+        for item in db.iterator_cf_opt(&cf(&db, ks::QUEUE_DUE), options, IteratorMode::Start) {
             let (key, _) = item?;
             let due = u64::from_be_bytes(key[..8].try_into().map_err(|_| Error::corrupt("queue due key"))?);
             if due > now_ms || out.len() >= limit {
@@ -437,6 +459,37 @@ impl StateStore {
             out.push(u64::from_be_bytes(key[8..16].try_into().map_err(|_| Error::corrupt("queue due key"))?));
         }
         Ok(out)
+    }
+
+    /// Whether enough keys were deleted from the due index for [`Self::compact_queue_index`]
+    /// to be worth its cost.
+    pub fn queue_index_wants_compaction(&self) -> bool {
+        self.queue_due_deletes.load(std::sync::atomic::Ordering::Relaxed) >= QUEUE_DUE_COMPACT_AFTER
+    }
+
+    /// Compacts the due index once enough keys were deleted from it, so scans from its
+    /// start stop stepping over their tombstones. Cheap (the index holds 16-byte keys);
+    /// call it from a background task. Returns whether it compacted.
+    pub fn compact_queue_index(&self) -> Result<bool> {
+        use std::sync::atomic::Ordering;
+        if !self.queue_index_wants_compaction() {
+            return Ok(false);
+        }
+        // Taking the count makes concurrent callers see too few and leave it to this one.
+        let deletes = self.queue_due_deletes.swap(0, Ordering::Relaxed);
+        if deletes < QUEUE_DUE_COMPACT_AFTER {
+            self.queue_due_deletes.fetch_add(deletes, Ordering::Relaxed);
+            return Ok(false);
+        }
+        let db = self.db();
+        let index = cf(&db, ks::QUEUE_DUE);
+        // Tombstones in the memtable are only dropped once flushed, and those in the bottom
+        // level only by a forced rewrite of it (a plain compaction leaves that level alone).
+        db.flush_cf(&index)?;
+        let mut options = rocksdb::CompactOptions::default();
+        options.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+        db.compact_range_cf_opt(&index, None::<&[u8]>, None::<&[u8]>, &options);
+        Ok(true)
     }
 
     /// Lists queue entries with ids above `after`, oldest first, at most `limit`.
@@ -852,7 +905,7 @@ impl<'a> Tx<'a> {
             Command::AddDkimKey { domain, key } => self.add_dkim_key(&domain, key),
             Command::ActivateDkimKey { domain, selector } => self.activate_dkim_key(&domain, &selector),
             Command::RemoveDkimKey { domain, selector } => self.remove_dkim_key(&domain, &selector),
-            Command::RetryOutbound { id } => self.retry_outbound(id),
+            Command::RetryOutbound { ids } => self.retry_outbound(&ids),
             Command::RemoveOutbound { id } => self.remove_outbound(id),
         }
     }
@@ -1582,13 +1635,21 @@ impl<'a> Tx<'a> {
         Ok(Ok(Outcome::Done))
     }
 
-    fn retry_outbound(&mut self, id: u64) -> Result<CommandResult> {
-        let Some(mut entry) = self.queue_entry(id)? else {
+    fn retry_outbound(&mut self, ids: &[u64]) -> Result<CommandResult> {
+        let mut found = false;
+        for &id in ids {
+            let Some(mut entry) = self.queue_entry(id)? else { continue };
+            found = true;
+            if entry.next_attempt_ms <= self.now_ms {
+                continue; // due already (or being delivered)
+            }
+            let old_due = entry.due_ms();
+            entry.next_attempt_ms = self.now_ms;
+            self.put_queue_entry(Some(old_due), &entry);
+        }
+        if !found && let Some(id) = ids.first() {
             return Ok(Err(CommandError::not_found("queue entry", id)));
-        };
-        let old_due = entry.due_ms();
-        entry.next_attempt_ms = self.now_ms;
-        self.put_queue_entry(Some(old_due), &entry);
+        }
         Ok(Ok(Outcome::Done))
     }
 

@@ -507,6 +507,39 @@ fn dkim_keys_rotate_with_one_active_key_per_domain() {
 }
 
 #[test]
+fn the_due_index_is_compacted_after_many_deletes_and_stays_correct() {
+    let (_dir, store) = store();
+    let mut ids = Vec::new();
+    for chunk in 0..6 {
+        let commands: Vec<Command> = (0..1_000)
+            .map(|n| {
+                let mut command = deliver(BlobId::of(format!("{chunk}-{n}").as_bytes()), 1, &[]);
+                if let Command::Deliver { outbound, .. } = &mut command {
+                    *outbound = Some(outbound_to(&["x@remote.test"]));
+                }
+                command
+            })
+            .collect();
+        for result in apply_as_one_entry(&store, commands) {
+            let Ok(Outcome::Delivered { queue_id: Some(id), .. }) = result else { panic!("{result:?}") };
+            ids.push(id);
+        }
+    }
+    assert!(!store.queue_index_wants_compaction());
+    // Two index deletes per entry: the claim moves its key, the removal drops it.
+    let (gone, kept) = ids.split_at(5_001);
+    let claim = Command::ClaimOutbound { ids: gone.to_vec(), holder: "n1".into(), until_ms: 5_000 };
+    assert!(matches!(apply_at(&store, claim, 2_000), Ok(Outcome::OutboundClaimed { ids }) if ids.len() == 5_001));
+    apply_as_one_entry(&store, gone.iter().map(|&id| Command::RemoveOutbound { id }).collect());
+    assert!(store.queue_index_wants_compaction());
+    assert!(store.compact_queue_index().unwrap());
+    assert!(!store.queue_index_wants_compaction());
+    assert!(!store.compact_queue_index().unwrap(), "nothing to do until deletes pile up again");
+    assert_eq!(store.due_outbound(10_000, 10_000).unwrap(), kept.to_vec());
+    assert_eq!(store.queue_length().unwrap(), kept.len() as u64);
+}
+
+#[test]
 fn outbound_queue_retry_and_remove() {
     let (_dir, store) = store();
     let blob = BlobId::of(b"only remote");
@@ -529,7 +562,7 @@ fn outbound_queue_retry_and_remove() {
     assert_eq!(apply_at(&store, deferred, 3_000), Ok(Outcome::Done));
     assert!(store.queue_entry(id).unwrap().unwrap().delay_notified);
     assert!(store.due_outbound(10_000, 10).unwrap().is_empty());
-    assert_eq!(apply_at(&store, Command::RetryOutbound { id }, 10_000), Ok(Outcome::Done));
+    assert_eq!(apply_at(&store, Command::RetryOutbound { ids: vec![id] }, 10_000), Ok(Outcome::Done));
     assert_eq!(store.due_outbound(10_000, 10).unwrap(), vec![id]);
     assert_eq!(store.outbound_queue(0, 10).unwrap().len(), 1);
     assert_eq!(apply_at(&store, Command::RemoveOutbound { id }, 11_000), Ok(Outcome::Done));

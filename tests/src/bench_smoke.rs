@@ -31,7 +31,9 @@ async fn bench_delivers_and_reports_each_level() {
         assert!(report["p99_ms"].as_f64().unwrap() >= report["p50_ms"].as_f64().unwrap());
     }
     // The SMTP mode too, through real sessions.
-    let smtp_reports = run(&["smtp", "--smtp", &node.smtp.to_string()]);
+    let mut smtp_reports = run(&["smtp", "--smtp", &node.smtp.to_string()]);
+    // And as a submission client: STARTTLS, then AUTH.
+    smtp_reports.extend(run(&["smtp", "--smtp", &node.submission.to_string(), "--starttls", "--auth"]));
     for report in &smtp_reports {
         assert_eq!(report["failed"], 0, "{report}");
     }
@@ -42,6 +44,32 @@ async fn bench_delivers_and_reports_each_level() {
     let (_, accounts) = node.api(reqwest::Method::GET, "/accounts?domain=bench.test", None).await;
     let stored: u64 = accounts.as_array().unwrap().iter().map(|a| a["message_count"].as_u64().unwrap()).sum();
     assert_eq!(stored, delivered);
+}
+
+/// `outbound`: messages for three remote domains leave through the queue to a sink.
+#[tokio::test]
+async fn bench_measures_outbound_delivery() {
+    let mut sink = crate::peers::MailSink::new();
+    sink.start().await;
+    let mut node = WmailNode::new(&format!("[delivery]\nsmarthost = \"127.0.0.1:{}\"\n", sink.port));
+    node.start().await;
+    let bench = wmail_bin().with_file_name("wmail-bench");
+    let output = Command::new(&bench)
+        .args(["--server", &format!("http://{}", node.http), "--token", &node.token()])
+        .args(["outbound", "--submission", &node.submission.to_string()])
+        .args(["--destinations", "3", "--count", "30", "--concurrency", "2", "--timeout", "60", "--json"])
+        .output()
+        .expect("run wmail-bench");
+    assert!(output.status.success(), "{}\n{}", String::from_utf8_lossy(&output.stderr), node.log());
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json report");
+    assert_eq!(report["messages"], 30, "{report}");
+    assert!(report["delivered_per_second"].as_f64().unwrap() > 0.0, "{report}");
+    let received = sink.wait_for_messages(30).await;
+    let domains: std::collections::HashSet<String> = received
+        .iter()
+        .map(|(envelope, _)| envelope["to"][0].as_str().unwrap().rsplit_once('@').unwrap().1.to_owned())
+        .collect();
+    assert_eq!(domains.len(), 3, "{domains:?}");
 }
 
 /// The IMAP modes against a node that allows LOGIN without TLS: `fill`, a short mixed

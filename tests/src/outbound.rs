@@ -310,7 +310,9 @@ async fn queued_mail_survives_a_down_remote_kill_9_and_operator_actions() {
     node.start().await;
     assert_eq!(queue(&node).await["total"], 1, "{}", queue(&node).await);
     sink.start().await;
-    succeeded(node.cli(&["queue", "retry", &id.to_string()], None));
+    // `flush` (Postfix's `postqueue -f`) retries everything at once.
+    let flushed = succeeded(node.cli(&["queue", "flush"], None));
+    assert!(flushed.contains("retrying 1 queued message"), "{flushed}");
     let messages = sink.wait_for_messages(1).await;
     assert_eq!(messages[0].0["to"], json!(["later@sink.test"]));
     assert!(String::from_utf8_lossy(&messages[0].1).contains("Subject: patience"));

@@ -10,8 +10,17 @@ impl Core {
         let _ = tokio::time::timeout(timeout, self.queue_signal.notified()).await;
     }
 
-    /// Ids of queue entries due now, longest waiting first, at most `limit`.
+    /// Ids of queue entries due now, longest waiting first, at most `limit`. Compacts the
+    /// due index in the background once deliveries have left enough tombstones in it.
     pub fn due_outbound(&self, limit: usize) -> Result<Vec<u64>> {
+        if self.state.queue_index_wants_compaction() {
+            let state = self.state.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(error) = state.compact_queue_index() {
+                    tracing::warn!(%error, "could not compact the outbound queue index");
+                }
+            });
+        }
         Ok(self.state.due_outbound(crate::now_ms(), limit)?)
     }
 
@@ -62,9 +71,31 @@ impl Core {
 
     /// Makes a queue entry due now.
     pub async fn retry_outbound(&self, id: u64) -> Result<()> {
-        self.execute(Command::RetryOutbound { id }).await?;
+        self.execute(Command::RetryOutbound { ids: vec![id] }).await?;
         self.queue_signal.notify_one();
         Ok(())
+    }
+
+    /// Makes every queued message due now (Postfix's `postqueue -f`); returns how many
+    /// entries the queue held.
+    pub async fn flush_outbound(&self) -> Result<u64> {
+        let mut after = 0;
+        let mut count = 0;
+        loop {
+            let page = self.outbound_queue(after, 1_000)?;
+            let Some(last) = page.last() else { break };
+            after = last.id;
+            count += page.len() as u64;
+            let ids = page.iter().map(|entry| entry.id).collect();
+            match self.execute(Command::RetryOutbound { ids }).await {
+                Ok(_) => {}
+                // Every entry of the page was delivered meanwhile.
+                Err(error) if error.code == ErrorCode::NotFound => {}
+                Err(error) => return Err(error),
+            }
+        }
+        self.queue_signal.notify_one();
+        Ok(count)
     }
 
     /// Removes a queue entry without delivering it further.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use wmail_core::{AttemptResult, Core, Notify, OutboundEnvelope, OutboundRecipient, QueueEntry, RecipientStatus, Ret};
 
 use crate::client::{ClientError, Reply, SmtpClient, Timeouts, tls_connector};
@@ -238,12 +238,16 @@ impl Worker {
             if *shutdown.borrow() {
                 break;
             }
-            let free = permits.available_permits();
-            let claimed = if free > 0 { self.claim(free).await } else { Vec::new() };
-            let busy = !claimed.is_empty() && claimed.len() == free;
+            // Slots first, so no more entries are claimed (and leased) than can start now.
+            let mut slots: Vec<OwnedSemaphorePermit> =
+                std::iter::from_fn(|| permits.clone().try_acquire_owned().ok()).collect();
+            let claimed = if slots.is_empty() { Vec::new() } else { self.claim(slots.len()).await };
+            let busy = !claimed.is_empty() && claimed.len() == slots.len();
             for entry in claimed {
-                self.spawn(entry, &permits, &mut tasks);
+                let slot = slots.pop().expect("one slot per claimed entry");
+                self.spawn(entry, slot, &mut tasks);
             }
+            drop(slots);
             while tasks.try_join_next().is_some() {}
             if busy {
                 continue;
@@ -290,7 +294,8 @@ impl Worker {
             match self.core.claim_outbound(chunk.to_vec(), &self.config.holder, until).await {
                 Ok(entries) => {
                     for entry in entries {
-                        self.spawn(entry, permits, tasks);
+                        let Ok(slot) = permits.clone().acquire_owned().await else { return };
+                        self.spawn(entry, slot, tasks);
                     }
                 }
                 Err(error) => tracing::warn!(%error, "could not take back outbound deliveries"),
@@ -323,14 +328,14 @@ impl Worker {
         }
     }
 
-    fn spawn(self: &Arc<Self>, entry: QueueEntry, permits: &Arc<Semaphore>, tasks: &mut tokio::task::JoinSet<()>) {
+    /// Delivers a claimed entry in its own task, holding `slot` until it is done.
+    fn spawn(self: &Arc<Self>, entry: QueueEntry, slot: OwnedSemaphorePermit, tasks: &mut tokio::task::JoinSet<()>) {
         if !self.in_flight.lock().expect("in-flight lock").insert(entry.id) {
             return;
         }
         let worker = self.clone();
-        let permits = permits.clone();
         tasks.spawn(async move {
-            let _permit = permits.acquire_owned().await;
+            let _slot = slot;
             let id = entry.id;
             worker.deliver_entry(entry).await;
             worker.in_flight.lock().expect("in-flight lock").remove(&id);
@@ -533,48 +538,57 @@ impl Worker {
         for hop in &hops {
             for &addr in &hop.addrs {
                 let remote = format!("{}[{}]", hop.name, addr.ip());
-                let mut client = match self.session(hop, addr, policy).await {
-                    Ok(client) => client,
-                    Err(NextHost(reply)) => {
-                        tracing::debug!(%remote, reply = %reply.line(), "host not usable, trying the next");
-                        last = reply;
-                        last_remote = Some(remote);
-                        continue;
-                    }
-                };
-                let mut results = Vec::with_capacity(indexes.len());
-                let mut broken = None;
-                for batch in indexes.chunks(self.config.max_recipients_per_transaction.max(1)) {
-                    match self.transaction(&mut client, entry, batch, &hop.name).await {
-                        Ok(batch_results) => results.extend(batch_results),
-                        Err(reply) => {
-                            broken = Some(reply);
-                            break;
-                        }
-                    }
-                }
-                match broken {
-                    None => {
-                        self.keep_idle(client);
-                        return results;
-                    }
-                    // The connection broke before any of this batch was sent: the others
-                    // are tried on the next host.
-                    Some(reply) => {
-                        let done: HashSet<usize> = results.iter().map(|r| r.index).collect();
-                        let rest: Vec<usize> = indexes.iter().copied().filter(|i| !done.contains(i)).collect();
-                        if results.is_empty() {
+                // A connection verified for another name must not serve this domain.
+                let mut use_idle = policy != TlsPolicy::RequireVerified;
+                'connection: loop {
+                    let (mut client, reused) = match self.session(hop, addr, policy, use_idle).await {
+                        Ok(session) => session,
+                        Err(NextHost(reply)) => {
+                            tracing::debug!(%remote, reply = %reply.line(), "host not usable, trying the next");
                             last = reply;
                             last_remote = Some(remote);
-                            continue;
+                            break 'connection;
                         }
-                        results.extend(rest.into_iter().map(|index| Result1 {
-                            index,
-                            kind: Kind::Deferred,
-                            reply: reply.line(),
-                            remote: Some(hop.name.clone()),
-                        }));
-                        return results;
+                    };
+                    let mut results = Vec::with_capacity(indexes.len());
+                    let mut broken = None;
+                    for batch in indexes.chunks(self.config.max_recipients_per_transaction.max(1)) {
+                        match self.transaction(&mut client, entry, batch, &hop.name).await {
+                            Ok(batch_results) => results.extend(batch_results),
+                            Err(reply) => {
+                                broken = Some(reply);
+                                break;
+                            }
+                        }
+                    }
+                    match broken {
+                        None => {
+                            self.keep_idle(client);
+                            return results;
+                        }
+                        // A kept connection the server has closed meanwhile: open a new one.
+                        Some(_) if results.is_empty() && reused => {
+                            use_idle = false;
+                            continue 'connection;
+                        }
+                        // The connection broke before any of this batch was sent: the others
+                        // are tried on the next host.
+                        Some(reply) => {
+                            let done: HashSet<usize> = results.iter().map(|r| r.index).collect();
+                            let rest: Vec<usize> = indexes.iter().copied().filter(|i| !done.contains(i)).collect();
+                            if results.is_empty() {
+                                last = reply;
+                                last_remote = Some(remote);
+                                break 'connection;
+                            }
+                            results.extend(rest.into_iter().map(|index| Result1 {
+                                index,
+                                kind: Kind::Deferred,
+                                reply: reply.line(),
+                                remote: Some(hop.name.clone()),
+                            }));
+                            return results;
+                        }
                     }
                 }
             }
@@ -628,10 +642,17 @@ impl Worker {
 
     /// A connection ready for MAIL: an idle one to the same address, or a new one with
     /// EHLO and STARTTLS as the policy says.
-    async fn session(&self, hop: &Hop, addr: SocketAddr, policy: TlsPolicy) -> Result<SmtpClient, NextHost> {
+    /// The flag says whether the connection was kept from an earlier message.
+    async fn session(
+        &self,
+        hop: &Hop,
+        addr: SocketAddr,
+        policy: TlsPolicy,
+        use_idle: bool,
+    ) -> Result<(SmtpClient, bool), NextHost> {
         let tls_required = matches!(policy, TlsPolicy::Require | TlsPolicy::RequireVerified);
-        if let Some(client) = self.take_idle(addr, tls_required) {
-            return Ok(client);
+        if use_idle && let Some(client) = self.take_idle(addr, tls_required) {
+            return Ok((client, true));
         }
         let hostname = &self.config.hostname;
         let fail = |error: ClientError| NextHost(error_reply(&error, &hop.name));
@@ -657,7 +678,7 @@ impl Worker {
                 format!("{} does not offer STARTTLS, and the TLS policy for this domain requires it", hop.name),
             )));
         }
-        Ok(client)
+        Ok((client, false))
     }
 
     fn take_idle(&self, addr: SocketAddr, tls_required: bool) -> Option<SmtpClient> {

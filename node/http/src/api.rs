@@ -91,6 +91,7 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/queue", get(list_queue))
         .route("/queue/{id}", get(show_queue_entry).delete(remove_queue_entry))
         .route("/queue/{id}/retry", axum::routing::post(retry_queue_entry))
+        .route("/queue/flush", axum::routing::post(flush_queue))
         .layer(axum::middleware::from_fn_with_state(state, require_token))
 }
 
@@ -635,6 +636,10 @@ async fn show_queue_entry(State(state): State<Arc<AppState>>, Path(id): Path<u64
 async fn retry_queue_entry(State(state): State<Arc<AppState>>, Path(id): Path<u64>) -> ApiResult<StatusCode> {
     state.core.retry_outbound(id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn flush_queue(State(state): State<Arc<AppState>>) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(serde_json::json!({ "retrying": state.core.flush_outbound().await? })))
 }
 
 async fn remove_queue_entry(State(state): State<Arc<AppState>>, Path(id): Path<u64>) -> ApiResult<StatusCode> {

@@ -80,6 +80,8 @@ enum QueueCommand {
     Show { id: u64 },
     /// Try a queued message again now.
     Retry { id: u64 },
+    /// Try every queued message again now (like Postfix's `postqueue -f`).
+    Flush,
     /// Remove a queued message without delivering it further (no bounce is sent).
     Remove { id: u64 },
 }
@@ -511,6 +513,10 @@ async fn queue(client: AdminClient, command: QueueCommand) -> anyhow::Result<()>
         QueueCommand::Retry { id } => {
             client.call(Method::POST, &format!("/queue/{id}/retry"), None).await?;
             client.print(&json!({ "retrying": id }), |_| format!("queue entry {id} will be retried now"));
+        }
+        QueueCommand::Flush => {
+            let flushed = client.call(Method::POST, "/queue/flush", None).await?;
+            client.print(&flushed, |f| format!("retrying {} queued message(s) now", f["retrying"]));
         }
         QueueCommand::Remove { id } => {
             client.call(Method::DELETE, &format!("/queue/{id}"), None).await?;

@@ -79,9 +79,22 @@ enum BenchCommand {
         /// Do not create the domain and accounts through wmail's admin API.
         #[arg(long)]
         no_setup: bool,
+        /// Say STARTTLS before sending (for submission ports; any certificate is accepted).
+        #[arg(long)]
+        starttls: bool,
+        /// Authenticate (AUTH PLAIN) as user0@bench.test and send from it (submission).
+        #[arg(long)]
+        auth: bool,
         #[command(flatten)]
         shape: LoadShape,
     },
+    /// Outbound delivery: submits messages for other domains (STARTTLS + AUTH as
+    /// user0@bench.test) and measures until the node's queue is empty again. Point the
+    /// node at a sink first, e.g. Postfix's `smtp-sink -u nobody 127.0.0.1:2525 1000` and
+    /// `[delivery] smarthost = "127.0.0.1:2525"`.
+    #[command(after_help = "Example: wmail-bench --token $(cat wmail-data/admin-token) outbound \
+                              --submission 127.0.0.1:587 --destinations 10 --count 5000")]
+    Outbound(OutboundArgs),
     /// APPENDs generated, realistic messages to one mailbox over IMAP (LITERAL+: one round
     /// trip each), reporting messages/s and MB/s.
     #[command(after_help = "Example: wmail-bench --token $(cat wmail-data/admin-token) fill --imap 127.0.0.1:143 \
@@ -97,6 +110,32 @@ enum BenchCommand {
     #[command(after_help = "Example: wmail-bench --token $(cat wmail-data/admin-token) idle --imap 127.0.0.1:143 \
                               --connections 2000 --pid $(pidof wmail)")]
     Idle(imap_load::IdleArgs),
+}
+
+/// Options of `wmail-bench outbound`.
+#[derive(clap::Args, Clone)]
+struct OutboundArgs {
+    /// The node's submission address (STARTTLS + AUTH).
+    #[arg(long, default_value = "127.0.0.1:587")]
+    submission: String,
+    /// How many destination domains the recipients spread over (dest0.bench-out.test ...).
+    #[arg(long, default_value_t = 1)]
+    destinations: usize,
+    /// Messages to send.
+    #[arg(long, default_value_t = 2_000)]
+    count: usize,
+    /// Submission sessions at once.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Message size in bytes.
+    #[arg(long, default_value_t = 10_240)]
+    size: usize,
+    /// Give up waiting for the queue to drain after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 /// The password of every account the benchmark creates.
@@ -180,6 +219,20 @@ impl Api {
         Ok(response.status())
     }
 
+    async fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let response = self
+            .http
+            .get(format!("{}/api/v1{path}", self.server))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}; is `wmail serve` running?", self.server))?;
+        if !response.status().is_success() {
+            bail!("GET {path} failed with {} (check --token)", response.status());
+        }
+        Ok(response.json().await?)
+    }
+
     async fn deliver(&self, address: &str, message: Vec<u8>) -> bool {
         let url = format!("{}/api/v1/accounts/{address}/messages", self.server);
         let result = self.http.post(url).bearer_auth(&self.token).body(message).send().await;
@@ -189,7 +242,12 @@ impl Api {
 
 /// A distinct message of about `size` bytes (distinct bodies: every delivery stores a blob).
 fn message(size: usize, n: usize) -> Vec<u8> {
-    let header = format!("From: bench@bench.test\r\nTo: user@bench.test\r\nSubject: bench {n}\r\n\r\n");
+    message_from("bench@bench.test", size, n)
+}
+
+/// [`message`] with `from` in its From: header (submission only accepts the sender's own).
+fn message_from(from: &str, size: usize, n: usize) -> Vec<u8> {
+    let header = format!("From: {from}\r\nTo: user@bench.test\r\nSubject: bench {n}\r\n\r\n");
     let mut body = header.into_bytes();
     let filler = format!("{n:020} the quick brown fox jumps over the lazy dog\r\n");
     while body.len() < size {
@@ -283,8 +341,88 @@ fn check(report: &LevelReport) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Submits `count` messages for remote domains, then waits for the queue to drain.
+async fn outbound(api: &Api, args: &OutboundArgs) -> anyhow::Result<()> {
+    let sender = accounts(api, 1, false).await?.remove(0);
+    let options = smtp::SessionOptions { starttls: true, auth: Some((sender.clone(), PASSWORD.to_owned())) };
+    let destinations = args.destinations.max(1);
+    // Sessions log in one after another: the server holds back many parallel logins of
+    // one account (a guessing defence), which would fail the run.
+    let mut sessions = Vec::new();
+    for _ in 0..args.concurrency.max(1) {
+        sessions.push(smtp::Sender::connect_with(&args.submission, &options).await?);
+    }
+    let started = Instant::now();
+    let issued = AtomicUsize::new(0);
+    let failed = AtomicUsize::new(0);
+    let workers = sessions.into_iter().map(|mut session| {
+        let (issued, failed, options, sender) = (&issued, &failed, &options, &sender);
+        async move {
+            loop {
+                let n = issued.fetch_add(1, Ordering::Relaxed);
+                if n >= args.count {
+                    break;
+                }
+                let recipient = format!("rcpt{n}@dest{}.bench-out.test", n % destinations);
+                if session.send(&recipient, &message_from(sender, args.size, n)).await.is_err() {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    session = smtp::Sender::connect_with(&args.submission, options).await?;
+                }
+            }
+            session.quit().await;
+            anyhow::Ok(())
+        }
+    });
+    for result in futures::future::join_all(workers).await {
+        result?;
+    }
+    let submitted_in = started.elapsed();
+    let deadline = started + Duration::from_secs(args.timeout);
+    loop {
+        let total = api.get("/queue?limit=1").await?["total"].as_u64().unwrap_or(u64::MAX);
+        if total == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("{total} messages still queued after {} s; see `wmail queue list`", args.timeout);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let drained_in = started.elapsed();
+    let accepted = args.count - failed.load(Ordering::Relaxed);
+    let report = json!({
+        "workload": "outbound",
+        "destinations": destinations,
+        "messages": accepted,
+        "failed_submissions": failed.load(Ordering::Relaxed),
+        "size": args.size,
+        "concurrency": args.concurrency,
+        "submitted_per_second": accepted as f64 / submitted_in.as_secs_f64(),
+        "delivered_per_second": accepted as f64 / drained_in.as_secs_f64(),
+        "seconds": drained_in.as_secs_f64(),
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!(
+            "outbound: {accepted} messages of {} B to {destinations} destination(s), {} sessions: submitted {:.0}/s, \
+             delivered {:.0}/s end to end ({:.1} s until the queue was empty)",
+            args.size,
+            args.concurrency,
+            report["submitted_per_second"].as_f64().unwrap_or(0.0),
+            report["delivered_per_second"].as_f64().unwrap_or(0.0),
+            drained_in.as_secs_f64()
+        );
+    }
+    if failed.load(Ordering::Relaxed) > 0 {
+        bail!("{} submissions failed", failed.load(Ordering::Relaxed));
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     let api =
         Api { http: reqwest::Client::new(), server: cli.server.trim_end_matches('/').to_owned(), token: cli.token };
@@ -301,21 +439,24 @@ async fn main() -> anyhow::Result<()> {
                 check(&report)?;
             }
         }
-        BenchCommand::Smtp { smtp: address, no_setup, shape } => {
+        BenchCommand::Smtp { smtp: address, no_setup, starttls, auth, shape } => {
             let addresses = accounts(&api, shape.accounts.max(1), no_setup).await?;
             header(&shape, addresses.len(), &format!("smtp://{address}"));
+            let options =
+                smtp::SessionOptions { starttls, auth: auth.then(|| (addresses[0].clone(), PASSWORD.to_owned())) };
+            let sender = if auth { addresses[0].clone() } else { "bench@bench.test".to_owned() };
             for &level in &shape.concurrency {
                 let level = level.max(1);
                 let mut sessions = Vec::new();
                 for _ in 0..level {
-                    sessions.push(tokio::sync::Mutex::new(smtp::Sender::connect(&address).await?));
+                    sessions.push(tokio::sync::Mutex::new(smtp::Sender::connect_with(&address, &options).await?));
                 }
                 let report = run_level(level, &shape, |worker, n| {
-                    let (sessions, addresses) = (&sessions, &addresses);
+                    let (sessions, addresses, sender) = (&sessions, &addresses, &sender);
                     async move {
                         let mut session = sessions[worker].lock().await;
                         let recipient = &addresses[n % addresses.len()];
-                        session.send(recipient, &message(shape.size, n)).await.is_ok()
+                        session.send(recipient, &message_from(sender, shape.size, n)).await.is_ok()
                     }
                 })
                 .await;
@@ -326,6 +467,7 @@ async fn main() -> anyhow::Result<()> {
                 check(&report)?;
             }
         }
+        BenchCommand::Outbound(args) => outbound(&api, &args).await?,
         BenchCommand::Fill(args) => imap_load::fill(&api, &args).await?,
         BenchCommand::Imap(args) => imap_load::mixed(&api, &args).await?,
         BenchCommand::Idle(args) => imap_load::idle(&api, &args).await?,

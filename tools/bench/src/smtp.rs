@@ -1,30 +1,66 @@
-//! A minimal pipelining SMTP sender for load generation.
+//! A minimal pipelining SMTP sender for load generation, with optional STARTTLS (any
+//! certificate: the benchmark measures, it does not authenticate servers) and AUTH PLAIN.
+
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use base64::Engine;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// How a session starts.
+#[derive(Debug, Clone, Default)]
+pub struct SessionOptions {
+    /// Say STARTTLS after EHLO.
+    pub starttls: bool,
+    /// AUTH PLAIN with this user and password.
+    pub auth: Option<(String, String)>,
+}
 
 /// One SMTP session that sends messages one after another.
 pub struct Sender {
-    stream: BufReader<TcpStream>,
+    stream: BufReader<Box<dyn Io>>,
+    from: String,
 }
 
 impl Sender {
-    /// Connects, reads the greeting and says EHLO.
-    pub async fn connect(address: &str) -> anyhow::Result<Self> {
+    /// Connects, says EHLO, and upgrades and authenticates as `options` say. Mail is sent
+    /// from the authenticated user, else from bench@bench.test.
+    pub async fn connect_with(address: &str, options: &SessionOptions) -> anyhow::Result<Self> {
         let stream = TcpStream::connect(address).await.with_context(|| format!("cannot connect to {address}"))?;
         stream.set_nodelay(true)?;
-        let mut sender = Self { stream: BufReader::new(stream) };
+        let from = options.auth.as_ref().map_or("bench@bench.test".to_owned(), |(user, _)| user.clone());
+        let mut sender = Self { stream: BufReader::new(Box::new(stream)), from };
         sender.expect(220).await?;
-        sender.stream.get_mut().write_all(b"EHLO bench.test\r\n").await?;
+        sender.write(b"EHLO bench.test\r\n").await?;
         sender.expect(250).await?;
+        if options.starttls {
+            sender.write(b"STARTTLS\r\n").await?;
+            sender.expect(220).await?;
+            let plain = std::mem::replace(
+                &mut sender.stream,
+                BufReader::new(Box::new(tokio::io::join(tokio::io::empty(), tokio::io::sink()))),
+            );
+            let tls = connector().connect("bench.invalid".try_into()?, plain.into_inner()).await?;
+            sender.stream = BufReader::new(Box::new(tls));
+            sender.write(b"EHLO bench.test\r\n").await?;
+            sender.expect(250).await?;
+        }
+        if let Some((user, password)) = &options.auth {
+            let token = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+            sender.write(format!("AUTH PLAIN {token}\r\n").as_bytes()).await?;
+            sender.expect(235).await.context("authentication failed")?;
+        }
         Ok(sender)
     }
 
     /// Sends one message (dot-stuffed) with MAIL, RCPT and DATA pipelined (RFC 2920).
     pub async fn send(&mut self, recipient: &str, message: &[u8]) -> anyhow::Result<()> {
-        let mut out = format!("MAIL FROM:<bench@bench.test>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n").into_bytes();
-        self.stream.get_mut().write_all(&out).await?;
+        let mut out = format!("MAIL FROM:<{}>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n", self.from).into_bytes();
+        self.write(&out).await?;
         self.expect(250).await?;
         self.expect(250).await?;
         self.expect(354).await?;
@@ -39,14 +75,21 @@ impl Sender {
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b".\r\n");
-        self.stream.get_mut().write_all(&out).await?;
+        self.write(&out).await?;
         self.expect(250).await
     }
 
     /// Says QUIT (best effort).
     pub async fn quit(mut self) {
-        let _ = self.stream.get_mut().write_all(b"QUIT\r\n").await;
+        let _ = self.write(b"QUIT\r\n").await;
         let _ = self.expect(221).await;
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        let stream = self.stream.get_mut();
+        stream.write_all(bytes).await?;
+        stream.flush().await?;
+        Ok(())
     }
 
     async fn expect(&mut self, code: u16) -> anyhow::Result<()> {
@@ -64,5 +107,54 @@ impl Sender {
             }
             return Ok(());
         }
+    }
+}
+
+/// A TLS client that accepts any certificate.
+fn connector() -> tokio_rustls::TlsConnector {
+    let config = rustls::ClientConfig::builder()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate))
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+#[derive(Debug)]
+struct AnyCertificate;
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::CryptoProvider::get_default()
+            .map(|provider| provider.signature_verification_algorithms.supported_schemes())
+            .unwrap_or_default()
     }
 }
