@@ -31,6 +31,7 @@ fn queued(n: u64) -> Command {
         threading: None,
         targets: vec![],
         outbound: Some(OutboundEnvelope {
+            eight_bit: false,
             return_path: "sender@bench.test".into(),
             envid: None,
             ret: None,

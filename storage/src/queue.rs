@@ -51,6 +51,9 @@ pub struct OutboundEnvelope {
     pub ret: Option<Ret>,
     /// The remote recipients.
     pub recipients: Vec<OutboundRecipient>,
+    /// Whether the message has 8-bit data (set by core when it stores the body): it may
+    /// only go to servers that offer 8BITMIME (RFC 6152 §3).
+    pub eight_bit: bool,
 }
 
 /// One remote recipient and its DSN parameters.
@@ -106,6 +109,8 @@ pub struct QueueEntry {
     pub envid: Option<String>,
     /// RFC 3461 RET.
     pub ret: Option<Ret>,
+    /// Whether the message has 8-bit data.
+    pub eight_bit: bool,
     /// The recipients, in the order given.
     pub recipients: Vec<QueuedRecipient>,
     /// When the message was queued (ms since the epoch).

@@ -1562,6 +1562,7 @@ impl<'a> Tx<'a> {
             return_path: envelope.return_path,
             envid: envelope.envid,
             ret: envelope.ret,
+            eight_bit: envelope.eight_bit,
             recipients: envelope
                 .recipients
                 .into_iter()

@@ -7,7 +7,8 @@ it while the sink runs:
   {"rcpt": {"carol@sink.test": "550 5.1.1 no such user"},      # fixed RCPT replies
    "rcpt_fail_first": {"retry@sink.test": [2, "451 4.2.0 later"]},  # first N RCPTs fail
     "data": "250 2.0.0 OK",                                      # reply to the data
-   "data_delay": 30}                                            # seconds before replying
+   "data_delay": 30,                                            # seconds before replying
+   "no_8bitmime": true}                                         # do not offer 8BITMIME
 Every session is logged to DIR/events.log ("connect ID", "starttls ID", "mail ID FROM
 OPTIONS", "rcpt ID ADDRESS OPTIONS REPLY", "data ID N"), and each accepted message is
 stored as DIR/msg-N.eml with its envelope in DIR/msg-N.json.
@@ -19,7 +20,8 @@ from aiosmtpd.smtp import SMTP
 
 port, directory, cert, key = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 sessions = itertools.count(1)
-messages = itertools.count(1)
+# A restarted sink continues the numbering of the messages already in DIR.
+messages = itertools.count(1 + sum(1 for name in os.listdir(directory) if name.endswith(".eml")))
 rcpt_counts = {}
 
 
@@ -44,6 +46,8 @@ class Handler:
         elif session.ssl is not None:
             log(f"starttls {session.sink_id}")
         session.host_name = hostname
+        if behaviour().get("no_8bitmime"):
+            responses = [r for r in responses if "8BITMIME" not in r]
         return responses
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):

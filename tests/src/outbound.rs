@@ -171,7 +171,7 @@ async fn outbound_mail_is_routed_retried_bounced_and_reported() {
     assert_eq!(envelope["from"], "alice@example.com");
     assert_eq!(envelope["tls"], true, "STARTTLS was used: {envelope}");
     let options = envelope["mail_options"].to_string();
-    assert!(options.contains("SIZE=") && options.contains("BODY=8BITMIME"), "{options}");
+    assert!(options.contains("SIZE=") && !options.contains("BODY="), "7-bit data is not declared 8-bit: {options}");
     let text = String::from_utf8_lossy(body);
     assert!(!text.contains("Return-Path:"), "no Return-Path in transit (RFC 5321 §4.4):\n{text}");
     assert!(text.contains("Subject: outbound 1") && text.contains("\r\n..dot\r\n"), "dots as sent:\n{text}");
@@ -246,10 +246,69 @@ async fn outbound_mail_is_routed_retried_bounced_and_reported() {
     assert!(text.starts_with("DKIM-Signature: v=1; a=ed25519-sha256;") && text.contains("s=ed1"), "{text}");
     assert!(dkim_verify(&node, "example.com", &messages[4].1).await, "dkimpy rejects the Ed25519 signature:\n{text}");
 
+    // 8-bit data is declared (RFC 6152) and bounced at a server without 8BITMIME.
+    let eight_bit = "From: alice@example.com\r\nSubject: 8bit\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\ngrüße\r\n";
+    submit(&node, &["bob@sink.test"], eight_bit, "[], []");
+    let messages = sink.wait_for_messages(6).await;
+    assert!(messages[5].0["mail_options"].to_string().contains("BODY=8BITMIME"), "{}", messages[5].0);
+    // A restart closes the connection the node keeps open, so it sees the new EHLO reply.
+    sink.set_behaviour(json!({ "no_8bitmime": true }));
+    sink.stop();
+    sink.start().await;
+    submit(&node, &["bob@sink.test"], eight_bit, "[], []");
+    let reports = wait_for_inbox(&node, "alice@example.com", 2).await;
+    assert!(
+        reports[1].contains("Final-Recipient: rfc822; bob@sink.test\r\nAction: failed\r\nStatus: 5.6.3"),
+        "{}",
+        reports[1]
+    );
+    assert_eq!(sink.messages().len(), 6, "nothing 8-bit went to the 7-bit server");
+
     wait_for_empty_queue(&node).await;
     let listed = succeeded(node.cli(&["queue", "list"], None));
     assert!(listed.contains("0 message(s) queued"), "{listed}");
-    assert_eq!(inbox(&node, "alice@example.com").await.len(), 1, "no reports for the later messages");
+    assert_eq!(inbox(&node, "alice@example.com").await.len(), 2, "no reports for the other messages");
+}
+
+#[tokio::test]
+async fn a_smarthost_is_used_with_starttls_and_a_login() {
+    // The relay is another wmail node's submission port: STARTTLS, AUTH, send-as checks.
+    let mut relay = WmailNode::new("");
+    relay.start().await;
+    create(&relay, "relay.test", &["relay@relay.test", "carol@relay.test"]).await;
+    succeeded(relay.cli(&["account", "access", "relay@relay.test", "--send-as", "@example.com"], None));
+    let config = format!(
+        "[delivery]\nsmarthost = \"127.0.0.1:{}\"\nsmarthost_user = \"relay@relay.test\"\nsmarthost_password = \"secret password\"\nretry_schedule = [\"1h\"]\n",
+        relay.submission.port()
+    );
+    let mut node = WmailNode::new(&config);
+    node.start().await;
+    create(&node, "example.com", &["alice@example.com"]).await;
+    submit(&node, &["carol@relay.test"], "From: alice@example.com\r\nSubject: relayed\r\n\r\nx\r\n", "[], []");
+    let delivered = wait_for_inbox(&relay, "carol@relay.test", 1).await;
+    assert!(delivered[0].contains("Subject: relayed"), "{}", delivered[0]);
+    assert!(delivered[0].contains("(authenticated as relay@relay.test)"), "{}", delivered[0]);
+    assert!(delivered[0].contains("with ESMTPSA"), "{}", delivered[0]);
+    wait_for_empty_queue(&node).await;
+
+    // A wrong password defers (the operator fixes the login; nothing bounces).
+    let mut wrong = WmailNode::new(&config.replace("secret password", "wrong password"));
+    wrong.start().await;
+    create(&wrong, "example.com", &["alice@example.com"]).await;
+    submit(&wrong, &["carol@relay.test"], "From: alice@example.com\r\nSubject: refused\r\n\r\nx\r\n", "[], []");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let page = queue(&wrong).await;
+        let entry = &page["entries"][0];
+        if entry["attempts"].as_u64().unwrap_or(0) >= 1 {
+            assert_eq!(entry["recipients"][0]["status"], "pending", "{page}");
+            assert!(entry["recipients"][0]["reply"].as_str().unwrap().starts_with("535"), "{page}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no attempt: {page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(inbox(&wrong, "alice@example.com").await.is_empty(), "no bounce for a relay login problem");
 }
 
 #[tokio::test]
@@ -282,6 +341,10 @@ async fn queued_mail_survives_a_down_remote_kill_9_and_operator_actions() {
     };
     let shown = succeeded(node.cli(&["queue", "show", &id.to_string()], None));
     assert!(shown.contains("later@sink.test") && shown.contains("refused"), "{shown}");
+    let (_, metrics) = node.get("/metrics").await;
+    for line in ["wmail_queue_messages 1", "wmail_outbound_recipients_total{result=\"deferred\"} 1"] {
+        assert!(metrics.lines().any(|l| l == line), "missing {line:?} in\n{metrics}");
+    }
 
     // Retrying after the delay-notice time tells alice once that the mail is late.
     tokio::time::sleep(Duration::from_millis(1_200)).await;
@@ -318,6 +381,14 @@ async fn queued_mail_survives_a_down_remote_kill_9_and_operator_actions() {
     assert!(String::from_utf8_lossy(&messages[0].1).contains("Subject: patience"));
     wait_for_empty_queue(&node).await;
     assert_eq!(sink.messages().len(), 1, "the removed message was not sent");
+    let (_, metrics) = node.get("/metrics").await;
+    for line in [
+        "wmail_queue_messages 0",
+        "wmail_queue_oldest_age_seconds 0",
+        "wmail_outbound_recipients_total{result=\"delivered\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "missing {line:?} in\n{metrics}");
+    }
     assert_eq!(inbox(&node, "alice@example.com").await.len(), 1, "one delay notice, no bounce");
 }
 

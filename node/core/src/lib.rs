@@ -605,8 +605,9 @@ impl Core {
         // Read before storing: garbage collection that finishes after this index cannot
         // have deleted the copy stored below (see `Command::Deliver`).
         let stored_after_index = self.consensus.metrics().last_applied.map_or(0, |id| id.index);
-        let (stored, copy) = self.store_body(body).await?;
+        let (stored, copy, eight_bit) = self.store_body(body).await?;
         let (summary, threading) = self.encoded_summary(&stored, copy).await.unzip();
+        let outbound = outbound.map(|envelope| OutboundEnvelope { eight_bit, ..envelope });
         let outcome = self
             .execute(Command::Deliver {
                 blob: stored.id,
@@ -638,19 +639,24 @@ impl Core {
     }
 
     /// Streams a message body into the blob store, keeping a copy of small bodies for
-    /// [`Core::encoded_summary`]. A failure of the body itself (the client went away, a size
-    /// limit in the caller's stream) is the caller's fault, not ours.
-    pub(crate) async fn store_body<S>(&self, body: S) -> Result<(wmail_storage::StoredBlob, Option<Vec<u8>>)>
+    /// [`Core::encoded_summary`] and noting whether any byte has the high bit set (8-bit
+    /// data, RFC 6152). A failure of the body itself (the client went away, a size limit in
+    /// the caller's stream) is the caller's fault, not ours.
+    pub(crate) async fn store_body<S>(&self, body: S) -> Result<(wmail_storage::StoredBlob, Option<Vec<u8>>, bool)>
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send,
     {
         use futures::StreamExt;
         let body_error: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
         let copy: std::sync::Mutex<Option<Vec<u8>>> = std::sync::Mutex::new(Some(Vec::new()));
+        let eight_bit = std::sync::atomic::AtomicBool::new(false);
         let watched = body.map(|chunk| {
             match &chunk {
                 Err(error) => *body_error.lock().expect("body error lock") = Some(error.to_string()),
                 Ok(bytes) => {
+                    if !bytes.is_ascii() {
+                        eight_bit.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
                     let mut copy = copy.lock().expect("copy lock");
                     let keep =
                         copy.as_ref().is_some_and(|kept| kept.len() + bytes.len() <= mailbox::SUMMARY_COPY_LIMIT);
@@ -664,7 +670,7 @@ impl Core {
             chunk
         });
         match self.blobs.put_stream(watched).await {
-            Ok(stored) => Ok((stored, copy.into_inner().expect("copy lock"))),
+            Ok(stored) => Ok((stored, copy.into_inner().expect("copy lock"), eight_bit.into_inner())),
             Err(error) => match body_error.into_inner().expect("body error lock") {
                 Some(reason) => Err(CoreError::invalid(format!("the message body could not be received: {reason}"))),
                 None => Err(CoreError::internal("storing a message body", error)),

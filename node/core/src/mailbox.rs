@@ -275,7 +275,7 @@ impl Core {
         S: Stream<Item = std::io::Result<Bytes>> + Send,
     {
         let stored_after_index = self.consensus.metrics().last_applied.map_or(0, |id| id.index);
-        let (stored, copy) = self.store_body(body).await?;
+        let (stored, copy, _) = self.store_body(body).await?;
         let (summary, threading) = self.encoded_summary(&stored, copy).await.unzip();
         Ok(StoredBody { blob: stored.id, size: stored.size, stored_after_index, summary, threading })
     }

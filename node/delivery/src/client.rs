@@ -99,6 +99,8 @@ pub struct Extensions {
     pub starttls: bool,
     /// RFC 3461.
     pub dsn: bool,
+    /// RFC 4954: the SASL mechanisms offered, uppercase.
+    pub auth: Vec<String>,
 }
 
 impl Extensions {
@@ -115,6 +117,7 @@ impl Extensions {
                 "CHUNKING" => extensions.chunking = true,
                 "STARTTLS" => extensions.starttls = true,
                 "DSN" => extensions.dsn = true,
+                "AUTH" => extensions.auth = words.map(|word| word.to_ascii_uppercase()).collect(),
                 _ => {}
             }
         }
@@ -236,6 +239,37 @@ impl SmtpClient {
         self.io = Box::new(tls);
         self.tls = true;
         self.hello(hostname).await
+    }
+
+    /// Authenticates (RFC 4954) with PLAIN, or LOGIN when PLAIN is not offered. Refuses to
+    /// send credentials over a connection that is not encrypted.
+    pub async fn authenticate(&mut self, user: &str, password: &str) -> Result<(), ClientError> {
+        use base64::Engine;
+        let encode = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+        if !self.tls {
+            return Err(ClientError::Protocol(
+                "the relay did not offer STARTTLS; wmail never sends relay credentials in cleartext".into(),
+            ));
+        }
+        let offers = |mechanism: &str| self.extensions.auth.iter().any(|m| m == mechanism);
+        let reply = if offers("PLAIN") || !offers("LOGIN") {
+            let token = encode(&format!("\0{user}\0{password}"));
+            self.command(format!("AUTH PLAIN {token}\r\n").as_bytes()).await?
+        } else {
+            let reply = self.command(b"AUTH LOGIN\r\n").await?;
+            if reply.code != 334 {
+                return Err(ClientError::Refused { step: "AUTH", reply });
+            }
+            let reply = self.command(format!("{}\r\n", encode(user)).as_bytes()).await?;
+            if reply.code != 334 {
+                return Err(ClientError::Refused { step: "AUTH", reply });
+            }
+            self.command(format!("{}\r\n", encode(password)).as_bytes()).await?
+        };
+        if reply.code != 235 {
+            return Err(ClientError::Refused { step: "AUTH", reply });
+        }
+        Ok(())
     }
 
     /// Sends MAIL FROM and the RCPTs, pipelined when the server allows it (RFC 2920), and

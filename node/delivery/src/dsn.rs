@@ -224,6 +224,7 @@ mod tests {
             return_path: "alice@example.com".into(),
             envid: Some("QQ314159".into()),
             ret: Some(Ret::Headers),
+            eight_bit: false,
             recipients: vec![QueuedRecipient {
                 recipient: OutboundRecipient {
                     address: "bob@remote.test".into(),

@@ -12,9 +12,11 @@
 
 pub mod client;
 pub mod dsn;
+mod metrics;
 pub mod route;
 pub mod sign;
 mod worker;
 
-pub use route::{Router, StaticRoute};
+pub use metrics::DeliveryMetrics;
+pub use route::{Credentials, Router, StaticRoute};
 pub use worker::{DeliveryConfig, TlsPolicy, Worker};

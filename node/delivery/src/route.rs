@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
@@ -19,6 +20,17 @@ pub struct Hop {
     pub name: String,
     /// Its addresses.
     pub addrs: Vec<SocketAddr>,
+    /// Credentials to authenticate with (the smarthost's, when configured).
+    pub credentials: Option<Arc<Credentials>>,
+}
+
+/// A relay login (RFC 4954).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The user name.
+    pub user: String,
+    /// The password.
+    pub password: String,
 }
 
 /// A static route of the `[delivery.routes]` table (the seeds' "direct delivery" list).
@@ -44,6 +56,7 @@ pub struct Router {
     resolver: TokioResolver,
     remote_port: u16,
     smarthost: Option<String>,
+    smarthost_credentials: Option<Arc<Credentials>>,
     routes: HashMap<String, StaticRoute>,
 }
 
@@ -79,13 +92,21 @@ impl Router {
         }
         .map_err(std::io::Error::other)?;
         let routes = routes.into_iter().map(|(domain, route)| (domain.to_ascii_lowercase(), route)).collect();
-        Ok(Router { resolver, remote_port, smarthost, routes })
+        Ok(Router { resolver, remote_port, smarthost, smarthost_credentials: None, routes })
+    }
+
+    /// Authenticates to the smarthost with these credentials (over TLS only).
+    pub fn with_smarthost_credentials(mut self, credentials: Credentials) -> Self {
+        self.smarthost_credentials = Some(Arc::new(credentials));
+        self
     }
 
     /// The hosts to try for `domain`, best first.
     pub async fn route(&self, domain: &str) -> Result<Vec<Hop>, RouteError> {
         if let Some(smarthost) = &self.smarthost {
-            return self.target(smarthost).await.map(|hop| vec![hop]);
+            let mut hop = self.target(smarthost).await?;
+            hop.credentials = self.smarthost_credentials.clone();
+            return Ok(vec![hop]);
         }
         if let Some(route) = self.routes.get(&domain.to_ascii_lowercase()) {
             let mut hops = Vec::new();
@@ -108,7 +129,8 @@ impl Router {
             let ip: IpAddr = literal.strip_prefix("IPv6:").unwrap_or(literal).parse().map_err(|_| {
                 RouteError::Permanent(Reply::local(553, [5, 1, 2], format!("bad address literal [{literal}]")))
             })?;
-            return Ok(vec![Hop { name: literal.to_owned(), addrs: vec![SocketAddr::new(ip, self.remote_port)] }]);
+            let addrs = vec![SocketAddr::new(ip, self.remote_port)];
+            return Ok(vec![Hop { name: literal.to_owned(), addrs, credentials: None }]);
         }
         self.mx_hops(domain).await
     }
@@ -123,7 +145,7 @@ impl Router {
         })?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let addrs = self.addresses(host, port).await?;
-        Ok(Hop { name: host.to_owned(), addrs })
+        Ok(Hop { name: host.to_owned(), addrs, credentials: None })
     }
 
     /// The domain's MX hosts by preference, equal preferences in random order (RFC 5321
@@ -168,7 +190,7 @@ impl Router {
         if exchanges.is_empty() {
             // RFC 5321 §5.1: no MX records, the domain is its own mail exchanger.
             let addrs = self.addresses(domain, self.remote_port).await?;
-            return Ok(vec![Hop { name: domain.to_owned(), addrs }]);
+            return Ok(vec![Hop { name: domain.to_owned(), addrs, credentials: None }]);
         }
         exchanges.shuffle(&mut rand::thread_rng());
         exchanges.sort_by_key(|(preference, _)| *preference); // stable: shuffled within a preference
@@ -177,7 +199,7 @@ impl Router {
         for (_, host) in exchanges {
             let name = host.trim_end_matches('.').to_owned();
             match self.addresses(&name, self.remote_port).await {
-                Ok(addrs) => hops.push(Hop { name, addrs }),
+                Ok(addrs) => hops.push(Hop { name, addrs, credentials: None }),
                 Err(error) => last_error = Some(error),
             }
         }

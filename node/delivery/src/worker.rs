@@ -141,6 +141,7 @@ pub struct Worker {
     in_flight: Mutex<HashSet<u64>>,
     finished: tokio::sync::Notify,
     signing_budget: Semaphore,
+    metrics: crate::DeliveryMetrics,
 }
 
 impl std::fmt::Debug for Worker {
@@ -214,7 +215,7 @@ async fn without_return_path(
 
 impl Worker {
     /// A worker for `core`'s queue.
-    pub fn new(core: Arc<Core>, config: DeliveryConfig, router: Router) -> Arc<Self> {
+    pub fn new(core: Arc<Core>, config: DeliveryConfig, router: Router, metrics: crate::DeliveryMetrics) -> Arc<Self> {
         Arc::new(Worker {
             opportunistic_tls: tls_connector(false, &[]),
             verified_tls: tls_connector(true, &config.extra_roots),
@@ -226,6 +227,7 @@ impl Worker {
             in_flight: Mutex::new(HashSet::new()),
             finished: tokio::sync::Notify::new(),
             signing_budget: Semaphore::new(SIGNING_BUDGET_KIB as usize),
+            metrics,
         })
     }
 
@@ -382,6 +384,12 @@ impl Worker {
             .collect();
         for result in &results {
             let address = &entry.recipients[result.index].recipient.address;
+            let label = match result.kind {
+                Kind::Delivered(_) => "delivered",
+                Kind::Failed => "failed",
+                Kind::Deferred => "deferred",
+            };
+            self.metrics.recipients.with_label_values(&[label]).inc();
             match result.kind {
                 Kind::Delivered(_) => {
                     tracing::info!(queue_id = entry.id, to = %address, remote = ?result.remote, reply = %result.reply, "delivered")
@@ -457,7 +465,17 @@ impl Worker {
         let context = ReportContext { hostname: &self.config.hostname, entry, retry_until_ms: expires_ms };
         let report = dsn::build_report(&context, &reported, &returned);
         match self.send_report(&entry.return_path, report).await {
-            Ok(()) => delay_sent,
+            Ok(()) => {
+                for recipient in &reported {
+                    let kind = match recipient.action {
+                        Action::Failed => "failure",
+                        Action::Delayed => "delay",
+                        Action::Relayed | Action::Delivered => "relayed",
+                    };
+                    self.metrics.reports.with_label_values(&[kind]).inc();
+                }
+                delay_sent
+            }
             Err(error) => {
                 tracing::error!(queue_id = entry.id, to = %entry.return_path, %error, "could not send a delivery report");
                 false
@@ -499,6 +517,7 @@ impl Worker {
             return Ok(());
         }
         let envelope = OutboundEnvelope {
+            eight_bit: false,
             return_path: String::new(),
             envid: None,
             ret: None,
@@ -678,6 +697,9 @@ impl Worker {
                 format!("{} does not offer STARTTLS, and the TLS policy for this domain requires it", hop.name),
             )));
         }
+        if let Some(credentials) = &hop.credentials {
+            client.authenticate(&credentials.user, &credentials.password).await.map_err(fail)?;
+        }
         Ok((client, false))
     }
 
@@ -742,7 +764,16 @@ impl Worker {
         if extensions.size.is_some() {
             mail.push_str(&format!(" SIZE={}", entry.size));
         }
-        if extensions.eight_bit_mime {
+        if entry.eight_bit {
+            if !extensions.eight_bit_mime {
+                // RFC 6152 §3: 8-bit data only to servers that take it; we do not convert.
+                let reply = Reply::local(
+                    554,
+                    [5, 6, 3],
+                    format!("{host} does not accept 8-bit data (no 8BITMIME); send the message as 7-bit MIME"),
+                );
+                return Ok(all(Kind::Failed, &reply));
+            }
             mail.push_str(" BODY=8BITMIME");
         }
         if needs_utf8 {

@@ -23,6 +23,8 @@ pub struct Metrics {
     raft_log_entries: IntCounter,
     raft_log_appends: IntCounter,
     raft_log_wal_syncs: IntCounter,
+    queue_messages: IntGauge,
+    queue_oldest_age: IntGauge,
 }
 
 impl Metrics {
@@ -61,6 +63,11 @@ impl Metrics {
                 "raft_log_wal_syncs_total",
                 "WAL fsyncs acknowledging Raft log appends (entries per sync is the group-commit factor)",
             ),
+            queue_messages: gauge("queue_messages", "Messages in the outbound queue"),
+            queue_oldest_age: gauge(
+                "queue_oldest_age_seconds",
+                "Age of the oldest message in the outbound queue (0 when it is empty)",
+            ),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -77,6 +84,8 @@ impl Metrics {
             Box::new(metrics.raft_log_entries.clone()),
             Box::new(metrics.raft_log_appends.clone()),
             Box::new(metrics.raft_log_wal_syncs.clone()),
+            Box::new(metrics.queue_messages.clone()),
+            Box::new(metrics.queue_oldest_age.clone()),
         ];
         for collector in collectors {
             metrics.registry.register(collector).expect("metric registered once");
@@ -100,6 +109,11 @@ impl Metrics {
         {
             counter.inc_by(value.saturating_sub(counter.get()));
         }
+        // Queue ids grow with time, so the first entry is the oldest.
+        self.queue_messages.set(core.queue_length().unwrap_or(0) as i64);
+        let oldest = core.outbound_queue(0, 1).ok().and_then(|page| page.first().map(|entry| entry.created_ms));
+        let age_ms = oldest.map_or(0, |created| wmail_core::now_ms().saturating_sub(created));
+        self.queue_oldest_age.set((age_ms / 1000) as i64);
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding cannot fail");
         String::from_utf8(out).expect("prometheus text is UTF-8")

@@ -77,6 +77,7 @@ impl Transaction {
 
     fn outbound_envelope(&self) -> Option<OutboundEnvelope> {
         (!self.outbound.is_empty()).then(|| OutboundEnvelope {
+            eight_bit: false,
             return_path: self.reverse_path.clone(),
             envid: self.envid.clone(),
             ret: self.ret,

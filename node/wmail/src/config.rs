@@ -283,6 +283,10 @@ pub struct DeliverySection {
     pub remote_port: u16,
     /// `host:port` to relay everything through; empty: MX routing.
     pub smarthost: String,
+    /// Login at the smarthost (AUTH, only over TLS); empty: none.
+    pub smarthost_user: String,
+    /// Its password (or `WMAIL_DELIVERY_SMARTHOST_PASSWORD`).
+    pub smarthost_password: String,
     /// Waits between attempts (`"30s"`, `"5m"`, `"1h"`, `"2d"`); the last one repeats.
     pub retry_schedule: Vec<String>,
     /// How long a message is retried before it bounces.
@@ -321,6 +325,8 @@ impl Default for DeliverySection {
         Self {
             remote_port: 25,
             smarthost: String::new(),
+            smarthost_user: String::new(),
+            smarthost_password: String::new(),
             retry_schedule: ["5m", "10m", "30m", "1h", "2h"].map(String::from).to_vec(),
             queue_lifetime: "5d".into(),
             delay_notice: "4h".into(),
@@ -451,6 +457,9 @@ impl Config {
         }
         if self.delivery.remote_port == 0 {
             bail!("[delivery] remote_port must be 1 to 65535");
+        }
+        if !self.delivery.smarthost_user.is_empty() && self.delivery.smarthost.is_empty() {
+            bail!("[delivery] smarthost_user is set but smarthost is empty; set smarthost = \"host:port\"");
         }
         if self.delivery.retry_schedule.is_empty() {
             bail!("[delivery] retry_schedule needs at least one wait, e.g. [\"5m\"]");

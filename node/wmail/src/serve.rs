@@ -57,7 +57,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut mail_listeners = start_smtp(&config, &core, &tls, &registry, &shutdown_rx).await?;
     mail_listeners.extend(start_pop3(&config, &core, &tls, &shutdown_rx).await?);
     mail_listeners.extend(start_imap(&config, &core, &tls, &shutdown_rx).await?);
-    let delivery = tokio::spawn(delivery_worker(&config, &core)?.run(shutdown_rx.clone()));
+    let delivery = tokio::spawn(delivery_worker(&config, &core, &registry)?.run(shutdown_rx.clone()));
     warn_about_unserved_protocols(&config);
     announce(&config, &data_dir, &token_path, &http_urls);
 
@@ -119,7 +119,11 @@ fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
 }
 
 /// The outbound delivery worker, configured from `[delivery]` and `[dns]`.
-fn delivery_worker(config: &Config, core: &Arc<Core>) -> anyhow::Result<Arc<wmail_delivery::Worker>> {
+fn delivery_worker(
+    config: &Config,
+    core: &Arc<Core>,
+    registry: &prometheus::Registry,
+) -> anyhow::Result<Arc<wmail_delivery::Worker>> {
     use crate::config::parse_duration;
     use wmail_delivery::{DeliveryConfig, Router, StaticRoute, TlsPolicy};
     let section = &config.delivery;
@@ -132,7 +136,14 @@ fn delivery_worker(config: &Config, core: &Arc<Core>) -> anyhow::Result<Arc<wmai
         })
         .collect();
     let smarthost = (!section.smarthost.is_empty()).then(|| section.smarthost.clone());
-    let router = Router::new(&dns, section.remote_port, smarthost, routes).context("cannot set up the DNS resolver")?;
+    let mut router =
+        Router::new(&dns, section.remote_port, smarthost, routes).context("cannot set up the DNS resolver")?;
+    if !section.smarthost_user.is_empty() {
+        router = router.with_smarthost_credentials(wmail_delivery::Credentials {
+            user: section.smarthost_user.clone(),
+            password: section.smarthost_password.clone(),
+        });
+    }
     let mut delivery = DeliveryConfig::new(config.server.hostname.clone(), format!("node-{}", config.cluster.node_id));
     delivery.retry_schedule =
         section.retry_schedule.iter().map(|wait| parse_duration(wait)).collect::<Result<_, _>>()?;
@@ -164,7 +175,8 @@ fn delivery_worker(config: &Config, core: &Arc<Core>) -> anyhow::Result<Arc<wmai
             .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
             .with_context(|| format!("[delivery] tls_ca_file {} is not a readable PEM file", section.tls_ca_file))?;
     }
-    Ok(wmail_delivery::Worker::new(core.clone(), delivery, router))
+    let metrics = wmail_delivery::DeliveryMetrics::register(registry)?;
+    Ok(wmail_delivery::Worker::new(core.clone(), delivery, router, metrics))
 }
 
 /// Starts the SMTP listeners: `smtp` (MX, STARTTLS offered), `submission` (STARTTLS, then
