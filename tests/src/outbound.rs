@@ -122,7 +122,8 @@ print(dkim.verify(open(sys.argv[1], "rb").read(), dnsfunc=lookup))
 fn sink_dns_records(remote_mx: bool) -> Vec<String> {
     let mut records = vec![
         "--mx-host=sink.test,mx.sink.test,10".to_owned(),
-        "--host-record=mx.sink.test,127.0.0.1".to_owned(),
+        // IPv6 first (where nothing listens), then IPv4: delivery tries both families.
+        "--host-record=mx.sink.test,127.0.0.1,::1".to_owned(),
         "--mx-host=nullmx.test,.,0".to_owned(),
     ];
     if remote_mx {
@@ -418,4 +419,59 @@ async fn a_delivery_cut_by_kill_9_is_taken_back_at_restart() {
     let delivered = sink.messages();
     assert!(!delivered.is_empty(), "delivered at least once");
     assert!(node.log().contains("taking back outbound deliveries"), "{}", node.log());
+}
+
+#[tokio::test]
+async fn tls_policies_expiry_notify_never_utf8_and_route_fallback() {
+    let mut records = sink_dns_records(false);
+    records.push("--mx-host=fallback.test,mx.sink.test,10".to_owned());
+    let dns = Dnsmasq::start(&records).await;
+    let mut sink = MailSink::new();
+    sink.start().await;
+    let base = format!("{}\n[delivery]\nremote_port = {}\nretry_schedule = [\"1s\"]\n", dns.wmail_config(), sink.port);
+
+    // A node that requires a verified certificate from sink.test but does not trust the
+    // sink's self-signed one: no cleartext fallback, retries, then gives up and bounces.
+    let strict = format!("{base}queue_lifetime = \"3s\"\n\n[delivery.tls]\n\"sink.test\" = \"require-verified\"\n");
+    let mut node = WmailNode::new(&strict);
+    node.start().await;
+    create(&node, "example.com", &["alice@example.com"]).await;
+    submit(&node, &["x@sink.test"], "From: alice@example.com\r\nSubject: strict\r\n\r\nx\r\n", "[], []");
+    submit(
+        &node,
+        &["y@sink.test"],
+        "From: alice@example.com\r\nSubject: silent\r\n\r\nx\r\n",
+        r#"[], ["NOTIFY=NEVER"]"#,
+    );
+    let reports = wait_for_inbox(&node, "alice@example.com", 1).await;
+    let report = &reports[0];
+    assert!(report.contains("Final-Recipient: rfc822; x@sink.test\r\nAction: failed\r\nStatus: 4.7.5"), "{report}");
+    assert!(report.contains("gave up after"), "{report}");
+    wait_for_empty_queue(&node).await;
+    assert!(sink.messages().is_empty(), "nothing went out unverified:\n{}", sink.events());
+    assert!(!sink.events().contains("mail "), "no MAIL over an unverified connection:\n{}", sink.events());
+    assert_eq!(inbox(&node, "alice@example.com").await.len(), 1, "NOTIFY=NEVER: no report for y");
+
+    // With the sink's certificate trusted, the same policy delivers; UTF-8 addresses go
+    // with SMTPUTF8; a static route whose target is down falls back to the MX.
+    let ca = sink.dir.join("cert.pem");
+    let trusting = format!(
+        "{base}tls_ca_file = {:?}\n\n[delivery.tls]\n\"sink.test\" = \"require-verified\"\n\n[delivery.routes]\n\"fallback.test\" = {{ targets = [\"127.0.0.1:1\"], mx_fallback = true }}\n",
+        ca.display().to_string()
+    );
+    let mut node = WmailNode::new(&trusting);
+    node.start().await;
+    create(&node, "example.com", &["alice@example.com"]).await;
+    submit(&node, &["x@sink.test"], "From: alice@example.com\r\nSubject: verified\r\n\r\nx\r\n", "[], []");
+    let messages = sink.wait_for_messages(1).await;
+    assert_eq!(messages[0].0["tls"], true);
+    submit(&node, &["用户@sink.test"], "From: alice@example.com\r\nSubject: utf8\r\n\r\nx\r\n", r#"["SMTPUTF8"], []"#);
+    let messages = sink.wait_for_messages(2).await;
+    assert_eq!(messages[1].0["to"], json!(["用户@sink.test"]));
+    assert!(messages[1].0["mail_options"].to_string().contains("SMTPUTF8"), "{}", messages[1].0);
+    submit(&node, &["z@fallback.test"], "From: alice@example.com\r\nSubject: fallback\r\n\r\nx\r\n", "[], []");
+    let messages = sink.wait_for_messages(3).await;
+    assert_eq!(messages[2].0["to"], json!(["z@fallback.test"]));
+    wait_for_empty_queue(&node).await;
+    assert!(inbox(&node, "alice@example.com").await.is_empty(), "no reports: {}", node.log());
 }
