@@ -251,6 +251,10 @@ pub enum DeliveryResult {
     OverQuota,
     /// The account does not accept mail in its current state.
     NotReceiving,
+    /// Not stored here: the recipient is an alias of addresses in other domains, and its
+    /// copy left through the outbound queue. Reported by core for such recipients; apply
+    /// never produces it.
+    Forwarded,
 }
 
 /// Why a command was refused. Refusals change nothing.

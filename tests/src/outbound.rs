@@ -475,3 +475,59 @@ async fn tls_policies_expiry_notify_never_utf8_and_route_fallback() {
     wait_for_empty_queue(&node).await;
     assert!(inbox(&node, "alice@example.com").await.is_empty(), "no reports: {}", node.log());
 }
+
+#[tokio::test]
+async fn aliases_forward_to_other_domains_through_the_queue() {
+    let dns = Dnsmasq::start(&sink_dns_records(false)).await;
+    let mut sink = MailSink::new();
+    sink.start().await;
+    let config = format!("{}\n[delivery]\nremote_port = {}\n", dns.wmail_config(), sink.port);
+    let mut node = WmailNode::new(&config);
+    node.start().await;
+    create(&node, "example.com", &["alice@example.com"]).await;
+    for (alias, targets) in
+        [("team@example.com", vec!["alice@example.com", "ext@sink.test"]), ("away@example.com", vec!["far@sink.test"])]
+    {
+        let (status, body) =
+            node.api(Method::POST, "/aliases", Some(json!({ "alias": alias, "targets": targets }))).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    // Inbound mail from another domain, over the MX port, without AUTH.
+    let out = python(
+        &node,
+        r#"
+s = smtplib.SMTP("127.0.0.1", SMTP)
+s.ehlo("outside.test")
+refused = s.sendmail("someone@outside.test", ["team@example.com", "away@example.com"], b"From: someone@outside.test\r\nSubject: hello team\r\n\r\nx\r\n")
+assert refused == {}, refused
+s.quit()
+"#,
+    );
+    assert!(out.is_empty(), "{out}");
+    let local = wait_for_inbox(&node, "alice@example.com", 1).await;
+    assert!(local[0].contains("Subject: hello team"));
+    let messages = sink.wait_for_messages(1).await;
+    let (envelope, body) = &messages[0];
+    assert_eq!(envelope["from"], "someone@outside.test", "the envelope sender is kept: {envelope}");
+    let mut to: Vec<String> =
+        envelope["to"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_owned()).collect();
+    to.sort();
+    assert_eq!(to, ["ext@sink.test", "far@sink.test"], "one copy per forward, one transaction");
+    assert!(String::from_utf8_lossy(body).contains("Subject: hello team"));
+    wait_for_empty_queue(&node).await;
+    // Unknown users are still refused.
+    let out = python(
+        &node,
+        r#"
+s = smtplib.SMTP("127.0.0.1", SMTP)
+s.ehlo("outside.test")
+try:
+    s.sendmail("someone@outside.test", ["nobody@example.com"], b"Subject: x\r\n\r\nx\r\n")
+    print("accepted an unknown user")
+except smtplib.SMTPRecipientsRefused as e:
+    assert list(e.recipients.values())[0][0] == 550, e
+s.quit()
+"#,
+    );
+    assert!(out.is_empty(), "{out}");
+}

@@ -99,6 +99,15 @@ pub struct RecipientResult {
     pub result: std::result::Result<DeliveryResult, CoreError>,
 }
 
+/// Where a recipient's mail goes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resolution {
+    /// Local accounts, each once.
+    pub accounts: Vec<u64>,
+    /// Addresses in other domains that aliases forward to, each once.
+    pub forwards: Vec<String>,
+}
+
 /// What [`Core::submit`] did with a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Submitted {
@@ -442,7 +451,8 @@ impl Core {
                 continue;
             }
             let address = format!("postmaster@{}", domain.name);
-            if !self.resolve(&address, false)?.is_empty() {
+            let resolution = self.resolve(&address, false)?;
+            if !resolution.accounts.is_empty() || !resolution.forwards.is_empty() {
                 return Ok(Some(address));
             }
         }
@@ -458,7 +468,7 @@ impl Core {
             *grant == address || grant.strip_prefix('@').is_some_and(|granted_domain| granted_domain == domain)
         });
         // Never through a catch-all: it would let its owner send as any address.
-        Ok(granted || self.resolve(&address, false).unwrap_or_default().contains(&account.id))
+        Ok(granted || self.resolve(&address, false).unwrap_or_default().accounts.contains(&account.id))
     }
 
     /// Returns whether `account` may use `service`: neither the account nor its domain
@@ -507,11 +517,18 @@ impl Core {
     /// alias (`x@alias.test` is `x@target.test`), without its `+tag` (`alice+news@` is
     /// `alice@`), or to its domain's catch-all address.
     pub fn resolve_recipient(&self, recipient: &str) -> Result<Vec<u64>> {
+        Ok(self.resolve(recipient, true)?.accounts)
+    }
+
+    /// Like [`Core::resolve_recipient`], and also lists the addresses in other domains that
+    /// aliases forward to (they leave through the outbound queue).
+    pub fn resolve_with_forwards(&self, recipient: &str) -> Result<Resolution> {
         self.resolve(recipient, true)
     }
 
-    fn resolve(&self, recipient: &str, use_catch_all: bool) -> Result<Vec<u64>> {
+    fn resolve(&self, recipient: &str, use_catch_all: bool) -> Result<Resolution> {
         let mut accounts = Vec::new();
+        let mut forwards = Vec::new();
         let mut pending = std::collections::VecDeque::from([normalize_address(recipient)?]);
         let mut seen = std::collections::HashSet::new();
         while let Some(address) = pending.pop_front() {
@@ -527,7 +544,13 @@ impl Core {
                 Some(AddressTarget::Alias(targets)) => pending.extend(targets),
                 None => {
                     let (local, domain) = address.rsplit_once('@').expect("normalized address has @");
-                    let Some(record) = self.state.domain(domain)? else { continue };
+                    let Some(record) = self.state.domain(domain)? else {
+                        // Only an alias leads outside the local domains.
+                        if seen.len() > 1 && !forwards.contains(&address) {
+                            forwards.push(address);
+                        }
+                        continue;
+                    };
                     if let Some(target) = record.alias_of {
                         pending.push_back(format!("{local}@{target}"));
                     } else if let Some((base, _tag)) = local.split_once('+').filter(|(base, _)| !base.is_empty()) {
@@ -538,7 +561,7 @@ impl Core {
                 }
             }
         }
-        Ok(accounts)
+        Ok(Resolution { accounts, forwards })
     }
 
     /// Stores a message body once and files it into the INBOX of every recipient, with one
@@ -547,37 +570,46 @@ impl Core {
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send,
     {
-        Ok(self.submit(recipients, None, body).await?.recipients)
+        Ok(self.submit(recipients, "", None, body).await?.recipients)
     }
 
     /// Stores a message body once, files it into the INBOX of every local recipient and,
-    /// when `outbound` names remote recipients, puts it into the outbound queue, all with
-    /// one replicated command: either every local copy and the queue entry exist, or none.
-    /// Returns when that command is committed and applied.
+    /// when `outbound` names remote recipients or aliases forward to other domains, puts it
+    /// into the outbound queue, all with one replicated command: either every local copy and
+    /// the queue entry exist, or none. Forwarded copies keep `return_path` (the envelope
+    /// sender) and carry the alias as ORCPT (RFC 3461 §4.2). Returns when that command is
+    /// committed and applied.
     pub async fn submit<S>(
         &self,
         recipients: &[String],
+        return_path: &str,
         outbound: Option<OutboundEnvelope>,
         body: S,
     ) -> Result<Submitted>
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send,
     {
-        let outbound = outbound.filter(|envelope| !envelope.recipients.is_empty());
         // Each account gets one copy however many recipients (addresses, aliases, groups)
         // lead to it; each recipient reports the result of its first account.
         let mut plan = Vec::new();
         let mut targets: Vec<DeliveryTarget> = Vec::new();
+        let mut forwards: Vec<OutboundRecipient> = Vec::new();
         for recipient in recipients {
-            let accounts = match self.resolve_recipient(recipient) {
-                Ok(accounts) if accounts.is_empty() => {
+            let resolution = match self.resolve_with_forwards(recipient) {
+                Ok(resolution) if resolution.accounts.is_empty() && resolution.forwards.is_empty() => {
                     Err(CoreError::new(ErrorCode::NotFound, format!("no local mailbox for {recipient}")))
                 }
                 other => other,
             };
-            let planned = accounts.map(|accounts| {
+            let planned = resolution.map(|resolution| {
+                for address in resolution.forwards {
+                    if !forwards.iter().any(|forward| forward.address == address) {
+                        let orcpt = Some(format!("rfc822;{recipient}"));
+                        forwards.push(OutboundRecipient { address, orcpt, notify: Notify::default() });
+                    }
+                }
                 let mut first = None;
-                for account_id in accounts {
+                for account_id in resolution.accounts {
                     let index = match targets.iter().position(|target| target.account_id == account_id) {
                         Some(index) => index,
                         None => {
@@ -587,10 +619,29 @@ impl Core {
                     };
                     first.get_or_insert(index);
                 }
-                first.expect("at least one account")
+                first // None: forwarded only
             });
             plan.push((recipient.clone(), planned));
         }
+        let outbound = match (outbound, forwards.is_empty()) {
+            (outbound, true) => outbound,
+            (Some(mut envelope), false) => {
+                for forward in forwards {
+                    if !envelope.recipients.iter().any(|r| r.address == forward.address) {
+                        envelope.recipients.push(forward);
+                    }
+                }
+                Some(envelope)
+            }
+            (None, false) => Some(OutboundEnvelope {
+                return_path: return_path.to_owned(),
+                envid: None,
+                ret: None,
+                recipients: forwards,
+                eight_bit: false,
+            }),
+        };
+        let outbound = outbound.filter(|envelope| !envelope.recipients.is_empty());
         if targets.is_empty() && outbound.is_none() {
             // Nothing local: every entry of the plan is an error; store nothing.
             let recipients = plan
@@ -632,7 +683,7 @@ impl Core {
             .map(|(recipient, planned)| RecipientResult {
                 recipient,
                 // The first account of a recipient stands for it (aliases fan out further).
-                result: planned.map(|index| results[index]),
+                result: planned.map(|index| index.map_or(DeliveryResult::Forwarded, |index| results[index])),
             })
             .collect();
         Ok(Submitted { recipients, queue_id })

@@ -358,7 +358,7 @@ impl Core {
                 Some(DeliveryResult::NotReceiving) => {
                     return Err(CoreError::new(ErrorCode::Conflict, "the account does not accept messages"));
                 }
-                Some(DeliveryResult::NoSuchMailbox) | None => {
+                Some(DeliveryResult::NoSuchMailbox | DeliveryResult::Forwarded) | None => {
                     return Err(CoreError::new(ErrorCode::NotFound, "the mailbox does not exist any more"));
                 }
             }

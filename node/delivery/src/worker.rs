@@ -527,7 +527,7 @@ impl Worker {
                 notify: Notify { success: false, failure: false, delay: false },
             }],
         };
-        self.core.submit(&[], Some(envelope), body).await.map(drop)
+        self.core.submit(&[], "", Some(envelope), body).await.map(drop)
     }
 
     fn destination(&self, domain: &str) -> Arc<Semaphore> {

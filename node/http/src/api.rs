@@ -424,6 +424,11 @@ async fn deliver_message(
             format!("{address} does not receive mail in its current state"),
         )),
         DeliveryResult::NoSuchMailbox => Err(not_found("mailbox of", &address)),
+        DeliveryResult::Forwarded => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("{address} forwards to other domains; deliver to an account's address"),
+        )),
     }
 }
 

@@ -492,14 +492,17 @@ impl Session {
     }
 
     fn local_recipient(&self, address: &str) -> Reply {
-        let accounts = match self.core.resolve_recipient(address) {
-            Ok(accounts) => accounts,
+        let (accounts, forwards) = match self.core.resolve_with_forwards(address) {
+            Ok(resolution) => (resolution.accounts, resolution.forwards),
             Err(error) if error.code == ErrorCode::InvalidInput => {
                 return reply(501, "5.1.3", format!("bad recipient address syntax: {}", error.message));
             }
             Err(error) => return core_error_reply(&error),
         };
         if accounts.is_empty() {
+            if !forwards.is_empty() {
+                return reply(250, "2.1.5", "recipient OK; will be forwarded");
+            }
             return reply(550, "5.1.1", format!("<{address}>: no such user here"));
         }
         if accounts.len() == 1 {
@@ -527,6 +530,7 @@ impl Session {
             let core = self.core.clone();
             let recipients = transaction.local_recipients();
             let outbound = transaction.outbound_envelope();
+            let return_path = transaction.reverse_path.clone();
             let delivery = tokio::spawn(async move {
                 let mut ended = false;
                 let body = futures::stream::poll_fn(move |context| {
@@ -545,7 +549,7 @@ impl Session {
                         }
                     })
                 });
-                core.submit(&recipients, outbound, body).await
+                core.submit(&recipients, &return_path, outbound, body).await
             });
             let missing = submission.then(|| MissingHeaders {
                 date: chrono::Utc::now().to_rfc2822(),
@@ -692,7 +696,9 @@ impl Session {
     /// The single SMTP reply for a delivery to every recipient of a transaction.
     fn delivery_reply(&self, submitted: Submitted) -> Reply {
         let Submitted { recipients: results, queue_id } = submitted;
-        let stored = results.iter().filter(|r| matches!(r.result, Ok(DeliveryResult::Stored { .. }))).count();
+        let accepted =
+            |r: &&RecipientResult| matches!(r.result, Ok(DeliveryResult::Stored { .. } | DeliveryResult::Forwarded));
+        let stored = results.iter().filter(accepted).count();
         if stored == results.len() {
             tracing::info!(session = %self.id, stored, ?queue_id, "message accepted");
             return match queue_id {
@@ -707,7 +713,7 @@ impl Session {
             // removed meanwhile). Without DSNs yet, a 250 would lose their copy silently;
             // a temporary failure makes the client retry (the stored copies may then be
             // duplicated, which is the lesser harm).
-            for failed in results.iter().filter(|r| !matches!(r.result, Ok(DeliveryResult::Stored { .. }))) {
+            for failed in results.iter().filter(|r| !accepted(r)) {
                 tracing::warn!(session = %self.id, recipient = %failed.recipient, result = ?failed.result, "recipient not delivered at commit");
             }
             return reply(451, "4.3.0", "some recipients could not be delivered; try again later");
@@ -977,6 +983,7 @@ fn parse_error_reply(error: smtp_proto::Error) -> Reply {
 fn recipient_reply(result: &RecipientResult) -> Reply {
     match &result.result {
         Ok(DeliveryResult::Stored { .. }) => reply(250, "2.1.5", format!("<{}> delivered", result.recipient)),
+        Ok(DeliveryResult::Forwarded) => reply(250, "2.1.5", format!("<{}> forwarded", result.recipient)),
         Ok(DeliveryResult::OverQuota) => reply(552, "5.2.2", format!("<{}> mailbox full", result.recipient)),
         Ok(DeliveryResult::NotReceiving) => reply(550, "5.2.1", format!("<{}> mailbox disabled", result.recipient)),
         Ok(DeliveryResult::NoSuchMailbox) => reply(550, "5.1.1", format!("<{}> no such mailbox", result.recipient)),
