@@ -531,3 +531,40 @@ s.quit()
     );
     assert!(out.is_empty(), "{out}");
 }
+
+#[tokio::test]
+async fn notify_success_reports_local_deliveries() {
+    let mut node = WmailNode::new("");
+    node.start().await;
+    create(&node, "example.com", &["alice@example.com", "bob@example.com", "carol@example.com"]).await;
+    // Alice asks to hear about bob's copy (RFC 3461 NOTIFY=SUCCESS) but not carol's.
+    let out = python(
+        &node,
+        r#"
+s = smtplib.SMTP("127.0.0.1", SUBMISSION)
+s.starttls(context=ctx)
+s.login("alice@example.com", "secret password")
+s.mail("alice@example.com", ["ENVID=track-7"])
+assert s.rcpt("bob@example.com", ["NOTIFY=SUCCESS", "ORCPT=rfc822;bob@example.com"])[0] == 250
+assert s.rcpt("carol@example.com", ["NOTIFY=FAILURE"])[0] == 250
+code, _ = s.data(b"From: alice@example.com\r\nSubject: tracked\r\n\r\nx\r\n")
+assert code == 250, code
+s.quit()
+"#,
+    );
+    assert!(out.is_empty(), "{out}");
+    let reports = wait_for_inbox(&node, "alice@example.com", 1).await;
+    let report = &reports[0];
+    assert!(report.contains("Subject: Successful Mail Delivery Report"), "{report}");
+    assert!(report.contains("Original-Envelope-Id: track-7"), "{report}");
+    assert!(report.contains("Original-Recipient: rfc822;bob@example.com"), "{report}");
+    assert!(
+        report.contains("Final-Recipient: rfc822; bob@example.com\r\nAction: delivered\r\nStatus: 2.0.0"),
+        "{report}"
+    );
+    assert!(!report.contains("carol@example.com"), "{report}");
+    assert!(report.contains("Subject: tracked"), "the headers are returned: {report}");
+    assert_eq!(wait_for_inbox(&node, "bob@example.com", 1).await.len(), 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(inbox(&node, "alice@example.com").await.len(), 1, "one report");
+}

@@ -7,6 +7,7 @@
 
 mod address;
 pub mod dkim;
+pub mod dsn;
 mod error;
 mod login_guard;
 mod mailbox;

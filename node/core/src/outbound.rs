@@ -103,6 +103,33 @@ impl Core {
         self.execute(Command::RemoveOutbound { id }).await.map(drop)
     }
 
+    /// Delivers a delivery status notification from the null sender (RFC 5321 §4.5.5): into
+    /// `to`'s mailbox when local, else through the queue, where, having a null return
+    /// path, it is never reported on itself.
+    pub async fn send_report(&self, to: &str, report: Vec<u8>) -> Result<()> {
+        let body = futures::stream::once(async move { Ok(bytes::Bytes::from(report)) });
+        let domain = to.rsplit_once('@').map(|(_, domain)| domain).unwrap_or_default();
+        if self.is_local_domain(domain)? {
+            let results = self.deliver(&[to.to_owned()], body).await?;
+            if let Some(Err(error)) = results.into_iter().map(|r| r.result).next() {
+                return Err(error);
+            }
+            return Ok(());
+        }
+        let envelope = crate::OutboundEnvelope {
+            return_path: String::new(),
+            envid: None,
+            ret: None,
+            recipients: vec![crate::OutboundRecipient {
+                address: to.to_owned(),
+                orcpt: None,
+                notify: crate::Notify { success: false, failure: false, delay: false },
+            }],
+            eight_bit: false,
+        };
+        self.submit(&[], "", Some(envelope), body).await.map(drop)
+    }
+
     /// Fails with `NotFound` unless `id` is queued.
     pub fn require_queue_entry(&self, id: u64) -> Result<QueueEntry> {
         self.queue_entry(id)?

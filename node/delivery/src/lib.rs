@@ -2,7 +2,8 @@
 //! `wmail_storage::queue`); every node runs a [`Worker`] that claims due entries with a
 //! lease, routes each recipient domain (smarthost, static route or MX), delivers over SMTP
 //! with opportunistic or required TLS, records per-recipient results, retries temporary
-//! failures on a schedule, and reports to the sender with RFC 3464 DSNs.
+//! failures on a schedule, and reports to the sender with RFC 3464 DSNs (built by
+//! `wmail_core::dsn`).
 //!
 //! ```text
 //!  due index ─► ClaimOutbound (lease) ─► per domain: route ─► SmtpClient ─► remote MTA
@@ -11,7 +12,6 @@
 //! ```
 
 pub mod client;
-pub mod dsn;
 mod metrics;
 pub mod route;
 pub mod sign;

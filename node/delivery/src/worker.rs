@@ -10,11 +10,11 @@ use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
-use wmail_core::{AttemptResult, Core, Notify, OutboundEnvelope, OutboundRecipient, QueueEntry, RecipientStatus, Ret};
+use wmail_core::{AttemptResult, Core, Notify, OutboundRecipient, QueueEntry, RecipientStatus, Ret};
 
 use crate::client::{ClientError, Reply, SmtpClient, Timeouts, tls_connector};
-use crate::dsn::{self, Action, ReportContext, ReportedRecipient, Returned};
 use crate::route::{Hop, RouteError, Router};
+use wmail_core::dsn::{self, Action, ReportContext, ReportedRecipient, Returned};
 
 /// How a destination's sessions use TLS (per domain in `[delivery.tls]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -462,9 +462,9 @@ impl Worker {
                 Returned::Headers(Vec::new())
             }
         };
-        let context = ReportContext { hostname: &self.config.hostname, entry, retry_until_ms: expires_ms };
+        let context = ReportContext::for_entry(&self.config.hostname, entry, expires_ms);
         let report = dsn::build_report(&context, &reported, &returned);
-        match self.send_report(&entry.return_path, report).await {
+        match self.core.send_report(&entry.return_path, report).await {
             Ok(()) => {
                 for recipient in &reported {
                     let kind = match recipient.action {
@@ -502,32 +502,6 @@ impl Worker {
             }
         }
         Ok(if full { Returned::Full(out) } else { Returned::Headers(out) })
-    }
-
-    /// Delivers a report from the null sender: into the sender's mailbox when local, else
-    /// through the queue (where, having a null return path, it is never bounced itself).
-    async fn send_report(&self, to: &str, report: Vec<u8>) -> wmail_core::Result<()> {
-        let body = futures::stream::once(async move { Ok(Bytes::from(report)) });
-        let local = self.core.is_local_domain(&domain_of(to))?;
-        if local {
-            let results = self.core.deliver(&[to.to_owned()], body).await?;
-            if let Some(Err(error)) = results.into_iter().map(|r| r.result).next() {
-                return Err(error);
-            }
-            return Ok(());
-        }
-        let envelope = OutboundEnvelope {
-            eight_bit: false,
-            return_path: String::new(),
-            envid: None,
-            ret: None,
-            recipients: vec![OutboundRecipient {
-                address: to.to_owned(),
-                orcpt: None,
-                notify: Notify { success: false, failure: false, delay: false },
-            }],
-        };
-        self.core.submit(&[], "", Some(envelope), body).await.map(drop)
     }
 
     fn destination(&self, domain: &str) -> Arc<Semaphore> {

@@ -20,6 +20,9 @@ pub struct BodyAssembler {
     received_headers: usize,
     from_addresses: Vec<String>,
     data_size: u64,
+    /// Whether to keep the header section (for delivery reports), and the kept copy.
+    keep_section: bool,
+    section: Vec<u8>,
 }
 
 /// What submission adds when the client did not.
@@ -42,7 +45,20 @@ impl BodyAssembler {
             received_headers: 0,
             from_addresses: Vec::new(),
             data_size: 0,
+            keep_section: false,
+            section: Vec::new(),
         }
+    }
+
+    /// Keeps a copy of the header section for [`BodyAssembler::header_section`].
+    pub fn keep_header_section(&mut self) {
+        self.keep_section = true;
+    }
+
+    /// The message's header section as received when it was asked to be kept (bounded by
+    /// [`MAX_HEADER_BYTES`]; empty before it ended).
+    pub fn header_section(&self) -> &[u8] {
+        &self.section
     }
 
     /// Size of the data received so far (without added headers).
@@ -104,6 +120,9 @@ impl BodyAssembler {
                 "from" => self.from_addresses.extend(addresses_in(&value)),
                 _ => {}
             }
+        }
+        if self.keep_section {
+            self.section = section.to_vec();
         }
         let mut prefix = self.trace_headers.take().unwrap_or_default();
         if let Some(missing) = self.add_missing.take() {

@@ -66,7 +66,18 @@ struct Transaction {
     /// RFC 3461 §4.4 ENVID and §4.3 RET.
     envid: Option<String>,
     ret: Option<Ret>,
+    /// Local recipients that asked for a success notification (NOTIFY=SUCCESS), with
+    /// their ORCPT.
+    notify_success: Vec<(String, Option<String>)>,
     body: Option<BodyInProgress>,
+}
+
+/// Who asked for success notifications, taken from a finished transaction.
+struct SuccessReport {
+    return_path: String,
+    envid: Option<String>,
+    /// Local recipients with NOTIFY=SUCCESS and their ORCPT.
+    recipients: Vec<(String, Option<String>)>,
 }
 
 impl Transaction {
@@ -413,6 +424,7 @@ impl Session {
             outbound: Vec::new(),
             envid: from.env_id,
             ret,
+            notify_success: Vec::new(),
             body: None,
         });
         self.send(reply(250, "2.1.0", "sender OK"));
@@ -464,7 +476,14 @@ impl Session {
         }
         let domain = address.rsplit_once('@').map(|(_, domain)| domain).unwrap_or_default();
         let reply = match self.core.is_local_domain(domain) {
-            Ok(true) => self.local_recipient(&address),
+            Ok(true) => {
+                let reply = self.local_recipient(&address);
+                if reply.is_positive() && notify.success {
+                    let transaction = self.transaction.as_mut().expect("checked above");
+                    transaction.notify_success.push((address.clone(), orcpt.clone()));
+                }
+                reply
+            }
             Ok(false) if self.config.mode == Mode::Lmtp => {
                 reply(550, "5.1.1", format!("<{address}> is not a local address"))
             }
@@ -555,12 +574,11 @@ impl Session {
                 date: chrono::Utc::now().to_rfc2822(),
                 message_id: format!("<{:016x}{:016x}@{hostname}>", rand_u64(), rand_u64()),
             });
-            transaction.body = Some(BodyInProgress {
-                assembler: BodyAssembler::new(trace, missing),
-                sender: Some(sender),
-                delivery,
-                too_big: false,
-            });
+            let mut assembler = BodyAssembler::new(trace, missing);
+            if !transaction.notify_success.is_empty() {
+                assembler.keep_header_section();
+            }
+            transaction.body = Some(BodyInProgress { assembler, sender: Some(sender), delivery, too_big: false });
         }
         transaction.body.as_mut()
     }
@@ -629,6 +647,14 @@ impl Session {
             return vec![reply(554, "5.5.1", "no valid recipients")];
         };
         let recipients = transaction.recipients.len();
+        // RFC 3461 §6.2.1: a final delivery with NOTIFY=SUCCESS is reported as "delivered";
+        // never to the null reverse-path.
+        let success_report =
+            (!transaction.reverse_path.is_empty() && !transaction.notify_success.is_empty()).then(|| SuccessReport {
+                return_path: transaction.reverse_path.clone(),
+                envid: transaction.envid.clone(),
+                recipients: transaction.notify_success.clone(),
+            });
         let Some(mut body) = transaction.body else {
             return vec![reply(554, "5.5.1", "no valid recipients")];
         };
@@ -667,6 +693,9 @@ impl Session {
         if let Some(refusal) = refusal {
             return for_all(refusal);
         }
+        if let (Ok(Ok(submitted)), Some(report)) = (&delivered, &success_report) {
+            self.report_success(report, submitted, body.assembler.header_section());
+        }
         let replies = match delivered {
             Ok(Ok(submitted)) if lmtp => submitted.recipients.iter().map(recipient_reply).collect(),
             Ok(Ok(submitted)) => vec![self.delivery_reply(submitted)],
@@ -680,6 +709,46 @@ impl Session {
         self.observer.message(if accepted { "accepted" } else { "failed" });
         self.observer.metrics.commit_seconds.with_label_values(&[listener]).observe(started.elapsed().as_secs_f64());
         replies
+    }
+
+    /// Sends "delivered" reports (RFC 3464) for the stored recipients that asked for them,
+    /// in the background: the client's reply does not wait for them.
+    fn report_success(&self, report: &SuccessReport, submitted: &Submitted, header: &[u8]) {
+        use wmail_core::dsn::{Action, ReportContext, ReportedRecipient, Returned, build_report};
+        let SuccessReport { return_path, envid, recipients: wanted } = report;
+        let delivered: Vec<ReportedRecipient> = wanted
+            .iter()
+            .filter(|(address, _)| {
+                submitted
+                    .recipients
+                    .iter()
+                    .any(|r| r.recipient == *address && matches!(r.result, Ok(DeliveryResult::Stored { .. })))
+            })
+            .map(|(address, orcpt)| ReportedRecipient {
+                address: address.clone(),
+                orcpt: orcpt.clone(),
+                action: Action::Delivered,
+                reply: "250 2.0.0 delivered to the recipient's mailbox".into(),
+                remote_mta: None,
+            })
+            .collect();
+        if delivered.is_empty() {
+            return;
+        }
+        let context = ReportContext {
+            hostname: &self.config.hostname,
+            return_path,
+            envid: envid.as_deref(),
+            arrival_ms: wmail_core::now_ms(),
+            retry_until_ms: 0,
+        };
+        let message = build_report(&context, &delivered, &Returned::Headers(header.to_vec()));
+        let (core, to, session) = (self.core.clone(), return_path.clone(), self.id.clone());
+        tokio::spawn(async move {
+            if let Err(error) = core.send_report(&to, message).await {
+                tracing::warn!(%session, %to, %error, "could not send a success notification");
+            }
+        });
     }
 
     /// On submission, returns a From: header address the authenticated user may not send

@@ -1,7 +1,7 @@
 //! Delivery status notifications (RFC 3464 `multipart/report`, RFC 3461 semantics): the
 //! bounce, delay and success reports sent back to a message's sender.
 
-use wmail_core::{QueueEntry, Ret};
+use crate::{QueueEntry, Ret};
 
 /// What a report says about one recipient (RFC 3464 §2.3.3 Action).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,10 +47,27 @@ pub struct ReportedRecipient {
 pub struct ReportContext<'a> {
     /// This server's name (Reporting-MTA, the From address's domain).
     pub hostname: &'a str,
-    /// The queue entry reported on.
-    pub entry: &'a QueueEntry,
+    /// Who the report goes to: the message's return path.
+    pub return_path: &'a str,
+    /// The sender's RFC 3461 ENVID.
+    pub envid: Option<&'a str>,
+    /// When the message arrived (ms since the epoch).
+    pub arrival_ms: u64,
     /// Until when delivery is retried (for delay reports).
     pub retry_until_ms: u64,
+}
+
+impl<'a> ReportContext<'a> {
+    /// The context of a report on a queued message.
+    pub fn for_entry(hostname: &'a str, entry: &'a QueueEntry, retry_until_ms: u64) -> Self {
+        ReportContext {
+            hostname,
+            return_path: &entry.return_path,
+            envid: entry.envid.as_deref(),
+            arrival_ms: entry.created_ms,
+            retry_until_ms,
+        }
+    }
 }
 
 /// How much of the original goes into the report.
@@ -100,9 +117,8 @@ fn field(text: &str) -> String {
     text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
-/// Builds the report message (RFC 3464 §2), addressed to the entry's return path.
+/// Builds the report message (RFC 3464 §2), addressed to the context's return path.
 pub fn build_report(context: &ReportContext<'_>, recipients: &[ReportedRecipient], original: &Returned) -> Vec<u8> {
-    let entry = context.entry;
     let hostname = field(context.hostname);
     let worst = if recipients.iter().any(|r| r.action == Action::Failed) {
         Action::Failed
@@ -116,14 +132,14 @@ pub fn build_report(context: &ReportContext<'_>, recipients: &[ReportedRecipient
         Action::Delayed => "Delayed Mail (still being retried)",
         _ => "Successful Mail Delivery Report",
     };
-    let boundary = format!("{:016x}{:016x}/{hostname}", rand::random::<u64>(), entry.id);
-    let now = wmail_core::now_ms();
+    let boundary = format!("{:016x}{:016x}/{hostname}", rand::random::<u64>(), rand::random::<u64>());
+    let now = crate::now_ms();
     let mut out = String::with_capacity(4096);
     out.push_str(&format!("From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n"));
-    out.push_str(&format!("To: <{}>\r\n", field(&entry.return_path)));
+    out.push_str(&format!("To: <{}>\r\n", field(context.return_path)));
     out.push_str(&format!("Subject: {subject}\r\n"));
     out.push_str(&format!("Date: {}\r\n", rfc2822(now)));
-    out.push_str(&format!("Message-ID: <dsn.{:016x}.{}@{hostname}>\r\n", rand::random::<u64>(), entry.id));
+    out.push_str(&format!("Message-ID: <dsn.{:016x}@{hostname}>\r\n", rand::random::<u64>()));
     // RFC 3834 §5: automatic replies must not trigger more of them.
     out.push_str("Auto-Submitted: auto-replied\r\n");
     out.push_str("MIME-Version: 1.0\r\n");
@@ -162,10 +178,10 @@ pub fn build_report(context: &ReportContext<'_>, recipients: &[ReportedRecipient
     // The machine-readable part (RFC 3464 §2.2, §2.3).
     out.push_str(&format!("--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"));
     out.push_str(&format!("Reporting-MTA: dns; {hostname}\r\n"));
-    if let Some(envid) = &entry.envid {
+    if let Some(envid) = context.envid {
         out.push_str(&format!("Original-Envelope-Id: {}\r\n", field(envid)));
     }
-    out.push_str(&format!("Arrival-Date: {}\r\n", rfc2822(entry.created_ms)));
+    out.push_str(&format!("Arrival-Date: {}\r\n", rfc2822(context.arrival_ms)));
     for recipient in recipients {
         out.push_str("\r\n");
         if let Some(orcpt) = &recipient.orcpt {
@@ -213,8 +229,8 @@ pub fn build_report(context: &ReportContext<'_>, recipients: &[ReportedRecipient
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{BlobId, Notify, OutboundRecipient, QueuedRecipient, RecipientStatus};
     use mail_parser::MimeHeaders;
-    use wmail_core::{BlobId, Notify, OutboundRecipient, QueuedRecipient, RecipientStatus};
 
     fn entry() -> QueueEntry {
         QueueEntry {
@@ -253,7 +269,7 @@ mod tests {
     #[test]
     fn failure_report_is_a_parseable_rfc3464_report() {
         let entry = entry();
-        let context = ReportContext { hostname: "mail.example.com", entry: &entry, retry_until_ms: 0 };
+        let context = ReportContext::for_entry("mail.example.com", &entry, 0);
         let recipients = [ReportedRecipient {
             address: "bob@remote.test".into(),
             orcpt: Some("rfc822;bob@remote.test".into()),
@@ -285,7 +301,7 @@ mod tests {
     #[test]
     fn delay_report_says_until_when() {
         let entry = entry();
-        let context = ReportContext { hostname: "mail.example.com", entry: &entry, retry_until_ms: 1_800_000_000_000 };
+        let context = ReportContext::for_entry("mail.example.com", &entry, 1_800_000_000_000);
         let recipients = [ReportedRecipient {
             address: "bob@remote.test".into(),
             orcpt: None,
