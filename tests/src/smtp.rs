@@ -488,12 +488,12 @@ async fn a_250_survives_kill_9() {
 async fn many_parallel_connections_from_one_address_are_limited_without_harm() {
     let node = node_with_accounts("[smtp]\nmax_connections_per_ip = 20\n").await;
     let address = node.smtp;
-    let attempts =
-        futures::future::join_all((0..300).map(|_| async move { tokio::net::TcpStream::connect(address).await.ok() }))
-            .await;
-    let mut greetings = std::collections::HashMap::new();
-    let mut held = Vec::new();
-    for stream in attempts.into_iter().flatten() {
+    let attempts = futures::future::join_all(
+        (0..1_000).map(|_| async move { tokio::net::TcpStream::connect(address).await.ok() }),
+    )
+    .await;
+    // Every client reads its greeting at once (a refused one gets 421 and the close).
+    let greeted = futures::future::join_all(attempts.into_iter().flatten().map(|stream| async move {
         use tokio::io::AsyncBufReadExt;
         let mut reader = tokio::io::BufReader::new(stream);
         let mut line = String::new();
@@ -502,11 +502,18 @@ async fn many_parallel_connections_from_one_address_are_limited_without_harm() {
             Ok(Ok(_)) => line.get(..3).unwrap_or("eof").to_owned(),
             _ => "timeout".to_owned(),
         };
+        (code, reader)
+    }))
+    .await;
+    let mut greetings = std::collections::HashMap::new();
+    let mut held = Vec::new();
+    for (code, reader) in greeted {
         *greetings.entry(code).or_insert(0) += 1;
         held.push(reader);
     }
     assert_eq!(greetings.get("220"), Some(&20), "{greetings:?}");
-    assert!(greetings.get("421").copied().unwrap_or(0) > 0, "{greetings:?}");
+    // Every other client is told (421), none is left waiting for a greeting.
+    assert_eq!(greetings.get("421").copied().unwrap_or(0), held.len() - 20, "{greetings:?}");
     drop(held);
     // Once the clients are gone the server serves again.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

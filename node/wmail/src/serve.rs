@@ -363,7 +363,16 @@ fn blob_backend(config: &Config, data_dir: &Path) -> anyhow::Result<BlobBackend>
 
 async fn bind(address: &str, service: &str) -> anyhow::Result<tokio::net::TcpListener> {
     let socket: SocketAddr = address.parse().with_context(|| format!("[listen] {service} = {address:?}"))?;
-    match tokio::net::TcpListener::bind(socket).await {
+    // A deep accept queue: with a short one (128) a burst of connections overflows it, and
+    // with SYN cookies the kernel then drops handshakes the client believes complete, so
+    // those clients wait for a greeting that never comes instead of getting our 421.
+    let listen = || -> std::io::Result<tokio::net::TcpListener> {
+        let tcp = if socket.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        tcp.set_reuseaddr(true)?;
+        tcp.bind(socket)?;
+        tcp.listen(4096)
+    };
+    match listen() {
         Ok(listener) => Ok(listener),
         Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied && socket.port() < 1024 => bail!(
             "cannot listen on port {} for {service}: ports below 1024 need privileges; run with \
