@@ -32,6 +32,7 @@ fn queued(n: u64) -> Command {
         targets: vec![],
         outbound: Some(OutboundEnvelope {
             eight_bit: false,
+            authenticated: true,
             return_path: "sender@bench.test".into(),
             envid: None,
             ret: None,

@@ -54,6 +54,10 @@ pub struct OutboundEnvelope {
     /// Whether the message has 8-bit data (set by core when it stores the body): it may
     /// only go to servers that offer 8BITMIME (RFC 6152 §3).
     pub eight_bit: bool,
+    /// Whether an authenticated user of this server submitted it, with its From: checked.
+    /// Only such mail is DKIM-signed: forwarded mail from elsewhere never is, or anyone
+    /// could have our domain's signature put on a forged From:.
+    pub authenticated: bool,
 }
 
 /// One remote recipient and its DSN parameters.
@@ -111,6 +115,8 @@ pub struct QueueEntry {
     pub ret: Option<Ret>,
     /// Whether the message has 8-bit data.
     pub eight_bit: bool,
+    /// Whether an authenticated local user submitted it (see [`OutboundEnvelope`]).
+    pub authenticated: bool,
     /// The recipients, in the order given.
     pub recipients: Vec<QueuedRecipient>,
     /// When the message was queued (ms since the epoch).

@@ -1563,6 +1563,7 @@ impl<'a> Tx<'a> {
             envid: envelope.envid,
             ret: envelope.ret,
             eight_bit: envelope.eight_bit,
+            authenticated: envelope.authenticated,
             recipients: envelope
                 .recipients
                 .into_iter()

@@ -74,6 +74,7 @@ fn apply_at(store: &StateStore, command: Command, now_ms: u64) -> CommandResult 
 fn outbound_to(addresses: &[&str]) -> OutboundEnvelope {
     OutboundEnvelope {
         eight_bit: false,
+        authenticated: true,
         return_path: "a@example.com".into(),
         envid: Some("env-1".into()),
         ret: Some(crate::Ret::Headers),

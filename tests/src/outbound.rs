@@ -278,10 +278,13 @@ async fn a_smarthost_is_used_with_starttls_and_a_login() {
     relay.start().await;
     create(&relay, "relay.test", &["relay@relay.test", "carol@relay.test"]).await;
     succeeded(relay.cli(&["account", "access", "relay@relay.test", "--send-as", "@example.com"], None));
-    let config = format!(
-        "[delivery]\nsmarthost = \"127.0.0.1:{}\"\nsmarthost_user = \"relay@relay.test\"\nsmarthost_password = \"secret password\"\nretry_schedule = [\"1h\"]\n",
+    // Credentials only go to a verified relay: its self-signed certificate (for "localhost")
+    // is trusted through tls_ca_file.
+    let unverified = format!(
+        "[delivery]\nsmarthost = \"localhost:{}\"\nsmarthost_user = \"relay@relay.test\"\nsmarthost_password = \"secret password\"\nretry_schedule = [\"1h\"]\n",
         relay.submission.port()
     );
+    let config = format!("{unverified}tls_ca_file = {:?}\n", relay.data_dir.join("tls/cert.pem").display().to_string());
     let mut node = WmailNode::new(&config);
     node.start().await;
     create(&node, "example.com", &["alice@example.com"]).await;
@@ -310,6 +313,25 @@ async fn a_smarthost_is_used_with_starttls_and_a_login() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(inbox(&wrong, "alice@example.com").await.is_empty(), "no bounce for a relay login problem");
+
+    // Without the relay's certificate trusted, the login is never sent.
+    let mut untrusting = WmailNode::new(&unverified);
+    untrusting.start().await;
+    create(&untrusting, "example.com", &["alice@example.com"]).await;
+    submit(&untrusting, &["carol@relay.test"], "From: alice@example.com\r\nSubject: no\r\n\r\nx\r\n", "[], []");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let page = queue(&untrusting).await;
+        let entry = &page["entries"][0];
+        if entry["attempts"].as_u64().unwrap_or(0) >= 1 {
+            let reply = entry["recipients"][0]["reply"].as_str().unwrap();
+            assert!(reply.starts_with("451 4.7.5") && reply.contains("TLS"), "{page}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no attempt: {page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(wait_for_inbox(&relay, "carol@relay.test", 1).await.len(), 1, "only the verified relay delivered");
 }
 
 #[tokio::test]
@@ -492,13 +514,16 @@ async fn aliases_forward_to_other_domains_through_the_queue() {
             node.api(Method::POST, "/aliases", Some(json!({ "alias": alias, "targets": targets }))).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
+    // The domain signs its own users' mail; a stranger's forwarded mail is never signed,
+    // even with a forged From: in our domain.
+    succeeded(node.cli(&["domain", "dkim", "generate", "example.com", "--algorithm", "ed25519"], None));
     // Inbound mail from another domain, over the MX port, without AUTH.
     let out = python(
         &node,
         r#"
 s = smtplib.SMTP("127.0.0.1", SMTP)
 s.ehlo("outside.test")
-refused = s.sendmail("someone@outside.test", ["team@example.com", "away@example.com"], b"From: someone@outside.test\r\nSubject: hello team\r\n\r\nx\r\n")
+refused = s.sendmail("someone@outside.test", ["team@example.com", "away@example.com"], b"From: ceo@example.com\r\nSubject: hello team\r\n\r\nx\r\n")
 assert refused == {}, refused
 s.quit()
 "#,
@@ -513,7 +538,9 @@ s.quit()
         envelope["to"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_owned()).collect();
     to.sort();
     assert_eq!(to, ["ext@sink.test", "far@sink.test"], "one copy per forward, one transaction");
-    assert!(String::from_utf8_lossy(body).contains("Subject: hello team"));
+    let text = String::from_utf8_lossy(body);
+    assert!(text.contains("Subject: hello team"));
+    assert!(!text.contains("DKIM-Signature"), "forwarded mail from a stranger is not signed:\n{text}");
     wait_for_empty_queue(&node).await;
     // Unknown users are still refused.
     let out = python(

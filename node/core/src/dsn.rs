@@ -132,7 +132,8 @@ pub fn build_report(context: &ReportContext<'_>, recipients: &[ReportedRecipient
         Action::Delayed => "Delayed Mail (still being retried)",
         _ => "Successful Mail Delivery Report",
     };
-    let boundary = format!("{:016x}{:016x}/{hostname}", rand::random::<u64>(), rand::random::<u64>());
+    // RFC 2046 §5.1.1: at most 70 characters.
+    let boundary = format!("=_{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
     let now = crate::now_ms();
     let mut out = String::with_capacity(4096);
     out.push_str(&format!("From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n"));
@@ -191,7 +192,12 @@ pub fn build_report(context: &ReportContext<'_>, recipients: &[ReportedRecipient
         out.push_str(&format!("Action: {}\r\n", recipient.action.name()));
         let status = match recipient.action {
             Action::Relayed | Action::Delivered => "2.0.0".to_owned(),
-            _ => status_of(&recipient.reply),
+            // A delayed recipient is a transient failure whatever its last reply said.
+            Action::Delayed => match status_of(&recipient.reply) {
+                status if status.starts_with('4') => status,
+                status => format!("4{}", &status[1..]),
+            },
+            Action::Failed => status_of(&recipient.reply),
         };
         out.push_str(&format!("Status: {status}\r\n"));
         if let Some(host) = &recipient.remote_mta {
@@ -241,6 +247,7 @@ mod tests {
             envid: Some("QQ314159".into()),
             ret: Some(Ret::Headers),
             eight_bit: false,
+            authenticated: true,
             recipients: vec![QueuedRecipient {
                 recipient: OutboundRecipient {
                     address: "bob@remote.test".into(),

@@ -640,6 +640,7 @@ impl Core {
                 ret: None,
                 recipients: forwards,
                 eight_bit: false,
+                authenticated: false,
             }),
         };
         let outbound = outbound.filter(|envelope| !envelope.recipients.is_empty());

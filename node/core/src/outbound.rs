@@ -126,6 +126,7 @@ impl Core {
                 notify: crate::Notify { success: false, failure: false, delay: false },
             }],
             eight_bit: false,
+            authenticated: false,
         };
         self.submit(&[], "", Some(envelope), body).await.map(drop)
     }

@@ -153,6 +153,9 @@ pub struct SmtpClient {
     pub tls: bool,
     /// The address connected to.
     pub peer: SocketAddr,
+    /// Set when the connection's state is unknown (an I/O error, a timeout, an unexpected
+    /// reply): it must not carry another transaction.
+    broken: bool,
 }
 
 impl std::fmt::Debug for SmtpClient {
@@ -187,6 +190,7 @@ impl SmtpClient {
             extensions: Extensions::default(),
             tls: false,
             peer,
+            broken: false,
         };
         let greeting = client.read_reply(timeouts.command).await?;
         if greeting.code != 220 {
@@ -233,11 +237,13 @@ impl SmtpClient {
             .map_err(|error| ClientError::Tls(format!("{server_name} is not a valid TLS server name: {error}")))?;
         let placeholder = tokio::io::join(tokio::io::empty(), tokio::io::sink());
         let plain = std::mem::replace(&mut self.io, Box::new(placeholder));
+        self.broken = true; // until the handshake succeeds, there is no usable stream
         let tls = timed(self.timeouts.command, "the TLS handshake", connector.connect(name, plain))
             .await
             .map_err(|error| ClientError::Tls(error.to_string()))?;
         self.io = Box::new(tls);
         self.tls = true;
+        self.broken = false;
         self.hello(hostname).await
     }
 
@@ -328,6 +334,12 @@ impl SmtpClient {
         }
         let reply = self.command(b"DATA\r\n").await?;
         if reply.code != 354 {
+            if reply.code < 400 {
+                // RFC 5321 §4.3.2: DATA answers 354 or a failure; anything else means the
+                // replies are out of step with the commands.
+                self.broken = true;
+                return Err(ClientError::Protocol(format!("unexpected reply to DATA: {}", reply.line())));
+            }
             return Err(ClientError::Refused { step: "DATA", reply });
         }
         let mut stuffer = wmail_net::DotStuffer::new(None);
@@ -343,13 +355,20 @@ impl SmtpClient {
         self.read_reply(self.timeouts.data).await
     }
 
-    /// Ends a transaction that will not be sent (RFC 5321 §4.1.1.5), keeping the connection.
+    /// Ends a transaction that will not be sent (RFC 5321 §4.1.1.5), keeping the connection;
+    /// a connection whose RSET fails is marked broken.
     pub async fn reset(&mut self) -> Result<(), ClientError> {
         let reply = self.command(b"RSET\r\n").await?;
         if !reply.is_positive() {
+            self.broken = true;
             return Err(ClientError::Refused { step: "RSET", reply });
         }
         Ok(())
+    }
+
+    /// Whether the connection may carry another transaction.
+    pub fn is_reusable(&self) -> bool {
+        !self.broken
     }
 
     /// Says goodbye politely; errors are ignored (the mail is already delivered).
@@ -367,14 +386,29 @@ impl SmtpClient {
 
     async fn write(&mut self, bytes: &[u8], limit: Duration) -> Result<(), ClientError> {
         let io = &mut self.io;
-        timed(limit, "the server to take data", async move {
+        let written = timed(limit, "the server to take data", async move {
             io.write_all(bytes).await?;
             io.flush().await
         })
-        .await
+        .await;
+        self.broken |= written.is_err();
+        written
     }
 
+    /// Reads one whole reply within `limit` (a server dripping bytes cannot stretch it).
     async fn read_reply(&mut self, limit: Duration) -> Result<Reply, ClientError> {
+        let reply = match tokio::time::timeout(limit, self.read_reply_unbounded(limit)).await {
+            Ok(reply) => reply,
+            Err(_) => Err(ClientError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("timed out after {} s waiting for a reply", limit.as_secs()),
+            ))),
+        };
+        self.broken |= reply.is_err();
+        reply
+    }
+
+    async fn read_reply_unbounded(&mut self, limit: Duration) -> Result<Reply, ClientError> {
         let mut receiver = smtp_proto::response::parser::ResponseReceiver::default();
         loop {
             if !self.input.is_empty() {

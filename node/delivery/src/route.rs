@@ -126,7 +126,11 @@ impl Router {
         }
         if let Some(literal) = domain.strip_prefix('[').and_then(|rest| rest.strip_suffix(']')) {
             // RFC 5321 §4.1.3 address literal.
-            let ip: IpAddr = literal.strip_prefix("IPv6:").unwrap_or(literal).parse().map_err(|_| {
+            let ip_text = match literal.get(..5) {
+                Some(tag) if tag.eq_ignore_ascii_case("ipv6:") => &literal[5..],
+                _ => literal,
+            };
+            let ip: IpAddr = ip_text.parse().map_err(|_| {
                 RouteError::Permanent(Reply::local(553, [5, 1, 2], format!("bad address literal [{literal}]")))
             })?;
             let addrs = vec![SocketAddr::new(ip, self.remote_port)];
@@ -144,7 +148,16 @@ impl Router {
             RouteError::Permanent(Reply::local(554, [5, 3, 5], format!("route {target:?} has a bad port")))
         })?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        let addrs = self.addresses(host, port).await?;
+        // A configured host that does not resolve is the operator's to fix: defer, never
+        // bounce everything that goes through it.
+        let addrs = self.addresses(host, port).await.map_err(|error| match error {
+            RouteError::Permanent(reply) => RouteError::Temporary(Reply::local(
+                451,
+                [4, 4, 3],
+                format!("configured route {target} does not resolve ({}); check [delivery]", reply.text),
+            )),
+            temporary => temporary,
+        })?;
         Ok(Hop { name: host.to_owned(), addrs, credentials: None })
     }
 

@@ -129,6 +129,32 @@ const SIGNING_BUDGET_KIB: u32 = 64 * 1024;
 const IDLE_LIMIT: Duration = Duration::from_secs(10);
 const IDLE_PER_HOST: usize = 8;
 
+/// Removes an entry from the worker's in-flight set when its attempt ends, however it ends.
+struct InFlight {
+    worker: Arc<Worker>,
+    id: u64,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.worker.in_flight.lock().expect("in-flight lock").remove(&self.id);
+        self.worker.finished.notify_one();
+    }
+}
+
+/// Aborts a background task when dropped (the lease renewal of an attempt).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The longest one attempt of one entry may run: a server that drips its replies cannot
+/// hold a delivery slot (and the lease) forever.
+const ATTEMPT_LIMIT: Duration = Duration::from_secs(30 * 60);
+
 /// The outbound delivery worker of one node.
 pub struct Worker {
     core: Arc<Core>,
@@ -152,6 +178,30 @@ impl std::fmt::Debug for Worker {
 
 fn domain_of(address: &str) -> String {
     address.rsplit_once('@').map(|(_, domain)| domain.to_ascii_lowercase()).unwrap_or_default()
+}
+
+/// The address as an RFC 5321 §4.1.2 path: the local part as a dot-atom when it is one,
+/// else as a quoted string. `None` for what no path can carry (controls, angle brackets,
+/// a missing domain).
+fn smtp_path(address: &str) -> Option<String> {
+    if address.is_empty() {
+        return Some(String::new()); // the null reverse-path
+    }
+    let (local, domain) = address.rsplit_once('@')?;
+    if local.is_empty() || domain.is_empty() || address.chars().any(|c| c.is_control() || c == '<' || c == '>') {
+        return None;
+    }
+    if domain.chars().any(|c| c.is_whitespace() || c == '"' || c == '\\') {
+        return None;
+    }
+    let atext = |c: char| c.is_alphanumeric() || !c.is_ascii() || "!#$%&'*+-/=?^_`{|}~".contains(c);
+    let dot_atom = local.split('.').all(|atom| !atom.is_empty() && atom.chars().all(atext));
+    if dot_atom {
+        return Some(address.to_owned());
+    }
+    let quoted: String =
+        local.chars().flat_map(|c| if c == '"' || c == '\\' { vec!['\\', c] } else { vec![c] }).collect();
+    Some(format!("\"{quoted}\"@{domain}"))
 }
 
 /// RFC 3461 §4 xtext: `+HH` for `+`, `=`, and bytes outside 33..=126.
@@ -338,23 +388,30 @@ impl Worker {
         let worker = self.clone();
         tasks.spawn(async move {
             let _slot = slot;
-            let id = entry.id;
+            // Whatever ends the attempt (done, panic, abort at shutdown), the entry leaves
+            // `in_flight`, so a later claim can pick it up again.
+            let _in_flight = InFlight { worker: worker.clone(), id: entry.id };
             worker.deliver_entry(entry).await;
-            worker.in_flight.lock().expect("in-flight lock").remove(&id);
-            worker.finished.notify_one();
         });
     }
 
     /// One attempt for every pending recipient of an entry, then its record.
     async fn deliver_entry(self: &Arc<Self>, entry: QueueEntry) {
-        let renewal = self.keep_lease(entry.id);
+        let renewal = AbortOnDrop(self.keep_lease(entry.id));
         let mut by_domain: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for (index, recipient) in entry.pending() {
             by_domain.entry(domain_of(&recipient.recipient.address)).or_default().push(index);
         }
-        let attempts = by_domain.into_iter().map(|(domain, indexes)| self.deliver_domain(&entry, domain, indexes));
-        let mut results: Vec<Result1> = futures::future::join_all(attempts).await.into_iter().flatten().collect();
-        renewal.abort();
+        // Signed once per attempt, before any connection is open (RFC 6376).
+        let signature = self.dkim_signature(&entry).await;
+        let signature = signature.as_deref();
+        let mut attempts = Vec::with_capacity(by_domain.len());
+        for (domain, indexes) in by_domain {
+            attempts.push(self.deliver_domain_in_time(&entry, domain, indexes, signature));
+        }
+        // At most eight destinations of one message at once.
+        let mut results: Vec<Result1> = futures::stream::iter(attempts).buffer_unordered(8).concat().await;
+        drop(renewal);
 
         let now = wmail_core::now_ms();
         let expires_ms = entry.created_ms + self.config.queue_lifetime.as_millis() as u64;
@@ -370,8 +427,15 @@ impl Worker {
                 result.reply = format!("{} (gave up after {days:.1} days of retries)", result.reply);
             }
         }
-        let delay_notified = self.report(&entry, &results, expires_ms).await;
-        let records = results
+        let (reported, delay_notified) = self.report(&entry, &results, expires_ms).await;
+        if !reported {
+            // RFC 5321 §6.1: a failure the sender is not told about must not be final;
+            // those recipients stay pending and are reported at the next attempt.
+            for result in results.iter_mut().filter(|r| r.kind == Kind::Failed) {
+                result.kind = Kind::Deferred;
+            }
+        }
+        let records: Vec<AttemptResult> = results
             .iter()
             .map(|result| AttemptResult {
                 index: result.index as u32,
@@ -402,10 +466,24 @@ impl Worker {
                 }
             }
         }
-        if let Err(error) =
-            self.core.record_attempt(entry.id, &self.config.holder, records, next_attempt_ms, delay_notified).await
-        {
-            tracing::warn!(queue_id = entry.id, %error, "could not record a delivery attempt; it will be retried");
+        // Unrecorded, the attempt is repeated once the lease lapses (delivering again), so
+        // a passing failure (a leader change) is worth a few retries.
+        for wait_ms in [0, 200, 1_000, 5_000] {
+            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+            let outcome = self
+                .core
+                .record_attempt(entry.id, &self.config.holder, records.clone(), next_attempt_ms, delay_notified)
+                .await;
+            match outcome {
+                Ok(()) => return,
+                Err(error) if error.code == wmail_core::ErrorCode::Unavailable => {
+                    tracing::warn!(queue_id = entry.id, %error, "could not record a delivery attempt yet");
+                }
+                Err(error) => {
+                    tracing::warn!(queue_id = entry.id, %error, "could not record a delivery attempt; it will be repeated");
+                    return;
+                }
+            }
         }
     }
 
@@ -424,10 +502,11 @@ impl Worker {
         })
     }
 
-    /// Sends the reports this attempt calls for; returns whether a delay notice went out.
-    async fn report(&self, entry: &QueueEntry, results: &[Result1], expires_ms: u64) -> bool {
+    /// Sends the reports this attempt calls for; returns whether they went out (or none was
+    /// needed) and whether a delay notice went out.
+    async fn report(&self, entry: &QueueEntry, results: &[Result1], expires_ms: u64) -> (bool, bool) {
         if entry.return_path.is_empty() {
-            return false; // never bounce a bounce (RFC 3461 §6.2, RFC 5321 §4.5.5)
+            return (true, false); // never bounce a bounce (RFC 3461 §6.2, RFC 5321 §4.5.5)
         }
         let now = wmail_core::now_ms();
         let delay_due = !entry.delay_notified
@@ -453,7 +532,7 @@ impl Worker {
             });
         }
         if reported.is_empty() {
-            return false;
+            return (true, false);
         }
         let returned = match self.returned_message(entry).await {
             Ok(returned) => returned,
@@ -474,11 +553,11 @@ impl Worker {
                     };
                     self.metrics.reports.with_label_values(&[kind]).inc();
                 }
-                delay_sent
+                (true, delay_sent)
             }
             Err(error) => {
-                tracing::error!(queue_id = entry.id, to = %entry.return_path, %error, "could not send a delivery report");
-                false
+                tracing::error!(queue_id = entry.id, to = %entry.return_path, %error, "could not send a delivery report; will retry");
+                (false, false)
             }
         }
     }
@@ -512,9 +591,38 @@ impl Worker {
             .clone()
     }
 
+    /// [`Worker::deliver_domain`] within [`ATTEMPT_LIMIT`]; past it, the recipients are
+    /// deferred.
+    async fn deliver_domain_in_time(
+        &self,
+        entry: &QueueEntry,
+        domain: String,
+        indexes: Vec<usize>,
+        signature: Option<&str>,
+    ) -> Vec<Result1> {
+        let attempt = self.deliver_domain(entry, domain.clone(), indexes.clone(), signature);
+        match tokio::time::timeout(ATTEMPT_LIMIT, attempt).await {
+            Ok(results) => results,
+            Err(_) => {
+                let reply = Reply::local(451, [4, 4, 7], format!("delivery to {domain} took too long; will retry"));
+                let line = reply.line();
+                indexes
+                    .into_iter()
+                    .map(|index| Result1 { index, kind: Kind::Deferred, reply: line.clone(), remote: None })
+                    .collect()
+            }
+        }
+    }
+
     /// One attempt for the recipients of one domain: the hosts in order until one takes
     /// the transaction.
-    async fn deliver_domain(&self, entry: &QueueEntry, domain: String, indexes: Vec<usize>) -> Vec<Result1> {
+    async fn deliver_domain(
+        &self,
+        entry: &QueueEntry,
+        domain: String,
+        indexes: Vec<usize>,
+        signature: Option<&str>,
+    ) -> Vec<Result1> {
         let all = |kind, reply: &Reply, remote: Option<String>| -> Vec<Result1> {
             indexes.iter().map(|&index| Result1 { index, kind, reply: reply.line(), remote: remote.clone() }).collect()
         };
@@ -546,7 +654,7 @@ impl Worker {
                     let mut results = Vec::with_capacity(indexes.len());
                     let mut broken = None;
                     for batch in indexes.chunks(self.config.max_recipients_per_transaction.max(1)) {
-                        match self.transaction(&mut client, entry, batch, &hop.name).await {
+                        match self.transaction(&mut client, entry, batch, &hop.name, signature).await {
                             Ok(batch_results) => results.extend(batch_results),
                             Err(reply) => {
                                 broken = Some(reply);
@@ -589,48 +697,51 @@ impl Worker {
         all(Kind::Deferred, &last, last_remote)
     }
 
-    /// The message as it leaves: without the stored Return-Path, and with a DKIM signature
-    /// when the From: domain has an active key. Only signed messages are read into memory
-    /// (signing needs the whole message), within a node-wide budget.
-    async fn outgoing_message(
-        &self,
-        entry: &QueueEntry,
-    ) -> std::io::Result<BoxStream<'static, std::io::Result<Bytes>>> {
-        let open = || async {
-            let stream = self.core.blob_stream(&entry.blob).await.map_err(std::io::Error::other)?;
-            without_return_path(stream).await
+    /// The message as stored, without the Return-Path the receiving side added.
+    async fn stored_message(&self, entry: &QueueEntry) -> std::io::Result<BoxStream<'static, std::io::Result<Bytes>>> {
+        let stream = self.core.blob_stream(&entry.blob).await.map_err(std::io::Error::other)?;
+        without_return_path(stream).await
+    }
+
+    /// The `DKIM-Signature` header field for a message an authenticated user submitted,
+    /// when its From: domain has an active key; `None` otherwise (and when signing fails,
+    /// which is logged: the message then goes unsigned rather than not at all). Signing
+    /// needs the whole message in memory, so messages are read within a node-wide budget
+    /// (one larger than the budget waits for all of it).
+    async fn dkim_signature(&self, entry: &QueueEntry) -> Option<String> {
+        if !entry.authenticated || entry.return_path.is_empty() {
+            return None;
+        }
+        let signed = async {
+            let mut body = self.stored_message(entry).await?;
+            let mut whole = Vec::new();
+            while whole.windows(4).all(|w| w != b"\r\n\r\n") && whole.len() < 256 * 1024 {
+                match body.next().await {
+                    Some(chunk) => whole.extend_from_slice(&chunk?),
+                    None => break,
+                }
+            }
+            let Some(domain) = crate::sign::from_domain(&whole) else { return Ok(None) };
+            // A From: domain that is not one of ours (or not even valid) has no key.
+            let Ok(Some(key)) = self.core.dkim_signing_key(&domain) else { return Ok(None) };
+            let kib = u32::try_from(entry.size.div_ceil(1024)).unwrap_or(u32::MAX).clamp(1, SIGNING_BUDGET_KIB);
+            let _budget = self.signing_budget.acquire_many(kib).await.map_err(std::io::Error::other)?;
+            while let Some(chunk) = body.next().await {
+                whole.extend_from_slice(&chunk?);
+            }
+            let signature = tokio::task::spawn_blocking(move || crate::sign::sign(&whole, &domain, &key))
+                .await
+                .map_err(std::io::Error::other)?
+                .map_err(std::io::Error::other)?;
+            std::io::Result::Ok(Some(signature))
         };
-        let mut body = open().await?;
-        let mut head = BytesMut::new();
-        while head.windows(4).all(|w| w != b"\r\n\r\n") && head.len() < 256 * 1024 {
-            match body.next().await {
-                Some(chunk) => head.extend_from_slice(&chunk?),
-                None => break,
+        match signed.await {
+            Ok(signature) => signature,
+            Err(error) => {
+                tracing::error!(queue_id = entry.id, %error, "DKIM signing failed; sending unsigned");
+                None
             }
         }
-        let key = match crate::sign::from_domain(&head) {
-            Some(domain) if !entry.return_path.is_empty() => {
-                self.core.dkim_signing_key(&domain).map_err(std::io::Error::other)?.map(|key| (domain, key))
-            }
-            _ => None,
-        };
-        let Some((domain, key)) = key else {
-            let head = head.freeze();
-            return Ok(futures::stream::once(async move { Ok(head) }).chain(body).boxed());
-        };
-        let kib = u32::try_from(entry.size.div_ceil(1024)).unwrap_or(u32::MAX).clamp(1, SIGNING_BUDGET_KIB);
-        let _budget = self.signing_budget.acquire_many(kib).await.map_err(std::io::Error::other)?;
-        let mut whole = head.to_vec();
-        while let Some(chunk) = body.next().await {
-            whole.extend_from_slice(&chunk?);
-        }
-        let header = tokio::task::spawn_blocking(move || crate::sign::sign(&whole, &domain, &key))
-            .await
-            .map_err(std::io::Error::other)?
-            .map_err(std::io::Error::other)?;
-        // The copy is dropped; the message streams from the blob store again.
-        let body = open().await?;
-        Ok(futures::stream::once(async move { Ok(Bytes::from(header)) }).chain(body).boxed())
     }
 
     /// A connection ready for MAIL: an idle one to the same address, or a new one with
@@ -643,6 +754,8 @@ impl Worker {
         policy: TlsPolicy,
         use_idle: bool,
     ) -> Result<(SmtpClient, bool), NextHost> {
+        // Credentials (a smarthost login) only ever go to a verified server.
+        let policy = if hop.credentials.is_some() { TlsPolicy::RequireVerified } else { policy };
         let tls_required = matches!(policy, TlsPolicy::Require | TlsPolicy::RequireVerified);
         if use_idle && let Some(client) = self.take_idle(addr, tls_required) {
             return Ok((client, true));
@@ -689,6 +802,9 @@ impl Worker {
     }
 
     fn keep_idle(&self, client: SmtpClient) {
+        if !client.is_reusable() {
+            return;
+        }
         let mut idle = self.idle.lock().expect("idle lock");
         idle.retain(|_, list| {
             list.retain(|connection| connection.since.elapsed() < IDLE_LIMIT);
@@ -708,6 +824,7 @@ impl Worker {
         entry: &QueueEntry,
         indexes: &[usize],
         host: &str,
+        signature: Option<&str>,
     ) -> Result<Vec<Result1>, Reply> {
         let remote = Some(host.to_owned());
         let all = |kind, reply: &Reply| -> Vec<Result1> {
@@ -734,7 +851,12 @@ impl Worker {
             );
             return Ok(all(Kind::Failed, &reply));
         }
-        let mut mail = format!("MAIL FROM:<{}>", entry.return_path);
+        let Some(reverse_path) = smtp_path(&entry.return_path) else {
+            let reply =
+                Reply::local(553, [5, 1, 7], format!("the sender address <{}> cannot be sent on", entry.return_path));
+            return Ok(all(Kind::Failed, &reply));
+        };
+        let mut mail = format!("MAIL FROM:<{reverse_path}>");
         if extensions.size.is_some() {
             mail.push_str(&format!(" SIZE={}", entry.size));
         }
@@ -765,10 +887,26 @@ impl Worker {
             }
         }
         mail.push_str("\r\n");
+        let unusable: Vec<usize> =
+            indexes.iter().copied().filter(|&i| smtp_path(&entry.recipients[i].recipient.address).is_none()).collect();
+        if !unusable.is_empty() {
+            // Only possible for forwarded mail from elsewhere; refuse those, send the rest.
+            let reply = Reply::local(553, [5, 1, 3], "the recipient address cannot be sent on (bad syntax)");
+            let mut results: Vec<Result1> = unusable
+                .iter()
+                .map(|&index| Result1 { index, kind: Kind::Failed, reply: reply.line(), remote: None })
+                .collect();
+            let usable: Vec<usize> = indexes.iter().copied().filter(|i| !unusable.contains(i)).collect();
+            if !usable.is_empty() {
+                results.extend(Box::pin(self.transaction(client, entry, &usable, host, signature)).await?);
+            }
+            return Ok(results);
+        }
         let rcpts: Vec<String> = recipients
             .iter()
             .map(|recipient| {
-                let mut line = format!("RCPT TO:<{}>", recipient.address);
+                let path = smtp_path(&recipient.address).expect("checked above");
+                let mut line = format!("RCPT TO:<{path}>");
                 if extensions.dsn {
                     line.push_str(&format!(" NOTIFY={}", notify_param(&recipient.notify)));
                     if let Some(orcpt) = &recipient.orcpt {
@@ -794,7 +932,9 @@ impl Worker {
             if reply.is_positive() {
                 accepted.push(index);
             } else {
-                results.push(Result1 { index, kind: Kind::of(reply), reply: reply.line(), remote: remote.clone() });
+                // RFC 5321 §4.5.3.1.10: a 552 to RCPT means "too many recipients"; retry.
+                let kind = if reply.code == 552 { Kind::Deferred } else { Kind::of(reply) };
+                results.push(Result1 { index, kind, reply: reply.line(), remote: remote.clone() });
             }
         }
         if accepted.is_empty() {
@@ -803,10 +943,16 @@ impl Worker {
             }
             return Ok(results);
         }
-        let body = match self.outgoing_message(entry).await {
-            Ok(body) => body,
+        let body = match self.stored_message(entry).await {
+            Ok(body) => match signature {
+                Some(signature) => {
+                    let header = Bytes::copy_from_slice(signature.as_bytes());
+                    futures::stream::once(async move { Ok(header) }).chain(body).boxed()
+                }
+                None => body,
+            },
             Err(error) => {
-                let reply = Reply::local(451, [4, 3, 0], format!("local error preparing the message: {error}"));
+                let reply = Reply::local(451, [4, 3, 0], format!("local error reading the message: {error}"));
                 let _ = client.reset().await;
                 return Ok(all(Kind::Deferred, &reply));
             }
@@ -814,7 +960,12 @@ impl Worker {
         let outcome = client.data(body).await;
         let (kind, reply) = match outcome {
             Ok(reply) => (Kind::of(&reply), reply),
-            Err(ClientError::Refused { reply, .. }) => (Kind::of(&reply), reply),
+            Err(ClientError::Refused { reply, .. }) => {
+                // The transaction is over on the server's side; RSET makes sure (and marks
+                // the connection broken if even that fails).
+                let _ = client.reset().await;
+                (Kind::of(&reply), reply)
+            }
             // The message may or may not have arrived: retry (at least once, never zero).
             Err(error) => (Kind::Deferred, error_reply(&error, host)),
         };
@@ -851,6 +1002,19 @@ mod tests {
     fn xtext_escapes_plus_equals_and_controls() {
         assert_eq!(xtext("rfc822;a+b=c@x"), "rfc822;a+2Bb+3Dc@x");
         assert_eq!(xtext("a b"), "a+20b");
+    }
+
+    #[test]
+    fn paths_quote_what_is_not_a_dot_atom_and_refuse_injection() {
+        assert_eq!(smtp_path("alice.b+tag@example.com").as_deref(), Some("alice.b+tag@example.com"));
+        assert_eq!(smtp_path("").as_deref(), Some(""));
+        assert_eq!(smtp_path("john smith@x.test").as_deref(), Some("\"john smith\"@x.test"));
+        assert_eq!(smtp_path("a\"b@x.test").as_deref(), Some("\"a\\\"b\"@x.test"));
+        assert_eq!(smtp_path("a..b@x.test").as_deref(), Some("\"a..b\"@x.test"));
+        assert_eq!(smtp_path("用户@例子.test").as_deref(), Some("用户@例子.test"));
+        assert_eq!(smtp_path("a> RET=FULL X=y@evil.test"), None, "no parameter injection");
+        assert_eq!(smtp_path("a\r\nRSET@x.test"), None);
+        assert_eq!(smtp_path("no-domain"), None);
     }
 
     #[test]

@@ -89,6 +89,8 @@ impl Transaction {
     fn outbound_envelope(&self) -> Option<OutboundEnvelope> {
         (!self.outbound.is_empty()).then(|| OutboundEnvelope {
             eight_bit: false,
+            // Only authenticated sessions get remote recipients, and their From: is checked.
+            authenticated: true,
             return_path: self.reverse_path.clone(),
             envid: self.envid.clone(),
             ret: self.ret,
