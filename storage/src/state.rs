@@ -427,6 +427,13 @@ impl StateStore {
         Ok(out)
     }
 
+    /// Whether any domain has a DKIM key (one seek).
+    pub fn has_dkim_keys(&self) -> Result<bool> {
+        let db = self.db();
+        let first = db.iterator_cf(&cf(&db, ks::DKIM_KEYS), IteratorMode::Start).next().transpose()?;
+        Ok(first.is_some())
+    }
+
     /// Returns a domain's DKIM keys, by selector.
     pub fn dkim_keys(&self, domain: &str) -> Result<Vec<DkimKey>> {
         Ok(scan::<DkimKey>(&self.db(), ks::DKIM_KEYS, &ks::domain_prefix(domain))?

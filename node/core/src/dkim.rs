@@ -84,6 +84,11 @@ impl Core {
         Ok(self.state.dkim_keys(&crate::normalize_domain(domain)?)?)
     }
 
+    /// Whether any local domain has a DKIM key (cheap: lets senders skip reading messages).
+    pub fn has_dkim_keys(&self) -> Result<bool> {
+        Ok(self.state.has_dkim_keys()?)
+    }
+
     /// The key that signs mail from `domain`, if it has one.
     pub fn dkim_signing_key(&self, domain: &str) -> Result<Option<DkimKey>> {
         Ok(self.dkim_keys(domain)?.into_iter().find(|key| key.active))

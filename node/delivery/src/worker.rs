@@ -301,6 +301,7 @@ impl Worker {
             }
             drop(slots);
             while tasks.try_join_next().is_some() {}
+            self.close_expired_idle();
             if busy {
                 continue;
             }
@@ -709,7 +710,7 @@ impl Worker {
     /// needs the whole message in memory, so messages are read within a node-wide budget
     /// (one larger than the budget waits for all of it).
     async fn dkim_signature(&self, entry: &QueueEntry) -> Option<String> {
-        if !entry.authenticated || entry.return_path.is_empty() {
+        if !entry.authenticated || entry.return_path.is_empty() || !self.core.has_dkim_keys().unwrap_or(true) {
             return None;
         }
         let signed = async {
@@ -801,18 +802,34 @@ impl Worker {
         None
     }
 
+    /// Says QUIT on kept connections nobody used in time (in the background).
+    fn close_expired_idle(&self) {
+        let mut expired = Vec::new();
+        {
+            let mut idle = self.idle.lock().expect("idle lock");
+            idle.retain(|_, list| {
+                let (old, fresh): (Vec<Idle>, Vec<Idle>) =
+                    std::mem::take(list).into_iter().partition(|connection| connection.since.elapsed() >= IDLE_LIMIT);
+                expired.extend(old);
+                *list = fresh;
+                !list.is_empty()
+            });
+        }
+        for connection in expired {
+            tokio::spawn(connection.client.quit());
+        }
+    }
+
     fn keep_idle(&self, client: SmtpClient) {
         if !client.is_reusable() {
             return;
         }
         let mut idle = self.idle.lock().expect("idle lock");
-        idle.retain(|_, list| {
-            list.retain(|connection| connection.since.elapsed() < IDLE_LIMIT);
-            !list.is_empty()
-        });
         let list = idle.entry(client.peer).or_default();
         if list.len() < IDLE_PER_HOST {
             list.push(Idle { client, since: Instant::now() });
+        } else {
+            tokio::spawn(client.quit());
         }
     }
 
