@@ -72,6 +72,27 @@ async fn bench_measures_outbound_delivery() {
     assert_eq!(domains.len(), 3, "{domains:?}");
 }
 
+/// `pop3`: download-and-delete cycles over POP3S empty every mailbox.
+#[tokio::test]
+async fn bench_runs_pop3_cycles() {
+    let mut node = WmailNode::new("");
+    node.start().await;
+    let bench = wmail_bin().with_file_name("wmail-bench");
+    let output = Command::new(&bench)
+        .args(["--server", &format!("http://{}", node.http), "--token", &node.token()])
+        .args(["pop3", "--pop3s", &node.pop3s.to_string()])
+        .args(["--users", "4", "--messages", "5", "--concurrency", "2", "--json"])
+        .output()
+        .expect("run wmail-bench");
+    assert!(output.status.success(), "{}\n{}", String::from_utf8_lossy(&output.stderr), node.log());
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json report");
+    assert_eq!((report["sessions"].as_u64(), report["messages"].as_u64()), (Some(4), Some(20)), "{report}");
+    assert_eq!((report["errors"].as_u64(), report["left_in_mailboxes"].as_u64()), (Some(0), Some(0)), "{report}");
+    let (_, accounts) = node.api(reqwest::Method::GET, "/accounts?domain=bench.test", None).await;
+    let stored: u64 = accounts.as_array().unwrap().iter().map(|a| a["message_count"].as_u64().unwrap()).sum();
+    assert_eq!(stored, 0, "QUIT applied every DELE");
+}
+
 /// The IMAP modes against a node that allows LOGIN without TLS: `fill`, a short mixed
 /// workload with its answers checked, and IDLE connections woken by a delivery.
 #[tokio::test]

@@ -15,6 +15,7 @@
 mod imap;
 mod imap_load;
 mod messages;
+mod pop3_load;
 mod smtp;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -95,6 +96,12 @@ enum BenchCommand {
     #[command(after_help = "Example: wmail-bench --token $(cat wmail-data/admin-token) outbound \
                               --submission 127.0.0.1:587 --destinations 10 --count 5000")]
     Outbound(OutboundArgs),
+    /// POP3 download-and-delete cycles over implicit TLS: fills each mailbox through the
+    /// admin API, then logs in, RETRs and DELEs everything, QUITs; messages/s and session
+    /// latency, and a check that every mailbox is empty afterwards.
+    #[command(after_help = "Example: wmail-bench --token $(cat wmail-data/admin-token) pop3 --pop3s 127.0.0.1:995 \
+                              --users 64 --messages 50 --concurrency 16")]
+    Pop3(pop3_load::Pop3Args),
     /// APPENDs generated, realistic messages to one mailbox over IMAP (LITERAL+: one round
     /// trip each), reporting messages/s and MB/s.
     #[command(after_help = "Example: wmail-bench --token $(cat wmail-data/admin-token) fill --imap 127.0.0.1:143 \
@@ -468,6 +475,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         BenchCommand::Outbound(args) => outbound(&api, &args).await?,
+        BenchCommand::Pop3(args) => pop3_load::pop3(&api, &args).await?,
         BenchCommand::Fill(args) => imap_load::fill(&api, &args).await?,
         BenchCommand::Imap(args) => imap_load::mixed(&api, &args).await?,
         BenchCommand::Idle(args) => imap_load::idle(&api, &args).await?,

@@ -111,7 +111,7 @@ impl Sender {
 }
 
 /// A TLS client that accepts any certificate.
-fn connector() -> tokio_rustls::TlsConnector {
+pub(crate) fn connector() -> tokio_rustls::TlsConnector {
     let config = rustls::ClientConfig::builder()
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyCertificate))
