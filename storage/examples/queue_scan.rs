@@ -40,6 +40,7 @@ fn queued(n: u64) -> Command {
                 address: format!("rcpt{n}@remote{}.test", n % 100),
                 orcpt: None,
                 notify: Notify::default(),
+                relay: None,
             }],
         }),
     }

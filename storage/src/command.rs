@@ -99,6 +99,9 @@ pub enum Command {
     CreateDomainAlias { alias: String, target: String },
     /// Sets (or with `None` removes) a domain's catch-all address for unknown local parts.
     SetCatchAll { domain: String, address: Option<String> },
+    /// Sets (or with `None` removes) the `host:port` server that gets mail for a domain's
+    /// unknown local parts (when it has no catch-all), keeping the recipient address.
+    SetUnknownForward { domain: String, target: Option<String> },
     /// Creates an account with its INBOX.
     CreateAccount {
         address: String,

@@ -45,8 +45,12 @@ pub const QUEUE_DUE: &str = "queue_due";
 /// DKIM keys: `domain \0 selector` -> [`crate::DkimKey`].
 pub const DKIM_KEYS: &str = "dkim_keys";
 
+/// Where a domain's unknown recipients are forwarded: `domain` -> `host:port` (a server
+/// that still holds some of the domain's mailboxes, say during a migration).
+pub const UNKNOWN_FORWARDS: &str = "unknown_forwards";
+
 /// Every column family of the state database, checked at open time.
-pub const COLUMN_FAMILIES: [&str; 18] = [
+pub const COLUMN_FAMILIES: [&str; 19] = [
     DOMAINS,
     ADDRESSES,
     PRINCIPALS,
@@ -65,6 +69,7 @@ pub const COLUMN_FAMILIES: [&str; 18] = [
     QUEUE,
     QUEUE_DUE,
     DKIM_KEYS,
+    UNKNOWN_FORWARDS,
 ];
 
 /// Key of a domain's DKIM key in [`DKIM_KEYS`].

@@ -69,6 +69,9 @@ pub struct OutboundRecipient {
     pub orcpt: Option<String>,
     /// RFC 3461 §4.1 NOTIFY.
     pub notify: Notify,
+    /// `host:port` the recipient must go to instead of its domain's MX hosts (a local
+    /// domain's forward server for unknown recipients).
+    pub relay: Option<String>,
 }
 
 /// Where one recipient of a queue entry stands.

@@ -427,6 +427,11 @@ impl StateStore {
         Ok(out)
     }
 
+    /// The server that gets mail for a domain's unknown local parts, if one is set.
+    pub fn unknown_forward(&self, domain: &str) -> Result<Option<String>> {
+        get(&self.db(), ks::UNKNOWN_FORWARDS, domain.as_bytes())
+    }
+
     /// Whether any domain has a DKIM key (one seek).
     pub fn has_dkim_keys(&self) -> Result<bool> {
         let db = self.db();
@@ -825,6 +830,7 @@ impl<'a> Tx<'a> {
             Command::RemoveDomain { name } => self.remove_domain(&name),
             Command::CreateDomainAlias { alias, target } => self.create_domain_alias(alias, target),
             Command::SetCatchAll { domain, address } => self.set_catch_all(&domain, address),
+            Command::SetUnknownForward { domain, target } => self.set_unknown_forward(&domain, target),
             Command::CreateAccount { address, display_name, password_hash, quota_bytes, state } => {
                 self.create_account(address, display_name, password_hash, quota_bytes, state)
             }
@@ -968,6 +974,28 @@ impl<'a> Tx<'a> {
         Ok(Ok(Outcome::Done))
     }
 
+    fn set_unknown_forward(&mut self, name: &str, target: Option<String>) -> Result<CommandResult> {
+        let Some(domain) = self.get::<Domain>(ks::DOMAINS, name.as_bytes())? else {
+            return Ok(Err(CommandError::not_found("domain", name)));
+        };
+        if domain.alias_of.is_some() {
+            return Ok(Err(CommandError::Invalid(format!("{name} is an alias; set forwarding on its target"))));
+        }
+        match target {
+            Some(target) => {
+                let valid = target
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+                if !valid {
+                    return Ok(Err(CommandError::Invalid(format!("{target:?} is not \"host:port\""))));
+                }
+                self.put(ks::UNKNOWN_FORWARDS, name.as_bytes(), &target);
+            }
+            None => self.delete(ks::UNKNOWN_FORWARDS, name.as_bytes()),
+        }
+        Ok(Ok(Outcome::Done))
+    }
+
     fn remove_domain(&mut self, name: &str) -> Result<CommandResult> {
         if self.get::<Domain>(ks::DOMAINS, name.as_bytes())?.is_none() {
             return Ok(Err(CommandError::not_found("domain", name)));
@@ -991,6 +1019,7 @@ impl<'a> Tx<'a> {
             ))));
         }
         self.delete(ks::DOMAINS, name.as_bytes());
+        self.delete(ks::UNKNOWN_FORWARDS, name.as_bytes());
         for (key, _) in self.scan_raw(ks::DKIM_KEYS, &ks::domain_prefix(name))? {
             self.delete(ks::DKIM_KEYS, &key);
         }

@@ -84,6 +84,7 @@ fn outbound_to(addresses: &[&str]) -> OutboundEnvelope {
                 address: (*address).into(),
                 orcpt: None,
                 notify: crate::Notify::default(),
+                relay: None,
             })
             .collect(),
     }
@@ -471,6 +472,25 @@ fn outbound_queue_claims_records_and_removes_entries() {
     assert!(store.due_outbound(u64::MAX, 10).unwrap().is_empty(), "due index cleaned up");
     assert_eq!(store.queue_length().unwrap(), 0);
     assert_eq!(store.blob_ref(&blob).unwrap().unwrap().count, 1, "the queue's reference is released");
+}
+
+#[test]
+fn unknown_forwards_are_validated_and_go_with_their_domain() {
+    let (_dir, store) = store();
+    let set =
+        |target: Option<&str>| Command::SetUnknownForward { domain: "d.test".into(), target: target.map(Into::into) };
+    assert!(matches!(apply_one(&store, set(Some("old:25"))), Err(CommandError::NotFound { .. })));
+    apply_one(&store, Command::CreateDomain { name: "d.test".into() }).unwrap();
+    for bad in ["old", "old:0", ":25", "old:99999"] {
+        assert!(matches!(apply_one(&store, set(Some(bad))), Err(CommandError::Invalid(_))), "{bad}");
+    }
+    assert_eq!(apply_one(&store, set(Some("old.d.test:2525"))), Ok(Outcome::Done));
+    assert_eq!(store.unknown_forward("d.test").unwrap().as_deref(), Some("old.d.test:2525"));
+    assert_eq!(apply_one(&store, set(None)), Ok(Outcome::Done));
+    assert_eq!(store.unknown_forward("d.test").unwrap(), None);
+    apply_one(&store, set(Some("old.d.test:2525"))).unwrap();
+    apply_one(&store, Command::RemoveDomain { name: "d.test".into() }).unwrap();
+    assert_eq!(store.unknown_forward("d.test").unwrap(), None, "gone with the domain");
 }
 
 #[test]

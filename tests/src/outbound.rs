@@ -595,3 +595,47 @@ s.quit()
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(inbox(&node, "alice@example.com").await.len(), 1, "one report");
 }
+
+#[tokio::test]
+async fn unknown_recipients_of_a_domain_can_be_forwarded_to_its_old_server() {
+    // During a migration the old server (here the sink) still holds some mailboxes.
+    let mut old_server = MailSink::new();
+    old_server.start().await;
+    let mut node = WmailNode::new("");
+    node.start().await;
+    create(&node, "example.com", &["alice@example.com"]).await;
+    let target = format!("127.0.0.1:{}", old_server.port);
+    let set = succeeded(node.cli(&["domain", "forward-unknown", "example.com", &target], None));
+    assert!(set.contains(&target), "{set}");
+    let out = python(
+        &node,
+        r#"
+s = smtplib.SMTP("127.0.0.1", SMTP)
+s.ehlo("outside.test")
+assert s.sendmail("someone@outside.test", ["alice@example.com", "legacy@example.com"], b"From: someone@outside.test\r\nSubject: both\r\n\r\nx\r\n") == {}
+s.quit()
+"#,
+    );
+    assert!(out.is_empty(), "{out}");
+    assert_eq!(wait_for_inbox(&node, "alice@example.com", 1).await.len(), 1, "known users stay local");
+    let messages = old_server.wait_for_messages(1).await;
+    assert_eq!(messages[0].0["to"], json!(["legacy@example.com"]), "the recipient address is kept");
+    assert_eq!(messages[0].0["from"], "someone@outside.test");
+    wait_for_empty_queue(&node).await;
+    // Switched off, unknown users are refused again.
+    succeeded(node.cli(&["domain", "forward-unknown", "example.com"], None));
+    let out = python(
+        &node,
+        r#"
+s = smtplib.SMTP("127.0.0.1", SMTP)
+s.ehlo("outside.test")
+try:
+    s.sendmail("someone@outside.test", ["legacy@example.com"], b"Subject: x\r\n\r\nx\r\n")
+    print("accepted")
+except smtplib.SMTPRecipientsRefused as e:
+    assert list(e.recipients.values())[0][0] == 550, e
+s.quit()
+"#,
+    );
+    assert!(out.is_empty(), "{out}");
+}

@@ -253,6 +253,7 @@ mod tests {
                     address: "bob@remote.test".into(),
                     orcpt: Some("rfc822;bob@remote.test".into()),
                     notify: Notify::default(),
+                    relay: None,
                 },
                 status: RecipientStatus::Pending { last_reply: None },
             }],

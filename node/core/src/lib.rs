@@ -105,8 +105,18 @@ pub struct RecipientResult {
 pub struct Resolution {
     /// Local accounts, each once.
     pub accounts: Vec<u64>,
-    /// Addresses in other domains that aliases forward to, each once.
-    pub forwards: Vec<String>,
+    /// Addresses mail is forwarded to, each once: alias targets in other domains, and
+    /// unknown local parts of a domain that forwards them to another server.
+    pub forwards: Vec<Forward>,
+}
+
+/// One address that mail leaves for through the outbound queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    /// The address.
+    pub address: String,
+    /// The `host:port` it goes to instead of its domain's MX hosts.
+    pub relay: Option<String>,
 }
 
 /// What [`Core::submit`] did with a message.
@@ -244,6 +254,19 @@ impl Core {
     }
 
     // ----- domains -----
+
+    /// Sets (or with `None` removes) the `host:port` server that receives mail for a
+    /// domain's unknown local parts when it has no catch-all.
+    pub async fn set_unknown_forward(&self, domain: &str, target: Option<&str>) -> Result<()> {
+        let domain = normalize_domain(domain)?;
+        let target = target.map(|target| target.trim().to_ascii_lowercase());
+        self.execute(Command::SetUnknownForward { domain, target }).await.map(drop)
+    }
+
+    /// The server a domain forwards unknown local parts to, if any.
+    pub fn unknown_forward(&self, domain: &str) -> Result<Option<String>> {
+        Ok(self.state.unknown_forward(&normalize_domain(domain)?)?)
+    }
 
     /// Adds a local domain.
     pub async fn create_domain(&self, name: &str) -> Result<Domain> {
@@ -547,8 +570,8 @@ impl Core {
                     let (local, domain) = address.rsplit_once('@').expect("normalized address has @");
                     let Some(record) = self.state.domain(domain)? else {
                         // Only an alias leads outside the local domains.
-                        if seen.len() > 1 && !forwards.contains(&address) {
-                            forwards.push(address);
+                        if seen.len() > 1 && !forwards.iter().any(|f: &Forward| f.address == address) {
+                            forwards.push(Forward { address, relay: None });
                         }
                         continue;
                     };
@@ -558,6 +581,11 @@ impl Core {
                         pending.push_back(format!("{base}@{domain}"));
                     } else if let Some(catch_all) = record.catch_all.filter(|_| use_catch_all) {
                         pending.push_back(catch_all);
+                    } else if let Some(relay) = self.state.unknown_forward(domain)?.filter(|_| use_catch_all) {
+                        // The domain's other server holds the mailboxes we do not know.
+                        if !forwards.iter().any(|f| f.address == address) {
+                            forwards.push(Forward { address, relay: Some(relay) });
+                        }
                     }
                 }
             }
@@ -603,10 +631,10 @@ impl Core {
                 other => other,
             };
             let planned = resolution.map(|resolution| {
-                for address in resolution.forwards {
+                for Forward { address, relay } in resolution.forwards {
                     if !forwards.iter().any(|forward| forward.address == address) {
                         let orcpt = Some(format!("rfc822;{recipient}"));
-                        forwards.push(OutboundRecipient { address, orcpt, notify: Notify::default() });
+                        forwards.push(OutboundRecipient { address, orcpt, notify: Notify::default(), relay });
                     }
                 }
                 let mut first = None;

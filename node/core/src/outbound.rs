@@ -124,6 +124,7 @@ impl Core {
                 address: to.to_owned(),
                 orcpt: None,
                 notify: crate::Notify { success: false, failure: false, delay: false },
+                relay: None,
             }],
             eight_bit: false,
             authenticated: false,

@@ -139,6 +139,12 @@ impl Router {
         self.mx_hops(domain).await
     }
 
+    /// The host of a forward server (`host:port`) that replicated state names, e.g. where a
+    /// domain's unknown recipients go; like a static route, DNS trouble defers.
+    pub async fn relay(&self, target: &str) -> Result<Vec<Hop>, RouteError> {
+        self.target(target).await.map(|hop| vec![hop])
+    }
+
     /// A `host:port` target (smarthost, static route).
     async fn target(&self, target: &str) -> Result<Hop, RouteError> {
         let (host, port) = target.rsplit_once(':').ok_or_else(|| {

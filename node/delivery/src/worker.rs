@@ -399,16 +399,18 @@ impl Worker {
     /// One attempt for every pending recipient of an entry, then its record.
     async fn deliver_entry(self: &Arc<Self>, entry: QueueEntry) {
         let renewal = AbortOnDrop(self.keep_lease(entry.id));
-        let mut by_domain: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        // One transaction per destination: a domain, or a forward server it names.
+        let mut by_domain: BTreeMap<(String, Option<String>), Vec<usize>> = BTreeMap::new();
         for (index, recipient) in entry.pending() {
-            by_domain.entry(domain_of(&recipient.recipient.address)).or_default().push(index);
+            let key = (domain_of(&recipient.recipient.address), recipient.recipient.relay.clone());
+            by_domain.entry(key).or_default().push(index);
         }
         // Signed once per attempt, before any connection is open (RFC 6376).
         let signature = self.dkim_signature(&entry).await;
         let signature = signature.as_deref();
         let mut attempts = Vec::with_capacity(by_domain.len());
-        for (domain, indexes) in by_domain {
-            attempts.push(self.deliver_domain_in_time(&entry, domain, indexes, signature));
+        for ((domain, relay), indexes) in by_domain {
+            attempts.push(self.deliver_domain_in_time(&entry, domain, relay, indexes, signature));
         }
         // At most eight destinations of one message at once.
         let mut results: Vec<Result1> = futures::stream::iter(attempts).buffer_unordered(8).concat().await;
@@ -598,10 +600,11 @@ impl Worker {
         &self,
         entry: &QueueEntry,
         domain: String,
+        relay: Option<String>,
         indexes: Vec<usize>,
         signature: Option<&str>,
     ) -> Vec<Result1> {
-        let attempt = self.deliver_domain(entry, domain.clone(), indexes.clone(), signature);
+        let attempt = self.deliver_domain(entry, domain.clone(), relay, indexes.clone(), signature);
         match tokio::time::timeout(ATTEMPT_LIMIT, attempt).await {
             Ok(results) => results,
             Err(_) => {
@@ -615,21 +618,26 @@ impl Worker {
         }
     }
 
-    /// One attempt for the recipients of one domain: the hosts in order until one takes
-    /// the transaction.
+    /// One attempt for the recipients of one domain (or of the forward server `relay`):
+    /// the hosts in order until one takes the transaction.
     async fn deliver_domain(
         &self,
         entry: &QueueEntry,
         domain: String,
+        relay: Option<String>,
         indexes: Vec<usize>,
         signature: Option<&str>,
     ) -> Vec<Result1> {
         let all = |kind, reply: &Reply, remote: Option<String>| -> Vec<Result1> {
             indexes.iter().map(|&index| Result1 { index, kind, reply: reply.line(), remote: remote.clone() }).collect()
         };
-        let destination = self.destination(&domain);
+        let destination = self.destination(relay.as_deref().unwrap_or(&domain));
         let Ok(_permit) = destination.acquire().await else { return Vec::new() };
-        let hops = match self.router.route(&domain).await {
+        let routed = match &relay {
+            Some(relay) => self.router.relay(relay).await,
+            None => self.router.route(&domain).await,
+        };
+        let hops = match routed {
             Ok(hops) => hops,
             Err(RouteError::Permanent(reply)) => return all(Kind::Failed, &reply, None),
             Err(RouteError::Temporary(reply)) => return all(Kind::Deferred, &reply, None),

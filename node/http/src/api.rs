@@ -131,6 +131,8 @@ struct DomainView {
     alias_of: Option<String>,
     catch_all: Option<String>,
     disabled_services: Vec<Service>,
+    /// `host:port` that gets mail for unknown local parts (when there is no catch-all).
+    forward_unknown: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -149,6 +151,9 @@ struct UpdateDomain {
     catch_all: Option<Option<String>>,
     /// Services no account of the domain may use.
     disabled_services: Option<Vec<Service>>,
+    /// `host:port` for unknown local parts; `null` removes it.
+    #[serde(default, deserialize_with = "present_or_null_text")]
+    forward_unknown: Option<Option<String>>,
 }
 
 /// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -156,8 +161,9 @@ fn present_or_null_text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Re
     Option::<String>::deserialize(deserializer).map(Some)
 }
 
-fn domain_view(domain: wmail_core::Domain) -> DomainView {
+fn domain_view(core: &Core, domain: wmail_core::Domain) -> DomainView {
     DomainView {
+        forward_unknown: core.unknown_forward(&domain.name).ok().flatten(),
         name: domain.name,
         created_at_ms: domain.created_at_ms,
         alias_of: domain.alias_of,
@@ -167,7 +173,7 @@ fn domain_view(domain: wmail_core::Domain) -> DomainView {
 }
 
 async fn list_domains(State(state): State<Arc<AppState>>) -> ApiResult<Json<Vec<DomainView>>> {
-    Ok(Json(state.core.domains()?.into_iter().map(domain_view).collect()))
+    Ok(Json(state.core.domains()?.into_iter().map(|domain| domain_view(&state.core, domain)).collect()))
 }
 
 async fn create_domain(
@@ -178,7 +184,7 @@ async fn create_domain(
         Some(target) => state.core.create_domain_alias(&body.name, target).await?,
         None => state.core.create_domain(&body.name).await?,
     };
-    Ok((StatusCode::CREATED, Json(domain_view(domain))))
+    Ok((StatusCode::CREATED, Json(domain_view(&state.core, domain))))
 }
 
 async fn update_domain(
@@ -192,13 +198,16 @@ async fn update_domain(
     if let Some(disabled_services) = body.disabled_services {
         state.core.set_domain_services(&name, disabled_services).await?;
     }
+    if let Some(target) = body.forward_unknown {
+        state.core.set_unknown_forward(&name, target.as_deref()).await?;
+    }
     let domain = state.core.domain(&name)?.ok_or_else(|| not_found("domain", &name))?;
-    Ok(Json(domain_view(domain)))
+    Ok(Json(domain_view(&state.core, domain)))
 }
 
 async fn show_domain(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> ApiResult<Json<DomainView>> {
     let domain = state.core.domain(&name)?;
-    domain.map(|domain| Json(domain_view(domain))).ok_or_else(|| not_found("domain", &name))
+    domain.map(|domain| Json(domain_view(&state.core, domain))).ok_or_else(|| not_found("domain", &name))
 }
 
 async fn remove_domain(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> ApiResult<StatusCode> {

@@ -495,7 +495,12 @@ impl Session {
                 } else {
                     let transaction = self.transaction.as_mut().expect("checked above");
                     if !transaction.outbound.iter().any(|r| r.address == address) {
-                        transaction.outbound.push(OutboundRecipient { address: address.clone(), orcpt, notify });
+                        transaction.outbound.push(OutboundRecipient {
+                            address: address.clone(),
+                            orcpt,
+                            notify,
+                            relay: None,
+                        });
                     }
                     reply(250, "2.1.5", "recipient OK; will be relayed")
                 }

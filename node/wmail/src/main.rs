@@ -107,6 +107,14 @@ enum DomainCommand {
         #[arg(long, value_name = "TARGET")]
         alias_of: Option<String>,
     },
+    /// Forward mail for unknown local parts (when there is no catch-all) to another server,
+    /// e.g. the old one during a migration; without HOST:PORT, stop forwarding.
+    #[command(after_help = "Example: wmail domain forward-unknown example.com old-mx.example.com:25")]
+    ForwardUnknown {
+        name: String,
+        #[arg(value_name = "HOST:PORT")]
+        target: Option<String>,
+    },
     /// Set the catch-all address for unknown local parts; without ADDRESS, remove it.
     #[command(after_help = "Example: wmail domain catch-all example.com postmaster@example.com")]
     CatchAll { name: String, address: Option<String> },
@@ -314,6 +322,14 @@ async fn domain(client: AdminClient, command: DomainCommand) -> anyhow::Result<(
             client.print(&domain, |d| match d["catch_all"].as_str() {
                 Some(address) => format!("unknown addresses of {name} now go to {address}"),
                 None => format!("unknown addresses of {name} are now rejected"),
+            });
+        }
+        DomainCommand::ForwardUnknown { name, target } => {
+            let path = format!("/domains/{}", encode(&name));
+            let domain = client.call(Method::PATCH, &path, Some(json!({ "forward_unknown": target }))).await?;
+            client.print(&domain, |d| match d["forward_unknown"].as_str() {
+                Some(target) => format!("mail for unknown addresses of {name} now goes to {target}"),
+                None => format!("unknown addresses of {name} are no longer forwarded"),
             });
         }
         DomainCommand::List => {
