@@ -687,7 +687,11 @@ impl Core {
         // have deleted the copy stored below (see `Command::Deliver`).
         let stored_after_index = self.consensus.metrics().last_applied.map_or(0, |id| id.index);
         let (stored, copy, eight_bit) = self.store_body(body).await?;
-        let (summary, threading) = self.encoded_summary(&stored, copy).await.unzip();
+        // Only mailboxes need the summary; a message that only leaves is not parsed.
+        let (summary, threading) = match targets.is_empty() {
+            true => (None, None),
+            false => self.encoded_summary(&stored, copy).await.unzip(),
+        };
         let outbound = outbound.map(|envelope| OutboundEnvelope { eight_bit, ..envelope });
         let outcome = self
             .execute(Command::Deliver {

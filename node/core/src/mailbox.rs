@@ -288,10 +288,13 @@ impl Core {
         stored: &StoredBlob,
         copy: Option<Vec<u8>>,
     ) -> Option<(Vec<u8>, Threading)> {
+        // Large bodies are read back and parsed at most two at a time: the permit is held
+        // until the parse (which needs the whole message and more) is done.
+        let mut _permit = None;
         let raw = match copy {
             Some(copy) => Bytes::from(copy),
             None if stored.size <= SUMMARY_PARSE_LIMIT => {
-                let _permit = self.summary_parses.acquire().await.ok()?;
+                _permit = Some(self.summary_parses.acquire().await.ok()?);
                 match self.blobs.read_all(&stored.id).await {
                     Ok(raw) => raw,
                     Err(error) => {
