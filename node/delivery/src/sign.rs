@@ -1,7 +1,7 @@
 //! DKIM signing of outgoing mail (RFC 6376, RFC 8463) with mail-auth, using the active key
 //! of the From: domain (so the signature aligns with DMARC, RFC 7489 §3.1.1).
 
-use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
+use mail_auth::common::crypto::{DkimKey as SigningKey, Ed25519Key, RsaKey, Sha256};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::DkimSigner;
 use wmail_core::{DkimAlgorithm, DkimKey};
@@ -35,28 +35,15 @@ pub fn from_domain(header_section: &[u8]) -> Option<String> {
 /// `DKIM-Signature:` header field to put in front of it, CRLF-terminated.
 pub fn sign(message: &[u8], domain: &str, key: &DkimKey) -> Result<String, String> {
     let describe = |error: mail_auth::Error| format!("DKIM signing for {domain} failed: {error}");
-    let signature = match key.algorithm {
+    let signing_key: SigningKey = match key.algorithm {
         DkimAlgorithm::Rsa => {
             let der = rustls::pki_types::PrivatePkcs8KeyDer::from(key.private_key.as_slice());
-            let signing_key = RsaKey::<Sha256>::from_key_der(der.into()).map_err(describe)?;
-            DkimSigner::from_key(signing_key)
-                .domain(domain)
-                .selector(&key.selector)
-                .headers(SIGNED_HEADERS)
-                .sign(message)
-                .map_err(describe)?
+            RsaKey::<Sha256>::from_key_der(der.into()).map_err(describe)?.into()
         }
-        DkimAlgorithm::Ed25519 => {
-            let signing_key = Ed25519Key::from_pkcs8_der(&key.private_key).map_err(describe)?;
-            DkimSigner::from_key(signing_key)
-                .domain(domain)
-                .selector(&key.selector)
-                .headers(SIGNED_HEADERS)
-                .sign(message)
-                .map_err(describe)?
-        }
+        DkimAlgorithm::Ed25519 => Ed25519Key::from_pkcs8_der(&key.private_key).map_err(describe)?.into(),
     };
-    Ok(signature.to_header())
+    let signer = DkimSigner::from_key(signing_key).domain(domain).selector(&key.selector).headers(SIGNED_HEADERS);
+    Ok(signer.sign(message).map_err(describe)?.to_header())
 }
 
 #[cfg(test)]

@@ -88,11 +88,22 @@ impl DeliveryConfig {
 
 /// What happened to one recipient in one attempt.
 #[derive(Debug, Clone)]
-struct Result1 {
+struct RecipientAttempt {
+    /// Index of the recipient in the queue entry.
     index: usize,
     kind: Kind,
+    /// The reply line (the remote's, or made up locally).
     reply: String,
+    /// The host that answered, if one did.
     remote: Option<String>,
+}
+
+impl RecipientAttempt {
+    /// The same outcome for every recipient in `indexes`.
+    fn all(indexes: &[usize], kind: Kind, reply: &Reply, remote: Option<&str>) -> Vec<Self> {
+        let (reply, remote) = (reply.line(), remote.map(str::to_owned));
+        indexes.iter().map(|&index| Self { index, kind, reply: reply.clone(), remote: remote.clone() }).collect()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -413,7 +424,7 @@ impl Worker {
             attempts.push(self.deliver_domain_in_time(&entry, domain, relay, indexes, signature));
         }
         // At most eight destinations of one message at once.
-        let mut results: Vec<Result1> = futures::stream::iter(attempts).buffer_unordered(8).concat().await;
+        let mut results: Vec<RecipientAttempt> = futures::stream::iter(attempts).buffer_unordered(8).concat().await;
         drop(renewal);
 
         let now = wmail_core::now_ms();
@@ -507,7 +518,7 @@ impl Worker {
 
     /// Sends the reports this attempt calls for; returns whether they went out (or none was
     /// needed) and whether a delay notice went out.
-    async fn report(&self, entry: &QueueEntry, results: &[Result1], expires_ms: u64) -> (bool, bool) {
+    async fn report(&self, entry: &QueueEntry, results: &[RecipientAttempt], expires_ms: u64) -> (bool, bool) {
         if entry.return_path.is_empty() {
             return (true, false); // never bounce a bounce (RFC 3461 §6.2, RFC 5321 §4.5.5)
         }
@@ -603,17 +614,13 @@ impl Worker {
         relay: Option<String>,
         indexes: Vec<usize>,
         signature: Option<&str>,
-    ) -> Vec<Result1> {
+    ) -> Vec<RecipientAttempt> {
         let attempt = self.deliver_domain(entry, domain.clone(), relay, indexes.clone(), signature);
         match tokio::time::timeout(ATTEMPT_LIMIT, attempt).await {
             Ok(results) => results,
             Err(_) => {
                 let reply = Reply::local(451, [4, 4, 7], format!("delivery to {domain} took too long; will retry"));
-                let line = reply.line();
-                indexes
-                    .into_iter()
-                    .map(|index| Result1 { index, kind: Kind::Deferred, reply: line.clone(), remote: None })
-                    .collect()
+                RecipientAttempt::all(&indexes, Kind::Deferred, &reply, None)
             }
         }
     }
@@ -627,10 +634,8 @@ impl Worker {
         relay: Option<String>,
         indexes: Vec<usize>,
         signature: Option<&str>,
-    ) -> Vec<Result1> {
-        let all = |kind, reply: &Reply, remote: Option<String>| -> Vec<Result1> {
-            indexes.iter().map(|&index| Result1 { index, kind, reply: reply.line(), remote: remote.clone() }).collect()
-        };
+    ) -> Vec<RecipientAttempt> {
+        let all = |kind, reply: &Reply, remote: Option<&str>| RecipientAttempt::all(&indexes, kind, reply, remote);
         let destination = self.destination(relay.as_deref().unwrap_or(&domain));
         let Ok(_permit) = destination.acquire().await else { return Vec::new() };
         let routed = match &relay {
@@ -691,19 +696,14 @@ impl Worker {
                                 last_remote = Some(remote);
                                 break 'connection;
                             }
-                            results.extend(rest.into_iter().map(|index| Result1 {
-                                index,
-                                kind: Kind::Deferred,
-                                reply: reply.line(),
-                                remote: Some(hop.name.clone()),
-                            }));
+                            results.extend(RecipientAttempt::all(&rest, Kind::Deferred, &reply, Some(&hop.name)));
                             return results;
                         }
                     }
                 }
             }
         }
-        all(Kind::Deferred, &last, last_remote)
+        all(Kind::Deferred, &last, last_remote.as_deref())
     }
 
     /// The message as stored, without the Return-Path the receiving side added.
@@ -850,11 +850,9 @@ impl Worker {
         indexes: &[usize],
         host: &str,
         signature: Option<&str>,
-    ) -> Result<Vec<Result1>, Reply> {
+    ) -> Result<Vec<RecipientAttempt>, Reply> {
         let remote = Some(host.to_owned());
-        let all = |kind, reply: &Reply| -> Vec<Result1> {
-            indexes.iter().map(|&index| Result1 { index, kind, reply: reply.line(), remote: remote.clone() }).collect()
-        };
+        let all = |kind, reply: &Reply| RecipientAttempt::all(indexes, kind, reply, Some(host));
         let extensions = client.extensions.clone();
         if let Some(limit) = extensions.size.filter(|&limit| limit > 0 && entry.size > limit) {
             // RFC 1870 §6: it would be refused; say so now.
@@ -917,10 +915,7 @@ impl Worker {
         if !unusable.is_empty() {
             // Only possible for forwarded mail from elsewhere; refuse those, send the rest.
             let reply = Reply::local(553, [5, 1, 3], "the recipient address cannot be sent on (bad syntax)");
-            let mut results: Vec<Result1> = unusable
-                .iter()
-                .map(|&index| Result1 { index, kind: Kind::Failed, reply: reply.line(), remote: None })
-                .collect();
+            let mut results = RecipientAttempt::all(&unusable, Kind::Failed, &reply, None);
             let usable: Vec<usize> = indexes.iter().copied().filter(|i| !unusable.contains(i)).collect();
             if !usable.is_empty() {
                 results.extend(Box::pin(self.transaction(client, entry, &usable, host, signature)).await?);
@@ -959,7 +954,7 @@ impl Worker {
             } else {
                 // RFC 5321 §4.5.3.1.10: a 552 to RCPT means "too many recipients"; retry.
                 let kind = if reply.code == 552 { Kind::Deferred } else { Kind::of(reply) };
-                results.push(Result1 { index, kind, reply: reply.line(), remote: remote.clone() });
+                results.push(RecipientAttempt { index, kind, reply: reply.line(), remote: remote.clone() });
             }
         }
         if accepted.is_empty() {
@@ -998,12 +993,7 @@ impl Worker {
             Kind::Delivered(_) => Kind::Delivered(extensions.dsn),
             other => other,
         };
-        results.extend(accepted.into_iter().map(|index| Result1 {
-            index,
-            kind,
-            reply: reply.line(),
-            remote: remote.clone(),
-        }));
+        results.extend(RecipientAttempt::all(&accepted, kind, &reply, Some(host)));
         results.sort_by_key(|result| result.index);
         Ok(results)
     }
