@@ -446,61 +446,13 @@ pub fn tls_connector(
     verify: bool,
     extra_roots: &[rustls::pki_types::CertificateDer<'static>],
 ) -> tokio_rustls::TlsConnector {
-    let config = if verify {
-        let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-        for cert in extra_roots {
-            let _ = roots.add(cert.clone());
-        }
-        rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth()
-    } else {
-        rustls::ClientConfig::builder()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate))
-            .with_no_client_auth()
-    };
+    if !verify {
+        return wmail_net::opportunistic_tls_connector();
+    }
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    for cert in extra_roots {
+        let _ = roots.add(cert.clone());
+    }
+    let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
     tokio_rustls::TlsConnector::from(Arc::new(config))
-}
-
-/// Opportunistic TLS: encrypt, without checking who is on the other side.
-#[derive(Debug)]
-struct AcceptAnyCertificate;
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        let provider = rustls::crypto::CryptoProvider::get_default().expect("crypto provider installed");
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &provider.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        let provider = rustls::crypto::CryptoProvider::get_default().expect("crypto provider installed");
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &provider.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::CryptoProvider::get_default()
-            .expect("crypto provider installed")
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }

@@ -18,5 +18,5 @@ pub use connection::{Connection, LineRead};
 pub use dot_stuff::DotStuffer;
 pub use listener::{ConnectionLimits, ListenerHandle, Refusal, SessionHandler, serve, stopped};
 pub use stream::SessionStream;
-pub use tls::{TlsError, install_crypto_provider, load_tls_acceptor};
+pub use tls::{TlsError, install_crypto_provider, load_tls_acceptor, opportunistic_tls_connector};
 pub use tokio_rustls::TlsAcceptor;

@@ -1,4 +1,5 @@
-//! TLS server configuration from PEM files, with one process-wide crypto provider.
+//! TLS server configuration from PEM files, with one process-wide crypto provider, and the
+//! client side of opportunistic TLS.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,6 +36,61 @@ pub enum TlsError {
 /// dependencies bring their own provider, so rustls cannot pick one by itself.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// A TLS client that encrypts without checking who is on the other side: opportunistic
+/// STARTTLS between MTAs (RFC 3207 §4.1 leaves authentication to policy; RFC 7435) and load
+/// tools. The handshake signatures are still verified; never use it where identity matters.
+pub fn opportunistic_tls_connector() -> tokio_rustls::TlsConnector {
+    let config = rustls::ClientConfig::builder()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate))
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// Opportunistic TLS: encrypt, without checking who is on the other side.
+#[derive(Debug)]
+struct AcceptAnyCertificate;
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let provider = rustls::crypto::CryptoProvider::get_default().expect("crypto provider installed");
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let provider = rustls::crypto::CryptoProvider::get_default().expect("crypto provider installed");
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::CryptoProvider::get_default()
+            .expect("crypto provider installed")
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 /// Builds a TLS acceptor (TLS 1.2 and 1.3) from a PEM certificate chain and private key.

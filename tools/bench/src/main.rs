@@ -429,7 +429,7 @@ async fn outbound(api: &Api, args: &OutboundArgs) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    wmail_net::install_crypto_provider();
     let cli = Cli::parse();
     let api =
         Api { http: reqwest::Client::new(), server: cli.server.trim_end_matches('/').to_owned(), token: cli.token };
