@@ -49,12 +49,46 @@ async fn queue(node: &WmailNode) -> Value {
     page
 }
 
+/// Waits (at most 60 s) until the oldest queue entry has had an attempt, and returns it.
+async fn first_entry_once_attempted(node: &WmailNode) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let page = queue(node).await;
+        let entry = &page["entries"][0];
+        if entry["attempts"].as_u64().unwrap_or(0) >= 1 {
+            return entry.clone();
+        }
+        assert!(Instant::now() < deadline, "no attempt made: {page}\n{}", node.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn wait_for_empty_queue(node: &WmailNode) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while queue(node).await["total"] != 0 {
         assert!(Instant::now() < deadline, "queue not drained: {}\n{}", queue(node).await, node.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Asserts that the MX port refuses `recipient` from another domain with `550`.
+fn assert_mx_refuses_with_550(node: &WmailNode, recipient: &str) {
+    let out = python(
+        node,
+        &format!(
+            r#"
+s = smtplib.SMTP("127.0.0.1", SMTP)
+s.ehlo("outside.test")
+try:
+    s.sendmail("someone@outside.test", [{recipient:?}], b"Subject: x\r\n\r\nx\r\n")
+    print("accepted", {recipient:?})
+except smtplib.SMTPRecipientsRefused as e:
+    assert list(e.recipients.values())[0][0] == 550, e
+s.quit()
+"#
+        ),
+    );
+    assert!(out.is_empty(), "{out}");
 }
 
 /// Submits a message as alice over STARTTLS + AUTH; `options` is the Python text of
@@ -300,18 +334,9 @@ async fn a_smarthost_is_used_with_starttls_and_a_login() {
     wrong.start().await;
     create(&wrong, "example.com", &["alice@example.com"]).await;
     submit(&wrong, &["carol@relay.test"], "From: alice@example.com\r\nSubject: refused\r\n\r\nx\r\n", "[], []");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let page = queue(&wrong).await;
-        let entry = &page["entries"][0];
-        if entry["attempts"].as_u64().unwrap_or(0) >= 1 {
-            assert_eq!(entry["recipients"][0]["status"], "pending", "{page}");
-            assert!(entry["recipients"][0]["reply"].as_str().unwrap().starts_with("535"), "{page}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "no attempt: {page}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let entry = first_entry_once_attempted(&wrong).await;
+    assert_eq!(entry["recipients"][0]["status"], "pending", "{entry}");
+    assert!(entry["recipients"][0]["reply"].as_str().unwrap().starts_with("535"), "{entry}");
     assert!(inbox(&wrong, "alice@example.com").await.is_empty(), "no bounce for a relay login problem");
 
     // Without the relay's certificate trusted, the login is never sent.
@@ -319,18 +344,9 @@ async fn a_smarthost_is_used_with_starttls_and_a_login() {
     untrusting.start().await;
     create(&untrusting, "example.com", &["alice@example.com"]).await;
     submit(&untrusting, &["carol@relay.test"], "From: alice@example.com\r\nSubject: no\r\n\r\nx\r\n", "[], []");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let page = queue(&untrusting).await;
-        let entry = &page["entries"][0];
-        if entry["attempts"].as_u64().unwrap_or(0) >= 1 {
-            let reply = entry["recipients"][0]["reply"].as_str().unwrap();
-            assert!(reply.starts_with("451 4.7.5") && reply.contains("TLS"), "{page}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "no attempt: {page}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let entry = first_entry_once_attempted(&untrusting).await;
+    let reply = entry["recipients"][0]["reply"].as_str().unwrap();
+    assert!(reply.starts_with("451 4.7.5") && reply.contains("TLS"), "{entry}");
     assert_eq!(wait_for_inbox(&relay, "carol@relay.test", 1).await.len(), 1, "only the verified relay delivered");
 }
 
@@ -349,19 +365,11 @@ async fn queued_mail_survives_a_down_remote_kill_9_and_operator_actions() {
 
     submit(&node, &["later@sink.test"], "From: alice@example.com\r\nSubject: patience\r\n\r\nx\r\n", "[], []");
     // The first attempt fails to connect and is deferred for an hour.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let id = loop {
-        let page = queue(&node).await;
-        let entry = &page["entries"][0];
-        if entry["attempts"].as_u64().unwrap_or(0) >= 1 {
-            let reply = entry["recipients"][0]["reply"].as_str().unwrap_or_default().to_owned();
-            assert!(reply.starts_with("451 4.4.1") && reply.contains("refused"), "{reply}");
-            assert_eq!(entry["recipients"][0]["status"], "pending");
-            break entry["id"].as_u64().expect("id");
-        }
-        assert!(Instant::now() < deadline, "no attempt made: {page}\n{}", node.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let entry = first_entry_once_attempted(&node).await;
+    let reply = entry["recipients"][0]["reply"].as_str().unwrap_or_default().to_owned();
+    assert!(reply.starts_with("451 4.4.1") && reply.contains("refused"), "{reply}");
+    assert_eq!(entry["recipients"][0]["status"], "pending");
+    let id = entry["id"].as_u64().expect("id");
     let shown = succeeded(node.cli(&["queue", "show", &id.to_string()], None));
     assert!(shown.contains("later@sink.test") && shown.contains("refused"), "{shown}");
     let (_, metrics) = node.get("/metrics").await;
@@ -543,20 +551,7 @@ s.quit()
     assert!(!text.contains("DKIM-Signature"), "forwarded mail from a stranger is not signed:\n{text}");
     wait_for_empty_queue(&node).await;
     // Unknown users are still refused.
-    let out = python(
-        &node,
-        r#"
-s = smtplib.SMTP("127.0.0.1", SMTP)
-s.ehlo("outside.test")
-try:
-    s.sendmail("someone@outside.test", ["nobody@example.com"], b"Subject: x\r\n\r\nx\r\n")
-    print("accepted an unknown user")
-except smtplib.SMTPRecipientsRefused as e:
-    assert list(e.recipients.values())[0][0] == 550, e
-s.quit()
-"#,
-    );
-    assert!(out.is_empty(), "{out}");
+    assert_mx_refuses_with_550(&node, "nobody@example.com");
 }
 
 #[tokio::test]
@@ -624,18 +619,5 @@ s.quit()
     wait_for_empty_queue(&node).await;
     // Switched off, unknown users are refused again.
     succeeded(node.cli(&["domain", "forward-unknown", "example.com"], None));
-    let out = python(
-        &node,
-        r#"
-s = smtplib.SMTP("127.0.0.1", SMTP)
-s.ehlo("outside.test")
-try:
-    s.sendmail("someone@outside.test", ["legacy@example.com"], b"Subject: x\r\n\r\nx\r\n")
-    print("accepted")
-except smtplib.SMTPRecipientsRefused as e:
-    assert list(e.recipients.values())[0][0] == 550, e
-s.quit()
-"#,
-    );
-    assert!(out.is_empty(), "{out}");
+    assert_mx_refuses_with_550(&node, "legacy@example.com");
 }
