@@ -15,7 +15,10 @@
 
 mod log_store;
 mod network;
+mod peer;
+pub mod quic;
 mod state_machine;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -24,10 +27,12 @@ use std::time::Duration;
 
 pub use log_store::{LogIoStats, LogStore};
 pub use network::{
-    InMemoryRouter, NetworkFactory, RaftRpc, RaftRpcReply, Transport, TransportError, TransportFuture, handle_rpc,
+    InMemoryRouter, MembershipChange, NetworkFactory, NodeStatus, PeerError, PeerHandler, PeerReply, PeerRequest,
+    RaftRpc, RaftRpcReply, Transport, TransportError, TransportFuture, handle_raft_rpc,
 };
 use openraft::error::{ClientWriteError, RaftError};
 pub use openraft::{BasicNode, RaftMetrics, ServerState};
+pub use peer::JoinHandler;
 use serde::{Deserialize, Serialize};
 pub use state_machine::{ReplicatedState, StateEntry, StateMachineStore};
 
@@ -57,6 +62,10 @@ const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 const MAX_BATCHES_IN_FLIGHT: usize = 2;
 /// How long a batch may wait for its commit before its proposers are told "unavailable".
 const PROPOSAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a read barrier may wait for a leader and its read index.
+const READ_BARRIER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Most voters a cluster gets by joining or promotion; more nodes stay learners.
+pub const MAX_VOTERS: usize = 5;
 
 /// A command waiting to be proposed, and where its result goes.
 struct Proposal {
@@ -75,7 +84,8 @@ fn propose_error(error: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) 
 
 /// Group commit: takes every proposal queued while earlier batches were in flight and
 /// proposes them as one Raft entry (openraft appends and fsyncs each entry on its own).
-async fn batch_proposals(raft: Raft, mut queue: tokio::sync::mpsc::Receiver<Proposal>) {
+/// On a node that does not lead, the batch goes to the leader as one request.
+async fn batch_proposals(peers: peer::Peers, mut queue: tokio::sync::mpsc::Receiver<Proposal>) {
     let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_BATCHES_IN_FLIGHT));
     while let Some(first) = queue.recv().await {
         let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
@@ -90,28 +100,17 @@ async fn batch_proposals(raft: Raft, mut queue: tokio::sync::mpsc::Receiver<Prop
                 Err(_) => break,
             }
         }
-        let raft = raft.clone();
+        let peers = peers.clone();
         tokio::spawn(async move {
             let (commands, replies): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|proposal| (proposal.command, proposal.reply)).unzip();
-            let write = tokio::time::timeout(PROPOSAL_TIMEOUT, raft.client_write(Request(commands)));
-            let Ok(written) = write.await else {
-                // No quorum for a while: fail the callers instead of hanging them (the batch
-                // may still commit later; callers treat this as "outcome unknown").
-                let error = ProposeError::Unavailable("no quorum within 30 s; the outcome is unknown".into());
-                for reply in replies {
-                    let _ = reply.send(Err(error.clone()));
-                }
-                return;
-            };
-            match written {
+            match peers.commit(Request(commands)).await {
                 Ok(response) => {
-                    for (reply, result) in replies.into_iter().zip(response.data.0) {
+                    for (reply, result) in replies.into_iter().zip(response.0) {
                         let _ = reply.send(Ok(result));
                     }
                 }
                 Err(error) => {
-                    let error = propose_error(error);
                     for reply in replies {
                         let _ = reply.send(Err(error.clone()));
                     }
@@ -228,6 +227,7 @@ pub struct Consensus {
     startup_log_index: Option<u64>,
     log_stats: Arc<LogIoStats>,
     proposals: tokio::sync::mpsc::Sender<Proposal>,
+    peers: peer::Peers,
 }
 
 impl std::fmt::Debug for Consensus {
@@ -243,6 +243,7 @@ impl Consensus {
         state: Arc<S>,
         transport: Arc<dyn Transport>,
     ) -> Result<Self, OpenError> {
+        let peers_transport = transport.clone();
         config.validate().map_err(OpenError::Raft)?;
         std::fs::create_dir_all(&config.log_dir)
             .map_err(|source| OpenError::Io { path: config.log_dir.clone(), source })?;
@@ -267,6 +268,9 @@ impl Consensus {
             election_timeout_max: heartbeat * 8,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
             max_in_snapshot_log_to_keep: config.logs_kept_after_snapshot,
+            // Commands are small (bodies live in the blob store) but a batch may reach 4 MiB:
+            // bound one AppendEntries request to 64 entries.
+            max_payload_entries: 64,
             ..Default::default()
         }
         .validate()
@@ -276,8 +280,50 @@ impl Consensus {
                 .await
                 .map_err(|e| OpenError::Raft(e.to_string()))?;
         let (proposals, queue) = tokio::sync::mpsc::channel(4 * MAX_BATCH_COMMANDS);
-        tokio::spawn(batch_proposals(raft.clone(), queue));
-        Ok(Self { raft, config: Arc::new(config), startup_log_index, log_stats, proposals })
+        let peers = peer::Peers { raft: raft.clone(), transport: peers_transport, log_stats: log_stats.clone() };
+        tokio::spawn(batch_proposals(peers.clone(), queue));
+        Ok(Self { raft, config: Arc::new(config), startup_log_index, log_stats, proposals, peers })
+    }
+
+    /// Returns the handler of requests from other nodes; `join` answers enrolment requests
+    /// from nodes that are not members yet (none: they are refused).
+    pub fn peer_handler(&self, join: Option<Arc<dyn JoinHandler>>) -> Arc<dyn PeerHandler> {
+        Arc::new(peer::ConsensusPeer { peers: self.peers.clone(), join })
+    }
+
+    /// Whether this node has been part of a cluster (initialised, or added by a leader).
+    pub async fn is_initialized(&self) -> Result<bool, ProposeError> {
+        self.raft.is_initialized().await.map_err(|e| ProposeError::Unavailable(e.to_string()))
+    }
+
+    /// Asks the leader (this node or another) to change the membership, and returns once
+    /// the change is committed.
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<(), ProposeError> {
+        self.peers.change_membership(change).await
+    }
+
+    /// Asks node `target` at `addr` for a membership change it forwards to its leader
+    /// (a joining node asks the member that enrolled it to add it).
+    pub async fn ask_member(&self, target: NodeId, addr: &str, change: MembershipChange) -> Result<(), ProposeError> {
+        self.peers.ask(target, addr, change).await
+    }
+
+    /// This node's status.
+    pub fn status(&self) -> NodeStatus {
+        self.peers.status()
+    }
+
+    /// Asks node `id` at `addr` for its status (over the transport; this node answers
+    /// itself).
+    pub async fn peer_status(&self, id: NodeId, addr: &str) -> Result<NodeStatus, ProposeError> {
+        if id == self.config.node_id {
+            return Ok(self.status());
+        }
+        match self.peers.transport.call(id, &BasicNode::new(addr), PeerRequest::Status).await {
+            Ok(PeerReply::Status(status)) => Ok(status),
+            Ok(_) => Err(ProposeError::Unavailable("reply of the wrong kind".into())),
+            Err(error) => Err(ProposeError::Unavailable(error.to_string())),
+        }
     }
 
     /// Returns the openraft handle (for the transport's receiving side and tests).
@@ -318,16 +364,9 @@ impl Consensus {
     /// Waits until this node has applied everything committed when the call was made, as
     /// confirmed by the leader (a read-index barrier); reads after it see every write
     /// acknowledged before it.
+    /// On a follower or learner the leader is asked for its read index.
     pub async fn read_barrier(&self) -> Result<(), ProposeError> {
-        match self.raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(forward))) => {
-                Err(ProposeError::ForwardToLeader {
-                    leader: forward.leader_id.zip(forward.leader_node.map(|n| n.addr)),
-                })
-            }
-            Err(error) => Err(ProposeError::Unavailable(error.to_string())),
-        }
+        self.peers.read_barrier().await
     }
 
     /// Returns the log's disk-work counters (appended entries, WAL syncs).

@@ -1,5 +1,6 @@
-//! The network seam: openraft's RPCs as one serialisable [`RaftRpc`] enum, sent by a
-//! [`Transport`] and answered on the receiving node by [`handle_rpc`].
+//! The network seam: every request between nodes is one serialisable [`PeerRequest`]
+//! (Raft RPCs, forwarded proposals, read-index queries, membership changes, status and
+//! enrolment), sent by a [`Transport`] and answered by the receiving node's [`PeerHandler`].
 //!
 //! The cluster transport (QUIC with mutual TLS) implements [`Transport`]; so does
 //! [`InMemoryRouter`], which connects nodes in one process for tests and can cut them off.
@@ -18,7 +19,7 @@ use openraft::raft::{
 use openraft::{BasicNode, Raft};
 use serde::{Deserialize, Serialize};
 
-use crate::{NodeId, TypeConfig};
+use crate::{NodeId, Request, Response, TypeConfig};
 
 /// One Raft RPC, as it crosses the network.
 #[derive(Debug, Serialize, Deserialize)]
@@ -42,14 +43,107 @@ pub enum RaftRpcReply {
     InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
 }
 
-/// Why a [`Transport`] could not deliver an RPC.
+/// One request between cluster nodes. Every kind travels on its own QUIC stream of the
+/// one connection between two nodes.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// A Raft RPC.
+    Raft(RaftRpc),
+    /// A batch of commands proposed on another node, for the leader to commit.
+    Propose(Request),
+    /// Asks the leader for the log index a linearizable read must wait for (read index).
+    ReadIndex,
+    /// Asks the leader to change the membership.
+    Membership(MembershipChange),
+    /// Asks a node how it is doing (`wmail cluster status`).
+    Status,
+    /// An application request from a node that is not a member yet: the only request a
+    /// connection without a client certificate may send (enrolment).
+    Join(Vec<u8>),
+}
+
+/// The answer to a [`PeerRequest`], of the same kind.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerReply {
+    /// Answer to a Raft RPC.
+    Raft(RaftRpcReply),
+    /// The committed batch's log index and its responses.
+    Propose(Result<(u64, Response), PeerError>),
+    /// The read index.
+    ReadIndex(Result<u64, PeerError>),
+    /// The membership change is committed.
+    Membership(Result<(), PeerError>),
+    /// The node's status.
+    Status(NodeStatus),
+    /// The application's answer to a join request.
+    Join(Result<Vec<u8>, String>),
+}
+
+/// A membership change, applied by the leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MembershipChange {
+    /// Adds node `id` at `addr` as a learner, waits until it has caught up, then makes it a
+    /// voter when `voter` is set and fewer than [`crate::MAX_VOTERS`] vote.
+    Add { id: NodeId, addr: String, voter: bool },
+    /// Makes a learner a voter.
+    Promote { id: NodeId },
+    /// Makes a voter a learner.
+    Demote { id: NodeId },
+    /// Removes a node from the cluster.
+    Remove { id: NodeId },
+}
+
+/// Why a peer refused a [`PeerRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+pub enum PeerError {
+    /// The asked node does not lead; `leader` does, if known.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader's id and address, if known.
+        leader: Option<(NodeId, String)>,
+    },
+    /// The request failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What a node reports about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Its id.
+    pub id: NodeId,
+    /// Its binary version.
+    pub version: String,
+    /// Leader, Follower, Learner, Candidate or Shutdown.
+    pub state: String,
+    /// Its current term.
+    pub term: u64,
+    /// The leader it knows.
+    pub leader: Option<NodeId>,
+    /// Its last log index.
+    pub last_log_index: Option<u64>,
+    /// The last index it knows committed.
+    pub committed_index: Option<u64>,
+    /// The last index it applied.
+    pub applied_index: Option<u64>,
+}
+
+/// Answers the requests of one node whose requests arrive through a [`Transport`].
+pub trait PeerHandler: Send + Sync + 'static {
+    /// Answers `request`; `member` says whether the sender proved membership (a client
+    /// certificate of the cluster CA).
+    fn handle(&self, request: PeerRequest, member: bool) -> Pin<Box<dyn Future<Output = PeerReply> + Send + '_>>;
+}
+
+/// Why a [`Transport`] could not deliver a request.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    /// The target cannot be reached now (down, partitioned); openraft backs off and retries.
+    /// The target cannot be reached now (down, partitioned) and the request was not sent;
+    /// openraft backs off and retries, proposals try again.
     #[error("node {0} is unreachable")]
     Unreachable(NodeId),
-    /// The exchange failed midway.
-    #[error("rpc to node {node} failed: {reason}")]
+    /// The exchange failed midway: the request may or may not have been acted on.
+    #[error("request to node {node} failed: {reason}")]
     Failed {
         /// The target node.
         node: NodeId,
@@ -59,20 +153,20 @@ pub enum TransportError {
 }
 
 /// A boxed future returned by [`Transport::call`].
-pub type TransportFuture = Pin<Box<dyn Future<Output = Result<RaftRpcReply, TransportError>> + Send>>;
+pub type TransportFuture = Pin<Box<dyn Future<Output = Result<PeerReply, TransportError>> + Send>>;
 
-/// Carries Raft RPCs between nodes.
+/// Carries requests between nodes.
 ///
-/// Contract: `call` delivers `rpc` to `target` at most once and returns its reply; on any
-/// error openraft treats the outcome as unknown and retries with a fresh RPC, which Raft
-/// makes safe. Dropping the future cancels the call.
+/// Contract: `call` delivers `request` to `target` at most once and returns its reply; on
+/// any error openraft treats the outcome as unknown and retries with a fresh RPC, which
+/// Raft makes safe. Dropping the future cancels the call.
 pub trait Transport: Send + Sync + 'static {
-    /// Sends `rpc` to node `target`, reachable at `node.addr`.
-    fn call(&self, target: NodeId, node: &BasicNode, rpc: RaftRpc) -> TransportFuture;
+    /// Sends `request` to node `target`, reachable at `node.addr`.
+    fn call(&self, target: NodeId, node: &BasicNode, request: PeerRequest) -> TransportFuture;
 }
 
-/// Answers an RPC that arrived from another node.
-pub async fn handle_rpc(raft: &Raft<TypeConfig>, rpc: RaftRpc) -> RaftRpcReply {
+/// Answers a Raft RPC that arrived from another node.
+pub async fn handle_raft_rpc(raft: &Raft<TypeConfig>, rpc: RaftRpc) -> RaftRpcReply {
     match rpc {
         RaftRpc::AppendEntries(request) => RaftRpcReply::AppendEntries(raft.append_entries(request).await),
         RaftRpc::Vote(request) => RaftRpcReply::Vote(raft.vote(request).await),
@@ -126,7 +220,14 @@ impl PeerClient {
     where
         E: std::error::Error,
     {
-        let reply = self.transport.call(self.target, &self.node, rpc).await.map_err(transport_error)?;
+        let reply =
+            self.transport.call(self.target, &self.node, PeerRequest::Raft(rpc)).await.map_err(transport_error)?;
+        let PeerReply::Raft(reply) = reply else {
+            return Err(transport_error(TransportError::Failed {
+                node: self.target,
+                reason: "reply of the wrong kind".into(),
+            }));
+        };
         match pick(reply) {
             Some(answer) => {
                 answer.map_err(|e| RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e)))
@@ -187,17 +288,17 @@ pub struct InMemoryRouter {
 
 #[derive(Default)]
 struct RouterState {
-    nodes: BTreeMap<NodeId, Raft<TypeConfig>>,
+    nodes: BTreeMap<NodeId, Arc<dyn PeerHandler>>,
     isolated: BTreeSet<NodeId>,
 }
 
 impl InMemoryRouter {
-    /// Registers the Raft instance of node `id`.
-    pub fn add(&self, id: NodeId, raft: Raft<TypeConfig>) {
-        self.inner.lock().expect("router lock").nodes.insert(id, raft);
+    /// Registers the request handler of node `id` (see [`crate::Consensus::peer_handler`]).
+    pub fn add(&self, id: NodeId, handler: Arc<dyn PeerHandler>) {
+        self.inner.lock().expect("router lock").nodes.insert(id, handler);
     }
 
-    /// Cuts node `id` off (or reconnects it): RPCs to or from it fail as unreachable.
+    /// Cuts node `id` off (or reconnects it): requests to or from it fail as unreachable.
     pub fn set_isolated(&self, id: NodeId, isolated: bool) {
         let mut state = self.inner.lock().expect("router lock");
         if isolated {
@@ -207,7 +308,7 @@ impl InMemoryRouter {
         };
     }
 
-    /// Returns a transport that sends RPCs from node `from`.
+    /// Returns a transport that sends requests from node `from`.
     pub fn transport_for(&self, from: NodeId) -> Arc<dyn Transport> {
         Arc::new(RouterTransport { router: self.clone(), from })
     }
@@ -219,15 +320,15 @@ struct RouterTransport {
 }
 
 impl Transport for RouterTransport {
-    fn call(&self, target: NodeId, _node: &BasicNode, rpc: RaftRpc) -> TransportFuture {
-        let raft = {
+    fn call(&self, target: NodeId, _node: &BasicNode, request: PeerRequest) -> TransportFuture {
+        let handler = {
             let state = self.router.inner.lock().expect("router lock");
             let cut = state.isolated.contains(&target) || state.isolated.contains(&self.from);
             if cut { None } else { state.nodes.get(&target).cloned() }
         };
         Box::pin(async move {
-            match raft {
-                Some(raft) => Ok(handle_rpc(&raft, rpc).await),
+            match handler {
+                Some(handler) => Ok(handler.handle(request, true).await),
                 None => Err(TransportError::Unreachable(target)),
             }
         })

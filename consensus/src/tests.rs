@@ -176,7 +176,7 @@ async fn three_nodes_replicate_fail_over_and_catch_up_by_snapshot() {
     for (index, dir) in dirs.iter().enumerate() {
         let id = index as NodeId + 1;
         let (node, state) = open_node(dir.path(), id, router.transport_for(id), 20).await;
-        router.add(id, node.raft().clone());
+        router.add(id, node.peer_handler(None));
         nodes.push(node);
         states.push(state);
     }
@@ -187,12 +187,18 @@ async fn three_nodes_replicate_fail_over_and_catch_up_by_snapshot() {
     let leader_node = &nodes[leader as usize - 1];
     leader_node.propose(b"a=1".to_vec()).await.unwrap();
 
-    tracing::info!("--- a follower refuses proposals and names the leader");
+    tracing::info!("--- a follower forwards proposals to the leader and reads its own write");
     let follower = nodes.iter().find(|node| node.node_id() != leader).unwrap();
-    match follower.propose(b"b=1".to_vec()).await {
-        Err(ProposeError::ForwardToLeader { leader: Some((id, _)) }) => assert_eq!(id, leader),
-        other => panic!("expected ForwardToLeader, got {other:?}"),
-    }
+    let follower_state = &states[follower.node_id() as usize - 1];
+    assert_eq!(follower.propose(b"b=1".to_vec()).await.unwrap(), b"");
+    assert_eq!(follower_state.get("b").as_deref(), Some("1"));
+    assert_eq!(follower.propose(b"b=2".to_vec()).await.unwrap(), b"1");
+
+    tracing::info!("--- a read barrier on a follower sees a write made through the leader");
+    leader_node.propose(b"c=1".to_vec()).await.unwrap();
+    follower.read_barrier().await.unwrap();
+    assert_eq!(follower_state.get("c").as_deref(), Some("1"));
+    assert_eq!(follower.status().applied_index, follower.metrics().last_applied.map(|id| id.index));
 
     tracing::info!("--- isolate the leader: the others elect a new one and keep committing");
     router.set_isolated(leader, true);
@@ -213,5 +219,87 @@ async fn three_nodes_replicate_fail_over_and_catch_up_by_snapshot() {
     assert_eq!(old_state.get("a").as_deref(), Some("1"));
     for node in &nodes {
         node.shutdown().await;
+    }
+}
+
+/// Answers enrolment requests by echoing them.
+struct EchoJoin;
+
+impl JoinHandler for EchoJoin {
+    fn join(
+        &self,
+        request: Vec<u8>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<u8>, String>> + Send + '_>> {
+        Box::pin(async move { Ok(request) })
+    }
+}
+
+fn identity(ca: &tls::CaMaterial, node_id: NodeId) -> tls::NodeIdentity {
+    let key = tls::generate_node_key().unwrap();
+    let cert_pem = tls::issue_node_certificate(ca, node_id, &key.public_key).unwrap();
+    tls::NodeIdentity { node_id, cert_pem, key_pem: key.key_pem, ca_pem: ca.cert_pem.clone() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_replicate_over_quic_with_mutual_tls_and_refuse_a_foreign_ca() {
+    let ca = tls::generate_ca().unwrap();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = Vec::new();
+    let mut states = Vec::new();
+    let mut addrs = Vec::new();
+    for (index, dir) in dirs.iter().enumerate() {
+        let id = index as NodeId + 1;
+        let transport = quic::QuicTransport::new();
+        let (node, state) = open_node(dir.path(), id, transport.clone(), 1_000).await;
+        let join: Arc<dyn JoinHandler> = Arc::new(EchoJoin);
+        let bound = transport.start("127.0.0.1:0".parse().unwrap(), &identity(&ca, id), node.peer_handler(Some(join)));
+        addrs.push(bound.unwrap().to_string());
+        nodes.push((node, transport));
+        states.push(state);
+    }
+    let (first, _) = &nodes[0];
+    first.raft().initialize(BTreeMap::from([(1, BasicNode::new(&addrs[0]))])).await.unwrap();
+    assert!(first.wait_ready(Duration::from_secs(30)).await);
+    first.propose(b"a=1".to_vec()).await.unwrap();
+
+    tracing::info!("--- node 2 asks node 1 to add it as a voter, then writes through the leader");
+    let (second, _) = &nodes[1];
+    second
+        .ask_member(1, &addrs[0], MembershipChange::Add { id: 2, addr: addrs[1].clone(), voter: true })
+        .await
+        .unwrap();
+    let voters: Vec<_> = first.metrics().membership_config.membership().voter_ids().collect();
+    assert_eq!(voters, vec![1, 2]);
+    assert_eq!(states[1].get("a").as_deref(), Some("1"), "the new node caught up before it votes");
+    second.propose(b"b=2".to_vec()).await.unwrap();
+    assert_eq!(states[0].get("b").as_deref(), Some("2"));
+    assert_eq!(states[1].get("b").as_deref(), Some("2"));
+    let status = second.peer_status(1, &addrs[0]).await.unwrap();
+    assert_eq!((status.id, status.state.as_str()), (1, "Leader"));
+
+    tracing::info!("--- enrolment works without a certificate, pinned to the CA's fingerprint");
+    let fingerprint = tls::fingerprint(&ca.cert_pem).unwrap();
+    assert_eq!(quic::enrol(&addrs[0], fingerprint, b"hello".to_vec()).await.unwrap(), b"hello");
+    let wrong = quic::enrol(&addrs[0], [0; 32], b"hello".to_vec()).await.unwrap_err();
+    assert!(wrong.contains("cannot reach") || wrong.contains("certificate"), "{wrong}");
+
+    tracing::info!("--- a node with a certificate of another CA is refused");
+    let foreign = quic::QuicTransport::new();
+    let other_ca = tls::generate_ca().unwrap();
+    let handler = nodes[1].0.peer_handler(None);
+    foreign.start("127.0.0.1:0".parse().unwrap(), &identity(&other_ca, 3), handler).unwrap();
+    let refused = foreign.call(1, &BasicNode::new(&addrs[0]), PeerRequest::Status).await;
+    assert!(matches!(refused, Err(TransportError::Unreachable(1))), "{refused:?}");
+    // And a member certificate used for another node id does not pass for it.
+    let impostor = quic::QuicTransport::new();
+    impostor.start("127.0.0.1:0".parse().unwrap(), &identity(&ca, 2), nodes[1].0.peer_handler(None)).unwrap();
+    let wrong_name = impostor.call(2, &BasicNode::new(&addrs[0]), PeerRequest::Status).await;
+    assert!(matches!(wrong_name, Err(TransportError::Unreachable(2))), "node 1 answered as node 2: {wrong_name:?}");
+
+    foreign.stop().await;
+    impostor.stop().await;
+    for (node, transport) in &nodes {
+        node.shutdown().await;
+        transport.stop().await;
     }
 }

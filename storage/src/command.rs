@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::blob::BlobId;
 use crate::error::{Error, Result};
 use crate::queue::{AttemptResult, OutboundEnvelope};
-use crate::records::{AccountState, DkimKey, Service};
+use crate::records::{AccountState, ClusterCa, DkimKey, JoinToken, Service};
 
 /// Version of the command encoding this binary writes. A node that meets a higher version
 /// stops applying and asks the operator to upgrade (it never skips a command).
@@ -217,6 +217,15 @@ pub enum Command {
     RetryOutbound { ids: Vec<u64> },
     /// Removes a queue entry without delivering it further (an operator's "remove").
     RemoveOutbound { id: u64 },
+    /// Stores the cluster CA unless one exists (the first one stays; the proposer reads
+    /// back which).
+    SetClusterCa { ca: ClusterCa },
+    /// Adds a one-time join token by the SHA-256 of its secret; expired tokens go.
+    AddJoinToken { hash: [u8; 32], token: JoinToken },
+    /// Spends a join token: gives the joining node at `addr` a node id that is neither in
+    /// `taken` (the current membership) nor given before. Refused for an unknown, spent or
+    /// expired token.
+    EnrolNode { hash: [u8; 32], addr: String, taken: Vec<u64> },
 }
 
 /// What a successfully applied command produced.
@@ -241,6 +250,8 @@ pub enum Outcome {
     Copied { uid_validity: u32, source_uids: Vec<u32>, new_uids: Vec<u32> },
     /// `\Recent` was claimed: messages from this UID up are recent for the claimer.
     RecentClaimed { first_recent_uid: u32 },
+    /// A joining node was admitted with this id.
+    NodeEnrolled { node_id: u64, learner: bool },
 }
 
 /// The result of delivering to one target.

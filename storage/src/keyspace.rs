@@ -49,8 +49,24 @@ pub const DKIM_KEYS: &str = "dkim_keys";
 /// that still holds some of the domain's mailboxes, say during a migration).
 pub const UNKNOWN_FORWARDS: &str = "unknown_forwards";
 
+/// Cluster identity: [`CLUSTER_CA`] -> [`crate::ClusterCa`], `token/<sha256>` ->
+/// [`crate::JoinToken`], `node/<id>` -> [`crate::EnrolledNode`].
+pub const CLUSTER: &str = "cluster";
+/// Key of the cluster CA in [`CLUSTER`].
+pub const CLUSTER_CA: &[u8] = b"ca";
+
+/// Key of a join token in [`CLUSTER`], by the SHA-256 of its secret.
+pub fn join_token_key(hash: &[u8; 32]) -> Vec<u8> {
+    [b"token/".as_slice(), hash].concat()
+}
+
+/// Key of an enrolled node in [`CLUSTER`].
+pub fn enrolled_node_key(node_id: u64) -> Vec<u8> {
+    [b"node/".as_slice(), &node_id.to_be_bytes()].concat()
+}
+
 /// Every column family of the state database, checked at open time.
-pub const COLUMN_FAMILIES: [&str; 19] = [
+pub const COLUMN_FAMILIES: [&str; 20] = [
     DOMAINS,
     ADDRESSES,
     PRINCIPALS,
@@ -70,6 +86,7 @@ pub const COLUMN_FAMILIES: [&str; 19] = [
     QUEUE_DUE,
     DKIM_KEYS,
     UNKNOWN_FORWARDS,
+    CLUSTER,
 ];
 
 /// Key of a domain's DKIM key in [`DKIM_KEYS`].
@@ -114,6 +131,8 @@ pub const META_NEXT_CHANGE_ID: &[u8] = b"next_change_id";
 pub const META_NEXT_QUEUE_ID: &[u8] = b"next_queue_id";
 /// Meta key of the number of outbound queue entries.
 pub const META_QUEUE_LENGTH: &[u8] = b"queue_length";
+/// Meta key of the next node id handed to a joining node.
+pub const META_NEXT_NODE_ID: &[u8] = b"next_node_id";
 /// Meta key of the next thread id.
 pub const META_NEXT_THREAD_ID: &[u8] = b"next_thread_id";
 

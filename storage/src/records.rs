@@ -46,6 +46,38 @@ pub struct Domain {
     pub disabled_services: Vec<Service>,
 }
 
+/// The cluster's certificate authority, created by the first `wmail cluster token`. Every
+/// member can sign a joining node's certificate with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterCa {
+    /// The CA's common name (its certificates' issuer name).
+    pub name: String,
+    /// The CA certificate, PEM.
+    pub cert_pem: String,
+    /// The CA's private key, PKCS#8 PEM.
+    pub key_pem: String,
+}
+
+/// A one-time join token (stored by the SHA-256 of its secret, never the secret).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinToken {
+    /// Whether the node it admits stays a learner (non-voting replica).
+    pub learner: bool,
+    /// When it stops being accepted (ms since the epoch).
+    pub expires_ms: u64,
+}
+
+/// A node admitted into the cluster with a join token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrolledNode {
+    /// The address other nodes reach it at (QUIC).
+    pub addr: String,
+    /// Whether it was admitted as a learner.
+    pub learner: bool,
+    /// When it enrolled (ms since the epoch).
+    pub enrolled_ms: u64,
+}
+
 /// A DKIM signing key of a domain (RFC 6376; Ed25519 per RFC 8463).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DkimKey {

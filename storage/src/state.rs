@@ -447,6 +447,16 @@ impl StateStore {
             .collect())
     }
 
+    /// Returns the cluster CA, once `wmail cluster token` made one.
+    pub fn cluster_ca(&self) -> Result<Option<ClusterCa>> {
+        get(&self.db(), ks::CLUSTER, ks::CLUSTER_CA)
+    }
+
+    /// Returns a node admitted with a join token.
+    pub fn enrolled_node(&self, node_id: u64) -> Result<Option<EnrolledNode>> {
+        get(&self.db(), ks::CLUSTER, &ks::enrolled_node_key(node_id))
+    }
+
     /// Returns one outbound queue entry.
     pub fn queue_entry(&self, id: u64) -> Result<Option<QueueEntry>> {
         get(&self.db(), ks::QUEUE, &ks::id_key(id))
@@ -920,7 +930,48 @@ impl<'a> Tx<'a> {
             Command::RemoveDkimKey { domain, selector } => self.remove_dkim_key(&domain, &selector),
             Command::RetryOutbound { ids } => self.retry_outbound(&ids),
             Command::RemoveOutbound { id } => self.remove_outbound(id),
+            Command::SetClusterCa { ca } => {
+                if self.get_raw(ks::CLUSTER, ks::CLUSTER_CA)?.is_none() {
+                    self.put(ks::CLUSTER, ks::CLUSTER_CA, &ca);
+                }
+                Ok(Ok(Outcome::Done))
+            }
+            Command::AddJoinToken { hash, token } => self.add_join_token(&hash, token),
+            Command::EnrolNode { hash, addr, taken } => self.enrol_node(&hash, addr, &taken),
         }
+    }
+
+    fn add_join_token(&mut self, hash: &[u8; 32], token: JoinToken) -> Result<CommandResult> {
+        for (key, other) in self.scan::<JoinToken>(ks::CLUSTER, b"token/")? {
+            if other.expires_ms <= self.now_ms {
+                self.delete(ks::CLUSTER, &key);
+            }
+        }
+        self.put(ks::CLUSTER, &ks::join_token_key(hash), &token);
+        Ok(Ok(Outcome::Done))
+    }
+
+    fn enrol_node(&mut self, hash: &[u8; 32], addr: String, taken: &[u64]) -> Result<CommandResult> {
+        let key = ks::join_token_key(hash);
+        let token = match self.get::<JoinToken>(ks::CLUSTER, &key)? {
+            Some(token) if token.expires_ms > self.now_ms => token,
+            _ => {
+                return Ok(Err(CommandError::Invalid(
+                    "the join token is unknown, already used or expired; run `wmail cluster token` on a member for a new one"
+                        .into(),
+                )));
+            }
+        };
+        self.delete(ks::CLUSTER, &key);
+        let node_id = loop {
+            let id = self.next_id(ks::META_NEXT_NODE_ID)?;
+            if id >= 2 && !taken.contains(&id) && self.get_raw(ks::CLUSTER, &ks::enrolled_node_key(id))?.is_none() {
+                break id;
+            }
+        };
+        let node = EnrolledNode { addr, learner: token.learner, enrolled_ms: self.now_ms };
+        self.put(ks::CLUSTER, &ks::enrolled_node_key(node_id), &node);
+        Ok(Ok(Outcome::NodeEnrolled { node_id, learner: token.learner }))
     }
 
     fn create_domain(&mut self, name: String) -> Result<CommandResult> {

@@ -957,3 +957,36 @@ fn messages_between_reads_one_uid_range() {
     assert_eq!(uids(6, u32::MAX), [6], "stops at the mailbox's end, not in the next one");
     assert!(uids(7, 9).is_empty());
 }
+
+#[test]
+fn join_tokens_admit_one_node_each_with_fresh_ids() {
+    let (_dir, store) = store();
+    let hash = [7u8; 32];
+    let token = JoinToken { learner: true, expires_ms: 10_000 };
+    apply_at(&store, Command::AddJoinToken { hash, token }, 1_000).unwrap();
+    let enrol =
+        |now, taken: Vec<u64>| apply_at(&store, Command::EnrolNode { hash, addr: "10.0.0.2:7443".into(), taken }, now);
+    // Ids in the membership are skipped; node 1 is the founder and never handed out.
+    assert_eq!(enrol(2_000, vec![1, 2]).unwrap(), Outcome::NodeEnrolled { node_id: 3, learner: true });
+    assert!(store.enrolled_node(3).unwrap().is_some_and(|node| node.learner && node.addr == "10.0.0.2:7443"));
+    // Spent.
+    assert!(matches!(enrol(2_000, vec![1]), Err(CommandError::Invalid(_))));
+    // Expired tokens are refused, and pruned when the next token is added.
+    let short = JoinToken { learner: false, expires_ms: 5_000 };
+    apply_at(&store, Command::AddJoinToken { hash: [8; 32], token: short }, 3_000).unwrap();
+    let late = apply_at(&store, Command::EnrolNode { hash: [8; 32], addr: "x:1".into(), taken: vec![] }, 6_000);
+    assert!(matches!(late, Err(CommandError::Invalid(_))));
+    let fresh = JoinToken { learner: false, expires_ms: 100_000 };
+    apply_at(&store, Command::AddJoinToken { hash: [9; 32], token: fresh }, 7_000).unwrap();
+    let next = apply_at(&store, Command::EnrolNode { hash: [9; 32], addr: "x:1".into(), taken: vec![] }, 7_000);
+    assert_eq!(next.unwrap(), Outcome::NodeEnrolled { node_id: 4, learner: false });
+}
+
+#[test]
+fn the_first_cluster_ca_stays() {
+    let (_dir, store) = store();
+    let ca = |name: &str| ClusterCa { name: name.into(), cert_pem: "c".into(), key_pem: "k".into() };
+    apply_at(&store, Command::SetClusterCa { ca: ca("first") }, 1).unwrap();
+    apply_at(&store, Command::SetClusterCa { ca: ca("second") }, 2).unwrap();
+    assert_eq!(store.cluster_ca().unwrap().unwrap().name, "first");
+}

@@ -1,0 +1,333 @@
+//! What a node does for its peers and asks of them: commits (here when it leads, else
+//! through the leader), read-index barriers, membership changes and status.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, ServerState};
+use tokio::time::Instant;
+
+use crate::network::{
+    MembershipChange, NodeStatus, PeerError, PeerHandler, PeerReply, PeerRequest, Transport, TransportError,
+    handle_raft_rpc,
+};
+use crate::{
+    LogIoStats, MAX_VOTERS, NodeId, PROPOSAL_TIMEOUT, ProposeError, READ_BARRIER_TIMEOUT, Raft, Request, Response,
+    propose_error,
+};
+
+/// How long a membership change may take (adding a node waits until it has caught up,
+/// which may mean installing a snapshot).
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(600);
+/// Pause before trying again while the cluster has no reachable leader.
+const LEADER_RETRY: Duration = Duration::from_millis(50);
+
+/// Answers the enrolment requests of nodes that are not members yet (the application
+/// checks the join token and signs the node's certificate).
+pub trait JoinHandler: Send + Sync + 'static {
+    /// Answers one enrolment request.
+    fn join(&self, request: Vec<u8>) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send + '_>>;
+}
+
+/// Who leads, as this node sees it.
+enum Leader {
+    Me,
+    Other(NodeId, BasicNode),
+    Unknown,
+}
+
+/// The parts of a node that talk to its peers.
+#[derive(Clone)]
+pub(crate) struct Peers {
+    pub(crate) raft: Raft,
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) log_stats: Arc<LogIoStats>,
+}
+
+fn not_leader(error: ProposeError) -> PeerError {
+    match error {
+        ProposeError::ForwardToLeader { leader } => PeerError::NotLeader { leader },
+        ProposeError::Unavailable(reason) => PeerError::Failed(reason),
+    }
+}
+
+fn from_peer(error: PeerError) -> ProposeError {
+    match error {
+        PeerError::NotLeader { leader } => ProposeError::ForwardToLeader { leader },
+        PeerError::Failed(reason) => ProposeError::Unavailable(reason),
+    }
+}
+
+/// A request that may be retried: it was refused before anything happened.
+fn retryable(result: &Result<impl Sized, ProposeError>) -> bool {
+    matches!(result, Err(ProposeError::ForwardToLeader { .. }))
+}
+
+impl Peers {
+    fn leader(&self) -> Leader {
+        let metrics = self.raft.metrics().borrow().clone();
+        match metrics.current_leader {
+            Some(id) if id == metrics.id => {
+                if metrics.state == ServerState::Leader {
+                    Leader::Me
+                } else {
+                    Leader::Unknown
+                }
+            }
+            Some(id) => match metrics.membership_config.membership().get_node(&id) {
+                Some(node) => Leader::Other(id, node.clone()),
+                None => Leader::Unknown,
+            },
+            None => Leader::Unknown,
+        }
+    }
+
+    /// Commits `request` through the leader and returns its responses once this node has
+    /// applied it (so the caller reads its own write). While there is no leader, or the
+    /// leader refuses because it just lost leadership, it tries again until
+    /// [`PROPOSAL_TIMEOUT`].
+    pub(crate) async fn commit(&self, request: Request) -> Result<Response, ProposeError> {
+        let deadline = Instant::now() + PROPOSAL_TIMEOUT;
+        loop {
+            let attempt = match self.leader() {
+                Leader::Me => match tokio::time::timeout_at(deadline, self.write_here(request.clone())).await {
+                    Ok(written) => written.map(|(_, response)| response),
+                    Err(_) => Err(ProposeError::Unavailable("no quorum within 30 s; the outcome is unknown".into())),
+                },
+                Leader::Other(id, node) => self.forward(id, &node, request.clone(), deadline).await,
+                Leader::Unknown => Err(ProposeError::ForwardToLeader { leader: None }),
+            };
+            if !retryable(&attempt) || Instant::now() >= deadline {
+                return attempt.map_err(|error| match error {
+                    ProposeError::ForwardToLeader { .. } => {
+                        ProposeError::Unavailable("no reachable leader within 30 s; nothing was written".into())
+                    }
+                    error => error,
+                });
+            }
+            tokio::time::sleep(LEADER_RETRY).await;
+        }
+    }
+
+    /// Appends `request` on this node, which must lead; returns the entry's index.
+    async fn write_here(&self, request: Request) -> Result<(u64, Response), ProposeError> {
+        let written = self.raft.client_write(request).await.map_err(propose_error)?;
+        Ok((written.log_id.index, written.data))
+    }
+
+    async fn forward(
+        &self,
+        leader: NodeId,
+        node: &BasicNode,
+        request: Request,
+        deadline: Instant,
+    ) -> Result<Response, ProposeError> {
+        let call = self.transport.call(leader, node, PeerRequest::Propose(request));
+        match tokio::time::timeout_at(deadline, call).await {
+            Err(_) => {
+                Err(ProposeError::Unavailable("no answer from the leader within 30 s; the outcome is unknown".into()))
+            }
+            // Never sent: safe to send again.
+            Ok(Err(TransportError::Unreachable(_))) => Err(ProposeError::ForwardToLeader { leader: None }),
+            Ok(Err(error)) => Err(ProposeError::Unavailable(format!("{error}; the outcome is unknown"))),
+            Ok(Ok(PeerReply::Propose(Ok((index, response))))) => {
+                self.wait_applied(index, deadline).await;
+                Ok(response)
+            }
+            Ok(Ok(PeerReply::Propose(Err(error)))) => Err(from_peer(error)),
+            Ok(Ok(_)) => Err(ProposeError::Unavailable("the leader answered with the wrong kind of reply".into())),
+        }
+    }
+
+    /// Waits until this node has applied `index`, or `deadline`; returns whether it has.
+    async fn wait_applied(&self, index: u64, deadline: Instant) -> bool {
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        self.raft.wait(Some(timeout)).applied_index_at_least(Some(index), "read own write").await.is_ok()
+    }
+
+    /// Waits until this node has applied everything committed when the call was made: the
+    /// leader confirms its leadership with a quorum and names its commit index (RFC-less
+    /// "read index" of the Raft thesis, §6.4); a follower or learner asks the leader for it.
+    pub(crate) async fn read_barrier(&self) -> Result<(), ProposeError> {
+        let deadline = Instant::now() + READ_BARRIER_TIMEOUT;
+        loop {
+            let attempt = match self.leader() {
+                Leader::Me => match tokio::time::timeout_at(deadline, self.read_index_here()).await {
+                    Ok(index) => index.map_err(from_peer),
+                    Err(_) => Err(ProposeError::Unavailable("leadership not confirmed by a quorum within 10 s".into())),
+                },
+                Leader::Other(id, node) => {
+                    match tokio::time::timeout_at(deadline, self.transport.call(id, &node, PeerRequest::ReadIndex))
+                        .await
+                    {
+                        Ok(Ok(PeerReply::ReadIndex(index))) => index.map_err(from_peer),
+                        Ok(Ok(_)) => Err(ProposeError::Unavailable("wrong kind of reply to a read index".into())),
+                        Ok(Err(_)) => Err(ProposeError::ForwardToLeader { leader: None }),
+                        Err(_) => Err(ProposeError::Unavailable("the leader did not answer within 10 s".into())),
+                    }
+                }
+                Leader::Unknown => Err(ProposeError::ForwardToLeader { leader: None }),
+            };
+            match attempt {
+                Ok(index) => {
+                    return if self.wait_applied(index, deadline).await {
+                        Ok(())
+                    } else {
+                        Err(ProposeError::Unavailable(format!("this node has not applied up to {index} within 10 s")))
+                    };
+                }
+                Err(ProposeError::ForwardToLeader { .. }) if Instant::now() < deadline => {
+                    tokio::time::sleep(LEADER_RETRY).await
+                }
+                Err(ProposeError::ForwardToLeader { .. }) => {
+                    return Err(ProposeError::Unavailable("no reachable leader within 10 s".into()));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// The leader's read index.
+    async fn read_index_here(&self) -> Result<u64, PeerError> {
+        match self.raft.get_read_log_id().await {
+            Ok((read, _applied)) => Ok(read.map_or(0, |id| id.index)),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(forward))) => {
+                Err(PeerError::NotLeader { leader: forward.leader_id.zip(forward.leader_node.map(|n| n.addr)) })
+            }
+            Err(error) => Err(PeerError::Failed(error.to_string())),
+        }
+    }
+
+    /// Applies `change` through the leader (this node or the one it knows).
+    pub(crate) async fn change_membership(&self, change: MembershipChange) -> Result<(), ProposeError> {
+        let deadline = Instant::now() + MEMBERSHIP_TIMEOUT;
+        loop {
+            let attempt = match self.leader() {
+                Leader::Me => self.change_membership_here(change.clone()).await.map_err(from_peer),
+                Leader::Other(id, node) => self.ask_node(id, &node, change.clone(), deadline).await,
+                Leader::Unknown => Err(ProposeError::ForwardToLeader { leader: None }),
+            };
+            if !retryable(&attempt) || Instant::now() >= deadline {
+                return attempt;
+            }
+            tokio::time::sleep(LEADER_RETRY).await;
+        }
+    }
+
+    /// Asks node `target` (any member) to have `change` applied.
+    pub(crate) async fn ask(&self, target: NodeId, addr: &str, change: MembershipChange) -> Result<(), ProposeError> {
+        let deadline = Instant::now() + MEMBERSHIP_TIMEOUT;
+        loop {
+            let attempt = self.ask_node(target, &BasicNode::new(addr), change.clone(), deadline).await;
+            if !retryable(&attempt) || Instant::now() >= deadline {
+                return attempt;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn ask_node(
+        &self,
+        target: NodeId,
+        node: &BasicNode,
+        change: MembershipChange,
+        deadline: Instant,
+    ) -> Result<(), ProposeError> {
+        let call = self.transport.call(target, node, PeerRequest::Membership(change));
+        match tokio::time::timeout_at(deadline, call).await {
+            Ok(Ok(PeerReply::Membership(result))) => result.map_err(from_peer),
+            Ok(Ok(_)) => Err(ProposeError::Unavailable("wrong kind of reply to a membership change".into())),
+            Ok(Err(TransportError::Unreachable(_))) => Err(ProposeError::ForwardToLeader { leader: None }),
+            Ok(Err(error)) => Err(ProposeError::Unavailable(error.to_string())),
+            Err(_) => Err(ProposeError::Unavailable("the membership change did not finish in time".into())),
+        }
+    }
+
+    async fn change_membership_here(&self, change: MembershipChange) -> Result<(), PeerError> {
+        let refused = |error: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>| not_leader(propose_error(error));
+        let voters: BTreeSet<NodeId> =
+            self.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+        let change_voters = |members: ChangeMembers<NodeId, BasicNode>, retain: bool| async move {
+            self.raft.change_membership(members, retain).await.map(|_| ()).map_err(refused)
+        };
+        match change {
+            MembershipChange::Add { id, addr, voter } => {
+                // Blocks until the new node has caught up (log replay or snapshot).
+                self.raft.add_learner(id, BasicNode::new(addr), true).await.map_err(refused)?;
+                if voter && !voters.contains(&id) && voters.len() < MAX_VOTERS {
+                    change_voters(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await?;
+                }
+                Ok(())
+            }
+            MembershipChange::Promote { id } => {
+                if voters.contains(&id) {
+                    return Ok(());
+                }
+                if voters.len() >= MAX_VOTERS {
+                    return Err(PeerError::Failed(format!("the cluster has {MAX_VOTERS} voters already")));
+                }
+                change_voters(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await
+            }
+            MembershipChange::Demote { id } => {
+                change_voters(ChangeMembers::RemoveVoters(BTreeSet::from([id])), true).await
+            }
+            MembershipChange::Remove { id } if voters.contains(&id) => {
+                change_voters(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false).await
+            }
+            MembershipChange::Remove { id } => {
+                change_voters(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false).await
+            }
+        }
+    }
+
+    /// This node's status.
+    pub(crate) fn status(&self) -> NodeStatus {
+        let metrics = self.raft.metrics().borrow().clone();
+        let committed = self.log_stats.committed_plus_one.load(std::sync::atomic::Ordering::Relaxed).checked_sub(1);
+        NodeStatus {
+            id: metrics.id,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            state: format!("{:?}", metrics.state),
+            term: metrics.current_term,
+            leader: metrics.current_leader,
+            last_log_index: metrics.last_log_index,
+            committed_index: committed,
+            applied_index: metrics.last_applied.map(|id| id.index),
+        }
+    }
+}
+
+/// The [`PeerHandler`] of a consensus member.
+pub(crate) struct ConsensusPeer {
+    pub(crate) peers: Peers,
+    pub(crate) join: Option<Arc<dyn JoinHandler>>,
+}
+
+impl PeerHandler for ConsensusPeer {
+    fn handle(&self, request: PeerRequest, member: bool) -> Pin<Box<dyn Future<Output = PeerReply> + Send + '_>> {
+        Box::pin(async move {
+            if !member && !matches!(request, PeerRequest::Join(_)) {
+                return PeerReply::Join(Err("only enrolment is allowed without a cluster certificate".into()));
+            }
+            match request {
+                PeerRequest::Raft(rpc) => PeerReply::Raft(handle_raft_rpc(&self.peers.raft, rpc).await),
+                PeerRequest::Propose(request) => {
+                    PeerReply::Propose(self.peers.write_here(request).await.map_err(not_leader))
+                }
+                PeerRequest::ReadIndex => PeerReply::ReadIndex(self.peers.read_index_here().await),
+                PeerRequest::Membership(change) => {
+                    PeerReply::Membership(self.peers.change_membership(change).await.map_err(not_leader))
+                }
+                PeerRequest::Status => PeerReply::Status(self.peers.status()),
+                PeerRequest::Join(request) => PeerReply::Join(match &self.join {
+                    Some(join) => join.join(request).await,
+                    None => Err("this node does not enrol new nodes".into()),
+                }),
+            }
+        })
+    }
+}
