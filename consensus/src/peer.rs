@@ -127,7 +127,17 @@ impl Peers {
         deadline: Instant,
     ) -> Result<Response, ProposeError> {
         let call = self.transport.call(leader, node, PeerRequest::Propose(request));
-        match tokio::time::timeout_at(deadline, call).await {
+        let answer = tokio::select! {
+            answer = tokio::time::timeout_at(deadline, call) => answer,
+            // The cluster moved on (the leader died or was cut off): waiting for its answer
+            // would only delay the caller's retry.
+            () = self.leader_changes_from(leader) => {
+                return Err(ProposeError::Unavailable(
+                    "the leader changed while it held this write; the outcome is unknown".into(),
+                ));
+            }
+        };
+        match answer {
             Err(_) => {
                 Err(ProposeError::Unavailable("no answer from the leader within 30 s; the outcome is unknown".into()))
             }
@@ -140,6 +150,16 @@ impl Peers {
             }
             Ok(Ok(PeerReply::Propose(Err(error)))) => Err(from_peer(error)),
             Ok(Ok(_)) => Err(ProposeError::Unavailable("the leader answered with the wrong kind of reply".into())),
+        }
+    }
+
+    /// Returns once this node knows another leader than `leader` (or none).
+    async fn leader_changes_from(&self, leader: NodeId) {
+        let mut metrics = self.raft.metrics();
+        while metrics.borrow_and_update().current_leader == Some(leader) {
+            if metrics.changed().await.is_err() {
+                return;
+            }
         }
     }
 

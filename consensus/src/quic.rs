@@ -22,9 +22,10 @@ const MAX_MESSAGE: usize = 272 * 1024 * 1024;
 const MAX_ENROLMENT: usize = 64 * 1024;
 /// How long dialling a peer may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// A connection silent this long is dead (keep-alives every [`KEEP_ALIVE`]).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
-const KEEP_ALIVE: Duration = Duration::from_millis(500);
+/// A connection silent this long is dead (keep-alives every [`KEEP_ALIVE`]): calls to a
+/// node that died fail after this long at most.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+const KEEP_ALIVE: Duration = Duration::from_millis(400);
 
 fn transport_config() -> Arc<quinn::TransportConfig> {
     let mut config = quinn::TransportConfig::default();

@@ -67,8 +67,12 @@ pub struct WmailNode {
     pub imap: SocketAddr,
     /// Its IMAPS (implicit TLS) address.
     pub imaps: SocketAddr,
+    /// Its cluster (QUIC) address.
+    pub cluster: SocketAddr,
     /// Its stdout and stderr.
     pub log_path: PathBuf,
+    /// Arguments added to `wmail serve --config FILE` (say `--join`).
+    pub serve_args: Vec<String>,
     extra_config: String,
     child: Option<Child>,
     http_client: reqwest::Client,
@@ -93,6 +97,8 @@ impl WmailNode {
             log_path: dir.join(format!("wmail-{}.log", free_port())),
             config_path: dir.join(format!("wmail-{}.toml", free_port())),
             extra_config: extra_config.to_owned(),
+            serve_args: Vec::new(),
+            cluster: unset,
             http: unset,
             smtp: unset,
             submission: unset,
@@ -115,7 +121,7 @@ impl WmailNode {
         let local = || -> SocketAddr { format!("127.0.0.1:{}", free_port()).parse().expect("addr") };
         (self.http, self.smtp, self.submission, self.submissions) = (local(), local(), local(), local());
         (self.pop3, self.pop3s, self.lmtp) = (local(), local(), local());
-        (self.imap, self.imaps) = (local(), local());
+        (self.imap, self.imaps, self.cluster) = (local(), local(), local());
         let config = format!(
             "version = 1\n{extra}\n[server]\ndata_dir = {data:?}\nhostname = \"mx.test\"\n\n[listen]\nhttp = [\"{http}\"]\nsmtp = [\"{smtp}\"]\nsubmission = [\"{submission}\"]\nsubmissions = [\"{submissions}\"]\npop3 = [\"{pop3}\"]\npop3s = [\"{pop3s}\"]\nimap = [\"{imap}\"]\nimaps = [\"{imaps}\"]\nlmtp = [\"{lmtp}\"]\n\n[cluster]\nlisten = \"{cluster}\"\n",
             extra = self.extra_config,
@@ -129,7 +135,7 @@ impl WmailNode {
             imap = self.imap,
             imaps = self.imaps,
             lmtp = self.lmtp,
-            cluster = local(),
+            cluster = self.cluster,
         );
         std::fs::write(&self.config_path, config).expect("write config");
     }
@@ -141,6 +147,7 @@ impl WmailNode {
         let child = Command::new(wmail_bin())
             .args(["serve", "--config"])
             .arg(&self.config_path)
+            .args(&self.serve_args)
             .env("WMAIL_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))

@@ -11,6 +11,8 @@ mod bench_smoke;
 #[cfg(test)]
 mod blob_s3;
 #[cfg(test)]
+mod cluster;
+#[cfg(test)]
 mod foundation;
 #[cfg(test)]
 mod imap;

@@ -6,6 +6,7 @@
 //! the command is committed and applied on this node. Reads come from the local state.
 
 mod address;
+mod cluster;
 pub mod dkim;
 pub mod dsn;
 mod error;
@@ -23,13 +24,15 @@ use std::time::Duration;
 
 pub use address::{normalize_address, normalize_domain};
 use bytes::Bytes;
+pub use cluster::{ClusterView, DEFAULT_TOKEN_LIFETIME, JoinTarget, MemberView};
 pub use error::{CoreError, ErrorCode, Result};
 use futures::Stream;
 pub use login_guard::{Blocked, LockoutPolicy, LoginGuard};
 pub use mailbox::{CopyResult, MailboxScan, StoredBody};
 pub use replicated::ReplicatedMailState;
-pub use wmail_consensus::{BasicNode, NodeId, RaftMetrics, ServerState};
-use wmail_consensus::{Consensus, ConsensusConfig, InMemoryRouter, ProposeError};
+use wmail_consensus::quic::QuicTransport;
+pub use wmail_consensus::{BasicNode, MembershipChange, NodeId, NodeStatus, RaftMetrics, ServerState};
+use wmail_consensus::{Consensus, ConsensusConfig, ProposeError};
 pub use wmail_storage::{
     Account, AccountState, AddressTarget, BlobBackend, BlobId, Command, DeliveryResult, DeliveryTarget, Domain, INBOX,
     Mailbox, MessageRecord, Outcome, S3Config, Service,
@@ -50,6 +53,10 @@ pub struct CoreConfig {
     pub node_id: NodeId,
     /// The cluster address peers use for this node.
     pub advertise_addr: String,
+    /// Where the cluster transport listens (QUIC) once the node has a cluster identity.
+    pub cluster_listen: std::net::SocketAddr,
+    /// The member to enrol at when the data directory is new.
+    pub join: Option<JoinTarget>,
     /// Where message bodies live.
     pub blob_backend: BlobBackend,
     /// How long an unreferenced blob is kept before garbage collection deletes it.
@@ -139,6 +146,7 @@ pub struct Core {
     state: Arc<StateStore>,
     blobs: BlobStore,
     consensus: Consensus,
+    transport: Arc<QuicTransport>,
     config: CoreConfig,
 }
 
@@ -167,8 +175,22 @@ fn unavailable(error: ProposeError) -> CoreError {
 
 impl Core {
     /// Opens storage, starts consensus and, on a node that was never part of a cluster,
-    /// initialises a one-node cluster. Returns once the node has replayed its log.
-    pub async fn start(config: CoreConfig) -> Result<Arc<Self>> {
+    /// either enrols at `config.join` and asks to be added, or initialises a one-node
+    /// cluster. Returns once the node has replayed its log.
+    pub async fn start(mut config: CoreConfig) -> Result<Arc<Self>> {
+        let mut identity = cluster::load_identity(&config.data_dir)?;
+        if let (None, Some(join)) = (&identity, &config.join) {
+            if config.data_dir.join("raft").exists() {
+                return Err(CoreError::new(
+                    ErrorCode::Conflict,
+                    "this data directory already holds a cluster of its own; a joining node needs an empty --data-dir",
+                ));
+            }
+            identity = Some(cluster::enrol(&config.data_dir, join, &config.advertise_addr).await?);
+        }
+        if let Some(identity) = &identity {
+            config.node_id = identity.node_id;
+        }
         let state_dir = config.data_dir.join("state");
         let state = Arc::new(
             tokio::task::spawn_blocking(move || StateStore::open(state_dir))
@@ -184,17 +206,12 @@ impl Core {
         let mut consensus_config = ConsensusConfig::new(config.node_id, &config.advertise_addr, &config.data_dir);
         consensus_config.snapshot_every = config.snapshot_every;
         consensus_config.logs_kept_after_snapshot = (config.snapshot_every / 2).min(1_000);
-        // The cluster transport arrives with the cluster issue; a one-node cluster sends no RPCs.
-        let transport = InMemoryRouter::default().transport_for(config.node_id);
-        let consensus = Consensus::open(consensus_config, Arc::new(ReplicatedMailState(state.clone())), transport)
-            .await
-            .map_err(|e| CoreError::internal("starting consensus", e))?;
-        if consensus.initialize_single_node().await.map_err(unavailable)? {
-            tracing::info!(node_id = config.node_id, "initialised a new one-node cluster");
-        }
-        if !consensus.wait_ready(Duration::from_secs(60)).await {
-            return Err(CoreError::new(ErrorCode::Unavailable, "consensus did not become ready within 60 s"));
-        }
+        // Listens once the node has a cluster identity (it joined, or issued a join token).
+        let transport = QuicTransport::new();
+        let consensus =
+            Consensus::open(consensus_config, Arc::new(ReplicatedMailState(state.clone())), transport.clone())
+                .await
+                .map_err(|e| CoreError::internal("starting consensus", e))?;
         let core = Arc::new(Self {
             queue_signal: tokio::sync::Notify::new(),
             login_guard: LoginGuard::new(config.lockout),
@@ -203,8 +220,33 @@ impl Core {
             state,
             blobs,
             consensus,
+            transport,
             config,
         });
+        if let Some(identity) = &identity {
+            core.listen(identity)?;
+        }
+        let initialized = core.consensus.is_initialized().await.map_err(unavailable)?;
+        match identity.as_ref().and_then(|identity| identity.enrolled_at.as_ref()) {
+            Some(enrolment) if !initialized => {
+                let voter = !enrolment.learner;
+                let change =
+                    MembershipChange::Add { id: core.config.node_id, addr: core.config.advertise_addr.clone(), voter };
+                tracing::info!(member = %enrolment.member_addr, "asking the cluster to add this node; it catches up first");
+                core.consensus
+                    .ask_member(enrolment.member_id, &enrolment.member_addr, change)
+                    .await
+                    .map_err(unavailable)?;
+            }
+            _ => {
+                if core.consensus.initialize_single_node().await.map_err(unavailable)? {
+                    tracing::info!(node_id = core.config.node_id, "initialised a new one-node cluster");
+                }
+            }
+        }
+        if !core.consensus.wait_ready(Duration::from_secs(60)).await {
+            return Err(CoreError::new(ErrorCode::Unavailable, "consensus did not become ready within 60 s"));
+        }
         core.release_stale_leases().await;
         tokio::spawn(blob_gc_worker(Arc::downgrade(&core)));
         Ok(core)
@@ -251,6 +293,7 @@ impl Core {
     /// Stops consensus; in-flight proposals finish or fail.
     pub async fn shutdown(&self) {
         self.consensus.shutdown().await;
+        self.transport.stop().await;
     }
 
     // ----- domains -----

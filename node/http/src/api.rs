@@ -14,7 +14,8 @@ use axum::{Json, Router};
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use wmail_core::{
-    Account, AccountChanges, AccountState, Core, CoreError, DeliveryResult, ErrorCode, NewAccount, Service,
+    Account, AccountChanges, AccountState, Core, CoreError, DeliveryResult, ErrorCode, MembershipChange, NewAccount,
+    Service,
 };
 
 use crate::AppState;
@@ -85,6 +86,10 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/aliases", get(list_aliases).post(create_alias))
         .route("/aliases/{alias}", axum::routing::delete(remove_alias))
         .route("/cluster/status", get(cluster_status))
+        .route("/cluster/tokens", axum::routing::post(issue_join_token))
+        .route("/cluster/nodes/{id}", axum::routing::delete(remove_node))
+        .route("/cluster/nodes/{id}/promote", axum::routing::post(promote_node))
+        .route("/cluster/nodes/{id}/demote", axum::routing::post(demote_node))
         .route("/domains/{name}/dkim", get(list_dkim_keys).post(generate_dkim_key))
         .route("/domains/{name}/dkim/{selector}", axum::routing::delete(remove_dkim_key))
         .route("/domains/{name}/dkim/{selector}/activate", axum::routing::post(activate_dkim_key))
@@ -664,18 +669,50 @@ async fn remove_queue_entry(State(state): State<Arc<AppState>>, Path(id): Path<u
 // ----- cluster -----
 
 async fn cluster_status(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    Json(cluster_view(&state.core))
+    Json(cluster_view(&state.core).await)
 }
 
-/// The cluster status as JSON (also used by `wmail cluster status`).
-pub fn cluster_view(core: &Core) -> serde_json::Value {
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct TokenRequest {
+    /// The node it admits stays a learner.
+    learner: bool,
+    /// How long the token is valid (default one day).
+    ttl_seconds: Option<u64>,
+}
+
+async fn issue_join_token(
+    State(state): State<Arc<AppState>>,
+    JsonBody(request): JsonBody<TokenRequest>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let lifetime =
+        request.ttl_seconds.map(std::time::Duration::from_secs).unwrap_or(wmail_core::DEFAULT_TOKEN_LIFETIME);
+    let token = state.core.issue_join_token(request.learner, lifetime).await?;
+    let body =
+        serde_json::json!({ "token": token, "learner": request.learner, "expires_in_seconds": lifetime.as_secs() });
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+async fn remove_node(State(state): State<Arc<AppState>>, Path(id): Path<u64>) -> ApiResult<StatusCode> {
+    state.core.change_membership(MembershipChange::Remove { id }).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn promote_node(State(state): State<Arc<AppState>>, Path(id): Path<u64>) -> ApiResult<StatusCode> {
+    state.core.change_membership(MembershipChange::Promote { id }).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn demote_node(State(state): State<Arc<AppState>>, Path(id): Path<u64>) -> ApiResult<StatusCode> {
+    state.core.change_membership(MembershipChange::Demote { id }).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The cluster status as JSON (also used by `wmail cluster status`): this node's Raft
+/// view, and every member's role, status and lag as the members report them.
+pub async fn cluster_view(core: &Core) -> serde_json::Value {
     let metrics = core.raft_metrics();
-    let members: Vec<_> = metrics
-        .membership_config
-        .membership()
-        .nodes()
-        .map(|(id, node)| serde_json::json!({ "id": id, "addr": node.addr }))
-        .collect();
+    let members = core.cluster_view().await.members;
     serde_json::json!({
         "node_id": metrics.id,
         "state": format!("{:?}", metrics.state),

@@ -371,13 +371,27 @@ pub struct DnsSection {
 pub struct ClusterSection {
     pub node_id: u64,
     pub listen: String,
+    pub advertise: String,
     pub join: String,
     pub join_token: String,
 }
 
 impl Default for ClusterSection {
     fn default() -> Self {
-        Self { node_id: 1, listen: "127.0.0.1:7443".into(), join: String::new(), join_token: String::new() }
+        Self {
+            node_id: 1,
+            listen: "127.0.0.1:7443".into(),
+            advertise: String::new(),
+            join: String::new(),
+            join_token: String::new(),
+        }
+    }
+}
+
+impl ClusterSection {
+    /// The address other nodes reach this one at.
+    pub fn advertise_addr(&self) -> &str {
+        if self.advertise.is_empty() { &self.listen } else { &self.advertise }
     }
 }
 
@@ -481,9 +495,17 @@ impl Config {
                 bail!("[delivery.routes] {domain}: targets must be \"host:port\" entries, at least one");
             }
         }
-        if !self.cluster.join.is_empty() {
+        if self.cluster.listen.parse::<std::net::SocketAddr>().is_err() {
+            bail!("[cluster] listen = {:?} must be an ip:port", self.cluster.listen);
+        }
+        if self.cluster.join.is_empty() != self.cluster.join_token.is_empty() {
             bail!(
-                "[cluster] join is not supported yet: this release runs one-node clusters (the cluster issue adds joining)"
+                "[cluster] join and join_token go together: set both (from `wmail cluster token` on a member) or neither"
+            );
+        }
+        if !self.cluster.join.is_empty() && self.blob.backend != "s3" {
+            bail!(
+                "a cluster keeps message bodies in shared storage: set [blob] backend = \"s3\" (the same bucket as the other nodes) before joining"
             );
         }
         Ok(())

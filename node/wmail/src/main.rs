@@ -43,10 +43,18 @@ struct Cli {
 enum Command {
     /// Run a node (no flags: a one-node cluster in ./wmail-data).
     #[command(after_help = "Example: wmail serve --config /etc/wmail/wmail.toml")]
+    #[command(after_help = "Joining a cluster (empty data directory, token from `wmail cluster token`):\n  \
+        wmail serve --config node2.toml --join 10.0.0.1:7443 --join-token wmail1.…")]
     Serve {
         /// Config file (TOML); see `wmail config example`.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// A member's cluster address to join at on first start (same as `[cluster] join`).
+        #[arg(long, requires = "join_token")]
+        join: Option<String>,
+        /// The one-time token from `wmail cluster token` (same as `[cluster] join_token`).
+        #[arg(long, requires = "join")]
+        join_token: Option<String>,
     },
     /// Print or check configuration files.
     #[command(subcommand)]
@@ -227,8 +235,25 @@ enum AliasCommand {
 
 #[derive(Subcommand)]
 enum ClusterCommand {
-    /// Show this node's view of the cluster.
+    /// Show every member's role, state, log position and lag.
     Status,
+    /// Print a one-time join token for a new node (valid one day).
+    #[command(after_help = "Example: wmail cluster token, then on the new node:\n  \
+        wmail serve --config node.toml --join THIS-NODE:7443 --join-token <token>")]
+    Token {
+        /// The new node stays a non-voting learner (a branch office).
+        #[arg(long)]
+        learner: bool,
+        /// How long the token is valid, in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        ttl: u64,
+    },
+    /// Remove a node from the cluster (stop it afterwards).
+    Leave { node: u64 },
+    /// Make a learner a voter (at most five vote).
+    Promote { node: u64 },
+    /// Make a voter a learner.
+    Demote { node: u64 },
 }
 
 fn main() -> ExitCode {
@@ -260,10 +285,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         )
     };
     match cli.command {
-        Command::Serve { config } => {
+        Command::Serve { config, join, join_token } => {
             let mut config = Config::load(config.as_deref())?;
             if let Some(data_dir) = data_dir {
                 config.server.data_dir = data_dir;
+            }
+            if let (Some(join), Some(token)) = (join, join_token) {
+                config.cluster.join = join;
+                config.cluster.join_token = token;
+                config.validate()?;
             }
             serve::run(config).await
         }
@@ -280,24 +310,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Account(command) => account(client()?, command).await,
         Command::Alias(command) => alias(client()?, command).await,
         Command::Queue(command) => queue(client()?, command).await,
-        Command::Cluster(ClusterCommand::Status) => {
-            let client = client()?;
-            let status = client.call(Method::GET, "/cluster/status", None).await?;
-            client.print(&status, |s| {
-                format!(
-                    "node {} is {} in term {} (leader: {}), log {} applied {} snapshot {}, ready: {}",
-                    s["node_id"],
-                    s["state"].as_str().unwrap_or_default(),
-                    s["term"],
-                    s["leader"],
-                    s["last_log_index"],
-                    s["applied_index"],
-                    s["snapshot_index"],
-                    s["ready"]
-                )
-            });
-            Ok(())
-        }
+        Command::Cluster(command) => cluster(client()?, command).await,
     }
 }
 
@@ -496,6 +509,81 @@ fn queue_line(entry: &serde_json::Value) -> String {
         entry["attempts"],
         recipients.join(", ")
     )
+}
+
+async fn cluster(client: AdminClient, command: ClusterCommand) -> anyhow::Result<()> {
+    let (method, path, done, node) = match command {
+        ClusterCommand::Status => {
+            let status = client.call(Method::GET, "/cluster/status", None).await?;
+            client.print(&status, cluster_table);
+            return Ok(());
+        }
+        ClusterCommand::Token { learner, ttl } => {
+            let body = json!({ "learner": learner, "ttl_seconds": ttl });
+            let token = client.call(Method::POST, "/cluster/tokens", Some(body)).await?;
+            client.print(&token, |t| {
+                format!(
+                    "{}\n\nOn the new node (empty data directory, [blob] backend = \"s3\" like this one):\n  \
+                     wmail serve --config FILE --join <this node's [cluster] advertise> --join-token {}\n\
+                     The token works once and expires in {} s; the node joins as a {}.",
+                    t["token"].as_str().unwrap_or_default(),
+                    t["token"].as_str().unwrap_or_default(),
+                    t["expires_in_seconds"],
+                    if learner { "learner" } else { "voter (learner once five vote)" }
+                )
+            });
+            return Ok(());
+        }
+        ClusterCommand::Leave { node } => {
+            (Method::DELETE, format!("/cluster/nodes/{node}"), "left the cluster; stop it now", node)
+        }
+        ClusterCommand::Promote { node } => {
+            (Method::POST, format!("/cluster/nodes/{node}/promote"), "is a voter now", node)
+        }
+        ClusterCommand::Demote { node } => {
+            (Method::POST, format!("/cluster/nodes/{node}/demote"), "is a learner now", node)
+        }
+    };
+    client.call(method, &path, None).await?;
+    client.print(&json!({ "node": node, "done": done }), |_| format!("node {node} {done}"));
+    Ok(())
+}
+
+/// `wmail cluster status` as a table: one line per member.
+fn cluster_table(status: &serde_json::Value) -> String {
+    let mut lines = vec![format!(
+        "node {} answering: {} in term {}, leader {}, ready: {}",
+        status["node_id"],
+        status["state"].as_str().unwrap_or_default(),
+        status["term"],
+        status["leader"],
+        status["ready"]
+    )];
+    lines.push(format!(
+        "{:>4}  {:<22} {:<8} {:<9} {:>9} {:>9} {:>9} {:>6}  {}",
+        "NODE", "ADDRESS", "ROLE", "STATE", "TERM", "COMMIT", "APPLIED", "LAG", "VERSION"
+    ));
+    for member in status["members"].as_array().into_iter().flatten() {
+        let s = &member["status"];
+        let text = |v: &serde_json::Value| if v.is_null() { "-".to_string() } else { v.to_string() };
+        let state = s["state"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("DOWN ({})", member["error"].as_str().unwrap_or("no answer")));
+        lines.push(format!(
+            "{:>4}  {:<22} {:<8} {:<9} {:>9} {:>9} {:>9} {:>6}  {}",
+            member["id"],
+            member["addr"].as_str().unwrap_or_default(),
+            member["role"].as_str().unwrap_or_default(),
+            state,
+            text(&s["term"]),
+            text(&s["committed_index"]),
+            text(&s["applied_index"]),
+            text(&member["lag"]),
+            s["version"].as_str().unwrap_or("-")
+        ));
+    }
+    lines.join("\n")
 }
 
 async fn queue(client: AdminClient, command: QueueCommand) -> anyhow::Result<()> {

@@ -26,7 +26,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let core = Core::start(CoreConfig {
         data_dir: data_dir.clone(),
         node_id: config.cluster.node_id,
-        advertise_addr: config.cluster.listen.clone(),
+        advertise_addr: config.cluster.advertise_addr().to_string(),
+        cluster_listen: config.cluster.listen.parse().context("[cluster] listen")?,
+        join: (!config.cluster.join.is_empty()).then(|| wmail_core::JoinTarget {
+            addr: config.cluster.join.clone(),
+            token: config.cluster.join_token.clone(),
+        }),
         blob_backend: blob_backend(&config, &data_dir)?,
         blob_gc_grace: Duration::from_secs(config.blob.gc_grace_hours * 3600),
         snapshot_every: wmail_core::DEFAULT_SNAPSHOT_EVERY,

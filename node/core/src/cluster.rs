@@ -1,0 +1,357 @@
+//! Growing a cluster: the cluster CA, one-time join tokens, enrolment of joining nodes,
+//! this node's identity on disk, membership changes and the cluster's status.
+//!
+//! A token is `wmail1.` and the base64url of the CA certificate's SHA-256 fingerprint
+//! followed by a 32-byte secret. The replicated state keeps the CA (so every member can
+//! sign) and the SHA-256 of each unspent secret, never the secret itself.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use wmail_consensus::tls::{self, CaMaterial, NodeIdentity};
+use wmail_consensus::{JoinHandler, MembershipChange, NodeId, NodeStatus};
+use wmail_storage::{ClusterCa, Command, JoinToken, Outcome};
+
+use crate::{BlobBackend, Core, CoreError, ErrorCode, Result, now_ms};
+
+/// How long a join token stays valid unless told otherwise.
+pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+const TOKEN_PREFIX: &str = "wmail1.";
+
+/// Where a node that has not joined yet enrols.
+#[derive(Debug, Clone)]
+pub struct JoinTarget {
+    /// `host:port` (QUIC) of any member.
+    pub addr: String,
+    /// The token from `wmail cluster token`.
+    pub token: String,
+}
+
+/// A node's cluster identity as kept in `<data_dir>/cluster/identity.json` (mode 0600).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct StoredIdentity {
+    pub(crate) node_id: NodeId,
+    pub(crate) cert_pem: String,
+    pub(crate) key_pem: String,
+    pub(crate) ca_pem: String,
+    /// The member this node enrolled at and how it was admitted; `None` for the node that
+    /// founded the cluster.
+    pub(crate) enrolled_at: Option<Enrolment>,
+}
+
+/// Whom a joined node enrolled with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Enrolment {
+    pub(crate) member_id: NodeId,
+    pub(crate) member_addr: String,
+    pub(crate) learner: bool,
+}
+
+impl StoredIdentity {
+    pub(crate) fn tls(&self) -> NodeIdentity {
+        NodeIdentity {
+            node_id: self.node_id,
+            cert_pem: self.cert_pem.clone(),
+            key_pem: self.key_pem.clone(),
+            ca_pem: self.ca_pem.clone(),
+        }
+    }
+}
+
+fn identity_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("cluster").join("identity.json")
+}
+
+fn internal(what: &str, error: impl std::fmt::Display) -> CoreError {
+    CoreError::internal(what, error)
+}
+
+/// Reads this node's identity, if it has one.
+pub(crate) fn load_identity(data_dir: &Path) -> Result<Option<StoredIdentity>> {
+    let path = identity_path(data_dir);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).map(Some).map_err(|e| internal(&format!("reading {}", path.display()), e))
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(internal(&format!("reading {}", path.display()), error)),
+    }
+}
+
+/// Writes this node's identity durably (temp file, fsync, rename, directory fsync).
+pub(crate) fn save_identity(data_dir: &Path, identity: &StoredIdentity) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = identity_path(data_dir);
+    let dir = path.parent().expect("identity path has a parent");
+    std::fs::create_dir_all(dir).map_err(|e| internal("creating the cluster directory", e))?;
+    let temp = dir.join("identity.json.tmp");
+    let bytes = serde_json::to_vec_pretty(identity).map_err(|e| internal("encoding the identity", e))?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temp)
+        .map_err(|e| internal("writing the identity", e))?;
+    file.write_all(&bytes).and_then(|()| file.sync_all()).map_err(|e| internal("writing the identity", e))?;
+    std::fs::rename(&temp, &path).map_err(|e| internal("writing the identity", e))?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| internal("syncing the cluster directory", e))
+}
+
+fn decode_token(token: &str) -> Result<([u8; 32], [u8; 32])> {
+    let bad = || {
+        CoreError::new(
+            ErrorCode::InvalidInput,
+            "this is not a wmail join token; copy the whole line `wmail cluster token` printed on a member",
+        )
+    };
+    let body = token.trim().strip_prefix(TOKEN_PREFIX).ok_or_else(bad)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(body).map_err(|_| bad())?;
+    if bytes.len() != 64 {
+        return Err(bad());
+    }
+    let (fingerprint, secret) = bytes.split_at(32);
+    Ok((fingerprint.try_into().expect("32 bytes"), secret.try_into().expect("32 bytes")))
+}
+
+fn secret_hash(secret: &[u8; 32]) -> [u8; 32] {
+    tls::fingerprint_der(secret)
+}
+
+/// What a joining node sends with its token.
+#[derive(Debug, Serialize, Deserialize)]
+struct JoinRequest {
+    secret: [u8; 32],
+    public_key: Vec<u8>,
+    addr: String,
+}
+
+/// What the member answers.
+#[derive(Debug, Serialize, Deserialize)]
+struct JoinReply {
+    node_id: NodeId,
+    learner: bool,
+    cert_pem: String,
+    ca_pem: String,
+    member_id: NodeId,
+    member_addr: String,
+}
+
+/// Enrols this node at `target`: proves the token, receives a node id and a certificate.
+pub(crate) async fn enrol(data_dir: &Path, target: &JoinTarget, advertise_addr: &str) -> Result<StoredIdentity> {
+    let (fingerprint, secret) = decode_token(&target.token)?;
+    let key = tls::generate_node_key().map_err(|e| internal("making the node key", e))?;
+    let request = JoinRequest { secret, public_key: key.public_key, addr: advertise_addr.to_string() };
+    let request = postcard::to_allocvec(&request).map_err(|e| internal("encoding the join request", e))?;
+    let reply = wmail_consensus::quic::enrol(&target.addr, fingerprint, request).await.map_err(|reason| {
+        CoreError::new(ErrorCode::Unavailable, format!("joining the cluster at {} failed: {reason}", target.addr))
+    })?;
+    let reply: JoinReply = postcard::from_bytes(&reply).map_err(|e| internal("decoding the join reply", e))?;
+    if tls::fingerprint(&reply.ca_pem).ok() != Some(fingerprint) {
+        return Err(CoreError::new(ErrorCode::Conflict, "the member sent a CA that does not match the token"));
+    }
+    let identity = StoredIdentity {
+        node_id: reply.node_id,
+        cert_pem: reply.cert_pem,
+        key_pem: key.key_pem,
+        ca_pem: reply.ca_pem,
+        enrolled_at: Some(Enrolment {
+            member_id: reply.member_id,
+            member_addr: reply.member_addr,
+            learner: reply.learner,
+        }),
+    };
+    save_identity(data_dir, &identity)?;
+    tracing::info!(node_id = identity.node_id, member = %target.addr, learner = reply.learner, "enrolled in the cluster");
+    Ok(identity)
+}
+
+/// Answers enrolment requests on a member.
+pub(crate) struct Enroller(pub(crate) Weak<Core>);
+
+impl JoinHandler for Enroller {
+    fn join(
+        &self,
+        request: Vec<u8>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::result::Result<Vec<u8>, String>> + Send + '_>> {
+        Box::pin(async move {
+            let core = self.0.upgrade().ok_or("the node is stopping")?;
+            core.enrol_node(&request).await.map_err(|error| error.to_string())
+        })
+    }
+}
+
+/// One member as `wmail cluster status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberView {
+    /// The node id.
+    pub id: NodeId,
+    /// Its cluster address.
+    pub addr: String,
+    /// `voter` or `learner`.
+    pub role: &'static str,
+    /// What it says about itself, when it answered.
+    pub status: Option<NodeStatus>,
+    /// Why it did not answer.
+    pub error: Option<String>,
+    /// Entries it has yet to apply, against the highest commit index any member reported.
+    pub lag: Option<u64>,
+}
+
+/// The cluster as this node sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterView {
+    /// The node answering.
+    pub node_id: NodeId,
+    /// The leader it knows.
+    pub leader: Option<NodeId>,
+    /// Its term.
+    pub term: u64,
+    /// Every member, voters first.
+    pub members: Vec<MemberView>,
+}
+
+impl Core {
+    /// Starts the cluster transport with `identity` (QUIC on `[cluster] listen`).
+    pub(crate) fn listen(self: &Arc<Self>, identity: &StoredIdentity) -> Result<SocketAddr> {
+        let listen: SocketAddr = self.config.cluster_listen;
+        let handler = self.consensus.peer_handler(Some(Arc::new(Enroller(Arc::downgrade(self)))));
+        self.transport
+            .start(listen, &identity.tls(), handler)
+            .map_err(|e| CoreError::new(ErrorCode::Unavailable, format!("{e}; check [cluster] listen")))
+    }
+
+    /// Issues a one-time join token (valid for `lifetime`). The first token of a cluster
+    /// creates its CA and this node's certificate, and starts the cluster transport.
+    pub async fn issue_join_token(self: &Arc<Self>, learner: bool, lifetime: Duration) -> Result<String> {
+        if matches!(self.config.blob_backend, BlobBackend::Local { .. }) {
+            return Err(CoreError::new(
+                ErrorCode::Conflict,
+                "a cluster keeps message bodies in shared storage: set [blob] backend = \"s3\" on every node first",
+            ));
+        }
+        let advertise: SocketAddr = self.config.advertise_addr.parse().map_err(|_| {
+            CoreError::new(ErrorCode::InvalidInput, "[cluster] advertise must be an ip:port other nodes can reach")
+        })?;
+        if advertise.ip().is_unspecified() {
+            return Err(CoreError::new(
+                ErrorCode::InvalidInput,
+                format!("other nodes cannot reach {advertise}: set [cluster] advertise to this node's address"),
+            ));
+        }
+        let ca = self.cluster_ca().await?;
+        if !self.transport.is_started() {
+            let key = tls::generate_node_key().map_err(|e| internal("making the node key", e))?;
+            let cert_pem = tls::issue_node_certificate(&ca, self.config.node_id, &key.public_key)
+                .map_err(|e| internal("signing this node's certificate", e))?;
+            let identity = StoredIdentity {
+                node_id: self.config.node_id,
+                cert_pem,
+                key_pem: key.key_pem,
+                ca_pem: ca.cert_pem.clone(),
+                enrolled_at: None,
+            };
+            save_identity(&self.config.data_dir, &identity)?;
+            self.listen(&identity)?;
+        }
+        let mut secret = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut secret).map_err(|e| internal("drawing a token secret", e))?;
+        let token = JoinToken { learner, expires_ms: now_ms() + lifetime.as_millis() as u64 };
+        self.execute(Command::AddJoinToken { hash: secret_hash(&secret), token }).await?;
+        let fingerprint = tls::fingerprint(&ca.cert_pem).map_err(|e| internal("reading the CA", e))?;
+        let body = [fingerprint.as_slice(), &secret].concat();
+        Ok(format!("{TOKEN_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(body)))
+    }
+
+    /// The cluster CA, made now if the cluster has none.
+    async fn cluster_ca(&self) -> Result<CaMaterial> {
+        if self.state.cluster_ca()?.is_none() {
+            let made = tls::generate_ca().map_err(|e| internal("making the cluster CA", e))?;
+            let ca = ClusterCa { name: made.name, cert_pem: made.cert_pem, key_pem: made.key_pem };
+            self.execute(Command::SetClusterCa { ca }).await?;
+        }
+        let ca = self.state.cluster_ca()?.ok_or_else(|| internal("reading the cluster CA", "missing after commit"))?;
+        Ok(CaMaterial { name: ca.name, cert_pem: ca.cert_pem, key_pem: ca.key_pem })
+    }
+
+    /// Admits a joining node: spends its token, gives it an id and signs its certificate.
+    async fn enrol_node(&self, request: &[u8]) -> Result<Vec<u8>> {
+        let request: JoinRequest = postcard::from_bytes(request)
+            .map_err(|_| CoreError::new(ErrorCode::InvalidInput, "malformed join request"))?;
+        if request.addr.parse::<SocketAddr>().is_err() {
+            return Err(CoreError::new(
+                ErrorCode::InvalidInput,
+                format!("the joining node's [cluster] advertise {:?} is not an ip:port", request.addr),
+            ));
+        }
+        let taken = self.consensus.metrics().membership_config.membership().nodes().map(|(id, _)| *id).collect();
+        let command = Command::EnrolNode { hash: secret_hash(&request.secret), addr: request.addr.clone(), taken };
+        let Outcome::NodeEnrolled { node_id, learner } = self.execute(command).await? else {
+            return Err(internal("enrolling a node", "unexpected outcome"));
+        };
+        let ca = self.cluster_ca().await?;
+        let cert_pem = tls::issue_node_certificate(&ca, node_id, &request.public_key)
+            .map_err(|e| CoreError::new(ErrorCode::InvalidInput, e.to_string()))?;
+        tracing::info!(node_id, addr = %request.addr, learner, "enrolled a joining node");
+        let reply = JoinReply {
+            node_id,
+            learner,
+            cert_pem,
+            ca_pem: ca.cert_pem,
+            member_id: self.config.node_id,
+            member_addr: self.config.advertise_addr.clone(),
+        };
+        postcard::to_allocvec(&reply).map_err(|e| internal("encoding the join reply", e))
+    }
+
+    /// Changes the membership through the leader (`wmail cluster promote|leave`).
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<()> {
+        self.consensus.change_membership(change).await.map_err(crate::unavailable)
+    }
+
+    /// Every member's role and, from those that answer within a second, their status.
+    pub async fn cluster_view(&self) -> ClusterView {
+        let metrics = self.consensus.metrics();
+        let membership = metrics.membership_config.membership().clone();
+        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+        let asks = membership.nodes().map(|(id, node)| {
+            let (id, addr) = (*id, node.addr.clone());
+            async move {
+                let status = tokio::time::timeout(Duration::from_secs(1), self.consensus.peer_status(id, &addr)).await;
+                let status = match status {
+                    Ok(Ok(status)) => Ok(status),
+                    Ok(Err(error)) => Err(error.to_string()),
+                    Err(_) => Err("no answer within 1 s".to_string()),
+                };
+                (id, addr, status)
+            }
+        });
+        let answers = futures::future::join_all(asks).await;
+        let committed = answers.iter().filter_map(|(_, _, s)| s.as_ref().ok()?.committed_index).max();
+        let mut members: Vec<MemberView> = answers
+            .into_iter()
+            .map(|(id, addr, status)| {
+                let role = if voters.contains(&id) { "voter" } else { "learner" };
+                let lag =
+                    status.as_ref().ok().and_then(|s| Some(committed?.saturating_sub(s.applied_index.unwrap_or(0))));
+                let (status, error) = match status {
+                    Ok(status) => (Some(status), None),
+                    Err(error) => (None, Some(error)),
+                };
+                MemberView { id, addr, role, status, error, lag }
+            })
+            .collect();
+        members.sort_by_key(|member| (member.role != "voter", member.id));
+        ClusterView {
+            node_id: self.config.node_id,
+            leader: metrics.current_leader,
+            term: metrics.current_term,
+            members,
+        }
+    }
+}
