@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::harness::{WmailNode, pop3_message_count, succeeded};
+use crate::harness::{WmailNode, pop3_message_count, python, succeeded};
 use crate::peers::SeaweedFs;
 use crate::smtp_client::RawSmtp;
 
@@ -94,6 +94,30 @@ async fn three_nodes_join_serve_every_protocol_and_survive_a_leader_kill() {
         assert_eq!(count, (index + 1).to_string(), "node {index} accepted it, the next node must show it");
     }
 
+    // IMAP IDLE on one node is woken by mail accepted on another.
+    let idle = format!(
+        "{}\nALICE = 'ann@example.com'\nPASSWORD = 'a long password'\n{}",
+        crate::imap::HELPERS,
+        format_args!(
+            r#"
+b = Raw(user=ALICE, password=PASSWORD)
+b.ok("SELECT INBOX")
+tag = b.start("IDLE")
+assert b.response().startswith(b"+"), "no continuation for IDLE"
+s = smtplib.SMTP("127.0.0.1", {smtp})
+s.sendmail("x@remote.test", [ALICE], b"Subject: idle across nodes\r\n\r\nx\r\n")
+s.quit()
+b.wait_for(b"* 4 EXISTS\r\n", 2.0)
+b.send("DONE\r\n")
+untagged, status = b.finish(tag)
+assert status.startswith("OK"), (status, untagged)
+print("woken")
+"#,
+            smtp = first.smtp.port()
+        )
+    );
+    assert_eq!(python(&second, &idle).trim(), "woken");
+
     // A spent token is refused, and says what to do.
     let mut reuse = joining_node(&seaweed, &first, &tokens[0]);
     reuse.spawn();
@@ -127,7 +151,7 @@ async fn three_nodes_join_serve_every_protocol_and_survive_a_leader_kill() {
     eprintln!("failover: first accepted write {:?} after kill -9 of the leader", first_success.unwrap());
     // Every acknowledged message, exactly once, on the other survivor (POP3 login waits for
     // a read barrier).
-    assert_eq!(pop3_message_count(other, "ann@example.com", "a long password"), "8");
+    assert_eq!(pop3_message_count(other, "ann@example.com", "a long password"), "9");
     let on_other = blobs(other, "ann@example.com").await;
 
     // The dead node comes back and catches up with everything it missed.
@@ -135,13 +159,24 @@ async fn three_nodes_join_serve_every_protocol_and_survive_a_leader_kill() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let seen = blobs(&nodes[leader_index], "ann@example.com").await;
-        if seen.len() == 8 {
+        if seen.len() == 9 {
             assert_eq!(seen, on_other);
             break;
         }
         assert!(Instant::now() < deadline, "the restarted node has {seen:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // A branch-office learner: holds everything, serves reads, forwards writes, never votes.
+    let other = &nodes[(leader_index + 2) % 3];
+    let mut learner = joining_node(&seaweed, other, &join_token(other, true));
+    learner.start().await;
+    let view = cluster_status(&learner).await;
+    let roles: Vec<_> = view["members"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["voter", "voter", "voter", "learner"], "{view}");
+    assert_eq!(smtp_deliver(&learner, "ann@example.com", "via-learner").await, 250);
+    assert_eq!(pop3_message_count(&learner, "ann@example.com", "a long password"), "10");
+    assert_eq!(pop3_message_count(other, "ann@example.com", "a long password"), "10");
 }
 
 /// Whether `node` has cluster id `id` (from its identity file).

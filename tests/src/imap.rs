@@ -16,7 +16,7 @@ const PASSWORD: &str = "password";
 
 /// Python helpers every script gets after [`crate::harness::python_prelude`]: `Raw`, a line-exact IMAP
 /// client over (by default) implicit TLS, and parsers for its responses.
-const HELPERS: &str = r#####"
+pub(crate) const HELPERS: &str = r#####"
 import re, base64, time, threading
 
 ALICE = "alice@example.com"
