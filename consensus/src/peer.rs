@@ -170,8 +170,8 @@ impl Peers {
     }
 
     /// Waits until this node has applied everything committed when the call was made: the
-    /// leader confirms its leadership with a quorum and names its commit index (RFC-less
-    /// "read index" of the Raft thesis, §6.4); a follower or learner asks the leader for it.
+    /// leader confirms its leadership with a quorum and names its commit index (the "read
+    /// index" of Ongaro's Raft thesis, §6.4); a follower or learner asks the leader for it.
     pub(crate) async fn read_barrier(&self) -> Result<(), ProposeError> {
         let deadline = Instant::now() + READ_BARRIER_TIMEOUT;
         loop {

@@ -452,6 +452,11 @@ impl StateStore {
         get(&self.db(), ks::CLUSTER, ks::CLUSTER_CA)
     }
 
+    /// Returns an unspent join token by the SHA-256 of its secret (expired ones included).
+    pub fn join_token(&self, hash: &[u8; 32]) -> Result<Option<JoinToken>> {
+        get(&self.db(), ks::CLUSTER, &ks::join_token_key(hash))
+    }
+
     /// Returns a node admitted with a join token.
     pub fn enrolled_node(&self, node_id: u64) -> Result<Option<EnrolledNode>> {
         get(&self.db(), ks::CLUSTER, &ks::enrolled_node_key(node_id))

@@ -289,8 +289,17 @@ impl Core {
                 format!("the joining node's [cluster] advertise {:?} is not an ip:port", request.addr),
             ));
         }
+        // Checked here first so that requests with made-up tokens, which anyone who can reach
+        // the port may send, never reach the Raft log; the command checks again.
+        let hash = secret_hash(&request.secret);
+        if !self.state.join_token(&hash)?.is_some_and(|token| token.expires_ms > now_ms()) {
+            return Err(CoreError::new(
+                ErrorCode::Unauthorized,
+                "the join token is unknown, already used or expired; run `wmail cluster token` on a member for a new one",
+            ));
+        }
         let taken = self.consensus.metrics().membership_config.membership().nodes().map(|(id, _)| *id).collect();
-        let command = Command::EnrolNode { hash: secret_hash(&request.secret), addr: request.addr.clone(), taken };
+        let command = Command::EnrolNode { hash, addr: request.addr.clone(), taken };
         let Outcome::NodeEnrolled { node_id, learner } = self.execute(command).await? else {
             return Err(internal("enrolling a node", "unexpected outcome"));
         };

@@ -572,7 +572,7 @@ fn cluster_table(status: &serde_json::Value) -> String {
             .unwrap_or_else(|| format!("DOWN ({})", member["error"].as_str().unwrap_or("no answer")));
         lines.push(format!(
             "{:>4}  {:<22} {:<8} {:<9} {:>9} {:>9} {:>9} {:>6}  {}",
-            member["id"],
+            member["id"].as_u64().unwrap_or_default(),
             member["addr"].as_str().unwrap_or_default(),
             member["role"].as_str().unwrap_or_default(),
             state,
