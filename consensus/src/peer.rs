@@ -276,8 +276,25 @@ impl Peers {
         };
         match change {
             MembershipChange::Add { id, addr, voter } => {
-                // Blocks until the new node has caught up (log replay or snapshot).
-                self.raft.add_learner(id, BasicNode::new(addr), true).await.map_err(refused)?;
+                let added = self.raft.add_learner(id, BasicNode::new(addr), false).await.map_err(refused)?;
+                // openraft's own wait ends within 5,000 entries of the leader; a node only
+                // votes once it holds everything up to its own addition (log or snapshot).
+                let caught_up = self
+                    .raft
+                    .wait(Some(MEMBERSHIP_TIMEOUT))
+                    .metrics(
+                        |metrics| {
+                            let matched = metrics.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten());
+                            matched.is_some_and(|matched| matched.index >= added.log_id.index)
+                        },
+                        "the new node caught up",
+                    )
+                    .await;
+                if caught_up.is_err() {
+                    return Err(PeerError::Failed(format!(
+                        "node {id} did not catch up; is it reachable at its address?"
+                    )));
+                }
                 if voter && !voters.contains(&id) && voters.len() < MAX_VOTERS {
                     change_voters(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await?;
                 }

@@ -27,6 +27,12 @@ fn joining_node(seaweed: &SeaweedFs, member: &WmailNode, token: &str) -> WmailNo
     node
 }
 
+/// Snapshots (and log purges) every 20 applied entries.
+fn snapshot_often(mut node: WmailNode) -> WmailNode {
+    node.env.push(("WMAIL_CLUSTER_SNAPSHOT_EVERY".into(), "20".into()));
+    node
+}
+
 async fn cluster_status(node: &WmailNode) -> Value {
     let (status, view) = node.api(Method::GET, "/cluster/status", None).await;
     assert_eq!(status, StatusCode::OK, "{view}");
@@ -184,4 +190,48 @@ fn is_node(node: &WmailNode, id: u64) -> bool {
     let identity = std::fs::read(node.data_dir.join("cluster/identity.json")).expect("identity");
     let identity: Value = serde_json::from_slice(&identity).expect("identity json");
     identity["node_id"] == json!(id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_node_is_gone_and_a_wiped_node_rejoins_by_snapshot() {
+    let seaweed = SeaweedFs::start().await;
+    let mut first = snapshot_often(WmailNode::new(&seaweed.wmail_config()));
+    first.start().await;
+    let mut second = snapshot_often(joining_node(&seaweed, &first, &join_token(&first, false)));
+    second.start().await;
+    let mut third = snapshot_often(joining_node(&seaweed, &first, &join_token(&first, false)));
+    third.start().await;
+    assert_eq!(
+        first.api(Method::POST, "/domains", Some(json!({ "name": "example.com" }))).await.0,
+        StatusCode::CREATED
+    );
+    let account = json!({ "address": "bob@example.com", "password": "a long password" });
+    assert_eq!(first.api(Method::POST, "/accounts", Some(account)).await.0, StatusCode::CREATED);
+
+    // The third node leaves, and is stopped.
+    let third_id = cluster_status(&third).await["node_id"].as_u64().unwrap();
+    succeeded(second.cli(&["cluster", "leave", &third_id.to_string()], None));
+    third.kill9();
+    let view = cluster_status(&first).await;
+    let ids: Vec<_> = view["members"].as_array().unwrap().iter().map(|m| m["id"].as_u64().unwrap()).collect();
+    assert!(!ids.contains(&third_id) && ids.len() == 2, "{view}");
+
+    // Enough writes that every node snapshots and purges its log behind the snapshot.
+    for n in 0..60 {
+        let (status, body) = second.deliver("bob@example.com", format!("Subject: {n}\r\n\r\nx\r\n").into_bytes()).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let purged = cluster_status(&first).await["purged_index"].as_u64().expect("the log was purged");
+    assert!(purged > 20, "purged up to {purged}");
+
+    // A node with a wiped data directory joins again: the log it would need is gone, so it
+    // catches up by installing the leader's snapshot (streamed over QUIC).
+    let mut wiped = snapshot_often(joining_node(&seaweed, &second, &join_token(&second, false)));
+    wiped.start().await;
+    let view = cluster_status(&wiped).await;
+    assert!(view["snapshot_index"].as_u64().is_some_and(|index| index >= purged), "{view}");
+    assert_eq!(pop3_message_count(&wiped, "bob@example.com", "a long password"), "60");
+    assert_ne!(view["node_id"].as_u64(), Some(third_id), "node ids are never reused");
+    let roles: Vec<_> = view["members"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["voter", "voter", "voter"], "{view}");
 }

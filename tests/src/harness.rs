@@ -73,6 +73,8 @@ pub struct WmailNode {
     pub log_path: PathBuf,
     /// Arguments added to `wmail serve --config FILE` (say `--join`).
     pub serve_args: Vec<String>,
+    /// Environment variables for `wmail serve` (`WMAIL_<SECTION>_<KEY>` config overrides).
+    pub env: Vec<(String, String)>,
     extra_config: String,
     child: Option<Child>,
     http_client: reqwest::Client,
@@ -98,6 +100,7 @@ impl WmailNode {
             config_path: dir.join(format!("wmail-{}.toml", free_port())),
             extra_config: extra_config.to_owned(),
             serve_args: Vec::new(),
+            env: Vec::new(),
             cluster: unset,
             http: unset,
             smtp: unset,
@@ -148,6 +151,7 @@ impl WmailNode {
             .args(["serve", "--config"])
             .arg(&self.config_path)
             .args(&self.serve_args)
+            .envs(self.env.iter().map(|(key, value)| (key, value)))
             .env("WMAIL_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))

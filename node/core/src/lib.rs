@@ -237,6 +237,8 @@ impl Core {
                     .ask_member(enrolment.member_id, &enrolment.member_addr, change)
                     .await
                     .map_err(unavailable)?;
+                // Serve nothing older than what the cluster had when this node was added.
+                core.consensus.read_barrier().await.map_err(unavailable)?;
             }
             _ => {
                 if core.consensus.initialize_single_node().await.map_err(unavailable)? {

@@ -722,6 +722,7 @@ pub async fn cluster_view(core: &Core) -> serde_json::Value {
         "applied_index": metrics.last_applied.map(|id| id.index),
         "committed_index": core.raft_committed_index(),
         "snapshot_index": metrics.snapshot.map(|id| id.index),
+        "purged_index": metrics.purged.map(|id| id.index),
         "members": members,
         "ready": core.is_ready(),
         "version": env!("CARGO_PKG_VERSION"),

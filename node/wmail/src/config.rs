@@ -374,6 +374,7 @@ pub struct ClusterSection {
     pub advertise: String,
     pub join: String,
     pub join_token: String,
+    pub snapshot_every: u64,
 }
 
 impl Default for ClusterSection {
@@ -384,6 +385,7 @@ impl Default for ClusterSection {
             advertise: String::new(),
             join: String::new(),
             join_token: String::new(),
+            snapshot_every: wmail_core::DEFAULT_SNAPSHOT_EVERY,
         }
     }
 }
@@ -494,6 +496,9 @@ impl Config {
             if route.targets.is_empty() || route.targets.iter().any(|target| !target.contains(':')) {
                 bail!("[delivery.routes] {domain}: targets must be \"host:port\" entries, at least one");
             }
+        }
+        if self.cluster.snapshot_every < 10 {
+            bail!("[cluster] snapshot_every must be 10 or more (20000, the default, suits production)");
         }
         if self.cluster.listen.parse::<std::net::SocketAddr>().is_err() {
             bail!("[cluster] listen = {:?} must be an ip:port", self.cluster.listen);

@@ -34,7 +34,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }),
         blob_backend: blob_backend(&config, &data_dir)?,
         blob_gc_grace: Duration::from_secs(config.blob.gc_grace_hours * 3600),
-        snapshot_every: wmail_core::DEFAULT_SNAPSHOT_EVERY,
+        snapshot_every: config.cluster.snapshot_every,
         lockout: config.security.lockout(),
     })
     .await
@@ -64,7 +64,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     mail_listeners.extend(start_imap(&config, &core, &tls, &shutdown_rx).await?);
     let delivery = tokio::spawn(delivery_worker(&config, &core, &registry)?.run(shutdown_rx.clone()));
     warn_about_unserved_protocols(&config);
-    announce(&config, &data_dir, &token_path, &http_urls);
+    announce(core.node_id(), &data_dir, &token_path, &http_urls);
 
     wait_for_signal().await;
     tracing::info!("shutting down: finishing in-flight requests");
@@ -397,9 +397,9 @@ fn warn_about_unserved_protocols(config: &Config) {
     }
 }
 
-fn announce(config: &Config, data_dir: &Path, token_path: &Path, http_urls: &[String]) {
+fn announce(node_id: u64, data_dir: &Path, token_path: &Path, http_urls: &[String]) {
     let api = http_urls.first().cloned().unwrap_or_else(|| "(no [listen] http)".into());
-    println!("wmail {} is running as node {}", env!("CARGO_PKG_VERSION"), config.cluster.node_id);
+    println!("wmail {} is running as node {node_id}", env!("CARGO_PKG_VERSION"));
     println!("  data directory : {}", data_dir.display());
     println!("  admin API      : {api}/api/v1   (health: {api}/healthz, metrics: {api}/metrics)");
     println!("  admin token    : {}", token_path.display());
