@@ -292,7 +292,7 @@ impl Core {
         // Checked here first so that requests with made-up tokens, which anyone who can reach
         // the port may send, never reach the Raft log; the command checks again.
         let hash = secret_hash(&request.secret);
-        if !self.state.join_token(&hash)?.is_some_and(|token| token.expires_ms > now_ms()) {
+        if self.state.join_token(&hash)?.is_none_or(|token| token.expires_ms <= now_ms()) {
             return Err(CoreError::new(
                 ErrorCode::Unauthorized,
                 "the join token is unknown, already used or expired; run `wmail cluster token` on a member for a new one",
