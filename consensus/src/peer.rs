@@ -324,7 +324,11 @@ impl Peers {
     /// This node's status.
     pub(crate) fn status(&self) -> NodeStatus {
         let metrics = self.raft.metrics().borrow().clone();
-        let committed = self.log_stats.committed_plus_one.load(std::sync::atomic::Ordering::Relaxed).checked_sub(1);
+        let applied = metrics.last_applied.map(|id| id.index);
+        // What was applied was committed (the committed record is only written on the
+        // next commit after a restart).
+        let committed =
+            self.log_stats.committed_plus_one.load(std::sync::atomic::Ordering::Relaxed).checked_sub(1).max(applied);
         NodeStatus {
             id: metrics.id,
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -333,7 +337,7 @@ impl Peers {
             leader: metrics.current_leader,
             last_log_index: metrics.last_log_index,
             committed_index: committed,
-            applied_index: metrics.last_applied.map(|id| id.index),
+            applied_index: applied,
         }
     }
 }

