@@ -283,7 +283,12 @@ impl Consensus {
                 .await
                 .map_err(|e| OpenError::Raft(e.to_string()))?;
         let (proposals, queue) = tokio::sync::mpsc::channel(4 * MAX_BATCH_COMMANDS);
-        let peers = peer::Peers { raft: raft.clone(), transport: peers_transport, log_stats: log_stats.clone() };
+        let peers = peer::Peers {
+            raft: raft.clone(),
+            transport: peers_transport,
+            log_stats: log_stats.clone(),
+            leader_contact: Arc::new(std::sync::Mutex::new(tokio::time::Instant::now())),
+        };
         tokio::spawn(batch_proposals(peers.clone(), queue));
         Ok(Self { raft, config: Arc::new(config), startup_log_index, log_stats, proposals, peers })
     }
@@ -309,6 +314,12 @@ impl Consensus {
     /// (a joining node asks the member that enrolled it to add it).
     pub async fn ask_member(&self, target: NodeId, addr: &str, change: MembershipChange) -> Result<(), ProposeError> {
         self.peers.ask(target, addr, change).await
+    }
+
+    /// How long this node, a learner, has been cut off from the leader (it then serves
+    /// reads of what it has and refuses writes); `None` while in touch and on voters.
+    pub fn detached(&self) -> Option<Duration> {
+        self.peers.detached()
     }
 
     /// This node's status.

@@ -40,12 +40,20 @@ enum Leader {
     Unknown,
 }
 
+/// A learner that has heard nothing from a leader for this long is cut off from the
+/// voters: it serves reads of what it has and refuses writes at once.
+const DETACHED_AFTER: Duration = Duration::from_secs(3);
+/// How long a learner's read barrier may take before it reads what it has.
+const LEARNER_READ_BARRIER_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The parts of a node that talk to its peers.
 #[derive(Clone)]
 pub(crate) struct Peers {
     pub(crate) raft: Raft,
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) log_stats: Arc<LogIoStats>,
+    /// When a leader last sent AppendEntries (or this node started).
+    pub(crate) leader_contact: Arc<std::sync::Mutex<Instant>>,
 }
 
 fn not_leader(error: ProposeError) -> PeerError {
@@ -68,6 +76,17 @@ fn retryable(result: &Result<impl Sized, ProposeError>) -> bool {
 }
 
 impl Peers {
+    /// How long this node, a learner, has been cut off from the leader; `None` while in
+    /// touch, and always for voters (they never serve stale reads).
+    pub(crate) fn detached(&self) -> Option<Duration> {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.state != ServerState::Learner {
+            return None;
+        }
+        let silent = self.leader_contact.lock().expect("contact lock").elapsed();
+        (silent >= DETACHED_AFTER).then_some(silent)
+    }
+
     fn leader(&self) -> Leader {
         let metrics = self.raft.metrics().borrow().clone();
         match metrics.current_leader {
@@ -91,6 +110,12 @@ impl Peers {
     /// leader refuses because it just lost leadership, it tries again until
     /// [`PROPOSAL_TIMEOUT`].
     pub(crate) async fn commit(&self, request: Request) -> Result<Response, ProposeError> {
+        if let Some(silent) = self.detached() {
+            return Err(ProposeError::Unavailable(format!(
+                "this learner has been cut off from the cluster for {} s: it serves reads but takes no writes until the link is back",
+                silent.as_secs()
+            )));
+        }
         let deadline = Instant::now() + PROPOSAL_TIMEOUT;
         loop {
             let attempt = match self.leader() {
@@ -172,8 +197,22 @@ impl Peers {
     /// Waits until this node has applied everything committed when the call was made: the
     /// leader confirms its leadership with a quorum and names its commit index (the "read
     /// index" of Ongaro's Raft thesis, §6.4); a follower or learner asks the leader for it.
+    /// A learner cut off from the leader reads what it has instead (a branch office keeps
+    /// serving its users while its link is down).
     pub(crate) async fn read_barrier(&self) -> Result<(), ProposeError> {
-        let deadline = Instant::now() + READ_BARRIER_TIMEOUT;
+        if self.raft.metrics().borrow().state != ServerState::Learner {
+            return self.read_barrier_until(Instant::now() + READ_BARRIER_TIMEOUT).await;
+        }
+        if self.detached().is_some() {
+            return Ok(());
+        }
+        if let Err(error) = self.read_barrier_until(Instant::now() + LEARNER_READ_BARRIER_TIMEOUT).await {
+            tracing::debug!(%error, "learner read barrier failed; reading local state");
+        }
+        Ok(())
+    }
+
+    async fn read_barrier_until(&self, deadline: Instant) -> Result<(), ProposeError> {
         loop {
             let attempt = match self.leader() {
                 Leader::Me => match tokio::time::timeout_at(deadline, self.read_index_here()).await {
@@ -355,7 +394,12 @@ impl PeerHandler for ConsensusPeer {
                 return PeerReply::Join(Err("only enrolment is allowed without a cluster certificate".into()));
             }
             match request {
-                PeerRequest::Raft(rpc) => PeerReply::Raft(handle_raft_rpc(&self.peers.raft, rpc).await),
+                PeerRequest::Raft(rpc) => {
+                    if matches!(rpc, crate::RaftRpc::AppendEntries(_)) {
+                        *self.peers.leader_contact.lock().expect("contact lock") = Instant::now();
+                    }
+                    PeerReply::Raft(handle_raft_rpc(&self.peers.raft, rpc).await)
+                }
                 PeerRequest::Propose(request) => {
                     PeerReply::Propose(self.peers.write_here(request).await.map_err(not_leader))
                 }

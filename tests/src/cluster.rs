@@ -183,6 +183,26 @@ print("woken")
     assert_eq!(smtp_deliver(&learner, "ann@example.com", "via-learner").await, 250);
     assert_eq!(pop3_message_count(&learner, "ann@example.com", "a long password"), "10");
     assert_eq!(pop3_message_count(other, "ann@example.com", "a long password"), "10");
+
+    // Its link to the voters goes down (here: they all stop): it keeps serving what it
+    // has, says so, and refuses writes with a temporary error.
+    for node in &mut nodes {
+        node.kill9();
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, text) = learner.get("/readyz").await;
+        if text.contains("read-only") {
+            assert_eq!(status, StatusCode::OK);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the learner never said it is cut off: {status} {text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(learner.get("/metrics").await.1.contains("wmail_cluster_detached 1"));
+    assert_eq!(pop3_message_count(&learner, "ann@example.com", "a long password"), "10");
+    assert_eq!(learner.api(Method::GET, "/accounts/ann@example.com/messages", None).await.0, StatusCode::OK);
+    assert_eq!(smtp_deliver(&learner, "ann@example.com", "while-cut-off").await, 451);
 }
 
 /// Whether `node` has cluster id `id` (from its identity file).

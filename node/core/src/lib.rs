@@ -147,6 +147,8 @@ pub struct Core {
     blobs: BlobStore,
     consensus: Consensus,
     transport: Arc<QuicTransport>,
+    /// Leases a learner took while cut off from the cluster: resource -> (holder, until).
+    local_leases: std::sync::Mutex<std::collections::HashMap<String, (String, u64)>>,
     config: CoreConfig,
 }
 
@@ -221,6 +223,7 @@ impl Core {
             blobs,
             consensus,
             transport,
+            local_leases: std::sync::Mutex::default(),
             config,
         });
         if let Some(identity) = &identity {
@@ -266,6 +269,12 @@ impl Core {
     /// Returns whether the node knows a leader and has applied its log.
     pub fn is_ready(&self) -> bool {
         self.consensus.is_ready()
+    }
+
+    /// How long this node, a learner, has been cut off from the cluster: it then serves
+    /// reads of what it has and refuses writes. `None` while in touch, and on voters.
+    pub fn detached(&self) -> Option<Duration> {
+        self.consensus.detached()
     }
 
     /// Returns the Raft metrics of this node.
@@ -846,7 +855,23 @@ impl Core {
 
     /// Takes or renews the exclusive lease on `resource` until `until_ms`; `Conflict` when
     /// another holder has it. Leases are replicated, so they hold cluster-wide.
+    ///
+    /// A learner cut off from the cluster cannot take replicated leases: it keeps them in
+    /// memory instead (they exclude its own sessions only) until the link is back.
     pub async fn acquire_lease(&self, resource: &str, holder: &str, until_ms: u64) -> Result<()> {
+        if self.detached().is_some() {
+            let mut leases = self.local_leases.lock().expect("local leases");
+            leases.retain(|_, (_, until)| *until > now_ms());
+            return match leases.get(resource) {
+                Some((other, _)) if other != holder => {
+                    Err(CoreError::new(ErrorCode::Conflict, format!("{resource} is leased to {other}")))
+                }
+                _ => {
+                    leases.insert(resource.to_string(), (holder.to_string(), until_ms));
+                    Ok(())
+                }
+            };
+        }
         let command = Command::AcquireLease { resource: resource.into(), holder: holder.into(), until_ms };
         self.execute(command).await.map(drop)
     }
@@ -873,6 +898,13 @@ impl Core {
 
     /// Gives a lease up.
     pub async fn release_lease(&self, resource: &str, holder: &str) -> Result<()> {
+        {
+            let mut leases = self.local_leases.lock().expect("local leases");
+            if leases.get(resource).is_some_and(|(other, _)| other == holder) {
+                leases.remove(resource);
+                return Ok(());
+            }
+        }
         self.execute(Command::ReleaseLease { resource: resource.into(), holder: holder.into() }).await.map(drop)
     }
 

@@ -97,7 +97,21 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/queue/{id}", get(show_queue_entry).delete(remove_queue_entry))
         .route("/queue/{id}/retry", axum::routing::post(retry_queue_entry))
         .route("/queue/flush", axum::routing::post(flush_queue))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), current_reads))
         .layer(axum::middleware::from_fn_with_state(state, require_token))
+}
+
+/// Admin reads see every write acknowledged anywhere in the cluster before them: a GET
+/// waits for a read barrier first. `/cluster/...` reads do not, so the cluster's state
+/// can be inspected while it has no leader.
+async fn current_reads(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    if request.method() == axum::http::Method::GET
+        && !request.uri().path().contains("/cluster/")
+        && let Err(error) = state.core.read_barrier().await
+    {
+        return ApiError::from(error).into_response();
+    }
+    next.run(request).await
 }
 
 async fn require_token(

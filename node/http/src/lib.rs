@@ -47,7 +47,12 @@ fn api_not_found() -> Response {
 
 /// Ready when the node knows a leader and has replayed its log (load balancers use this).
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.core.is_ready() {
+    if let Some(silent) = state.core.detached() {
+        // Still worth sending readers to: a branch office keeps serving what it has.
+        let text =
+            format!("ready, read-only: cut off from the cluster for {} s; writes are refused\n", silent.as_secs());
+        (StatusCode::OK, text).into_response()
+    } else if state.core.is_ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready: no leader known or log not yet applied\n").into_response()

@@ -20,6 +20,7 @@ pub struct Metrics {
     raft_applied_index: IntGauge,
     raft_committed_index: IntGauge,
     raft_snapshot_index: IntGauge,
+    cluster_detached: IntGauge,
     raft_log_entries: IntCounter,
     raft_log_appends: IntCounter,
     raft_log_wal_syncs: IntCounter,
@@ -57,6 +58,10 @@ impl Metrics {
             raft_applied_index: gauge("raft_applied_index", "Index of the last entry applied on this node"),
             raft_committed_index: gauge("raft_committed_index", "Index of the last entry this node knows committed"),
             raft_snapshot_index: gauge("raft_snapshot_index", "Index covered by this node's last snapshot"),
+            cluster_detached: gauge(
+                "cluster_detached",
+                "1 while this learner is cut off from the cluster (it serves reads, refuses writes)",
+            ),
             raft_log_entries: counter("raft_log_entries_total", "Entries appended to this node's Raft log"),
             raft_log_appends: counter("raft_log_appends_total", "Append operations on this node's Raft log"),
             raft_log_wal_syncs: counter(
@@ -81,6 +86,7 @@ impl Metrics {
             Box::new(metrics.raft_applied_index.clone()),
             Box::new(metrics.raft_committed_index.clone()),
             Box::new(metrics.raft_snapshot_index.clone()),
+            Box::new(metrics.cluster_detached.clone()),
             Box::new(metrics.raft_log_entries.clone()),
             Box::new(metrics.raft_log_appends.clone()),
             Box::new(metrics.raft_log_wal_syncs.clone()),
@@ -103,6 +109,7 @@ impl Metrics {
         self.raft_applied_index.set(raft.last_applied.map(|id| id.index).unwrap_or(0) as i64);
         self.raft_committed_index.set(core.raft_committed_index().unwrap_or(0) as i64);
         self.raft_snapshot_index.set(raft.snapshot.map(|id| id.index).unwrap_or(0) as i64);
+        self.cluster_detached.set(i64::from(core.detached().is_some()));
         let (entries, appends, syncs) = core.raft_log_io();
         for (counter, value) in
             [(&self.raft_log_entries, entries), (&self.raft_log_appends, appends), (&self.raft_log_wal_syncs, syncs)]
