@@ -72,6 +72,8 @@ imap = ["127.0.0.1:18${n}43"]
 imaps = ["127.0.0.1:18${n}93"]
 pop3 = ["127.0.0.1:18${n}10"]
 pop3s = ["127.0.0.1:18${n}95"]
+# HAProxy (deploy/haproxy/haproxy.cfg) connects from 127.0.0.3 with PROXY v2 headers.
+proxy_protocol_from = ["127.0.0.3"]
 
 [blob]
 backend = "s3"

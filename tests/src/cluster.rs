@@ -9,7 +9,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::harness::{WmailNode, pop3_message_count, python, succeeded};
-use crate::peers::SeaweedFs;
+use crate::peers::{Haproxy, SeaweedFs};
 use crate::smtp_client::RawSmtp;
 
 /// Issues a join token on `node` through the CLI.
@@ -254,4 +254,66 @@ async fn a_removed_node_is_gone_and_a_wiped_node_rejoins_by_snapshot() {
     assert_ne!(view["node_id"].as_u64(), Some(third_id), "node ids are never reused");
     let roles: Vec<_> = view["members"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap()).collect();
     assert_eq!(roles, ["voter", "voter", "voter"], "{view}");
+}
+
+/// Lets the nodes take PROXY v2 headers from 127.0.0.3, where HAProxy connects from.
+fn behind_haproxy(mut node: WmailNode) -> WmailNode {
+    node.env.push(("WMAIL_LISTEN_PROXY_PROTOCOL_FROM".into(), "[\"127.0.0.3\"]".into()));
+    node
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_with_proxy_protocol_fronts_the_cluster_through_a_node_kill() {
+    let seaweed = SeaweedFs::start().await;
+    let mut first = behind_haproxy(WmailNode::new(&seaweed.wmail_config()));
+    first.start().await;
+    let mut second = behind_haproxy(joining_node(&seaweed, &first, &join_token(&first, false)));
+    second.start().await;
+    let mut third = behind_haproxy(joining_node(&seaweed, &first, &join_token(&first, false)));
+    third.start().await;
+    assert_eq!(
+        first.api(Method::POST, "/domains", Some(json!({ "name": "example.com" }))).await.0,
+        StatusCode::CREATED
+    );
+    let account = json!({ "address": "cy@example.com", "password": "a long password" });
+    assert_eq!(first.api(Method::POST, "/accounts", Some(account)).await.0, StatusCode::CREATED);
+    let haproxy = Haproxy::start(&[&first, &second, &third]).await;
+
+    // A client at 127.0.0.2 sends through HAProxy: the node records the client, not HAProxy.
+    let send = |count: usize, tag: &str| {
+        format!(
+            r#"
+import smtplib, time
+sent = 0
+for n in range({count}):
+    for attempt in range(20):
+        try:
+            s = smtplib.SMTP("127.0.0.1", {port}, source_address=("127.0.0.2", 0), timeout=30)
+            s.sendmail("x@remote.test", ["cy@example.com"], b"Subject: {tag} %d\r\n\r\nx\r\n" % n)
+            s.quit()
+            sent += 1
+            break
+        except (smtplib.SMTPException, OSError):
+            time.sleep(0.2)
+print(sent)
+"#,
+            port = haproxy.ports["smtp"]
+        )
+    };
+    assert_eq!(python(&first, &send(1, "first")).trim(), "1");
+    let stored = String::from_utf8(first.read_message("cy@example.com", 1).await).unwrap();
+    assert!(stored.contains("[127.0.0.2]"), "the Received header names HAProxy, not the client:\n{stored}");
+    assert!(!stored.contains("[127.0.0.3]"), "{stored}");
+
+    // A node dies: HAProxy's health checks (GET /readyz through PROXY v2) take it out, and
+    // clients that retry carry on through the others without losing anything.
+    first.kill9();
+    assert_eq!(python(&second, &send(10, "after")).trim(), "10");
+    let pop3 = format!(
+        "p = poplib.POP3_SSL('127.0.0.1', {}, context=ctx)\np.user('cy@example.com')\np.pass_('a long password')\nprint(p.stat()[0])\np.quit()\n",
+        haproxy.ports["pop3s"]
+    );
+    assert_eq!(python(&second, &pop3).trim(), "11");
+    let (status, _) = second.get("/readyz").await;
+    assert_eq!(status, StatusCode::OK);
 }

@@ -316,3 +316,98 @@ impl Drop for MailSink {
         self.stop();
     }
 }
+
+/// HAProxy (Debian `haproxy`) in front of three nodes, running the shipped
+/// `deploy/haproxy/haproxy.cfg` with its ports rewritten to the test's.
+pub struct Haproxy {
+    child: Child,
+    /// Frontend ports by service name (`smtp`, `submission`, `imap`, `imaps`, `pop3`,
+    /// `pop3s`, `http`).
+    pub ports: std::collections::HashMap<&'static str, u16>,
+    log_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Haproxy {
+    /// Starts HAProxy for `nodes` (node N of the deploy file is `nodes[N-1]`) and waits
+    /// until a request through it reaches a healthy node.
+    pub async fn start(nodes: &[&crate::harness::WmailNode; 3]) -> Self {
+        // A frontend port taken between choosing and binding it: try again with others.
+        for _ in 0..5 {
+            let mut haproxy = Self::spawn(nodes);
+            let url = format!("http://127.0.0.1:{}/readyz", haproxy.ports["http"]);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if haproxy.child.try_wait().expect("try_wait").is_some() {
+                    assert!(haproxy.log().contains("cannot bind"), "HAProxy exited:\n{}", haproxy.log());
+                    break;
+                }
+                if reqwest::get(&url).await.is_ok_and(|r| r.status().is_success()) {
+                    return haproxy;
+                }
+                assert!(Instant::now() < deadline, "HAProxy not serving:\n{}", haproxy.log());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        panic!("HAProxy could not bind its ports in five attempts");
+    }
+
+    fn spawn(nodes: &[&crate::harness::WmailNode; 3]) -> Self {
+        let mut config = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/haproxy/haproxy.cfg"))
+            .expect("deploy/haproxy/haproxy.cfg");
+        let mut ports = std::collections::HashMap::new();
+        let services = [
+            ("smtp", "19025", "25"),
+            ("submission", "19587", "87"),
+            ("imap", "19143", "43"),
+            ("imaps", "19993", "93"),
+            ("pop3", "19110", "10"),
+            ("pop3s", "19995", "95"),
+            ("http", "19080", "80"),
+        ];
+        for (service, frontend, suffix) in services {
+            let port = free_port();
+            config = config.replace(&format!("127.0.0.1:{frontend}"), &format!("127.0.0.1:{port}"));
+            ports.insert(service, port);
+            for (index, node) in nodes.iter().enumerate() {
+                let address = match service {
+                    "smtp" => node.smtp,
+                    "submission" => node.submission,
+                    "imap" => node.imap,
+                    "imaps" => node.imaps,
+                    "pop3" => node.pop3,
+                    "pop3s" => node.pop3s,
+                    _ => node.http,
+                };
+                config = config.replace(&format!("18{}{suffix}", index + 1), &address.port().to_string());
+            }
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("haproxy.cfg");
+        std::fs::write(&config_path, &config).expect("haproxy.cfg");
+        let log_path = dir.path().join("haproxy.log");
+        let log = std::fs::File::create(&log_path).expect("log");
+        let child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("haproxy (Debian haproxy; tests/run.sh installs it)");
+        Self { child, ports, log_path, _dir: dir }
+    }
+
+    /// Its output.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

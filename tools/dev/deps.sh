@@ -14,8 +14,8 @@ fi
 if [ "$what" = test ]; then
   # promtool (package prometheus) lints /metrics; python3-venv hosts SeaweedFS;
   # fetchmail and curl are real POP3 clients; isync (mbsync) and curl real IMAP clients;
-  # dnsmasq answers DNS for the outbound tests' zones.
-  packages+=(prometheus python3-venv fetchmail curl isync dnsmasq-base)
+  # dnsmasq answers DNS for the outbound tests' zones; haproxy fronts the cluster tests.
+  packages+=(prometheus python3-venv fetchmail curl isync dnsmasq-base haproxy)
 fi
 
 missing=()
@@ -28,9 +28,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing: ${missing[*]}" >&2
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  # The prometheus package may start a server; the tests only need promtool.
-  if command -v systemctl >/dev/null 2>&1; then $sudo systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
+  # The prometheus and haproxy packages may start servers; the tests run their own.
+  if command -v systemctl >/dev/null 2>&1; then
+    $sudo systemctl disable --now prometheus haproxy >/dev/null 2>&1 || true
+  fi
   pkill -x prometheus 2>/dev/null || true
+  pkill -x haproxy 2>/dev/null || true
 fi
 
 if [ "$what" != build ] && [ ! -x "$WMAIL_WEED" ]; then

@@ -6,10 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::proxy::ProxyProtocol;
 use crate::stream::SessionStream;
 
 /// How long an implicit-TLS client may take to finish its handshake.
@@ -103,21 +104,86 @@ pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
+/// What a listener needs to turn an accepted connection into a session.
+struct Admission {
+    name: &'static str,
+    implicit_tls: Option<TlsAcceptor>,
+    limits: ConnectionLimits,
+    handler: Arc<dyn SessionHandler>,
+    occupancy: Arc<Mutex<Occupancy>>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Admission {
+    /// Applies the limits to the client at `peer` and starts its session in its own task
+    /// (with implicit TLS, the handshake runs first, in that task), or refuses it.
+    fn admit(&self, tcp: TcpStream, peer: SocketAddr) {
+        let (name, limits) = (self.name, self.limits);
+        let refusal = {
+            let mut occupancy = self.occupancy.lock().expect("occupancy lock");
+            let from_ip = occupancy.per_ip.get(&peer.ip()).copied().unwrap_or(0);
+            if occupancy.total >= limits.max_total {
+                Some(Refusal::TooManyConnections)
+            } else if from_ip >= limits.max_per_ip {
+                Some(Refusal::TooManyFromAddress)
+            } else {
+                occupancy.total += 1;
+                *occupancy.per_ip.entry(peer.ip()).or_insert(0) += 1;
+                None
+            }
+        };
+        let handler = self.handler.clone();
+        if let Some(refusal) = refusal {
+            tracing::info!(listener = name, %peer, ?refusal, "connection refused");
+            // Refusals with implicit TLS cannot be explained in cleartext: just close.
+            if self.implicit_tls.is_none() {
+                tokio::spawn(handler.refuse(SessionStream::Plain(tcp), refusal));
+            }
+            return;
+        }
+        let seat = Seat { occupancy: self.occupancy.clone(), ip: peer.ip() };
+        let implicit_tls = self.implicit_tls.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let _seat = seat;
+            let mut stream = SessionStream::Plain(tcp);
+            if let Some(acceptor) = implicit_tls {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.start_tls(&acceptor)).await {
+                    Ok(Ok(tls)) => stream = tls,
+                    Ok(Err(error)) => {
+                        tracing::debug!(listener = name, %peer, %error, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(listener = name, %peer, "TLS handshake timed out");
+                        return;
+                    }
+                }
+            }
+            handler.handle(stream, peer, shutdown).await;
+        });
+    }
+}
+
 /// Accepts connections on `listener` until `shutdown` turns true. Each session runs in its
-/// own task; with `implicit_tls` the TLS handshake runs first, in that task.
+/// own task; with `implicit_tls` the TLS handshake runs first, in that task. Connections
+/// from peers `proxy` trusts start with a PROXY v2 header naming the real client, which
+/// the limits and the session then see.
 pub fn serve(
     listener: TcpListener,
     name: &'static str,
     implicit_tls: Option<TlsAcceptor>,
     limits: ConnectionLimits,
+    proxy: ProxyProtocol,
     handler: Arc<dyn SessionHandler>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> ListenerHandle {
     let sessions = Arc::new(Mutex::new(Occupancy::default()));
-    let occupancy = sessions.clone();
+    let mut stop = shutdown.clone();
+    let admission = Arc::new(Admission { name, implicit_tls, limits, handler, occupancy: sessions.clone(), shutdown });
     let accept_task = tokio::spawn(async move {
         loop {
-            let (tcp, peer) = tokio::select! {
+            let (mut tcp, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
                     Err(error) => {
@@ -127,51 +193,20 @@ pub fn serve(
                         continue;
                     }
                 },
-                () = stopped(&mut shutdown) => break,
+                () = stopped(&mut stop) => break,
             };
             let _ = tcp.set_nodelay(true);
-            let refusal = {
-                let mut occupancy = occupancy.lock().expect("occupancy lock");
-                let from_ip = occupancy.per_ip.get(&peer.ip()).copied().unwrap_or(0);
-                if occupancy.total >= limits.max_total {
-                    Some(Refusal::TooManyConnections)
-                } else if from_ip >= limits.max_per_ip {
-                    Some(Refusal::TooManyFromAddress)
-                } else {
-                    occupancy.total += 1;
-                    *occupancy.per_ip.entry(peer.ip()).or_insert(0) += 1;
-                    None
-                }
-            };
-            let handler = handler.clone();
-            if let Some(refusal) = refusal {
-                tracing::info!(listener = name, %peer, ?refusal, "connection refused");
-                // Refusals with implicit TLS cannot be explained in cleartext: just close.
-                if implicit_tls.is_none() {
-                    tokio::spawn(handler.refuse(SessionStream::Plain(tcp), refusal));
-                }
+            if !proxy.trusts(peer.ip()) {
+                admission.admit(tcp, peer);
                 continue;
             }
-            let seat = Seat { occupancy: occupancy.clone(), ip: peer.ip() };
-            let implicit_tls = implicit_tls.clone();
-            let shutdown = shutdown.clone();
+            // The header takes a read: never in the accept loop.
+            let admission = admission.clone();
             tokio::spawn(async move {
-                let _seat = seat;
-                let mut stream = SessionStream::Plain(tcp);
-                if let Some(acceptor) = implicit_tls {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.start_tls(&acceptor)).await {
-                        Ok(Ok(tls)) => stream = tls,
-                        Ok(Err(error)) => {
-                            tracing::debug!(listener = name, %peer, %error, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(listener = name, %peer, "TLS handshake timed out");
-                            return;
-                        }
-                    }
+                match crate::proxy::read_header(&mut tcp).await {
+                    Ok(client) => admission.admit(tcp, client.unwrap_or(peer)),
+                    Err(error) => tracing::info!(listener = name, %peer, %error, "proxy connection dropped"),
                 }
-                handler.handle(stream, peer, shutdown).await;
             });
         }
         tracing::debug!(listener = name, "stopped accepting");

@@ -497,6 +497,8 @@ impl Config {
                 bail!("[delivery.routes] {domain}: targets must be \"host:port\" entries, at least one");
             }
         }
+        wmail_net::ProxyProtocol::new(&self.listen.proxy_protocol_from)
+            .map_err(|error| anyhow::anyhow!("[listen] proxy_protocol_from: {error}"))?;
         if self.cluster.snapshot_every < 10 {
             bail!("[cluster] snapshot_every must be 10 or more (20000, the default, suits production)");
         }

@@ -47,8 +47,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let registry = wmail_http::Metrics::new_registry();
     let router = wmail_http::router(core.clone(), admin_token.clone(), registry.clone());
     for address in &config.listen.http {
-        let listener = bind(address, "http").await?;
-        let local = listener.local_addr()?;
+        let listener = HttpListener::new(bind(address, "http").await?, proxy_protocol(&config)?)?;
+        let local = listener.local;
         http_urls.push(format!("http://{local}"));
         let router = router.clone();
         let mut shutdown = shutdown_rx.clone();
@@ -205,7 +205,7 @@ async fn start_smtp(
         ("submissions", &config.listen.submissions, true),
         ("lmtp", &config.listen.lmtp, false),
     ];
-    open_listeners(&services, limits, tls, shutdown, |service| {
+    open_listeners(&services, limits, &proxy_protocol(config)?, tls, shutdown, |service| {
         let mode = match service {
             "submission" => Mode::Submission,
             "submissions" => Mode::Submissions,
@@ -234,7 +234,7 @@ async fn start_pop3(
         max_per_ip: config.pop3.max_connections_per_ip,
     };
     let services = [("pop3", &config.listen.pop3, false), ("pop3s", &config.listen.pop3s, true)];
-    open_listeners(&services, limits, tls, shutdown, |_| {
+    open_listeners(&services, limits, &proxy_protocol(config)?, tls, shutdown, |_| {
         let mut pop3 = wmail_pop3::Pop3Config::new(config.server.hostname.clone());
         pop3.login_delay = Duration::from_secs(config.pop3.login_delay_seconds);
         pop3.maildrop_lease = Duration::from_secs(config.pop3.maildrop_lease_seconds);
@@ -255,7 +255,7 @@ async fn start_imap(
         max_per_ip: config.imap.max_connections_per_ip,
     };
     let services = [("imap", &config.listen.imap, false), ("imaps", &config.listen.imaps, true)];
-    open_listeners(&services, limits, tls, shutdown, |_| {
+    open_listeners(&services, limits, &proxy_protocol(config)?, tls, shutdown, |_| {
         let mut imap = wmail_imap::ImapConfig::new(config.server.hostname.clone());
         imap.append_limit = config.imap.max_append_size;
         imap.allow_plaintext_auth = config.imap.allow_plaintext_auth;
@@ -264,11 +264,75 @@ async fn start_imap(
     .await
 }
 
+/// The peers whose connections start with a PROXY v2 header (`[listen] proxy_protocol_from`).
+fn proxy_protocol(config: &Config) -> anyhow::Result<wmail_net::ProxyProtocol> {
+    wmail_net::ProxyProtocol::new(&config.listen.proxy_protocol_from)
+        .map_err(|error| anyhow::anyhow!("[listen] proxy_protocol_from: {error}"))
+}
+
+/// An HTTP listener that reads the PROXY v2 header of connections from trusted proxies (in
+/// their own tasks, so a slow proxy never stalls accepting) before axum sees them.
+struct HttpListener {
+    local: SocketAddr,
+    ready: tokio::sync::mpsc::Receiver<(tokio::net::TcpStream, SocketAddr)>,
+}
+
+impl HttpListener {
+    fn new(listener: tokio::net::TcpListener, proxy: wmail_net::ProxyProtocol) -> std::io::Result<Self> {
+        let local = listener.local_addr()?;
+        let (admit, ready) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(async move {
+            loop {
+                let (mut tcp, peer) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        tracing::warn!(listener = "http", %error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                if !proxy.trusts(peer.ip()) {
+                    if admit.send((tcp, peer)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                let admit = admit.clone();
+                tokio::spawn(async move {
+                    match wmail_net::read_proxy_header(&mut tcp).await {
+                        Ok(client) => drop(admit.send((tcp, client.unwrap_or(peer))).await),
+                        Err(error) => tracing::info!(listener = "http", %peer, %error, "proxy connection dropped"),
+                    }
+                });
+            }
+        });
+        Ok(Self { local, ready })
+    }
+}
+
+impl axum::serve::Listener for HttpListener {
+    type Io = tokio::net::TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(accepted) => accepted,
+            // The accept task ended (the listener is gone): accept nothing more.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
 /// Binds every address of each `(service, addresses, implicit TLS)` and serves it with a
 /// handler from `handler(service)`, all sharing one set of connection limits per service.
 async fn open_listeners(
     services: &[(&'static str, &Vec<String>, bool)],
     limits: wmail_net::ConnectionLimits,
+    proxy: &wmail_net::ProxyProtocol,
     tls: &wmail_net::TlsAcceptor,
     shutdown: &tokio::sync::watch::Receiver<bool>,
     handler: impl Fn(&'static str) -> Arc<dyn wmail_net::SessionHandler>,
@@ -279,7 +343,8 @@ async fn open_listeners(
             let listener = bind(address, service).await?;
             let implicit_tls = implicit.then(|| tls.clone());
             tracing::info!(service, address = %listener.local_addr()?, "listening");
-            handles.push(wmail_net::serve(listener, service, implicit_tls, limits, handler(service), shutdown.clone()));
+            let (proxy, handler) = (proxy.clone(), handler(service));
+            handles.push(wmail_net::serve(listener, service, implicit_tls, limits, proxy, handler, shutdown.clone()));
         }
     }
     Ok(handles)
