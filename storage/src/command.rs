@@ -226,6 +226,9 @@ pub enum Command {
     /// `taken` (the current membership) nor given before. Refused for an unknown, spent or
     /// expired token.
     EnrolNode { hash: [u8; 32], addr: String, taken: Vec<u64> },
+    /// Makes an admin API token (by its SHA-256) valid on every node; `node_id` names the
+    /// node whose token file holds it.
+    AddAdminToken { hash: [u8; 32], node_id: u64 },
 }
 
 /// What a successfully applied command produced.

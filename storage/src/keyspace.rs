@@ -50,7 +50,8 @@ pub const DKIM_KEYS: &str = "dkim_keys";
 pub const UNKNOWN_FORWARDS: &str = "unknown_forwards";
 
 /// Cluster identity: [`CLUSTER_CA`] -> [`crate::ClusterCa`], `token/<sha256>` ->
-/// [`crate::JoinToken`], `node/<id>` -> [`crate::EnrolledNode`].
+/// [`crate::JoinToken`], `node/<id>` -> [`crate::EnrolledNode`], `admin/<sha256>` -> the
+/// node id whose admin token it is (accepted by every node's admin API).
 pub const CLUSTER: &str = "cluster";
 /// Key of the cluster CA in [`CLUSTER`].
 pub const CLUSTER_CA: &[u8] = b"ca";
@@ -58,6 +59,11 @@ pub const CLUSTER_CA: &[u8] = b"ca";
 /// Key of a join token in [`CLUSTER`], by the SHA-256 of its secret.
 pub fn join_token_key(hash: &[u8; 32]) -> Vec<u8> {
     [b"token/".as_slice(), hash].concat()
+}
+
+/// Key of a cluster-wide admin API token in [`CLUSTER`], by its SHA-256.
+pub fn admin_token_key(hash: &[u8; 32]) -> Vec<u8> {
+    [b"admin/".as_slice(), hash].concat()
 }
 
 /// Key of an enrolled node in [`CLUSTER`].

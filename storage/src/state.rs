@@ -457,6 +457,11 @@ impl StateStore {
         get(&self.db(), ks::CLUSTER, &ks::join_token_key(hash))
     }
 
+    /// Returns the node whose admin token has this SHA-256, if it is valid cluster-wide.
+    pub fn admin_token_node(&self, hash: &[u8; 32]) -> Result<Option<u64>> {
+        get(&self.db(), ks::CLUSTER, &ks::admin_token_key(hash))
+    }
+
     /// Returns a node admitted with a join token.
     pub fn enrolled_node(&self, node_id: u64) -> Result<Option<EnrolledNode>> {
         get(&self.db(), ks::CLUSTER, &ks::enrolled_node_key(node_id))
@@ -943,6 +948,10 @@ impl<'a> Tx<'a> {
             }
             Command::AddJoinToken { hash, token } => self.add_join_token(&hash, token),
             Command::EnrolNode { hash, addr, taken } => self.enrol_node(&hash, addr, &taken),
+            Command::AddAdminToken { hash, node_id } => {
+                self.put(ks::CLUSTER, &ks::admin_token_key(&hash), &node_id);
+                Ok(Ok(Outcome::Done))
+            }
         }
     }
 

@@ -83,6 +83,12 @@ async fn three_nodes_join_serve_every_protocol_and_survive_a_leader_kill() {
     let status_table = succeeded(second.cli(&["cluster", "status"], None));
     assert!(status_table.contains("voter") && status_table.contains("Leader"), "{status_table}");
 
+    // One admin token works on every node (an API client behind a load balancer).
+    let (status, body) = third.api_with_token(Method::GET, "/domains", None, Some(&first.token())).await;
+    assert_eq!(status, StatusCode::OK, "node 1's token refused by node 3: {body}");
+    let (status, _) = third.api_with_token(Method::GET, "/domains", None, Some("not-a-token")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
     // Admin writes on a follower go through the leader.
     let follower = if view["leader"] == json!(2) { &third } else { &second };
     let (status, body) = follower.api(Method::POST, "/domains", Some(json!({ "name": "example.com" }))).await;

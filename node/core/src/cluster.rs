@@ -119,10 +119,6 @@ fn decode_token(token: &str) -> Result<([u8; 32], [u8; 32])> {
     Ok((fingerprint.try_into().expect("32 bytes"), secret.try_into().expect("32 bytes")))
 }
 
-fn secret_hash(secret: &[u8; 32]) -> [u8; 32] {
-    tls::fingerprint_der(secret)
-}
-
 /// What a joining node sends with its token.
 #[derive(Debug, Serialize, Deserialize)]
 struct JoinRequest {
@@ -258,14 +254,31 @@ impl Core {
             };
             save_identity(&self.config.data_dir, &identity)?;
             self.listen(&identity)?;
+            self.share_admin_token().await?;
         }
         let mut secret = [0u8; 32];
         aws_lc_rs::rand::fill(&mut secret).map_err(|e| internal("drawing a token secret", e))?;
         let token = JoinToken { learner, expires_ms: now_ms() + lifetime.as_millis() as u64 };
-        self.execute(Command::AddJoinToken { hash: secret_hash(&secret), token }).await?;
+        self.execute(Command::AddJoinToken { hash: crate::sha256(&secret), token }).await?;
         let fingerprint = tls::fingerprint(&ca.cert_pem).map_err(|e| internal("reading the CA", e))?;
         let body = [fingerprint.as_slice(), &secret].concat();
         Ok(format!("{TOKEN_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(body)))
+    }
+
+    /// Makes this node's admin token valid on every node of the cluster (once).
+    pub(crate) async fn share_admin_token(&self) -> Result<()> {
+        let hash = self.config.admin_token_hash;
+        if self.state.admin_token_node(&hash)?.is_none() {
+            self.execute(Command::AddAdminToken { hash, node_id: self.config.node_id }).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether `token` is an admin token of any node of this cluster (compared by SHA-256,
+    /// so the lookup reveals nothing about the token through timing).
+    pub fn is_admin_token(&self, token: &str) -> bool {
+        let hash = crate::sha256(token.as_bytes());
+        self.state.admin_token_node(&hash).is_ok_and(|node| node.is_some())
     }
 
     /// The cluster CA, made now if the cluster has none.
@@ -291,7 +304,7 @@ impl Core {
         }
         // Checked here first so that requests with made-up tokens, which anyone who can reach
         // the port may send, never reach the Raft log; the command checks again.
-        let hash = secret_hash(&request.secret);
+        let hash = crate::sha256(&request.secret);
         if self.state.join_token(&hash)?.is_none_or(|token| token.expires_ms <= now_ms()) {
             return Err(CoreError::new(
                 ErrorCode::Unauthorized,

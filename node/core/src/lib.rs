@@ -57,6 +57,9 @@ pub struct CoreConfig {
     pub cluster_listen: std::net::SocketAddr,
     /// The member to enrol at when the data directory is new.
     pub join: Option<JoinTarget>,
+    /// SHA-256 of this node's admin API token: once the node is part of a cluster, every
+    /// node accepts it (see [`Core::is_admin_token`]).
+    pub admin_token_hash: [u8; 32],
     /// Where message bodies live.
     pub blob_backend: BlobBackend,
     /// How long an unreferenced blob is kept before garbage collection deletes it.
@@ -158,6 +161,11 @@ impl std::fmt::Debug for Core {
     }
 }
 
+/// The SHA-256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    wmail_consensus::tls::fingerprint_der(bytes)
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -251,6 +259,9 @@ impl Core {
         }
         if !core.consensus.wait_ready(Duration::from_secs(60)).await {
             return Err(CoreError::new(ErrorCode::Unavailable, "consensus did not become ready within 60 s"));
+        }
+        if core.transport.is_started() {
+            core.share_admin_token().await?;
         }
         core.release_stale_leases().await;
         tokio::spawn(blob_gc_worker(Arc::downgrade(&core)));

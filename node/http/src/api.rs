@@ -127,6 +127,8 @@ async fn require_token(
         .map(str::trim);
     match presented {
         Some(token) if constant_time_eq(token.as_bytes(), state.admin_token.as_bytes()) => next.run(request).await,
+        // Another node's token: valid on every node of the cluster.
+        Some(token) if state.core.is_admin_token(token) => next.run(request).await,
         Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the admin token is wrong").into_response(),
         None => ApiError::new(
             StatusCode::UNAUTHORIZED,

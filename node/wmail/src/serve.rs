@@ -28,6 +28,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         node_id: config.cluster.node_id,
         advertise_addr: config.cluster.advertise_addr().to_string(),
         cluster_listen: config.cluster.listen.parse().context("[cluster] listen")?,
+        admin_token_hash: wmail_core::sha256(admin_token.as_bytes()),
         join: (!config.cluster.join.is_empty()).then(|| wmail_core::JoinTarget {
             addr: config.cluster.join.clone(),
             token: config.cluster.join_token.clone(),
