@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
+use crate::blob_cache::BlobCache;
 use crate::error::{Error, ErrorKind, Result};
 
 /// Size of one S3 multipart part, and the largest body a single S3 PUT carries.
@@ -128,6 +129,8 @@ pub struct BlobStore {
     store: Arc<dyn ObjectStore>,
     /// Set for the local backend, whose durable write path is our own.
     local_root: Option<PathBuf>,
+    /// A local copy of recently read remote blobs (learners of branch offices).
+    cache: Option<Arc<BlobCache>>,
 }
 
 fn store_error(context: &str, error: object_store::Error) -> Error {
@@ -149,7 +152,7 @@ impl BlobStore {
                 }
                 let store = object_store::local::LocalFileSystem::new_with_prefix(root)
                     .map_err(|e| store_error("cannot open the local blob directory", e))?;
-                Ok(Self { store: Arc::new(store), local_root: Some(root.clone()) })
+                Ok(Self { store: Arc::new(store), local_root: Some(root.clone()), cache: None })
             }
             BlobBackend::S3(config) => {
                 let store = object_store::aws::AmazonS3Builder::new()
@@ -161,9 +164,22 @@ impl BlobStore {
                     .with_allow_http(config.endpoint.starts_with("http://"))
                     .build()
                     .map_err(|e| store_error("invalid S3 blob configuration", e))?;
-                Ok(Self { store: Arc::new(store), local_root: None })
+                Ok(Self { store: Arc::new(store), local_root: None, cache: None })
             }
         }
+    }
+
+    /// Reads remote blobs through `cache` (a local backend needs none).
+    pub fn with_cache(mut self, cache: BlobCache) -> Self {
+        if self.local_root.is_none() {
+            self.cache = Some(Arc::new(cache));
+        }
+        self
+    }
+
+    /// The bytes held by the local cache, if there is one.
+    pub fn cached_bytes(&self) -> Option<u64> {
+        self.cache.as_ref().map(|cache| cache.cached_bytes())
     }
 
     /// Stores `bytes` and returns their address.
@@ -245,18 +261,43 @@ impl BlobStore {
 
     /// Streams a blob's bytes.
     pub async fn get(&self, id: &BlobId) -> Result<BoxStream<'static, Result<Bytes>>> {
+        if let Some(cached) = self.cached_stream(id).await {
+            return Ok(cached);
+        }
         let result = self.store.get(&id.object_path()).await.map_err(|e| store_error("cannot read blob", e))?;
-        Ok(result.into_stream().map_err(|e| store_error("cannot read blob", e)).boxed())
+        let remote = result.into_stream().map_err(|e| store_error("cannot read blob", e)).boxed();
+        Ok(match &self.cache {
+            Some(cache) => cache.fill(*id, remote),
+            None => remote,
+        })
+    }
+
+    async fn cached_stream(&self, id: &BlobId) -> Option<BoxStream<'static, Result<Bytes>>> {
+        self.cache.as_ref()?.stream(id).await
     }
 
     /// Reads a whole blob into memory (for small blobs and tests).
     pub async fn read_all(&self, id: &BlobId) -> Result<Bytes> {
+        if let Some(cache) = &self.cache
+            && let Some(bytes) = cache.read_all(id).await
+        {
+            return Ok(bytes);
+        }
         let result = self.store.get(&id.object_path()).await.map_err(|e| store_error("cannot read blob", e))?;
-        result.bytes().await.map_err(|e| store_error("cannot read blob", e))
+        let bytes = result.bytes().await.map_err(|e| store_error("cannot read blob", e))?;
+        if let Some(cache) = &self.cache {
+            cache.insert(*id, &bytes).await;
+        }
+        Ok(bytes)
     }
 
     /// Reads the byte range `range` of a blob.
     pub async fn get_range(&self, id: &BlobId, range: Range<u64>) -> Result<Bytes> {
+        if let Some(cache) = &self.cache
+            && let Some(bytes) = cache.read_range(id, range.clone()).await
+        {
+            return Ok(bytes);
+        }
         self.store.get_range(&id.object_path(), range).await.map_err(|e| store_error("cannot read blob range", e))
     }
 
@@ -298,6 +339,9 @@ impl BlobStore {
 
     /// Deletes a blob. Deleting a missing blob succeeds.
     pub async fn delete(&self, id: &BlobId) -> Result<()> {
+        if let Some(cache) = &self.cache {
+            cache.remove(id);
+        }
         match self.store.delete(&id.object_path()).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(error) => Err(store_error("cannot delete blob", error)),

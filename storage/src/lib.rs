@@ -9,6 +9,7 @@
 //! It must not know about protocols or consensus; the node's core drives it.
 
 pub mod blob;
+pub mod blob_cache;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod blob_testsuite;
 pub mod command;
@@ -19,6 +20,7 @@ mod records;
 mod state;
 
 pub use blob::{BlobBackend, BlobId, BlobStore, S3Config, StoredBlob};
+pub use blob_cache::BlobCache;
 pub use command::{
     COMMAND_VERSION, Command, CommandEnvelope, CommandError, CommandResult, DeliveryResult, DeliveryTarget, FlagAction,
     Outcome, Threading,

@@ -182,6 +182,7 @@ print("woken")
     // A branch-office learner: holds everything, serves reads, forwards writes, never votes.
     let other = &nodes[(leader_index + 2) % 3];
     let mut learner = joining_node(&seaweed, other, &join_token(other, true));
+    learner.env.push(("WMAIL_BLOB_CACHE_SIZE_MB".into(), "64".into()));
     learner.start().await;
     let view = cluster_status(&learner).await;
     let roles: Vec<_> = view["members"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap()).collect();
@@ -209,6 +210,14 @@ print("woken")
     assert_eq!(pop3_message_count(&learner, "ann@example.com", "a long password"), "10");
     assert_eq!(learner.api(Method::GET, "/accounts/ann@example.com/messages", None).await.0, StatusCode::OK);
     assert_eq!(smtp_deliver(&learner, "ann@example.com", "while-cut-off").await, 451);
+
+    // What it read before comes from its blob cache even with the S3 server gone too.
+    let first_message = learner.read_message("ann@example.com", 1).await;
+    assert!(
+        learner.get("/metrics").await.1.lines().any(|l| l.starts_with("wmail_blob_cache_bytes ") && !l.ends_with(" 0"))
+    );
+    drop(seaweed);
+    assert_eq!(learner.read_message("ann@example.com", 1).await, first_message);
 }
 
 /// Whether `node` has cluster id `id` (from its identity file).

@@ -62,6 +62,8 @@ pub struct CoreConfig {
     pub admin_token_hash: [u8; 32],
     /// Where message bodies live.
     pub blob_backend: BlobBackend,
+    /// Bytes of remote bodies kept on local disk (`<data_dir>/blob-cache`); 0: none.
+    pub blob_cache_bytes: u64,
     /// How long an unreferenced blob is kept before garbage collection deletes it.
     pub blob_gc_grace: Duration,
     /// Applied entries between state snapshots (after which the log is purged).
@@ -211,8 +213,13 @@ impl Core {
         let notifier = Arc::new(mailbox::ChangeNotifier::default());
         let listener = notifier.clone();
         state.set_change_listener(Arc::new(move |accounts: &[u64]| listener.notify(accounts)));
-        let blobs =
+        let mut blobs =
             BlobStore::open(&config.blob_backend).map_err(|e| CoreError::internal("opening the blob store", e))?;
+        if config.blob_cache_bytes > 0 {
+            let cache = wmail_storage::BlobCache::open(&config.data_dir.join("blob-cache"), config.blob_cache_bytes)
+                .map_err(|e| CoreError::internal("opening the blob cache", e))?;
+            blobs = blobs.with_cache(cache);
+        }
         let mut consensus_config = ConsensusConfig::new(config.node_id, &config.advertise_addr, &config.data_dir);
         consensus_config.snapshot_every = config.snapshot_every;
         consensus_config.logs_kept_after_snapshot = (config.snapshot_every / 2).min(1_000);
@@ -280,6 +287,11 @@ impl Core {
     /// Returns whether the node knows a leader and has applied its log.
     pub fn is_ready(&self) -> bool {
         self.consensus.is_ready()
+    }
+
+    /// The bytes of remote message bodies cached on this node's disk, if it caches.
+    pub fn blob_cache_bytes(&self) -> Option<u64> {
+        self.blobs.cached_bytes()
     }
 
     /// How long this node, a learner, has been cut off from the cluster: it then serves

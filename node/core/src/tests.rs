@@ -19,6 +19,7 @@ async fn start_with_snapshots_every(dir: &std::path::Path, snapshot_every: u64) 
         admin_token_hash: [0; 32],
         blob_backend: BlobBackend::Local { root: dir.to_owned() },
         blob_gc_grace: Duration::ZERO,
+        blob_cache_bytes: 0,
         snapshot_every,
         lockout: LockoutPolicy { max_failures_per_account: 3, ..LockoutPolicy::default() },
     })
@@ -54,6 +55,7 @@ async fn restart_after_snapshot_and_log_purge_keeps_everything() {
             admin_token_hash: [0; 32],
             blob_backend: BlobBackend::Local { root: dir.path().to_owned() },
             blob_gc_grace: Duration::ZERO,
+            blob_cache_bytes: 0,
             snapshot_every: 20,
             lockout: LockoutPolicy::default(),
         };

@@ -21,6 +21,7 @@ pub struct Metrics {
     raft_committed_index: IntGauge,
     raft_snapshot_index: IntGauge,
     cluster_detached: IntGauge,
+    blob_cache_bytes: IntGauge,
     raft_log_entries: IntCounter,
     raft_log_appends: IntCounter,
     raft_log_wal_syncs: IntCounter,
@@ -58,6 +59,7 @@ impl Metrics {
             raft_applied_index: gauge("raft_applied_index", "Index of the last entry applied on this node"),
             raft_committed_index: gauge("raft_committed_index", "Index of the last entry this node knows committed"),
             raft_snapshot_index: gauge("raft_snapshot_index", "Index covered by this node's last snapshot"),
+            blob_cache_bytes: gauge("blob_cache_bytes", "Bytes of message bodies in this node's local blob cache"),
             cluster_detached: gauge(
                 "cluster_detached",
                 "1 while this learner is cut off from the cluster (it serves reads, refuses writes)",
@@ -87,6 +89,7 @@ impl Metrics {
             Box::new(metrics.raft_committed_index.clone()),
             Box::new(metrics.raft_snapshot_index.clone()),
             Box::new(metrics.cluster_detached.clone()),
+            Box::new(metrics.blob_cache_bytes.clone()),
             Box::new(metrics.raft_log_entries.clone()),
             Box::new(metrics.raft_log_appends.clone()),
             Box::new(metrics.raft_log_wal_syncs.clone()),
@@ -110,6 +113,7 @@ impl Metrics {
         self.raft_committed_index.set(core.raft_committed_index().unwrap_or(0) as i64);
         self.raft_snapshot_index.set(raft.snapshot.map(|id| id.index).unwrap_or(0) as i64);
         self.cluster_detached.set(i64::from(core.detached().is_some()));
+        self.blob_cache_bytes.set(core.blob_cache_bytes().unwrap_or(0) as i64);
         let (entries, appends, syncs) = core.raft_log_io();
         for (counter, value) in
             [(&self.raft_log_entries, entries), (&self.raft_log_appends, appends), (&self.raft_log_wal_syncs, syncs)]

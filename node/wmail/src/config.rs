@@ -259,6 +259,7 @@ pub struct BlobSection {
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
     pub gc_grace_hours: u64,
+    pub cache_size_mb: u64,
 }
 
 impl Default for BlobSection {
@@ -271,6 +272,7 @@ impl Default for BlobSection {
             access_key_id: None,
             secret_access_key: None,
             gc_grace_hours: 24,
+            cache_size_mb: 0,
         }
     }
 }

@@ -35,6 +35,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }),
         blob_backend: blob_backend(&config, &data_dir)?,
         blob_gc_grace: Duration::from_secs(config.blob.gc_grace_hours * 3600),
+        blob_cache_bytes: config.blob.cache_size_mb.saturating_mul(1024 * 1024),
         snapshot_every: config.cluster.snapshot_every,
         lockout: config.security.lockout(),
     })
