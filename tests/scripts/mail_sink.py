@@ -83,8 +83,11 @@ class Handler:
                 f.write(envelope.original_content or envelope.content)
             meta = {"from": envelope.mail_from, "to": envelope.rcpt_tos, "mail_options": envelope.mail_options,
                     "rcpt_options": envelope.rcpt_options, "session": session.sink_id, "tls": session.ssl is not None}
-            with open(os.path.join(directory, f"msg-{n}.json"), "w") as f:
+            # The envelope file marks the message as complete: write it aside, then rename,
+            # so a reader never sees it half written.
+            with open(os.path.join(directory, f"msg-{n}.json.tmp"), "w") as f:
                 json.dump(meta, f)
+            os.replace(os.path.join(directory, f"msg-{n}.json.tmp"), os.path.join(directory, f"msg-{n}.json"))
             log(f"data {session.sink_id} {n}")
         else:
             log(f"data {session.sink_id} refused {reply}")
