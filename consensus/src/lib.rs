@@ -288,6 +288,7 @@ impl Consensus {
             transport: peers_transport,
             log_stats: log_stats.clone(),
             leader_contact: Arc::new(std::sync::Mutex::new(tokio::time::Instant::now())),
+            stepping_down: Arc::default(),
         };
         tokio::spawn(batch_proposals(peers.clone(), queue));
         Ok(Self { raft, config: Arc::new(config), startup_log_index, log_stats, proposals, peers })
@@ -314,6 +315,12 @@ impl Consensus {
     /// (a joining node asks the member that enrolled it to add it).
     pub async fn ask_member(&self, target: NodeId, addr: &str, change: MembershipChange) -> Result<(), ProposeError> {
         self.peers.ask(target, addr, change).await
+    }
+
+    /// Hands leadership to the voters once this leader has left them (see
+    /// [`MembershipChange::Demote`]); waits up to `timeout` for one of them to lead.
+    pub async fn step_down(&self, timeout: Duration) -> Result<(), ProposeError> {
+        self.peers.step_down(timeout).await
     }
 
     /// How long this node, a learner, has been cut off from the leader (it then serves

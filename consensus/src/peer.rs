@@ -54,6 +54,8 @@ pub(crate) struct Peers {
     pub(crate) log_stats: Arc<LogIoStats>,
     /// When a leader last sent AppendEntries (or this node started).
     pub(crate) leader_contact: Arc<std::sync::Mutex<Instant>>,
+    /// Set while this leader hands over leadership: it takes no more writes.
+    pub(crate) stepping_down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn not_leader(error: ProposeError) -> PeerError {
@@ -91,7 +93,8 @@ impl Peers {
         let metrics = self.raft.metrics().borrow().clone();
         match metrics.current_leader {
             Some(id) if id == metrics.id => {
-                if metrics.state == ServerState::Leader {
+                if metrics.state == ServerState::Leader && !self.stepping_down.load(std::sync::atomic::Ordering::SeqCst)
+                {
                     Leader::Me
                 } else {
                     Leader::Unknown
@@ -138,8 +141,32 @@ impl Peers {
         }
     }
 
+    /// Hands leadership over: this node, no longer a voter (the caller demoted it), stops
+    /// taking writes and sending heartbeats, so the voters elect one of themselves, whose
+    /// first AppendEntries makes this node follow. openraft 0.9 has no transfer call, and
+    /// its leader keeps leading after leaving the voters.
+    pub(crate) async fn step_down(&self, timeout: Duration) -> Result<(), ProposeError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let me = self.raft.metrics().borrow().id;
+        self.stepping_down.store(true, SeqCst);
+        self.raft.runtime_config().heartbeat(false);
+        let mut metrics = self.raft.metrics();
+        let elected = metrics.wait_for(|m| m.current_leader.is_some_and(|leader| leader != me));
+        let handed_over = tokio::time::timeout(timeout, elected).await.is_ok_and(|changed| changed.is_ok());
+        self.raft.runtime_config().heartbeat(true);
+        self.stepping_down.store(false, SeqCst);
+        if handed_over {
+            Ok(())
+        } else {
+            Err(ProposeError::Unavailable(format!("no other voter took over within {timeout:?}")))
+        }
+    }
+
     /// Appends `request` on this node, which must lead; returns the entry's index.
     async fn write_here(&self, request: Request) -> Result<(u64, Response), ProposeError> {
+        if self.stepping_down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ProposeError::ForwardToLeader { leader: None });
+        }
         let written = self.raft.client_write(request).await.map_err(propose_error)?;
         Ok((written.log_id.index, written.data))
     }

@@ -320,15 +320,35 @@ print(sent)
     assert!(stored.contains("[127.0.0.2]"), "the Received header names HAProxy, not the client:\n{stored}");
     assert!(!stored.contains("[127.0.0.3]"), "{stored}");
 
-    // A node dies: HAProxy's health checks (GET /readyz through PROXY v2) take it out, and
-    // clients that retry carry on through the others without losing anything.
-    first.kill9();
-    assert_eq!(python(&second, &send(10, "after")).trim(), "10");
+    // Draining the leader before an upgrade: it hands leadership to another voter (and
+    // stays one), closes its mail listeners and answers 503 on /readyz, so HAProxy sends
+    // clients to the others.
+    let nodes = [&first, &second, &third];
+    let leader = cluster_status(&first).await["leader"].as_u64().unwrap();
+    let drained = nodes.iter().position(|n| is_node(n, leader)).unwrap();
+    let report = succeeded(nodes[drained].cli(&["node", "drain", "--grace", "10", "--json"], None));
+    let report: Value = serde_json::from_str(&report).unwrap();
+    assert_eq!((report["was_leader"].clone(), report["drained"].clone()), (json!(true), json!(true)), "{report}");
+    let serving: Vec<&WmailNode> = nodes.iter().enumerate().filter(|(i, _)| *i != drained).map(|(_, n)| *n).collect();
+    let view = cluster_status(serving[0]).await;
+    assert!(view["leader"].as_u64().is_some_and(|id| id != leader), "{view}");
+    let roles: Vec<_> = view["members"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["voter", "voter", "voter"], "the drained node votes again: {view}");
+    assert_eq!(nodes[drained].get("/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(std::net::TcpStream::connect(nodes[drained].smtp).is_err(), "the drained node still takes SMTP");
+    assert_eq!(python(&second, &send(5, "drained")).trim(), "5");
+
+    // Then a serving node dies: HAProxy's health checks (GET /readyz through PROXY v2) take
+    // it out, and clients that retry carry on through the last one without losing anything.
+    let (victim, survivor) = (serving[0].data_dir.clone(), serving[1].data_dir.clone());
+    let mut nodes = [first, second, third];
+    nodes.iter_mut().find(|n| n.data_dir == victim).unwrap().kill9();
+    let survivor = nodes.iter().find(|n| n.data_dir == survivor).unwrap();
+    assert_eq!(python(survivor, &send(10, "after")).trim(), "10");
     let pop3 = format!(
         "p = poplib.POP3_SSL('127.0.0.1', {}, context=ctx)\np.user('cy@example.com')\np.pass_('a long password')\nprint(p.stat()[0])\np.quit()\n",
         haproxy.ports["pop3s"]
     );
-    assert_eq!(python(&second, &pop3).trim(), "11");
-    let (status, _) = second.get("/readyz").await;
-    assert_eq!(status, StatusCode::OK);
+    assert_eq!(python(survivor, &pop3).trim(), "16");
+    assert_eq!(survivor.get("/readyz").await.0, StatusCode::OK);
 }

@@ -377,3 +377,60 @@ impl Core {
         }
     }
 }
+
+impl Core {
+    /// Where this node is in draining.
+    pub fn drain_state(&self) -> tokio::sync::watch::Receiver<crate::DrainState> {
+        self.drain.subscribe()
+    }
+
+    /// Tells [`Core::drain`] that every mail session has ended.
+    pub fn mark_drained(&self) {
+        self.drain.send_replace(crate::DrainState::Drained);
+    }
+
+    /// Drains this node before an upgrade or maintenance: it stops taking sessions (the
+    /// binary closes its mail listeners and `/readyz` says so), hands leadership to another
+    /// voter if it leads, and waits up to `grace` for open sessions to end. The node keeps
+    /// voting and applying until it is stopped.
+    pub async fn drain(&self, grace: Duration) -> Result<crate::DrainReport> {
+        self.drain.send_if_modified(|state| {
+            let start = *state == crate::DrainState::Serving;
+            if start {
+                *state = crate::DrainState::Draining;
+            }
+            start
+        });
+        let was_leader = self.consensus.metrics().state == crate::ServerState::Leader;
+        if was_leader {
+            self.hand_off_leadership().await?;
+        }
+        let mut state = self.drain.subscribe();
+        let drained =
+            tokio::time::timeout(grace, state.wait_for(|state| *state == crate::DrainState::Drained)).await.is_ok();
+        Ok(crate::DrainReport { was_leader, leader: self.consensus.metrics().current_leader, drained })
+    }
+
+    /// openraft 0.9 has no leadership transfer: the leader leaves the voters (it steps down
+    /// and the others elect one of themselves), then rejoins them through the new leader.
+    /// The cluster runs with one voter fewer for that moment, so it needs three or more.
+    async fn hand_off_leadership(&self) -> Result<()> {
+        let me = self.config.node_id;
+        let view = self.cluster_view().await;
+        let others: Vec<&MemberView> = view.members.iter().filter(|m| m.role == "voter" && m.id != me).collect();
+        // The voters left must form a majority of themselves, or the cluster would stall.
+        let answering = others.iter().filter(|m| m.status.is_some()).count();
+        if others.len() < 2 || answering < others.len() / 2 + 1 {
+            tracing::warn!(
+                voters = others.len() + 1,
+                answering,
+                "not handing off leadership: the other voters could not carry on without this node"
+            );
+            return Ok(());
+        }
+        tracing::info!("draining: handing leadership to another voter");
+        self.change_membership(MembershipChange::Demote { id: me }).await?;
+        self.consensus.step_down(Duration::from_secs(10)).await.map_err(crate::unavailable)?;
+        self.change_membership(MembershipChange::Promote { id: me }).await
+    }
+}

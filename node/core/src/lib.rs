@@ -44,6 +44,28 @@ use wmail_storage::{BlobStore, CommandEnvelope, StateStore};
 pub use wmail_storage::{Change, FlagAction, MAILBOX_SEPARATOR, Threading};
 pub use wmail_storage::{DkimAlgorithm, DkimKey};
 
+/// Where a node is in `wmail node drain`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainState {
+    /// Accepting sessions.
+    Serving,
+    /// Asked to drain: no new sessions; open ones are ending.
+    Draining,
+    /// Every mail session has ended (or the grace period passed).
+    Drained,
+}
+
+/// What `wmail node drain` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DrainReport {
+    /// This node led the cluster when asked.
+    pub was_leader: bool,
+    /// The leader afterwards.
+    pub leader: Option<NodeId>,
+    /// Every session ended within the grace period.
+    pub drained: bool,
+}
+
 /// Settings core needs to start.
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
@@ -152,6 +174,8 @@ pub struct Core {
     blobs: BlobStore,
     consensus: Consensus,
     transport: Arc<QuicTransport>,
+    /// `wmail node drain`: the binary stops its mail listeners when this turns Draining.
+    drain: tokio::sync::watch::Sender<DrainState>,
     /// Leases a learner took while cut off from the cluster: resource -> (holder, until).
     local_leases: std::sync::Mutex<std::collections::HashMap<String, (String, u64)>>,
     config: CoreConfig,
@@ -239,6 +263,7 @@ impl Core {
             consensus,
             transport,
             local_leases: std::sync::Mutex::default(),
+            drain: tokio::sync::watch::Sender::new(DrainState::Serving),
             config,
         });
         if let Some(identity) = &identity {

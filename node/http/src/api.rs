@@ -87,6 +87,7 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/aliases/{alias}", axum::routing::delete(remove_alias))
         .route("/cluster/status", get(cluster_status))
         .route("/cluster/tokens", axum::routing::post(issue_join_token))
+        .route("/node/drain", axum::routing::post(drain_node))
         .route("/cluster/nodes/{id}", axum::routing::delete(remove_node))
         .route("/cluster/nodes/{id}/promote", axum::routing::post(promote_node))
         .route("/cluster/nodes/{id}/demote", axum::routing::post(demote_node))
@@ -707,6 +708,21 @@ async fn issue_join_token(
     let body =
         serde_json::json!({ "token": token, "learner": request.learner, "expires_in_seconds": lifetime.as_secs() });
     Ok((StatusCode::CREATED, Json(body)))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct DrainRequest {
+    /// How long open sessions may take to end (default 60 s).
+    grace_seconds: Option<u64>,
+}
+
+async fn drain_node(
+    State(state): State<Arc<AppState>>,
+    JsonBody(request): JsonBody<DrainRequest>,
+) -> ApiResult<Json<wmail_core::DrainReport>> {
+    let grace = std::time::Duration::from_secs(request.grace_seconds.unwrap_or(60));
+    Ok(Json(state.core.drain(grace).await?))
 }
 
 async fn remove_node(State(state): State<Arc<AppState>>, Path(id): Path<u64>) -> ApiResult<StatusCode> {

@@ -47,7 +47,9 @@ fn api_not_found() -> Response {
 
 /// Ready when the node knows a leader and has replayed its log (load balancers use this).
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if let Some(silent) = state.core.detached() {
+    if *state.core.drain_state().borrow() != wmail_core::DrainState::Serving {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining: this node takes no new sessions\n").into_response()
+    } else if let Some(silent) = state.core.detached() {
         // Still worth sending readers to: a branch office keeps serving what it has.
         let text =
             format!("ready, read-only: cut off from the cluster for {} s; writes are refused\n", silent.as_secs());

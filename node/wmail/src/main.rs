@@ -71,6 +71,9 @@ enum Command {
     /// Inspect the cluster.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Operate on the node the command talks to.
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// Inspect and manage the outbound queue (mail for other domains).
     #[command(subcommand)]
     Queue(QueueCommand),
@@ -234,6 +237,19 @@ enum AliasCommand {
 }
 
 #[derive(Subcommand)]
+enum NodeCommand {
+    /// Stop taking sessions before an upgrade: close the mail listeners, answer 503 on
+    /// /readyz (load balancers move away), hand leadership to another voter, and wait for
+    /// open sessions to end. Then stop the node (SIGTERM), upgrade, and start it again.
+    #[command(after_help = "Example: wmail --server http://node2:8080 node drain --grace 120")]
+    Drain {
+        /// Seconds open sessions may take to end.
+        #[arg(long, default_value_t = 60)]
+        grace: u64,
+    },
+}
+
+#[derive(Subcommand)]
 enum ClusterCommand {
     /// Show every member's role, state, log position and lag.
     Status,
@@ -311,6 +327,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Alias(command) => alias(client()?, command).await,
         Command::Queue(command) => queue(client()?, command).await,
         Command::Cluster(command) => cluster(client()?, command).await,
+        Command::Node(NodeCommand::Drain { grace }) => {
+            let client = client()?;
+            let report = client.call(Method::POST, "/node/drain", Some(json!({ "grace_seconds": grace }))).await?;
+            client.print(&report, |r| {
+                let handed = if r["was_leader"] == json!(true) {
+                    format!("; leadership handed to node {}", r["leader"])
+                } else {
+                    String::new()
+                };
+                let sessions = if r["drained"] == json!(true) {
+                    "every session has ended"
+                } else {
+                    "some sessions were still open when the grace period ended"
+                };
+                format!("drained: no new sessions{handed}; {sessions}. Stop the node now (SIGTERM).")
+            });
+            Ok(())
+        }
     }
 }
 

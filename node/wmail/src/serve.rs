@@ -61,22 +61,39 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             axum::serve(listener, router).with_graceful_shutdown(stop).await
         }));
     }
-    let mut mail_listeners = start_smtp(&config, &core, &tls, &registry, &shutdown_rx).await?;
-    mail_listeners.extend(start_pop3(&config, &core, &tls, &shutdown_rx).await?);
-    mail_listeners.extend(start_imap(&config, &core, &tls, &shutdown_rx).await?);
-    let delivery = tokio::spawn(delivery_worker(&config, &core, &registry)?.run(shutdown_rx.clone()));
+    // Mail listeners and the delivery worker stop on shutdown or on `wmail node drain`.
+    let (mail_stop_tx, mail_stop) = tokio::sync::watch::channel(false);
+    let mut mail_listeners = start_smtp(&config, &core, &tls, &registry, &mail_stop).await?;
+    mail_listeners.extend(start_pop3(&config, &core, &tls, &mail_stop).await?);
+    mail_listeners.extend(start_imap(&config, &core, &tls, &mail_stop).await?);
+    let delivery = tokio::spawn(delivery_worker(&config, &core, &registry)?.run(mail_stop.clone()));
+    let mail = {
+        let (core, mut shutdown, mut drain) = (core.clone(), shutdown_rx.clone(), core.drain_state());
+        tokio::spawn(async move {
+            let grace = tokio::select! {
+                _ = drain.wait_for(|state| *state == wmail_core::DrainState::Draining) => {
+                    tracing::info!("draining: no new sessions; waiting for open ones to end");
+                    Duration::from_secs(60)
+                }
+                _ = shutdown.wait_for(|stop| *stop) => Duration::from_secs(10),
+            };
+            let _ = mail_stop_tx.send(true);
+            // Mail sessions say goodbye (SMTP 421) and end; transactions not yet
+            // acknowledged are dropped, acknowledged ones are already committed.
+            for listener in mail_listeners {
+                listener.stopped(grace).await;
+            }
+            let _ = delivery.await;
+            core.mark_drained();
+        })
+    };
     warn_about_unserved_protocols(&config);
     announce(core.node_id(), &data_dir, &token_path, &http_urls);
 
     wait_for_signal().await;
     tracing::info!("shutting down: finishing in-flight requests");
     let _ = shutdown_tx.send(true);
-    // Mail sessions say goodbye (SMTP 421) and end; transactions not yet acknowledged are
-    // dropped, acknowledged ones are already committed.
-    for listener in mail_listeners {
-        listener.stopped(Duration::from_secs(10)).await;
-    }
-    let _ = delivery.await;
+    let _ = mail.await;
     for server in servers {
         if let Ok(Err(error)) = server.await {
             tracing::warn!(%error, "http listener ended with an error");
