@@ -33,7 +33,13 @@ if [ ! -x "$CARGO_TARGET_DIR/release/wmail" ] || [ -n "$(find "$repo" -name '*.r
 fi
 wmail="$CARGO_TARGET_DIR/release/wmail"
 mkdir -p "$dir/s3/data"
-stop
+
+running() { # name: whether the process of $dir/name.pid is alive (a zombie is not)
+  local state
+  [ -e "$dir/$1.pid" ] || return 1
+  state="$(ps -o stat= -p "$(cat "$dir/$1.pid")" 2>/dev/null || true)"
+  [ -n "$state" ] && [ "${state#Z}" = "$state" ]
+}
 
 wait_http() { # url what log
   for _ in $(seq 1 600); do
@@ -45,11 +51,13 @@ wait_http() { # url what log
 }
 
 echo '{"identities":[{"name":"wmail","credentials":[{"accessKey":"wmail","secretKey":"wmail-local-secret"}],"actions":["Admin","Read","Write","List","Tagging"]}]}' >"$dir/s3/s3.json"
-(cd "$dir/s3" && exec "$WMAIL_WEED" mini -dir=data -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false \
-  -master.telemetry.url=http://127.0.0.1:9/ -s3.config=s3.json -bucket=wmail -admin.ui=false -webdav=false \
-  -s3.port.iceberg=0 -s3.port.lance=0 -s3.port=18333 -master.port=18334 -volume.port=18335 \
-  -filer.port=18336 -admin.port=18337 >"$dir/s3.log" 2>&1) &
-echo $! >"$dir/s3.pid"
+if ! running s3; then
+  (cd "$dir/s3" && exec "$WMAIL_WEED" mini -dir=data -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false \
+    -master.telemetry.url=http://127.0.0.1:9/ -s3.config=s3.json -bucket=wmail -admin.ui=false -webdav=false \
+    -s3.port.iceberg=0 -s3.port.lance=0 -s3.port=18333 -master.port=18334 -volume.port=18335 \
+    -filer.port=18336 -admin.port=18337 >"$dir/s3.log" 2>&1) &
+  echo $! >"$dir/s3.pid"
+fi
 # Ready once the S3 API answers for the bucket (403 without credentials).
 for _ in $(seq 1 900); do
   code="$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:18333/wmail || true)"
@@ -88,22 +96,32 @@ listen = "127.0.0.1:18${n}44"
 TOML
 done
 
-start_node() { # n [serve args...]
+spawn_node() { # n [serve args...]; a node already running is left alone
   local n="$1"
   shift
+  running "node$n" && return 0
   "$wmail" serve --config "$dir/node$n.toml" "$@" >>"$dir/node$n.log" 2>&1 &
   echo $! >"$dir/node$n.pid"
-  wait_http "http://127.0.0.1:18${n}80/readyz" "node $n" "$dir/node$n.log"
 }
 
-start_node 1
+# Members first, all at once: a restarted member is only ready once a majority is up.
+for n in 1 2 3; do
+  if [ "$n" = 1 ] || [ -e "$dir/node$n/cluster/identity.json" ]; then
+    spawn_node "$n"
+  fi
+done
+for n in 1 2 3; do
+  if [ "$n" = 1 ] || [ -e "$dir/node$n/cluster/identity.json" ]; then
+    wait_http "http://127.0.0.1:18${n}80/readyz" "node $n" "$dir/node$n.log"
+  fi
+done
+# Then the nodes that have not joined yet, one by one, with tokens from node 1.
 for n in 2 3; do
-  if [ -e "$dir/node$n/cluster/identity.json" ]; then
-    start_node "$n"
-  else
+  if [ ! -e "$dir/node$n/cluster/identity.json" ]; then
     token="$("$wmail" --server http://127.0.0.1:18180 --data-dir "$dir/node1" cluster token --json |
       python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])')"
-    start_node "$n" --join 127.0.0.1:18144 --join-token "$token"
+    spawn_node "$n" --join 127.0.0.1:18144 --join-token "$token"
+    wait_http "http://127.0.0.1:18${n}80/readyz" "node $n" "$dir/node$n.log"
   fi
 done
 

@@ -162,7 +162,7 @@ impl ConsensusConfig {
             advertise_addr: advertise_addr.into(),
             log_dir: data_dir.join("raft"),
             snapshot_dir: data_dir.join("snapshots"),
-            heartbeat: Duration::from_millis(100),
+            heartbeat: Duration::from_millis(75),
             snapshot_every: 20_000,
             logs_kept_after_snapshot: 1_000,
         }
@@ -266,9 +266,10 @@ impl Consensus {
             heartbeat_interval: heartbeat,
             // A follower stands for election after the leader lease (openraft: the maximum
             // election timeout) plus a random election timeout without a heartbeat: with
-            // 100 ms heartbeats, 1.0 to 1.2 s after the leader died.
+            // 75 ms heartbeats, 0.9 to 1.2 s after the leader died. The random range is
+            // wide so that the two survivors of a three-node cluster rarely split the vote.
             election_timeout_min: heartbeat * 4,
-            election_timeout_max: heartbeat * 6,
+            election_timeout_max: heartbeat * 8,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
             max_in_snapshot_log_to_keep: config.logs_kept_after_snapshot,
             // Commands are small (bodies live in the blob store) but a batch may reach 4 MiB:

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Cluster measurements on one machine, on the cluster of deploy/local-cluster.sh:
+#
+#   tools/cluster-bench.sh failover [KILLS]      kill -9 the leader KILLS times (default 20);
+#       each time, the time until another node accepts an SMTP message, then the dead
+#       node is restarted and catches up. Prints every gap and the distribution.
+#   tools/cluster-bench.sh snapshot [MESSAGES]   deliver MESSAGES (default 100000) over SMTP,
+#       then time a brand-new node joining, which catches up by snapshot install.
+#
+# Uses $LOCAL_CLUSTER_DIR (default ./wmail-cluster); `deploy/local-cluster.sh stop` ends it.
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+source "$repo/tools/dev/env.sh"
+export LOCAL_CLUSTER_DIR="${LOCAL_CLUSTER_DIR:-./wmail-cluster}"
+dir="$(realpath -m "$LOCAL_CLUSTER_DIR")"
+wmail="$CARGO_TARGET_DIR/release/wmail"
+what="${1:-failover}"
+"$repo/deploy/local-cluster.sh" >/dev/null
+admin() { "$wmail" --server http://127.0.0.1:18180 --data-dir "$dir/node1" "$@"; }
+admin domain add bench.test >/dev/null 2>&1 || true
+echo "bench password" | admin account add user0@bench.test --password-stdin >/dev/null 2>&1 || true
+leader() { admin cluster status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["leader"])'; }
+
+case "$what" in
+failover)
+  kills="${2:-20}"
+  gaps=()
+  for i in $(seq 1 "$kills"); do
+    id="$(leader)"
+    kill -9 "$(cat "$dir/node$id.pid")"
+    # The first message another node accepts after the kill (clients retry every 20 ms).
+    gap="$(python3 - "$id" <<'PY'
+import smtplib, sys, time
+dead = int(sys.argv[1])
+ports = [18000 + n * 100 + 25 for n in (1, 2, 3) if n != dead]
+start = time.monotonic()
+while True:
+    for port in ports:
+        try:
+            s = smtplib.SMTP("127.0.0.1", port, timeout=30)
+            s.sendmail("x@remote.test", ["user0@bench.test"], b"Subject: failover\r\n\r\nx\r\n")
+            s.quit()
+            print(f"{time.monotonic() - start:.3f}")
+            sys.exit(0)
+        except (smtplib.SMTPException, OSError):
+            time.sleep(0.02)
+PY
+)"
+    gaps+=("$gap")
+    echo "kill $i: node $id was the leader; first accepted message after ${gap} s"
+    "$repo/deploy/local-cluster.sh" >/dev/null   # restarts the dead node; it catches up
+  done
+  printf '%s\n' "${gaps[@]}" | python3 -c '
+import sys, statistics
+g = sorted(float(x) for x in sys.stdin)
+q = lambda p: g[min(len(g) - 1, int(p * len(g)))]
+print(f"failover gap over {len(g)} leader kills: min {g[0]:.2f} s, p50 {q(0.5):.2f} s, p90 {q(0.9):.2f} s, max {g[-1]:.2f} s, mean {statistics.mean(g):.2f} s")'
+  ;;
+snapshot)
+  messages="${3:-${2:-100000}}"
+  "$CARGO_TARGET_DIR/release/wmail-bench" --server http://127.0.0.1:18180 --token "$(cat "$dir/node1/admin-token")" \
+    smtp --smtp 127.0.0.1:18125 --concurrency 16 --seconds 3600 --requests "$messages" --size 4096
+  token="$(admin cluster token --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')"
+  rm -rf "$dir/node4"
+  sed -e 's/127\.0\.0\.1:181\(80\|25\|87\|43\|93\|10\|95\|44\)/127.0.0.1:184\1/g; s/node1/node4/g' \
+    "$dir/node1.toml" >"$dir/node4.toml"
+  start="$(date +%s.%N)"
+  "$wmail" serve --config "$dir/node4.toml" --join 127.0.0.1:18144 --join-token "$token" >"$dir/node4.log" 2>&1 &
+  echo $! >"$dir/node4.pid"
+  until curl -sf http://127.0.0.1:18480/readyz >/dev/null; do sleep 0.05; done
+  end="$(date +%s.%N)"
+  snapshot="$("$wmail" --server http://127.0.0.1:18480 --data-dir "$dir/node4" cluster status --json |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["snapshot_index"])')"
+  seconds="$(python3 -c "print(f'{$end - $start:.1f}')")"
+  echo "a new node joined a cluster holding $messages messages in $seconds s (its snapshot covers log index $snapshot)"
+  "$wmail" --server http://127.0.0.1:18480 --data-dir "$dir/node4" cluster status
+  du -sh "$dir/node4/state" "$dir/node4/snapshots" 2>/dev/null || true
+  kill "$(cat "$dir/node4.pid")"
+  ;;
+*)
+  echo "usage: $0 failover [KILLS] | snapshot [MESSAGES]" >&2
+  exit 2
+  ;;
+esac
