@@ -19,7 +19,13 @@ what="${1:-failover}"
 admin() { "$wmail" --server http://127.0.0.1:18180 --data-dir "$dir/node1" "$@"; }
 admin domain add bench.test >/dev/null 2>&1 || true
 echo "bench password" | admin account add user0@bench.test --password-stdin >/dev/null 2>&1 || true
-leader() { admin cluster status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["leader"])'; }
+# The leader's directory number N (its cluster address is 127.0.0.1:18N44; node ids may differ).
+leader() {
+  admin cluster status --json | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+print(next(m["addr"] for m in s["members"] if m["id"] == s["leader"])[-3])'
+}
 
 case "$what" in
 failover)
@@ -34,7 +40,7 @@ import smtplib, sys, time
 dead = int(sys.argv[1])
 ports = [18000 + n * 100 + 25 for n in (1, 2, 3) if n != dead]
 start = time.monotonic()
-while True:
+while time.monotonic() - start < 60:
     for port in ports:
         try:
             s = smtplib.SMTP("127.0.0.1", port, timeout=30)
@@ -44,6 +50,7 @@ while True:
             sys.exit(0)
         except (smtplib.SMTPException, OSError):
             time.sleep(0.02)
+sys.exit("no node accepted mail within 60 s after the kill")
 PY
 )"
     gaps+=("$gap")
@@ -60,7 +67,8 @@ snapshot)
   messages="${3:-${2:-100000}}"
   "$CARGO_TARGET_DIR/release/wmail-bench" --server http://127.0.0.1:18180 --token "$(cat "$dir/node1/admin-token")" \
     smtp --smtp 127.0.0.1:18125 --concurrency 16 --seconds 3600 --requests "$messages" --size 4096
-  token="$(admin cluster token --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')"
+  # A learner: it catches up the same way and leaves the voters alone when it goes.
+  token="$(admin cluster token --learner --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')"
   rm -rf "$dir/node4"
   sed -e 's/127\.0\.0\.1:181\(80\|25\|87\|43\|93\|10\|95\|44\)/127.0.0.1:184\1/g; s/node1/node4/g' \
     "$dir/node1.toml" >"$dir/node4.toml"
@@ -75,7 +83,11 @@ snapshot)
   echo "a new node joined a cluster holding $messages messages in $seconds s (its snapshot covers log index $snapshot)"
   "$wmail" --server http://127.0.0.1:18480 --data-dir "$dir/node4" cluster status
   du -sh "$dir/node4/state" "$dir/node4/snapshots" 2>/dev/null || true
+  id="$("$wmail" --server http://127.0.0.1:18480 --data-dir "$dir/node4" cluster status --json |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["node_id"])')"
+  admin cluster leave "$id" >/dev/null
   kill "$(cat "$dir/node4.pid")"
+  rm -f "$dir/node4.pid"
   ;;
 *)
   echo "usage: $0 failover [KILLS] | snapshot [MESSAGES]" >&2

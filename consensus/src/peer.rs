@@ -108,8 +108,10 @@ impl Peers {
         }
     }
 
-    /// Commits `request` through the leader and returns its responses once this node has
-    /// applied it (so the caller reads its own write). While there is no leader, or the
+    /// Commits `request` through the leader and returns its responses once committed. A
+    /// forwarded batch also waits (until the deadline) for this node to apply it, so the
+    /// caller normally reads its own write; a node lagging past the deadline still answers
+    /// with the committed result rather than an error that would invite a duplicate. While there is no leader, or the
     /// leader refuses because it just lost leadership, it tries again until
     /// [`PROPOSAL_TIMEOUT`].
     pub(crate) async fn commit(&self, request: Request) -> Result<Response, ProposeError> {
@@ -180,6 +182,7 @@ impl Peers {
     ) -> Result<Response, ProposeError> {
         let call = self.transport.call(leader, node, PeerRequest::Propose(request));
         let answer = tokio::select! {
+            biased;
             answer = tokio::time::timeout_at(deadline, call) => answer,
             // The cluster moved on (the leader died or was cut off): waiting for its answer
             // would only delay the caller's retry.
@@ -422,7 +425,7 @@ impl PeerHandler for ConsensusPeer {
             }
             match request {
                 PeerRequest::Raft(rpc) => {
-                    if matches!(rpc, crate::RaftRpc::AppendEntries(_)) {
+                    if matches!(rpc, crate::RaftRpc::AppendEntries(_) | crate::RaftRpc::InstallSnapshot(_)) {
                         *self.peers.leader_contact.lock().expect("contact lock") = Instant::now();
                     }
                     PeerReply::Raft(handle_raft_rpc(&self.peers.raft, rpc).await)

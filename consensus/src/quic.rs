@@ -20,6 +20,8 @@ use crate::tls::{self, NodeIdentity, TlsError};
 const MAX_MESSAGE: usize = 272 * 1024 * 1024;
 /// Largest request from a connection without a cluster certificate.
 const MAX_ENROLMENT: usize = 64 * 1024;
+/// How long a connection without a cluster certificate may take to send its request.
+const ENROLMENT_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long dialling a peer may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// A connection silent this long is dead (keep-alives every [`KEEP_ALIVE`]): calls to a
@@ -37,7 +39,7 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
 }
 
 fn client_config(tls: rustls::ClientConfig) -> Result<quinn::ClientConfig, TlsError> {
-    let crypto = QuicClientConfig::try_from(Arc::new(tls)).map_err(|e| TlsError::from_display("QUIC client", e))?;
+    let crypto = QuicClientConfig::try_from(Arc::new(tls)).map_err(|e| TlsError::new("QUIC client", e))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport_config());
     Ok(config)
@@ -117,12 +119,12 @@ impl QuicTransport {
         handler: Arc<dyn PeerHandler>,
     ) -> Result<SocketAddr, TlsError> {
         let crypto = QuicServerConfig::try_from(Arc::new(identity.server_config()?))
-            .map_err(|e| TlsError::from_display("QUIC server", e))?;
+            .map_err(|e| TlsError::new("QUIC server", e))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         server.transport_config(transport_config());
         let endpoint = quinn::Endpoint::server(server, listen)
-            .map_err(|e| TlsError::from_display(&format!("cannot listen on UDP {listen}"), e))?;
-        let bound = endpoint.local_addr().map_err(|e| TlsError::from_display("reading the bound address", e))?;
+            .map_err(|e| TlsError::new(&format!("cannot listen on UDP {listen}"), e))?;
+        let bound = endpoint.local_addr().map_err(|e| TlsError::new("reading the bound address", e))?;
         let live = Live {
             endpoint: endpoint.clone(),
             client: client_config(identity.client_config()?)?,
@@ -185,6 +187,10 @@ async fn accept(endpoint: quinn::Endpoint, handler: Arc<dyn PeerHandler>) {
                 }
             };
             let member = connection.peer_identity().is_some();
+            if !member {
+                // Enrolment only: one request at a time, and not for long.
+                connection.set_max_concurrent_bi_streams(1u32.into());
+            }
             while let Ok((send, recv)) = connection.accept_bi().await {
                 tokio::spawn(serve_stream(handler.clone(), member, send, recv));
             }
@@ -199,7 +205,13 @@ async fn serve_stream(
     mut recv: quinn::RecvStream,
 ) {
     let limit = if member { MAX_MESSAGE } else { MAX_ENROLMENT };
-    let Ok(bytes) = recv.read_to_end(limit).await else { return };
+    let read = recv.read_to_end(limit);
+    let bytes = if member {
+        read.await.ok()
+    } else {
+        tokio::time::timeout(ENROLMENT_READ_TIMEOUT, read).await.ok().and_then(Result::ok)
+    };
+    let Some(bytes) = bytes else { return };
     let Ok(request) = postcard::from_bytes::<PeerRequest>(&bytes) else {
         let _ = send.reset(1u32.into());
         return;

@@ -36,13 +36,9 @@ pub fn node_name(id: NodeId) -> String {
 pub struct TlsError(String);
 
 impl TlsError {
-    fn new(what: &str, error: impl std::fmt::Display) -> Self {
-        Self(format!("{what}: {error}"))
-    }
-
     /// An error of `what`, caused by `error`.
-    pub fn from_display(what: &str, error: impl std::fmt::Display) -> Self {
-        Self::new(what, error)
+    pub fn new(what: &str, error: impl std::fmt::Display) -> Self {
+        Self(format!("{what}: {error}"))
     }
 }
 
@@ -111,6 +107,18 @@ pub fn generate_node_key() -> Result<NodeKey, TlsError> {
     Ok(NodeKey { key_pem: key.serialize_pem(), public_key: key.public_key_raw().to_vec() })
 }
 
+/// Checks that `public_key` is what [`generate_node_key`] makes: an uncompressed P-256
+/// point on the curve.
+pub fn check_node_public_key(public_key: &[u8]) -> Result<(), TlsError> {
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, ParsedPublicKey};
+    if public_key.len() != 65 || public_key[0] != 4 {
+        return Err(TlsError("the node's public key is not an uncompressed P-256 point".into()));
+    }
+    ParsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, public_key)
+        .map(drop)
+        .map_err(|_| TlsError("the node's public key is not a point on P-256".into()))
+}
+
 /// A P-256 public key received from a joining node.
 struct P256PublicKey(Vec<u8>);
 
@@ -127,10 +135,7 @@ impl PublicKeyData for P256PublicKey {
 /// Signs the certificate of node `node_id` for its `public_key` (from [`NodeKey`]) with the
 /// cluster CA; returns it as PEM.
 pub fn issue_node_certificate(ca: &CaMaterial, node_id: NodeId, public_key: &[u8]) -> Result<String, TlsError> {
-    // An uncompressed P-256 point: 0x04 then two 32-byte coordinates.
-    if public_key.len() != 65 || public_key[0] != 4 {
-        return Err(TlsError("the node's public key is not an uncompressed P-256 point".into()));
-    }
+    check_node_public_key(public_key)?;
     let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(|e| TlsError::new("reading the CA key", e))?;
     let issuer = Issuer::new(ca_params(&ca.name), ca_key);
     let mut params = CertificateParams::new(vec![CLUSTER_NAME.to_string(), node_name(node_id)])

@@ -100,6 +100,12 @@ impl BlobCache {
         self.dir.join(id.to_hex())
     }
 
+    /// A fresh name to fill a copy under before renaming it into place (concurrent fills
+    /// of one blob never share a file).
+    fn temp_path(&self, id: &BlobId) -> PathBuf {
+        self.dir.join(format!("{}.{:016x}.part", id.to_hex(), rand::random::<u64>()))
+    }
+
     /// The bytes cached in total.
     pub fn cached_bytes(&self) -> u64 {
         self.entries.lock().expect("cache lock").total
@@ -146,8 +152,14 @@ impl BlobCache {
         if BlobId::of(bytes) != id || bytes.len() as u64 > self.max_bytes {
             return;
         }
-        let temp = self.dir.join(format!("{}.part", id.to_hex()));
-        if tokio::fs::write(&temp, bytes).await.is_ok() && tokio::fs::rename(&temp, self.path(&id)).await.is_ok() {
+        let temp = self.temp_path(&id);
+        let written = async {
+            let mut file = tokio::fs::File::create(&temp).await?;
+            file.write_all(bytes).await?;
+            file.sync_all().await?;
+            tokio::fs::rename(&temp, self.path(&id)).await
+        };
+        if written.await.is_ok() {
             self.entries.lock().expect("cache lock").add(id, bytes.len() as u64);
             self.evict();
         } else {
@@ -169,7 +181,7 @@ impl BlobCache {
             size: u64,
         }
         let cache = self.clone();
-        let temp = self.dir.join(format!("{}.{:016x}.part", id.to_hex(), rand::random::<u64>()));
+        let temp = self.temp_path(&id);
         let start = Fill { remote, file: None, temp, hasher: Sha256::new(), size: 0 };
         futures::stream::try_unfold((start, true), move |(mut fill, first)| {
             let cache = cache.clone();
@@ -177,7 +189,16 @@ impl BlobCache {
                 if first {
                     fill.file = tokio::fs::File::create(&fill.temp).await.ok();
                 }
-                match fill.remote.try_next().await? {
+                let next = match fill.remote.try_next().await {
+                    Ok(next) => next,
+                    Err(error) => {
+                        // The remote failed midway: nothing to keep.
+                        drop(fill.file.take());
+                        let _ = tokio::fs::remove_file(&fill.temp).await;
+                        return Err(error);
+                    }
+                };
+                match next {
                     Some(chunk) => {
                         fill.hasher.update(&chunk);
                         fill.size += chunk.len() as u64;

@@ -241,6 +241,7 @@ impl Core {
             ));
         }
         let ca = self.cluster_ca().await?;
+        let setup = self.cluster_setup.lock().await;
         if !self.transport.is_started() {
             let key = tls::generate_node_key().map_err(|e| internal("making the node key", e))?;
             let cert_pem = tls::issue_node_certificate(&ca, self.config.node_id, &key.public_key)
@@ -256,6 +257,7 @@ impl Core {
             self.listen(&identity)?;
             self.share_admin_token().await?;
         }
+        drop(setup);
         let mut secret = [0u8; 32];
         aws_lc_rs::rand::fill(&mut secret).map_err(|e| internal("drawing a token secret", e))?;
         let token = JoinToken { learner, expires_ms: now_ms() + lifetime.as_millis() as u64 };
@@ -302,6 +304,8 @@ impl Core {
                 format!("the joining node's [cluster] advertise {:?} is not an ip:port", request.addr),
             ));
         }
+        tls::check_node_public_key(&request.public_key)
+            .map_err(|e| CoreError::new(ErrorCode::InvalidInput, e.to_string()))?;
         // Checked here first so that requests with made-up tokens, which anyone who can reach
         // the port may send, never reach the Raft log; the command checks again.
         let hash = crate::sha256(&request.secret);
@@ -430,7 +434,9 @@ impl Core {
         }
         tracing::info!("draining: handing leadership to another voter");
         self.change_membership(MembershipChange::Demote { id: me }).await?;
-        self.consensus.step_down(Duration::from_secs(10)).await.map_err(crate::unavailable)?;
-        self.change_membership(MembershipChange::Promote { id: me }).await
+        let stepped_down = self.consensus.step_down(Duration::from_secs(10)).await.map_err(crate::unavailable);
+        // Vote again whatever happened: a failed hand-off must not cost the cluster a voter.
+        let promoted = self.change_membership(MembershipChange::Promote { id: me }).await;
+        stepped_down.and(promoted)
     }
 }

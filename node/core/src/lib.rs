@@ -174,6 +174,8 @@ pub struct Core {
     blobs: BlobStore,
     consensus: Consensus,
     transport: Arc<QuicTransport>,
+    /// Serialises the first `issue_join_token`, which makes this node's cluster identity.
+    cluster_setup: tokio::sync::Mutex<()>,
     /// `wmail node drain`: the binary stops its mail listeners when this turns Draining.
     drain: tokio::sync::watch::Sender<DrainState>,
     /// Leases a learner took while cut off from the cluster: resource -> (holder, until).
@@ -264,6 +266,7 @@ impl Core {
             transport,
             local_leases: std::sync::Mutex::default(),
             drain: tokio::sync::watch::Sender::new(DrainState::Serving),
+            cluster_setup: tokio::sync::Mutex::new(()),
             config,
         });
         if let Some(identity) = &identity {
@@ -919,6 +922,16 @@ impl Core {
                     Ok(())
                 }
             };
+        }
+        // A lease taken while cut off still holds after the link came back.
+        if let Some((other, _)) = self
+            .local_leases
+            .lock()
+            .expect("local leases")
+            .get(resource)
+            .filter(|(other, until)| other != holder && *until > now_ms())
+        {
+            return Err(CoreError::new(ErrorCode::Conflict, format!("{resource} is leased to {other}")));
         }
         let command = Command::AcquireLease { resource: resource.into(), holder: holder.into(), until_ms };
         self.execute(command).await.map(drop)

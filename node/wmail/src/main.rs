@@ -42,8 +42,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node (no flags: a one-node cluster in ./wmail-data).
-    #[command(after_help = "Example: wmail serve --config /etc/wmail/wmail.toml")]
-    #[command(after_help = "Joining a cluster (empty data directory, token from `wmail cluster token`):\n  \
+    #[command(after_help = "Examples: wmail serve --config /etc/wmail/wmail.toml\n  \
+        joining a cluster (empty data directory, token from `wmail cluster token` on a member):\n  \
         wmail serve --config node2.toml --join 10.0.0.1:7443 --join-token wmail1.…")]
     Serve {
         /// Config file (TOML); see `wmail config example`.
