@@ -385,8 +385,10 @@ impl Consensus {
 
     /// Waits until this node has applied everything committed when the call was made, as
     /// confirmed by the leader (a read-index barrier); reads after it see every write
-    /// acknowledged before it.
-    /// On a follower or learner the leader is asked for its read index.
+    /// acknowledged before it. On a follower or learner the leader is asked for its read
+    /// index. Exception: a learner cut off from the leader (or whose barrier takes over
+    /// 2 s) returns at once and reads what it has, possibly stale (a branch office keeps
+    /// serving); voters never do.
     pub async fn read_barrier(&self) -> Result<(), ProposeError> {
         self.peers.read_barrier().await
     }

@@ -103,8 +103,9 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
 }
 
 /// Admin reads see every write acknowledged anywhere in the cluster before them: a GET
-/// waits for a read barrier first. `/cluster/...` reads do not, so the cluster's state
-/// can be inspected while it has no leader.
+/// waits for a read barrier first (on a learner cut off from the cluster it reads what it
+/// has). `/cluster/...` reads do not, so the cluster's state can be inspected while it has
+/// no leader.
 async fn current_reads(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     if request.method() == axum::http::Method::GET
         && !request.uri().path().contains("/cluster/")
