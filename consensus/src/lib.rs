@@ -28,7 +28,7 @@ use std::time::Duration;
 pub use log_store::{LogIoStats, LogStore};
 pub use network::{
     InMemoryRouter, MembershipChange, NetworkFactory, NodeStatus, PeerError, PeerHandler, PeerReply, PeerRequest,
-    RaftRpc, RaftRpcReply, Transport, TransportError, TransportFuture, handle_raft_rpc,
+    RaftRpc, RaftRpcReply, Sender, Transport, TransportError, TransportFuture, handle_raft_rpc,
 };
 use openraft::error::{ClientWriteError, RaftError};
 pub use openraft::{BasicNode, RaftMetrics, ServerState};

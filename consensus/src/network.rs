@@ -130,9 +130,20 @@ pub struct NodeStatus {
 
 /// Answers the requests of one node whose requests arrive through a [`Transport`].
 pub trait PeerHandler: Send + Sync + 'static {
-    /// Answers `request`; `member` says whether the sender proved membership (a client
-    /// certificate of the cluster CA).
-    fn handle(&self, request: PeerRequest, member: bool) -> Pin<Box<dyn Future<Output = PeerReply> + Send + '_>>;
+    /// Answers `request` from `sender`.
+    fn handle(&self, request: PeerRequest, sender: Sender) -> Pin<Box<dyn Future<Output = PeerReply> + Send + '_>>;
+}
+
+/// Who sent a request, as far as the transport could tell.
+#[derive(Debug, Clone)]
+pub enum Sender {
+    /// A node in this process (the in-memory router of tests).
+    Local,
+    /// A connection without a client certificate: it may only enrol.
+    Anonymous,
+    /// A connection whose client certificate (DER) the cluster CA signed; the handler
+    /// checks which node it names and whether that node is a member.
+    Certified(Arc<Vec<u8>>),
 }
 
 /// Why a [`Transport`] could not deliver a request.
@@ -328,7 +339,7 @@ impl Transport for RouterTransport {
         };
         Box::pin(async move {
             match handler {
-                Some(handler) => Ok(handler.handle(request, true).await),
+                Some(handler) => Ok(handler.handle(request, Sender::Local).await),
                 None => Err(TransportError::Unreachable(target)),
             }
         })

@@ -12,7 +12,7 @@ use openraft::{BasicNode, ChangeMembers, ServerState};
 use tokio::time::Instant;
 
 use crate::network::{
-    MembershipChange, NodeStatus, PeerError, PeerHandler, PeerReply, PeerRequest, Transport, TransportError,
+    MembershipChange, NodeStatus, PeerError, PeerHandler, PeerReply, PeerRequest, Sender, Transport, TransportError,
     handle_raft_rpc,
 };
 use crate::{
@@ -417,11 +417,38 @@ pub(crate) struct ConsensusPeer {
     pub(crate) join: Option<Arc<dyn JoinHandler>>,
 }
 
+impl ConsensusPeer {
+    /// Whether `sender` may make `request`. Anyone may enrol. Raft RPCs and status need a
+    /// certificate of the cluster CA (a lagging node must accept a leader it does not
+    /// know of yet; Raft's own membership decides whose log counts). Proposals, read
+    /// indexes and membership changes need a certificate naming a node of this node's
+    /// membership, so a removed node can no longer write or read through the cluster (a
+    /// joining node may only ask to add itself).
+    fn admit(&self, request: &PeerRequest, sender: &Sender) -> Result<(), String> {
+        let certificate = match sender {
+            Sender::Local => return Ok(()),
+            _ if matches!(request, PeerRequest::Join(_)) => return Ok(()),
+            Sender::Anonymous => return Err("only enrolment is allowed without a cluster certificate".into()),
+            _ if matches!(request, PeerRequest::Raft(_) | PeerRequest::Status) => return Ok(()),
+            Sender::Certified(der) => der,
+        };
+        let names = |id: NodeId| crate::tls::certificate_names_node(certificate, id);
+        let metrics = self.peers.raft.metrics();
+        let member = metrics.borrow().membership_config.membership().nodes().any(|(id, _)| names(*id));
+        let adds_itself = matches!(request, PeerRequest::Membership(MembershipChange::Add { id, .. }) if names(*id));
+        if member || adds_itself {
+            Ok(())
+        } else {
+            Err("this certificate names no member of the cluster (a removed node?)".into())
+        }
+    }
+}
+
 impl PeerHandler for ConsensusPeer {
-    fn handle(&self, request: PeerRequest, member: bool) -> Pin<Box<dyn Future<Output = PeerReply> + Send + '_>> {
+    fn handle(&self, request: PeerRequest, sender: Sender) -> Pin<Box<dyn Future<Output = PeerReply> + Send + '_>> {
         Box::pin(async move {
-            if !member && !matches!(request, PeerRequest::Join(_)) {
-                return PeerReply::Join(Err("only enrolment is allowed without a cluster certificate".into()));
+            if let Err(refusal) = self.admit(&request, &sender) {
+                return PeerReply::Join(Err(refusal));
             }
             match request {
                 PeerRequest::Raft(rpc) => {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 
 use crate::NodeId;
-use crate::network::{PeerHandler, PeerReply, PeerRequest, Transport, TransportError, TransportFuture};
+use crate::network::{PeerHandler, PeerReply, PeerRequest, Sender, Transport, TransportError, TransportFuture};
 use crate::tls::{self, NodeIdentity, TlsError};
 
 /// Largest request or reply between members (an AppendEntries of 64 batches of 4 MiB).
@@ -186,13 +186,21 @@ async fn accept(endpoint: quinn::Endpoint, handler: Arc<dyn PeerHandler>) {
                     return;
                 }
             };
-            let member = connection.peer_identity().is_some();
+            let certificate = connection
+                .peer_identity()
+                .and_then(|identity| identity.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+                .and_then(|chain| chain.first().map(|cert| Arc::new(cert.to_vec())));
+            let sender = match certificate {
+                Some(der) => Sender::Certified(der),
+                None => Sender::Anonymous,
+            };
+            let member = matches!(sender, Sender::Certified(_));
             if !member {
                 // Enrolment only: one request at a time, and not for long.
                 connection.set_max_concurrent_bi_streams(1u32.into());
             }
             while let Ok((send, recv)) = connection.accept_bi().await {
-                tokio::spawn(serve_stream(handler.clone(), member, send, recv));
+                tokio::spawn(serve_stream(handler.clone(), sender.clone(), send, recv));
             }
         });
     }
@@ -200,10 +208,11 @@ async fn accept(endpoint: quinn::Endpoint, handler: Arc<dyn PeerHandler>) {
 
 async fn serve_stream(
     handler: Arc<dyn PeerHandler>,
-    member: bool,
+    sender: Sender,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
+    let member = matches!(sender, Sender::Certified(_));
     let limit = if member { MAX_MESSAGE } else { MAX_ENROLMENT };
     let read = recv.read_to_end(limit);
     let bytes = if member {
@@ -216,7 +225,7 @@ async fn serve_stream(
         let _ = send.reset(1u32.into());
         return;
     };
-    let reply = handler.handle(request, member).await;
+    let reply = handler.handle(request, sender).await;
     let Ok(bytes) = postcard::to_allocvec(&reply) else { return };
     if send.write_all(&bytes).await.is_ok() {
         let _ = send.finish();

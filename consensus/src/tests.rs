@@ -296,6 +296,16 @@ async fn nodes_replicate_over_quic_with_mutual_tls_and_refuse_a_foreign_ca() {
     let wrong_name = impostor.call(2, &BasicNode::new(&addrs[0]), PeerRequest::Status).await;
     assert!(matches!(wrong_name, Err(TransportError::Unreachable(2))), "node 1 answered as node 2: {wrong_name:?}");
 
+    tracing::info!("--- a removed node's certificate stops working");
+    first.change_membership(MembershipChange::Remove { id: 2 }).await.unwrap();
+    let (_, second_transport) = &nodes[1];
+    let refused = second_transport
+        .call(1, &BasicNode::new(&addrs[0]), PeerRequest::Propose(Request(vec![b"c=3".to_vec()])))
+        .await;
+    assert!(matches!(refused, Ok(PeerReply::Join(Err(_)))), "a removed node still writes: {refused:?}");
+    let asked = second_transport.call(1, &BasicNode::new(&addrs[0]), PeerRequest::ReadIndex).await;
+    assert!(matches!(asked, Ok(PeerReply::Join(Err(_)))), "{asked:?}");
+
     foreign.stop().await;
     impostor.stop().await;
     for (node, transport) in &nodes {

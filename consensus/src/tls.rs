@@ -150,6 +150,15 @@ pub fn issue_node_certificate(ca: &CaMaterial, node_id: NodeId, public_key: &[u8
     Ok(cert.pem())
 }
 
+/// Whether the certificate `der` (already verified against the cluster CA) names node
+/// `id`.
+pub fn certificate_names_node(der: &[u8], id: NodeId) -> bool {
+    let der = CertificateDer::from(der);
+    let Ok(cert) = webpki::EndEntityCert::try_from(&der) else { return false };
+    let Ok(name) = ServerName::try_from(node_name(id)) else { return false };
+    cert.verify_is_valid_for_subject_name(&name).is_ok()
+}
+
 /// What a node presents to its peers and trusts in them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeIdentity {

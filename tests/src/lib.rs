@@ -6,6 +6,13 @@ pub mod harness;
 pub mod peers;
 pub mod smtp_client;
 
+/// This crate's directory, read when the tests run (cargo sets `CARGO_MANIFEST_DIR` for
+/// them): a test binary built warm from another checkout of the repository must use the
+/// files of this one.
+pub fn crate_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into)
+}
+
 #[cfg(test)]
 mod bench_smoke;
 #[cfg(test)]

@@ -235,7 +235,7 @@ impl MailSink {
         let python = std::env::var("WMAIL_PEERS_DIR")
             .map(|dir| format!("{dir}/venv/bin/python"))
             .unwrap_or_else(|_| panic!("WMAIL_PEERS_DIR is not set: run the tests with `bash tests/run.sh`"));
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/mail_sink.py");
+        let script = crate::crate_dir().join("scripts/mail_sink.py");
         let log_path = self.dir.join("sink.log");
         let _ = std::fs::remove_file(self.dir.join("events.log"));
         let log = std::fs::File::create(&log_path).expect("log");
@@ -353,7 +353,7 @@ impl Haproxy {
     }
 
     fn spawn(nodes: &[&crate::harness::WmailNode; 3]) -> Self {
-        let mut config = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/haproxy/haproxy.cfg"))
+        let mut config = std::fs::read_to_string(crate::crate_dir().join("../deploy/haproxy/haproxy.cfg"))
             .expect("deploy/haproxy/haproxy.cfg");
         let mut ports = std::collections::HashMap::new();
         let services = [

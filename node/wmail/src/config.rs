@@ -564,7 +564,9 @@ mod tests {
 
     #[test]
     fn deploy_configs_parse() {
-        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+        let deploy = std::env::var_os("CARGO_MANIFEST_DIR")
+            .map_or(Path::new(env!("CARGO_MANIFEST_DIR")).into(), PathBuf::from)
+            .join("../../deploy");
         for entry in std::fs::read_dir(deploy.join("config")).unwrap() {
             let path = entry.unwrap().path();
             Config::load(Some(&path)).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
