@@ -260,6 +260,10 @@ impl StateStore {
             drop(old);
             let _ = std::fs::remove_dir_all(self.root.join(generation_name(current)));
         }
+        // Every account may have changed: sessions and the search indexer look again.
+        if let Some(listener) = self.change_listener.read().expect("listener lock").clone() {
+            listener(&self.account_ids()?);
+        }
         Ok(())
     }
 
@@ -293,6 +297,17 @@ impl StateStore {
     /// Returns an account by id.
     pub fn account(&self, account_id: u64) -> Result<Option<Account>> {
         get(&self.db(), ks::PRINCIPALS, &ks::id_key(account_id))
+    }
+
+    /// Lists the id of every account.
+    pub fn account_ids(&self) -> Result<Vec<u64>> {
+        let db = self.db();
+        let mut ids = Vec::new();
+        for item in db.iterator_cf(&cf(&db, ks::PRINCIPALS), IteratorMode::Start) {
+            let (key, _) = item?;
+            ids.push(u64::from_be_bytes(key[..8].try_into().map_err(|_| Error::corrupt("account key"))?));
+        }
+        Ok(ids)
     }
 
     /// Returns the account whose primary address is `address`.

@@ -219,12 +219,12 @@ def imaps():
 "#####;
 
 /// Runs `script` with [`HELPERS`] against `node`; panics with its output when it fails.
-fn imap(node: &WmailNode, script: &str) -> String {
+pub(crate) fn imap(node: &WmailNode, script: &str) -> String {
     python(node, &format!("{HELPERS}{script}"))
 }
 
 /// A node with example.com and alice@example.com (optionally with a storage quota).
-async fn node_with_account(extra_config: &str, quota_bytes: Option<u64>) -> WmailNode {
+pub(crate) async fn node_with_account(extra_config: &str, quota_bytes: Option<u64>) -> WmailNode {
     let mut node = WmailNode::new(extra_config);
     node.start().await;
     let (status, body) = node.api(Method::POST, "/domains", Some(json!({ "name": "example.com" }))).await;

@@ -30,4 +30,6 @@ mod outbound;
 #[cfg(test)]
 mod pop3;
 #[cfg(test)]
+mod search;
+#[cfg(test)]
 mod smtp;

@@ -10,6 +10,7 @@ mod cluster;
 pub mod dkim;
 pub mod dsn;
 mod error;
+mod indexer;
 mod login_guard;
 mod mailbox;
 pub mod message;
@@ -27,12 +28,14 @@ use bytes::Bytes;
 pub use cluster::{ClusterView, DEFAULT_TOKEN_LIFETIME, JoinTarget, MemberView};
 pub use error::{CoreError, ErrorCode, Result};
 use futures::Stream;
+pub use indexer::{ReindexProgress, SearchStatus};
 pub use login_guard::{Blocked, LockoutPolicy, LoginGuard};
 pub use mailbox::{CopyResult, MailboxScan, StoredBody};
 pub use replicated::ReplicatedMailState;
 use wmail_consensus::quic::QuicTransport;
 pub use wmail_consensus::{BasicNode, MembershipChange, NodeId, NodeStatus, RaftMetrics, ServerState};
 use wmail_consensus::{Consensus, ConsensusConfig, ProposeError};
+pub use wmail_search::{IndexedMailbox, Lookup as SearchLookup, TextField as SearchField};
 pub use wmail_storage::{
     Account, AccountState, AddressTarget, BlobBackend, BlobId, Command, DeliveryResult, DeliveryTarget, Domain, INBOX,
     Mailbox, MessageRecord, Outcome, S3Config, Service,
@@ -170,6 +173,9 @@ pub struct Core {
     /// Bounds how many large bodies are read back and parsed at once.
     summary_parses: tokio::sync::Semaphore,
     notifier: Arc<mailbox::ChangeNotifier>,
+    /// This node's full-text index, fed by `indexer::indexer_worker`.
+    search: Arc<wmail_search::SearchIndex>,
+    indexer: Arc<indexer::IndexerState>,
     state: Arc<StateStore>,
     blobs: BlobStore,
     consensus: Consensus,
@@ -237,8 +243,18 @@ impl Core {
                 .map_err(|e| CoreError::internal("opening the state", e))?,
         );
         let notifier = Arc::new(mailbox::ChangeNotifier::default());
-        let listener = notifier.clone();
-        state.set_change_listener(Arc::new(move |accounts: &[u64]| listener.notify(accounts)));
+        let indexer = Arc::new(indexer::IndexerState::default());
+        let (listener, index_listener) = (notifier.clone(), indexer.clone());
+        state.set_change_listener(Arc::new(move |accounts: &[u64]| {
+            listener.notify(accounts);
+            index_listener.notify(accounts);
+        }));
+        let data_dir = config.data_dir.clone();
+        let search = Arc::new(
+            tokio::task::spawn_blocking(move || indexer::open_index(&data_dir))
+                .await
+                .map_err(|e| CoreError::internal("opening the search index", e))??,
+        );
         let mut blobs =
             BlobStore::open(&config.blob_backend).map_err(|e| CoreError::internal("opening the blob store", e))?;
         if config.blob_cache_bytes > 0 {
@@ -260,6 +276,8 @@ impl Core {
             login_guard: LoginGuard::new(config.lockout),
             summary_parses: tokio::sync::Semaphore::new(2),
             notifier,
+            search,
+            indexer,
             state,
             blobs,
             consensus,
@@ -300,6 +318,7 @@ impl Core {
         }
         core.release_stale_leases().await;
         tokio::spawn(blob_gc_worker(Arc::downgrade(&core)));
+        tokio::spawn(indexer::indexer_worker(Arc::downgrade(&core)));
         Ok(core)
     }
 
@@ -974,6 +993,27 @@ impl Core {
         use futures::TryStreamExt;
         let stream = self.blobs.get(blob).await.map_err(|e| CoreError::internal("reading a message body", e))?;
         Ok(Box::pin(stream.map_err(|e| CoreError::internal("reading a message body", e))))
+    }
+
+    /// Asks the full-text index about a mailbox: what it holds, and for each `(fields,
+    /// needle)` the UIDs whose fields (any of them) may contain the needle, a superset of the
+    /// matches among the messages it holds (`None`: the needle is too short to narrow
+    /// anything). Every message the index does not hold whole may match anything.
+    pub async fn search_lookup(
+        &self,
+        account_id: u64,
+        mailbox_id: u64,
+        lookups: Vec<(&'static [SearchField], String)>,
+    ) -> Result<SearchLookup> {
+        let index = self.search.clone();
+        tokio::task::spawn_blocking(move || {
+            let lookups: Vec<(&[SearchField], &str)> =
+                lookups.iter().map(|(fields, needle)| (*fields, needle.as_str())).collect();
+            index.lookup(account_id, mailbox_id, &lookups)
+        })
+        .await
+        .map_err(|e| CoreError::internal("querying the search index", e))?
+        .map_err(|e| CoreError::internal("querying the search index", e))
     }
 
     /// Reads a message body.

@@ -12,6 +12,7 @@ use mail_parser::decoders::html::html_to_text;
 use mail_parser::parsers::MessageStream;
 use mail_parser::{Header, HeaderName, HeaderValue, Message, MessageParser, MessagePart, PartType};
 use serde::{Deserialize, Serialize};
+pub use wmail_search::TextField as SearchField;
 
 /// Nesting depth (multiparts and encapsulated messages) beyond which parts are leaves.
 pub const MAX_DEPTH: usize = 20;
@@ -223,6 +224,43 @@ pub fn decode_header_text(value: &str) -> String {
         .parse_headers(field.as_bytes())
         .and_then(|message| message.subject().map(str::to_owned))
         .unwrap_or_else(|| value.to_owned())
+}
+
+/// The text an address key (IMAP SEARCH FROM, TO, CC, BCC) is matched against: each
+/// address's name and `mailbox@host`, plus the decoded display form.
+pub fn address_text(addresses: &[Address], display: &str) -> String {
+    let mut text = String::from(display);
+    for address in addresses.iter().filter(|address| !address.is_group_marker()) {
+        text.push('\n');
+        if let Some(name) = &address.name {
+            text.push_str(&decode_header_text(name));
+            text.push(' ');
+        }
+        text.push_str(&address.addr_spec());
+    }
+    text
+}
+
+/// The texts each IMAP SEARCH text key is matched against (RFC 9051 §6.4.4), by key; a key
+/// matches when one of its texts contains the needle case-insensitively. IMAP SEARCH and the
+/// full-text index both take them from here, so the index never misses a match.
+pub fn search_texts(raw: &[u8], summary: &MessageSummary) -> Vec<(SearchField, String)> {
+    let header_end = summary.root.header_end.min(raw.len());
+    let mut texts = vec![
+        (SearchField::Subject, summary.subject_decoded.clone()),
+        (SearchField::From, address_text(&summary.envelope.from, &summary.display_from)),
+        (SearchField::To, address_text(&summary.envelope.to, &summary.display_to)),
+        (SearchField::Cc, address_text(&summary.envelope.cc, "")),
+        (SearchField::Bcc, address_text(&summary.envelope.bcc, "")),
+        (SearchField::Header, String::from_utf8_lossy(&raw[..header_end]).into_owned()),
+        (SearchField::Header, decoded_header_text(raw, header_end)),
+        (SearchField::Header, summary.subject_decoded.clone()),
+        (SearchField::Body, body_text(raw)),
+    ];
+    if let Some(subject) = &summary.envelope.subject {
+        texts.push((SearchField::Subject, subject.clone()));
+    }
+    texts
 }
 
 /// Every top-level header field as `name: decoded value` lines, for SEARCH TEXT.

@@ -94,6 +94,8 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/domains/{name}/dkim", get(list_dkim_keys).post(generate_dkim_key))
         .route("/domains/{name}/dkim/{selector}", axum::routing::delete(remove_dkim_key))
         .route("/domains/{name}/dkim/{selector}/activate", axum::routing::post(activate_dkim_key))
+        .route("/search/status", get(search_status))
+        .route("/search/reindex", get(reindex_progress).post(start_reindex))
         .route("/queue", get(list_queue))
         .route("/queue/{id}", get(show_queue_entry).delete(remove_queue_entry))
         .route("/queue/{id}/retry", axum::routing::post(retry_queue_entry))
@@ -724,6 +726,33 @@ async fn drain_node(
 ) -> ApiResult<Json<wmail_core::DrainReport>> {
     let grace = std::time::Duration::from_secs(request.grace_seconds.unwrap_or(60));
     Ok(Json(state.core.drain(grace).await?))
+}
+
+async fn search_status(State(state): State<Arc<AppState>>) -> Json<wmail_core::SearchStatus> {
+    Json(state.core.search_status())
+}
+
+async fn reindex_progress(State(state): State<Arc<AppState>>) -> Json<wmail_core::ReindexProgress> {
+    Json(state.core.reindex_progress())
+}
+
+/// `POST /search/reindex`: rebuild this node's full-text index of one account (by
+/// address), or of all.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ReindexRequest {
+    account: Option<String>,
+}
+
+async fn start_reindex(
+    State(state): State<Arc<AppState>>,
+    JsonBody(request): JsonBody<ReindexRequest>,
+) -> ApiResult<(StatusCode, Json<wmail_core::ReindexProgress>)> {
+    let account = match &request.account {
+        Some(address) => Some(state.core.account(address)?.ok_or_else(|| not_found("account", address))?.id),
+        None => None,
+    };
+    Ok((StatusCode::ACCEPTED, Json(state.core.start_reindex(account).await?)))
 }
 
 async fn remove_node(State(state): State<Arc<AppState>>, Path(id): Path<u64>) -> ApiResult<StatusCode> {

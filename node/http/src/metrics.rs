@@ -27,6 +27,9 @@ pub struct Metrics {
     raft_log_wal_syncs: IntCounter,
     queue_messages: IntGauge,
     queue_oldest_age: IntGauge,
+    search_documents: IntGauge,
+    search_index_bytes: IntGauge,
+    search_messages_read: IntCounter,
 }
 
 impl Metrics {
@@ -75,6 +78,12 @@ impl Metrics {
                 "queue_oldest_age_seconds",
                 "Age of the oldest message in the outbound queue (0 when it is empty)",
             ),
+            search_documents: gauge("search_documents", "Message copies in this node's full-text index"),
+            search_index_bytes: gauge("search_index_bytes", "Size of this node's full-text index on disk"),
+            search_messages_read: counter(
+                "search_messages_read_total",
+                "Messages whose content IMAP SEARCH read to check them (the full-text index narrows this down)",
+            ),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -95,6 +104,9 @@ impl Metrics {
             Box::new(metrics.raft_log_wal_syncs.clone()),
             Box::new(metrics.queue_messages.clone()),
             Box::new(metrics.queue_oldest_age.clone()),
+            Box::new(metrics.search_documents.clone()),
+            Box::new(metrics.search_index_bytes.clone()),
+            Box::new(metrics.search_messages_read.clone()),
         ];
         for collector in collectors {
             metrics.registry.register(collector).expect("metric registered once");
@@ -115,9 +127,15 @@ impl Metrics {
         self.cluster_detached.set(i64::from(core.detached().is_some()));
         self.blob_cache_bytes.set(core.blob_cache_bytes().unwrap_or(0) as i64);
         let (entries, appends, syncs) = core.raft_log_io();
-        for (counter, value) in
-            [(&self.raft_log_entries, entries), (&self.raft_log_appends, appends), (&self.raft_log_wal_syncs, syncs)]
-        {
+        let search = core.search_status();
+        self.search_documents.set(search.documents as i64);
+        self.search_index_bytes.set(search.index_bytes as i64);
+        for (counter, value) in [
+            (&self.raft_log_entries, entries),
+            (&self.raft_log_appends, appends),
+            (&self.raft_log_wal_syncs, syncs),
+            (&self.search_messages_read, search.messages_read),
+        ] {
             counter.inc_by(value.saturating_sub(counter.get()));
         }
         // Queue ids grow with time, so the first entry is the oldest.

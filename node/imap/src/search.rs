@@ -1,15 +1,19 @@
 //! SEARCH (RFC 9051 §6.4.4) with ESEARCH (RFC 4731), SEARCHRES (RFC 5182) and the
 //! CONDSTORE MODSEQ key (RFC 7162 §3.1.5); SORT and THREAD (RFC 5256).
 //!
-//! Keys on flags, sizes, dates and UIDs use the message index; text keys read the
-//! message (the full-text index of the search issue will narrow that down).
+//! Keys on flags, sizes, dates and UIDs use the message index. Text keys ask the node's
+//! full-text index for candidates first (a superset of the matches), then read and check
+//! only those; messages the index does not hold yet are always checked, so the answer is
+//! the same as a scan of every message.
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::NaiveDate;
-use wmail_core::MessageRecord;
-use wmail_core::message::{MessageSummary, body_text, decode_header_text, decoded_header_text, header_values};
+use wmail_core::message::{
+    MessageSummary, address_text, body_text, decode_header_text, decoded_header_text, header_values,
+};
+use wmail_core::{MessageRecord, SearchField};
 
 use crate::proto::command::{SearchKey, SearchReturn, SortCriterion, SortKey, ThreadAlgorithm};
 use crate::selected::{compress_set, set_contains};
@@ -65,20 +69,54 @@ fn needs_raw(key: &SearchKey) -> bool {
     }
 }
 
-/// The text an address key (FROM, TO, CC, BCC) is matched against: each address's name
-/// and `mailbox@host`, plus the decoded display form.
-fn address_text(addresses: &[wmail_core::message::Address], display: &str) -> String {
-    let mut text = String::from(display);
-    for address in addresses.iter().filter(|address| !address.is_group_marker()) {
-        text.push('\n');
-        if let Some(name) = &address.name {
-            text.push_str(&decode_header_text(name));
-            text.push(' ');
-        }
-        text.push_str(&address.addr_spec());
-    }
-    text
+/// The index fields a text key's needle is looked up in (the texts `matches` reads, as
+/// `wmail_core::message::search_texts` lists them).
+fn indexed_fields(key: &SearchKey) -> Option<(&'static [SearchField], &str)> {
+    Some(match key {
+        SearchKey::Subject(needle) => (&[SearchField::Subject], needle),
+        SearchKey::From(needle) => (&[SearchField::From], needle),
+        SearchKey::To(needle) => (&[SearchField::To], needle),
+        SearchKey::Cc(needle) => (&[SearchField::Cc], needle),
+        SearchKey::Bcc(needle) => (&[SearchField::Bcc], needle),
+        SearchKey::Body(needle) => (&[SearchField::Body], needle),
+        SearchKey::Text(needle) => (&[SearchField::Header, SearchField::Body], needle),
+        _ => return None,
+    })
 }
+
+/// The text keys whose candidates can narrow `key` down (not under NOT).
+fn narrowing_keys<'a>(key: &'a SearchKey, out: &mut Vec<&'a SearchKey>) {
+    match key {
+        SearchKey::And(keys) => keys.iter().for_each(|key| narrowing_keys(key, out)),
+        SearchKey::Or(left, right) => {
+            narrowing_keys(left, out);
+            narrowing_keys(right, out);
+        }
+        key if indexed_fields(key).is_some() => out.push(key),
+        _ => {}
+    }
+}
+
+/// The indexed messages `key` may match, from the candidates of its text keys; `None`
+/// when it cannot be narrowed (every message may match). The result holds every indexed
+/// message that matches: AND intersects, OR unites, anything else narrows nothing.
+fn narrow(key: &SearchKey, answers: &Answers) -> Option<HashSet<u32>> {
+    match key {
+        SearchKey::And(keys) => keys
+            .iter()
+            .filter_map(|key| narrow(key, answers))
+            .reduce(|left, right| left.intersection(&right).copied().collect()),
+        SearchKey::Or(left, right) => {
+            let (mut left, right) = (narrow(left, answers)?, narrow(right, answers)?);
+            left.extend(right);
+            Some(left)
+        }
+        key => indexed_fields(key).and_then(|lookup| answers.get(&lookup).cloned().flatten()),
+    }
+}
+
+/// Candidates of each text lookup (fields, needle).
+type Answers<'a> = HashMap<(&'static [SearchField], &'a str), Option<HashSet<u32>>>;
 
 fn uses_modseq(key: &SearchKey) -> bool {
     match key {
@@ -193,6 +231,22 @@ fn matches(key: &SearchKey, candidate: &Candidate, context: &Context) -> bool {
     }
 }
 
+/// Messages the full-text index says a key may match.
+struct IndexCandidates {
+    /// Indexed messages that may match.
+    matched: HashSet<u32>,
+    /// What the index holds of the mailbox.
+    indexed: wmail_core::IndexedMailbox,
+}
+
+impl IndexCandidates {
+    /// Whether the message must be read and checked: the index says it may match, or the
+    /// index does not hold it (whole).
+    fn may_match(&self, uid: u32) -> bool {
+        self.matched.contains(&uid) || !self.indexed.uids.contains(&uid) || self.indexed.truncated.contains(&uid)
+    }
+}
+
 impl Session {
     /// Evaluates `key` over the selected mailbox; returns the matching candidates in
     /// sequence order. `with_content` loads every message (SORT and THREAD need it).
@@ -208,8 +262,12 @@ impl Session {
             rev2: self.enabled.rev2,
             now_ms: wmail_core::now_ms(),
         };
-        let (load_summary, load_raw) = (with_content || needs_summary(key), needs_raw(key));
+        let reads_content = needs_summary(key);
+        let (load_summary, load_raw) = (with_content || reads_content, needs_raw(key));
+        let candidates = self.index_candidates(account_id, mailbox_id, key).await;
+        let selected = self.selected.as_ref().expect("selected state checked");
         let mut out = Vec::new();
+        let mut read = 0;
         // The index is read in chunks of consecutive sequence numbers: memory stays bounded
         // by what matches, not by the mailbox.
         let mut by_uid: HashMap<u32, MessageRecord> = HashMap::new();
@@ -227,6 +285,9 @@ impl Session {
             }
             // Expunged by another session and not reported yet: it matches nothing.
             let Some(record) = by_uid.remove(&uid) else { continue };
+            if candidates.as_ref().is_some_and(|candidates| !candidates.may_match(uid)) {
+                continue;
+            }
             let mut candidate = Candidate { seq: index as u32 + 1, record, summary: None, raw: None };
             if load_summary {
                 candidate.summary = Some(self.core.message_summary(&candidate.record.blob).await?);
@@ -234,6 +295,7 @@ impl Session {
             if load_raw {
                 candidate.raw = Some(self.core.read_blob(&candidate.record.blob).await?);
             }
+            read += u64::from(reads_content);
             if matches(key, &candidate, &context) {
                 // Keep what SORT and THREAD read, never the bodies.
                 candidate.raw = None;
@@ -243,7 +305,32 @@ impl Session {
                 out.push(candidate);
             }
         }
+        self.core.count_search_reads(read);
         Ok(out)
+    }
+
+    /// What the full-text index says about `key` in a mailbox; `None` when it cannot narrow
+    /// the search down (no text key, short needles, or the index failed: then every
+    /// message is read, as without an index).
+    async fn index_candidates(&self, account_id: u64, mailbox_id: u64, key: &SearchKey) -> Option<IndexCandidates> {
+        let mut keys = Vec::new();
+        narrowing_keys(key, &mut keys);
+        if keys.is_empty() {
+            return None;
+        }
+        let mut lookups: Vec<(&'static [SearchField], &str)> = keys.into_iter().filter_map(indexed_fields).collect();
+        lookups.sort_unstable();
+        lookups.dedup();
+        let asked = lookups.iter().map(|(fields, needle)| (*fields, needle.to_string())).collect();
+        let found = match self.core.search_lookup(account_id, mailbox_id, asked).await {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::warn!(%error, "the search index could not be asked; reading every message");
+                return None;
+            }
+        };
+        let answers: Answers = lookups.into_iter().zip(found.answers).collect();
+        Some(IndexCandidates { matched: narrow(key, &answers)?, indexed: found.indexed })
     }
 
     /// SEARCH and UID SEARCH.

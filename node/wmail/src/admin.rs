@@ -79,6 +79,50 @@ impl AdminClient {
     }
 }
 
+/// A progress line on stderr for long operations: redrawn in place on a terminal, a line
+/// every few seconds otherwise (logs, CI).
+pub struct ProgressBar {
+    label: &'static str,
+    started: std::time::Instant,
+    last_line: Option<std::time::Instant>,
+    terminal: bool,
+}
+
+impl ProgressBar {
+    /// Starts timing an operation.
+    pub fn new(label: &'static str) -> Self {
+        use std::io::IsTerminal;
+        Self { label, started: std::time::Instant::now(), last_line: None, terminal: std::io::stderr().is_terminal() }
+    }
+
+    /// Shows `done` of `total`, the rate and the time left.
+    pub fn show(&mut self, done: u64, total: u64) {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let rate = done as f64 / elapsed.max(0.001);
+        let eta = if rate > 0.0 { format!("{:.0} s", total.saturating_sub(done) as f64 / rate) } else { "?".into() };
+        let filled = (done * 30).checked_div(total).unwrap_or(0).min(30) as usize;
+        let line = format!(
+            "{} [{}{}] {done}/{total} messages, {rate:.0}/s, ETA {eta}",
+            self.label,
+            "#".repeat(filled),
+            "-".repeat(30 - filled)
+        );
+        if self.terminal {
+            eprint!("\r{line}  ");
+        } else if self.last_line.is_none_or(|last| last.elapsed() >= std::time::Duration::from_secs(2)) {
+            eprintln!("{line}");
+            self.last_line = Some(std::time::Instant::now());
+        }
+    }
+
+    /// Ends the progress line.
+    pub fn finish(&self) {
+        if self.terminal {
+            eprintln!();
+        }
+    }
+}
+
 /// Reads a password from stdin (first line), or generates one when asked.
 pub fn read_password(from_stdin: bool) -> anyhow::Result<(String, bool)> {
     if from_stdin {

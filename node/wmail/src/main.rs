@@ -77,6 +77,22 @@ enum Command {
     /// Inspect and manage the outbound queue (mail for other domains).
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Inspect and rebuild the node's full-text search index.
+    #[command(subcommand)]
+    Search(SearchCommand),
+}
+
+#[derive(Subcommand)]
+enum SearchCommand {
+    /// Show the index's size and what SEARCH read.
+    Status,
+    /// Rebuild the index of one account, or of every account, with progress. Only the node
+    /// the command talks to is reindexed (each node keeps its own index).
+    #[command(after_help = "Examples: wmail search reindex\n  wmail search reindex alice@example.com")]
+    Reindex {
+        /// The account's address (default: every account).
+        account: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -327,6 +343,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Alias(command) => alias(client()?, command).await,
         Command::Queue(command) => queue(client()?, command).await,
         Command::Cluster(command) => cluster(client()?, command).await,
+        Command::Search(command) => search(client()?, command).await,
         Command::Node(NodeCommand::Drain { grace }) => {
             let client = client()?;
             let report = client.call(Method::POST, "/node/drain", Some(json!({ "grace_seconds": grace }))).await?;
@@ -543,6 +560,52 @@ fn queue_line(entry: &serde_json::Value) -> String {
         entry["attempts"],
         recipients.join(", ")
     )
+}
+
+async fn search(client: AdminClient, command: SearchCommand) -> anyhow::Result<()> {
+    match command {
+        SearchCommand::Status => {
+            let status = client.call(Method::GET, "/search/status", None).await?;
+            client.print(&status, |s| {
+                format!(
+                    "{} documents, {:.1} MB on disk; SEARCH read {} messages since start",
+                    s["documents"],
+                    s["index_bytes"].as_f64().unwrap_or(0.0) / 1e6,
+                    s["messages_read"]
+                )
+            });
+            Ok(())
+        }
+        SearchCommand::Reindex { account } => {
+            let body = json!({ "account": account });
+            client.call(Method::POST, "/search/reindex", Some(body)).await?;
+            let mut bar = admin::ProgressBar::new("reindexing");
+            let progress = loop {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                let progress = client.call(Method::GET, "/search/reindex", None).await?;
+                let (done, total) = (progress["done"].as_u64().unwrap_or(0), progress["total"].as_u64().unwrap_or(0));
+                bar.show(done, total);
+                if progress["running"] != json!(true) {
+                    break progress;
+                }
+            };
+            bar.finish();
+            let status = client.call(Method::GET, "/search/status", None).await?;
+            let seconds = (progress["finished_ms"].as_u64().unwrap_or(0))
+                .saturating_sub(progress["started_ms"].as_u64().unwrap_or(0)) as f64
+                / 1000.0;
+            let done = progress["done"].as_u64().unwrap_or(0);
+            client.print(&progress, |_| {
+                format!(
+                    "reindexed {done} messages in {seconds:.1} s ({:.0}/s); the index holds {} documents, {:.1} MB",
+                    done as f64 / seconds.max(0.001),
+                    status["documents"],
+                    status["index_bytes"].as_f64().unwrap_or(0.0) / 1e6
+                )
+            });
+            Ok(())
+        }
+    }
 }
 
 async fn cluster(client: AdminClient, command: ClusterCommand) -> anyhow::Result<()> {

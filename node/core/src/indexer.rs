@@ -1,0 +1,349 @@
+//! The worker that feeds this node's full-text index from what the node applied.
+//!
+//! After each applied batch the state tells the indexer which accounts changed. The worker
+//! reads those accounts' change logs from the last change it indexed (kept in the index's
+//! commit record), adds a document for each message added and removes expunged messages and
+//! deleted mailboxes. An account whose log was trimmed past that point (a lagging index, a
+//! snapshot install) or that was never indexed is rebuilt from its mailboxes. Indexing runs
+//! beside the write path and never holds it up: it lags, and SEARCH stays exact meanwhile
+//! because messages the index does not hold are always candidates.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use serde::Serialize;
+use wmail_search::{MessageDocument, OpenOutcome, Progress, SearchIndex};
+use wmail_storage::{BlobId, Change, MessageRecord};
+
+use crate::message::{SearchField, search_texts};
+use crate::{Core, CoreError, Result, now_ms};
+
+/// Messages larger than this are not read back for indexing: their subject and addresses
+/// are indexed from the stored summary and they are marked truncated (SEARCH reads them).
+const MAX_INDEXED_MESSAGE: u64 = 64 << 20;
+/// Documents written between commits during a long pass.
+const COMMIT_EVERY: usize = 2_000;
+/// The least time between passes, so a busy node commits the index a few times a second
+/// rather than after every applied batch.
+const PASS_INTERVAL: Duration = Duration::from_millis(250);
+/// How long an account whose messages could not be read waits before it is tried again.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// What a reindex has done so far (`wmail search reindex`, `GET /api/v1/search/reindex`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReindexProgress {
+    /// A reindex is running.
+    pub running: bool,
+    /// The account being reindexed, or `None` for all.
+    pub account: Option<u64>,
+    /// Messages to index.
+    pub total: u64,
+    /// Messages indexed so far.
+    pub done: u64,
+    /// When it started (ms since the epoch; 0: never).
+    pub started_ms: u64,
+    /// When it finished (ms since the epoch; 0: not yet).
+    pub finished_ms: u64,
+}
+
+/// Shared between the worker, the change listener and the API.
+#[derive(Default)]
+pub(crate) struct IndexerState {
+    dirty: Mutex<BTreeSet<u64>>,
+    wake: tokio::sync::Notify,
+    /// Accounts to rebuild from their mailboxes on the next pass.
+    rebuild: Mutex<BTreeSet<u64>>,
+    reindex: Mutex<ReindexProgress>,
+    messages_read: AtomicU64,
+}
+
+impl IndexerState {
+    /// Marks accounts as changed (called after each applied batch).
+    pub(crate) fn notify(&self, accounts: &[u64]) {
+        self.dirty.lock().expect("indexer lock").extend(accounts);
+        self.wake.notify_one();
+    }
+}
+
+/// Opens (or rebuilds) the index in `<data_dir>/search` and logs what it found.
+pub(crate) fn open_index(data_dir: &std::path::Path) -> Result<SearchIndex> {
+    let dir = data_dir.join("search");
+    let (index, outcome) = SearchIndex::open(&dir).map_err(|e| CoreError::internal("opening the search index", e))?;
+    match outcome {
+        OpenOutcome::Opened => tracing::debug!(dir = %dir.display(), "search index opened"),
+        OpenOutcome::Created => tracing::info!(dir = %dir.display(), "search index created; indexing every account"),
+        OpenOutcome::Rebuilding(reason) => tracing::warn!(
+            dir = %dir.display(), %reason,
+            "the search index could not be used and was removed; rebuilding it from the state (SEARCH stays exact meanwhile)"
+        ),
+    }
+    Ok(index)
+}
+
+impl Core {
+    /// Starts rebuilding the full-text index of one account, or of all; returns at once.
+    /// Progress is in [`Core::reindex_progress`].
+    pub async fn start_reindex(&self, account: Option<u64>) -> Result<ReindexProgress> {
+        let state = self.state.clone();
+        let (accounts, total) = tokio::task::spawn_blocking(move || -> Result<(Vec<u64>, u64)> {
+            let accounts = match account {
+                Some(id) if state.account(id)?.is_none() => {
+                    return Err(CoreError::new(crate::ErrorCode::NotFound, format!("no account with id {id}")));
+                }
+                Some(id) => vec![id],
+                None => state.account_ids()?,
+            };
+            let mut total = 0;
+            for id in &accounts {
+                total += state.mailboxes(*id)?.iter().map(|mailbox| mailbox.message_count).sum::<u64>();
+            }
+            Ok((accounts, total))
+        })
+        .await
+        .map_err(|e| CoreError::internal("counting messages to reindex", e))??;
+        let progress = {
+            let mut progress = self.indexer.reindex.lock().expect("indexer lock");
+            if progress.running {
+                return Err(CoreError::new(crate::ErrorCode::Conflict, "a reindex is already running; wait for it"));
+            }
+            *progress =
+                ReindexProgress { running: true, account, total, done: 0, started_ms: now_ms(), finished_ms: 0 };
+            progress.clone()
+        };
+        self.indexer.rebuild.lock().expect("indexer lock").extend(&accounts);
+        self.indexer.notify(&accounts);
+        tracing::info!(?account, messages = total, "reindex started");
+        Ok(progress)
+    }
+
+    /// What the last (or running) reindex did.
+    pub fn reindex_progress(&self) -> ReindexProgress {
+        self.indexer.reindex.lock().expect("indexer lock").clone()
+    }
+
+    /// The state of this node's full-text index.
+    pub fn search_status(&self) -> SearchStatus {
+        SearchStatus {
+            documents: self.search.document_count(),
+            index_bytes: self.search.size_on_disk(),
+            messages_read: self.indexer.messages_read.load(Ordering::Relaxed),
+            reindex: self.reindex_progress(),
+        }
+    }
+
+    /// Counts messages whose content a SEARCH read to check them (the index narrows this).
+    pub fn count_search_reads(&self, messages: u64) {
+        self.indexer.messages_read.fetch_add(messages, Ordering::Relaxed);
+    }
+}
+
+/// The state of a node's full-text index (`GET /api/v1/search/status`, metrics).
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchStatus {
+    /// Documents (message copies) in the index.
+    pub documents: u64,
+    /// Size of the index on disk.
+    pub index_bytes: u64,
+    /// Messages whose content SEARCH read since the node started.
+    pub messages_read: u64,
+    /// The last (or running) reindex.
+    pub reindex: ReindexProgress,
+}
+
+/// Feeds the index until the core is dropped.
+pub(crate) async fn indexer_worker(core: Weak<Core>) {
+    let Some(state) = core.upgrade().map(|core| core.indexer.clone()) else { return };
+    // Every account once at start: catches up on what was applied while the node was down.
+    if let Some(core) = core.upgrade() {
+        let store = core.state.clone();
+        let indexed: Vec<u64> = core.search.progress().accounts.keys().copied().collect();
+        match tokio::task::spawn_blocking(move || store.account_ids()).await {
+            Ok(Ok(ids)) => state.notify(&[ids, indexed].concat()),
+            other => tracing::warn!(?other, "cannot list accounts to index"),
+        }
+    }
+    let mut retry = false;
+    loop {
+        let wait = if retry { RETRY_AFTER } else { Duration::from_secs(3600) };
+        let _ = tokio::time::timeout(wait, state.wake.notified()).await;
+        tokio::time::sleep(PASS_INTERVAL).await;
+        let Some(core) = core.upgrade() else { return };
+        let accounts = std::mem::take(&mut *state.dirty.lock().expect("indexer lock"));
+        let mut pass = Pass { core: &core, progress: core.search.progress(), written: 0, texts: HashMap::new() };
+        retry = false;
+        for account in accounts {
+            if let Err(error) = pass.account(account).await {
+                tracing::warn!(account, %error, "indexing an account failed; trying again shortly");
+                state.dirty.lock().expect("indexer lock").insert(account);
+                retry = true;
+            }
+        }
+        if let Err(error) = pass.commit().await {
+            tracing::warn!(%error, "committing the search index failed; trying again shortly");
+            retry = true;
+        }
+        let mut reindex = state.reindex.lock().expect("indexer lock");
+        if reindex.running && state.rebuild.lock().expect("indexer lock").is_empty() && !retry {
+            reindex.running = false;
+            reindex.finished_ms = now_ms();
+            tracing::info!(messages = reindex.done, "reindex finished");
+        }
+    }
+}
+
+/// What is indexed of one message body.
+struct MessageTexts {
+    texts: Vec<(SearchField, String)>,
+    /// Some of the text is left out (the message is too large to read back).
+    truncated: bool,
+}
+
+/// One pass over the changed accounts.
+struct Pass<'a> {
+    core: &'a Arc<Core>,
+    progress: Progress,
+    written: usize,
+    /// Texts of bodies seen in this pass (one delivery to many accounts shares a body).
+    texts: HashMap<BlobId, Arc<MessageTexts>>,
+}
+
+impl Pass<'_> {
+    async fn account(&mut self, account: u64) -> Result<()> {
+        let store = self.core.state.clone();
+        let after = self.progress.accounts.get(&account).copied();
+        let rebuild = self.core.indexer.rebuild.lock().expect("indexer lock").contains(&account);
+        let (exists, floor, changes) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let exists = store.account(account)?.is_some();
+            let floor = store.change_floor(account)?;
+            let changes = match after {
+                Some(after) if !rebuild && after >= floor => Some(store.changes_since(account, after)?),
+                _ => None,
+            };
+            Ok((exists, floor, changes))
+        })
+        .await
+        .map_err(|e| CoreError::internal("reading an account's changes", e))??;
+        if !exists {
+            self.core.search.remove_account(account);
+            self.progress.accounts.remove(&account);
+            self.written += 1;
+            return Ok(());
+        }
+        match changes {
+            Some(changes) => {
+                for (change_id, change) in changes {
+                    self.apply_change(account, change).await?;
+                    self.progress.accounts.insert(account, change_id);
+                    self.maybe_commit().await?;
+                }
+            }
+            None => {
+                tracing::debug!(account, floor, ?after, "rebuilding an account's search documents");
+                self.rebuild(account).await?;
+                self.core.indexer.rebuild.lock().expect("indexer lock").remove(&account);
+            }
+        }
+        Ok(())
+    }
+
+    async fn apply_change(&mut self, account: u64, change: Change) -> Result<()> {
+        match change {
+            Change::Added { mailbox_id, uid, .. } => {
+                if let Some(record) = self.core.state.message(account, mailbox_id, uid)? {
+                    self.add(account, mailbox_id, record).await?;
+                }
+            }
+            Change::Expunged { mailbox_id, uid, .. } => {
+                self.core.search.remove_message(account, mailbox_id, uid);
+                self.written += 1;
+            }
+            Change::MailboxDeleted { mailbox_id } => {
+                self.core.search.remove_mailbox(account, mailbox_id);
+                self.written += 1;
+            }
+            Change::FlagsChanged { .. } | Change::MailboxCreated { .. } | Change::MailboxRenamed { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Replaces every document of an account with documents of what its mailboxes hold.
+    async fn rebuild(&mut self, account: u64) -> Result<()> {
+        let store = self.core.state.clone();
+        // Read before the scan: changes after it are replayed next time (adding twice
+        // replaces the document).
+        let last = tokio::task::spawn_blocking(move || store.last_change_id(account))
+            .await
+            .map_err(|e| CoreError::internal("reading an account's changes", e))??;
+        self.core.search.remove_account(account);
+        for mailbox in self.core.state.mailboxes(account)? {
+            for record in self.core.mailbox_messages(account, mailbox.id).await? {
+                self.add(account, mailbox.id, record).await?;
+                self.core.indexer.reindex.lock().expect("indexer lock").done += 1;
+                self.maybe_commit().await?;
+            }
+        }
+        self.progress.accounts.insert(account, last);
+        Ok(())
+    }
+
+    async fn add(&mut self, account: u64, mailbox: u64, record: MessageRecord) -> Result<()> {
+        let texts = match self.texts.get(&record.blob) {
+            Some(texts) => texts.clone(),
+            None => {
+                let texts = Arc::new(self.texts_of(&record).await?);
+                if self.texts.len() >= 64 {
+                    self.texts.clear();
+                }
+                self.texts.insert(record.blob, texts.clone());
+                texts
+            }
+        };
+        let document = MessageDocument {
+            account,
+            mailbox,
+            uid: record.uid,
+            texts: texts.texts.clone(),
+            truncated: texts.truncated,
+        };
+        let index = self.core.search.clone();
+        tokio::task::spawn_blocking(move || index.add(&document))
+            .await
+            .map_err(|e| CoreError::internal("indexing a message", e))?
+            .map_err(|e| CoreError::internal("indexing a message", e))?;
+        self.written += 1;
+        Ok(())
+    }
+
+    /// The searchable texts of a message.
+    async fn texts_of(&self, record: &MessageRecord) -> Result<MessageTexts> {
+        let summary = self.core.message_summary(&record.blob).await?;
+        if record.size > MAX_INDEXED_MESSAGE {
+            let texts = vec![(SearchField::Subject, summary.subject_decoded.clone())];
+            return Ok(MessageTexts { texts, truncated: true });
+        }
+        let raw = self.core.read_blob(&record.blob).await?;
+        tokio::task::spawn_blocking(move || MessageTexts { texts: search_texts(&raw, &summary), truncated: false })
+            .await
+            .map_err(|e| CoreError::internal("extracting a message's text", e))
+    }
+
+    async fn maybe_commit(&mut self) -> Result<()> {
+        if self.written >= COMMIT_EVERY { self.commit().await } else { Ok(()) }
+    }
+
+    async fn commit(&mut self) -> Result<()> {
+        if self.written == 0 && self.progress == self.core.search.progress() {
+            return Ok(());
+        }
+        let index = self.core.search.clone();
+        let progress = self.progress.clone();
+        tokio::task::spawn_blocking(move || index.commit(progress))
+            .await
+            .map_err(|e| CoreError::internal("committing the search index", e))?
+            .map_err(|e| CoreError::internal("committing the search index", e))?;
+        self.written = 0;
+        Ok(())
+    }
+}
