@@ -11,30 +11,39 @@
 //! index whole are always candidates, so SEARCH stays exact while the index lags.
 
 mod grams;
+mod words;
 
 use std::collections::{BTreeMap, HashSet};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
-use tantivy::collector::{Collector, SegmentCollector};
+use tantivy::collector::{Collector, SegmentCollector, TopDocs};
 use tantivy::columnar::Column;
 use tantivy::directory::MmapDirectory;
-use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
-use tantivy::schema::{FAST, Field, INDEXED, IndexRecordOption, STRING, Schema, TextFieldIndexing, TextOptions};
+use tantivy::query::{BooleanQuery, BoostQuery, Occur, Query, RangeQuery, TermQuery};
+use tantivy::schema::{
+    FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions, Value,
+};
+use tantivy::snippet::SnippetGenerator;
 use tantivy::tokenizer::TextAnalyzer;
 use tantivy::{
     DocId, Index, IndexReader, IndexWriter, ReloadPolicy, Score, Searcher, SegmentReader, TantivyDocument, Term,
 };
 
 pub use grams::{GRAMS_TOKENIZER, needle_grams, text_grams};
+pub use words::{Clause, QueryError, WORDS_TOKENIZER, WordScope, parse_query, word_analyzer};
 
 /// Bytes of text indexed per field of a message. A message with more text in a field is
 /// marked truncated and is a candidate of every query (SEARCH then reads it).
 pub const MAX_INDEXED_TEXT: usize = 1 << 20;
 
 /// Bumped when the schema or the tokenizers change: an index of another version is rebuilt.
-const SCHEMA_VERSION: u32 = 1;
+const SCHEMA_VERSION: u32 = 2;
+
+/// Bytes of body text stored per message for search snippets.
+const PREVIEW_BYTES: usize = 4096;
 
 /// Memory the index writer buffers before it flushes a segment.
 const WRITER_MEMORY: usize = 32 << 20;
@@ -106,6 +115,10 @@ pub struct MessageDocument {
     pub uid: u32,
     /// Texts per field.
     pub texts: Vec<(TextField, String)>,
+    /// File names of its attachments.
+    pub attachments: Vec<String>,
+    /// When it was received (ms since the epoch).
+    pub date_ms: u64,
     /// The message's text could not all be indexed (too long, unreadable): it is a
     /// candidate of every query.
     pub truncated: bool,
@@ -155,14 +168,44 @@ struct Fields {
     message_key: Field,
     mailbox_key: Field,
     account: Field,
+    mailbox: Field,
     uid: Field,
     truncated: Field,
     texts: [Field; 7],
+    date: Field,
+    has_attachment: Field,
+    preview: Field,
+    /// Word fields: subject, from, to (To, Cc, Bcc), body, attachment names.
+    words: [Field; 5],
 }
 
 impl Fields {
     fn text(&self, field: TextField) -> Field {
         self.texts[TextField::ALL.iter().position(|f| *f == field).expect("every field listed")]
+    }
+
+    /// The word field a text field also feeds, if any.
+    fn words_of(&self, field: TextField) -> Option<Field> {
+        match field {
+            TextField::Subject => Some(self.words[0]),
+            TextField::From => Some(self.words[1]),
+            TextField::To | TextField::Cc | TextField::Bcc => Some(self.words[2]),
+            TextField::Body => Some(self.words[3]),
+            TextField::Header => None,
+        }
+    }
+
+    /// The word fields a query scope searches, with their boosts.
+    fn words_in(&self, scope: WordScope) -> Vec<(Field, f32)> {
+        let [subject, from, to, body, attachment] = self.words;
+        match scope {
+            WordScope::Anywhere => vec![(subject, 2.0), (from, 1.5), (to, 1.0), (body, 1.0), (attachment, 1.0)],
+            WordScope::Subject => vec![(subject, 1.0)],
+            WordScope::From => vec![(from, 1.0)],
+            WordScope::To => vec![(to, 1.0)],
+            WordScope::Body => vec![(body, 1.0)],
+            WordScope::Attachment => vec![(attachment, 1.0)],
+        }
     }
 }
 
@@ -171,13 +214,22 @@ fn schema() -> (Schema, Fields) {
     let grams = TextOptions::default().set_indexing_options(
         TextFieldIndexing::default().set_tokenizer(GRAMS_TOKENIZER).set_index_option(IndexRecordOption::Basic),
     );
+    let words = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default().set_tokenizer(WORDS_TOKENIZER).set_index_option(IndexRecordOption::WithFreqs),
+    );
     let fields = Fields {
         message_key: builder.add_text_field("message", STRING),
         mailbox_key: builder.add_text_field("mailbox", STRING),
         account: builder.add_u64_field("account", INDEXED),
-        uid: builder.add_u64_field("uid", FAST),
+        mailbox: builder.add_u64_field("mailbox_id", STORED),
+        uid: builder.add_u64_field("uid", FAST | STORED),
         truncated: builder.add_u64_field("truncated", INDEXED),
         texts: TextField::ALL.map(|field| builder.add_text_field(field.name(), grams.clone())),
+        date: builder.add_u64_field("date", INDEXED | FAST),
+        has_attachment: builder.add_u64_field("has_attachment", INDEXED),
+        preview: builder.add_text_field("preview", STORED),
+        words: ["w_subject", "w_from", "w_to", "w_body", "w_attachment"]
+            .map(|name| builder.add_text_field(name, words.clone())),
     };
     (builder.build(), fields)
 }
@@ -258,6 +310,7 @@ impl SearchIndex {
         let directory = MmapDirectory::open(dir).map_err(|e| SearchError::Index(e.into()))?;
         let index = Index::open_or_create(directory, schema)?;
         index.tokenizers().register(GRAMS_TOKENIZER, TextAnalyzer::from(grams::GramTokenizer));
+        index.tokenizers().register(WORDS_TOKENIZER, word_analyzer());
         let progress = match index.load_metas()?.payload {
             Some(payload) => serde_json::from_str(&payload).map_err(|e| {
                 SearchError::Index(tantivy::TantivyError::InternalError(format!("unreadable progress record: {e}")))
@@ -283,13 +336,31 @@ impl SearchIndex {
         document.add_text(fields.message_key, &key);
         document.add_text(fields.mailbox_key, mailbox_key(message.account, message.mailbox));
         document.add_u64(fields.account, message.account);
+        document.add_u64(fields.mailbox, message.mailbox);
         document.add_u64(fields.uid, u64::from(message.uid));
+        document.add_u64(fields.date, message.date_ms);
+        document.add_u64(fields.has_attachment, u64::from(!message.attachments.is_empty()));
+        for name in &message.attachments {
+            document.add_text(fields.words[4], name);
+        }
         let mut truncated = message.truncated;
+        let mut preview = String::new();
         for (field, text) in &message.texts {
             let (text, cut) = capped(text);
             truncated |= cut;
             document.add_text(fields.text(*field), text);
+            if let Some(words) = fields.words_of(*field) {
+                document.add_text(words, text);
+            }
+            if *field == TextField::Body && preview.len() < PREVIEW_BYTES {
+                let mut end = (PREVIEW_BYTES - preview.len()).min(text.len());
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                preview.push_str(&text[..end]);
+            }
         }
+        document.add_text(fields.preview, &preview);
         document.add_u64(fields.truncated, u64::from(truncated));
         let writer = self.writer.lock().expect("writer lock");
         writer.delete_term(Term::from_field_text(fields.message_key, &key));
@@ -402,6 +473,108 @@ impl SearchIndex {
         Ok(Some(searcher.search(&query, &UidCollector)?.into_iter().collect()))
     }
 
+    /// Ranked search of an account for people (the webmail): the best `limit` messages for
+    /// parsed `clauses`, with a snippet of each. `mailboxes` maps the names `in:` may use to
+    /// mailbox ids. The index may lag the mailboxes a little, and may name messages already
+    /// expunged: the caller checks.
+    pub fn ranked(
+        &self,
+        account: u64,
+        clauses: &[Clause],
+        mailboxes: &std::collections::HashMap<String, u64>,
+        limit: usize,
+    ) -> std::result::Result<Vec<RankedHit>, RankedError> {
+        let fields = self.fields;
+        let mut parts: Vec<(Occur, Box<dyn Query>)> =
+            vec![(Occur::Must, term_query(Term::from_field_u64(fields.account, account)))];
+        let mut scored = false;
+        for clause in clauses {
+            match clause {
+                Clause::Words { scope, text, negated } => {
+                    let terms = words::terms(text);
+                    if terms.is_empty() {
+                        return Err(RankedError::Query(QueryError(format!("\"{text}\" has no words to search for"))));
+                    }
+                    let each_term: Vec<(Occur, Box<dyn Query>)> = terms
+                        .iter()
+                        .map(|term| {
+                            let anywhere: Vec<(Occur, Box<dyn Query>)> = fields
+                                .words_in(*scope)
+                                .into_iter()
+                                .map(|(field, boost)| {
+                                    let query = TermQuery::new(
+                                        Term::from_field_text(field, term),
+                                        IndexRecordOption::WithFreqs,
+                                    );
+                                    (Occur::Should, Box::new(BoostQuery::new(Box::new(query), boost)) as Box<dyn Query>)
+                                })
+                                .collect();
+                            (Occur::Must, Box::new(BooleanQuery::new(anywhere)) as Box<dyn Query>)
+                        })
+                        .collect();
+                    let occur = if *negated { Occur::MustNot } else { Occur::Must };
+                    scored |= !negated;
+                    parts.push((occur, Box::new(BooleanQuery::new(each_term))));
+                }
+                Clause::Mailbox(name) => {
+                    let id = mailboxes.get(name).or_else(|| {
+                        mailboxes.iter().find(|(known, _)| known.eq_ignore_ascii_case(name)).map(|(_, id)| id)
+                    });
+                    let Some(id) = id else {
+                        return Err(RankedError::Query(QueryError(format!(
+                            "in:{name}: there is no mailbox of that name"
+                        ))));
+                    };
+                    parts.push((Occur::Must, self.mailbox_query(account, *id)));
+                }
+                Clause::HasAttachment => {
+                    parts.push((Occur::Must, term_query(Term::from_field_u64(fields.has_attachment, 1))));
+                }
+                Clause::Before(ms) => parts.push((
+                    Occur::Must,
+                    Box::new(RangeQuery::new(
+                        Bound::Unbounded,
+                        Bound::Excluded(Term::from_field_u64(fields.date, *ms)),
+                    )),
+                )),
+                Clause::After(ms) => parts.push((
+                    Occur::Must,
+                    Box::new(RangeQuery::new(
+                        Bound::Included(Term::from_field_u64(fields.date, *ms)),
+                        Bound::Unbounded,
+                    )),
+                )),
+            }
+        }
+        let query = BooleanQuery::new(parts);
+        let searcher = self.reader.searcher();
+        let top = searcher.search(&query, &TopDocs::with_limit(limit.max(1)).order_by_score())?;
+        let snippets = SnippetGenerator::create(&searcher, &query, fields.words[3])?;
+        let mut hits = Vec::with_capacity(top.len());
+        for (score, address) in top {
+            let document: TantivyDocument = searcher.doc(address)?;
+            let number = |field| document.get_first(field).and_then(|value| value.as_u64()).unwrap_or(0);
+            let preview = document.get_first(fields.preview).and_then(|value| value.as_str()).unwrap_or_default();
+            let snippet = snippets.snippet(preview);
+            let snippet = if snippet.fragment().is_empty() {
+                let mut end = preview.len().min(160);
+                while !preview.is_char_boundary(end) {
+                    end -= 1;
+                }
+                html_escape(&preview[..end])
+            } else {
+                snippet.to_html()
+            };
+            hits.push(RankedHit {
+                mailbox: number(fields.mailbox),
+                uid: number(fields.uid) as u32,
+                score: if scored { score } else { 0.0 },
+                snippet,
+            });
+        }
+        Ok(hits)
+    }
+
     fn mailbox_query(&self, account: u64, mailbox: u64) -> Box<dyn Query> {
         term_query(Term::from_field_text(self.fields.mailbox_key, &mailbox_key(account, mailbox)))
     }
@@ -419,6 +592,34 @@ impl SearchIndex {
             .map(|entries| entries.filter_map(|entry| entry.ok()?.metadata().ok()).map(|meta| meta.len()).sum())
             .unwrap_or(0)
     }
+}
+
+/// One hit of [`SearchIndex::ranked`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RankedHit {
+    /// The mailbox id.
+    pub mailbox: u64,
+    /// The UID in that mailbox.
+    pub uid: u32,
+    /// Relevance (BM25; higher is better; 0 when the query has no words).
+    pub score: f32,
+    /// Part of the body around the words found, as HTML with `<b>` around them.
+    pub snippet: String,
+}
+
+/// Why a ranked search failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RankedError {
+    /// The query asks for something that cannot be searched; tell the user.
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    /// The index failed.
+    #[error("search index: {0}")]
+    Index(#[from] tantivy::TantivyError),
+}
+
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 fn term_query(term: Term) -> Box<dyn Query> {

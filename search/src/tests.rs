@@ -69,7 +69,7 @@ fn candidates_hold_every_message_a_brute_force_scan_matches() {
         for uid in 1..=60u32 {
             let texts: Vec<(TextField, String)> =
                 TextField::ALL.iter().map(|field| (*field, random_text(&mut rng))).collect();
-            let message = MessageDocument { account: 1, mailbox, uid, texts, truncated: false };
+            let message = MessageDocument { account: 1, mailbox, uid, texts, truncated: false, ..Default::default() };
             index.add(&message).unwrap();
             messages.push(message);
         }
@@ -103,7 +103,9 @@ fn a_chinese_word_is_found_inside_a_sentence() {
     let sentence = "请大家准时参加明天下午的项目会议，地点在三楼。";
     for (uid, body) in [(1, sentence), (2, "明天下午不开会"), (3, "Meeting tomorrow")] {
         let texts = vec![(TextField::Body, body.to_owned())];
-        index.add(&MessageDocument { account: 7, mailbox: 1, uid, texts, truncated: false }).unwrap();
+        index
+            .add(&MessageDocument { account: 7, mailbox: 1, uid, texts, truncated: false, ..Default::default() })
+            .unwrap();
     }
     index.commit(Progress::default()).unwrap();
     let find = |needle: &str| {
@@ -126,11 +128,15 @@ fn documents_are_removed_by_message_mailbox_and_account_and_progress_survives_re
         let (index, _) = SearchIndex::open(dir.path()).unwrap();
         for (account, mailbox, uid) in [(1, 1, 1), (1, 1, 2), (1, 2, 1), (2, 3, 1)] {
             let texts = vec![(TextField::Subject, "quarterly report".to_owned())];
-            index.add(&MessageDocument { account, mailbox, uid, texts, truncated: false }).unwrap();
+            index
+                .add(&MessageDocument { account, mailbox, uid, texts, truncated: false, ..Default::default() })
+                .unwrap();
         }
         let long = "x".repeat(MAX_INDEXED_TEXT + 10) + " needle";
         let texts = vec![(TextField::Body, long)];
-        index.add(&MessageDocument { account: 1, mailbox: 1, uid: 3, texts, truncated: false }).unwrap();
+        index
+            .add(&MessageDocument { account: 1, mailbox: 1, uid: 3, texts, truncated: false, ..Default::default() })
+            .unwrap();
         index.commit(Progress { version: 0, accounts: BTreeMap::from([(1, 10), (2, 4)]) }).unwrap();
         assert_eq!(index.document_count(), 5);
         let indexed = index.indexed(1, 1).unwrap();
@@ -159,7 +165,9 @@ fn an_unreadable_index_is_started_afresh() {
     {
         let (index, _) = SearchIndex::open(dir.path()).unwrap();
         let texts = vec![(TextField::Subject, "hello".to_owned())];
-        index.add(&MessageDocument { account: 1, mailbox: 1, uid: 1, texts, truncated: false }).unwrap();
+        index
+            .add(&MessageDocument { account: 1, mailbox: 1, uid: 1, texts, truncated: false, ..Default::default() })
+            .unwrap();
         index.commit(Progress::default()).unwrap();
         index.wait_merging().unwrap();
     }
@@ -168,4 +176,68 @@ fn an_unreadable_index_is_started_afresh() {
     assert!(matches!(outcome, OpenOutcome::Rebuilding(_)), "{outcome:?}");
     assert_eq!(index.document_count(), 0);
     assert_eq!(index.progress().accounts, BTreeMap::new());
+}
+
+#[test]
+fn ranked_search_stems_splits_cjk_filters_and_highlights() {
+    let dir = tempfile::tempdir().unwrap();
+    let (index, _) = SearchIndex::open(dir.path()).unwrap();
+    let day = 86_400_000;
+    let add = |mailbox: u64, uid: u32, subject: &str, from: &str, body: &str, attachments: &[&str], date_ms: u64| {
+        let texts = vec![
+            (TextField::Subject, subject.to_owned()),
+            (TextField::From, from.to_owned()),
+            (TextField::Body, body.to_owned()),
+        ];
+        let attachments = attachments.iter().map(|name| name.to_string()).collect();
+        let document = MessageDocument { account: 1, mailbox, uid, texts, truncated: false, attachments, date_ms };
+        index.add(&document).unwrap();
+    };
+    add(
+        1,
+        1,
+        "Quarterly meetings",
+        "Alice <alice@example.com>",
+        "The meeting is on Monday. Bring the invoice.",
+        &[],
+        10 * day,
+    );
+    add(
+        1,
+        2,
+        "项目进度",
+        "张伟 <zw@example.cn>",
+        "请大家准时参加明天下午的项目会议，地点在三楼。",
+        &["报告.pdf"],
+        20 * day,
+    );
+    add(2, 1, "Re: invoice", "Bob <bob@example.org>", "Paid, see the attached invoice.", &["invoice-42.pdf"], 30 * day);
+    add(1, 3, "Lunch", "Alice <alice@example.com>", "Nothing to see here.", &[], 40 * day);
+    let other = vec![(TextField::Subject, "meeting".to_owned())];
+    index.add(&MessageDocument { account: 2, mailbox: 9, uid: 1, texts: other, ..Default::default() }).unwrap();
+    index.commit(Progress::default()).unwrap();
+
+    let mailboxes = std::collections::HashMap::from([("INBOX".to_owned(), 1), ("Archive".to_owned(), 2)]);
+    let search = |query: &str| -> Vec<(u64, u32)> {
+        let clauses = parse_query(query).unwrap();
+        index.ranked(1, &clauses, &mailboxes, 10).unwrap().iter().map(|hit| (hit.mailbox, hit.uid)).collect()
+    };
+    assert_eq!(search("meeting"), vec![(1, 1)], "stems match, and only this account's mail");
+    assert_eq!(search("Meetings"), vec![(1, 1)]);
+    assert_eq!(search("会议"), vec![(1, 2)], "a Chinese word inside a sentence");
+    assert_eq!(search("invoice").len(), 2);
+    assert_eq!(search("invoice")[0], (2, 1), "the subject and attachment name rank it first");
+    assert_eq!(search("invoice in:archive"), vec![(2, 1)]);
+    assert_eq!(search("invoice -bob"), vec![(1, 1)]);
+    assert_eq!(search("from:alice").len(), 2);
+    assert_eq!(search("has:attachment").len(), 2);
+    assert_eq!(search("filename:报告"), vec![(1, 2)]);
+    assert_eq!(search("from:alice before:1970-01-21"), vec![(1, 1)]);
+    assert_eq!(search("from:alice after:1970-01-21"), vec![(1, 3)]);
+    let hits = index.ranked(1, &parse_query("monday").unwrap(), &mailboxes, 10).unwrap();
+    assert!(hits[0].snippet.contains("<b>Monday</b>"), "{}", hits[0].snippet);
+    let error = index.ranked(1, &parse_query("in:Nowhere").unwrap(), &mailboxes, 10).unwrap_err();
+    assert!(error.to_string().contains("no mailbox"), "{error}");
+    let error = index.ranked(1, &parse_query("&&").unwrap(), &mailboxes, 10).unwrap_err();
+    assert!(error.to_string().contains("no words"), "{error}");
 }

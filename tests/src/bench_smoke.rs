@@ -123,6 +123,12 @@ async fn bench_drives_imap() {
     let (_, account) = node.api(reqwest::Method::GET, "/accounts/filled@bench.test", None).await;
     assert_eq!(account["message_count"], 50, "{account}");
 
+    let search = run(&["search", "--user", "filled@bench.test", "--queries", "10"]);
+    assert_eq!(search["messages"], 50, "{search}");
+    assert!(search["index_bytes"].as_u64().unwrap() > 0, "{search}");
+    assert!(search["imap_search_p50_ms"].as_f64().unwrap() > 0.0, "{search}");
+    assert!(search["ranked_p50_ms"].as_f64().unwrap() > 0.0, "{search}");
+
     let mixed = run(&["imap", "--users", "2", "--clients", "2", "--seconds", "2", "--check"]);
     assert_eq!((mixed["errors"].as_u64(), mixed["inconsistent"].as_u64()), (Some(0), Some(0)), "{mixed}");
     for command in ["SELECT", "FETCH 1:* (UID FLAGS)", "UID FETCH BODY[]", "STORE +\\Seen", "APPEND", "EXPUNGE"] {

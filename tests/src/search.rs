@@ -130,6 +130,16 @@ async fn wait_indexed(node: &WmailNode, documents: u64) {
     }
 }
 
+/// Percent-encodes a query-string value.
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (byte as char).to_string(),
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
+
 fn messages_read(status: &Value) -> u64 {
     status["messages_read"].as_u64().expect("messages_read")
 }
@@ -169,6 +179,28 @@ print("ok")
 "#,
     );
     assert_eq!(out.trim(), "ok");
+
+    // Ranked search for the webmail: CJK words, operators, snippets, clear query errors.
+    let search = |query: &str| {
+        let path = format!("/accounts/alice@example.com/search?limit=100&q={}", urlencode(query));
+        let node = &node;
+        async move { node.api(Method::GET, &path, None).await }
+    };
+    let (status, hits) = search("会议").await;
+    assert!(status.is_success(), "{hits}");
+    let hits = hits.as_array().unwrap().clone();
+    assert!(!hits.is_empty() && hits.iter().all(|hit| hit["mailbox"] == "INBOX"), "{hits:?}");
+    assert!(hits.iter().any(|hit| hit["snippet"].as_str().unwrap().contains("<b>会议</b>")), "{hits:?}");
+    let (_, with_attachments) = search("has:attachment").await;
+    assert_eq!(with_attachments.as_array().unwrap().len(), 30, "{with_attachments}");
+    let (_, from) = search("from:张伟 has:attachment").await;
+    let from = from.as_array().unwrap();
+    assert!(!from.is_empty() && from.iter().all(|hit| hit["from"] == "张伟"), "{from:?}");
+    let (_, reports) = search("filename:报告 -budget").await;
+    assert!(!reports.as_array().unwrap().is_empty(), "{reports}");
+    let (status, error) = search("invoice foo:bar").await;
+    assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "{error}");
+    assert!(error.to_string().contains("unknown operator"), "{error}");
 
     // Expunged messages leave the index.
     imap(&node, "r = Raw()\nr.ok('SELECT INBOX')\nr.ok('STORE 1:10 +FLAGS (\\\\Deleted)')\nr.ok('EXPUNGE')\n");

@@ -14,11 +14,11 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use serde::Serialize;
-use wmail_search::{MessageDocument, OpenOutcome, Progress, SearchIndex};
+use wmail_search::{MessageDocument, OpenOutcome, Progress, RankedError, SearchIndex};
 use wmail_storage::{BlobId, Change, MessageRecord};
 
-use crate::message::{SearchField, search_texts};
-use crate::{Core, CoreError, Result, now_ms};
+use crate::message::{SearchField, attachment_names, search_texts};
+use crate::{Core, CoreError, ErrorCode, Result, now_ms};
 
 /// Messages larger than this are not read back for indexing: their subject and addresses
 /// are indexed from the stored summary and they are marked truncated (SEARCH reads them).
@@ -90,7 +90,7 @@ impl Core {
         let (accounts, total) = tokio::task::spawn_blocking(move || -> Result<(Vec<u64>, u64)> {
             let accounts = match account {
                 Some(id) if state.account(id)?.is_none() => {
-                    return Err(CoreError::new(crate::ErrorCode::NotFound, format!("no account with id {id}")));
+                    return Err(CoreError::new(ErrorCode::NotFound, format!("no account with id {id}")));
                 }
                 Some(id) => vec![id],
                 None => state.account_ids()?,
@@ -106,7 +106,7 @@ impl Core {
         let progress = {
             let mut progress = self.indexer.reindex.lock().expect("indexer lock");
             if progress.running {
-                return Err(CoreError::new(crate::ErrorCode::Conflict, "a reindex is already running; wait for it"));
+                return Err(CoreError::new(ErrorCode::Conflict, "a reindex is already running; wait for it"));
             }
             *progress =
                 ReindexProgress { running: true, account, total, done: 0, started_ms: now_ms(), finished_ms: 0 };
@@ -116,6 +116,49 @@ impl Core {
         self.indexer.notify(&accounts);
         tracing::info!(?account, messages = total, "reindex started");
         Ok(progress)
+    }
+
+    /// Ranked search of an account's mail for people (the webmail's search box; query
+    /// language in [`wmail_search::parse_query`]): the best `limit` messages, newest index
+    /// state, each with its mailbox, subject, sender and a highlighted snippet.
+    pub async fn search_messages(&self, account_id: u64, query: &str, limit: usize) -> Result<Vec<SearchHit>> {
+        let clauses = wmail_search::parse_query(query).map_err(|e| CoreError::new(ErrorCode::InvalidInput, e.0))?;
+        let mailboxes = self.state.mailboxes(account_id)?;
+        let by_name: HashMap<String, u64> =
+            mailboxes.iter().map(|mailbox| (mailbox.name.clone(), mailbox.id)).collect();
+        let names: HashMap<u64, String> = mailboxes.into_iter().map(|mailbox| (mailbox.id, mailbox.name)).collect();
+        let index = self.search.clone();
+        // A few more than asked: some may have been expunged since they were indexed.
+        let wanted = limit.clamp(1, 1000);
+        let hits = tokio::task::spawn_blocking(move || index.ranked(account_id, &clauses, &by_name, wanted + 16))
+            .await
+            .map_err(|e| CoreError::internal("searching", e))?
+            .map_err(|error| match error {
+                RankedError::Query(error) => CoreError::new(ErrorCode::InvalidInput, error.0),
+                RankedError::Index(error) => CoreError::internal("searching", error),
+            })?;
+        let mut out = Vec::with_capacity(wanted);
+        for hit in hits {
+            let (Some(mailbox), Some(record)) =
+                (names.get(&hit.mailbox), self.state.message(account_id, hit.mailbox, hit.uid)?)
+            else {
+                continue;
+            };
+            let summary = self.message_summary(&record.blob).await?;
+            out.push(SearchHit {
+                mailbox: mailbox.clone(),
+                uid: hit.uid,
+                score: hit.score,
+                internal_date_ms: record.internal_date_ms,
+                subject: summary.subject_decoded,
+                from: summary.display_from,
+                snippet: hit.snippet,
+            });
+            if out.len() == wanted {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     /// What the last (or running) reindex did.
@@ -137,6 +180,25 @@ impl Core {
     pub fn count_search_reads(&self, messages: u64) {
         self.indexer.messages_read.fetch_add(messages, Ordering::Relaxed);
     }
+}
+
+/// One message found by [`Core::search_messages`].
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchHit {
+    /// Its mailbox's name.
+    pub mailbox: String,
+    /// Its UID there.
+    pub uid: u32,
+    /// Relevance (higher is better; 0 for queries of filters only).
+    pub score: f32,
+    /// When it was received (ms since the epoch).
+    pub internal_date_ms: u64,
+    /// Its subject, decoded.
+    pub subject: String,
+    /// Its sender's display name, else address.
+    pub from: String,
+    /// Body text around the words found, HTML with `<b>` around them.
+    pub snippet: String,
 }
 
 /// The state of a node's full-text index (`GET /api/v1/search/status`, metrics).
@@ -196,6 +258,7 @@ pub(crate) async fn indexer_worker(core: Weak<Core>) {
 /// What is indexed of one message body.
 struct MessageTexts {
     texts: Vec<(SearchField, String)>,
+    attachments: Vec<String>,
     /// Some of the text is left out (the message is too large to read back).
     truncated: bool,
 }
@@ -305,6 +368,8 @@ impl Pass<'_> {
             mailbox,
             uid: record.uid,
             texts: texts.texts.clone(),
+            attachments: texts.attachments.clone(),
+            date_ms: record.internal_date_ms,
             truncated: texts.truncated,
         };
         let index = self.core.search.clone();
@@ -319,14 +384,19 @@ impl Pass<'_> {
     /// The searchable texts of a message.
     async fn texts_of(&self, record: &MessageRecord) -> Result<MessageTexts> {
         let summary = self.core.message_summary(&record.blob).await?;
+        let attachments = attachment_names(&summary.root);
         if record.size > MAX_INDEXED_MESSAGE {
             let texts = vec![(SearchField::Subject, summary.subject_decoded.clone())];
-            return Ok(MessageTexts { texts, truncated: true });
+            return Ok(MessageTexts { texts, attachments, truncated: true });
         }
         let raw = self.core.read_blob(&record.blob).await?;
-        tokio::task::spawn_blocking(move || MessageTexts { texts: search_texts(&raw, &summary), truncated: false })
-            .await
-            .map_err(|e| CoreError::internal("extracting a message's text", e))
+        tokio::task::spawn_blocking(move || MessageTexts {
+            texts: search_texts(&raw, &summary),
+            attachments,
+            truncated: false,
+        })
+        .await
+        .map_err(|e| CoreError::internal("extracting a message's text", e))
     }
 
     async fn maybe_commit(&mut self) -> Result<()> {

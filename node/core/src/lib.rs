@@ -28,7 +28,7 @@ use bytes::Bytes;
 pub use cluster::{ClusterView, DEFAULT_TOKEN_LIFETIME, JoinTarget, MemberView};
 pub use error::{CoreError, ErrorCode, Result};
 use futures::Stream;
-pub use indexer::{ReindexProgress, SearchStatus};
+pub use indexer::{ReindexProgress, SearchHit, SearchStatus};
 pub use login_guard::{Blocked, LockoutPolicy, LoginGuard};
 pub use mailbox::{CopyResult, MailboxScan, StoredBody};
 pub use replicated::ReplicatedMailState;

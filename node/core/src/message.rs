@@ -263,6 +263,32 @@ pub fn search_texts(raw: &[u8], summary: &MessageSummary) -> Vec<(SearchField, S
     texts
 }
 
+/// The file names of a message's attachments (Content-Disposition `filename`, else
+/// Content-Type `name`; RFC 2231 and RFC 2047 encodings decoded), nested messages included.
+pub fn attachment_names(root: &Part) -> Vec<String> {
+    fn walk(part: &Part, out: &mut Vec<String>) {
+        let named = |params: &[(String, String)], key: &str| {
+            params.iter().find(|(name, _)| name == key).map(|(_, value)| value.clone())
+        };
+        let name = part
+            .disposition
+            .as_ref()
+            .and_then(|disposition| named(&disposition.params, "filename"))
+            .or_else(|| named(&part.params, "name"));
+        if let Some(name) = name.filter(|name| !name.trim().is_empty()) {
+            out.push(decode_header_text(&name));
+        }
+        match &part.body {
+            PartBody::Multipart(parts) => parts.iter().for_each(|part| walk(part, out)),
+            PartBody::Message(inner) => walk(&inner.root, out),
+            PartBody::Leaf => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, &mut out);
+    out
+}
+
 /// Every top-level header field as `name: decoded value` lines, for SEARCH TEXT.
 pub fn decoded_header_text(raw: &[u8], header_end: usize) -> String {
     let header = raw.get(..header_end.min(raw.len())).unwrap_or_default();

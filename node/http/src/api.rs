@@ -83,6 +83,7 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/accounts/{address}", get(show_account).patch(update_account).delete(remove_account))
         .route("/accounts/{address}/messages", get(list_messages).post(deliver_message))
         .route("/accounts/{address}/messages/{uid}/raw", get(read_message))
+        .route("/accounts/{address}/search", get(search_messages))
         .route("/aliases", get(list_aliases).post(create_alias))
         .route("/aliases/{alias}", axum::routing::delete(remove_alias))
         .route("/cluster/status", get(cluster_status))
@@ -386,6 +387,23 @@ struct MessageView {
 #[serde(deny_unknown_fields)]
 struct MailboxQuery {
     mailbox: Option<String>,
+}
+
+/// `GET /accounts/{address}/search?q=...&limit=20`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchQuery {
+    q: String,
+    limit: Option<usize>,
+}
+
+async fn search_messages(
+    State(state): State<Arc<AppState>>,
+    Path(address): Path<String>,
+    Query(query): Query<SearchQuery>,
+) -> ApiResult<Json<Vec<wmail_core::SearchHit>>> {
+    let account = state.core.account(&address)?.ok_or_else(|| not_found("account", &address))?;
+    Ok(Json(state.core.search_messages(account.id, &query.q, query.limit.unwrap_or(20)).await?))
 }
 
 async fn list_messages(

@@ -16,6 +16,7 @@ mod imap;
 mod imap_load;
 mod messages;
 mod pop3_load;
+mod search_load;
 mod smtp;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -117,6 +118,12 @@ enum BenchCommand {
     #[command(after_help = "Example: wmail-bench --token $(cat wmail-data/admin-token) idle --imap 127.0.0.1:143 \
                               --connections 2000 --pid $(pidof wmail)")]
     Idle(imap_load::IdleArgs),
+    /// Full-text search: waits for the node's index to hold the mailbox (indexing rate),
+    /// then times IMAP SEARCH text keys and the ranked search API, and reports the index
+    /// size next to the raw mail.
+    #[command(after_help = "Example: wmail-bench --token $(cat wmail-data/admin-token) fill --count 100000, then\n  \
+                              wmail-bench --token $(cat wmail-data/admin-token) search --imap 127.0.0.1:143")]
+    Search(search_load::SearchArgs),
 }
 
 /// Options of `wmail-bench outbound`.
@@ -479,6 +486,7 @@ async fn main() -> anyhow::Result<()> {
         BenchCommand::Fill(args) => imap_load::fill(&api, &args).await?,
         BenchCommand::Imap(args) => imap_load::mixed(&api, &args).await?,
         BenchCommand::Idle(args) => imap_load::idle(&api, &args).await?,
+        BenchCommand::Search(args) => search_load::search(&api, &args).await?,
     }
     Ok(())
 }
