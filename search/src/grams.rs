@@ -2,52 +2,55 @@
 //!
 //! IMAP SEARCH matches a case-insensitive substring (RFC 9051 §6.4.4), which a word index
 //! cannot answer: `SUBJECT "voic"` must find "Invoice". So the IMAP fields are indexed as
-//! every window of three characters of the lowercased text, plus every pair of adjacent
-//! non-ASCII characters (Chinese, Japanese and Korean words are often two characters). A
-//! message whose lowercased text contains the lowercased needle holds every window of the
-//! needle, so the conjunction of the needle's windows finds a superset of the matches; the
-//! caller verifies each candidate against the text.
-
-use std::collections::HashSet;
+//! every window of three characters of the lowercased text at its character position, plus
+//! every pair of adjacent non-ASCII characters (Chinese, Japanese and Korean words are often
+//! two characters). A needle of three or more characters is then a phrase of windows that
+//! cover it at their offsets, which matches exactly where the lowercased text contains the
+//! lowercased needle; a two-character CJK needle is one pair. Shorter needles are not
+//! answered by the index.
 
 use tantivy::tokenizer::{Token, TokenStream, Tokenizer};
 
 /// The name the n-gram tokenizer is registered under.
 pub const GRAMS_TOKENIZER: &str = "wmail_grams";
 
-/// The n-grams of `text` (lowercased here), each once.
-pub fn text_grams(text: &str) -> HashSet<String> {
+/// Every n-gram of `text` (lowercased here) with its character position, in order.
+pub fn text_grams(text: &str) -> Vec<(usize, String)> {
     let lower: Vec<char> = text.to_lowercase().chars().collect();
-    let mut grams = HashSet::new();
-    for (at, window) in lower.windows(2).enumerate() {
-        if !window[0].is_ascii() && !window[1].is_ascii() {
-            grams.insert(window.iter().collect());
-        }
+    let mut grams = Vec::with_capacity(lower.len());
+    for (at, pair) in lower.windows(2).enumerate() {
         if let Some(third) = lower.get(at + 2) {
-            grams.insert([window[0], window[1], *third].iter().collect());
+            grams.push((at, [pair[0], pair[1], *third].iter().collect()));
+        }
+        if !pair[0].is_ascii() && !pair[1].is_ascii() {
+            grams.push((at, pair.iter().collect()));
         }
     }
     grams
 }
 
-/// The n-grams every text containing `needle` (case-insensitively) holds, or `None` when
-/// the needle is too short for the index to narrow anything down (then every message is a
-/// candidate).
-pub fn needle_grams(needle: &str) -> Option<Vec<String>> {
+/// The n-grams that find `needle` (case-insensitively) as a phrase, with their offsets in
+/// it: windows of three at 0, 3, 6, ... and one ending at the needle's end. `None` when the
+/// needle is too short for the index (one character, or two that are not both non-ASCII).
+pub fn needle_grams(needle: &str) -> Option<Vec<(usize, String)>> {
     let lower: Vec<char> = needle.to_lowercase().chars().collect();
-    let grams: Vec<String> = match lower.len() {
-        0 | 1 => return None,
-        2 if lower.iter().all(|c| !c.is_ascii()) => vec![lower.iter().collect()],
-        2 => return None,
-        _ => {
-            let mut seen = HashSet::new();
-            lower.windows(3).map(|w| w.iter().collect::<String>()).filter(|gram| seen.insert(gram.clone())).collect()
+    let window = |at: usize, len: usize| lower[at..at + len].iter().collect::<String>();
+    match lower.len() {
+        0 | 1 => None,
+        2 if lower.iter().all(|c| !c.is_ascii()) => Some(vec![(0, window(0, 2))]),
+        2 => None,
+        len => {
+            let mut offsets: Vec<usize> = (0..=len - 3).step_by(3).collect();
+            if offsets.last() != Some(&(len - 3)) {
+                offsets.push(len - 3);
+            }
+            Some(offsets.into_iter().map(|at| (at, window(at, 3))).collect())
         }
-    };
-    Some(grams)
+    }
 }
 
-/// The tantivy tokenizer that emits [`text_grams`].
+/// The tantivy tokenizer that emits [`text_grams`]. A window's position is its character
+/// position and it spans three positions, so a phrase never bridges two values of a field.
 #[derive(Clone, Default)]
 pub struct GramTokenizer;
 
@@ -63,8 +66,10 @@ impl Tokenizer for GramTokenizer {
     fn token_stream<'a>(&'a mut self, text: &'a str) -> GramStream {
         let tokens = text_grams(text)
             .into_iter()
-            .enumerate()
-            .map(|(position, text)| Token { offset_from: 0, offset_to: 0, position, text, position_length: 1 })
+            .map(|(position, text)| {
+                let position_length = text.chars().count();
+                Token { offset_from: 0, offset_to: 0, position, text, position_length }
+            })
             .collect();
         GramStream { tokens, next: 0 }
     }
@@ -85,6 +90,12 @@ impl TokenStream for GramStream {
     }
 }
 
+/// The distinct n-grams of a text (tests).
+#[cfg(test)]
+pub(crate) fn distinct_grams(text: &str) -> std::collections::HashSet<String> {
+    text_grams(text).into_iter().map(|(_, gram)| gram).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,14 +103,18 @@ mod tests {
     #[test]
     fn a_needle_s_grams_are_in_every_text_containing_it() {
         let text = "Re: Invoice 2026 — 关于下周的会议安排, ΣΊΣΥΦΟΣ";
-        let grams = text_grams(text);
+        let grams = distinct_grams(text);
         for needle in ["voic", "INVOICE 20", "会议", "下周的会", "e: i", "σίσυ"] {
             let wanted = needle_grams(needle).unwrap();
-            assert!(wanted.iter().all(|gram| grams.contains(gram)), "{needle}");
+            assert!(wanted.iter().all(|(_, gram)| grams.contains(gram)), "{needle}");
         }
         assert_eq!(needle_grams("ab"), None, "two ASCII characters are too short");
         assert_eq!(needle_grams("é"), None);
-        assert_eq!(needle_grams("会议"), Some(vec!["会议".to_owned()]));
-        assert!(!needle_grams("xyz").unwrap().iter().all(|gram| grams.contains(gram)));
+        assert_eq!(needle_grams("会议"), Some(vec![(0, "会议".to_owned())]));
+        let offsets = |needle| needle_grams(needle).unwrap().into_iter().map(|(at, _)| at).collect::<Vec<_>>();
+        assert_eq!(offsets("abc"), [0]);
+        assert_eq!(offsets("abcdefg"), [0, 3, 4], "windows cover the needle to its end");
+        assert_eq!(offsets("abcdef"), [0, 3]);
+        assert!(!needle_grams("xyz").unwrap().iter().all(|(_, gram)| grams.contains(gram)));
     }
 }

@@ -5,10 +5,10 @@
 //! feeds it lives in wmail-core, which knows messages). This crate knows the schema, the
 //! tokenizers, how documents are written and removed, and how queries are asked.
 //!
-//! IMAP SEARCH asks for candidates ([`SearchIndex::candidates`]): a superset of the
-//! messages whose text contains a needle, which the caller verifies. Messages the index
-//! does not hold yet ([`SearchIndex::indexed`]) and messages whose text was too long to
-//! index whole are always candidates, so SEARCH stays exact while the index lags.
+//! IMAP SEARCH asks which messages contain a needle ([`SearchIndex::candidates`]); the
+//! answer is exact for every message the index holds whole. Messages the index does not
+//! hold yet ([`SearchIndex::indexed`]) and messages whose text was too long to index whole
+//! are the caller's to check, so SEARCH stays exact while the index lags.
 
 mod grams;
 mod words;
@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tantivy::collector::{Collector, SegmentCollector, TopDocs};
 use tantivy::columnar::Column;
 use tantivy::directory::MmapDirectory;
-use tantivy::query::{BooleanQuery, BoostQuery, Occur, Query, RangeQuery, TermQuery};
+use tantivy::query::{BooleanQuery, BoostQuery, Occur, PhraseQuery, Query, RangeQuery, TermQuery};
 use tantivy::schema::{
     FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions, Value,
 };
@@ -40,7 +40,7 @@ pub use words::{Clause, QueryError, WORDS_TOKENIZER, WordScope, parse_query, wor
 pub const MAX_INDEXED_TEXT: usize = 1 << 20;
 
 /// Bumped when the schema or the tokenizers change: an index of another version is rebuilt.
-const SCHEMA_VERSION: u32 = 2;
+const SCHEMA_VERSION: u32 = 3;
 
 /// Bytes of body text stored per message for search snippets.
 const PREVIEW_BYTES: usize = 4096;
@@ -212,7 +212,9 @@ impl Fields {
 fn schema() -> (Schema, Fields) {
     let mut builder = Schema::builder();
     let grams = TextOptions::default().set_indexing_options(
-        TextFieldIndexing::default().set_tokenizer(GRAMS_TOKENIZER).set_index_option(IndexRecordOption::Basic),
+        TextFieldIndexing::default()
+            .set_tokenizer(GRAMS_TOKENIZER)
+            .set_index_option(IndexRecordOption::WithFreqsAndPositions),
     );
     let words = TextOptions::default().set_indexing_options(
         TextFieldIndexing::default().set_tokenizer(WORDS_TOKENIZER).set_index_option(IndexRecordOption::WithFreqs),
@@ -434,9 +436,10 @@ impl SearchIndex {
         Ok(IndexedMailbox { uids, truncated })
     }
 
-    /// The UIDs of a mailbox whose indexed `fields` (any of them) may contain `needle`
-    /// case-insensitively; `None` when the needle is too short to narrow anything down.
-    /// Only documents the index holds are answered for: see [`Self::indexed`].
+    /// The UIDs of a mailbox whose indexed `fields` (any of them) contain `needle`
+    /// case-insensitively: exact for documents held whole, and for truncated ones a subset
+    /// (their text past the cap is not searched). `None` when the needle is too short for
+    /// the index. Only documents the index holds are answered for: see [`Self::indexed`].
     pub fn candidates(
         &self,
         account: u64,
@@ -459,11 +462,15 @@ impl SearchIndex {
         let per_field: Vec<(Occur, Box<dyn Query>)> = fields
             .iter()
             .map(|field| {
-                let all_grams: Vec<(Occur, Box<dyn Query>)> = grams
+                let mut terms: Vec<(usize, Term)> = grams
                     .iter()
-                    .map(|gram| (Occur::Must, term_query(Term::from_field_text(self.fields.text(*field), gram))))
+                    .map(|(offset, gram)| (*offset, Term::from_field_text(self.fields.text(*field), gram)))
                     .collect();
-                (Occur::Should, Box::new(BooleanQuery::new(all_grams)) as Box<dyn Query>)
+                let query: Box<dyn Query> = match terms.len() {
+                    1 => term_query(terms.remove(0).1),
+                    _ => Box::new(PhraseQuery::new_with_offset(terms)),
+                };
+                (Occur::Should, query)
             })
             .collect();
         let query = BooleanQuery::new(vec![

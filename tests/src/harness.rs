@@ -119,6 +119,12 @@ impl WmailNode {
         node
     }
 
+    /// Replaces the extra config (TOML before `[server]`) for the next start; fresh ports.
+    pub fn reconfigure(&mut self, extra_config: &str) {
+        self.extra_config = extra_config.to_owned();
+        self.write_config();
+    }
+
     /// Picks fresh ports and writes the config file.
     fn write_config(&mut self) {
         let local = || -> SocketAddr { format!("127.0.0.1:{}", free_port()).parse().expect("addr") };

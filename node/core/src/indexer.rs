@@ -4,7 +4,8 @@
 //! reads those accounts' change logs from the last change it indexed (kept in the index's
 //! commit record), adds a document for each message added and removes expunged messages and
 //! deleted mailboxes. An account whose log was trimmed past that point (a lagging index, a
-//! snapshot install) or that was never indexed is rebuilt from its mailboxes. Indexing runs
+//! snapshot install) or that was never indexed is reconciled with its mailboxes: messages the
+//! index lacks are added, ones it holds that are gone removed. Indexing runs
 //! beside the write path and never holds it up: it lags, and SEARCH stays exact meanwhile
 //! because messages the index does not hold are always candidates.
 
@@ -303,8 +304,8 @@ impl Pass<'_> {
                 }
             }
             None => {
-                tracing::debug!(account, floor, ?after, "rebuilding an account's search documents");
-                self.rebuild(account).await?;
+                tracing::debug!(account, floor, ?after, rebuild, "reconciling an account's search documents");
+                self.reconcile(account, rebuild).await?;
                 self.core.indexer.rebuild.lock().expect("indexer lock").remove(&account);
             }
         }
@@ -331,19 +332,44 @@ impl Pass<'_> {
         Ok(())
     }
 
-    /// Replaces every document of an account with documents of what its mailboxes hold.
-    async fn rebuild(&mut self, account: u64) -> Result<()> {
+    /// Makes an account's documents match what its mailboxes hold, without its change log:
+    /// adds the messages the index lacks and removes those it holds that are gone. A UID's
+    /// message never changes, so what is indexed stays valid, and catching up costs what is
+    /// missing, not the whole account (a large account whose log is trimmed faster than it
+    /// is indexed still converges). `full` (a reindex) drops every document first.
+    async fn reconcile(&mut self, account: u64, full: bool) -> Result<()> {
         let store = self.core.state.clone();
         // Read before the scan: changes after it are replayed next time (adding twice
         // replaces the document).
         let last = tokio::task::spawn_blocking(move || store.last_change_id(account))
             .await
             .map_err(|e| CoreError::internal("reading an account's changes", e))??;
-        self.core.search.remove_account(account);
+        if full {
+            self.core.search.remove_account(account);
+        }
         for mailbox in self.core.state.mailboxes(account)? {
-            for record in self.core.mailbox_messages(account, mailbox.id).await? {
+            let indexed = match full {
+                true => Default::default(),
+                false => {
+                    let index = self.core.search.clone();
+                    tokio::task::spawn_blocking(move || index.indexed(account, mailbox.id))
+                        .await
+                        .map_err(|e| CoreError::internal("reading the search index", e))?
+                        .map_err(|e| CoreError::internal("reading the search index", e))?
+                        .uids
+                }
+            };
+            let records = self.core.mailbox_messages(account, mailbox.id).await?;
+            let live: std::collections::HashSet<u32> = records.iter().map(|record| record.uid).collect();
+            for gone in indexed.difference(&live) {
+                self.core.search.remove_message(account, mailbox.id, *gone);
+                self.written += 1;
+            }
+            for record in records.into_iter().filter(|record| !indexed.contains(&record.uid)) {
                 self.add(account, mailbox.id, record).await?;
-                self.core.indexer.reindex.lock().expect("indexer lock").done += 1;
+                if full {
+                    self.core.indexer.reindex.lock().expect("indexer lock").done += 1;
+                }
                 self.maybe_commit().await?;
             }
         }

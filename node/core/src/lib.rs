@@ -95,6 +95,9 @@ pub struct CoreConfig {
     pub snapshot_every: u64,
     /// Login lockout thresholds.
     pub lockout: LockoutPolicy,
+    /// IMAP SEARCH asks the full-text index (`[search] imap_uses_index`); off, it reads
+    /// every message as it would without an index.
+    pub imap_uses_index: bool,
 }
 
 /// Default of [`CoreConfig::snapshot_every`].
@@ -996,15 +999,19 @@ impl Core {
     }
 
     /// Asks the full-text index about a mailbox: what it holds, and for each `(fields,
-    /// needle)` the UIDs whose fields (any of them) may contain the needle, a superset of the
-    /// matches among the messages it holds (`None`: the needle is too short to narrow
-    /// anything). Every message the index does not hold whole may match anything.
+    /// needle)` the UIDs whose fields (any of them) contain the needle, exact for every
+    /// message it holds whole (`None`: the needle is too short for the index). Messages it
+    /// does not hold whole are the caller's to check. `None` when IMAP is configured not to
+    /// use the index.
     pub async fn search_lookup(
         &self,
         account_id: u64,
         mailbox_id: u64,
         lookups: Vec<(&'static [SearchField], String)>,
-    ) -> Result<SearchLookup> {
+    ) -> Result<Option<SearchLookup>> {
+        if !self.config.imap_uses_index {
+            return Ok(None);
+        }
         let index = self.search.clone();
         tokio::task::spawn_blocking(move || {
             let lookups: Vec<(&[SearchField], &str)> =
@@ -1013,6 +1020,7 @@ impl Core {
         })
         .await
         .map_err(|e| CoreError::internal("querying the search index", e))?
+        .map(Some)
         .map_err(|e| CoreError::internal("querying the search index", e))
     }
 

@@ -32,6 +32,8 @@ struct Candidate {
 
 /// What evaluation needs besides the message.
 struct Context<'a> {
+    /// The full-text index's answers, when it could be asked.
+    index: Option<&'a IndexCandidates<'a>>,
     count: u32,
     largest_uid: u32,
     saved: &'a [u32],
@@ -84,14 +86,15 @@ fn indexed_fields(key: &SearchKey) -> Option<(&'static [SearchField], &str)> {
     })
 }
 
-/// The text keys whose candidates can narrow `key` down (not under NOT).
-fn narrowing_keys<'a>(key: &'a SearchKey, out: &mut Vec<&'a SearchKey>) {
+/// Every text key in `key`.
+fn text_keys<'a>(key: &'a SearchKey, out: &mut Vec<&'a SearchKey>) {
     match key {
-        SearchKey::And(keys) => keys.iter().for_each(|key| narrowing_keys(key, out)),
+        SearchKey::And(keys) => keys.iter().for_each(|key| text_keys(key, out)),
         SearchKey::Or(left, right) => {
-            narrowing_keys(left, out);
-            narrowing_keys(right, out);
+            text_keys(left, out);
+            text_keys(right, out);
         }
+        SearchKey::Not(inner) => text_keys(inner, out),
         key if indexed_fields(key).is_some() => out.push(key),
         _ => {}
     }
@@ -143,6 +146,9 @@ fn has_flag(record: &MessageRecord, flag: &str) -> bool {
 
 fn matches(key: &SearchKey, candidate: &Candidate, context: &Context) -> bool {
     let record = &candidate.record;
+    if let Some(answer) = context.index.and_then(|index| index.answer(key, record.uid)) {
+        return answer;
+    }
     let addresses = |needle: &str, pick: fn(&MessageSummary) -> (&[wmail_core::message::Address], &str)| {
         candidate.summary.as_ref().is_some_and(|summary| {
             let (list, display) = pick(summary);
@@ -231,19 +237,46 @@ fn matches(key: &SearchKey, candidate: &Candidate, context: &Context) -> bool {
     }
 }
 
-/// Messages the full-text index says a key may match.
-struct IndexCandidates {
-    /// Indexed messages that may match.
-    matched: HashSet<u32>,
+/// What the full-text index says about a key's text keys in the selected mailbox.
+struct IndexCandidates<'k> {
+    /// Indexed messages the whole key may match (`None`: no narrowing).
+    matched: Option<HashSet<u32>>,
     /// What the index holds of the mailbox.
     indexed: wmail_core::IndexedMailbox,
+    /// Per text lookup, the messages whose text contains the needle.
+    answers: Answers<'k>,
 }
 
-impl IndexCandidates {
-    /// Whether the message must be read and checked: the index says it may match, or the
-    /// index does not hold it (whole).
+impl IndexCandidates<'_> {
+    /// Whether the message must be looked at: the index says the key may match it, or the
+    /// index does not hold it whole.
     fn may_match(&self, uid: u32) -> bool {
-        self.matched.contains(&uid) || !self.indexed.uids.contains(&uid) || self.indexed.truncated.contains(&uid)
+        !self.exact(uid) || self.matched.as_ref().is_none_or(|matched| matched.contains(&uid))
+    }
+
+    /// The index holds the message whole, so its answers for it are exact.
+    fn exact(&self, uid: u32) -> bool {
+        self.indexed.uids.contains(&uid) && !self.indexed.truncated.contains(&uid)
+    }
+
+    /// The index's exact answer for a text key on one message, when it has one.
+    fn answer(&self, key: &SearchKey, uid: u32) -> Option<bool> {
+        let found = self.answers.get(&indexed_fields(key)?)?.as_ref()?;
+        self.exact(uid).then(|| found.contains(&uid))
+    }
+
+    /// What must be loaded to evaluate `key` on a message: (summary, body).
+    fn content_needs(&self, key: &SearchKey, uid: u32) -> (bool, bool) {
+        if self.answer(key, uid).is_some() {
+            return (false, false);
+        }
+        let either = |(a, b): (bool, bool), (c, d): (bool, bool)| (a || c, b || d);
+        match key {
+            SearchKey::Not(inner) => self.content_needs(inner, uid),
+            SearchKey::Or(left, right) => either(self.content_needs(left, uid), self.content_needs(right, uid)),
+            SearchKey::And(keys) => keys.iter().map(|key| self.content_needs(key, uid)).fold((false, false), either),
+            key => (needs_summary(key), needs_raw(key)),
+        }
     }
 }
 
@@ -261,10 +294,10 @@ impl Session {
             first_recent: selected.first_recent_uid,
             rev2: self.enabled.rev2,
             now_ms: wmail_core::now_ms(),
+            index: None,
         };
-        let reads_content = needs_summary(key);
-        let (load_summary, load_raw) = (with_content || reads_content, needs_raw(key));
         let candidates = self.index_candidates(account_id, mailbox_id, key).await;
+        let context = Context { index: candidates.as_ref(), ..context };
         let selected = self.selected.as_ref().expect("selected state checked");
         let mut out = Vec::new();
         let mut read = 0;
@@ -288,14 +321,18 @@ impl Session {
             if candidates.as_ref().is_some_and(|candidates| !candidates.may_match(uid)) {
                 continue;
             }
+            let (needs_summary, needs_raw) = match &candidates {
+                Some(candidates) => candidates.content_needs(key, uid),
+                None => (needs_summary(key), needs_raw(key)),
+            };
             let mut candidate = Candidate { seq: index as u32 + 1, record, summary: None, raw: None };
-            if load_summary {
+            if with_content || needs_summary {
                 candidate.summary = Some(self.core.message_summary(&candidate.record.blob).await?);
             }
-            if load_raw {
+            if needs_raw {
                 candidate.raw = Some(self.core.read_blob(&candidate.record.blob).await?);
             }
-            read += u64::from(reads_content);
+            read += u64::from(needs_summary);
             if matches(key, &candidate, &context) {
                 // Keep what SORT and THREAD read, never the bodies.
                 candidate.raw = None;
@@ -309,12 +346,16 @@ impl Session {
         Ok(out)
     }
 
-    /// What the full-text index says about `key` in a mailbox; `None` when it cannot narrow
-    /// the search down (no text key, short needles, or the index failed: then every
-    /// message is read, as without an index).
-    async fn index_candidates(&self, account_id: u64, mailbox_id: u64, key: &SearchKey) -> Option<IndexCandidates> {
+    /// What the full-text index says about `key`'s text keys in a mailbox; `None` when the
+    /// key has none or the index failed (then every message is read, as without an index).
+    async fn index_candidates<'k>(
+        &self,
+        account_id: u64,
+        mailbox_id: u64,
+        key: &'k SearchKey,
+    ) -> Option<IndexCandidates<'k>> {
         let mut keys = Vec::new();
-        narrowing_keys(key, &mut keys);
+        text_keys(key, &mut keys);
         if keys.is_empty() {
             return None;
         }
@@ -323,14 +364,15 @@ impl Session {
         lookups.dedup();
         let asked = lookups.iter().map(|(fields, needle)| (*fields, needle.to_string())).collect();
         let found = match self.core.search_lookup(account_id, mailbox_id, asked).await {
-            Ok(found) => found,
+            Ok(Some(found)) => found,
+            Ok(None) => return None,
             Err(error) => {
                 tracing::warn!(%error, "the search index could not be asked; reading every message");
                 return None;
             }
         };
         let answers: Answers = lookups.into_iter().zip(found.answers).collect();
-        Some(IndexCandidates { matched: narrow(key, &answers)?, indexed: found.indexed })
+        Some(IndexCandidates { matched: narrow(key, &answers), indexed: found.indexed, answers })
     }
 
     /// SEARCH and UID SEARCH.

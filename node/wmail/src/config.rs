@@ -50,6 +50,9 @@ pub struct Config {
     /// `[security]`.
     #[serde(default)]
     pub security: SecuritySection,
+    /// `[search]`.
+    #[serde(default)]
+    pub search: SearchSection,
 }
 
 /// `[security]`: login lockout for every protocol (defaults from the seed manuals).
@@ -274,6 +277,20 @@ impl Default for BlobSection {
             gc_grace_hours: 24,
             cache_size_mb: 0,
         }
+    }
+}
+
+/// `[search]`: the node's full-text index.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SearchSection {
+    /// IMAP SEARCH asks the index instead of reading every message.
+    pub imap_uses_index: bool,
+}
+
+impl Default for SearchSection {
+    fn default() -> Self {
+        Self { imap_uses_index: true }
     }
 }
 
