@@ -29,6 +29,11 @@ const COMMIT_EVERY: usize = 2_000;
 /// The least time between passes, so a busy node commits the index a few times a second
 /// rather than after every applied batch.
 const PASS_INTERVAL: Duration = Duration::from_millis(250);
+/// The node counts as busy writing for this long after an applied change.
+const BUSY_WINDOW: Duration = Duration::from_millis(500);
+/// While the node is busy, the indexer sleeps this many times as long as it worked (it
+/// uses at most a quarter of one core).
+const BUSY_YIELD_FACTOR: u32 = 3;
 /// How long an account whose messages could not be read waits before it is tried again.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 
@@ -58,13 +63,25 @@ pub(crate) struct IndexerState {
     rebuild: Mutex<BTreeSet<u64>>,
     reindex: Mutex<ReindexProgress>,
     messages_read: AtomicU64,
+    /// When the state last applied a change (ms since the epoch).
+    last_apply_ms: AtomicU64,
 }
 
 impl IndexerState {
     /// Marks accounts as changed (called after each applied batch).
     pub(crate) fn notify(&self, accounts: &[u64]) {
+        self.last_apply_ms.store(now_ms(), Ordering::Relaxed);
         self.dirty.lock().expect("indexer lock").extend(accounts);
         self.wake.notify_one();
+    }
+
+    /// After `worked` of indexing, gives the CPU back while the node is busy writing: the
+    /// index lags rather than slowing mail intake, and catches up at full speed when the
+    /// writes stop.
+    async fn yield_if_busy(&self, worked: Duration) {
+        if now_ms().saturating_sub(self.last_apply_ms.load(Ordering::Relaxed)) < BUSY_WINDOW.as_millis() as u64 {
+            tokio::time::sleep(worked * BUSY_YIELD_FACTOR).await;
+        }
     }
 }
 
@@ -378,6 +395,7 @@ impl Pass<'_> {
     }
 
     async fn add(&mut self, account: u64, mailbox: u64, record: MessageRecord) -> Result<()> {
+        let started = std::time::Instant::now();
         let texts = match self.texts.get(&record.blob) {
             Some(texts) => texts.clone(),
             None => {
@@ -404,6 +422,7 @@ impl Pass<'_> {
             .map_err(|e| CoreError::internal("indexing a message", e))?
             .map_err(|e| CoreError::internal("indexing a message", e))?;
         self.written += 1;
+        self.core.indexer.yield_if_busy(started.elapsed()).await;
         Ok(())
     }
 

@@ -304,9 +304,20 @@ impl Session {
         // The index is read in chunks of consecutive sequence numbers: memory stays bounded
         // by what matches, not by the mailbox.
         let mut by_uid: HashMap<u32, MessageRecord> = HashMap::new();
+        // Which messages must be looked at; a chunk with none of them is not even loaded.
+        let visit: Vec<bool> = selected
+            .uids
+            .iter()
+            .map(|uid| candidates.as_ref().is_none_or(|candidates| candidates.may_match(uid)))
+            .collect();
+        let mut loaded_to = None;
         for (index, uid) in selected.uids.iter().enumerate() {
-            if index % SEARCH_CHUNK == 0 {
+            if !visit[index] {
+                continue;
+            }
+            if loaded_to.is_none_or(|to| index > to) {
                 let last_index = (index + SEARCH_CHUNK).min(selected.uids.len()) - 1;
+                loaded_to = Some(last_index);
                 let last = selected.uids.get(last_index).unwrap_or(uid);
                 by_uid = self
                     .core
@@ -318,9 +329,6 @@ impl Session {
             }
             // Expunged by another session and not reported yet: it matches nothing.
             let Some(record) = by_uid.remove(&uid) else { continue };
-            if candidates.as_ref().is_some_and(|candidates| !candidates.may_match(uid)) {
-                continue;
-            }
             let (needs_summary, needs_raw) = match &candidates {
                 Some(candidates) => candidates.content_needs(key, uid),
                 None => (needs_summary(key), needs_raw(key)),
