@@ -86,6 +86,9 @@ pub struct Generator {
     chinese: String,
     binary: Vec<u8>,
     threads: Vec<Thread>,
+    /// Only short text messages (0.3-1.5 KB of text, no attachments), for million-message
+    /// corpora on small disks.
+    small: bool,
 }
 
 impl Generator {
@@ -96,7 +99,13 @@ impl Generator {
         let chinese = text_pool(&mut rng, 128 * 1024, |rng| CHINESE_PHRASES.choose(rng).unwrap().to_string());
         let mut binary = vec![0; 200 * 1024];
         rng.fill(&mut binary[..]);
-        Self { rng, recipient: recipient.to_owned(), english, chinese, binary, threads: Vec::new() }
+        Self { rng, recipient: recipient.to_owned(), english, chinese, binary, threads: Vec::new(), small: false }
+    }
+
+    /// Makes only short text messages from now on.
+    pub fn small(mut self) -> Self {
+        self.small = true;
+        self
     }
 
     /// The `n`th message (`n` makes its Message-ID unique across generators).
@@ -147,8 +156,9 @@ impl Generator {
         } else {
             head.push_str(&format!("Subject: =?UTF-8?B?{}?=\r\n", STANDARD.encode(&subject)));
         }
-        let kind = self.rng.gen_range(0..100);
+        let kind = if self.small { 99 } else { self.rng.gen_range(0..100) };
         let text_size = match kind {
+            _ if self.small => self.rng.gen_range(300..1_500),
             0..8 => self.rng.gen_range(500..3_000),
             8..20 => self.rng.gen_range(600..3_500),
             _ => self.rng.gen_range(3_500..19_500),
