@@ -1298,6 +1298,8 @@ impl<'a> Tx<'a> {
         self.delete(ks::PRINCIPALS, &prefix);
         self.delete(ks::ADDRESSES, &ks::address_key(address).expect("resolved above"));
         self.delete(ks::LEASES, format!("pop3:{account_id}").as_bytes());
+        // Open sessions and the search index learn that the account is gone.
+        self.touched_accounts.push(account_id);
         Ok(Ok(Outcome::Done))
     }
 

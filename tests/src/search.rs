@@ -276,6 +276,28 @@ for n in range(1050):
     let expected = format!("[{}, {}, {}]", now - 2, now - 1, now);
     assert_eq!(out.trim(), format!("{expected} {expected}"));
 
+    // Another account's mail, one message in an unknown charset with invalid bytes, one
+    // labelled GB18030 that is not: indexed without harm, and gone with the account.
+    let (status, body) = node
+        .api(
+            Method::POST,
+            "/accounts",
+            Some(serde_json::json!({ "address": "bob@example.com", "password": "bob password" })),
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+    for body in [
+        b"Subject: odd\r\nContent-Type: text/plain; charset=x-unknown\r\n\r\nbroken \xff\xfe bytes\r\n".to_vec(),
+        b"Subject: gb\r\nContent-Type: text/plain; charset=gb18030\r\n\r\n\x81\x30 half \xd6\r\n".to_vec(),
+    ] {
+        let (status, reply) = node.deliver("bob@example.com", body).await;
+        assert!(status.is_success(), "{reply}");
+    }
+    wait_indexed(&node, now + 2).await;
+    let (status, body) = node.api(Method::DELETE, "/accounts/bob@example.com", None).await;
+    assert!(status.is_success(), "{body}");
+    wait_indexed(&node, now).await;
+
     // wmail search reindex: progress on stderr, a summary on stdout.
     let output = node.cli(&["search", "reindex", "alice@example.com"], None);
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();

@@ -607,3 +607,36 @@ fn compare(key: SortKey, a: &Candidate, b: &Candidate) -> Ordering {
         SortKey::DisplayTo => text(&summary(a).display_to).cmp(&text(&summary(b).display_to)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_index_answers_only_for_messages_it_holds_whole() {
+        let body = SearchKey::Body("invoice".into());
+        let short = SearchKey::Body("a".into());
+        let mut answers = Answers::new();
+        answers.insert((&[SearchField::Body], "invoice"), Some(HashSet::from([1, 2])));
+        answers.insert((&[SearchField::Body], "a"), None);
+        let indexed = wmail_core::IndexedMailbox { uids: HashSet::from([1, 2, 3]), truncated: HashSet::from([2]) };
+        let index = IndexCandidates { matched: Some(HashSet::from([1, 2])), indexed, answers };
+        // Held whole: answered, nothing to read.
+        assert_eq!(index.answer(&body, 1), Some(true));
+        assert_eq!(index.answer(&body, 3), Some(false));
+        assert_eq!(index.content_needs(&body, 3), (false, false));
+        assert!(!index.may_match(3), "held whole and not matched: skipped");
+        // Truncated (2) or not indexed yet (4, a lagging index): read and checked.
+        for uid in [2, 4] {
+            assert_eq!(index.answer(&body, uid), None);
+            assert_eq!(index.content_needs(&body, uid), (true, true));
+            assert!(index.may_match(uid));
+        }
+        // A needle too short for the index is always checked.
+        assert_eq!(index.answer(&short, 1), None);
+        let either = SearchKey::Or(Box::new(body.clone()), Box::new(short));
+        assert_eq!(index.content_needs(&either, 1), (true, true));
+        let not = SearchKey::Not(Box::new(body));
+        assert_eq!(index.content_needs(&not, 3), (false, false), "NOT of an answered key needs nothing");
+    }
+}
