@@ -146,7 +146,7 @@ fn urlencode(text: &str) -> String {
 }
 
 /// Runs [`RANDOM_SEARCHES`] with the index, then again after a restart with `[search]
-/// imap_uses_index = false` (every message read and checked), asserts the answers are the
+/// enabled = false` (every message read and checked), asserts the answers are the
 /// same, and restarts with the index again (waiting until it holds `documents`). Returns
 /// how many messages SEARCH read each way.
 async fn compare_with_scan(node: &mut WmailNode, seed: u64, count: u64, documents: u64) -> (u64, u64) {
@@ -155,9 +155,12 @@ async fn compare_with_scan(node: &mut WmailNode, seed: u64, count: u64, document
     let indexed = imap(node, &script);
     let read_indexed = messages_read(&search_status(node).await) - before;
     node.terminate().await;
-    node.reconfigure("[search]\nimap_uses_index = false\n");
+    node.reconfigure("[search]\nenabled = false\n");
     node.start().await;
     let scanned = imap(node, &script);
+    let (status, refused) = node.api(Method::GET, "/accounts/alice@example.com/search?q=invoice", None).await;
+    assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE, "{refused}");
+    assert!(refused.to_string().contains("[search] enabled = false"), "{refused}");
     let read_scanning = messages_read(&search_status(node).await);
     node.terminate().await;
     node.reconfigure("");

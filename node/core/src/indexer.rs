@@ -31,8 +31,10 @@ const COMMIT_EVERY: usize = 2_000;
 const PASS_INTERVAL: Duration = Duration::from_millis(250);
 /// The node counts as busy writing for this long after an applied change.
 const BUSY_WINDOW: Duration = Duration::from_millis(500);
-/// While the node is busy, the indexer sleeps this many times as long as it worked (it
-/// uses at most a quarter of one core).
+/// While the node is busy, the indexer sleeps this many times as long as it worked on a
+/// message (Tantivy's indexing and merge threads follow the pace it sets). Measured on 2
+/// cores, a 100k-message IMAP fill ran at 1,275 messages/s with it and 1,107 without
+/// (1,603-1,825 with no index); a factor of 10 was not better.
 const BUSY_YIELD_FACTOR: u32 = 3;
 /// How long an account whose messages could not be read waits before it is tried again.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
@@ -104,6 +106,7 @@ impl Core {
     /// Starts rebuilding the full-text index of one account, or of all; returns at once.
     /// Progress is in [`Core::reindex_progress`].
     pub async fn start_reindex(&self, account: Option<u64>) -> Result<ReindexProgress> {
+        self.search_available()?;
         let state = self.state.clone();
         let (accounts, total) = tokio::task::spawn_blocking(move || -> Result<(Vec<u64>, u64)> {
             let accounts = match account {
@@ -140,6 +143,7 @@ impl Core {
     /// language in [`wmail_search::parse_query`]): the best `limit` messages, newest index
     /// state, each with its mailbox, subject, sender and a highlighted snippet.
     pub async fn search_messages(&self, account_id: u64, query: &str, limit: usize) -> Result<Vec<SearchHit>> {
+        self.search_available()?;
         let clauses = wmail_search::parse_query(query).map_err(|e| CoreError::new(ErrorCode::InvalidInput, e.0))?;
         let mailboxes = self.state.mailboxes(account_id)?;
         let by_name: HashMap<String, u64> =
@@ -177,6 +181,16 @@ impl Core {
             }
         }
         Ok(out)
+    }
+
+    fn search_available(&self) -> Result<()> {
+        match self.config.search_enabled {
+            true => Ok(()),
+            false => Err(CoreError::new(
+                ErrorCode::Unavailable,
+                "full-text search is turned off on this node ([search] enabled = false); ask another node or turn it on",
+            )),
+        }
     }
 
     /// What the last (or running) reindex did.

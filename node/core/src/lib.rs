@@ -95,9 +95,9 @@ pub struct CoreConfig {
     pub snapshot_every: u64,
     /// Login lockout thresholds.
     pub lockout: LockoutPolicy,
-    /// IMAP SEARCH asks the full-text index (`[search] imap_uses_index`); off, it reads
-    /// every message as it would without an index.
-    pub imap_uses_index: bool,
+    /// Keep the full-text index and let IMAP SEARCH use it (`[search] enabled`); off,
+    /// nothing is indexed, IMAP SEARCH reads every message and ranked search is refused.
+    pub search_enabled: bool,
 }
 
 /// Default of [`CoreConfig::snapshot_every`].
@@ -321,7 +321,9 @@ impl Core {
         }
         core.release_stale_leases().await;
         tokio::spawn(blob_gc_worker(Arc::downgrade(&core)));
-        tokio::spawn(indexer::indexer_worker(Arc::downgrade(&core)));
+        if core.config.search_enabled {
+            tokio::spawn(indexer::indexer_worker(Arc::downgrade(&core)));
+        }
         Ok(core)
     }
 
@@ -1009,7 +1011,7 @@ impl Core {
         mailbox_id: u64,
         lookups: Vec<(&'static [SearchField], String)>,
     ) -> Result<Option<SearchLookup>> {
-        if !self.config.imap_uses_index {
+        if !self.config.search_enabled {
             return Ok(None);
         }
         let index = self.search.clone();

@@ -22,7 +22,7 @@ async fn start_with_snapshots_every(dir: &std::path::Path, snapshot_every: u64) 
         blob_cache_bytes: 0,
         snapshot_every,
         lockout: LockoutPolicy { max_failures_per_account: 3, ..LockoutPolicy::default() },
-        imap_uses_index: true,
+        search_enabled: true,
     })
     .await
     .unwrap()
@@ -59,7 +59,7 @@ async fn restart_after_snapshot_and_log_purge_keeps_everything() {
             blob_cache_bytes: 0,
             snapshot_every: 20,
             lockout: LockoutPolicy::default(),
-            imap_uses_index: true,
+            search_enabled: true,
         };
         match Core::start(config).await {
             Ok(core) => break core,

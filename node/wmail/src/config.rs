@@ -284,13 +284,13 @@ impl Default for BlobSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SearchSection {
-    /// IMAP SEARCH asks the index instead of reading every message.
-    pub imap_uses_index: bool,
+    /// Keep and use the full-text index on this node.
+    pub enabled: bool,
 }
 
 impl Default for SearchSection {
     fn default() -> Self {
-        Self { imap_uses_index: true }
+        Self { enabled: true }
     }
 }
 

@@ -38,7 +38,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         blob_cache_bytes: config.blob.cache_size_mb.saturating_mul(1024 * 1024),
         snapshot_every: config.cluster.snapshot_every,
         lockout: config.security.lockout(),
-        imap_uses_index: config.search.imap_uses_index,
+        search_enabled: config.search.enabled,
     })
     .await
     .context("cannot start the node")?;
