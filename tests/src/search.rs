@@ -315,3 +315,34 @@ for n in range(1050):
     let metrics = node.get("/metrics").await.1;
     assert!(metrics.contains(&format!("wmail_search_documents {now}")), "{metrics}");
 }
+
+#[tokio::test]
+async fn text_past_the_indexed_cap_is_still_found() {
+    // A body of 3 MB of text: the index keeps its first 1 MiB and marks the message
+    // truncated, so SEARCH reads it for needles the index does not hold.
+    let node = node_with_account("", None).await;
+    let out = imap(
+        &node,
+        r#"
+r = Raw()
+body = b"start-marker\r\n" + (b"lorem ipsum dolor sit amet " * 40 + b"\r\n") * 2800 + b"end-marker\r\n"
+assert r.append("INBOX", b"Subject: big\r\n\r\n" + body)[1].startswith("OK")
+assert r.append("INBOX", b"Subject: small\r\n\r\nstart-marker only\r\n")[1].startswith("OK")
+print(len(body))
+"#,
+    );
+    assert!(out.trim().parse::<usize>().unwrap() > 3_000_000, "{out}");
+    wait_indexed(&node, 2).await;
+    let before = messages_read(&search_status(&node).await);
+    let out = imap(
+        &node,
+        r#"
+r = Raw()
+r.ok("SELECT INBOX")
+print(numbers(r.ok("UID SEARCH BODY start-marker")), numbers(r.ok("UID SEARCH BODY end-marker")), numbers(r.ok("UID SEARCH BODY no-such-marker")))
+"#,
+    );
+    assert_eq!(out.trim(), "[1, 2] [1] []");
+    // Only the truncated message was read, once per search.
+    assert_eq!(messages_read(&search_status(&node).await) - before, 3);
+}
