@@ -177,6 +177,27 @@ impl Core {
         .map_err(|e| CoreError::internal("reading a mailbox", e))?
     }
 
+    /// Returns the index records of the given UIDs of a mailbox that exist, in the order
+    /// asked.
+    pub async fn messages_by_uid(
+        &self,
+        account_id: u64,
+        mailbox_id: u64,
+        uids: Vec<u32>,
+    ) -> Result<Vec<MessageRecord>> {
+        let state = self.state.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::with_capacity(uids.len());
+            for uid in uids {
+                out.extend(state.message(account_id, mailbox_id, uid)?);
+            }
+            Ok::<_, wmail_storage::Error>(out)
+        })
+        .await
+        .map_err(|e| CoreError::internal("listing messages", e))?
+        .map_err(CoreError::from)
+    }
+
     /// Returns the messages with UIDs in `first..=last`, in UID order.
     pub async fn messages_between(
         &self,

@@ -303,51 +303,50 @@ impl Session {
         let mut read = 0;
         // The index is read in chunks of consecutive sequence numbers: memory stays bounded
         // by what matches, not by the mailbox.
-        let mut by_uid: HashMap<u32, MessageRecord> = HashMap::new();
-        // Which messages must be looked at; a chunk with none of them is not even loaded.
-        let visit: Vec<bool> = selected
+        // The messages that must be looked at (sequence index, UID), in order.
+        let visit: Vec<(usize, u32)> = selected
             .uids
             .iter()
-            .map(|uid| candidates.as_ref().is_none_or(|candidates| candidates.may_match(uid)))
+            .enumerate()
+            .filter(|(_, uid)| candidates.as_ref().is_none_or(|candidates| candidates.may_match(*uid)))
             .collect();
-        let mut loaded_to = None;
-        for (index, uid) in selected.uids.iter().enumerate() {
-            if !visit[index] {
-                continue;
-            }
-            if loaded_to.is_none_or(|to| index > to) {
-                let last_index = (index + SEARCH_CHUNK).min(selected.uids.len()) - 1;
-                loaded_to = Some(last_index);
-                let last = selected.uids.get(last_index).unwrap_or(uid);
-                by_uid = self
-                    .core
-                    .messages_between(account_id, mailbox_id, uid, last)
-                    .await?
-                    .into_iter()
-                    .map(|record| (record.uid, record))
-                    .collect();
-            }
-            // Expunged by another session and not reported yet: it matches nothing.
-            let Some(record) = by_uid.remove(&uid) else { continue };
-            let (needs_summary, needs_raw) = match &candidates {
-                Some(candidates) => candidates.content_needs(key, uid),
-                None => (needs_summary(key), needs_raw(key)),
-            };
-            let mut candidate = Candidate { seq: index as u32 + 1, record, summary: None, raw: None };
-            if with_content || needs_summary {
-                candidate.summary = Some(self.core.message_summary(&candidate.record.blob).await?);
-            }
-            if needs_raw {
-                candidate.raw = Some(self.core.read_blob(&candidate.record.blob).await?);
-            }
-            read += u64::from(needs_summary);
-            if matches(key, &candidate, &context) {
-                // Keep what SORT and THREAD read, never the bodies.
-                candidate.raw = None;
-                if !with_content {
-                    candidate.summary = None;
+        // Few of them (the index ruled most out): read their records one by one rather than
+        // every record of the mailbox.
+        let sparse = visit.len() * 8 < selected.uids.len();
+        for batch in visit.chunks(SEARCH_CHUNK) {
+            let (first, last) = (batch[0].1, batch[batch.len() - 1].1);
+            let records = match sparse {
+                true => {
+                    let uids = batch.iter().map(|(_, uid)| *uid).collect();
+                    self.core.messages_by_uid(account_id, mailbox_id, uids).await?
                 }
-                out.push(candidate);
+                false => self.core.messages_between(account_id, mailbox_id, first, last).await?,
+            };
+            let mut by_uid: HashMap<u32, MessageRecord> =
+                records.into_iter().map(|record| (record.uid, record)).collect();
+            for &(index, uid) in batch {
+                // Expunged by another session and not reported yet: it matches nothing.
+                let Some(record) = by_uid.remove(&uid) else { continue };
+                let (needs_summary, needs_raw) = match &candidates {
+                    Some(candidates) => candidates.content_needs(key, uid),
+                    None => (needs_summary(key), needs_raw(key)),
+                };
+                let mut candidate = Candidate { seq: index as u32 + 1, record, summary: None, raw: None };
+                if with_content || needs_summary {
+                    candidate.summary = Some(self.core.message_summary(&candidate.record.blob).await?);
+                }
+                if needs_raw {
+                    candidate.raw = Some(self.core.read_blob(&candidate.record.blob).await?);
+                }
+                read += u64::from(needs_summary);
+                if matches(key, &candidate, &context) {
+                    // Keep what SORT and THREAD read, never the bodies.
+                    candidate.raw = None;
+                    if !with_content {
+                        candidate.summary = None;
+                    }
+                    out.push(candidate);
+                }
             }
         }
         self.core.count_search_reads(read);
