@@ -422,8 +422,9 @@ impl ConsensusPeer {
     /// certificate of the cluster CA (a lagging node must accept a leader it does not
     /// know of yet; Raft's own membership decides whose log counts). Proposals, read
     /// indexes and membership changes need a certificate naming a node of this node's
-    /// membership, so a removed node can no longer write or read through the cluster (a
-    /// joining node may only ask to add itself).
+    /// membership, or a node asking to add itself (a joining node). Not yet enough against
+    /// a removed node that still holds its key: it may ask to be added again, and its Raft
+    /// RPCs are accepted; refusing revoked node ids everywhere is the missing piece.
     fn admit(&self, request: &PeerRequest, sender: &Sender) -> Result<(), String> {
         let certificate = match sender {
             Sender::Local => return Ok(()),

@@ -45,6 +45,9 @@ const SCHEMA_VERSION: u32 = 3;
 /// Bytes of body text stored per message for search snippets.
 const PREVIEW_BYTES: usize = 4096;
 
+/// Windows of the longest needle the index answers (about 96 characters).
+const MAX_NEEDLE_WINDOWS: usize = 32;
+
 /// Memory the index writer buffers before it flushes a segment.
 const WRITER_MEMORY: usize = 32 << 20;
 
@@ -438,7 +441,7 @@ impl SearchIndex {
 
     /// The UIDs of a mailbox whose indexed `fields` (any of them) contain `needle`
     /// case-insensitively: exact for documents held whole, and for truncated ones a subset
-    /// (their text past the cap is not searched). `None` when the needle is too short for
+    /// (their text past the cap is not searched). `None` when the needle is too short (or too long) for
     /// the index. Only documents the index holds are answered for: see [`Self::indexed`].
     pub fn candidates(
         &self,
@@ -458,7 +461,10 @@ impl SearchIndex {
         fields: &[TextField],
         needle: &str,
     ) -> Result<Option<HashSet<u32>>> {
-        let Some(grams) = needle_grams(needle) else { return Ok(None) };
+        // A needle of more windows than this is left to the scan: each window opens postings.
+        let Some(grams) = needle_grams(needle).filter(|grams| grams.len() <= MAX_NEEDLE_WINDOWS) else {
+            return Ok(None);
+        };
         let per_field: Vec<(Occur, Box<dyn Query>)> = fields
             .iter()
             .map(|field| {

@@ -245,3 +245,15 @@ fn ranked_search_stems_splits_cjk_filters_and_highlights() {
     let error = index.ranked(1, &parse_query("&&").unwrap(), &mailboxes, 10).unwrap_err();
     assert!(error.to_string().contains("no words"), "{error}");
 }
+
+#[test]
+fn a_needle_too_long_for_the_index_is_left_to_the_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let (index, _) = SearchIndex::open(dir.path()).unwrap();
+    let long = "word ".repeat(40);
+    let texts = vec![(TextField::Body, long.clone())];
+    index.add(&MessageDocument { account: 1, mailbox: 1, uid: 1, texts, ..Default::default() }).unwrap();
+    index.commit(Progress::default()).unwrap();
+    assert_eq!(index.candidates(1, 1, &[TextField::Body], &long[..90]).unwrap(), Some(HashSet::from([1])));
+    assert_eq!(index.candidates(1, 1, &[TextField::Body], &long[..150]).unwrap(), None, "over 32 windows");
+}

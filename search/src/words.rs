@@ -156,7 +156,8 @@ pub struct QueryError(pub String);
 
 const OPERATORS: &str = "from:, to:, subject:, body:, filename:, in:, has:attachment, before:, after:";
 
-/// Parses the webmail query language: words (all must match), `"quoted phrases"`,
+/// Parses the webmail query language: words (all must match), `"quoted text"` (its words,
+/// all required; the word fields keep no positions, so not as a phrase),
 /// `operator:value` (see [`OPERATORS`]), and `-` in front of a word or operator to exclude.
 pub fn parse_query(query: &str) -> Result<Vec<Clause>, QueryError> {
     let mut clauses = Vec::new();
@@ -185,7 +186,8 @@ pub fn parse_query(query: &str) -> Result<Vec<Clause>, QueryError> {
                     "has" => return Err(QueryError(format!("has:{value} is unknown; only has:attachment exists"))),
                     "before" => Clause::Before(day_ms(&value, "before")?),
                     "after" => Clause::After(day_ms(&value, "after")?),
-                    // A colon inside a word (a time, a URL) is text, not an operator.
+                    // A colon after something other than letters (a time such as 10:30) is
+                    // text; `http:` and other letter names are unknown operators (quote them).
                     _ if name.is_empty() || name.chars().any(|c| !c.is_ascii_alphabetic()) => {
                         Clause::Words { scope: WordScope::Anywhere, text: item.clone(), negated }
                     }

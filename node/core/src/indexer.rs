@@ -131,9 +131,10 @@ impl Core {
             }
             *progress =
                 ReindexProgress { running: true, account, total, done: 0, started_ms: now_ms(), finished_ms: 0 };
+            // Under the progress lock, so a pass ending now cannot see it finished.
+            self.indexer.rebuild.lock().expect("indexer lock").extend(&accounts);
             progress.clone()
         };
-        self.indexer.rebuild.lock().expect("indexer lock").extend(&accounts);
         self.indexer.notify(&accounts);
         tracing::info!(?account, messages = total, "reindex started");
         Ok(progress)
@@ -323,6 +324,7 @@ impl Pass<'_> {
         if !exists {
             self.core.search.remove_account(account);
             self.progress.accounts.remove(&account);
+            self.core.indexer.rebuild.lock().expect("indexer lock").remove(&account);
             self.written += 1;
             return Ok(());
         }
@@ -377,6 +379,9 @@ impl Pass<'_> {
             .map_err(|e| CoreError::internal("reading an account's changes", e))??;
         if full {
             self.core.search.remove_account(account);
+            // Committed mid-way, this says "not indexed": a restart reconciles the account
+            // instead of trusting a position whose documents are gone.
+            self.progress.accounts.remove(&account);
         }
         for mailbox in self.core.state.mailboxes(account)? {
             let indexed = match full {

@@ -1003,8 +1003,8 @@ impl Core {
     /// Asks the full-text index about a mailbox: what it holds, and for each `(fields,
     /// needle)` the UIDs whose fields (any of them) contain the needle, exact for every
     /// message it holds whole (`None`: the needle is too short for the index). Messages it
-    /// does not hold whole are the caller's to check. `None` when IMAP is configured not to
-    /// use the index.
+    /// does not hold whole are the caller's to check. `None` when the index is turned off
+    /// (`[search] enabled = false`).
     pub async fn search_lookup(
         &self,
         account_id: u64,

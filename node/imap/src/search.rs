@@ -1,10 +1,10 @@
 //! SEARCH (RFC 9051 §6.4.4) with ESEARCH (RFC 4731), SEARCHRES (RFC 5182) and the
 //! CONDSTORE MODSEQ key (RFC 7162 §3.1.5); SORT and THREAD (RFC 5256).
 //!
-//! Keys on flags, sizes, dates and UIDs use the message index. Text keys ask the node's
-//! full-text index for candidates first (a superset of the matches), then read and check
-//! only those; messages the index does not hold yet are always checked, so the answer is
-//! the same as a scan of every message.
+//! Keys on flags, sizes, dates and UIDs use the message index. Text keys are answered by
+//! the node's full-text index for every message it holds whole; only messages it does not
+//! hold yet, or holds truncated, are read and checked, so the answer is the same as a scan
+//! of every message.
 
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
