@@ -260,9 +260,13 @@ impl StateStore {
             drop(old);
             let _ = std::fs::remove_dir_all(self.root.join(generation_name(current)));
         }
-        // Every account may have changed: sessions and the search indexer look again.
+        // Every account may have changed: sessions and the search indexer look again. The
+        // state is swapped already, so a failure to list accounts is only logged.
         if let Some(listener) = self.change_listener.read().expect("listener lock").clone() {
-            listener(&self.account_ids()?);
+            match self.account_ids() {
+                Ok(accounts) => listener(&accounts),
+                Err(error) => tracing::warn!(%error, "cannot list accounts to notify after a snapshot install"),
+            }
         }
         Ok(())
     }

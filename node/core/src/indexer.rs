@@ -294,6 +294,8 @@ struct MessageTexts {
     attachments: Vec<String>,
     /// Some of the text is left out (the message is too large to read back).
     truncated: bool,
+    /// CPU time it took to extract.
+    extraction: Duration,
 }
 
 /// One pass over the changed accounts.
@@ -414,11 +416,13 @@ impl Pass<'_> {
     }
 
     async fn add(&mut self, account: u64, mailbox: u64, record: MessageRecord) -> Result<()> {
-        let started = std::time::Instant::now();
+        // CPU spent on this message (not waiting for the body store), for the yield.
+        let mut worked = Duration::ZERO;
         let texts = match self.texts.get(&record.blob) {
             Some(texts) => texts.clone(),
             None => {
                 let texts = Arc::new(self.texts_of(&record).await?);
+                worked += texts.extraction;
                 if self.texts.len() >= 64 {
                     self.texts.clear();
                 }
@@ -436,12 +440,14 @@ impl Pass<'_> {
             truncated: texts.truncated,
         };
         let index = self.core.search.clone();
+        let started = std::time::Instant::now();
         tokio::task::spawn_blocking(move || index.add(&document))
             .await
             .map_err(|e| CoreError::internal("indexing a message", e))?
             .map_err(|e| CoreError::internal("indexing a message", e))?;
+        worked += started.elapsed();
         self.written += 1;
-        self.core.indexer.yield_if_busy(started.elapsed()).await;
+        self.core.indexer.yield_if_busy(worked).await;
         Ok(())
     }
 
@@ -451,13 +457,13 @@ impl Pass<'_> {
         let attachments = attachment_names(&summary.root);
         if record.size > MAX_INDEXED_MESSAGE {
             let texts = vec![(SearchField::Subject, summary.subject_decoded.clone())];
-            return Ok(MessageTexts { texts, attachments, truncated: true });
+            return Ok(MessageTexts { texts, attachments, truncated: true, extraction: Duration::ZERO });
         }
         let raw = self.core.read_blob(&record.blob).await?;
-        tokio::task::spawn_blocking(move || MessageTexts {
-            texts: search_texts(&raw, &summary),
-            attachments,
-            truncated: false,
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let texts = search_texts(&raw, &summary);
+            MessageTexts { texts, attachments, truncated: false, extraction: started.elapsed() }
         })
         .await
         .map_err(|e| CoreError::internal("extracting a message's text", e))
