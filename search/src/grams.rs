@@ -54,16 +54,10 @@ pub fn needle_grams(needle: &str) -> Option<Vec<(usize, String)>> {
 #[derive(Clone, Default)]
 pub struct GramTokenizer;
 
-/// The tokens of one text.
-pub struct GramStream {
-    tokens: Vec<Token>,
-    next: usize,
-}
-
 impl Tokenizer for GramTokenizer {
-    type TokenStream<'a> = GramStream;
+    type TokenStream<'a> = VecTokenStream;
 
-    fn token_stream<'a>(&'a mut self, text: &'a str) -> GramStream {
+    fn token_stream<'a>(&'a mut self, text: &'a str) -> VecTokenStream {
         let tokens = text_grams(text)
             .into_iter()
             .map(|(position, text)| {
@@ -71,11 +65,23 @@ impl Tokenizer for GramTokenizer {
                 Token { offset_from: 0, offset_to: 0, position, text, position_length }
             })
             .collect();
-        GramStream { tokens, next: 0 }
+        VecTokenStream::new(tokens)
     }
 }
 
-impl TokenStream for GramStream {
+/// The tokens of one text, made up front (both tokenizers of this crate emit them so).
+pub struct VecTokenStream {
+    tokens: Vec<Token>,
+    next: usize,
+}
+
+impl VecTokenStream {
+    pub(crate) fn new(tokens: Vec<Token>) -> Self {
+        Self { tokens, next: 0 }
+    }
+}
+
+impl TokenStream for VecTokenStream {
     fn advance(&mut self) -> bool {
         self.next += 1;
         self.next <= self.tokens.len()

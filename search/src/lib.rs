@@ -253,11 +253,7 @@ fn capped(text: &str) -> (&str, bool) {
     if text.len() <= MAX_INDEXED_TEXT {
         return (text, false);
     }
-    let mut end = MAX_INDEXED_TEXT;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    (&text[..end], true)
+    (&text[..text.floor_char_boundary(MAX_INDEXED_TEXT)], true)
 }
 
 /// The index of one node.
@@ -358,11 +354,7 @@ impl SearchIndex {
                 document.add_text(words, text);
             }
             if *field == TextField::Body && preview.len() < PREVIEW_BYTES {
-                let mut end = (PREVIEW_BYTES - preview.len()).min(text.len());
-                while !text.is_char_boundary(end) {
-                    end -= 1;
-                }
-                preview.push_str(&text[..end]);
+                preview.push_str(&text[..text.floor_char_boundary(PREVIEW_BYTES - preview.len())]);
             }
         }
         document.add_text(fields.preview, &preview);
@@ -508,13 +500,13 @@ impl SearchIndex {
                     if terms.is_empty() {
                         return Err(RankedError::Query(QueryError(format!("\"{text}\" has no words to search for"))));
                     }
+                    let in_scope = fields.words_in(*scope);
                     let each_term: Vec<(Occur, Box<dyn Query>)> = terms
                         .iter()
                         .map(|term| {
-                            let anywhere: Vec<(Occur, Box<dyn Query>)> = fields
-                                .words_in(*scope)
-                                .into_iter()
-                                .map(|(field, boost)| {
+                            let anywhere: Vec<(Occur, Box<dyn Query>)> = in_scope
+                                .iter()
+                                .map(|&(field, boost)| {
                                     let query = TermQuery::new(
                                         Term::from_field_text(field, term),
                                         IndexRecordOption::WithFreqs,
@@ -570,11 +562,7 @@ impl SearchIndex {
             let preview = document.get_first(fields.preview).and_then(|value| value.as_str()).unwrap_or_default();
             let snippet = snippets.snippet(preview);
             let snippet = if snippet.fragment().is_empty() {
-                let mut end = preview.len().min(160);
-                while !preview.is_char_boundary(end) {
-                    end -= 1;
-                }
-                html_escape(&preview[..end])
+                html_escape(&preview[..preview.floor_char_boundary(160)])
             } else {
                 snippet.to_html()
             };

@@ -6,6 +6,8 @@ use tantivy::tokenizer::{
     Language, LowerCaser, RemoveLongFilter, Stemmer, TextAnalyzer, Token, TokenStream, Tokenizer,
 };
 
+use crate::grams::VecTokenStream;
+
 /// The name the word analyzer is registered under.
 pub const WORDS_TOKENIZER: &str = "wmail_words";
 
@@ -35,16 +37,10 @@ fn is_cjk(c: char) -> bool {
 #[derive(Clone, Default)]
 pub struct WordTokenizer;
 
-/// The tokens of one text.
-pub struct WordStream {
-    tokens: Vec<Token>,
-    next: usize,
-}
-
 impl Tokenizer for WordTokenizer {
-    type TokenStream<'a> = WordStream;
+    type TokenStream<'a> = VecTokenStream;
 
-    fn token_stream<'a>(&'a mut self, text: &'a str) -> WordStream {
+    fn token_stream<'a>(&'a mut self, text: &'a str) -> VecTokenStream {
         let mut tokens = Vec::new();
         let mut push = |from: usize, to: usize| {
             let position = tokens.len();
@@ -80,22 +76,7 @@ impl Tokenizer for WordTokenizer {
                 at += 1;
             }
         }
-        WordStream { tokens, next: 0 }
-    }
-}
-
-impl TokenStream for WordStream {
-    fn advance(&mut self) -> bool {
-        self.next += 1;
-        self.next <= self.tokens.len()
-    }
-
-    fn token(&self) -> &Token {
-        &self.tokens[self.next - 1]
-    }
-
-    fn token_mut(&mut self) -> &mut Token {
-        &mut self.tokens[self.next - 1]
+        VecTokenStream::new(tokens)
     }
 }
 

@@ -135,16 +135,6 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
-/// Percent-encodes a query-string value.
-fn urlencode(text: &str) -> String {
-    text.bytes()
-        .map(|byte| match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (byte as char).to_string(),
-            _ => format!("%{byte:02X}"),
-        })
-        .collect()
-}
-
 /// Runs [`RANDOM_SEARCHES`] with the index, then again after a restart with `[search]
 /// enabled = false` (every message read and checked), asserts the answers are the
 /// same, and restarts with the index again (waiting until it holds `documents`). Returns
@@ -206,7 +196,11 @@ print("ok")
 
     // Ranked search for the webmail: CJK words, operators, snippets, clear query errors.
     let search = |query: &str| {
-        let path = format!("/accounts/alice@example.com/search?limit=100&q={}", urlencode(query));
+        let query = form_urlencoded::Serializer::new(String::new())
+            .append_pair("limit", "100")
+            .append_pair("q", query)
+            .finish();
+        let path = format!("/accounts/alice@example.com/search?{query}");
         let node = &node;
         async move { node.api(Method::GET, &path, None).await }
     };

@@ -117,7 +117,11 @@ pub async fn search(api: &Api, args: &SearchArgs) -> anyhow::Result<()> {
         if rng.gen_bool(0.3) {
             query.push_str(" has:attachment");
         }
-        let path = format!("/accounts/{}/search?limit=20&q={}", args.user, encode(&query));
+        let query = form_urlencoded::Serializer::new(String::new())
+            .append_pair("limit", "20")
+            .append_pair("q", &query)
+            .finish();
+        let path = format!("/accounts/{}/search?{query}", args.user);
         let started = Instant::now();
         api.get(&path).await?;
         api_latencies.push(started.elapsed());
@@ -160,14 +164,4 @@ pub async fn search(api: &Api, args: &SearchArgs) -> anyhow::Result<()> {
         println!("ranked search API: p50 {api_p50:.1} ms, p99 {api_p99:.1} ms over {} queries", args.queries);
     }
     Ok(())
-}
-
-/// Percent-encodes a query-string value.
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|byte| match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (byte as char).to_string(),
-            _ => format!("%{byte:02X}"),
-        })
-        .collect()
 }
