@@ -24,6 +24,8 @@ mod foundation;
 #[cfg(test)]
 mod imap;
 #[cfg(test)]
+mod jepsen;
+#[cfg(test)]
 mod licences;
 #[cfg(test)]
 mod outbound;

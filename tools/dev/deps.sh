@@ -14,8 +14,9 @@ fi
 if [ "$what" = test ]; then
   # promtool (package prometheus) lints /metrics; python3-venv hosts SeaweedFS;
   # fetchmail and curl are real POP3 clients; isync (mbsync) and curl real IMAP clients;
-  # dnsmasq answers DNS for the outbound tests' zones; haproxy fronts the cluster tests.
-  packages+=(prometheus python3-venv fetchmail curl isync dnsmasq-base haproxy)
+  # dnsmasq answers DNS for the outbound tests' zones; haproxy fronts the cluster tests;
+  # iproute2 builds jepsen's network namespaces and faketime skews its nodes' clocks.
+  packages+=(prometheus python3-venv fetchmail curl isync dnsmasq-base haproxy iproute2 faketime)
 fi
 
 missing=()

@@ -696,6 +696,12 @@ impl Session {
             }
             let _ = sender.send(Piece::End).await;
         }
+        #[cfg(debug_assertions)]
+        if refusal.is_none() && acknowledge_before_commit() {
+            // The deliberate bug: the delivery goes on in the background and may fail.
+            self.messages += 1;
+            return for_all(reply(250, "2.0.0", "OK (acknowledged before the commit: WMAIL_TEST_ACK_BEFORE_COMMIT)"));
+        }
         let delivered = body.delivery.await;
         if let Some(refusal) = refusal {
             return for_all(refusal);
@@ -1038,6 +1044,22 @@ impl Session {
             _ => Ok(SaslResponse::Closed),
         }
     }
+}
+
+/// Fault injection for the checker of `jepsen/`, in debug builds only (release builds have
+/// no such switch): with `WMAIL_TEST_ACK_BEFORE_COMMIT=1`, DATA is answered `250` before
+/// the delivery is committed, breaking RFC 5321 §6.1 (an accepted message must not be lost).
+/// The harness must then find acknowledged messages missing.
+#[cfg(debug_assertions)]
+fn acknowledge_before_commit() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| {
+        let enabled = std::env::var_os("WMAIL_TEST_ACK_BEFORE_COMMIT").is_some_and(|value| value == "1");
+        if enabled {
+            tracing::error!("WMAIL_TEST_ACK_BEFORE_COMMIT=1: SMTP acknowledges messages before they are committed (a deliberate bug for testing; never in production)");
+        }
+        enabled
+    })
 }
 
 fn parse_error_reply(error: smtp_proto::Error) -> Reply {

@@ -12,12 +12,12 @@
 //! APPEND throughput, a mixed user workload with per-command latencies, and the memory and
 //! wake-up latency of many IDLE connections.
 
-mod imap;
 mod imap_load;
 mod messages;
 mod pop3_load;
 mod search_load;
-mod smtp;
+
+use wmail_bench::{imap, smtp};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};

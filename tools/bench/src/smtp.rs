@@ -110,6 +110,6 @@ impl Sender {
 
 /// A TLS client that accepts any certificate (the benchmark measures, it does not
 /// authenticate servers).
-pub(crate) fn connector() -> tokio_rustls::TlsConnector {
+pub fn connector() -> tokio_rustls::TlsConnector {
     wmail_net::opportunistic_tls_connector()
 }
