@@ -527,3 +527,49 @@ async fn many_parallel_connections_from_one_address_are_limited_without_harm() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn a_nearly_full_disk_refuses_new_mail_temporarily_and_accepts_it_again_when_there_is_room() {
+    let mut node = node_with_accounts("").await;
+    node.terminate().await;
+    // A reserve larger than any disk: the node starts, serves, and refuses new mail.
+    node.env.push(("WMAIL_SERVER_MIN_FREE_DISK_MB".into(), "1000000000".into()));
+    node.start().await;
+    let (mut smtp, _) = RawSmtp::connect_raw(node.smtp).await;
+    smtp.command("EHLO client.test", 250).await;
+    let refused = smtp.command("MAIL FROM:<sender@remote.test>", 452).await;
+    assert!(refused.text().contains("4.3.1") && refused.text().contains("try again later"), "{}", refused.text());
+    smtp.send("QUIT").await;
+    let message = b"Subject: disk\r\n\r\nbody\r\n".to_vec();
+    let (status, body) = node.deliver("alice@example.com", message.clone()).await;
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{body}");
+    assert_eq!(body["error"]["code"], "insufficient_storage", "{body}");
+    let (_, metrics) = node.get("/metrics").await;
+    assert!(metrics.contains("wmail_data_disk_available_bytes "), "{metrics}");
+    assert!(node.log().contains("the data disk is nearly full"), "{}", node.log());
+    // IMAP APPEND is refused the same way (NO, temporary).
+    let out = python(
+        &node,
+        r#"
+m = imaplib.IMAP4("127.0.0.1", IMAP)
+m.starttls(ssl._create_unverified_context())
+m.login("alice@example.com", "alice password")
+typ, data = m.append("INBOX", None, None, b"Subject: x\r\n\r\ny\r\n")
+print(typ, data)
+m.noop()
+print("still connected")
+"#,
+    );
+    assert!(
+        out.contains("NO [b\"[UNAVAILABLE] this server's disk is nearly full") && out.contains("still connected"),
+        "{out}"
+    );
+    assert!(inbox(&node, "alice@example.com").await.is_empty());
+
+    // With room again (the default reserve), the same node takes mail.
+    node.terminate().await;
+    node.env.clear();
+    node.start().await;
+    let (status, body) = node.deliver("alice@example.com", message).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}

@@ -18,6 +18,8 @@ pub enum ErrorCode {
     OverQuota,
     /// Temporarily unavailable (no leader, shutting down); retry later.
     Unavailable,
+    /// This node's data disk is nearly full: new mail is refused until space is freed.
+    InsufficientStorage,
     /// A bug or a storage failure; the log has details.
     Internal,
 }

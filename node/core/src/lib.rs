@@ -7,6 +7,7 @@
 
 mod address;
 mod cluster;
+mod disk;
 pub mod dkim;
 pub mod dsn;
 mod error;
@@ -98,6 +99,9 @@ pub struct CoreConfig {
     /// Keep the full-text index and let IMAP SEARCH use it (`[search] enabled`); off,
     /// nothing is indexed, IMAP SEARCH reads every message and ranked search is refused.
     pub search_enabled: bool,
+    /// Free space kept on the data disk: below it new mail is refused, temporarily
+    /// (`[server] min_free_disk_mb`).
+    pub min_free_disk_bytes: u64,
 }
 
 /// Default of [`CoreConfig::snapshot_every`].
@@ -173,6 +177,8 @@ pub struct Core {
     /// Wakes this node's delivery worker when it queued a message.
     queue_signal: tokio::sync::Notify,
     login_guard: LoginGuard,
+    /// Refuses new mail while the data disk is nearly full.
+    disk: Arc<disk::DiskGuard>,
     /// Bounds how many large bodies are read back and parsed at once.
     summary_parses: tokio::sync::Semaphore,
     notifier: Arc<mailbox::ChangeNotifier>,
@@ -277,6 +283,7 @@ impl Core {
         let core = Arc::new(Self {
             queue_signal: tokio::sync::Notify::new(),
             login_guard: LoginGuard::new(config.lockout),
+            disk: Arc::new(disk::DiskGuard::new(config.data_dir.clone(), config.min_free_disk_bytes)),
             summary_parses: tokio::sync::Semaphore::new(2),
             notifier,
             search,
@@ -290,6 +297,7 @@ impl Core {
             cluster_setup: tokio::sync::Mutex::new(()),
             config,
         });
+        disk::DiskGuard::spawn_sampler(core.disk.clone());
         if let Some(identity) = &identity {
             core.listen(identity)?;
         }
@@ -350,6 +358,17 @@ impl Core {
     /// reads of what it has and refuses writes. `None` while in touch, and on voters.
     pub fn detached(&self) -> Option<Duration> {
         self.consensus.detached()
+    }
+
+    /// Fails with `InsufficientStorage` while the data disk has less than its reserve
+    /// free: callers refuse new mail early with it (SMTP MAIL, IMAP APPEND).
+    pub fn check_disk_space(&self) -> Result<()> {
+        self.disk.check()
+    }
+
+    /// Bytes free on the data disk (sampled every second).
+    pub fn data_disk_available_bytes(&self) -> u64 {
+        self.disk.available_bytes()
     }
 
     /// Returns the Raft metrics of this node.
@@ -747,6 +766,7 @@ impl Core {
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send,
     {
+        self.disk.check()?;
         // Each account gets one copy however many recipients (addresses, aliases, groups)
         // lead to it; each recipient reports the result of its first account.
         let mut plan = Vec::new();

@@ -295,6 +295,7 @@ impl Core {
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send,
     {
+        self.check_disk_space()?;
         let stored_after_index = self.consensus.metrics().last_applied.map_or(0, |id| id.index);
         let (stored, copy, _) = self.store_body(body).await?;
         let (summary, threading) = self.encoded_summary(&stored, copy).await.unzip();

@@ -23,6 +23,7 @@ async fn start_with_snapshots_every(dir: &std::path::Path, snapshot_every: u64) 
         snapshot_every,
         lockout: LockoutPolicy { max_failures_per_account: 3, ..LockoutPolicy::default() },
         search_enabled: true,
+        min_free_disk_bytes: 0,
     })
     .await
     .unwrap()
@@ -60,6 +61,7 @@ async fn restart_after_snapshot_and_log_purge_keeps_everything() {
             snapshot_every: 20,
             lockout: LockoutPolicy::default(),
             search_enabled: true,
+            min_free_disk_bytes: 0,
         };
         match Core::start(config).await {
             Ok(core) => break core,

@@ -46,6 +46,7 @@ impl From<CoreError> for ApiError {
             ErrorCode::InvalidInput => (StatusCode::BAD_REQUEST, "invalid_input"),
             ErrorCode::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ErrorCode::OverQuota => (StatusCode::INSUFFICIENT_STORAGE, "over_quota"),
+            ErrorCode::InsufficientStorage => (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage"),
             ErrorCode::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ErrorCode::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };

@@ -28,6 +28,7 @@ pub struct Metrics {
     queue_messages: IntGauge,
     queue_oldest_age: IntGauge,
     search_documents: IntGauge,
+    data_disk_available: IntGauge,
     search_index_bytes: IntGauge,
     search_messages_read: IntCounter,
 }
@@ -79,6 +80,10 @@ impl Metrics {
                 "Age of the oldest message in the outbound queue (0 when it is empty)",
             ),
             search_documents: gauge("search_documents", "Message copies in this node's full-text index"),
+            data_disk_available: gauge(
+                "data_disk_available_bytes",
+                "Free space on this node's data disk (below [server] min_free_disk_mb new mail is refused)",
+            ),
             search_index_bytes: gauge("search_index_bytes", "Size of this node's full-text index on disk"),
             search_messages_read: counter(
                 "search_messages_read_total",
@@ -105,6 +110,7 @@ impl Metrics {
             Box::new(metrics.queue_messages.clone()),
             Box::new(metrics.queue_oldest_age.clone()),
             Box::new(metrics.search_documents.clone()),
+            Box::new(metrics.data_disk_available.clone()),
             Box::new(metrics.search_index_bytes.clone()),
             Box::new(metrics.search_messages_read.clone()),
         ];
@@ -129,6 +135,7 @@ impl Metrics {
         let (entries, appends, syncs) = core.raft_log_io();
         let search = core.search_status();
         self.search_documents.set(search.documents as i64);
+        self.data_disk_available.set(core.data_disk_available_bytes().min(i64::MAX as u64) as i64);
         self.search_index_bytes.set(search.index_bytes as i64);
         for (counter, value) in [
             (&self.raft_log_entries, entries),

@@ -145,7 +145,7 @@ impl Session {
             ErrorCode::NotFound => "[NONEXISTENT] ",
             ErrorCode::AlreadyExists => "[ALREADYEXISTS] ",
             ErrorCode::OverQuota => "[OVERQUOTA] ",
-            ErrorCode::Unavailable | ErrorCode::Internal => "[UNAVAILABLE] ",
+            ErrorCode::Unavailable | ErrorCode::Internal | ErrorCode::InsufficientStorage => "[UNAVAILABLE] ",
             ErrorCode::Unauthorized => "[AUTHORIZATIONFAILED] ",
             ErrorCode::InvalidInput | ErrorCode::Conflict => "[CANNOT] ",
         };
@@ -237,6 +237,11 @@ impl Session {
                 }
                 if self.account.is_none() {
                     return Err(self.refuse_literal(&tag, announcement.non_synchronizing, "log in first"));
+                }
+                // A nearly full data disk: refused before the client sends the message.
+                if let Err(error) = self.core.check_disk_space() {
+                    let text = format!("[UNAVAILABLE] {}", error.message);
+                    return Err(self.refuse_literal_with(&tag, announcement.non_synchronizing, "NO", &text));
                 }
                 if !announcement.non_synchronizing {
                     self.queue(b"+ Ready for literal data\r\n");

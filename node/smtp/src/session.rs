@@ -411,6 +411,11 @@ impl Session {
             self.send(reply(552, "5.3.4", text));
             return Ok(());
         }
+        // A nearly full data disk: refuse before the client sends the data (452 4.3.1).
+        if let Err(error) = self.core.check_disk_space() {
+            self.send(core_error_reply(&error));
+            return Ok(());
+        }
         let reverse_path = from.address.clone();
         if let Some(account) = &self.authenticated {
             let allowed = !reverse_path.is_empty() && self.core.may_send_as(account, &reverse_path).unwrap_or(false);
@@ -1096,6 +1101,8 @@ fn core_error_reply(error: &CoreError) -> Reply {
         ErrorCode::NotFound => reply(550, "5.1.1", error.message.clone()),
         ErrorCode::Unauthorized => reply(535, "5.7.8", "authentication credentials invalid"),
         ErrorCode::OverQuota => reply(552, "5.2.2", error.message.clone()),
+        // RFC 5321 §4.2.3 (452: insufficient system storage), RFC 3463 X.3.1 (mail system full).
+        ErrorCode::InsufficientStorage => reply(452, "4.3.1", error.message.clone()),
         ErrorCode::AlreadyExists | ErrorCode::Conflict => reply(451, "4.3.0", error.message.clone()),
     }
 }

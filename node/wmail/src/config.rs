@@ -182,11 +182,13 @@ pub struct ServerSection {
     pub hostname: String,
     /// Data directory.
     pub data_dir: PathBuf,
+    /// MiB kept free on the data disk: below it new mail is refused (temporarily).
+    pub min_free_disk_mb: u64,
 }
 
 impl Default for ServerSection {
     fn default() -> Self {
-        Self { hostname: "localhost".into(), data_dir: PathBuf::from("./wmail-data") }
+        Self { hostname: "localhost".into(), data_dir: PathBuf::from("./wmail-data"), min_free_disk_mb: 256 }
     }
 }
 

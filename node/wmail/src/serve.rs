@@ -39,6 +39,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         snapshot_every: config.cluster.snapshot_every,
         lockout: config.security.lockout(),
         search_enabled: config.search.enabled,
+        min_free_disk_bytes: config.server.min_free_disk_mb.saturating_mul(1024 * 1024),
     })
     .await
     .context("cannot start the node")?;
