@@ -233,11 +233,18 @@ impl PeerClient {
     {
         let reply =
             self.transport.call(self.target, &self.node, PeerRequest::Raft(rpc)).await.map_err(transport_error)?;
-        let PeerReply::Raft(reply) = reply else {
-            return Err(transport_error(TransportError::Failed {
-                node: self.target,
-                reason: "reply of the wrong kind".into(),
-            }));
+        let reply = match reply {
+            PeerReply::Raft(reply) => reply,
+            // The peer refused this node (its certificate revoked, say): say why.
+            PeerReply::Join(Err(refusal)) => {
+                return Err(transport_error(TransportError::Failed { node: self.target, reason: refusal }));
+            }
+            _ => {
+                return Err(transport_error(TransportError::Failed {
+                    node: self.target,
+                    reason: "reply of the wrong kind".into(),
+                }));
+            }
         };
         match pick(reply) {
             Some(answer) => {

@@ -31,6 +31,12 @@ const LEADER_RETRY: Duration = Duration::from_millis(50);
 pub trait JoinHandler: Send + Sync + 'static {
     /// Answers one enrolment request.
     fn join(&self, request: Vec<u8>) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send + '_>>;
+
+    /// The nodes whose certificates are revoked (removed from the cluster): every request
+    /// from them is refused, Raft RPCs and asking to be added back included.
+    fn revoked(&self) -> Vec<NodeId> {
+        Vec::new()
+    }
 }
 
 /// Who leads, as this node sees it.
@@ -329,6 +335,8 @@ impl Peers {
         let call = self.transport.call(target, node, PeerRequest::Membership(change));
         match tokio::time::timeout_at(deadline, call).await {
             Ok(Ok(PeerReply::Membership(result))) => result.map_err(from_peer),
+            // Refused outright (a revoked certificate): the reason is for the operator.
+            Ok(Ok(PeerReply::Join(Err(refusal)))) => Err(ProposeError::Unavailable(refusal)),
             Ok(Ok(_)) => Err(ProposeError::Unavailable("wrong kind of reply to a membership change".into())),
             Ok(Err(TransportError::Unreachable(_))) => Err(ProposeError::ForwardToLeader { leader: None }),
             Ok(Err(error)) => Err(ProposeError::Unavailable(error.to_string())),
@@ -430,10 +438,18 @@ impl ConsensusPeer {
             Sender::Local => return Ok(()),
             _ if matches!(request, PeerRequest::Join(_)) => return Ok(()),
             Sender::Anonymous => return Err("only enrolment is allowed without a cluster certificate".into()),
-            _ if matches!(request, PeerRequest::Raft(_) | PeerRequest::Status) => return Ok(()),
             Sender::Certified(der) => der,
         };
         let names = |id: NodeId| crate::tls::certificate_names_node(certificate, id);
+        // A removed node keeps its key and its CA-signed certificate: refuse it by id.
+        if let Some(join) = &self.join
+            && join.revoked().into_iter().any(names)
+        {
+            return Err("this node was removed from the cluster and its certificate revoked; wipe its data directory and join again with a new token (`wmail cluster token`)".into());
+        }
+        if matches!(request, PeerRequest::Raft(_) | PeerRequest::Status) {
+            return Ok(());
+        }
         let metrics = self.peers.raft.metrics();
         let member = metrics.borrow().membership_config.membership().nodes().any(|(id, _)| names(*id));
         let adds_itself = matches!(request, PeerRequest::Membership(MembershipChange::Add { id, .. }) if names(*id));

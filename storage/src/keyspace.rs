@@ -51,7 +51,8 @@ pub const UNKNOWN_FORWARDS: &str = "unknown_forwards";
 
 /// Cluster identity: [`CLUSTER_CA`] -> [`crate::ClusterCa`], `token/<sha256>` ->
 /// [`crate::JoinToken`], `node/<id>` -> [`crate::EnrolledNode`], `admin/<sha256>` -> the
-/// node id whose admin token it is (accepted by every node's admin API).
+/// node id whose admin token it is (accepted by every node's admin API), `revoked/<id>` ->
+/// when that node was revoked (ms since the epoch).
 pub const CLUSTER: &str = "cluster";
 /// Key of the cluster CA in [`CLUSTER`].
 pub const CLUSTER_CA: &[u8] = b"ca";
@@ -65,6 +66,14 @@ pub fn join_token_key(hash: &[u8; 32]) -> Vec<u8> {
 pub fn admin_token_key(hash: &[u8; 32]) -> Vec<u8> {
     [b"admin/".as_slice(), hash].concat()
 }
+
+/// Key of a revoked node in [`CLUSTER`].
+pub fn revoked_node_key(node_id: u64) -> Vec<u8> {
+    [REVOKED_NODES.as_slice(), &node_id.to_be_bytes()].concat()
+}
+
+/// Prefix of revoked nodes in [`CLUSTER`].
+pub const REVOKED_NODES: &[u8; 8] = b"revoked/";
 
 /// Key of an enrolled node in [`CLUSTER`].
 pub fn enrolled_node_key(node_id: u64) -> Vec<u8> {

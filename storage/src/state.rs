@@ -481,6 +481,15 @@ impl StateStore {
         get(&self.db(), ks::CLUSTER, &ks::admin_token_key(hash))
     }
 
+    /// Returns the ids of the nodes whose certificates are revoked (removed nodes).
+    pub fn revoked_nodes(&self) -> Result<Vec<u64>> {
+        let revoked = scan::<u64>(&self.db(), ks::CLUSTER, ks::REVOKED_NODES)?;
+        Ok(revoked
+            .into_iter()
+            .filter_map(|(key, _)| Some(u64::from_be_bytes(key.get(ks::REVOKED_NODES.len()..)?.try_into().ok()?)))
+            .collect())
+    }
+
     /// Returns a node admitted with a join token.
     pub fn enrolled_node(&self, node_id: u64) -> Result<Option<EnrolledNode>> {
         get(&self.db(), ks::CLUSTER, &ks::enrolled_node_key(node_id))
@@ -969,6 +978,11 @@ impl<'a> Tx<'a> {
             Command::EnrolNode { hash, addr, taken } => self.enrol_node(&hash, addr, &taken),
             Command::AddAdminToken { hash, node_id } => {
                 self.put(ks::CLUSTER, &ks::admin_token_key(&hash), &node_id);
+                Ok(Ok(Outcome::Done))
+            }
+            Command::RevokeNode { node_id } => {
+                let now_ms = self.now_ms;
+                self.put(ks::CLUSTER, &ks::revoked_node_key(node_id), &now_ms);
                 Ok(Ok(Outcome::Done))
             }
         }

@@ -251,6 +251,27 @@ async fn a_removed_node_is_gone_and_a_wiped_node_rejoins_by_snapshot() {
     let ids: Vec<_> = view["members"].as_array().unwrap().iter().map(|m| m["id"].as_u64().unwrap()).collect();
     assert!(!ids.contains(&third_id) && ids.len() == 2, "{view}");
 
+    // Its certificate is revoked: restarted with its data it cannot take part (its votes
+    // and appends are refused), and with its state wiped but its key kept it cannot add
+    // itself back.
+    third.spawn();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !third.log().contains("certificate revoked") {
+        assert!(std::time::Instant::now() < deadline, "no refusal seen by the removed node:\n{}", third.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, body) = first.api(Method::POST, "/domains", Some(json!({ "name": "still.example" }))).await;
+    assert_eq!(status, StatusCode::CREATED, "the cluster goes on without it: {body}");
+    third.kill9();
+    for state in ["raft", "state"] {
+        let _ = std::fs::remove_dir_all(third.data_dir.join(state));
+    }
+    third.spawn();
+    let status = third.wait_exit().await;
+    assert!(!status.success() && third.log().contains("certificate revoked"), "{}", third.log());
+    let view = cluster_status(&first).await;
+    assert_eq!(view["members"].as_array().map(Vec::len), Some(2), "{view}");
+
     // Enough writes that every node snapshots and purges its log behind the snapshot.
     for n in 0..60 {
         let (status, body) = second.deliver("bob@example.com", format!("Subject: {n}\r\n\r\nx\r\n").into_bytes()).await;

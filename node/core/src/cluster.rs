@@ -180,6 +180,14 @@ impl JoinHandler for Enroller {
             core.enrol_node(&request).await.map_err(|error| error.to_string())
         })
     }
+
+    fn revoked(&self) -> Vec<NodeId> {
+        let Some(core) = self.0.upgrade() else { return Vec::new() };
+        core.state.revoked_nodes().unwrap_or_else(|error| {
+            tracing::error!(%error, "cannot read the revoked nodes");
+            Vec::new()
+        })
+    }
 }
 
 /// One member as `wmail cluster status` shows it.
@@ -337,7 +345,23 @@ impl Core {
 
     /// Changes the membership through the leader (`wmail cluster promote|leave`).
     pub async fn change_membership(&self, change: MembershipChange) -> Result<()> {
-        self.consensus.change_membership(change).await.map_err(crate::unavailable)
+        let MembershipChange::Remove { id } = change else {
+            return self.consensus.change_membership(change).await.map_err(crate::unavailable);
+        };
+        if id == self.config.node_id {
+            // Once removed it could not propose its own revocation.
+            return Err(CoreError::new(
+                ErrorCode::Conflict,
+                "a node cannot remove itself; run `wmail cluster leave ID` against another member (--server URL)",
+            ));
+        }
+        // Removed first, then revoked: revoking a leader before it hands over would leave
+        // its followers refusing the very change that removes it. A removed node keeps its
+        // key and a CA-signed certificate; once revoked, no node takes any request from it,
+        // so it cannot add itself back (it must be wiped and join with a new token).
+        self.consensus.change_membership(change).await.map_err(crate::unavailable)?;
+        self.execute(Command::RevokeNode { node_id: id }).await?;
+        Ok(())
     }
 
     /// Every member's role and, from those that answer within a second, their status.
