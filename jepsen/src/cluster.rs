@@ -184,8 +184,8 @@ impl Node {
         Ok(())
     }
 
-    /// Fills the data disk to the last 64 KiB; returns how many bytes were free.
-    pub fn fill_disk(&self) -> anyhow::Result<u64> {
+    /// Fills the data disk until only `leave` bytes are free; returns how many were free.
+    pub fn fill_disk(&self, leave: u64) -> anyhow::Result<u64> {
         let disk = self.dir.join("disk");
         let free: u64 = run("df", &["-B1", "--output=avail", &disk.to_string_lossy()])?
             .lines()
@@ -193,7 +193,7 @@ impl Node {
             .and_then(|line| line.trim().parse().ok())
             .context("df printed no free space")?;
         let filler = disk.join("filler");
-        let size = free.saturating_sub(64 * 1024).max(1);
+        let size = free.saturating_sub(leave).max(1);
         run("fallocate", &["-l", &size.to_string(), &filler.to_string_lossy()])?;
         Ok(free)
     }

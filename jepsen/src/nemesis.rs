@@ -233,13 +233,16 @@ impl Cluster {
                 Ok((Fault::Skew(nodes, None), format!("clocks {}", detail.join(", ")), Vec::new()))
             }
             Nemesis::Disk => {
-                let node = self.node(target);
-                let free = node.fill_disk()?;
-                Ok((
-                    Fault::Disk(target),
-                    format!("filled n{target}{aimed}'s data disk ({free} bytes were free)"),
-                    vec![target],
-                ))
+                // Half the time 8 MiB stay free: below the node's free-space reserve, so it
+                // refuses new mail but must keep running. Otherwise the disk is full.
+                let leave = if rng.gen_bool(0.5) { 8 << 20 } else { 64 << 10 };
+                let free = self.node(target).fill_disk(leave)?;
+                let detail = format!(
+                    "filled n{target}{aimed}'s data disk to {} KiB free (from {} MiB)",
+                    leave >> 10,
+                    free >> 20
+                );
+                Ok((Fault::Disk(target), detail, vec![target]))
             }
             Nemesis::Membership => {
                 // Remove a follower (removing the leader is the same change, done by itself).
