@@ -430,9 +430,8 @@ impl ConsensusPeer {
     /// certificate of the cluster CA (a lagging node must accept a leader it does not
     /// know of yet; Raft's own membership decides whose log counts). Proposals, read
     /// indexes and membership changes need a certificate naming a node of this node's
-    /// membership, or a node asking to add itself (a joining node). Not yet enough against
-    /// a removed node that still holds its key: it may ask to be added again, and its Raft
-    /// RPCs are accepted; refusing revoked node ids everywhere is the missing piece.
+    /// membership, or a node asking to add itself (a joining node). Nothing is taken from a
+    /// certificate naming a revoked (removed) node, whose key still signs a valid one.
     fn admit(&self, request: &PeerRequest, sender: &Sender) -> Result<(), String> {
         let certificate = match sender {
             Sender::Local => return Ok(()),

@@ -188,6 +188,17 @@ fn check_reads(history: &History, truth: &BTreeMap<String, MailboxRead>, anomali
             anomalies.push(format!("{at}: UIDVALIDITY {} but finally {}", read.uid_validity, final_read.uid_validity));
         }
         let final_index = index(final_read);
+        // UIDs follow commit order, so a read that saw UID u must see every message below it.
+        if let Some(highest) = read.messages.iter().map(|m| m.uid).max() {
+            for missing in
+                final_read.messages.iter().filter(|m| m.uid < highest && !seen.contains_key(m.message_id.as_str()))
+            {
+                anomalies.push(format!(
+                    "stale read: {at} saw UID {highest} but not UID {} ({}), which precedes it",
+                    missing.uid, missing.message_id
+                ));
+            }
+        }
         for message in &read.messages {
             match final_index.get(message.message_id.as_str()) {
                 None => anomalies
@@ -262,8 +273,23 @@ fn check_reads(history: &History, truth: &BTreeMap<String, MailboxRead>, anomali
     }
 }
 
-/// Acknowledged flag changes hold in the final state (flags are only ever added).
+/// Acknowledged flag changes hold in the final state (flags are only ever added), and no
+/// message carries a flag that no flag operation (acknowledged or indeterminate) added.
 fn check_flags(history: &History, truth: &BTreeMap<String, MailboxRead>, anomalies: &mut Vec<String>) {
+    let mut added: std::collections::HashSet<(&str, u32, &str)> = std::collections::HashSet::new();
+    for op in history.ops.iter().filter(|op| op.kind == OpKind::Flag && op.outcome != Outcome::Fail) {
+        added.insert((op.account.as_str(), op.uid.unwrap_or_default(), op.flag.as_deref().unwrap_or_default()));
+    }
+    let reads =
+        history.ops.iter().filter_map(|op| Some((format!("read op {}", op.id), &op.account, op.read.as_ref()?)));
+    let finals = truth.iter().map(|(account, read)| ("the final state".to_owned(), account, read));
+    for (source, account, read) in reads.chain(finals) {
+        for message in &read.messages {
+            for flag in message.flags.iter().filter(|f| !added.contains(&(account.as_str(), message.uid, f.as_str()))) {
+                anomalies.push(format!("{source}: {account} UID {} has {flag}, which no operation added", message.uid));
+            }
+        }
+    }
     for op in history.ops.iter().filter(|op| op.kind == OpKind::Flag && op.outcome == Outcome::Ok) {
         let (uid, flag) = (op.uid.unwrap_or_default(), op.flag.as_deref().unwrap_or_default());
         let message = truth.get(&op.account).and_then(|read| read.messages.iter().find(|m| m.uid == uid));
@@ -278,8 +304,26 @@ fn check_flags(history: &History, truth: &BTreeMap<String, MailboxRead>, anomali
     }
 }
 
-/// Acknowledged account creations are listed by every node, failed ones by none.
+/// Acknowledged account creations are listed by every node, failed ones by none, and
+/// every node lists the same accounts.
 fn check_accounts(history: &History, anomalies: &mut Vec<String>) {
+    let mut lists = history.final_state.accounts.iter();
+    if let Some((first_node, first)) = lists.next() {
+        let first: BTreeSet<&String> = first.iter().collect();
+        for (node, list) in lists {
+            let list: BTreeSet<&String> = list.iter().collect();
+            if list != first {
+                let only = |a: &BTreeSet<&String>, b: &BTreeSet<&String>| {
+                    a.difference(b).map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                };
+                anomalies.push(format!(
+                    "divergence: n{first_node} and n{node} list different accounts (only on n{first_node}: [{}]; only on n{node}: [{}])",
+                    only(&first, &list),
+                    only(&list, &first)
+                ));
+            }
+        }
+    }
     for (node, accounts) in &history.final_state.accounts {
         let listed: BTreeSet<&str> = accounts.iter().map(String::as_str).collect();
         for op in history.ops.iter().filter(|op| op.kind == OpKind::CreateAccount) {
@@ -307,7 +351,7 @@ fn majority_at(history: &History, at_ms: f64) -> bool {
             _ => {}
         }
     }
-    history.nodes - impaired.len() > history.nodes / 2
+    history.nodes.saturating_sub(impaired.len()) > history.nodes / 2
 }
 
 fn stats(history: &History, truth: &BTreeMap<String, MailboxRead>) -> Stats {
@@ -535,5 +579,23 @@ mod tests {
         assert!(found.iter().any(|a| a.starts_with("lost flag: op 2 added $Jepsen1")), "{found:?}");
         assert!(found.iter().any(|a| a.starts_with("lost admin write: account c@jepsen.test")), "{found:?}");
         assert!(found.iter().any(|a| a.starts_with("failed admin write: account a@jepsen.test")), "{found:?}");
+    }
+
+    #[test]
+    fn gaps_below_a_seen_uid_unknown_flags_and_account_lists_that_differ_are_found() {
+        let mut read = op(3, OpKind::Read, Outcome::Ok, 30.0, 40.0);
+        read.read = Some(mailbox(vec![message(2, 2, &[], 3)]));
+        let ops = vec![
+            op(1, OpKind::Deliver, Outcome::Info, 0.0, 10.0),
+            op(2, OpKind::Deliver, Outcome::Info, 0.0, 10.0),
+            read,
+        ];
+        let state = mailbox(vec![message(1, 1, &["$Ghost"], 2), message(2, 2, &[], 3)]);
+        let mut history = history(ops, &[state.clone(), state]);
+        history.final_state.accounts.insert(2, vec!["a@jepsen.test".into(), "b@jepsen.test".into()]);
+        let found = anomalies(&history);
+        assert!(found.iter().any(|a| a.contains("saw UID 2 but not UID 1")), "{found:?}");
+        assert!(found.iter().any(|a| a.contains("UID 1 has $Ghost, which no operation added")), "{found:?}");
+        assert!(found.iter().any(|a| a.starts_with("divergence: n1 and n2 list different accounts")), "{found:?}");
     }
 }

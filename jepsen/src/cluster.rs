@@ -260,8 +260,7 @@ listen = "{ip}:{CLUSTER_PORT}"
     /// Sets the node's wall clock to run `seconds` ahead (negative: behind) of the real one,
     /// through libfaketime's timestamp file, which the node re-reads on every clock call.
     pub fn set_skew(&self, seconds: i64) -> anyhow::Result<()> {
-        std::fs::write(self.skew_file(), format!("{seconds:+}\n"))?;
-        Ok(())
+        write_skew(&self.skew_file(), seconds)
     }
 
     /// Starts `wmail serve` inside the node's namespace (no wait).
@@ -383,6 +382,15 @@ impl Drop for Node {
             let _ = run("umount", &[&disk.to_string_lossy()]);
         }
     }
+}
+
+/// Replaces a libfaketime timestamp file whole (a rename), so a node re-reading it on
+/// every clock call never sees it half-written.
+pub fn write_skew(file: &Path, seconds: i64) -> anyhow::Result<()> {
+    let staged = file.with_extension("next");
+    std::fs::write(&staged, format!("{seconds:+}\n"))?;
+    std::fs::rename(&staged, file)?;
+    Ok(())
 }
 
 /// Calls the admin API: the status and the JSON body (`Null` when empty).

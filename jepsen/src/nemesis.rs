@@ -71,14 +71,16 @@ impl Nemesis {
 /// The nodes, their network and what the nemeses need to act on them.
 #[derive(Debug)]
 pub struct Cluster {
+    /// The nodes, index 0 is node 1 (dropped, so killed, before their namespaces go).
+    pub nodes: Vec<Node>,
     /// The namespaces and links.
     pub network: Network,
-    /// The nodes, index 0 is node 1.
-    pub nodes: Vec<Node>,
     /// The S3 server, kept running as long as the cluster.
     pub _seaweed: SeaweedFs,
-    /// The admin token (the first node's; every node accepts it).
+    /// The admin token (a node's; every node accepts it until that node is removed).
     pub token: String,
+    /// The same token, for the clients.
+    pub shared_token: Arc<std::sync::RwLock<String>>,
     /// For admin API calls.
     pub http: reqwest::Client,
     /// Where nemesis actions and node crashes are recorded.
@@ -108,6 +110,12 @@ impl Cluster {
                 self.recorder.nemesis("crash", "observed", detail, Vec::new(), "ok".into());
             }
         }
+    }
+
+    /// Uses `token` from now on, and has the clients use it.
+    pub fn set_token(&mut self, token: String) {
+        *self.shared_token.write().expect("token lock") = token.clone();
+        self.token = token;
     }
 
     /// The node with `index` (1-based).
@@ -157,9 +165,11 @@ impl Cluster {
     async fn start_fault(&mut self, nemesis: Nemesis, rng: &mut StdRng) -> anyhow::Result<(Fault, String, Vec<usize>)> {
         let n = self.nodes.len();
         let leader = self.leader().await;
+        // Both draws are made every time, so the seed fixes the sequence of choices.
+        let (aim_at_leader, random_node) = (rng.gen_bool(0.5), rng.gen_range(1..=n));
         let target = match leader {
-            Some(leader) if rng.gen_bool(0.5) => leader,
-            _ => rng.gen_range(1..=n),
+            Some(leader) if aim_at_leader => leader,
+            _ => random_node,
         };
         let aimed = if Some(target) == leader { " (leader)" } else { "" };
         match nemesis {
@@ -212,7 +222,7 @@ impl Cluster {
                         let mut ahead = true;
                         loop {
                             for file in &files {
-                                let _ = std::fs::write(file, format!("{:+}\n", if ahead { seconds } else { -seconds }));
+                                let _ = crate::cluster::write_skew(file, if ahead { seconds } else { -seconds });
                             }
                             ahead = !ahead;
                             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -245,9 +255,18 @@ impl Cluster {
                 Ok((Fault::Disk(target), detail, vec![target]))
             }
             Nemesis::Membership => {
-                // Remove a follower (removing the leader is the same change, done by itself).
+                // A follower: a node may not remove itself, and the leader is the node that
+                // would carry the change out.
                 let victim = if Some(target) == leader { (target % n) + 1 } else { target };
                 let id = self.node_id(victim).await?;
+                // The victim's admin token dies with it: use another node's from now on.
+                let other = self
+                    .nodes
+                    .iter()
+                    .find(|node| node.index != victim && node.running())
+                    .context("no other running node")?;
+                let token = other.admin_token()?;
+                self.set_token(token);
                 let mut removed = false;
                 for node in self.nodes.iter().filter(|node| node.index != victim && node.running()) {
                     let path = format!("/cluster/nodes/{id}");
@@ -348,9 +367,12 @@ pub async fn run(mut cluster: Cluster, nemeses: Vec<Nemesis>, seed: u64, deadlin
         return cluster;
     }
     let mut round = Vec::new();
+    // The first round runs to its end even past the deadline: every nemesis gets a turn.
+    let mut rounds_started = 0;
     loop {
         let quiet = Duration::from_millis(rng.gen_range(1_000..3_000));
-        if Instant::now() + quiet + Duration::from_secs(2) >= deadline {
+        let first_round_done = rounds_started > 1 || (rounds_started == 1 && round.is_empty());
+        if first_round_done && Instant::now() + quiet + Duration::from_secs(2) >= deadline {
             tokio::time::sleep_until(deadline.into()).await;
             return cluster;
         }
@@ -359,6 +381,7 @@ pub async fn run(mut cluster: Cluster, nemeses: Vec<Nemesis>, seed: u64, deadlin
         if round.is_empty() {
             round = nemeses.clone();
             round.shuffle(&mut rng);
+            rounds_started += 1;
         }
         let nemesis = round.pop().expect("a round is never empty");
         let (fault, detail, impaired) = match cluster.start_fault(nemesis, &mut rng).await {
@@ -370,7 +393,8 @@ pub async fn run(mut cluster: Cluster, nemeses: Vec<Nemesis>, seed: u64, deadlin
         };
         recorder.nemesis(nemesis.name(), "start", detail, impaired, "ok".into());
         let hold = Duration::from_millis(rng.gen_range(2_000..6_000));
-        tokio::time::sleep_until((Instant::now() + hold).min(deadline).into()).await;
+        let until = if rounds_started > 1 { (Instant::now() + hold).min(deadline) } else { Instant::now() + hold };
+        tokio::time::sleep_until(until.into()).await;
         cluster.note_crashes();
         let outcome = cluster.heal(fault).await;
         let (detail, outcome) = match outcome {

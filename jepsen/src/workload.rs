@@ -35,8 +35,8 @@ pub struct Workload {
     pub nodes: Vec<Ipv4Addr>,
     /// The accounts deliveries, APPENDs, reads and flags go to.
     pub accounts: Vec<String>,
-    /// The admin token.
-    pub token: String,
+    /// The admin token (the nemesis swaps it when it removes the node it belongs to).
+    pub token: Arc<std::sync::RwLock<String>>,
     /// Where operations are recorded.
     pub recorder: Arc<Recorder>,
     /// How long one operation may take before it counts as indeterminate.
@@ -60,7 +60,7 @@ impl Workload {
     pub fn new(
         nodes: Vec<Ipv4Addr>,
         accounts: Vec<String>,
-        token: String,
+        token: Arc<std::sync::RwLock<String>>,
         recorder: Arc<Recorder>,
         op_timeout: Duration,
         seed: u64,
@@ -191,8 +191,8 @@ impl Workload {
 
     async fn create_account(&self, ip: Ipv4Addr, address: &str, sent: &AtomicBool) -> anyhow::Result<()> {
         let url = format!("http://{ip}:{HTTP_PORT}/api/v1/accounts");
-        let request =
-            self.http.post(url).bearer_auth(&self.token).json(&json!({ "address": address, "password": PASSWORD }));
+        let token = self.token.read().expect("token lock").clone();
+        let request = self.http.post(url).bearer_auth(token).json(&json!({ "address": address, "password": PASSWORD }));
         sent.store(true, Ordering::SeqCst);
         let response = match request.send().await {
             Ok(response) => response,

@@ -229,9 +229,10 @@ pub enum Command {
     /// Makes an admin API token (by its SHA-256) valid on every node; `node_id` names the
     /// node whose token file holds it.
     AddAdminToken { hash: [u8; 32], node_id: u64 },
-    /// Revokes a node's cluster certificate: from now on every node refuses its requests
-    /// (Raft RPCs, proposals, asking to be added back). Proposed before the node is
-    /// removed from the membership; the node must wipe its data and join with a new token.
+    /// Revokes a node's cluster certificate and its cluster-wide admin token: from now on
+    /// every node refuses its requests (Raft RPCs, proposals, asking to be added back).
+    /// Proposed once the node is out of the membership; the node must wipe its data and
+    /// join with a new token. Its id is never given out again.
     RevokeNode { node_id: u64 },
 }
 

@@ -983,6 +983,12 @@ impl<'a> Tx<'a> {
             Command::RevokeNode { node_id } => {
                 let now_ms = self.now_ms;
                 self.put(ks::CLUSTER, &ks::revoked_node_key(node_id), &now_ms);
+                // Its admin token goes too: with it, the node could mint a join token.
+                for (key, owner) in self.scan::<u64>(ks::CLUSTER, b"admin/")? {
+                    if owner == node_id {
+                        self.delete(ks::CLUSTER, &key);
+                    }
+                }
                 Ok(Ok(Outcome::Done))
             }
         }
@@ -1012,7 +1018,11 @@ impl<'a> Tx<'a> {
         self.delete(ks::CLUSTER, &key);
         let node_id = loop {
             let id = self.next_id(ks::META_NEXT_NODE_ID)?;
-            if id >= 2 && !taken.contains(&id) && self.get_raw(ks::CLUSTER, &ks::enrolled_node_key(id))?.is_none() {
+            if id >= 2
+                && !taken.contains(&id)
+                && self.get_raw(ks::CLUSTER, &ks::enrolled_node_key(id))?.is_none()
+                && self.get_raw(ks::CLUSTER, &ks::revoked_node_key(id))?.is_none()
+            {
                 break id;
             }
         };

@@ -183,10 +183,16 @@ impl JoinHandler for Enroller {
 
     fn revoked(&self) -> Vec<NodeId> {
         let Some(core) = self.0.upgrade() else { return Vec::new() };
-        core.state.revoked_nodes().unwrap_or_else(|error| {
-            tracing::error!(%error, "cannot read the revoked nodes");
-            Vec::new()
-        })
+        // Asked on every request from a peer: read again only once more has been applied.
+        let applied = core.consensus.metrics().last_applied.map_or(0, |id| id.index);
+        let mut cache = core.revoked_nodes.lock().expect("revoked cache lock");
+        if cache.0 != Some(applied) {
+            match core.state.revoked_nodes() {
+                Ok(revoked) => *cache = (Some(applied), revoked),
+                Err(error) => tracing::error!(%error, "cannot read the revoked nodes; using the last list read"),
+            }
+        }
+        cache.1.clone()
     }
 }
 

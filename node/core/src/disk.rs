@@ -58,12 +58,13 @@ impl DiskGuard {
         }
     }
 
-    /// Samples every second until the process ends.
-    pub(crate) fn spawn_sampler(guard: std::sync::Arc<Self>) {
+    /// Samples every second while the guard lives.
+    pub(crate) fn spawn_sampler(guard: &std::sync::Arc<Self>) {
+        let guard = std::sync::Arc::downgrade(guard);
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(SAMPLE_EVERY).await;
-                let guard = guard.clone();
+                let Some(guard) = guard.upgrade() else { return };
                 let _ = tokio::task::spawn_blocking(move || guard.sample()).await;
             }
         });

@@ -179,6 +179,8 @@ pub struct Core {
     login_guard: LoginGuard,
     /// Refuses new mail while the data disk is nearly full.
     disk: Arc<disk::DiskGuard>,
+    /// The revoked node ids as of an applied log index (see `cluster::Enroller`).
+    revoked_nodes: std::sync::Mutex<(Option<u64>, Vec<NodeId>)>,
     /// Bounds how many large bodies are read back and parsed at once.
     summary_parses: tokio::sync::Semaphore,
     notifier: Arc<mailbox::ChangeNotifier>,
@@ -284,6 +286,7 @@ impl Core {
             queue_signal: tokio::sync::Notify::new(),
             login_guard: LoginGuard::new(config.lockout),
             disk: Arc::new(disk::DiskGuard::new(config.data_dir.clone(), config.min_free_disk_bytes)),
+            revoked_nodes: std::sync::Mutex::new((None, Vec::new())),
             summary_parses: tokio::sync::Semaphore::new(2),
             notifier,
             search,
@@ -297,7 +300,7 @@ impl Core {
             cluster_setup: tokio::sync::Mutex::new(()),
             config,
         });
-        disk::DiskGuard::spawn_sampler(core.disk.clone());
+        disk::DiskGuard::spawn_sampler(&core.disk);
         if let Some(identity) = &identity {
             core.listen(identity)?;
         }
