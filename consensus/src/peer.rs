@@ -446,7 +446,23 @@ impl ConsensusPeer {
         {
             return Err("this node was removed from the cluster and its certificate revoked; wipe its data directory and join again with a new token (`wmail cluster token`)".into());
         }
-        if matches!(request, PeerRequest::Raft(_) | PeerRequest::Status) {
+        if let PeerRequest::Raft(rpc) = request {
+            // A Raft RPC speaks for the node in its vote (the candidate asking for votes,
+            // the leader sending entries or a snapshot): only that node may send it, or one
+            // member could campaign or lead in another's name.
+            let vote = match rpc {
+                crate::RaftRpc::AppendEntries(rpc) => &rpc.vote,
+                crate::RaftRpc::Vote(rpc) => &rpc.vote,
+                crate::RaftRpc::InstallSnapshot(rpc) => &rpc.vote,
+            };
+            return match vote.leader_id().voted_for() {
+                Some(claimed) if names(claimed) => Ok(()),
+                claimed => {
+                    Err(format!("a Raft request in the name of node {claimed:?} from another node's certificate"))
+                }
+            };
+        }
+        if matches!(request, PeerRequest::Status) {
             return Ok(());
         }
         let metrics = self.peers.raft.metrics();

@@ -296,6 +296,19 @@ async fn nodes_replicate_over_quic_with_mutual_tls_and_refuse_a_foreign_ca() {
     let wrong_name = impostor.call(2, &BasicNode::new(&addrs[0]), PeerRequest::Status).await;
     assert!(matches!(wrong_name, Err(TransportError::Unreachable(2))), "node 1 answered as node 2: {wrong_name:?}");
 
+    tracing::info!("--- a member cannot send Raft requests in another member's name");
+    let (_, second_transport) = &nodes[1];
+    let leader_vote = first.metrics().vote;
+    let forged = openraft::raft::VoteRequest::new(openraft::Vote::new(leader_vote.leader_id().term + 1, 1), None);
+    let refused = second_transport.call(1, &BasicNode::new(&addrs[0]), PeerRequest::Raft(RaftRpc::Vote(forged))).await;
+    assert!(
+        matches!(&refused, Ok(PeerReply::Join(Err(reason))) if reason.contains("in the name of node Some(1)")),
+        "{refused:?}"
+    );
+    let own = openraft::raft::VoteRequest::new(openraft::Vote::new(leader_vote.leader_id().term, 2), None);
+    let answered = second_transport.call(1, &BasicNode::new(&addrs[0]), PeerRequest::Raft(RaftRpc::Vote(own))).await;
+    assert!(matches!(answered, Ok(PeerReply::Raft(_))), "its own vote request is answered: {answered:?}");
+
     tracing::info!("--- a removed node's certificate stops working");
     first.change_membership(MembershipChange::Remove { id: 2 }).await.unwrap();
     let (_, second_transport) = &nodes[1];
