@@ -340,3 +340,27 @@ print(numbers(r.ok("UID SEARCH BODY start-marker")), numbers(r.ok("UID SEARCH BO
     // Only the truncated message was read, once per search.
     assert_eq!(messages_read(&search_status(&node).await) - before, 3);
 }
+
+#[tokio::test]
+async fn a_message_whose_body_is_lost_does_not_stop_its_account_being_indexed() {
+    let mut node = node_with_account("", None).await;
+    for body in ["Subject: first\r\n\r\nalpha bravo\r\n", "Subject: second\r\n\r\ncharlie delta\r\n"] {
+        let (status, reply) = node.deliver("alice@example.com", body.as_bytes().to_vec()).await;
+        assert!(status.is_success(), "{reply}");
+    }
+    wait_indexed(&node, 2).await;
+    // The first body is lost (a bad restore, a bucket mishap) and the index must be rebuilt.
+    let (_, messages) = node.api(Method::GET, "/accounts/alice@example.com/messages", None).await;
+    let blob = messages[0]["blob"].as_str().expect("blob").to_owned();
+    node.terminate().await;
+    std::fs::remove_file(node.data_dir.join("blobs").join(&blob[..2]).join(&blob)).expect("remove the body");
+    std::fs::remove_dir_all(node.data_dir.join("search")).expect("remove the index");
+    node.start().await;
+    // Both messages are indexed again, the lost one without its text, and the rest of the
+    // account stays searchable.
+    wait_indexed(&node, 2).await;
+    let (status, hits) = node.api(Method::GET, "/accounts/alice@example.com/search?q=charlie", None).await;
+    assert!(status.is_success(), "{hits}");
+    assert_eq!(hits.as_array().map(Vec::len), Some(1), "{hits}");
+    assert!(node.log().contains("a message body is missing from the blob store"), "{}", node.log());
+}

@@ -451,15 +451,34 @@ impl Pass<'_> {
         Ok(())
     }
 
-    /// The searchable texts of a message.
+    /// The searchable texts of a message. A body missing from the blob store is indexed
+    /// with no text and marked truncated (SEARCH then reads it, and reports the loss),
+    /// instead of failing its account's indexing for ever; other read errors are retried.
     async fn texts_of(&self, record: &MessageRecord) -> Result<MessageTexts> {
+        let raw = if record.size > MAX_INDEXED_MESSAGE {
+            None
+        } else {
+            match self.core.blobs.read_all(&record.blob).await {
+                Ok(raw) => Some(raw),
+                Err(error) if error.kind() == wmail_storage::ErrorKind::NotFound => {
+                    tracing::error!(blob = %record.blob, uid = record.uid, "a message body is missing from the blob store; indexing the message without its text");
+                    let texts = Vec::new();
+                    return Ok(MessageTexts {
+                        texts,
+                        attachments: Vec::new(),
+                        truncated: true,
+                        extraction: Duration::ZERO,
+                    });
+                }
+                Err(error) => return Err(CoreError::internal("reading a message body", error)),
+            }
+        };
         let summary = self.core.message_summary(&record.blob).await?;
         let attachments = attachment_names(&summary.root);
-        if record.size > MAX_INDEXED_MESSAGE {
+        let Some(raw) = raw else {
             let texts = vec![(SearchField::Subject, summary.subject_decoded.clone())];
             return Ok(MessageTexts { texts, attachments, truncated: true, extraction: Duration::ZERO });
-        }
-        let raw = self.core.read_blob(&record.blob).await?;
+        };
         tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
             let texts = search_texts(&raw, &summary);
