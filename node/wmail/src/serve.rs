@@ -81,9 +81,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             };
             let _ = mail_stop_tx.send(true);
             // Mail sessions say goodbye (SMTP 421) and end; transactions not yet
-            // acknowledged are dropped, acknowledged ones are already committed.
-            for listener in mail_listeners {
-                listener.stopped(grace).await;
+            // acknowledged are dropped, acknowledged ones are already committed. Every
+            // listener waits at once, so the whole stop takes one grace period at most.
+            let waits: Vec<_> =
+                mail_listeners.into_iter().map(|listener| tokio::spawn(listener.stopped(grace))).collect();
+            for wait in waits {
+                let _ = wait.await;
             }
             let _ = delivery.await;
             core.mark_drained();
