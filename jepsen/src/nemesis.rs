@@ -367,12 +367,17 @@ pub async fn run(mut cluster: Cluster, nemeses: Vec<Nemesis>, seed: u64, deadlin
         return cluster;
     }
     let mut round = Vec::new();
-    // The first round runs to its end even past the deadline: every nemesis gets a turn.
+    // The first round runs to its end even past the deadline (by two minutes at most):
+    // every nemesis gets a turn, and one that could not start gets a second try.
     let mut rounds_started = 0;
+    let mut retried = BTreeSet::new();
+    let hard_deadline = deadline + Duration::from_secs(120);
     loop {
         let quiet = Duration::from_millis(rng.gen_range(1_000..3_000));
         let first_round_done = rounds_started > 1 || (rounds_started == 1 && round.is_empty());
-        if first_round_done && Instant::now() + quiet + Duration::from_secs(2) >= deadline {
+        if (first_round_done || Instant::now() >= hard_deadline)
+            && Instant::now() + quiet + Duration::from_secs(2) >= deadline
+        {
             tokio::time::sleep_until(deadline.into()).await;
             return cluster;
         }
@@ -388,6 +393,9 @@ pub async fn run(mut cluster: Cluster, nemeses: Vec<Nemesis>, seed: u64, deadlin
             Ok(started) => started,
             Err(error) => {
                 recorder.nemesis(nemesis.name(), "start", "could not start".into(), Vec::new(), format!("{error:#}"));
+                if rounds_started == 1 && retried.insert(nemesis) {
+                    round.insert(0, nemesis);
+                }
                 continue;
             }
         };

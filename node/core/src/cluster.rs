@@ -185,14 +185,23 @@ impl JoinHandler for Enroller {
         let Some(core) = self.0.upgrade() else { return Vec::new() };
         // Asked on every request from a peer: read again only once more has been applied.
         let applied = core.consensus.metrics().last_applied.map_or(0, |id| id.index);
-        let mut cache = core.revoked_nodes.lock().expect("revoked cache lock");
-        if cache.0 != Some(applied) {
-            match core.state.revoked_nodes() {
-                Ok(revoked) => *cache = (Some(applied), revoked),
-                Err(error) => tracing::error!(%error, "cannot read the revoked nodes; using the last list read"),
+        {
+            let cache = core.revoked_nodes.lock().expect("revoked cache lock");
+            if cache.0 == Some(applied) {
+                return cache.1.clone();
             }
         }
-        cache.1.clone()
+        // Read without holding the lock (a RocksDB read); the last reader's list wins.
+        match core.state.revoked_nodes() {
+            Ok(revoked) => {
+                *core.revoked_nodes.lock().expect("revoked cache lock") = (Some(applied), revoked.clone());
+                revoked
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot read the revoked nodes; using the last list read");
+                core.revoked_nodes.lock().expect("revoked cache lock").1.clone()
+            }
+        }
     }
 }
 

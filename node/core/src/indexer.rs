@@ -67,6 +67,8 @@ pub(crate) struct IndexerState {
     messages_read: AtomicU64,
     /// When the state last applied a change (ms since the epoch).
     last_apply_ms: AtomicU64,
+    /// Bodies found missing from the blob store once (see `Pass::missing_body`).
+    missing_bodies: Mutex<std::collections::HashSet<wmail_storage::BlobId>>,
 }
 
 impl IndexerState {
@@ -452,28 +454,26 @@ impl Pass<'_> {
     }
 
     /// The searchable texts of a message. A body missing from the blob store is indexed
-    /// with no text and marked truncated (SEARCH then reads it, and reports the loss),
-    /// instead of failing its account's indexing for ever; other read errors are retried.
+    /// with no text and marked truncated (see [`Self::missing_body`]) instead of failing
+    /// its account's indexing for ever; other read errors are retried.
     async fn texts_of(&self, record: &MessageRecord) -> Result<MessageTexts> {
         let raw = if record.size > MAX_INDEXED_MESSAGE {
             None
         } else {
             match self.core.blobs.read_all(&record.blob).await {
                 Ok(raw) => Some(raw),
-                Err(error) if error.kind() == wmail_storage::ErrorKind::NotFound => {
-                    tracing::error!(blob = %record.blob, uid = record.uid, "a message body is missing from the blob store; indexing the message without its text");
-                    let texts = Vec::new();
-                    return Ok(MessageTexts {
-                        texts,
-                        attachments: Vec::new(),
-                        truncated: true,
-                        extraction: Duration::ZERO,
-                    });
-                }
+                Err(error) if error.kind() == wmail_storage::ErrorKind::NotFound => return self.missing_body(record),
                 Err(error) => return Err(CoreError::internal("reading a message body", error)),
             }
         };
-        let summary = self.core.message_summary(&record.blob).await?;
+        let summary = match self.core.message_summary(&record.blob).await {
+            Ok(summary) => summary,
+            // A large message's summary is parsed from its body, which may be the one gone.
+            Err(_) if raw.is_none() && matches!(self.core.blobs.exists(&record.blob).await, Ok(false)) => {
+                return self.missing_body(record);
+            }
+            Err(error) => return Err(error),
+        };
         let attachments = attachment_names(&summary.root);
         let Some(raw) = raw else {
             let texts = vec![(SearchField::Subject, summary.subject_decoded.clone())];
@@ -486,6 +486,26 @@ impl Pass<'_> {
         })
         .await
         .map_err(|e| CoreError::internal("extracting a message's text", e))
+    }
+
+    /// A body the blob store says is missing. The first time it is an error like any
+    /// other (the account is retried shortly: an S3 endpoint may answer 404 for a moment);
+    /// missing again on a later pass, the message is indexed with its stored subject only
+    /// and marked truncated, so SEARCH reads it (and reports the loss) while the rest of
+    /// the account stays indexed.
+    fn missing_body(&self, record: &MessageRecord) -> Result<MessageTexts> {
+        let first_time = self.core.indexer.missing_bodies.lock().expect("indexer lock").insert(record.blob);
+        if first_time {
+            return Err(CoreError::internal(
+                "reading a message body",
+                format!("blob {} is missing from the blob store (checked again shortly)", record.blob),
+            ));
+        }
+        tracing::error!(blob = %record.blob, uid = record.uid, "a message body is missing from the blob store; indexing the message without its text");
+        let subject =
+            self.core.state.summary(&record.blob).ok().flatten().as_deref().and_then(crate::mailbox::decode_summary);
+        let texts = subject.map(|s| vec![(SearchField::Subject, s.subject_decoded)]).unwrap_or_default();
+        Ok(MessageTexts { texts, attachments: Vec::new(), truncated: true, extraction: Duration::ZERO })
     }
 
     async fn maybe_commit(&mut self) -> Result<()> {

@@ -35,7 +35,7 @@ fn encode_summary(summary: &MessageSummary) -> Vec<u8> {
     out
 }
 
-fn decode_summary(bytes: &[u8]) -> Option<MessageSummary> {
+pub(crate) fn decode_summary(bytes: &[u8]) -> Option<MessageSummary> {
     match bytes.split_first() {
         Some((&SUMMARY_FORMAT, rest)) => postcard::from_bytes(rest).ok(),
         _ => None,
