@@ -47,9 +47,10 @@ pub fn check(history: &History) -> Verdict {
     if !history.final_state.quiesced {
         anomalies.push("liveness: the nodes did not converge on one applied index within 120 s of the heal".into());
     }
-    check_writes(history, &truth, &mut anomalies);
-    check_uid_order(history, &truth, &mut anomalies);
-    check_reads(history, &truth, &mut anomalies);
+    let indexes: Indexes = truth.iter().map(|(account, read)| (account.as_str(), index(read))).collect();
+    check_writes(history, &truth, &indexes, &mut anomalies);
+    check_uid_order(history, &indexes, &mut anomalies);
+    check_reads(history, &truth, &indexes, &mut anomalies);
     check_flags(history, &truth, &mut anomalies);
     check_accounts(history, &mut anomalies);
     let stats = stats(history, &truth);
@@ -92,6 +93,9 @@ fn difference(a: Option<&MailboxRead>, b: Option<&MailboxRead>) -> String {
     format!("UIDs only on the first: [{}], only on the second: [{}]", only(a, b), only(b, a))
 }
 
+/// Per account, the [`index`] of its final INBOX (built once per check).
+type Indexes<'a> = BTreeMap<&'a str, HashMap<&'a str, (u32, usize)>>;
+
 /// UID of each Message-ID in an account's final INBOX, and how often it occurs.
 fn index(read: &MailboxRead) -> HashMap<&str, (u32, usize)> {
     let mut index: HashMap<&str, (u32, usize)> = HashMap::new();
@@ -103,12 +107,18 @@ fn index(read: &MailboxRead) -> HashMap<&str, (u32, usize)> {
 
 /// Acknowledged deliveries and APPENDs present exactly once, indeterminate ones at most
 /// once, failed ones and unknown ones never.
-fn check_writes(history: &History, truth: &BTreeMap<String, MailboxRead>, anomalies: &mut Vec<String>) {
+fn check_writes(
+    history: &History,
+    truth: &BTreeMap<String, MailboxRead>,
+    indexes: &Indexes,
+    anomalies: &mut Vec<String>,
+) {
     let mut written: HashMap<&str, &Op> = HashMap::new();
     for op in history.ops.iter().filter(|op| matches!(op.kind, OpKind::Deliver | OpKind::Append)) {
         let Some(message_id) = op.message_id.as_deref() else { continue };
         written.insert(message_id, op);
-        let count = truth.get(&op.account).and_then(|read| index(read).get(message_id).map(|&(_, n)| n)).unwrap_or(0);
+        let found = indexes.get(op.account.as_str()).and_then(|index| index.get(message_id)).copied();
+        let count = found.map_or(0, |(_, n)| n);
         let what = format!("{} {} (op {}, n{}, {:?})", op.kind.name(), message_id, op.id, op.node, op.outcome);
         match (op.outcome, count) {
             (Outcome::Ok, 0) => anomalies.push(format!("lost: acknowledged {what} is missing")),
@@ -116,8 +126,7 @@ fn check_writes(history: &History, truth: &BTreeMap<String, MailboxRead>, anomal
             (_, n) if n > 1 => anomalies.push(format!("duplicated: {what} is present {n} times")),
             _ => {}
         }
-        if let (Outcome::Ok, Some(uid), Some(&(final_uid, _))) =
-            (op.outcome, op.uid, truth.get(&op.account).and_then(|read| index(read).get(message_id).copied()).as_ref())
+        if let (Outcome::Ok, Some(uid), Some((final_uid, _))) = (op.outcome, op.uid, found)
             && uid != final_uid
         {
             anomalies.push(format!("{what} was given UID {uid} (APPENDUID) but holds UID {final_uid}"));
@@ -143,13 +152,12 @@ fn check_writes(history: &History, truth: &BTreeMap<String, MailboxRead>, anomal
 
 /// UIDs follow real time: a write acknowledged before another was invoked has the smaller
 /// UID (RFC 9051 §2.3.1.1: UIDs are strictly ascending in the order messages were added).
-fn check_uid_order(history: &History, truth: &BTreeMap<String, MailboxRead>, anomalies: &mut Vec<String>) {
-    for (account, read) in truth {
-        let index = index(read);
+fn check_uid_order(history: &History, indexes: &Indexes, anomalies: &mut Vec<String>) {
+    for (&account, index) in indexes {
         let mut writes: Vec<(&Op, u32)> = history
             .ops
             .iter()
-            .filter(|op| op.outcome == Outcome::Ok && &op.account == account)
+            .filter(|op| op.outcome == Outcome::Ok && op.account == account)
             .filter_map(|op| Some((op, index.get(op.message_id.as_deref()?)?.0)))
             .collect();
         writes.sort_by(|a, b| a.0.completed_ms.total_cmp(&b.0.completed_ms));
@@ -174,7 +182,12 @@ fn check_uid_order(history: &History, truth: &BTreeMap<String, MailboxRead>, ano
 /// Reads are linearizable: a read sees every write acknowledged before it began, every
 /// message an earlier completed read saw (with the same UID, flags only added, MODSEQ
 /// never lower), and nothing that is not in the final state.
-fn check_reads(history: &History, truth: &BTreeMap<String, MailboxRead>, anomalies: &mut Vec<String>) {
+fn check_reads(
+    history: &History,
+    truth: &BTreeMap<String, MailboxRead>,
+    indexes: &Indexes,
+    anomalies: &mut Vec<String>,
+) {
     let mut reads: Vec<&Op> =
         history.ops.iter().filter(|op| op.kind == OpKind::Read && op.outcome == Outcome::Ok).collect();
     reads.sort_by(|a, b| a.invoked_ms.total_cmp(&b.invoked_ms));
@@ -187,7 +200,7 @@ fn check_reads(history: &History, truth: &BTreeMap<String, MailboxRead>, anomali
         if read.uid_validity != final_read.uid_validity {
             anomalies.push(format!("{at}: UIDVALIDITY {} but finally {}", read.uid_validity, final_read.uid_validity));
         }
-        let final_index = index(final_read);
+        let Some(final_index) = indexes.get(read_op.account.as_str()) else { continue };
         // UIDs follow commit order, so a read that saw UID u must see every message below it.
         if let Some(highest) = read.messages.iter().map(|m| m.uid).max() {
             for missing in

@@ -170,22 +170,15 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     }
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
     let recorder = Arc::new(Recorder::new());
-    let mut cluster = Cluster {
-        nodes,
-        network,
-        _seaweed: seaweed,
-        token: String::new(),
-        shared_token: Default::default(),
-        http,
-        recorder: recorder.clone(),
-    };
+    let mut cluster =
+        Cluster { nodes, network, _seaweed: seaweed, token: Default::default(), http, recorder: recorder.clone() };
     form_cluster(&mut cluster).await?;
     let accounts: Vec<String> = (1..=cli.accounts).map(|i| format!("a{i}@{DOMAIN}")).collect();
     setup_accounts(&cluster, &accounts).await?;
     let workload = Arc::new(Workload::new(
         cluster.nodes.iter().map(|node| node.ip).collect(),
         accounts.clone(),
-        cluster.shared_token.clone(),
+        cluster.token.clone(),
         recorder.clone(),
         Duration::from_secs(cli.op_timeout),
         seed,
@@ -248,7 +241,7 @@ async fn form_cluster(cluster: &mut Cluster) -> anyhow::Result<()> {
     cluster.nodes[0].start(ready).await?;
     cluster.set_token(cluster.nodes[0].admin_token()?);
     for index in 1..cluster.nodes.len() {
-        let token = join_token(&cluster.http, &cluster.nodes[0], &cluster.token, false).await?;
+        let token = join_token(&cluster.http, &cluster.nodes[0], &cluster.token(), false).await?;
         let first_ip = cluster.nodes[0].ip;
         cluster.nodes[index].set_join(first_ip, token);
         cluster.nodes[index].start(ready).await?;
@@ -272,7 +265,7 @@ async fn form_cluster(cluster: &mut Cluster) -> anyhow::Result<()> {
 async fn setup_accounts(cluster: &Cluster, accounts: &[String]) -> anyhow::Result<()> {
     let node = &cluster.nodes[0];
     let (status, body) =
-        api(&cluster.http, node, &cluster.token, reqwest::Method::POST, "/domains", Some(json!({ "name": DOMAIN })))
+        api(&cluster.http, node, &cluster.token(), reqwest::Method::POST, "/domains", Some(json!({ "name": DOMAIN })))
             .await?;
     if status != 201 {
         bail!("creating {DOMAIN}: {status} {body}");
@@ -280,7 +273,7 @@ async fn setup_accounts(cluster: &Cluster, accounts: &[String]) -> anyhow::Resul
     for account in accounts {
         let body = json!({ "address": account, "password": PASSWORD });
         let (status, body) =
-            api(&cluster.http, node, &cluster.token, reqwest::Method::POST, "/accounts", Some(body)).await?;
+            api(&cluster.http, node, &cluster.token(), reqwest::Method::POST, "/accounts", Some(body)).await?;
         if status != 201 {
             bail!("creating {account}: {status} {body}");
         }
@@ -314,7 +307,7 @@ async fn final_state(cluster: &Cluster, accounts: &[String]) -> FinalState {
 async fn applied_indexes(cluster: &Cluster) -> Vec<Option<(Option<u64>, Option<u64>)>> {
     let mut indexes = Vec::new();
     for node in &cluster.nodes {
-        let status = api(&cluster.http, node, &cluster.token, reqwest::Method::GET, "/cluster/status", None).await;
+        let status = api(&cluster.http, node, &cluster.token(), reqwest::Method::GET, "/cluster/status", None).await;
         indexes.push(match status {
             Ok((200, status)) => Some((status["applied_index"].as_u64(), status["committed_index"].as_u64())),
             _ => None,
@@ -344,7 +337,7 @@ async fn read_everything(cluster: &Cluster, accounts: &[String]) -> FinalState {
         }
         state.mailboxes.insert(node.index, mailboxes);
         for attempt in 0..20 {
-            match api(&cluster.http, node, &cluster.token, reqwest::Method::GET, "/accounts", None).await {
+            match api(&cluster.http, node, &cluster.token(), reqwest::Method::GET, "/accounts", None).await {
                 Ok((200, list)) => {
                     let listed = list
                         .as_array()

@@ -77,10 +77,9 @@ pub struct Cluster {
     pub network: Network,
     /// The S3 server, kept running as long as the cluster.
     pub _seaweed: SeaweedFs,
-    /// The admin token (a node's; every node accepts it until that node is removed).
-    pub token: String,
-    /// The same token, for the clients.
-    pub shared_token: Arc<std::sync::RwLock<String>>,
+    /// The admin token (a node's; every node accepts it until that node is removed),
+    /// shared with the clients.
+    pub token: Arc<std::sync::RwLock<String>>,
     /// For admin API calls.
     pub http: reqwest::Client,
     /// Where nemesis actions and node crashes are recorded.
@@ -114,8 +113,12 @@ impl Cluster {
 
     /// Uses `token` from now on, and has the clients use it.
     pub fn set_token(&mut self, token: String) {
-        *self.shared_token.write().expect("token lock") = token.clone();
-        self.token = token;
+        *self.token.write().expect("token lock") = token;
+    }
+
+    /// The admin token now.
+    pub fn token(&self) -> String {
+        self.token.read().expect("token lock").clone()
     }
 
     /// The node with `index` (1-based).
@@ -131,7 +134,7 @@ impl Cluster {
     pub async fn status(&self) -> Option<Value> {
         for node in self.nodes.iter().filter(|node| node.running() && !node.paused) {
             if let Ok((200, status)) =
-                api(&self.http, node, &self.token, reqwest::Method::GET, "/cluster/status", None).await
+                api(&self.http, node, &self.token(), reqwest::Method::GET, "/cluster/status", None).await
             {
                 return Some(status);
             }
@@ -156,7 +159,7 @@ impl Cluster {
     /// The Raft node id of node `index`.
     async fn node_id(&self, index: usize) -> anyhow::Result<u64> {
         let (_, status) =
-            api(&self.http, self.node(index), &self.token, reqwest::Method::GET, "/cluster/status", None).await?;
+            api(&self.http, self.node(index), &self.token(), reqwest::Method::GET, "/cluster/status", None).await?;
         status["node_id"].as_u64().with_context(|| format!("no node id from n{index}: {status}"))
     }
 
@@ -270,7 +273,8 @@ impl Cluster {
                 let mut removed = false;
                 for node in self.nodes.iter().filter(|node| node.index != victim && node.running()) {
                     let path = format!("/cluster/nodes/{id}");
-                    if let Ok((204, _)) = api(&self.http, node, &self.token, reqwest::Method::DELETE, &path, None).await
+                    if let Ok((204, _)) =
+                        api(&self.http, node, &self.token(), reqwest::Method::DELETE, &path, None).await
                     {
                         removed = true;
                         break;
@@ -325,7 +329,7 @@ impl Cluster {
                     .iter()
                     .find(|node| node.index != index && node.running() && !node.paused)
                     .context("no running member to join")?;
-                let token = join_token(&self.http, member, &self.token, false).await?;
+                let token = join_token(&self.http, member, &self.token(), false).await?;
                 let member_ip = member.ip;
                 let node = self.node_mut(index);
                 node.set_join(member_ip, token);
