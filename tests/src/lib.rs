@@ -32,6 +32,8 @@ mod outbound;
 #[cfg(test)]
 mod pop3;
 #[cfg(test)]
+mod protection;
+#[cfg(test)]
 mod search;
 #[cfg(test)]
 mod smtp;

@@ -204,6 +204,77 @@ impl Drop for Dnsmasq {
     }
 }
 
+/// A real clamd (Debian clamav-daemon) on 127.0.0.1 with a signature database the test
+/// writes itself: `Wmail.Test.EICAR` matches the EICAR test string anywhere in a file.
+pub struct Clamd {
+    child: Child,
+    /// Its TCP port.
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Clamd {
+    /// The text the test signature detects (the EICAR anti-virus test file).
+    pub const EICAR: &'static str = r"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+
+    /// Starts clamd and waits until it answers PING.
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let signature: String = "EICAR-STANDARD-ANTIVIRUS-TEST-FILE".bytes().map(|b| format!("{b:02x}")).collect();
+        std::fs::write(dir.path().join("wmail-test.ndb"), format!("Wmail.Test.EICAR:0:*:{signature}\n")).expect("db");
+        let port = free_port();
+        let config = format!(
+            "Foreground yes\nDatabaseDirectory {dir}\nTCPSocket {port}\nTCPAddr 127.0.0.1\nLogFile {dir}/clamd.log\n\
+LogVerbose yes\nBytecode no\nStreamMaxLength 64M\n",
+            dir = dir.path().display()
+        );
+        let config_path = dir.path().join("clamd.conf");
+        std::fs::write(&config_path, config).expect("clamd.conf");
+        let child = Command::new("clamd")
+            .arg("--config-file")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("clamd (Debian clamav-daemon; tests/run.sh installs it)");
+        let clamd = Self { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                use std::io::{Read, Write};
+                let mut answer = String::new();
+                if stream.write_all(b"zPING\0").is_ok()
+                    && stream.read_to_string(&mut answer).is_ok()
+                    && answer.starts_with("PONG")
+                {
+                    return clamd;
+                }
+            }
+            let log = std::fs::read_to_string(clamd.dir.path().join("clamd.log")).unwrap_or_default();
+            assert!(Instant::now() < deadline, "clamd not ready after 60 s:\n{log}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The `[antivirus]` section of a wmail config using this clamd.
+    pub fn wmail_config(&self) -> String {
+        format!("[antivirus]\nclamd = \"127.0.0.1:{}\"\n", self.port)
+    }
+
+    /// Stops clamd (to test what a scanner failure leads to).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Clamd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// A receiving MTA for outbound tests: `tests/scripts/mail_sink.py` (aiosmtpd) with STARTTLS,
 /// scriptable replies, and every session and message recorded in its directory.
 pub struct MailSink {

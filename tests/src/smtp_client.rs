@@ -39,6 +39,16 @@ impl RawSmtp {
         client
     }
 
+    /// Connects from the local address `source` (say `127.0.0.2`) and reads the greeting.
+    pub async fn connect_from(source: std::net::IpAddr, address: SocketAddr) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind(SocketAddr::new(source, 0)).expect("bind the source address");
+        let stream = socket.connect(address).await.expect("connect to smtp");
+        let mut client = Self { stream: BufReader::new(stream) };
+        client.expect(220).await;
+        client
+    }
+
     /// Connects and returns the greeting, whatever it is.
     pub async fn connect_raw(address: SocketAddr) -> (Self, Option<SmtpReply>) {
         let stream = TcpStream::connect(address).await.expect("connect to smtp");

@@ -15,8 +15,9 @@ if [ "$what" = test ]; then
   # promtool (package prometheus) lints /metrics; python3-venv hosts SeaweedFS;
   # fetchmail and curl are real POP3 clients; isync (mbsync) and curl real IMAP clients;
   # dnsmasq answers DNS for the outbound tests' zones; haproxy fronts the cluster tests;
-  # iproute2 builds jepsen's network namespaces and faketime skews its nodes' clocks.
-  packages+=(prometheus python3-venv fetchmail curl isync dnsmasq-base haproxy iproute2 faketime)
+  # iproute2 builds jepsen's network namespaces and faketime skews its nodes' clocks;
+  # clamav-daemon is the real clamd the antivirus tests scan with (their own signatures).
+  packages+=(prometheus python3-venv fetchmail curl isync dnsmasq-base haproxy iproute2 faketime clamav-daemon)
 fi
 
 missing=()
@@ -31,7 +32,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # The prometheus and haproxy packages may start servers; the tests run their own.
   if command -v systemctl >/dev/null 2>&1; then
-    $sudo systemctl disable --now prometheus haproxy >/dev/null 2>&1 || true
+    $sudo systemctl disable --now prometheus haproxy clamav-daemon clamav-freshclam >/dev/null 2>&1 || true
   fi
   pkill -x prometheus 2>/dev/null || true
   pkill -x haproxy 2>/dev/null || true

@@ -163,6 +163,15 @@ pub struct Forward {
     pub relay: Option<String>,
 }
 
+/// Where the local copies of a submitted message are filed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Folder {
+    /// The recipient's INBOX.
+    Inbox,
+    /// The recipient's `\\Junk` mailbox (spam that is delivered, not refused).
+    Junk,
+}
+
 /// What [`Core::submit`] did with a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Submitted {
@@ -744,6 +753,24 @@ impl Core {
         Ok(Resolution { accounts, forwards })
     }
 
+    /// The account's `\\Junk` mailbox (RFC 6154), created with the other default mailboxes
+    /// when it has none.
+    async fn junk_mailbox(&self, account_id: u64) -> Result<u64> {
+        let find = || -> Result<Option<u64>> {
+            Ok(self
+                .state
+                .mailboxes(account_id)?
+                .into_iter()
+                .find(|mailbox| mailbox.special_use.as_deref() == Some("\\Junk"))
+                .map(|mailbox| mailbox.id))
+        };
+        if let Some(id) = find()? {
+            return Ok(id);
+        }
+        self.ensure_default_mailboxes(account_id).await?;
+        find()?.ok_or_else(|| CoreError::new(ErrorCode::NotFound, "the account has no Junk mailbox"))
+    }
+
     /// Stores a message body once and files it into the INBOX of every recipient, with one
     /// replicated command. Returns when the delivery is committed and applied.
     pub async fn deliver<S>(&self, recipients: &[String], body: S) -> Result<Vec<RecipientResult>>
@@ -765,6 +792,22 @@ impl Core {
         return_path: &str,
         outbound: Option<OutboundEnvelope>,
         body: S,
+    ) -> Result<Submitted>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send,
+    {
+        self.submit_filed(recipients, return_path, outbound, body, Folder::Inbox).await
+    }
+
+    /// [`Core::submit`], filing the local copies into `folder` (the Junk mailbox for mail
+    /// the inbound checks judged as spam; created when the account has none yet).
+    pub async fn submit_filed<S>(
+        &self,
+        recipients: &[String],
+        return_path: &str,
+        outbound: Option<OutboundEnvelope>,
+        body: S,
+        folder: Folder,
     ) -> Result<Submitted>
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send,
@@ -824,6 +867,11 @@ impl Core {
             }),
         };
         let outbound = outbound.filter(|envelope| !envelope.recipients.is_empty());
+        if folder == Folder::Junk {
+            for target in &mut targets {
+                target.mailbox_id = Some(self.junk_mailbox(target.account_id).await?);
+            }
+        }
         if targets.is_empty() && outbound.is_none() {
             // Nothing local: every entry of the plan is an error; store nothing.
             let recipients = plan

@@ -6,8 +6,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use rand::seq::SliceRandom;
 
@@ -74,23 +72,7 @@ impl Router {
         smarthost: Option<String>,
         routes: HashMap<String, StaticRoute>,
     ) -> std::io::Result<Self> {
-        let resolver = if dns_servers.is_empty() {
-            TokioResolver::builder_tokio().map_err(std::io::Error::other)?.build()
-        } else {
-            let servers = dns_servers
-                .iter()
-                .map(|server| {
-                    let mut udp = ConnectionConfig::udp();
-                    udp.port = server.port();
-                    let mut tcp = ConnectionConfig::tcp();
-                    tcp.port = server.port();
-                    NameServerConfig::new(server.ip(), true, vec![udp, tcp])
-                })
-                .collect();
-            let config = ResolverConfig::from_name_servers(servers);
-            TokioResolver::builder_with_config(config, TokioRuntimeProvider::default()).build()
-        }
-        .map_err(std::io::Error::other)?;
+        let resolver = wmail_net::dns::resolver(dns_servers)?;
         let routes = routes.into_iter().map(|(domain, route)| (domain.to_ascii_lowercase(), route)).collect();
         Ok(Router { resolver, remote_port, smarthost, smarthost_credentials: None, routes })
     }

@@ -97,6 +97,7 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/domains/{name}/dkim/{selector}", axum::routing::delete(remove_dkim_key))
         .route("/domains/{name}/dkim/{selector}/activate", axum::routing::post(activate_dkim_key))
         .route("/search/status", get(search_status))
+        .route("/security/verdicts", get(list_verdicts))
         .route("/search/reindex", get(reindex_progress).post(start_reindex))
         .route("/queue", get(list_queue))
         .route("/queue/{id}", get(show_queue_entry).delete(remove_queue_entry))
@@ -745,6 +746,25 @@ async fn drain_node(
 ) -> ApiResult<Json<wmail_core::DrainReport>> {
     let grace = std::time::Duration::from_secs(request.grace_seconds.unwrap_or(60));
     Ok(Json(state.core.drain(grace).await?))
+}
+
+/// The inbound verdicts this node logged, newest first, by `message_id` and/or `sender`.
+async fn list_verdicts(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<wmail_protection::VerdictQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Some(protection) = state.protection.clone() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "the inbound checks are off ([antispam] enabled = false): there is no verdict log",
+        ));
+    };
+    let records = tokio::task::spawn_blocking(move || protection.log().query(&query))
+        .await
+        .map_err(|error| CoreError::internal("reading the verdict log", error))?
+        .map_err(|error| CoreError::internal("reading the verdict log", error))?;
+    Ok(Json(serde_json::json!({ "node_id": state.core.node_id(), "verdicts": records })))
 }
 
 async fn search_status(State(state): State<Arc<AppState>>) -> Json<wmail_core::SearchStatus> {

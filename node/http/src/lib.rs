@@ -25,11 +25,18 @@ pub struct AppState {
     pub admin_token: String,
     /// The metrics registry.
     pub metrics: Metrics,
+    /// The inbound checks, whose verdict log the API answers from (`None`: checks off).
+    pub protection: Option<Arc<wmail_protection::Protection>>,
 }
 
 /// Builds the whole HTTP router.
-pub fn router(core: Arc<Core>, admin_token: String, registry: prometheus::Registry) -> Router {
-    let state = Arc::new(AppState { core, admin_token, metrics: Metrics::new(registry) });
+pub fn router(
+    core: Arc<Core>,
+    admin_token: String,
+    registry: prometheus::Registry,
+    protection: Option<Arc<wmail_protection::Protection>>,
+) -> Router {
+    let state = Arc::new(AppState { core, admin_token, metrics: Metrics::new(registry), protection });
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))

@@ -9,6 +9,7 @@
 //! ```
 
 mod connection;
+pub mod dns;
 mod dot_stuff;
 mod listener;
 mod proxy;

@@ -18,6 +18,7 @@ use futures::future::BoxFuture;
 use tokio::io::AsyncWriteExt;
 use wmail_core::Core;
 use wmail_net::{Refusal, SessionHandler, SessionStream, TlsAcceptor};
+use wmail_protection::Protection;
 
 /// Which service a listener provides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +100,7 @@ pub struct SmtpServer {
     tls: Option<TlsAcceptor>,
     metrics: Arc<SmtpMetrics>,
     listener: &'static str,
+    protection: Option<Arc<Protection>>,
 }
 
 impl SmtpServer {
@@ -111,7 +113,14 @@ impl SmtpServer {
         metrics: Arc<SmtpMetrics>,
         listener: &'static str,
     ) -> Self {
-        Self { core, config: Arc::new(config), tls, metrics, listener }
+        Self { core, config: Arc::new(config), tls, metrics, listener, protection: None }
+    }
+
+    /// Runs the inbound checks (sender authentication, DNSBL, content, antivirus) on the
+    /// mail this listener receives; only the MX mode (port 25) uses them.
+    pub fn with_protection(mut self, protection: Arc<Protection>) -> Self {
+        self.protection = Some(protection);
+        self
     }
 }
 
@@ -124,8 +133,15 @@ impl SessionHandler for SmtpServer {
     ) -> BoxFuture<'static, ()> {
         self.metrics.connections.with_label_values(&[self.listener]).inc();
         let observer = session::Observer { metrics: self.metrics.clone(), listener: self.listener };
-        let session =
-            session::Session::new(self.core.clone(), self.config.clone(), self.tls.clone(), observer, peer, stream);
+        let session = session::Session::new(
+            self.core.clone(),
+            self.config.clone(),
+            self.tls.clone(),
+            observer,
+            peer,
+            stream,
+            self.protection.clone(),
+        );
         Box::pin(session.run(shutdown))
     }
 

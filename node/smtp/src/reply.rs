@@ -7,15 +7,15 @@ pub struct Reply {
     pub code: u16,
     /// RFC 3463 enhanced status code, e.g. "2.1.0"; empty for the greeting and the
     /// EHLO/HELO replies, which RFC 2034 §3 exempts.
-    pub status: &'static str,
+    pub status: std::borrow::Cow<'static, str>,
     /// Human-readable text (may span lines).
     pub text: String,
 }
 
 impl Reply {
     /// Builds a reply.
-    pub fn new(code: u16, status: &'static str, text: impl Into<String>) -> Self {
-        Self { code, status, text: text.into() }
+    pub fn new(code: u16, status: impl Into<std::borrow::Cow<'static, str>>, text: impl Into<String>) -> Self {
+        Self { code, status: status.into(), text: text.into() }
     }
 
     /// Writes the reply in wire form, one line per text line (RFC 5321 §4.2.1).

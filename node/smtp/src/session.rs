@@ -17,10 +17,11 @@ use smtp_proto::request::receiver::DataReceiver;
 use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN, Request};
 use tokio::sync::{mpsc, watch};
 use wmail_core::{
-    Account, Core, CoreError, DeliveryResult, ErrorCode, Notify, OutboundEnvelope, OutboundRecipient, RecipientResult,
-    Ret, Submitted,
+    Account, Core, CoreError, DeliveryResult, ErrorCode, Folder, Notify, OutboundEnvelope, OutboundRecipient,
+    RecipientResult, Ret, Submitted,
 };
 use wmail_net::{Connection, LineRead, SessionStream, TlsAcceptor};
+use wmail_protection::{Action, ConnectionReport, Envelope, Protection, Refusal, SenderReport, Verdict, VerdictRecord};
 
 use crate::body::{BodyAssembler, MissingHeaders};
 use crate::reply::Reply;
@@ -52,8 +53,26 @@ enum Piece {
 struct BodyInProgress {
     assembler: BodyAssembler,
     sender: Option<mpsc::Sender<Piece>>,
-    delivery: tokio::task::JoinHandle<wmail_core::Result<Submitted>>,
+    /// The delivery task; `None` while the message is held for the inbound checks.
+    delivery: Option<tokio::task::JoinHandle<wmail_core::Result<Submitted>>>,
     too_big: bool,
+    /// A message held in memory for the inbound checks until its data is complete (then
+    /// checked, rewritten and stored), or `None` when it streams straight into storage.
+    scan: Option<ScanBuffer>,
+    /// The verdict on a message that outgrew the scan limit and was streamed unscanned.
+    unscanned: Option<Verdict>,
+}
+
+/// A message held for the inbound checks.
+struct ScanBuffer {
+    /// Return-Path and Received, stored ahead of the verdict's headers.
+    trace: Vec<u8>,
+    /// The message as received.
+    data: Vec<u8>,
+    /// Memory reserved from the node's scan budget for `data`.
+    reserved: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// The scan budget ran out: the message is refused with a temporary error.
+    busy: bool,
 }
 
 /// The state of one mail transaction (MAIL .. end of data).
@@ -69,6 +88,8 @@ struct Transaction {
     /// Local recipients that asked for a success notification (NOTIFY=SUCCESS), with
     /// their ORCPT.
     notify_success: Vec<(String, Option<String>)>,
+    /// SPF of the HELO and MAIL FROM identities (inbound checks only).
+    sender_report: Option<SenderReport>,
     body: Option<BodyInProgress>,
 }
 
@@ -121,7 +142,7 @@ impl Observer {
     }
 
     fn refused_recipient(&self, reply: &Reply) {
-        let reason = match reply.status {
+        let reason = match reply.status.as_ref() {
             "5.1.1" => "unknown_user",
             "5.7.1" => "relay_denied",
             "4.3.2" => "outbound_unavailable",
@@ -147,12 +168,19 @@ pub struct Session {
     esmtp: bool,
     authenticated: Option<Account>,
     transaction: Option<Transaction>,
+    /// The inbound checks, on the MX listener only.
+    protection: Option<Arc<Protection>>,
+    /// The connection checks (DNSBL, reverse DNS), started at connect, awaited at MAIL.
+    connection_check: Option<tokio::task::JoinHandle<ConnectionReport>>,
+    connection_report: Option<ConnectionReport>,
+    /// Why the HELO name is refused, when it is (reported at MAIL).
+    helo_refusal: Option<Refusal>,
     messages: u64,
     rsets: usize,
     errors: usize,
 }
 
-fn reply(code: u16, status: &'static str, text: impl Into<String>) -> Reply {
+fn reply(code: u16, status: impl Into<std::borrow::Cow<'static, str>>, text: impl Into<String>) -> Reply {
     Reply::new(code, status, text)
 }
 
@@ -165,7 +193,9 @@ impl Session {
         observer: Observer,
         peer: SocketAddr,
         stream: SessionStream,
+        protection: Option<Arc<Protection>>,
     ) -> Self {
+        let protection = protection.filter(|checks| config.mode == Mode::Mx && !checks.trusts(peer.ip()));
         Self {
             observer,
             core,
@@ -178,6 +208,10 @@ impl Session {
             esmtp: false,
             authenticated: None,
             transaction: None,
+            protection,
+            connection_check: None,
+            connection_report: None,
+            helo_refusal: None,
             messages: 0,
             rsets: 0,
             errors: 0,
@@ -205,6 +239,10 @@ impl Session {
         let kind = if self.config.mode == Mode::Lmtp { "LMTP" } else { "ESMTP" };
         let greeting = format!("{} {kind} wmail ready", self.config.hostname);
         self.send(reply(220, "", greeting));
+        if let Some(protection) = self.protection.clone() {
+            let client = self.peer.ip();
+            self.connection_check = Some(tokio::spawn(async move { protection.connection(client).await }));
+        }
         loop {
             let timeout = self.config.command_timeout;
             let event = tokio::select! {
@@ -266,7 +304,7 @@ impl Session {
             Request::Ehlo { host } => self.ehlo(host, true).await,
             Request::Helo { host } => self.ehlo(host, false).await,
             Request::Lhlo { .. } => self.send(reply(500, "5.5.1", "LHLO is for LMTP; this is SMTP")),
-            Request::Mail { from } => self.mail(from)?,
+            Request::Mail { from } => self.mail(from).await?,
             Request::Rcpt { to } => self.rcpt(to)?,
             Request::Data => return self.data().await,
             Request::Bdat { chunk_size, is_last } => return self.bdat(chunk_size, is_last).await,
@@ -313,6 +351,9 @@ impl Session {
         self.transaction = None;
         self.helo = Some(host.clone());
         self.esmtp = esmtp;
+        if let Some(protection) = &self.protection {
+            self.helo_refusal = protection.helo(self.peer.ip(), &host).await;
+        }
         let first = format!("{} hello {host} [{}]", self.config.hostname, self.peer.ip());
         if !esmtp {
             self.send(reply(250, "", first));
@@ -372,7 +413,7 @@ impl Session {
             && (self.is_tls() || self.config.allow_plaintext_auth)
     }
 
-    fn mail(&mut self, from: smtp_proto::MailFrom<String>) -> io::Result<()> {
+    async fn mail(&mut self, from: smtp_proto::MailFrom<String>) -> io::Result<()> {
         if self.helo.is_none() {
             self.send(reply(503, "5.5.1", "send EHLO or HELO first"));
             return Ok(());
@@ -425,6 +466,13 @@ impl Session {
                 return Ok(());
             }
         }
+        let sender_report = match self.sender_checks(&reverse_path).await {
+            Ok(report) => report,
+            Err(refusal) => {
+                self.send(refusal_reply(&refusal));
+                return Ok(());
+            }
+        };
         self.transaction = Some(Transaction {
             reverse_path,
             recipients: Vec::new(),
@@ -432,6 +480,7 @@ impl Session {
             envid: from.env_id,
             ret,
             notify_success: Vec::new(),
+            sender_report,
             body: None,
         });
         self.send(reply(250, "2.1.0", "sender OK"));
@@ -550,49 +599,134 @@ impl Session {
         reply(250, "2.1.5", "recipient OK")
     }
 
-    /// Starts the delivery task of the current transaction's message.
+    /// The inbound checks of the sender at MAIL: the connection checks started at connect
+    /// (DNSBL, reverse DNS), the HELO name, and SPF; the refusal one of them leads to.
+    async fn sender_checks(&mut self, reverse_path: &str) -> Result<Option<SenderReport>, Refusal> {
+        let Some(protection) = self.protection.clone() else { return Ok(None) };
+        if let Some(check) = self.connection_check.take() {
+            self.connection_report = Some(check.await.unwrap_or_default());
+        }
+        if let Some(refusal) = self.connection_report.as_ref().and_then(|report| report.refusal.clone()) {
+            tracing::info!(session = %self.id, peer = %self.peer, reason = %refusal.text, "client refused");
+            return Err(refusal);
+        }
+        if let Some(refusal) = self.helo_refusal.clone() {
+            return Err(refusal);
+        }
+        let helo = self.helo.clone().unwrap_or_default();
+        let report = protection.sender(self.peer.ip(), &helo, reverse_path).await;
+        if let Some(refusal) = report.as_ref().and_then(|report| protection.sender_refusal(report)) {
+            tracing::info!(session = %self.id, sender = %reverse_path, reason = %refusal.text, "sender refused");
+            return Err(refusal);
+        }
+        Ok(report)
+    }
+
+    /// Starts the delivery task of a transaction's message, filed into `folder`.
+    fn spawn_delivery(
+        &self,
+        transaction: &Transaction,
+        folder: Folder,
+    ) -> (mpsc::Sender<Piece>, tokio::task::JoinHandle<wmail_core::Result<Submitted>>) {
+        let (sender, mut receiver) = mpsc::channel::<Piece>(8);
+        let core = self.core.clone();
+        let recipients = transaction.local_recipients();
+        let outbound = transaction.outbound_envelope();
+        let return_path = transaction.reverse_path.clone();
+        let delivery = tokio::spawn(async move {
+            let mut ended = false;
+            let body = futures::stream::poll_fn(move |context| {
+                if ended {
+                    return std::task::Poll::Ready(None);
+                }
+                receiver.poll_recv(context).map(|piece| match piece {
+                    Some(Piece::Data(bytes)) => Some(Ok(bytes)),
+                    Some(Piece::End) => {
+                        ended = true;
+                        None
+                    }
+                    None => {
+                        ended = true;
+                        Some(Err(io::Error::other("the SMTP transaction ended before its data was complete")))
+                    }
+                })
+            });
+            core.submit_filed(&recipients, &return_path, outbound, body, folder).await
+        });
+        (sender, delivery)
+    }
+
+    /// Starts receiving the current transaction's message: straight into storage, or (with
+    /// inbound checks) into a scan buffer first.
     fn begin_body(&mut self) -> Option<&mut BodyInProgress> {
         let submission = self.config.mode.requires_auth();
         let trace = self.trace_headers();
         let hostname = self.config.hostname.clone();
-        let transaction = self.transaction.as_mut()?;
+        let scanning = self.protection.is_some();
+        let transaction = self.transaction.take()?;
+        let mut transaction = transaction;
         if transaction.body.is_none() {
-            let (sender, mut receiver) = mpsc::channel::<Piece>(8);
-            let core = self.core.clone();
-            let recipients = transaction.local_recipients();
-            let outbound = transaction.outbound_envelope();
-            let return_path = transaction.reverse_path.clone();
-            let delivery = tokio::spawn(async move {
-                let mut ended = false;
-                let body = futures::stream::poll_fn(move |context| {
-                    if ended {
-                        return std::task::Poll::Ready(None);
-                    }
-                    receiver.poll_recv(context).map(|piece| match piece {
-                        Some(Piece::Data(bytes)) => Some(Ok(bytes)),
-                        Some(Piece::End) => {
-                            ended = true;
-                            None
-                        }
-                        None => {
-                            ended = true;
-                            Some(Err(io::Error::other("the SMTP transaction ended before its data was complete")))
-                        }
-                    })
-                });
-                core.submit(&recipients, &return_path, outbound, body).await
-            });
             let missing = submission.then(|| MissingHeaders {
                 date: chrono::Utc::now().to_rfc2822(),
                 message_id: format!("<{:016x}{:016x}@{hostname}>", rand_u64(), rand_u64()),
             });
-            let mut assembler = BodyAssembler::new(trace, missing);
-            if !transaction.notify_success.is_empty() {
+            let (assembler, sender, delivery, scan) = if scanning {
+                // The trace headers are stored ahead of the verdict's, so they are kept aside.
+                let scan = ScanBuffer { trace, data: Vec::new(), reserved: None, busy: false };
+                (BodyAssembler::new(Vec::new(), missing), None, None, Some(scan))
+            } else {
+                let (sender, delivery) = self.spawn_delivery(&transaction, Folder::Inbox);
+                (BodyAssembler::new(trace, missing), Some(sender), Some(delivery), None)
+            };
+            let mut assembler = assembler;
+            if !transaction.notify_success.is_empty() || scanning {
                 assembler.keep_header_section();
             }
-            transaction.body = Some(BodyInProgress { assembler, sender: Some(sender), delivery, too_big: false });
+            transaction.body =
+                Some(BodyInProgress { assembler, sender, delivery, too_big: false, scan, unscanned: None });
         }
-        transaction.body.as_mut()
+        self.transaction = Some(transaction);
+        self.transaction.as_mut().and_then(|t| t.body.as_mut())
+    }
+
+    /// What the inbound checks know of the current transaction.
+    fn envelope<'a>(&'a self, transaction: &'a Transaction) -> Envelope<'a> {
+        static NO_REPORT: std::sync::OnceLock<ConnectionReport> = std::sync::OnceLock::new();
+        Envelope {
+            client: self.peer.ip(),
+            helo: self.helo.as_deref().unwrap_or(""),
+            mail_from: &transaction.reverse_path,
+            recipients: &transaction.recipients,
+            connection: self.connection_report.as_ref().unwrap_or_else(|| NO_REPORT.get_or_init(Default::default)),
+            sender: transaction.sender_report.as_ref(),
+        }
+    }
+
+    /// Adds a verdict to the node's verdict log.
+    fn log_verdict(&self, transaction: &Transaction, header: &[u8], verdict: &Verdict) {
+        let Some(protection) = &self.protection else { return };
+        let parsed = mail_parser::MessageParser::new().parse_headers(header);
+        let message_id = parsed.as_ref().and_then(|m| m.message_id()).map(str::to_owned);
+        let from =
+            parsed.as_ref().and_then(|m| m.from()).and_then(|f| f.first()).and_then(|a| a.address()).map(str::to_owned);
+        let subject = parsed.as_ref().and_then(|m| m.subject()).map(|s| s.chars().take(200).collect());
+        let record = VerdictRecord {
+            time_ms: wmail_core::now_ms(),
+            queue_id: format!("{}.{}", self.id, self.messages + 1),
+            client: self.peer.ip().to_string(),
+            helo: self.helo.clone().unwrap_or_default(),
+            mail_from: transaction.reverse_path.clone(),
+            recipients: transaction.recipients.clone(),
+            message_id,
+            from,
+            subject,
+            verdict: verdict.clone(),
+        };
+        tracing::info!(
+            session = %self.id, action = verdict.action.label(), score = verdict.score,
+            message_id = record.message_id.as_deref().unwrap_or(""), "inbound verdict"
+        );
+        protection.log().record(&record);
     }
 
     /// Return-Path and Received headers (RFC 5321 §4.4; RFC 3848 protocol names).
@@ -638,8 +772,14 @@ impl Session {
         if body.assembler.data_size() > max {
             body.too_big = true;
             body.sender = None; // aborts the delivery
+            body.scan = None;
             return;
         }
+        let chunks = match self.hold_for_scan(chunks) {
+            Some(chunks) => chunks,
+            None => return,
+        };
+        let Some(body) = self.transaction.as_mut().and_then(|t| t.body.as_mut()) else { return };
         if let Some(sender) = &body.sender {
             for chunk in chunks {
                 if sender.send(Piece::Data(chunk)).await.is_err() {
@@ -649,13 +789,90 @@ impl Session {
         }
     }
 
+    /// Keeps chunks of a message held for the inbound checks, within the scan size limit and
+    /// the node's scan memory budget. Returns the chunks to stream to storage: all of them
+    /// when the message is not held, or (once it outgrows the scan limit) what was held
+    /// so far, behind an `Authentication-Results` header with the envelope's results.
+    fn hold_for_scan(&mut self, chunks: Vec<Bytes>) -> Option<Vec<Bytes>> {
+        let Some(protection) = self.protection.clone() else { return Some(chunks) };
+        let body = self.transaction.as_mut()?.body.as_mut()?;
+        let Some(scan) = body.scan.as_mut() else { return Some(chunks) };
+        if scan.busy {
+            return None; // discarded: the message is deferred at its end
+        }
+        let incoming: usize = chunks.iter().map(Bytes::len).sum();
+        if scan.data.len() + incoming <= protection.config().max_scan_size {
+            if protection.reserve_scan_memory(&mut scan.reserved, scan.data.len() + incoming) {
+                chunks.iter().for_each(|chunk| scan.data.extend_from_slice(chunk));
+            } else {
+                tracing::warn!(session = %self.id, "scan memory budget exhausted; the message will be deferred");
+                *scan = ScanBuffer { trace: Vec::new(), data: Vec::new(), reserved: None, busy: true };
+            }
+            return None;
+        }
+        // Too large to scan: store it as it comes, with what the envelope showed.
+        let mut transaction = self.transaction.take()?;
+        let verdict = protection.unscanned(&self.envelope(&transaction));
+        let (sender, delivery) = self.spawn_delivery(&transaction, Folder::Inbox);
+        let body = transaction.body.as_mut()?;
+        let scan = body.scan.take()?;
+        let mut held = scan.trace;
+        held.extend_from_slice(&protection.rewrite(&verdict, &scan.data));
+        let mut out = vec![Bytes::from(held)];
+        out.extend(chunks);
+        body.sender = Some(sender);
+        body.delivery = Some(delivery);
+        body.unscanned = Some(verdict);
+        self.transaction = Some(transaction);
+        Some(out)
+    }
+
+    /// Runs the inbound checks on a held message and starts its delivery as the verdict
+    /// says; returns the refusal instead when it is refused.
+    async fn deliver_scanned(&mut self, transaction: &mut Transaction) -> Option<Reply> {
+        let protection = self.protection.clone()?;
+        let scan = transaction.body.as_mut()?.scan.take()?;
+        if scan.busy {
+            return Some(reply(451, "4.3.1", "the server is busy checking other messages; try again later"));
+        }
+        let verdict = protection.message(&self.envelope(transaction), &scan.data).await;
+        self.log_verdict(transaction, &scan.data, &verdict);
+        let folder = match &verdict.action {
+            Action::Refuse(refusal) => {
+                self.observer.message(if refusal.code >= 500 { "rejected" } else { "deferred" });
+                return Some(refusal_reply(refusal));
+            }
+            Action::Junk { .. } => Folder::Junk,
+            Action::Deliver | Action::Tag => Folder::Inbox,
+        };
+        let mut stored = scan.trace;
+        stored.extend_from_slice(&protection.rewrite(&verdict, &scan.data));
+        drop(scan.data);
+        let (sender, delivery) = self.spawn_delivery(transaction, folder);
+        let body = transaction.body.as_mut()?;
+        body.delivery = Some(delivery);
+        if sender.send(Piece::Data(Bytes::from(stored))).await.is_ok() {
+            let _ = sender.send(Piece::End).await;
+        }
+        None
+    }
+
     /// Ends the message and returns its replies (RFC 5321 §4.2.5: after the data): one for
     /// SMTP, one per accepted recipient in RCPT order for LMTP (RFC 2033 §4.2).
     async fn finish_body(&mut self) -> Vec<Reply> {
         let max_hops = self.config.max_received_headers;
         let max_size = self.config.max_message_size;
         let lmtp = self.config.mode == Mode::Lmtp;
-        let Some(transaction) = self.transaction.take() else {
+        // The end of the data: the assembler releases what it held back; a message held for
+        // the inbound checks keeps it (or, outgrown, streams it).
+        let rest = match self.transaction.as_mut().and_then(|t| t.body.as_mut()) {
+            Some(body) => {
+                let rest = body.assembler.finish();
+                if body.too_big { Vec::new() } else { self.hold_for_scan(rest).unwrap_or_default() }
+            }
+            None => Vec::new(),
+        };
+        let Some(mut transaction) = self.transaction.take() else {
             return vec![reply(554, "5.5.1", "no valid recipients")];
         };
         let recipients = transaction.recipients.len();
@@ -667,18 +884,17 @@ impl Session {
                 envid: transaction.envid.clone(),
                 recipients: transaction.notify_success.clone(),
             });
-        let Some(mut body) = transaction.body else {
+        let Some(body) = transaction.body.as_ref() else {
             return vec![reply(554, "5.5.1", "no valid recipients")];
         };
         let for_all = |reply: Reply| if lmtp { vec![reply; recipients] } else { vec![reply] };
         let started = std::time::Instant::now();
-        let rest = body.assembler.finish();
         let listener = self.observer.listener;
         self.observer.metrics.bytes_received.with_label_values(&[listener]).inc_by(body.assembler.data_size());
         let refusal = if body.too_big || body.assembler.data_size() > max_size {
             self.observer.message("too_big");
             Some(reply(552, "5.3.4", format!("message exceeds the fixed maximum size of {max_size} bytes")))
-        } else if let Some(foreign) = self.foreign_from(&body) {
+        } else if let Some(foreign) = self.foreign_from(body) {
             self.observer.message("spoofed_from");
             Some(reply(553, "5.7.1", format!("the From: address <{foreign}> is not yours to send as")))
         } else if body.assembler.received_headers() > max_hops {
@@ -691,6 +907,18 @@ impl Session {
         } else {
             None
         };
+        let refusal = match refusal {
+            None => self.deliver_scanned(&mut transaction).await,
+            refused => refused,
+        };
+        let Some(mut body) = transaction.body.take() else {
+            return for_all(
+                refusal.unwrap_or_else(|| reply(451, "4.3.0", "local error in processing; try again later")),
+            );
+        };
+        if let Some(verdict) = body.unscanned.take() {
+            self.log_verdict(&transaction, body.assembler.header_section(), &verdict);
+        }
         if let Some(sender) = body.sender.take()
             && refusal.is_none()
         {
@@ -707,7 +935,10 @@ impl Session {
             self.messages += 1;
             return for_all(reply(250, "2.0.0", "OK (acknowledged before the commit: WMAIL_TEST_ACK_BEFORE_COMMIT)"));
         }
-        let delivered = body.delivery.await;
+        let delivered = match body.delivery.take() {
+            Some(delivery) => delivery.await,
+            None => Ok(Err(CoreError::internal("receiving a message", "no delivery was started"))),
+        };
         if let Some(refusal) = refusal {
             return for_all(refusal);
         }
@@ -813,7 +1044,9 @@ impl Session {
         if let Some(mut body) = self.transaction.take().and_then(|t| t.body) {
             self.observer.message("aborted");
             body.sender = None; // closing without `Piece::End` aborts the delivery
-            let _ = body.delivery.await;
+            if let Some(delivery) = body.delivery.take() {
+                let _ = delivery.await;
+            }
         }
     }
 
@@ -1065,6 +1298,11 @@ fn acknowledge_before_commit() -> bool {
         }
         enabled
     })
+}
+
+/// The SMTP reply for a refusal by the inbound checks.
+fn refusal_reply(refusal: &Refusal) -> Reply {
+    reply(refusal.code, refusal.status.clone(), refusal.text.clone())
 }
 
 fn parse_error_reply(error: smtp_proto::Error) -> Reply {

@@ -53,6 +53,223 @@ pub struct Config {
     /// `[search]`.
     #[serde(default)]
     pub search: SearchSection,
+    /// `[antispam]`.
+    #[serde(default)]
+    pub antispam: AntispamSection,
+    /// `[antivirus]`.
+    #[serde(default)]
+    pub antivirus: AntivirusSection,
+}
+
+/// `[antispam]`: the checks of mail arriving on the `smtp` listener (port 25).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AntispamSection {
+    /// Run the checks at all.
+    pub enabled: bool,
+    /// Clients in these networks skip the checks (like Postfix's mynetworks).
+    pub trusted_networks: Vec<String>,
+    /// SPF of the HELO and MAIL FROM identities.
+    pub spf: bool,
+    /// Refuse at MAIL FROM when SPF fails (otherwise scored).
+    pub reject_spf_fail: bool,
+    /// Verify DKIM signatures.
+    pub dkim: bool,
+    /// Verify ARC chains.
+    pub arc: bool,
+    /// `enforce`, `tag` or `off`.
+    pub dmarc: String,
+    /// DNSBL zones.
+    pub dnsbl: Vec<DnsblEntry>,
+    /// Refuse clients without forward-confirmed reverse DNS.
+    pub require_reverse_dns: bool,
+    /// Refuse HELO names that do not resolve to the client.
+    pub helo_must_resolve: bool,
+    /// Content rules.
+    pub rules: Vec<RuleEntry>,
+    /// Keywords scored in the subject and text.
+    pub keywords: Vec<String>,
+    /// Score per keyword found.
+    pub keyword_score: f32,
+    /// Attachment extensions refused.
+    pub blocked_extensions: Vec<String>,
+    /// Score from which a message is marked as spam.
+    pub spam_score: f32,
+    /// Subject prefix of spam ("" for none).
+    pub subject_prefix: String,
+    /// Score from which a message goes to Junk.
+    pub junk_score: f32,
+    /// Score from which a message is refused.
+    pub reject_score: f32,
+    /// Largest message scanned, in MiB.
+    pub max_scan_size_mb: u64,
+    /// Memory for messages held for scanning, in MiB, all together.
+    pub scan_memory_mb: u64,
+    /// Size of the verdict log before it rotates, in MiB.
+    pub verdict_log_mb: u64,
+}
+
+/// A DNSBL zone in `[antispam] dnsbl`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsblEntry {
+    /// The zone.
+    pub zone: String,
+    /// `reject` or `score`.
+    #[serde(default = "default_dnsbl_action")]
+    pub action: String,
+    /// The score added when `action = "score"`.
+    #[serde(default = "default_dnsbl_score")]
+    pub score: f32,
+}
+
+fn default_dnsbl_action() -> String {
+    "reject".into()
+}
+
+fn default_dnsbl_score() -> f32 {
+    3.0
+}
+
+/// A content rule in `[[antispam.rules]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleEntry {
+    /// Its name.
+    pub name: String,
+    /// The header field it matches; absent: the message text.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// The regular expression.
+    pub pattern: String,
+    /// The score it adds.
+    pub score: f32,
+}
+
+impl Default for AntispamSection {
+    fn default() -> Self {
+        let defaults = wmail_protection::ProtectionConfig::new("");
+        Self {
+            enabled: true,
+            trusted_networks: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            spf: true,
+            reject_spf_fail: false,
+            dkim: true,
+            arc: true,
+            dmarc: "enforce".into(),
+            dnsbl: Vec::new(),
+            require_reverse_dns: false,
+            helo_must_resolve: false,
+            rules: Vec::new(),
+            keywords: Vec::new(),
+            keyword_score: defaults.keyword_score,
+            blocked_extensions: defaults.blocked_extensions,
+            spam_score: defaults.spam_score,
+            subject_prefix: defaults.subject_prefix,
+            junk_score: defaults.junk_score,
+            reject_score: defaults.reject_score,
+            max_scan_size_mb: 20,
+            scan_memory_mb: 512,
+            verdict_log_mb: 64,
+        }
+    }
+}
+
+/// `[antivirus]`: clamd scanning of inbound mail.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AntivirusSection {
+    /// `host:port` or `unix:/path`; empty: no antivirus.
+    pub clamd: String,
+    /// `tempfail` or `accept` when clamd fails.
+    pub on_failure: String,
+}
+
+impl Default for AntivirusSection {
+    fn default() -> Self {
+        Self { clamd: String::new(), on_failure: "tempfail".into() }
+    }
+}
+
+impl Config {
+    /// The settings of the inbound checks, or `None` when they are off.
+    pub fn protection(&self) -> anyhow::Result<Option<wmail_protection::ProtectionConfig>> {
+        use wmail_protection::{ContentRule, DmarcEnforcement, DnsblAction, DnsblZone, RuleTarget, ScanFailure};
+        let spam = &self.antispam;
+        if !spam.enabled {
+            return Ok(None);
+        }
+        let mut config = wmail_protection::ProtectionConfig::new(self.server.hostname.clone());
+        config.trusted_networks = spam
+            .trusted_networks
+            .iter()
+            .map(|network| {
+                network
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| network.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        anyhow::anyhow!("[antispam] trusted_networks entry {network:?} is not an address or CIDR")
+                    })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        config.spf = spam.spf;
+        config.reject_spf_fail = spam.reject_spf_fail;
+        config.dkim = spam.dkim;
+        config.arc = spam.arc;
+        config.dmarc = match spam.dmarc.as_str() {
+            "enforce" => Some(DmarcEnforcement::Enforce),
+            "tag" => Some(DmarcEnforcement::Tag),
+            "off" => None,
+            other => bail!("[antispam] dmarc = {other:?}: use \"enforce\", \"tag\" or \"off\""),
+        };
+        config.dnsbl = spam
+            .dnsbl
+            .iter()
+            .map(|entry| {
+                let action = match entry.action.as_str() {
+                    "reject" => DnsblAction::Reject,
+                    "score" => DnsblAction::Score(entry.score),
+                    other => bail!("[antispam] dnsbl {}: action = {other:?}; use \"reject\" or \"score\"", entry.zone),
+                };
+                Ok(DnsblZone { zone: entry.zone.clone(), action })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        config.require_reverse_dns = spam.require_reverse_dns;
+        config.helo_must_resolve = spam.helo_must_resolve;
+        config.rules = spam
+            .rules
+            .iter()
+            .map(|rule| ContentRule {
+                name: rule.name.clone(),
+                target: rule.header.clone().map_or(RuleTarget::Body, RuleTarget::Header),
+                pattern: rule.pattern.clone(),
+                score: rule.score,
+            })
+            .collect();
+        config.keywords = spam.keywords.clone();
+        config.keyword_score = spam.keyword_score;
+        config.blocked_extensions = spam.blocked_extensions.clone();
+        config.spam_score = spam.spam_score;
+        config.subject_prefix = spam.subject_prefix.clone();
+        config.junk_score = spam.junk_score;
+        config.reject_score = spam.reject_score;
+        config.max_scan_size = (spam.max_scan_size_mb as usize) << 20;
+        config.scan_memory = (spam.scan_memory_mb as usize) << 20;
+        if config.max_scan_size > config.scan_memory {
+            bail!("[antispam] max_scan_size_mb must not exceed scan_memory_mb");
+        }
+        let antivirus = &self.antivirus;
+        config.clamd = (!antivirus.clamd.is_empty()).then(|| antivirus.clamd.clone());
+        config.clamd_failure = match antivirus.on_failure.as_str() {
+            "tempfail" => ScanFailure::TempFail,
+            "accept" => ScanFailure::Accept,
+            other => bail!("[antivirus] on_failure = {other:?}: use \"tempfail\" or \"accept\""),
+        };
+        if !(config.spam_score <= config.junk_score && config.junk_score <= config.reject_score) {
+            bail!("[antispam] needs spam_score <= junk_score <= reject_score");
+        }
+        Ok(Some(config))
+    }
 }
 
 /// `[security]`: login lockout for every protocol (defaults from the seed manuals).
@@ -470,6 +687,7 @@ impl Config {
         if self.cluster.node_id == 0 {
             bail!("[cluster] node_id must be 1 or greater");
         }
+        self.protection()?;
         match self.blob.backend.as_str() {
             "local" | "s3" => {}
             other => bail!("[blob] backend = {other:?} is unknown; use \"local\" or \"s3\""),

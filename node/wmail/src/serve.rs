@@ -49,7 +49,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut http_urls = Vec::new();
     // One metrics registry for every service, rendered by every HTTP listener.
     let registry = wmail_http::Metrics::new_registry();
-    let router = wmail_http::router(core.clone(), admin_token.clone(), registry.clone());
+    let protection = protection(&config, &data_dir, &registry)?;
+    let router = wmail_http::router(core.clone(), admin_token.clone(), registry.clone(), protection.clone());
     for address in &config.listen.http {
         let listener = HttpListener::new(bind(address, "http").await?, proxy_protocol(&config)?)?;
         let local = listener.local;
@@ -65,7 +66,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     // Mail listeners and the delivery worker stop on shutdown or on `wmail node drain`.
     let (mail_stop_tx, mail_stop) = tokio::sync::watch::channel(false);
-    let mut mail_listeners = start_smtp(&config, &core, &tls, &registry, &mail_stop).await?;
+    let mut mail_listeners = start_smtp(&config, &core, &tls, &registry, protection, &mail_stop).await?;
     mail_listeners.extend(start_pop3(&config, &core, &tls, &mail_stop).await?);
     mail_listeners.extend(start_imap(&config, &core, &tls, &mail_stop).await?);
     let delivery = tokio::spawn(delivery_worker(&config, &core, &registry)?.run(mail_stop.clone()));
@@ -208,6 +209,22 @@ fn delivery_worker(
     Ok(wmail_delivery::Worker::new(core.clone(), delivery, router, metrics))
 }
 
+/// The inbound checks of the `smtp` listener, from `[antispam]`, `[antivirus]` and `[dns]`;
+/// their verdict log lives in `data_dir/verdicts/`.
+fn protection(
+    config: &Config,
+    data_dir: &Path,
+    registry: &prometheus::Registry,
+) -> anyhow::Result<Option<Arc<wmail_protection::Protection>>> {
+    let Some(settings) = config.protection()? else { return Ok(None) };
+    let dns: Vec<SocketAddr> = config.dns.servers.iter().filter_map(|server| server.parse().ok()).collect();
+    let metrics = Arc::new(wmail_protection::ProtectionMetrics::register(registry)?);
+    let log = wmail_protection::VerdictLog::new(data_dir.join("verdicts"), config.antispam.verdict_log_mb << 20);
+    let protection = wmail_protection::Protection::new(settings, &dns, metrics, log)
+        .context("cannot set up the inbound checks ([antispam], [antivirus])")?;
+    Ok(Some(Arc::new(protection)))
+}
+
 /// Starts the SMTP listeners: `smtp` (MX, STARTTLS offered), `submission` (STARTTLS, then
 /// AUTH) and `submissions` (implicit TLS).
 async fn start_smtp(
@@ -215,6 +232,7 @@ async fn start_smtp(
     core: &Arc<Core>,
     tls: &wmail_net::TlsAcceptor,
     registry: &prometheus::Registry,
+    protection: Option<Arc<wmail_protection::Protection>>,
     shutdown: &tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<wmail_net::ListenerHandle>> {
     use wmail_smtp::{Mode, SmtpConfig, SmtpMetrics, SmtpServer};
@@ -241,7 +259,11 @@ async fn start_smtp(
         smtp.max_recipients = config.smtp.max_recipients;
         smtp.vrfy = config.smtp.vrfy;
         smtp.expn = config.smtp.expn;
-        Arc::new(SmtpServer::new(core.clone(), smtp, Some(tls.clone()), metrics.clone(), service))
+        let server = SmtpServer::new(core.clone(), smtp, Some(tls.clone()), metrics.clone(), service);
+        Arc::new(match &protection {
+            Some(protection) if mode == Mode::Mx => server.with_protection(protection.clone()),
+            _ => server,
+        })
     })
     .await
 }

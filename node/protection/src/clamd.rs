@@ -1,0 +1,165 @@
+//! A clamd client: the message is streamed with `INSTREAM` (clamd(8): chunks prefixed by
+//! their length as a 32-bit big-endian integer, ended by a zero length) over TCP or a unix
+//! socket, and the one-line answer says `OK` or `<name> FOUND`.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Bytes per INSTREAM chunk (below clamd's default `StreamMaxLength` chunking limits).
+const CHUNK: usize = 64 * 1024;
+/// Longest answer read.
+const MAX_ANSWER: usize = 4096;
+
+/// What a scan found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScanResult {
+    /// Nothing.
+    Clean,
+    /// A signature matched: its name.
+    Infected(String),
+}
+
+/// Why a scan failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    /// clamd could not be reached or the connection failed.
+    #[error("clamd at {address}: {error}")]
+    Io {
+        /// Where clamd was expected.
+        address: String,
+        /// What went wrong.
+        error: std::io::Error,
+    },
+    /// clamd did not answer in time.
+    #[error("clamd at {0} did not answer within {1:?}")]
+    Timeout(String, Duration),
+    /// clamd answered with an error (such as `INSTREAM size limit exceeded`).
+    #[error("clamd: {0}")]
+    Refused(String),
+}
+
+/// Where clamd listens.
+#[derive(Debug, Clone)]
+enum Address {
+    Tcp(String),
+    Unix(std::path::PathBuf),
+}
+
+/// A clamd to scan with.
+#[derive(Debug, Clone)]
+pub struct Clamd {
+    address: Address,
+    timeout: Duration,
+}
+
+impl Clamd {
+    /// A client for `address`: `host:port` or `unix:/path/to/clamd.ctl`; `None` when it is
+    /// neither.
+    pub fn new(address: &str) -> Option<Self> {
+        let address = match address.strip_prefix("unix:") {
+            Some(path) if !path.is_empty() => Address::Unix(path.into()),
+            Some(_) => return None,
+            None if address
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok()) =>
+            {
+                Address::Tcp(address.to_owned())
+            }
+            None => return None,
+        };
+        Some(Self { address, timeout: Duration::from_secs(60) })
+    }
+
+    fn describe(&self) -> String {
+        match &self.address {
+            Address::Tcp(address) => address.clone(),
+            Address::Unix(path) => format!("unix:{}", path.display()),
+        }
+    }
+
+    /// Scans `data`.
+    pub async fn scan(&self, data: &[u8]) -> Result<ScanResult, ScanError> {
+        let work = async {
+            match &self.address {
+                Address::Tcp(address) => instream(tokio::net::TcpStream::connect(address).await?, data).await,
+                Address::Unix(path) => instream(tokio::net::UnixStream::connect(path).await?, data).await,
+            }
+        };
+        let answer = tokio::time::timeout(self.timeout, work)
+            .await
+            .map_err(|_| ScanError::Timeout(self.describe(), self.timeout))?
+            .map_err(|error| ScanError::Io { address: self.describe(), error })?;
+        parse_answer(&answer)
+    }
+
+    /// Whether clamd answers `PING` with `PONG`.
+    pub async fn ping(&self) -> Result<(), ScanError> {
+        let work = async {
+            let answer = match &self.address {
+                Address::Tcp(address) => command(tokio::net::TcpStream::connect(address).await?, b"zPING\0").await?,
+                Address::Unix(path) => command(tokio::net::UnixStream::connect(path).await?, b"zPING\0").await?,
+            };
+            Ok::<_, std::io::Error>(answer)
+        };
+        let answer = tokio::time::timeout(self.timeout, work)
+            .await
+            .map_err(|_| ScanError::Timeout(self.describe(), self.timeout))?
+            .map_err(|error| ScanError::Io { address: self.describe(), error })?;
+        if answer == "PONG" { Ok(()) } else { Err(ScanError::Refused(answer)) }
+    }
+}
+
+async fn command<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, line: &[u8]) -> std::io::Result<String> {
+    stream.write_all(line).await?;
+    read_answer(stream).await
+}
+
+async fn instream<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, data: &[u8]) -> std::io::Result<String> {
+    stream.write_all(b"zINSTREAM\0").await?;
+    for chunk in data.chunks(CHUNK) {
+        stream.write_all(&(chunk.len() as u32).to_be_bytes()).await?;
+        stream.write_all(chunk).await?;
+    }
+    stream.write_all(&0u32.to_be_bytes()).await?;
+    stream.flush().await?;
+    read_answer(stream).await
+}
+
+async fn read_answer<S: AsyncRead + Unpin>(stream: S) -> std::io::Result<String> {
+    let mut answer = Vec::new();
+    stream.take(MAX_ANSWER as u64).read_to_end(&mut answer).await?;
+    let end = answer.iter().position(|&byte| byte == 0).unwrap_or(answer.len());
+    Ok(String::from_utf8_lossy(&answer[..end]).trim().to_owned())
+}
+
+/// `stream: OK`, `stream: Eicar-Signature FOUND`, or `... ERROR`.
+fn parse_answer(answer: &str) -> Result<ScanResult, ScanError> {
+    let verdict = answer.strip_prefix("stream:").unwrap_or(answer).trim();
+    if verdict == "OK" {
+        Ok(ScanResult::Clean)
+    } else if let Some(name) = verdict.strip_suffix(" FOUND") {
+        Ok(ScanResult::Infected(name.trim().to_owned()))
+    } else {
+        Err(ScanError::Refused(answer.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_and_addresses_are_understood() {
+        assert_eq!(parse_answer("stream: OK").unwrap(), ScanResult::Clean);
+        assert_eq!(
+            parse_answer("stream: Eicar-Test-Signature FOUND").unwrap(),
+            ScanResult::Infected("Eicar-Test-Signature".into())
+        );
+        assert!(matches!(parse_answer("INSTREAM size limit exceeded. ERROR"), Err(ScanError::Refused(_))));
+        assert!(Clamd::new("127.0.0.1:3310").is_some());
+        assert!(Clamd::new("unix:/run/clamav/clamd.ctl").is_some());
+        assert!(Clamd::new("clamd").is_none());
+        assert!(Clamd::new("unix:").is_none());
+    }
+}

@@ -1,0 +1,251 @@
+//! Inbound protection end to end: SPF, DKIM, DMARC and DNSBL answered by a real DNS server
+//! (dnsmasq) on 127.0.0.1, messages signed with a test key, content rules, blocked
+//! attachments, the Authentication-Results header, and the verdict log API.
+
+use std::net::IpAddr;
+
+use base64::Engine;
+use mail_auth::common::crypto::{DkimKey, Ed25519Key};
+use mail_auth::common::headers::HeaderWriter;
+use mail_auth::dkim::DkimSigner;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::harness::WmailNode;
+use crate::peers::Dnsmasq;
+use crate::smtp_client::{RawSmtp, SmtpReply};
+
+/// An Ed25519 DKIM key: its PKCS#8 document and the TXT record publishing it (RFC 8463).
+fn dkim_key() -> (Vec<u8>, String) {
+    use aws_lc_rs::signature::KeyPair;
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let pkcs8 = aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(&rng).expect("generate");
+    let pair = aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).expect("decode");
+    let public = base64::engine::general_purpose::STANDARD.encode(pair.public_key().as_ref());
+    (pkcs8.as_ref().to_vec(), format!("v=DKIM1; k=ed25519; p={public}"))
+}
+
+fn sign(pkcs8: &[u8], domain: &str, message: &str) -> String {
+    let key: DkimKey = Ed25519Key::from_pkcs8_der(pkcs8).expect("mail-auth key").into();
+    let signature = DkimSigner::from_key(key)
+        .domain(domain)
+        .selector("sel")
+        .headers(["From", "To", "Subject", "Date", "Message-ID"])
+        .sign(message.as_bytes())
+        .expect("sign");
+    format!("{}{message}", signature.to_header())
+}
+
+fn message(from: &str, message_id: &str, subject: &str, body: &str) -> String {
+    format!(
+        "From: <{from}>\r\nTo: <alice@example.com>\r\nSubject: {subject}\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\n\
+Message-ID: <{message_id}>\r\n\r\n{body}"
+    )
+}
+
+/// Sends one message; returns the reply that ended the attempt (a refusal at MAIL, RCPT or
+/// the final reply to the data).
+async fn send(node: &WmailNode, source: &str, mail_from: &str, data: &str) -> SmtpReply {
+    let mut client = RawSmtp::connect_from(source.parse::<IpAddr>().expect("ip"), node.smtp).await;
+    client.command("EHLO client.test", 250).await;
+    client.send(&format!("MAIL FROM:<{mail_from}>")).await;
+    let reply = client.reply().await.expect("MAIL reply");
+    if reply.code != 250 {
+        return reply;
+    }
+    client.command("RCPT TO:<alice@example.com>", 250).await;
+    client.command("DATA", 354).await;
+    let stuffed = data.replace("\r\n.", "\r\n..");
+    client.send_raw(format!("{stuffed}\r\n.\r\n").as_bytes()).await;
+    let reply = client.reply().await.expect("final reply");
+    client.command("QUIT", 221).await;
+    reply
+}
+
+async fn mailbox(node: &WmailNode, name: &str) -> Vec<Value> {
+    let path = format!("/accounts/alice@example.com/messages?mailbox={name}");
+    let (status, messages) = node.api(Method::GET, &path, None).await;
+    assert_eq!(status, StatusCode::OK, "{messages}");
+    messages.as_array().expect("list").clone()
+}
+
+async fn newest_inbox_text(node: &WmailNode) -> String {
+    let inbox = mailbox(node, "INBOX").await;
+    let uid = inbox.last().expect("a message")["uid"].as_u64().expect("uid");
+    String::from_utf8(node.read_message("alice@example.com", uid).await).expect("utf-8")
+}
+
+#[tokio::test]
+async fn sender_authentication_dnsbl_and_content_rules_decide_with_real_dns() {
+    let (good_key, good_record) = dkim_key();
+    let (other_key, _) = dkim_key();
+    let dns = Dnsmasq::start(&[
+        "--txt-record=good.test,v=spf1 ip4:127.0.0.1 -all".into(),
+        "--txt-record=_dmarc.good.test,v=DMARC1; p=reject".into(),
+        format!("--txt-record=sel._domainkey.good.test,{good_record}"),
+        "--txt-record=forged.test,v=spf1 ip4:192.0.2.1 -all".into(),
+        "--txt-record=_dmarc.forged.test,v=DMARC1; p=reject".into(),
+        "--txt-record=quarantined.test,v=spf1 ip4:192.0.2.1 -all".into(),
+        "--txt-record=_dmarc.quarantined.test,v=DMARC1; p=quarantine".into(),
+        "--txt-record=relay.test,v=spf1 ip4:127.0.0.1 -all".into(),
+        // 127.0.0.2 is listed (RFC 5782 §5 test entry form), 127.0.0.1 is not.
+        "--host-record=2.0.0.127.bl.test,127.0.0.2".into(),
+    ])
+    .await;
+    let config = format!(
+        r#"{}
+[antispam]
+trusted_networks = []
+dnsbl = [{{ zone = "bl.test", action = "reject" }}]
+keywords = ["miracle cure"]
+keyword_score = 5.5
+
+[[antispam.rules]]
+name = "PILLS_SUBJECT"
+header = "Subject"
+pattern = "(?i)cheap\\s+pills"
+score = 20.0
+"#,
+        dns.wmail_config()
+    );
+    let mut node = WmailNode::new(&config);
+    node.start().await;
+    assert_eq!(node.api(Method::POST, "/domains", Some(json!({ "name": "example.com" }))).await.0, StatusCode::CREATED);
+    let account = json!({ "address": "alice@example.com", "password": "alice password" });
+    assert_eq!(node.api(Method::POST, "/accounts", Some(account)).await.0, StatusCode::CREATED);
+
+    // A signed message from an SPF-authorised client passes everything, and a forged
+    // Authentication-Results header claiming to be this server is dropped.
+    let signed =
+        sign(&good_key, "good.test", &message("news@good.test", "signed@good.test", "hello", "signed body\r\n"));
+    let forged_results = format!("Authentication-Results: mx.test; dkim=pass (forged by the sender)\r\n{signed}");
+    let reply = send(&node, "127.0.0.1", "news@good.test", &forged_results).await;
+    assert_eq!(reply.code, 250, "{reply:?}");
+    let stored = newest_inbox_text(&node).await;
+    assert!(stored.contains("Authentication-Results: mx.test;"), "{stored}");
+    assert!(stored.contains("dkim=pass"), "{stored}");
+    assert!(stored.contains("spf=pass"), "{stored}");
+    assert!(stored.contains("dmarc=pass"), "{stored}");
+    assert!(!stored.contains("forged by the sender"), "a foreign claim under our authserv-id survives: {stored}");
+    assert!(stored.contains("X-Spam-Status: No"), "{stored}");
+    assert!(stored.starts_with("Return-Path: <news@good.test>\r\nReceived: from client.test"), "{stored}");
+
+    // The same signature over a changed body fails; sent through a relay whose own SPF
+    // passes but does not align with good.test, DMARC fails and p=reject refuses it.
+    let tampered = signed.replace("signed body", "changed body");
+    let reply = send(&node, "127.0.0.1", "bounces@relay.test", &tampered).await;
+    assert_eq!((reply.code, reply.lines[0].contains("5.7.1")), (550, true), "{reply:?}");
+    assert!(reply.text().contains("DMARC policy of good.test"), "{reply:?}");
+    // Signed with a key good.test never published: also a DKIM failure.
+    let wrong_key = sign(&other_key, "good.test", &message("news@good.test", "wrongkey@good.test", "hi", "body\r\n"));
+    let reply = send(&node, "127.0.0.1", "bounces@relay.test", &wrong_key).await;
+    assert_eq!(reply.code, 550, "{reply:?}");
+    // The untampered message through the same relay passes on its DKIM signature alone.
+    let relayed = sign(&good_key, "good.test", &message("news@good.test", "relayed@good.test", "hi", "body\r\n"));
+    assert_eq!(send(&node, "127.0.0.1", "bounces@relay.test", &relayed).await.code, 250);
+
+    // A forged sender (SPF fail, no signature) is refused by its domain's DMARC policy.
+    let forged = message("ceo@forged.test", "forged@forged.test", "wire money", "now\r\n");
+    let reply = send(&node, "127.0.0.1", "ceo@forged.test", &forged).await;
+    assert_eq!(reply.code, 550, "{reply:?}");
+
+    // p=quarantine: accepted, filed in Junk, marked as spam.
+    let before = mailbox(&node, "INBOX").await.len();
+    let quarantined = message("x@quarantined.test", "q@quarantined.test", "offer", "body\r\n");
+    assert_eq!(send(&node, "127.0.0.1", "x@quarantined.test", &quarantined).await.code, 250);
+    assert_eq!(mailbox(&node, "INBOX").await.len(), before, "not in the INBOX");
+    let junk = mailbox(&node, "Junk").await;
+    assert_eq!(junk.len(), 1, "{junk:?}");
+
+    // A client listed by the DNSBL is refused at MAIL FROM.
+    let reply = send(&node, "127.0.0.2", "news@good.test", "unused").await;
+    assert_eq!(reply.code, 550, "{reply:?}");
+    assert!(reply.text().contains("bl.test"), "{reply:?}");
+
+    // Content: a rule over the reject threshold refuses; a keyword tags and prefixes the
+    // subject; an executable attachment (renamed .txt, or a .exe inside a zip) is refused.
+    let pills = message("news@good.test", "pills@good.test", "Cheap   PILLS", "buy\r\n");
+    let reply = send(&node, "127.0.0.1", "news@good.test", &pills).await;
+    assert_eq!(reply.code, 550, "{reply:?}");
+    assert!(reply.text().contains("spam"), "{reply:?}");
+    let cure = message("news@good.test", "cure@good.test", "news", "a Miracle Cure for all\r\n");
+    assert_eq!(send(&node, "127.0.0.1", "news@good.test", &cure).await.code, 250);
+    let stored = newest_inbox_text(&node).await;
+    assert!(stored.contains("Subject: [SPAM] news\r\n"), "{stored}");
+    assert!(stored.contains("X-Spam-Flag: YES\r\n"), "{stored}");
+    assert!(stored.contains("KEYWORD"), "{stored}");
+    for (name, content) in [("invoice.txt", b"MZ\x90\x00 program".to_vec()), ("docs.zip", zip_with("setup.exe"))] {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(&content);
+        let body = format!(
+            "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n\
+--b\r\nContent-Type: application/octet-stream; name=\"{name}\"\r\nContent-Disposition: attachment; filename=\"{name}\"\r\n\
+Content-Transfer-Encoding: base64\r\n\r\n{encoded}\r\n--b--\r\n"
+        );
+        let with_attachment = format!(
+            "From: <news@good.test>\r\nSubject: attachment\r\nMessage-ID: <{name}@good.test>\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\n{body}"
+        );
+        let reply = send(&node, "127.0.0.1", "news@good.test", &with_attachment).await;
+        assert_eq!(reply.code, 550, "{name}: {reply:?}");
+        assert!(reply.text().contains("attachment refused"), "{reply:?}");
+    }
+
+    // Every verdict is in the log: by Message-ID and by sender, newest first.
+    let (status, found) = node.api(Method::GET, "/security/verdicts?message_id=forged@forged.test", None).await;
+    assert_eq!(status, StatusCode::OK, "{found}");
+    let verdicts = found["verdicts"].as_array().expect("verdicts");
+    assert_eq!(verdicts.len(), 1, "{found}");
+    assert_eq!(verdicts[0]["verdict"]["action"]["action"], "refuse", "{found}");
+    let checks = verdicts[0]["verdict"]["checks"].to_string();
+    assert!(checks.contains("DMARC") && checks.contains("policy=reject"), "{checks}");
+    let (_, by_sender) = node.api(Method::GET, "/security/verdicts?sender=bounces@relay.test", None).await;
+    let by_sender = by_sender["verdicts"].as_array().expect("verdicts").clone();
+    assert_eq!(by_sender.len(), 3, "{by_sender:?}");
+    assert_eq!(by_sender[0]["message_id"], "relayed@good.test", "newest first: {by_sender:?}");
+    node.terminate().await;
+}
+
+/// A zip archive holding one entry named `name` that is a (tiny) Windows program.
+fn zip_with(name: &str) -> Vec<u8> {
+    use std::io::Write;
+    let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    writer.start_file(name, options).expect("zip entry");
+    writer.write_all(b"MZ\x90\x00 a program").expect("zip data");
+    writer.finish().expect("zip").into_inner()
+}
+
+#[tokio::test]
+async fn clamd_refuses_a_virus_and_its_failure_defers_mail() {
+    let mut clamd = crate::peers::Clamd::start().await;
+    let dns = Dnsmasq::start(&["--txt-record=good.test,v=spf1 ip4:127.0.0.1 -all".into()]).await;
+    let config = format!("{}{}[antispam]\ntrusted_networks = []\n", dns.wmail_config(), clamd.wmail_config());
+    let mut node = WmailNode::new(&config);
+    node.start().await;
+    assert_eq!(node.api(Method::POST, "/domains", Some(json!({ "name": "example.com" }))).await.0, StatusCode::CREATED);
+    let account = json!({ "address": "alice@example.com", "password": "alice password" });
+    assert_eq!(node.api(Method::POST, "/accounts", Some(account)).await.0, StatusCode::CREATED);
+
+    let clean = message("news@good.test", "clean@good.test", "clean", "nothing to see\r\n");
+    assert_eq!(send(&node, "127.0.0.1", "news@good.test", &clean).await.code, 250);
+    assert!(newest_inbox_text(&node).await.contains("X-Virus-Scanned: clamd (clean)"));
+
+    // The EICAR string in a base64 attachment: clamd decodes the MIME part and finds it.
+    let encoded = base64::engine::general_purpose::STANDARD.encode(crate::peers::Clamd::EICAR);
+    let infected = format!(
+        "From: <news@good.test>\r\nSubject: invoice\r\nMessage-ID: <virus@good.test>\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--b\r\n\
+Content-Type: application/octet-stream; name=\"eicar.com.txt\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{encoded}\r\n--b--\r\n"
+    );
+    let reply = send(&node, "127.0.0.1", "news@good.test", &infected).await;
+    assert_eq!(reply.code, 550, "{reply:?}");
+    assert!(reply.text().contains("virus (Wmail.Test.EICAR"), "{reply:?}");
+    assert_eq!(mailbox(&node, "INBOX").await.len(), 1, "the infected message is not stored");
+
+    // clamd down: the default is a temporary failure, so the sender retries later.
+    clamd.stop();
+    let reply = send(&node, "127.0.0.1", "news@good.test", &clean.replace("clean@", "later@")).await;
+    assert_eq!(reply.code, 451, "{reply:?}");
+    let (_, found) = node.api(Method::GET, "/security/verdicts?message_id=virus@good.test", None).await;
+    assert_eq!(found["verdicts"][0]["verdict"]["action"]["code"], 550, "{found}");
+    node.terminate().await;
+}
