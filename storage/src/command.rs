@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::blob::BlobId;
 use crate::error::{Error, Result};
 use crate::queue::{AttemptResult, OutboundEnvelope};
-use crate::records::{AccountState, ClusterCa, DkimKey, JoinToken, Service};
+use crate::records::{AccountState, BlockRecord, ClusterCa, DkimKey, GreylistEntry, JoinToken, Service};
 
 /// Version of the command encoding this binary writes. A node that meets a higher version
 /// stops applying and asks the operator to upgrade (it never skips a command).
@@ -234,6 +234,15 @@ pub enum Command {
     /// Proposed once the node is out of the membership; the node must wipe its data and
     /// join with a new token. Its id is never given out again.
     RevokeNode { node_id: u64 },
+    /// Sets (`Some`) or lifts (`None`) a login block; `kind` is `address` (a client address,
+    /// IPv6 per /64) or `account`. Lifting an absent block is `NotFound`.
+    SetBlock { kind: String, key: String, block: Option<BlockRecord> },
+    /// Records what a greylisting check learnt about a triplet (a hash of client network,
+    /// sender and recipient): first seen, or passed.
+    RecordGreylist { triplet: [u8; 16], entry: GreylistEntry },
+    /// Removes greylisting triplets idle since before `greylist_before_ms` (at most `limit`
+    /// of them) and blocks that have lapsed.
+    PruneSecurity { greylist_before_ms: u64, limit: u32 },
 }
 
 /// What a successfully applied command produced.
@@ -260,6 +269,9 @@ pub enum Outcome {
     RecentClaimed { first_recent_uid: u32 },
     /// A joining node was admitted with this id.
     NodeEnrolled { node_id: u64, learner: bool },
+    /// [`Command::PruneSecurity`] removed this many entries; `more` when it stopped at its
+    /// limit.
+    Pruned { removed: u64, more: bool },
 }
 
 /// The result of delivering to one target.

@@ -80,8 +80,38 @@ pub fn enrolled_node_key(node_id: u64) -> Vec<u8> {
     [b"node/".as_slice(), &node_id.to_be_bytes()].concat()
 }
 
+/// Inbound protection state shared by every node: login blocks (`block/<kind>/<key>` ->
+/// [`crate::BlockRecord`]), greylisting triplets (`grey/<16-byte hash>` ->
+/// [`crate::GreylistEntry`]) and their expiry index (`greytime/<last activity ms><hash>`
+/// -> empty).
+pub const SECURITY: &str = "security";
+
+/// Key of a login block in [`SECURITY`] (`kind` is `address` or `account`).
+pub fn block_key(kind: &str, key: &str) -> Vec<u8> {
+    format!("block/{kind}/{key}").into_bytes()
+}
+
+/// Prefix of login blocks in [`SECURITY`].
+pub const BLOCKS: &[u8] = b"block/";
+
+/// Key of a greylisting triplet in [`SECURITY`].
+pub fn greylist_key(triplet: &[u8; 16]) -> Vec<u8> {
+    [GREYLIST.as_slice(), triplet].concat()
+}
+
+/// Prefix of greylisting triplets in [`SECURITY`].
+pub const GREYLIST: &[u8; 5] = b"grey/";
+
+/// Key of a triplet's entry in the expiry index of [`SECURITY`].
+pub fn greylist_time_key(last_activity_ms: u64, triplet: &[u8; 16]) -> Vec<u8> {
+    [GREYLIST_TIME.as_slice(), &last_activity_ms.to_be_bytes(), triplet].concat()
+}
+
+/// Prefix of the greylisting expiry index in [`SECURITY`].
+pub const GREYLIST_TIME: &[u8; 9] = b"greytime/";
+
 /// Every column family of the state database, checked at open time.
-pub const COLUMN_FAMILIES: [&str; 20] = [
+pub const COLUMN_FAMILIES: [&str; 21] = [
     DOMAINS,
     ADDRESSES,
     PRINCIPALS,
@@ -102,6 +132,7 @@ pub const COLUMN_FAMILIES: [&str; 20] = [
     DKIM_KEYS,
     UNKNOWN_FORWARDS,
     CLUSTER,
+    SECURITY,
 ];
 
 /// Key of a domain's DKIM key in [`DKIM_KEYS`].

@@ -30,8 +30,8 @@ pub use queue::{
     AttemptResult, Notify, OutboundEnvelope, OutboundRecipient, QueueEntry, QueuedRecipient, RecipientStatus, Ret,
 };
 pub use records::{
-    Account, AccountState, AddressTarget, BlobRef, Change, ClusterCa, Credentials, DkimAlgorithm, DkimKey, Domain,
-    EnrolledNode, JoinToken, Lease, Mailbox, MessageRecord, Service,
+    Account, AccountState, AddressTarget, BlobRef, BlockRecord, Change, ClusterCa, Credentials, DkimAlgorithm, DkimKey,
+    Domain, EnrolledNode, GreylistEntry, JoinToken, Lease, Mailbox, MessageRecord, Service,
 };
 
 pub use state::{ApplyEntry, ChangeListener, INBOX, MAILBOX_SEPARATOR, StateStore};

@@ -262,6 +262,35 @@ impl BlobRef {
         BlobRef { count: 0, zero_since_ms: None, deleting: false, deleted_at_index: None };
 }
 
+/// A block of logins from a client address or for an account, on every node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockRecord {
+    /// When it started (ms since the epoch).
+    pub created_ms: u64,
+    /// When it lapses (ms since the epoch).
+    pub until_ms: u64,
+    /// Why (for the admin listing).
+    pub reason: String,
+}
+
+/// What is known of a greylisting triplet (client network, sender, recipient).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GreylistEntry {
+    /// When it was first deferred (ms since the epoch).
+    pub first_seen_ms: u64,
+    /// When a retry after the delay was accepted, if one was.
+    pub passed_ms: Option<u64>,
+    /// The latest accepted message of the triplet (equals `first_seen_ms` until it passes).
+    pub last_seen_ms: u64,
+}
+
+impl GreylistEntry {
+    /// The last time the triplet was seen, for expiry.
+    pub fn last_activity_ms(&self) -> u64 {
+        self.first_seen_ms.max(self.last_seen_ms)
+    }
+}
+
 /// An exclusive, expiring claim on a resource (a POP3 maildrop, for example).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {

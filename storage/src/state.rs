@@ -578,6 +578,29 @@ impl StateStore {
         Ok(rows.into_iter().map(|(key, lease)| (String::from_utf8_lossy(&key).into_owned(), lease)).collect())
     }
 
+    /// The login block of `kind` (`address` or `account`) and `key`, lapsed or not.
+    pub fn block(&self, kind: &str, key: &str) -> Result<Option<BlockRecord>> {
+        get(&self.db(), ks::SECURITY, &ks::block_key(kind, key))
+    }
+
+    /// Every login block: (kind, key, block).
+    pub fn blocks(&self) -> Result<Vec<(String, String, BlockRecord)>> {
+        let rows = scan::<BlockRecord>(&self.db(), ks::SECURITY, ks::BLOCKS)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(key, block)| {
+                let text = String::from_utf8_lossy(&key[ks::BLOCKS.len()..]).into_owned();
+                let (kind, key) = text.split_once('/')?;
+                Some((kind.to_owned(), key.to_owned(), block))
+            })
+            .collect())
+    }
+
+    /// What is known of a greylisting triplet.
+    pub fn greylist(&self, triplet: &[u8; 16]) -> Result<Option<GreylistEntry>> {
+        get(&self.db(), ks::SECURITY, &ks::greylist_key(triplet))
+    }
+
     /// Returns the UIDs expunged from a mailbox with a MODSEQ above `after`, ascending by
     /// MODSEQ (RFC 7162 §3.2.5.2 `VANISHED (EARLIER)`).
     pub fn expunged_since(&self, account_id: u64, mailbox_id: u64, after: u64) -> Result<Vec<u32>> {
@@ -980,6 +1003,27 @@ impl<'a> Tx<'a> {
                 self.put(ks::CLUSTER, &ks::admin_token_key(&hash), &node_id);
                 Ok(Ok(Outcome::Done))
             }
+            Command::SetBlock { kind, key, block } => {
+                let row = ks::block_key(&kind, &key);
+                match block {
+                    Some(block) => self.put(ks::SECURITY, &row, &block),
+                    None if self.get_raw(ks::SECURITY, &row)?.is_none() => {
+                        return Ok(Err(CommandError::not_found("block", format!("{kind} {key}"))));
+                    }
+                    None => self.delete(ks::SECURITY, &row),
+                }
+                Ok(Ok(Outcome::Done))
+            }
+            Command::RecordGreylist { triplet, entry } => {
+                let row = ks::greylist_key(&triplet);
+                if let Some(old) = self.get::<GreylistEntry>(ks::SECURITY, &row)? {
+                    self.delete(ks::SECURITY, &ks::greylist_time_key(old.last_activity_ms(), &triplet));
+                }
+                self.put(ks::SECURITY, &row, &entry);
+                self.put_raw(ks::SECURITY, &ks::greylist_time_key(entry.last_activity_ms(), &triplet), Vec::new());
+                Ok(Ok(Outcome::Done))
+            }
+            Command::PruneSecurity { greylist_before_ms, limit } => self.prune_security(greylist_before_ms, limit),
             Command::RevokeNode { node_id } => {
                 let now_ms = self.now_ms;
                 self.put(ks::CLUSTER, &ks::revoked_node_key(node_id), &now_ms);
@@ -1354,6 +1398,46 @@ impl<'a> Tx<'a> {
             }
             _ => Ok(Err(CommandError::not_found("alias", alias))),
         }
+    }
+
+    /// Removes idle greylisting triplets (oldest first, through the expiry index, at most
+    /// `limit`) and lapsed login blocks.
+    fn prune_security(&mut self, greylist_before_ms: u64, limit: u32) -> Result<CommandResult> {
+        let mut removed = 0u64;
+        let mut more = false;
+        let mut expired = Vec::new();
+        let start = ks::GREYLIST_TIME.to_vec();
+        for item in self.db.iterator_cf(cf(self.db, ks::SECURITY), IteratorMode::From(&start, Direction::Forward)) {
+            let (key, _) = item?;
+            let Some(rest) = key.strip_prefix(ks::GREYLIST_TIME.as_slice()) else { break };
+            let (Some(time), Some(triplet)) = (rest.get(..8), rest.get(8..24)) else { break };
+            let time = u64::from_be_bytes(time.try_into().expect("8 bytes"));
+            if time >= greylist_before_ms {
+                break;
+            }
+            if expired.len() as u64 >= u64::from(limit) {
+                more = true;
+                break;
+            }
+            expired.push((time, <[u8; 16]>::try_from(triplet).expect("16 bytes")));
+        }
+        for (time, triplet) in expired {
+            self.delete(ks::SECURITY, &ks::greylist_time_key(time, &triplet));
+            let row = ks::greylist_key(&triplet);
+            // A triplet seen again in this batch has moved in the index: keep it.
+            if self.get::<GreylistEntry>(ks::SECURITY, &row)?.is_some_and(|entry| entry.last_activity_ms() == time) {
+                self.delete(ks::SECURITY, &row);
+                removed += 1;
+            }
+        }
+        let now_ms = self.now_ms;
+        for (key, block) in self.scan::<BlockRecord>(ks::SECURITY, ks::BLOCKS)? {
+            if block.until_ms <= now_ms {
+                self.delete(ks::SECURITY, &key);
+                removed += 1;
+            }
+        }
+        Ok(Ok(Outcome::Pruned { removed, more }))
     }
 
     fn create_mailbox(&mut self, account_id: u64, name: String, special_use: Option<String>) -> Result<CommandResult> {

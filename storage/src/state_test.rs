@@ -990,3 +990,49 @@ fn the_first_cluster_ca_stays() {
     apply_at(&store, Command::SetClusterCa { ca: ca("second") }, 2).unwrap();
     assert_eq!(store.cluster_ca().unwrap().unwrap().name, "first");
 }
+
+#[test]
+fn greylisting_triplets_move_in_the_expiry_index_and_idle_ones_are_pruned() {
+    let (_dir, store) = store();
+    let (a, b) = ([1u8; 16], [2u8; 16]);
+    let seen = |first: u64, last: u64| GreylistEntry { first_seen_ms: first, passed_ms: None, last_seen_ms: last };
+    apply_one(&store, Command::RecordGreylist { triplet: a, entry: seen(1_000, 1_000) }).unwrap();
+    apply_one(&store, Command::RecordGreylist { triplet: b, entry: seen(2_000, 2_000) }).unwrap();
+    // `a` passes later: its index entry moves, so pruning before 5,000 keeps it.
+    let passed = GreylistEntry { first_seen_ms: 1_000, passed_ms: Some(9_000), last_seen_ms: 9_000 };
+    apply_one(&store, Command::RecordGreylist { triplet: a, entry: passed }).unwrap();
+    let pruned = apply_one(&store, Command::PruneSecurity { greylist_before_ms: 5_000, limit: 100 }).unwrap();
+    assert_eq!(pruned, Outcome::Pruned { removed: 1, more: false });
+    assert_eq!(store.greylist(&a).unwrap(), Some(passed));
+    assert_eq!(store.greylist(&b).unwrap(), None);
+    // The limit bounds one command's work and says there is more.
+    for n in 0..5u8 {
+        apply_one(&store, Command::RecordGreylist { triplet: [10 + n; 16], entry: seen(3_000, 3_000) }).unwrap();
+    }
+    let pruned = apply_one(&store, Command::PruneSecurity { greylist_before_ms: 5_000, limit: 3 }).unwrap();
+    assert_eq!(pruned, Outcome::Pruned { removed: 3, more: true });
+    let pruned = apply_one(&store, Command::PruneSecurity { greylist_before_ms: 5_000, limit: 3 }).unwrap();
+    assert_eq!(pruned, Outcome::Pruned { removed: 2, more: false });
+}
+
+#[test]
+fn login_blocks_are_set_listed_lifted_and_lapse() {
+    let (_dir, store) = store();
+    let block = |until_ms| Some(BlockRecord { created_ms: 1, until_ms, reason: "55 failed logins".into() });
+    let set = |kind: &str, key: &str, until_ms| Command::SetBlock {
+        kind: kind.into(),
+        key: key.into(),
+        block: block(until_ms),
+    };
+    apply_one(&store, set("address", "192.0.2.7", 10_000)).unwrap();
+    apply_one(&store, set("account", "alice@example.com", 50_000)).unwrap();
+    assert_eq!(store.blocks().unwrap().len(), 2);
+    assert_eq!(store.block("address", "192.0.2.7").unwrap().unwrap().until_ms, 10_000);
+    let lift = |key: &str| Command::SetBlock { kind: "account".into(), key: key.into(), block: None };
+    apply_one(&store, lift("alice@example.com")).unwrap();
+    assert!(matches!(apply_one(&store, lift("alice@example.com")), Err(CommandError::NotFound { .. })));
+    // Lapsed blocks go with the next prune (by the proposer's clock).
+    let pruned = apply_at(&store, Command::PruneSecurity { greylist_before_ms: 0, limit: 10 }, 20_000).unwrap();
+    assert_eq!(pruned, Outcome::Pruned { removed: 1, more: false });
+    assert!(store.blocks().unwrap().is_empty());
+}

@@ -249,3 +249,110 @@ Content-Type: application/octet-stream; name=\"eicar.com.txt\"\r\nContent-Transf
     assert_eq!(found["verdicts"][0]["verdict"]["action"]["code"], 550, "{found}");
     node.terminate().await;
 }
+
+/// A node of a two-node cluster for the shared-state tests.
+fn cluster_node(seaweed: &crate::peers::SeaweedFs, extra: &str) -> WmailNode {
+    WmailNode::new(&format!("{}{extra}", seaweed.wmail_config()))
+}
+
+/// One SMTP attempt up to RCPT: returns the RCPT reply, and if it was accepted, sends a
+/// message and returns the final reply as well.
+async fn attempt(node: &WmailNode, subject: &str) -> (u16, Option<u16>) {
+    let mut client = RawSmtp::connect(node.smtp).await;
+    client.command("EHLO client.test", 250).await;
+    client.command("MAIL FROM:<someone@remote.test>", 250).await;
+    client.send("RCPT TO:<alice@example.com>").await;
+    let rcpt = client.reply().await.expect("RCPT reply");
+    if rcpt.code != 250 {
+        assert!(rcpt.text().contains("4.7.1 greylisted"), "{rcpt:?}");
+        return (rcpt.code, None);
+    }
+    client.command("DATA", 354).await;
+    client.send_raw(format!("Subject: {subject}\r\n\r\nbody\r\n.\r\n").as_bytes()).await;
+    let done = client.reply().await.expect("final reply").code;
+    client.command("QUIT", 221).await;
+    (rcpt.code, Some(done))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greylisting_and_login_blocks_hold_on_every_node() {
+    let seaweed = crate::peers::SeaweedFs::start().await;
+    let dns = Dnsmasq::start(&[]).await;
+    let extra = format!(
+        "{}[antispam]\ntrusted_networks = []\nspf = false\n\n[antispam.greylist]\nenabled = true\ndelay_seconds = 2\n\n\
+[security]\nmax_login_failures_per_account = 3\n",
+        dns.wmail_config()
+    );
+    let mut first = cluster_node(&seaweed, &extra);
+    first.start().await;
+    let token: Value =
+        serde_json::from_str(&crate::harness::succeeded(first.cli(&["cluster", "token", "--json"], None)))
+            .expect("token json");
+    let mut second = cluster_node(&seaweed, &extra);
+    second.serve_args = vec![
+        "--join".into(),
+        first.cluster.to_string(),
+        "--join-token".into(),
+        token["token"].as_str().expect("token").into(),
+    ];
+    second.start().await;
+    assert_eq!(
+        first.api(Method::POST, "/domains", Some(json!({ "name": "example.com" }))).await.0,
+        StatusCode::CREATED
+    );
+    let account = json!({ "address": "alice@example.com", "password": "alice password" });
+    assert_eq!(first.api(Method::POST, "/accounts", Some(account)).await.0, StatusCode::CREATED);
+
+    // Greylisting: deferred on the first node, still deferred on the second before the
+    // delay, passed on the second after it, and from then on passed at once everywhere.
+    assert_eq!(attempt(&first, "one").await, (451, None));
+    assert_eq!(attempt(&second, "one").await, (451, None));
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    assert_eq!(attempt(&second, "one").await, (250, Some(250)));
+    assert_eq!(attempt(&first, "two").await, (250, Some(250)));
+    assert_eq!(mailbox(&second, "INBOX").await.len(), 2);
+
+    // Three failed IMAP logins on the first node block the account on the second (POP3).
+    let out = crate::harness::python(
+        &first,
+        r#"
+for attempt in range(3):
+    m = imaplib.IMAP4_SSL("127.0.0.1", IMAPS, ssl_context=ctx)
+    try:
+        m.login("alice@example.com", "wrong password")
+        raise SystemExit("a wrong password was accepted")
+    except imaplib.IMAP4.error:
+        pass
+    m.logout()
+"#,
+    );
+    assert!(out.is_empty(), "{out}");
+    let pop3_login = r#"
+p = poplib.POP3_SSL("127.0.0.1", POP3S, context=ctx)
+p.user("alice@example.com")
+try:
+    p.pass_("alice password")
+    print("in")
+except poplib.error_proto as e:
+    print(e.args[0].decode())
+"#;
+    let refused = crate::harness::python(&second, pop3_login);
+    assert!(refused.contains("too many failed logins"), "{refused}");
+    let listed = crate::harness::succeeded(second.cli(&["security", "blocks", "list"], None));
+    assert!(listed.contains("account") && listed.contains("alice@example.com"), "{listed}");
+    let (status, blocks) = second.api(Method::GET, "/security/blocks", None).await;
+    assert_eq!(
+        (status, blocks[0]["reason"].as_str().unwrap_or("").contains("3 failed logins")),
+        (StatusCode::OK, true)
+    );
+
+    // Lifted on the second node, the account logs in on the first again.
+    let lifted =
+        crate::harness::succeeded(second.cli(&["security", "blocks", "remove", "account", "alice@example.com"], None));
+    assert!(lifted.contains("lifted"), "{lifted}");
+    assert_eq!(crate::harness::python(&first, pop3_login).trim(), "in");
+    let out = crate::harness::succeeded(first.cli(&["security", "blocks", "list"], None));
+    assert!(out.contains("no login blocks"), "{out}");
+    second.terminate().await;
+    first.terminate().await;
+}

@@ -19,6 +19,7 @@ mod outbound;
 pub mod password;
 mod replicated;
 pub mod sasl;
+mod security;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,9 +31,10 @@ pub use cluster::{ClusterView, DEFAULT_TOKEN_LIFETIME, JoinTarget, MemberView};
 pub use error::{CoreError, ErrorCode, Result};
 use futures::Stream;
 pub use indexer::{ReindexProgress, SearchHit, SearchStatus};
-pub use login_guard::{Blocked, LockoutPolicy, LoginGuard};
+pub use login_guard::{Blocked, LockoutPolicy, LoginGuard, StartedBlock};
 pub use mailbox::{CopyResult, MailboxScan, StoredBody};
 pub use replicated::ReplicatedMailState;
+pub use security::{GreylistDecision, GreylistPolicy, LoginBlock};
 use wmail_consensus::quic::QuicTransport;
 pub use wmail_consensus::{BasicNode, MembershipChange, NodeId, NodeStatus, RaftMetrics, ServerState};
 use wmail_consensus::{Consensus, ConsensusConfig, ProposeError};
@@ -548,6 +550,16 @@ impl Core {
     ) -> Result<Account> {
         let denied = || CoreError::new(ErrorCode::Unauthorized, "authentication failed");
         let account_key = normalize_address(address).unwrap_or_else(|_| address.to_ascii_lowercase());
+        let too_many = || {
+            CoreError::new(ErrorCode::Unauthorized, "too many failed logins; try again later or ask your administrator")
+        };
+        // Blocks started on any node (replicated) come first.
+        if client.is_some_and(|ip| self.is_blocked("address", &LoginGuard::address_key(ip)).unwrap_or(false))
+            || self.is_blocked("account", &account_key)?
+        {
+            tracing::info!(?client, account = %account_key, "login refused: blocked cluster-wide");
+            return Err(too_many());
+        }
         let attempt = match self.login_guard.attempt(client, &account_key, std::time::Instant::now()) {
             Ok(attempt) => attempt,
             Err(Blocked::Busy) => {
@@ -558,10 +570,7 @@ impl Core {
             }
             Err(blocked) => {
                 tracing::info!(?blocked, "login refused: too many recent failures");
-                return Err(CoreError::new(
-                    ErrorCode::Unauthorized,
-                    "too many failed logins; try again later or ask your administrator",
-                ));
+                return Err(too_many());
             }
         };
         let Ok(address) = normalize_address(address) else { return Err(denied()) };
@@ -576,7 +585,13 @@ impl Core {
                 attempt.succeeded();
                 Ok(account)
             }
-            _ => Err(denied()),
+            _ => {
+                let started = attempt.failed();
+                if !started.is_empty() {
+                    self.replicate_blocks(started).await;
+                }
+                Err(denied())
+            }
         }
     }
 

@@ -63,8 +63,8 @@ impl Failures {
         self.times.len() + self.pending < limit
     }
 
-    /// Ends an attempt; a failure is counted and may start a block.
-    fn finish(&mut self, failed: bool, now: Instant, policy: &LockoutPolicy, limit: usize) {
+    /// Ends an attempt; a failure is counted and may start a block (then true).
+    fn finish(&mut self, failed: bool, now: Instant, policy: &LockoutPolicy, limit: usize) -> bool {
         self.pending = self.pending.saturating_sub(1);
         if failed {
             self.prune(now, policy);
@@ -72,8 +72,10 @@ impl Failures {
             if self.times.len() >= limit {
                 self.blocked_until = Some(now + policy.block);
                 self.times.clear();
+                return true;
             }
         }
+        false
     }
 
     fn idle(&self, now: Instant, policy: &LockoutPolicy) -> bool {
@@ -118,26 +120,46 @@ pub enum Blocked {
     Busy,
 }
 
-/// An admitted login attempt. Call [`Attempt::succeeded`] when the password was right;
-/// dropped otherwise (wrong password, error, cancelled session), it counts as a failure.
+/// A block a failure started on this node: to be made cluster-wide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartedBlock {
+    /// `address` or `account`.
+    pub kind: &'static str,
+    /// The client address (IPv6 per /64, as `2001:db8:1:2::`) or the account name.
+    pub key: String,
+}
+
+/// An admitted login attempt. Call [`Attempt::succeeded`] when the password was right, or
+/// [`Attempt::failed`]; dropped otherwise (an error, a cancelled session), it counts as a
+/// failure too.
 pub struct Attempt<'a> {
     guard: &'a LoginGuard,
     address: Option<IpAddr>,
     account: String,
-    succeeded: bool,
+    finished: bool,
 }
 
 impl Attempt<'_> {
     /// Ends the attempt as a success: it counts for nothing, and earlier failures stay
     /// counted, so a user's own logins never reset an attacker's budget.
     pub fn succeeded(mut self) {
-        self.succeeded = true;
+        self.finished = true;
+        self.guard.finish(self.address, &self.account, false, Instant::now());
+    }
+
+    /// Ends the attempt as a failure; returns the blocks it started.
+    pub fn failed(mut self) -> Vec<StartedBlock> {
+        self.finished = true;
+        self.guard.finish(self.address, &self.account, true, Instant::now())
     }
 }
 
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
-        self.guard.finish(self.address, &self.account, !self.succeeded, Instant::now());
+        if self.finished {
+            return;
+        }
+        self.guard.finish(self.address, &self.account, true, Instant::now());
     }
 }
 
@@ -196,17 +218,46 @@ impl LoginGuard {
             tables.addresses.entry(ip).or_default().pending += 1;
         }
         tables.accounts.entry(account.to_owned()).or_default().pending += 1;
-        Ok(Attempt { guard: self, address, account: account.to_owned(), succeeded: false })
+        Ok(Attempt { guard: self, address, account: account.to_owned(), finished: false })
     }
 
-    fn finish(&self, address: Option<IpAddr>, account: &str, failed: bool, now: Instant) {
+    fn finish(&self, address: Option<IpAddr>, account: &str, failed: bool, now: Instant) -> Vec<StartedBlock> {
         let policy = self.policy;
+        let mut started = Vec::new();
         let mut tables = self.tables.lock().expect("login guard lock");
-        if let Some(failures) = address.and_then(|ip| tables.addresses.get_mut(&ip)) {
-            failures.finish(failed, now, &policy, policy.max_failures_per_address);
+        if let Some((ip, failures)) = address.and_then(|ip| Some((ip, tables.addresses.get_mut(&ip)?)))
+            && failures.finish(failed, now, &policy, policy.max_failures_per_address)
+        {
+            started.push(StartedBlock { kind: "address", key: ip.to_string() });
         }
-        if let Some(failures) = tables.accounts.get_mut(account) {
-            failures.finish(failed, now, &policy, policy.max_failures_per_account);
+        if let Some(failures) = tables.accounts.get_mut(account)
+            && failures.finish(failed, now, &policy, policy.max_failures_per_account)
+        {
+            started.push(StartedBlock { kind: "account", key: account.to_owned() });
+        }
+        started
+    }
+
+    /// The key a client address is counted and blocked under (IPv6 per /64).
+    pub fn address_key(address: IpAddr) -> String {
+        address_key(address).to_string()
+    }
+
+    /// The lockout thresholds.
+    pub fn policy(&self) -> LockoutPolicy {
+        self.policy
+    }
+
+    /// Forgets this node's own block of `key` (once the block is replicated, or lifted by
+    /// an administrator), so the replicated state alone decides.
+    pub fn forget_block(&self, kind: &str, key: &str) {
+        let mut tables = self.tables.lock().expect("login guard lock");
+        let failures = match kind {
+            "address" => key.parse::<IpAddr>().ok().and_then(|ip| tables.addresses.get_mut(&ip)),
+            _ => tables.accounts.get_mut(key),
+        };
+        if let Some(failures) = failures {
+            failures.blocked_until = None;
         }
     }
 }

@@ -98,6 +98,8 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/domains/{name}/dkim/{selector}/activate", axum::routing::post(activate_dkim_key))
         .route("/search/status", get(search_status))
         .route("/security/verdicts", get(list_verdicts))
+        .route("/security/blocks", get(list_blocks))
+        .route("/security/blocks/{kind}/{key}", axum::routing::delete(lift_block))
         .route("/search/reindex", get(reindex_progress).post(start_reindex))
         .route("/queue", get(list_queue))
         .route("/queue/{id}", get(show_queue_entry).delete(remove_queue_entry))
@@ -746,6 +748,20 @@ async fn drain_node(
 ) -> ApiResult<Json<wmail_core::DrainReport>> {
     let grace = std::time::Duration::from_secs(request.grace_seconds.unwrap_or(60));
     Ok(Json(state.core.drain(grace).await?))
+}
+
+/// The login blocks in force on every node.
+async fn list_blocks(State(state): State<Arc<AppState>>) -> ApiResult<Json<Vec<wmail_core::LoginBlock>>> {
+    Ok(Json(state.core.login_blocks()?))
+}
+
+/// Lifts a login block (`kind` is `address` or `account`) on every node.
+async fn lift_block(
+    State(state): State<Arc<AppState>>,
+    Path((kind, key)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    state.core.lift_login_block(&kind, &key).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The inbound verdicts this node logged, newest first, by `message_id` and/or `sender`.

@@ -99,6 +99,23 @@ pub struct ProtectionConfig {
     /// Memory all messages held for scanning may take together; past it new messages are
     /// deferred (`451 4.3.1`) instead of the node running out of memory.
     pub scan_memory: usize,
+    /// Greylisting (RFC 6647), when on.
+    pub greylist: Option<GreylistSettings>,
+}
+
+/// Greylisting settings: how long a new triplet waits, and who never waits.
+#[derive(Debug, Clone)]
+pub struct GreylistSettings {
+    /// How long the first message of a triplet is deferred.
+    pub delay: std::time::Duration,
+    /// How long after its first attempt a retry is still recognised.
+    pub retry_window: std::time::Duration,
+    /// How long a triplet that passed stays accepted after its last message.
+    pub lifetime: std::time::Duration,
+    /// Client networks never greylisted.
+    pub whitelist_networks: Vec<ipnet::IpNet>,
+    /// Sender domains (and their subdomains) never greylisted, lower case.
+    pub whitelist_domains: Vec<String>,
 }
 
 impl ProtectionConfig {
@@ -132,6 +149,7 @@ impl ProtectionConfig {
             clamd_failure: ScanFailure::TempFail,
             max_scan_size: 20 * 1024 * 1024,
             scan_memory: 512 * 1024 * 1024,
+            greylist: None,
         }
     }
 }
@@ -227,6 +245,20 @@ impl Protection {
     /// Whether `client` skips the checks.
     pub fn trusts(&self, client: IpAddr) -> bool {
         self.config.trusted_networks.iter().any(|network| network.contains(&client))
+    }
+
+    /// The greylisting settings when a message from `client` with reverse path `sender`
+    /// is to be greylisted; `None` when greylisting is off or whitelists them.
+    pub fn greylisting(&self, client: IpAddr, sender: &str) -> Option<&GreylistSettings> {
+        let settings = self.config.greylist.as_ref()?;
+        if settings.whitelist_networks.iter().any(|network| network.contains(&client)) {
+            return None;
+        }
+        let domain = sender.rsplit_once('@').map(|(_, domain)| domain.to_lowercase()).unwrap_or_default();
+        let listed = settings.whitelist_domains.iter().any(|listed| {
+            domain == *listed || domain.strip_suffix(listed.as_str()).is_some_and(|rest| rest.ends_with('.'))
+        });
+        (!listed).then_some(settings)
     }
 
     /// The node's verdict log.

@@ -149,6 +149,7 @@ impl Observer {
             "5.2.2" => "mailbox_full",
             "5.2.1" => "mailbox_disabled",
             "4.5.3" => "too_many_recipients",
+            "4.7.1" => "greylisted",
             _ => "other",
         };
         self.metrics.recipients_refused.with_label_values(&[self.listener, reason]).inc();
@@ -305,7 +306,7 @@ impl Session {
             Request::Helo { host } => self.ehlo(host, false).await,
             Request::Lhlo { .. } => self.send(reply(500, "5.5.1", "LHLO is for LMTP; this is SMTP")),
             Request::Mail { from } => self.mail(from).await?,
-            Request::Rcpt { to } => self.rcpt(to)?,
+            Request::Rcpt { to } => self.rcpt(to).await?,
             Request::Data => return self.data().await,
             Request::Bdat { chunk_size, is_last } => return self.bdat(chunk_size, is_last).await,
             Request::Rset => {
@@ -487,7 +488,7 @@ impl Session {
         Ok(())
     }
 
-    fn rcpt(&mut self, to: smtp_proto::RcptTo<String>) -> io::Result<()> {
+    async fn rcpt(&mut self, to: smtp_proto::RcptTo<String>) -> io::Result<()> {
         let Some(transaction) = &self.transaction else {
             self.send(reply(503, "5.5.1", "need MAIL before RCPT"));
             return Ok(());
@@ -533,7 +534,12 @@ impl Session {
         let domain = address.rsplit_once('@').map(|(_, domain)| domain).unwrap_or_default();
         let reply = match self.core.is_local_domain(domain) {
             Ok(true) => {
-                let reply = self.local_recipient(&address);
+                let mut reply = self.local_recipient(&address);
+                if reply.is_positive()
+                    && let Some(deferral) = self.greylist(&address).await
+                {
+                    reply = deferral;
+                }
                 if reply.is_positive() && notify.success {
                     let transaction = self.transaction.as_mut().expect("checked above");
                     transaction.notify_success.push((address.clone(), orcpt.clone()));
@@ -569,6 +575,31 @@ impl Session {
         }
         self.send(reply);
         Ok(())
+    }
+
+    /// Greylisting of the current sender and `recipient` (RFC 6647), shared by every node:
+    /// the deferral when the triplet must wait.
+    async fn greylist(&self, recipient: &str) -> Option<Reply> {
+        let protection = self.protection.as_ref()?;
+        let sender = &self.transaction.as_ref()?.reverse_path;
+        let settings = protection.greylisting(self.peer.ip(), sender)?;
+        let policy = wmail_core::GreylistPolicy {
+            delay: settings.delay,
+            retry_window: settings.retry_window,
+            lifetime: settings.lifetime,
+        };
+        match self.core.greylist(self.peer.ip(), sender, recipient, &policy).await {
+            Ok(wmail_core::GreylistDecision::Pass) => None,
+            Ok(wmail_core::GreylistDecision::Defer { retry_in }) => {
+                tracing::info!(session = %self.id, %sender, %recipient, "greylisted");
+                let seconds = retry_in.as_secs().max(1);
+                Some(reply(451, "4.7.1", format!("greylisted: please try again in {seconds} seconds (RFC 6647)")))
+            }
+            Err(error) => {
+                tracing::warn!(session = %self.id, %error, "greylisting failed; the recipient is not held back");
+                None
+            }
+        }
     }
 
     fn local_recipient(&self, address: &str) -> Reply {

@@ -107,6 +107,37 @@ pub struct AntispamSection {
     pub scan_memory_mb: u64,
     /// Size of the verdict log before it rotates, in MiB.
     pub verdict_log_mb: u64,
+    /// `[antispam.greylist]`.
+    pub greylist: GreylistSection,
+}
+
+/// `[antispam.greylist]`: greylisting (RFC 6647), state shared by every node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GreylistSection {
+    /// Greylist at all.
+    pub enabled: bool,
+    /// Seconds a new (client network, sender, recipient) triplet is deferred.
+    pub delay_seconds: u64,
+    /// Hours after the first attempt a retry is still recognised.
+    pub retry_window_hours: u64,
+    /// Days a passed triplet stays accepted after its last message.
+    pub lifetime_days: u64,
+    /// Client networks (CIDR or address) and sender domains never greylisted.
+    pub whitelist: Vec<String>,
+}
+
+impl Default for GreylistSection {
+    fn default() -> Self {
+        Self { enabled: false, delay_seconds: 300, retry_window_hours: 48, lifetime_days: 35, whitelist: Vec::new() }
+    }
+}
+
+impl GreylistSection {
+    /// How long idle triplets are kept before pruning.
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs((self.retry_window_hours * 3_600).max(self.lifetime_days * 86_400))
+    }
 }
 
 /// A DNSBL zone in `[antispam] dnsbl`.
@@ -171,6 +202,7 @@ impl Default for AntispamSection {
             max_scan_size_mb: 20,
             scan_memory_mb: 512,
             verdict_log_mb: 64,
+            greylist: GreylistSection::default(),
         }
     }
 }
@@ -265,6 +297,32 @@ impl Config {
             "accept" => ScanFailure::Accept,
             other => bail!("[antivirus] on_failure = {other:?}: use \"tempfail\" or \"accept\""),
         };
+        let greylist = &spam.greylist;
+        if greylist.enabled {
+            let mut settings = wmail_protection::GreylistSettings {
+                delay: Duration::from_secs(greylist.delay_seconds),
+                retry_window: Duration::from_secs(greylist.retry_window_hours * 3_600),
+                lifetime: Duration::from_secs(greylist.lifetime_days * 86_400),
+                whitelist_networks: Vec::new(),
+                whitelist_domains: Vec::new(),
+            };
+            if settings.retry_window <= settings.delay {
+                bail!("[antispam.greylist] retry_window_hours must be longer than delay_seconds");
+            }
+            for entry in &greylist.whitelist {
+                match entry
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                {
+                    Ok(network) => settings.whitelist_networks.push(network),
+                    Err(_) if entry.contains('.') && !entry.contains('/') => {
+                        settings.whitelist_domains.push(entry.trim_start_matches('@').to_lowercase())
+                    }
+                    Err(_) => bail!("[antispam.greylist] whitelist entry {entry:?} is neither a network nor a domain"),
+                }
+            }
+            config.greylist = Some(settings);
+        }
         if !(config.spam_score <= config.junk_score && config.junk_score <= config.reject_score) {
             bail!("[antispam] needs spam_score <= junk_score <= reject_score");
         }

@@ -80,6 +80,38 @@ enum Command {
     /// Inspect and rebuild the node's full-text search index.
     #[command(subcommand)]
     Search(SearchCommand),
+    /// Login blocks and the inbound checks' verdicts.
+    #[command(subcommand)]
+    Security(SecurityCommand),
+}
+
+#[derive(Subcommand)]
+enum SecurityCommand {
+    /// Login blocks (too many failed logins), held by every node.
+    #[command(subcommand)]
+    Blocks(BlocksCommand),
+    /// The inbound checks' verdicts on messages received by the node asked, newest first.
+    #[command(after_help = "Example: wmail security verdicts --sender someone@example.net")]
+    Verdicts {
+        /// Only this Message-ID.
+        #[arg(long)]
+        message_id: Option<String>,
+        /// Only this sender (envelope or From:).
+        #[arg(long)]
+        sender: Option<String>,
+        /// Show at most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum BlocksCommand {
+    /// List the blocks in force.
+    List,
+    /// Lift a block on every node: KIND is `address` or `account`.
+    #[command(after_help = "Example: wmail security blocks remove account alice@example.com")]
+    Remove { kind: String, key: String },
 }
 
 #[derive(Subcommand)]
@@ -344,6 +376,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Queue(command) => queue(client()?, command).await,
         Command::Cluster(command) => cluster(client()?, command).await,
         Command::Search(command) => search(client()?, command).await,
+        Command::Security(command) => security(client()?, command).await,
         Command::Node(NodeCommand::Drain { grace }) => {
             let client = client()?;
             let report = client.call(Method::POST, "/node/drain", Some(json!({ "grace_seconds": grace }))).await?;
@@ -560,6 +593,90 @@ fn queue_line(entry: &serde_json::Value) -> String {
         entry["attempts"],
         recipients.join(", ")
     )
+}
+
+async fn security(client: AdminClient, command: SecurityCommand) -> anyhow::Result<()> {
+    match command {
+        SecurityCommand::Blocks(BlocksCommand::List) => {
+            let blocks = client.call(Method::GET, "/security/blocks", None).await?;
+            client.print(&blocks, |blocks| {
+                let rows: Vec<String> = blocks
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|block| {
+                        let until = block["until_ms"].as_i64().and_then(chrono::DateTime::from_timestamp_millis);
+                        format!(
+                            "{:<8} {:<40} until {}  ({})",
+                            block["kind"].as_str().unwrap_or_default(),
+                            block["key"].as_str().unwrap_or_default(),
+                            until.map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string()).unwrap_or_default(),
+                            block["reason"].as_str().unwrap_or_default()
+                        )
+                    })
+                    .collect();
+                if rows.is_empty() { "no login blocks".to_owned() } else { rows.join("\n") }
+            });
+            Ok(())
+        }
+        SecurityCommand::Blocks(BlocksCommand::Remove { kind, key }) => {
+            let path = format!("/security/blocks/{}/{}", admin::encode(&kind), admin::encode(&key));
+            client.call(Method::DELETE, &path, None).await?;
+            client.print(&json!({ "lifted": { "kind": kind, "key": key } }), |_| {
+                format!("lifted the {kind} block of {key}")
+            });
+            Ok(())
+        }
+        SecurityCommand::Verdicts { message_id, sender, limit } => {
+            let mut query = format!("/security/verdicts?limit={limit}");
+            if let Some(id) = &message_id {
+                query.push_str(&format!("&message_id={}", admin::encode(id)));
+            }
+            if let Some(sender) = &sender {
+                query.push_str(&format!("&sender={}", admin::encode(sender)));
+            }
+            let found = client.call(Method::GET, &query, None).await?;
+            client.print(&found, |found| {
+                let rows: Vec<String> = found["verdicts"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|record| {
+                        let verdict = &record["verdict"];
+                        let time = record["time_ms"].as_i64().and_then(chrono::DateTime::from_timestamp_millis);
+                        format!(
+                            "{}  {:<8} score {:>5.1}  {} -> {}  <{}>  {}",
+                            time.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default(),
+                            verdict["action"]["action"].as_str().unwrap_or_default(),
+                            verdict["score"].as_f64().unwrap_or(0.0),
+                            record["mail_from"].as_str().unwrap_or_default(),
+                            record["recipients"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .filter_map(serde_json::Value::as_str)
+                                .collect::<Vec<_>>()
+                                .join(","),
+                            record["message_id"].as_str().unwrap_or_default(),
+                            verdict["checks"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .map(|c| format!(
+                                    "{}={}",
+                                    c["name"].as_str().unwrap_or_default(),
+                                    c["result"].as_str().unwrap_or_default()
+                                ))
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        )
+                    })
+                    .collect();
+                if rows.is_empty() { "no verdicts match".to_owned() } else { rows.join("\n") }
+            });
+            Ok(())
+        }
+    }
 }
 
 async fn search(client: AdminClient, command: SearchCommand) -> anyhow::Result<()> {

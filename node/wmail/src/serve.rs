@@ -70,6 +70,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     mail_listeners.extend(start_pop3(&config, &core, &tls, &mail_stop).await?);
     mail_listeners.extend(start_imap(&config, &core, &tls, &mail_stop).await?);
     let delivery = tokio::spawn(delivery_worker(&config, &core, &registry)?.run(mail_stop.clone()));
+    tokio::spawn(prune_security_state(Arc::downgrade(&core), config.antispam.greylist.retention()));
     let mail = {
         let (core, mut shutdown, mut drain) = (core.clone(), shutdown_rx.clone(), core.drain_state());
         tokio::spawn(async move {
@@ -207,6 +208,25 @@ fn delivery_worker(
     }
     let metrics = wmail_delivery::DeliveryMetrics::register(registry)?;
     Ok(wmail_delivery::Worker::new(core.clone(), delivery, router, metrics))
+}
+
+/// Every hour the leader removes idle greylisting triplets and lapsed login blocks from the
+/// replicated state.
+async fn prune_security_state(core: std::sync::Weak<Core>, greylist_retention: Duration) {
+    let mut interval = tokio::time::interval(Duration::from_secs(3_600));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let Some(core) = core.upgrade() else { return };
+        if core.raft_metrics().current_leader != Some(core.node_id()) {
+            continue;
+        }
+        match core.prune_security_state(greylist_retention).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "pruned idle greylisting triplets and lapsed login blocks"),
+            Err(error) => tracing::warn!(%error, "pruning greylisting and login blocks failed; retrying in an hour"),
+        }
+    }
 }
 
 /// The inbound checks of the `smtp` listener, from `[antispam]`, `[antivirus]` and `[dns]`;
