@@ -6,7 +6,8 @@ use crate::harness::{WmailNode, wmail_bin};
 
 #[tokio::test]
 async fn bench_delivers_and_reports_each_level() {
-    let mut node = WmailNode::new("");
+    // A benchmark measures the server, not the per-user sending limits.
+    let mut node = WmailNode::new("[smtp]\nmax_recipients_per_hour = 0\n");
     node.start().await;
     let bench = wmail_bin().with_file_name("wmail-bench");
     assert!(bench.exists(), "{} missing: `cargo build --workspace` builds it", bench.display());

@@ -356,3 +356,76 @@ except poplib.error_proto as e:
     second.terminate().await;
     first.terminate().await;
 }
+
+#[tokio::test]
+async fn abuse_limits_spam_traps_sending_budgets_and_connection_rate() {
+    let dns = Dnsmasq::start(&[]).await;
+    let config = format!(
+        "{}[antispam]\ntrusted_networks = []\nspf = false\ntrap_addresses = [\"trap@example.com\"]\n\n\
+[smtp]\nmax_recipients_per_hour = 3\nmax_same_subject_per_day = 2\n\n\
+[security]\nmax_connections_per_minute_per_ip = 12\nrate_limit_exempt = []\n",
+        dns.wmail_config()
+    );
+    let mut node = WmailNode::new(&config);
+    node.start().await;
+    assert_eq!(node.api(Method::POST, "/domains", Some(json!({ "name": "example.com" }))).await.0, StatusCode::CREATED);
+    for address in ["alice@example.com", "bob@example.com"] {
+        let account = json!({ "address": address, "password": "a good password" });
+        assert_eq!(node.api(Method::POST, "/accounts", Some(account)).await.0, StatusCode::CREATED);
+    }
+
+    // Submission: the fourth recipient within the hour is deferred, and the third message
+    // with one subject today is refused.
+    let out = crate::harness::python(
+        &node,
+        r#"
+s = smtplib.SMTP_SSL("127.0.0.1", SUBMISSIONS, context=ctx)
+s.login("alice@example.com", "a good password")
+for n in range(2):
+    s.sendmail("alice@example.com", ["bob@example.com"], b"Subject: same\r\n\r\nbody\r\n")
+try:
+    s.sendmail("alice@example.com", ["bob@example.com"], b"Subject: Same \r\n\r\nbody\r\n")
+    raise SystemExit("a third message with one subject was accepted")
+except smtplib.SMTPDataError as e:
+    assert e.smtp_code == 550 and b"with this subject today" in e.smtp_error, e
+s.rset()
+s.mail("alice@example.com")
+code, text = s.rcpt("bob@example.com")
+assert code == 452 and b"recipients per hour" in text, (code, text)
+s.quit()
+"#,
+    );
+    assert!(out.is_empty(), "{out}");
+
+    // A spam trap: "no such user", then the client is blocked on connect (554) until
+    // the block is lifted.
+    let mut client = RawSmtp::connect(node.smtp).await;
+    client.command("EHLO client.test", 250).await;
+    client.command("MAIL FROM:<spammer@remote.test>", 250).await;
+    let trapped = client.command("RCPT TO:<trap@example.com>", 550).await;
+    assert!(trapped.text().contains("no such user"), "{trapped:?}");
+    client.command("RCPT TO:<alice@example.com>", 554).await;
+    let (_, greeting) = RawSmtp::connect_raw(node.smtp).await;
+    let greeting = greeting.expect("a reply");
+    assert_eq!(greeting.code, 554, "{greeting:?}");
+    let listed = crate::harness::succeeded(node.cli(&["security", "blocks", "list"], None));
+    assert!(listed.contains("client") && listed.contains("127.0.0.1") && listed.contains("spam trap"), "{listed}");
+    crate::harness::succeeded(node.cli(&["security", "blocks", "remove", "client", "127.0.0.1"], None));
+    RawSmtp::connect(node.smtp).await.command("QUIT", 221).await;
+
+    // The connection rate: 12 a minute from one address on one listener; the next is
+    // refused with 421 before any session starts. (Connections so far on the MX
+    // listener: 3.)
+    let mut refused = None;
+    for attempt in 0..12 {
+        let (mut client, greeting) = RawSmtp::connect_raw(node.smtp).await;
+        let code = greeting.map(|reply| reply.code);
+        if code == Some(421) {
+            refused = Some(attempt);
+            break;
+        }
+        client.send("QUIT").await;
+    }
+    assert_eq!(refused, Some(9), "the 13th connection within the minute is refused");
+    node.terminate().await;
+}

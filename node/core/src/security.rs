@@ -166,6 +166,22 @@ impl Core {
         }
     }
 
+    /// When the block of an SMTP client (a spam-trap hit) lapses, if one is in force.
+    pub fn client_block(&self, client: IpAddr) -> Result<Option<u64>> {
+        let block = self.state.block("client", &LoginGuard::address_key(client))?;
+        Ok(block.map(|block| block.until_ms).filter(|&until| until > now_ms()))
+    }
+
+    /// Blocks an SMTP client (IPv6 per /64) on every node for `duration`.
+    pub async fn block_client(&self, client: IpAddr, duration: Duration, reason: &str) -> Result<()> {
+        let now = now_ms();
+        let block =
+            BlockRecord { created_ms: now, until_ms: now + duration.as_millis() as u64, reason: reason.to_owned() };
+        let command =
+            Command::SetBlock { kind: "client".into(), key: LoginGuard::address_key(client), block: Some(block) };
+        self.execute(command).await.map(drop)
+    }
+
     /// The login blocks in force, on every node.
     pub fn login_blocks(&self) -> Result<Vec<LoginBlock>> {
         let now = now_ms();
@@ -184,20 +200,21 @@ impl Core {
             .collect())
     }
 
-    /// Lifts a login block everywhere (`kind` is `address` or `account`).
+    /// Lifts a block everywhere: `kind` is `address` or `account` (login blocks) or
+    /// `client` (an SMTP client blocked for a spam-trap hit).
     pub async fn lift_login_block(&self, kind: &str, key: &str) -> Result<()> {
         let (kind, key) = match kind {
-            "address" => {
+            "address" | "client" => {
                 let address: IpAddr = key
                     .parse()
                     .map_err(|_| CoreError::new(ErrorCode::InvalidInput, format!("{key:?} is not an IP address")))?;
-                ("address", LoginGuard::address_key(address))
+                (if kind == "address" { "address" } else { "client" }, LoginGuard::address_key(address))
             }
             "account" => ("account", crate::address::normalize_address(key).unwrap_or_else(|_| key.to_lowercase())),
             other => {
                 return Err(CoreError::new(
                     ErrorCode::InvalidInput,
-                    format!("block kind {other:?} is unknown; use \"address\" or \"account\""),
+                    format!("block kind {other:?} is unknown; use \"address\", \"account\" or \"client\""),
                 ));
             }
         };

@@ -17,13 +17,30 @@ use crate::stream::SessionStream;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Connection limits of one listener.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnectionLimits {
     /// Open sessions in total.
     pub max_total: usize,
     /// Open sessions per client IP address.
     pub max_per_ip: usize,
+    /// New connections per client IP address per minute (0: no limit).
+    pub max_per_ip_per_minute: u32,
+    /// Clients the per-minute limit does not apply to (monitoring, your own relays).
+    pub rate_exempt: Arc<[ipnet::IpNet]>,
 }
+
+impl ConnectionLimits {
+    /// Limits on open sessions only (no connection rate limit).
+    pub fn open_sessions(max_total: usize, max_per_ip: usize) -> Self {
+        Self { max_total, max_per_ip, max_per_ip_per_minute: 0, rate_exempt: Arc::from([]) }
+    }
+}
+
+/// Most client addresses whose connection rate is tracked; past it, finished windows are
+/// dropped.
+const MAX_RATE_ENTRIES: usize = 100_000;
+/// The connection-rate window.
+const RATE_WINDOW: Duration = Duration::from_secs(60);
 
 /// Why a connection was refused before its session started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +73,28 @@ pub trait SessionHandler: Send + Sync + 'static {
 struct Occupancy {
     total: usize,
     per_ip: HashMap<IpAddr, usize>,
+    /// Connections per client address in its current minute: (window start, count).
+    rates: HashMap<IpAddr, (std::time::Instant, u32)>,
+}
+
+impl Occupancy {
+    /// Counts a connection from `ip`; false when it exceeds the per-minute limit.
+    fn within_rate(&mut self, ip: IpAddr, limits: &ConnectionLimits) -> bool {
+        if limits.max_per_ip_per_minute == 0 || limits.rate_exempt.iter().any(|network| network.contains(&ip)) {
+            return true;
+        }
+        let now = std::time::Instant::now();
+        if self.rates.len() >= MAX_RATE_ENTRIES {
+            self.rates.retain(|_, (start, _)| now.duration_since(*start) < RATE_WINDOW);
+        }
+        let (start, count) = self.rates.entry(ip).or_insert((now, 0));
+        if now.duration_since(*start) >= RATE_WINDOW {
+            *start = now;
+            *count = 0;
+        }
+        *count += 1;
+        *count <= limits.max_per_ip_per_minute
+    }
 }
 
 /// Releases a session's place when the session ends.
@@ -118,13 +157,13 @@ impl Admission {
     /// Applies the limits to the client at `peer` and starts its session in its own task
     /// (with implicit TLS, the handshake runs first, in that task), or refuses it.
     fn admit(&self, tcp: TcpStream, peer: SocketAddr) {
-        let (name, limits) = (self.name, self.limits);
+        let (name, limits) = (self.name, &self.limits);
         let refusal = {
             let mut occupancy = self.occupancy.lock().expect("occupancy lock");
             let from_ip = occupancy.per_ip.get(&peer.ip()).copied().unwrap_or(0);
             if occupancy.total >= limits.max_total {
                 Some(Refusal::TooManyConnections)
-            } else if from_ip >= limits.max_per_ip {
+            } else if from_ip >= limits.max_per_ip || !occupancy.within_rate(peer.ip(), limits) {
                 Some(Refusal::TooManyFromAddress)
             } else {
                 occupancy.total += 1;

@@ -101,6 +101,10 @@ pub struct ProtectionConfig {
     pub scan_memory: usize,
     /// Greylisting (RFC 6647), when on.
     pub greylist: Option<GreylistSettings>,
+    /// Spam-trap addresses (lower case): a client that sends to one is blocked.
+    pub trap_addresses: Vec<String>,
+    /// How long a spam-trap hit blocks the client, on every node.
+    pub trap_block: std::time::Duration,
 }
 
 /// Greylisting settings: how long a new triplet waits, and who never waits.
@@ -150,6 +154,8 @@ impl ProtectionConfig {
             max_scan_size: 20 * 1024 * 1024,
             scan_memory: 512 * 1024 * 1024,
             greylist: None,
+            trap_addresses: Vec::new(),
+            trap_block: std::time::Duration::from_secs(15 * 60),
         }
     }
 }
@@ -259,6 +265,11 @@ impl Protection {
             domain == *listed || domain.strip_suffix(listed.as_str()).is_some_and(|rest| rest.ends_with('.'))
         });
         (!listed).then_some(settings)
+    }
+
+    /// Whether `address` is a spam trap.
+    pub fn is_trap(&self, address: &str) -> bool {
+        self.config.trap_addresses.iter().any(|trap| trap.eq_ignore_ascii_case(address))
     }
 
     /// The node's verdict log.

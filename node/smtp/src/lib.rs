@@ -5,10 +5,12 @@
 //! Accepted mail is streamed into the blob store and committed through Raft before `250`.
 
 mod body;
+mod limits;
 mod metrics;
 mod reply;
 mod session;
 
+pub use limits::{LimitReached, SendLimiter, SendPolicy};
 pub use metrics::SmtpMetrics;
 
 use std::sync::Arc;
@@ -101,6 +103,7 @@ pub struct SmtpServer {
     metrics: Arc<SmtpMetrics>,
     listener: &'static str,
     protection: Option<Arc<Protection>>,
+    send_limits: Option<Arc<SendLimiter>>,
 }
 
 impl SmtpServer {
@@ -113,7 +116,14 @@ impl SmtpServer {
         metrics: Arc<SmtpMetrics>,
         listener: &'static str,
     ) -> Self {
-        Self { core, config: Arc::new(config), tls, metrics, listener, protection: None }
+        Self { core, config: Arc::new(config), tls, metrics, listener, protection: None, send_limits: None }
+    }
+
+    /// Applies per-user sending limits to authenticated senders (submission); one limiter
+    /// is shared by the listeners that should count together.
+    pub fn with_send_limits(mut self, limits: Arc<SendLimiter>) -> Self {
+        self.send_limits = Some(limits);
+        self
     }
 
     /// Runs the inbound checks (sender authentication, DNSBL, content, antivirus) on the
@@ -140,7 +150,7 @@ impl SessionHandler for SmtpServer {
             observer,
             peer,
             stream,
-            self.protection.clone(),
+            session::Policies { protection: self.protection.clone(), send_limits: self.send_limits.clone() },
         );
         Box::pin(session.run(shutdown))
     }

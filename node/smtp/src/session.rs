@@ -24,6 +24,7 @@ use wmail_net::{Connection, LineRead, SessionStream, TlsAcceptor};
 use wmail_protection::{Action, ConnectionReport, Envelope, Protection, Refusal, SenderReport, Verdict, VerdictRecord};
 
 use crate::body::{BodyAssembler, MissingHeaders};
+use crate::limits::{LimitReached, SendLimiter};
 use crate::reply::Reply;
 use crate::{Mode, SmtpConfig};
 
@@ -156,6 +157,14 @@ impl Observer {
     }
 }
 
+/// The mail policies a session enforces.
+pub struct Policies {
+    /// Inbound checks (used on the MX listener only).
+    pub protection: Option<Arc<Protection>>,
+    /// Per-user sending limits (authenticated senders).
+    pub send_limits: Option<Arc<SendLimiter>>,
+}
+
 /// One client connection.
 pub struct Session {
     observer: Observer,
@@ -176,6 +185,10 @@ pub struct Session {
     connection_report: Option<ConnectionReport>,
     /// Why the HELO name is refused, when it is (reported at MAIL).
     helo_refusal: Option<Refusal>,
+    /// The client sent to a spam trap: nothing more is accepted from it.
+    trapped: bool,
+    /// Per-user sending limits (authenticated senders).
+    send_limits: Option<Arc<SendLimiter>>,
     messages: u64,
     rsets: usize,
     errors: usize,
@@ -194,8 +207,9 @@ impl Session {
         observer: Observer,
         peer: SocketAddr,
         stream: SessionStream,
-        protection: Option<Arc<Protection>>,
+        policies: Policies,
     ) -> Self {
+        let Policies { protection, send_limits } = policies;
         let protection = protection.filter(|checks| config.mode == Mode::Mx && !checks.trusts(peer.ip()));
         Self {
             observer,
@@ -213,6 +227,8 @@ impl Session {
             connection_check: None,
             connection_report: None,
             helo_refusal: None,
+            trapped: false,
+            send_limits,
             messages: 0,
             rsets: 0,
             errors: 0,
@@ -238,6 +254,23 @@ impl Session {
         tracing::info!(session = %self.id, peer = %self.peer, tls = self.is_tls(), "smtp session started");
         // RFC 5321 §4.2: the greeting carries no enhanced status code (RFC 2034 §3).
         let kind = if self.config.mode == Mode::Lmtp { "LMTP" } else { "ESMTP" };
+        // A client blocked for sending to a spam trap gets 554 instead of the greeting
+        // (RFC 5321 §3.1) until its block lapses.
+        if self.protection.is_some()
+            && let Ok(Some(until_ms)) = self.core.client_block(self.peer.ip())
+        {
+            let until = chrono::DateTime::from_timestamp_millis(until_ms as i64).unwrap_or_default();
+            let text = format!(
+                "{} your address {} is blocked until {} UTC for sending to a spam trap",
+                self.config.hostname,
+                self.peer.ip(),
+                until.format("%Y-%m-%d %H:%M")
+            );
+            self.send(reply(554, "5.7.1", text));
+            self.connection.close(Duration::from_secs(5)).await;
+            tracing::info!(session = %self.id, peer = %self.peer, "blocked client refused");
+            return;
+        }
         let greeting = format!("{} {kind} wmail ready", self.config.hostname);
         self.send(reply(220, "", greeting));
         if let Some(protection) = self.protection.clone() {
@@ -415,6 +448,10 @@ impl Session {
     }
 
     async fn mail(&mut self, from: smtp_proto::MailFrom<String>) -> io::Result<()> {
+        if self.trapped {
+            self.send(reply(554, "5.7.1", "your address is blocked"));
+            return Ok(());
+        }
         if self.helo.is_none() {
             self.send(reply(503, "5.5.1", "send EHLO or HELO first"));
             return Ok(());
@@ -489,6 +526,10 @@ impl Session {
     }
 
     async fn rcpt(&mut self, to: smtp_proto::RcptTo<String>) -> io::Result<()> {
+        if self.trapped {
+            self.send(reply(554, "5.7.1", "your address is blocked"));
+            return Ok(());
+        }
         let Some(transaction) = &self.transaction else {
             self.send(reply(503, "5.5.1", "need MAIL before RCPT"));
             return Ok(());
@@ -531,6 +572,22 @@ impl Session {
                 }
             }
         }
+        if let Some(protection) = self.protection.clone()
+            && protection.is_trap(&address)
+        {
+            // The seeds' trap mailbox: the client is blocked on every node for a while. It
+            // is told what any unknown address gets, so the trap stays unknown.
+            self.trapped = true;
+            let (client, block) = (self.peer.ip(), protection.config().trap_block);
+            tracing::warn!(session = %self.id, %client, trap = %address, "spam trap hit; blocking the client");
+            if let Err(error) = self.core.block_client(client, block, &format!("sent to the spam trap {address}")).await
+            {
+                tracing::warn!(session = %self.id, %error, "cannot block the client cluster-wide");
+            }
+            self.abort_body().await;
+            self.send(reply(550, "5.1.1", format!("<{address}>: no such user here")));
+            return Ok(());
+        }
         let domain = address.rsplit_once('@').map(|(_, domain)| domain).unwrap_or_default();
         let reply = match self.core.is_local_domain(domain) {
             Ok(true) => {
@@ -567,6 +624,15 @@ impl Session {
             }
             Ok(false) => reply(550, "5.7.1", format!("relaying to <{address}> denied")),
             Err(error) => core_error_reply(&error),
+        };
+        let reply = match (&self.authenticated, &self.send_limits) {
+            (Some(account), Some(limits)) if reply.is_positive() => {
+                match limits.admit_recipient(account.id, wmail_core::now_ms()) {
+                    Ok(()) => reply,
+                    Err(reached) => limit_reply(reached),
+                }
+            }
+            _ => reply,
         };
         if reply.is_positive() {
             self.transaction.as_mut().expect("checked above").recipients.push(address);
@@ -694,6 +760,7 @@ impl Session {
         let trace = self.trace_headers();
         let hostname = self.config.hostname.clone();
         let scanning = self.protection.is_some();
+        let limited = self.authenticated.is_some() && self.send_limits.is_some();
         let transaction = self.transaction.take()?;
         let mut transaction = transaction;
         if transaction.body.is_none() {
@@ -710,7 +777,7 @@ impl Session {
                 (BodyAssembler::new(trace, missing), Some(sender), Some(delivery), None)
             };
             let mut assembler = assembler;
-            if !transaction.notify_success.is_empty() || scanning {
+            if !transaction.notify_success.is_empty() || scanning || limited {
                 assembler.keep_header_section();
             }
             transaction.body =
@@ -928,6 +995,9 @@ impl Session {
         } else if let Some(foreign) = self.foreign_from(body) {
             self.observer.message("spoofed_from");
             Some(reply(553, "5.7.1", format!("the From: address <{foreign}> is not yours to send as")))
+        } else if let Err(reached) = self.check_subject(body) {
+            self.observer.message("rate_limited");
+            Some(limit_reply(reached))
         } else if body.assembler.received_headers() > max_hops {
             self.observer.message("loop");
             Some(reply(
@@ -985,6 +1055,10 @@ impl Session {
         let accepted = replies.iter().any(|reply| reply.code == 250);
         if accepted {
             self.messages += 1;
+            if let (Some(account), Some(limits)) = (&self.authenticated, &self.send_limits) {
+                let subject = subject_of(body.assembler.header_section());
+                limits.record_subject(account.id, &subject, wmail_core::now_ms());
+            }
         }
         self.observer.message(if accepted { "accepted" } else { "failed" });
         self.observer.metrics.commit_seconds.with_label_values(&[listener]).observe(started.elapsed().as_secs_f64());
@@ -1029,6 +1103,12 @@ impl Session {
                 tracing::warn!(%session, %to, %error, "could not send a success notification");
             }
         });
+    }
+
+    /// The same-subject limit of an authenticated sender.
+    fn check_subject(&self, body: &BodyInProgress) -> Result<(), LimitReached> {
+        let (Some(account), Some(limits)) = (&self.authenticated, &self.send_limits) else { return Ok(()) };
+        limits.check_subject(account.id, &subject_of(body.assembler.header_section()), wmail_core::now_ms())
     }
 
     /// On submission, returns a From: header address the authenticated user may not send
@@ -1329,6 +1409,32 @@ fn acknowledge_before_commit() -> bool {
         }
         enabled
     })
+}
+
+/// The decoded subject of a header section ("" when it has none).
+fn subject_of(header: &[u8]) -> String {
+    mail_parser::MessageParser::new()
+        .parse_headers(header)
+        .and_then(|message| message.subject().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// The reply for a sending limit: temporary for the hourly and daily recipient budgets,
+/// permanent for the same-subject limit (a retry today would fail again).
+fn limit_reply(reached: LimitReached) -> Reply {
+    match reached {
+        LimitReached::RecipientsPerHour(limit) => {
+            reply(452, "4.7.1", format!("you reached your limit of {limit} recipients per hour; try again later"))
+        }
+        LimitReached::RecipientsPerDay(limit) => {
+            reply(452, "4.7.1", format!("you reached your limit of {limit} recipients per day; try again tomorrow"))
+        }
+        LimitReached::SameSubject(limit) => reply(
+            550,
+            "5.7.1",
+            format!("you already sent {limit} messages with this subject today (a limit against spam runs)"),
+        ),
+    }
 }
 
 /// The SMTP reply for a refusal by the inbound checks.

@@ -109,6 +109,10 @@ pub struct AntispamSection {
     pub verdict_log_mb: u64,
     /// `[antispam.greylist]`.
     pub greylist: GreylistSection,
+    /// Spam-trap addresses.
+    pub trap_addresses: Vec<String>,
+    /// Minutes a spam-trap hit blocks the client.
+    pub trap_block_minutes: u64,
 }
 
 /// `[antispam.greylist]`: greylisting (RFC 6647), state shared by every node.
@@ -203,6 +207,8 @@ impl Default for AntispamSection {
             scan_memory_mb: 512,
             verdict_log_mb: 64,
             greylist: GreylistSection::default(),
+            trap_addresses: Vec::new(),
+            trap_block_minutes: 15,
         }
     }
 }
@@ -223,6 +229,19 @@ impl Default for AntivirusSection {
     }
 }
 
+/// Parses CIDR networks or single addresses.
+fn parse_networks(entries: &[String], what: &str) -> anyhow::Result<Vec<ipnet::IpNet>> {
+    entries
+        .iter()
+        .map(|entry| {
+            entry
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| anyhow::anyhow!("{what}: {entry:?} is not an address or CIDR network"))
+        })
+        .collect()
+}
+
 impl Config {
     /// The settings of the inbound checks, or `None` when they are off.
     pub fn protection(&self) -> anyhow::Result<Option<wmail_protection::ProtectionConfig>> {
@@ -232,18 +251,7 @@ impl Config {
             return Ok(None);
         }
         let mut config = wmail_protection::ProtectionConfig::new(self.server.hostname.clone());
-        config.trusted_networks = spam
-            .trusted_networks
-            .iter()
-            .map(|network| {
-                network
-                    .parse::<ipnet::IpNet>()
-                    .or_else(|_| network.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                    .map_err(|_| {
-                        anyhow::anyhow!("[antispam] trusted_networks entry {network:?} is not an address or CIDR")
-                    })
-            })
-            .collect::<anyhow::Result<_>>()?;
+        config.trusted_networks = parse_networks(&spam.trusted_networks, "[antispam] trusted_networks")?;
         config.spf = spam.spf;
         config.reject_spf_fail = spam.reject_spf_fail;
         config.dkim = spam.dkim;
@@ -297,6 +305,8 @@ impl Config {
             "accept" => ScanFailure::Accept,
             other => bail!("[antivirus] on_failure = {other:?}: use \"tempfail\" or \"accept\""),
         };
+        config.trap_addresses = spam.trap_addresses.iter().map(|address| address.trim().to_lowercase()).collect();
+        config.trap_block = Duration::from_secs(spam.trap_block_minutes * 60);
         let greylist = &spam.greylist;
         if greylist.enabled {
             let mut settings = wmail_protection::GreylistSettings {
@@ -342,6 +352,10 @@ pub struct SecuritySection {
     pub max_login_failures_per_account: usize,
     /// Minutes a block lasts.
     pub login_block_minutes: u64,
+    /// New connections per client address per minute on each listener (0: no limit).
+    pub max_connections_per_minute_per_ip: u32,
+    /// Client networks the per-minute limit does not apply to.
+    pub rate_limit_exempt: Vec<String>,
 }
 
 impl Default for SecuritySection {
@@ -351,11 +365,29 @@ impl Default for SecuritySection {
             max_login_failures_per_address: 55,
             max_login_failures_per_account: 20,
             login_block_minutes: 2_880,
+            max_connections_per_minute_per_ip: 0,
+            rate_limit_exempt: vec!["127.0.0.0/8".into(), "::1/128".into()],
         }
     }
 }
 
 impl SecuritySection {
+    /// Connection limits of a listener kind: open sessions from its section, the rate
+    /// from here.
+    pub fn connection_limits(
+        &self,
+        max_total: usize,
+        max_per_ip: usize,
+    ) -> anyhow::Result<wmail_net::ConnectionLimits> {
+        let exempt = parse_networks(&self.rate_limit_exempt, "[security] rate_limit_exempt")?;
+        Ok(wmail_net::ConnectionLimits {
+            max_total,
+            max_per_ip,
+            max_per_ip_per_minute: self.max_connections_per_minute_per_ip,
+            rate_exempt: exempt.into(),
+        })
+    }
+
     /// The lockout policy these settings describe.
     pub fn lockout(&self) -> wmail_core::LockoutPolicy {
         wmail_core::LockoutPolicy {
@@ -430,6 +462,12 @@ pub struct SmtpSection {
     pub vrfy: bool,
     /// Whether EXPN lists alias members.
     pub expn: bool,
+    /// Recipients an authenticated user may send to per hour (0: no limit).
+    pub max_recipients_per_hour: u32,
+    /// Recipients an authenticated user may send to per day (0: no limit).
+    pub max_recipients_per_day: u32,
+    /// Messages with one subject an authenticated user may send per day (0: no limit).
+    pub max_same_subject_per_day: u32,
 }
 
 impl Default for SmtpSection {
@@ -441,6 +479,9 @@ impl Default for SmtpSection {
             max_connections_per_ip: 20,
             vrfy: false,
             expn: false,
+            max_recipients_per_hour: 200,
+            max_recipients_per_day: 0,
+            max_same_subject_per_day: 8,
         }
     }
 }
@@ -746,6 +787,7 @@ impl Config {
             bail!("[cluster] node_id must be 1 or greater");
         }
         self.protection()?;
+        parse_networks(&self.security.rate_limit_exempt, "[security] rate_limit_exempt")?;
         match self.blob.backend.as_str() {
             "local" | "s3" => {}
             other => bail!("[blob] backend = {other:?} is unknown; use \"local\" or \"s3\""),

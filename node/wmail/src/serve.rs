@@ -257,10 +257,13 @@ async fn start_smtp(
 ) -> anyhow::Result<Vec<wmail_net::ListenerHandle>> {
     use wmail_smtp::{Mode, SmtpConfig, SmtpMetrics, SmtpServer};
     let metrics = Arc::new(SmtpMetrics::register(registry)?);
-    let limits = wmail_net::ConnectionLimits {
-        max_total: config.smtp.max_connections,
-        max_per_ip: config.smtp.max_connections_per_ip,
-    };
+    // One set of per-user sending counters for both submission listeners.
+    let send_limits = Arc::new(wmail_smtp::SendLimiter::new(wmail_smtp::SendPolicy {
+        recipients_per_hour: config.smtp.max_recipients_per_hour,
+        recipients_per_day: config.smtp.max_recipients_per_day,
+        same_subject_per_day: config.smtp.max_same_subject_per_day,
+    }));
+    let limits = config.security.connection_limits(config.smtp.max_connections, config.smtp.max_connections_per_ip)?;
     let services = [
         ("smtp", &config.listen.smtp, false),
         ("submission", &config.listen.submission, false),
@@ -282,6 +285,7 @@ async fn start_smtp(
         let server = SmtpServer::new(core.clone(), smtp, Some(tls.clone()), metrics.clone(), service);
         Arc::new(match &protection {
             Some(protection) if mode == Mode::Mx => server.with_protection(protection.clone()),
+            _ if mode.requires_auth() => server.with_send_limits(send_limits.clone()),
             _ => server,
         })
     })
@@ -295,10 +299,7 @@ async fn start_pop3(
     tls: &wmail_net::TlsAcceptor,
     shutdown: &tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<wmail_net::ListenerHandle>> {
-    let limits = wmail_net::ConnectionLimits {
-        max_total: config.pop3.max_connections,
-        max_per_ip: config.pop3.max_connections_per_ip,
-    };
+    let limits = config.security.connection_limits(config.pop3.max_connections, config.pop3.max_connections_per_ip)?;
     let services = [("pop3", &config.listen.pop3, false), ("pop3s", &config.listen.pop3s, true)];
     open_listeners(&services, limits, &proxy_protocol(config)?, tls, shutdown, |_| {
         let mut pop3 = wmail_pop3::Pop3Config::new(config.server.hostname.clone());
@@ -316,10 +317,7 @@ async fn start_imap(
     tls: &wmail_net::TlsAcceptor,
     shutdown: &tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<wmail_net::ListenerHandle>> {
-    let limits = wmail_net::ConnectionLimits {
-        max_total: config.imap.max_connections,
-        max_per_ip: config.imap.max_connections_per_ip,
-    };
+    let limits = config.security.connection_limits(config.imap.max_connections, config.imap.max_connections_per_ip)?;
     let services = [("imap", &config.listen.imap, false), ("imaps", &config.listen.imaps, true)];
     open_listeners(&services, limits, &proxy_protocol(config)?, tls, shutdown, |_| {
         let mut imap = wmail_imap::ImapConfig::new(config.server.hostname.clone());
@@ -410,7 +408,15 @@ async fn open_listeners(
             let implicit_tls = implicit.then(|| tls.clone());
             tracing::info!(service, address = %listener.local_addr()?, "listening");
             let (proxy, handler) = (proxy.clone(), handler(service));
-            handles.push(wmail_net::serve(listener, service, implicit_tls, limits, proxy, handler, shutdown.clone()));
+            handles.push(wmail_net::serve(
+                listener,
+                service,
+                implicit_tls,
+                limits.clone(),
+                proxy,
+                handler,
+                shutdown.clone(),
+            ));
         }
     }
     Ok(handles)
