@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use crate::blob::BlobId;
 use crate::error::{Error, Result};
 use crate::queue::{AttemptResult, OutboundEnvelope};
-use crate::records::{AccountState, BlockRecord, ClusterCa, DkimKey, GreylistEntry, JoinToken, Service};
+use crate::records::{
+    AccountState, BlockRecord, ClusterCa, DkimKey, GreylistEntry, JoinToken, QuarantineInfo, Service,
+};
 
 /// Version of the command encoding this binary writes. A node that meets a higher version
 /// stops applying and asks the operator to upgrade (it never skips a command).
@@ -243,6 +245,31 @@ pub enum Command {
     /// Removes greylisting triplets idle since before `greylist_before_ms` (at most `limit`
     /// of them) and blocks that have lapsed.
     PruneSecurity { greylist_before_ms: u64, limit: u32 },
+    /// Holds a stored message in the quarantine of each of `account_ids` instead of
+    /// delivering it (a blob reference each; refused like [`Command::Deliver`] when the copy
+    /// may have been garbage-collected). `summary` is kept for a later release.
+    Quarantine {
+        blob: BlobId,
+        stored_after_index: u64,
+        size: u64,
+        summary: Option<Vec<u8>>,
+        threading: Option<Threading>,
+        account_ids: Vec<u64>,
+        info: QuarantineInfo,
+    },
+    /// Delivers a quarantined message to its account's INBOX and drops it from the
+    /// quarantine.
+    ReleaseQuarantined { account_id: u64, id: u64 },
+    /// Drops quarantined messages of an account without delivering them.
+    DropQuarantined { account_id: u64, ids: Vec<u64> },
+    /// Marks quarantined messages as listed in their account's digest.
+    MarkQuarantineNotified { account_id: u64, ids: Vec<u64> },
+    /// Drops quarantined messages that arrived before `before_ms` (retention), at most
+    /// `limit`.
+    PurgeQuarantine { before_ms: u64, limit: u32 },
+    /// Adds (`allowed`) or removes a sender an account always accepts: its mail skips the
+    /// spam scoring and quarantine (not the antivirus or DMARC).
+    SetAllowedSender { account_id: u64, sender: String, allowed: bool },
 }
 
 /// What a successfully applied command produced.
@@ -272,6 +299,8 @@ pub enum Outcome {
     /// [`Command::PruneSecurity`] removed this many entries; `more` when it stopped at its
     /// limit.
     Pruned { removed: u64, more: bool },
+    /// A message was quarantined with these ids (one per account that exists).
+    Quarantined { ids: Vec<(u64, u64)> },
 }
 
 /// The result of delivering to one target.

@@ -110,6 +110,34 @@ pub fn greylist_time_key(last_activity_ms: u64, triplet: &[u8; 16]) -> Vec<u8> {
 /// Prefix of the greylisting expiry index in [`SECURITY`].
 pub const GREYLIST_TIME: &[u8; 9] = b"greytime/";
 
+/// Key of a quarantined message in [`SECURITY`].
+pub fn quarantine_key(account_id: u64, id: u64) -> Vec<u8> {
+    [QUARANTINE.as_slice(), &account_id.to_be_bytes(), &id.to_be_bytes()].concat()
+}
+
+/// Prefix of quarantined messages in [`SECURITY`] (`quarantine/<account><id>` ->
+/// [`crate::QuarantineEntry`]).
+pub const QUARANTINE: &[u8; 11] = b"quarantine/";
+
+/// Key of a quarantined message in the retention index of [`SECURITY`].
+pub fn quarantine_time_key(received_ms: u64, account_id: u64, id: u64) -> Vec<u8> {
+    [QUARANTINE_TIME.as_slice(), &received_ms.to_be_bytes(), &account_id.to_be_bytes(), &id.to_be_bytes()].concat()
+}
+
+/// Prefix of the quarantine's retention index in [`SECURITY`].
+pub const QUARANTINE_TIME: &[u8; 11] = b"quarantime/";
+
+/// Key of a sender an account always accepts, in [`SECURITY`].
+pub fn allowed_sender_key(account_id: u64, sender: &str) -> Vec<u8> {
+    [ALLOWED_SENDERS.as_slice(), &account_id.to_be_bytes(), sender.as_bytes()].concat()
+}
+
+/// Prefix of accounts' allowed senders in [`SECURITY`] (`allow/<account><sender>` -> empty).
+pub const ALLOWED_SENDERS: &[u8; 6] = b"allow/";
+
+/// Next quarantine entry id in [`META`].
+pub const META_NEXT_QUARANTINE_ID: &[u8] = b"next_quarantine_id";
+
 /// Every column family of the state database, checked at open time.
 pub const COLUMN_FAMILIES: [&str; 21] = [
     DOMAINS,

@@ -31,7 +31,8 @@ pub use queue::{
 };
 pub use records::{
     Account, AccountState, AddressTarget, BlobRef, BlockRecord, Change, ClusterCa, Credentials, DkimAlgorithm, DkimKey,
-    Domain, EnrolledNode, GreylistEntry, JoinToken, Lease, Mailbox, MessageRecord, Service,
+    Domain, EnrolledNode, GreylistEntry, JoinToken, Lease, Mailbox, MessageRecord, QuarantineEntry, QuarantineInfo,
+    Service,
 };
 
 pub use state::{ApplyEntry, ChangeListener, INBOX, MAILBOX_SEPARATOR, StateStore};

@@ -291,6 +291,46 @@ impl GreylistEntry {
     }
 }
 
+/// A message held in an account's quarantine instead of being delivered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantineEntry {
+    /// Its id (unique in the cluster).
+    pub id: u64,
+    /// The account it was meant for.
+    pub account_id: u64,
+    /// The stored message.
+    pub blob: crate::BlobId,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When it arrived (ms since the epoch).
+    pub received_ms: u64,
+    /// The envelope sender.
+    pub sender: String,
+    /// The `From:` address.
+    pub from: Option<String>,
+    /// The subject.
+    pub subject: Option<String>,
+    /// Why it was held.
+    pub reason: String,
+    /// Whether the account's quarantine digest has listed it.
+    pub notified: bool,
+    /// Its threading links, for the delivery on release.
+    pub threading: Option<crate::Threading>,
+}
+
+/// What a quarantined message needs besides its blob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantineInfo {
+    /// The envelope sender.
+    pub sender: String,
+    /// The `From:` address.
+    pub from: Option<String>,
+    /// The subject.
+    pub subject: Option<String>,
+    /// Why it is held.
+    pub reason: String,
+}
+
 /// An exclusive, expiring claim on a resource (a POP3 maildrop, for example).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {

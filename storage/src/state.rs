@@ -596,6 +596,50 @@ impl StateStore {
             .collect())
     }
 
+    /// An account's quarantined messages, oldest first.
+    pub fn quarantined(&self, account_id: u64) -> Result<Vec<QuarantineEntry>> {
+        let prefix = [ks::QUARANTINE.as_slice(), &ks::id_key(account_id)].concat();
+        Ok(scan::<QuarantineEntry>(&self.db(), ks::SECURITY, &prefix)?.into_iter().map(|(_, entry)| entry).collect())
+    }
+
+    /// Every quarantined message, by account then id, at most `limit`.
+    pub fn all_quarantined(&self, limit: usize) -> Result<Vec<QuarantineEntry>> {
+        let db = self.db();
+        let mut out = Vec::new();
+        let mode = IteratorMode::From(ks::QUARANTINE.as_slice(), Direction::Forward);
+        for item in db.iterator_cf(&cf(&db, ks::SECURITY), mode) {
+            let (key, value) = item?;
+            if !key.starts_with(ks::QUARANTINE.as_slice()) || out.len() >= limit {
+                break;
+            }
+            out.push(decode_value(&value)?);
+        }
+        Ok(out)
+    }
+
+    /// Whether an account always accepts mail from `sender`.
+    pub fn is_allowed_sender(&self, account_id: u64, sender: &str) -> Result<bool> {
+        Ok(self
+            .db()
+            .get_cf(&cf(&self.db(), ks::SECURITY), ks::allowed_sender_key(account_id, &sender.to_lowercase()))?
+            .is_some())
+    }
+
+    /// The senders an account always accepts.
+    pub fn allowed_senders(&self, account_id: u64) -> Result<Vec<String>> {
+        let prefix = [ks::ALLOWED_SENDERS.as_slice(), &ks::id_key(account_id)].concat();
+        let db = self.db();
+        let mut out = Vec::new();
+        for item in db.iterator_cf(&cf(&db, ks::SECURITY), IteratorMode::From(&prefix, Direction::Forward)) {
+            let (key, _) = item?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            out.push(String::from_utf8_lossy(&key[prefix.len()..]).into_owned());
+        }
+        Ok(out)
+    }
+
     /// What is known of a greylisting triplet.
     pub fn greylist(&self, triplet: &[u8; 16]) -> Result<Option<GreylistEntry>> {
         get(&self.db(), ks::SECURITY, &ks::greylist_key(triplet))
@@ -1024,6 +1068,102 @@ impl<'a> Tx<'a> {
                 Ok(Ok(Outcome::Done))
             }
             Command::PruneSecurity { greylist_before_ms, limit } => self.prune_security(greylist_before_ms, limit),
+            Command::Quarantine { blob, stored_after_index, size, summary, threading, account_ids, info } => {
+                let record = *self.blob_ref(blob)?;
+                let copy_may_be_deleted = record.deleted_at_index.is_some_and(|deleted| stored_after_index < deleted);
+                if record.deleting || copy_may_be_deleted {
+                    return Ok(Err(CommandError::BlobCollected { blob: blob.to_hex() }));
+                }
+                let now_ms = self.now_ms;
+                let mut ids = Vec::new();
+                for account_id in account_ids {
+                    if self.account(account_id)?.is_none() {
+                        continue;
+                    }
+                    let id = self.next_id(ks::META_NEXT_QUARANTINE_ID)?;
+                    let entry = QuarantineEntry {
+                        id,
+                        account_id,
+                        blob,
+                        size,
+                        received_ms: now_ms,
+                        sender: info.sender.clone(),
+                        from: info.from.clone(),
+                        subject: info.subject.clone(),
+                        reason: info.reason.clone(),
+                        notified: false,
+                        threading: threading.clone(),
+                    };
+                    self.put(ks::SECURITY, &ks::quarantine_key(account_id, id), &entry);
+                    self.put_raw(ks::SECURITY, &ks::quarantine_time_key(now_ms, account_id, id), Vec::new());
+                    let blob_ref = self.blob_ref(blob)?;
+                    blob_ref.count += 1;
+                    blob_ref.zero_since_ms = None;
+                    ids.push((account_id, id));
+                }
+                let blob_ref = self.blob_ref(blob)?;
+                blob_ref.deleted_at_index = None;
+                if blob_ref.count == 0 && blob_ref.zero_since_ms.is_none() {
+                    blob_ref.zero_since_ms = Some(now_ms);
+                }
+                if let (false, Some(summary)) = (ids.is_empty(), summary)
+                    && self.get_raw(ks::SUMMARIES, blob.as_bytes())?.is_none()
+                {
+                    self.put_raw(ks::SUMMARIES, blob.as_bytes(), summary);
+                }
+                Ok(Ok(Outcome::Quarantined { ids }))
+            }
+            Command::ReleaseQuarantined { account_id, id } => {
+                let Some(entry) = self.get::<QuarantineEntry>(ks::SECURITY, &ks::quarantine_key(account_id, id))?
+                else {
+                    return Ok(Err(CommandError::not_found("quarantined message", id)));
+                };
+                // The quarantine's reference keeps the blob, so no collection can race this.
+                let target = DeliveryTarget { account_id, mailbox_id: None };
+                let log_index = self.log_index;
+                let result = self.deliver(
+                    entry.blob,
+                    log_index,
+                    entry.size,
+                    entry.received_ms,
+                    Vec::new(),
+                    entry.threading.as_ref(),
+                    &[target],
+                )?;
+                if matches!(&result, Ok(Outcome::Delivered { results, .. })
+                    if matches!(results.first(), Some(DeliveryResult::Stored { .. })))
+                {
+                    self.drop_quarantined(account_id, &[id])?;
+                }
+                Ok(result)
+            }
+            Command::DropQuarantined { account_id, ids } => {
+                self.drop_quarantined(account_id, &ids)?;
+                Ok(Ok(Outcome::Done))
+            }
+            Command::MarkQuarantineNotified { account_id, ids } => {
+                for id in ids {
+                    let key = ks::quarantine_key(account_id, id);
+                    if let Some(mut entry) = self.get::<QuarantineEntry>(ks::SECURITY, &key)? {
+                        entry.notified = true;
+                        self.put(ks::SECURITY, &key, &entry);
+                    }
+                }
+                Ok(Ok(Outcome::Done))
+            }
+            Command::PurgeQuarantine { before_ms, limit } => self.purge_quarantine(before_ms, limit),
+            Command::SetAllowedSender { account_id, sender, allowed } => {
+                if self.account(account_id)?.is_none() {
+                    return Ok(Err(CommandError::not_found("account", account_id)));
+                }
+                let key = ks::allowed_sender_key(account_id, &sender.to_lowercase());
+                if allowed {
+                    self.put_raw(ks::SECURITY, &key, Vec::new());
+                } else {
+                    self.delete(ks::SECURITY, &key);
+                }
+                Ok(Ok(Outcome::Done))
+            }
             Command::RevokeNode { node_id } => {
                 let now_ms = self.now_ms;
                 self.put(ks::CLUSTER, &ks::revoked_node_key(node_id), &now_ms);
@@ -1370,6 +1510,15 @@ impl<'a> Tx<'a> {
         self.delete(ks::PRINCIPALS, &prefix);
         self.delete(ks::ADDRESSES, &ks::address_key(address).expect("resolved above"));
         self.delete(ks::LEASES, format!("pop3:{account_id}").as_bytes());
+        let quarantined: Vec<u64> = self
+            .scan::<QuarantineEntry>(ks::SECURITY, &[ks::QUARANTINE.as_slice(), &prefix].concat())?
+            .into_iter()
+            .map(|(_, entry)| entry.id)
+            .collect();
+        self.drop_quarantined(account_id, &quarantined)?;
+        for (key, _) in self.scan_raw(ks::SECURITY, &[ks::ALLOWED_SENDERS.as_slice(), &prefix].concat())? {
+            self.delete(ks::SECURITY, &key);
+        }
         // Open sessions and the search index learn that the account is gone.
         self.touched_accounts.push(account_id);
         Ok(Ok(Outcome::Done))
@@ -1436,6 +1585,48 @@ impl<'a> Tx<'a> {
                 self.delete(ks::SECURITY, &key);
                 removed += 1;
             }
+        }
+        Ok(Ok(Outcome::Pruned { removed, more }))
+    }
+
+    /// Removes quarantined messages of an account (unknown ids are skipped) and their blob
+    /// references.
+    fn drop_quarantined(&mut self, account_id: u64, ids: &[u64]) -> Result<()> {
+        for &id in ids {
+            let key = ks::quarantine_key(account_id, id);
+            if let Some(entry) = self.get::<QuarantineEntry>(ks::SECURITY, &key)? {
+                self.delete(ks::SECURITY, &key);
+                self.delete(ks::SECURITY, &ks::quarantine_time_key(entry.received_ms, account_id, id));
+                self.release_blob(entry.blob)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops quarantined messages older than `before_ms`, oldest first, at most `limit`.
+    fn purge_quarantine(&mut self, before_ms: u64, limit: u32) -> Result<CommandResult> {
+        let mut expired = Vec::new();
+        let mut more = false;
+        let start = ks::QUARANTINE_TIME.to_vec();
+        for item in self.db.iterator_cf(cf(self.db, ks::SECURITY), IteratorMode::From(&start, Direction::Forward)) {
+            let (key, _) = item?;
+            let Some(rest) = key.strip_prefix(ks::QUARANTINE_TIME.as_slice()) else { break };
+            let field = |range: std::ops::Range<usize>| {
+                rest.get(range).map(|bytes| u64::from_be_bytes(bytes.try_into().expect("8 bytes")))
+            };
+            let (Some(time), Some(account_id), Some(id)) = (field(0..8), field(8..16), field(16..24)) else { break };
+            if time >= before_ms {
+                break;
+            }
+            if expired.len() as u64 >= u64::from(limit) {
+                more = true;
+                break;
+            }
+            expired.push((account_id, id));
+        }
+        let removed = expired.len() as u64;
+        for (account_id, id) in expired {
+            self.drop_quarantined(account_id, &[id])?;
         }
         Ok(Ok(Outcome::Pruned { removed, more }))
     }

@@ -1036,3 +1036,71 @@ fn login_blocks_are_set_listed_lifted_and_lapse() {
     assert_eq!(pruned, Outcome::Pruned { removed: 1, more: false });
     assert!(store.blocks().unwrap().is_empty());
 }
+
+#[test]
+fn quarantined_messages_hold_their_blob_until_released_dropped_or_purged() {
+    let (_dir, store) = store();
+    apply_one(&store, Command::CreateDomain { name: "example.com".into() }).unwrap();
+    let Outcome::AccountCreated { account_id, .. } = apply_one(&store, account("a@example.com")).unwrap() else {
+        panic!("account")
+    };
+    let blob = BlobId::from_slice(&[7; 32]).unwrap();
+    let info = QuarantineInfo {
+        sender: "s@remote.test".into(),
+        from: None,
+        subject: Some("offer".into()),
+        reason: "spam score 11.0".into(),
+    };
+    let quarantine = |info: &QuarantineInfo| Command::Quarantine {
+        blob,
+        stored_after_index: 0,
+        size: 100,
+        summary: None,
+        threading: None,
+        account_ids: vec![account_id, 999],
+        info: info.clone(),
+    };
+    let Outcome::Quarantined { ids } = apply_at(&store, quarantine(&info), 1_000).unwrap() else { panic!("outcome") };
+    assert_eq!(ids.len(), 1, "the unknown account is skipped");
+    let Outcome::Quarantined { ids: second } = apply_at(&store, quarantine(&info), 5_000).unwrap() else {
+        panic!("outcome")
+    };
+    assert_eq!(store.blob_ref(&blob).unwrap().unwrap().count, 2);
+    assert_eq!(store.quarantined(account_id).unwrap().len(), 2);
+
+    // Released: in the INBOX, out of the quarantine, one reference moved.
+    let released = apply_one(&store, Command::ReleaseQuarantined { account_id, id: ids[0].1 }).unwrap();
+    assert!(
+        matches!(released, Outcome::Delivered { ref results, .. } if matches!(results[0], DeliveryResult::Stored { .. }))
+    );
+    let inbox = store.mailbox_by_name(account_id, "INBOX").unwrap().unwrap();
+    assert_eq!(store.messages(account_id, inbox.id).unwrap().len(), 1);
+    assert_eq!(store.blob_ref(&blob).unwrap().unwrap().count, 2);
+    assert!(matches!(
+        apply_one(&store, Command::ReleaseQuarantined { account_id, id: ids[0].1 }),
+        Err(CommandError::NotFound { .. })
+    ));
+    // Purged by age: the newer one survives a purge before 3,000, not one before 6,000.
+    assert_eq!(
+        apply_one(&store, Command::PurgeQuarantine { before_ms: 3_000, limit: 10 }).unwrap(),
+        Outcome::Pruned { removed: 0, more: false }
+    );
+    assert_eq!(
+        apply_one(&store, Command::PurgeQuarantine { before_ms: 6_000, limit: 10 }).unwrap(),
+        Outcome::Pruned { removed: 1, more: false }
+    );
+    assert!(store.quarantined(account_id).unwrap().is_empty());
+    assert_eq!(store.blob_ref(&blob).unwrap().unwrap().count, 1, "only the INBOX copy refers to it");
+    let _ = second;
+
+    // Allowed senders, case-insensitive, gone with the account.
+    apply_one(&store, Command::SetAllowedSender { account_id, sender: "News@Partner.test".into(), allowed: true })
+        .unwrap();
+    assert!(store.is_allowed_sender(account_id, "news@partner.test").unwrap());
+    assert_eq!(store.allowed_senders(account_id).unwrap(), vec!["news@partner.test".to_owned()]);
+    apply_at(&store, quarantine(&info), 7_000).unwrap();
+    apply_one(&store, Command::RemoveAccount { address: "a@example.com".into() }).unwrap();
+    assert!(!store.is_allowed_sender(account_id, "news@partner.test").unwrap());
+    assert!(store.quarantined(account_id).unwrap().is_empty());
+    assert_eq!(store.blob_ref(&blob).unwrap().unwrap().count, 0);
+}

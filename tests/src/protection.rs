@@ -429,3 +429,65 @@ s.quit()
     assert_eq!(refused, Some(9), "the 13th connection within the minute is refused");
     node.terminate().await;
 }
+
+#[tokio::test]
+async fn quarantine_holds_releases_deletes_notifies_and_allowed_senders_skip_it() {
+    let dns = Dnsmasq::start(&[]).await;
+    let config = format!(
+        "{}[antispam]\ntrusted_networks = []\nspf = false\n\n[[antispam.rules]]\nname = \"LOTTERY\"\n\
+header = \"Subject\"\npattern = \"(?i)lottery\"\nscore = 11.0\n",
+        dns.wmail_config()
+    );
+    let mut node = WmailNode::new(&config);
+    node.start().await;
+    assert_eq!(node.api(Method::POST, "/domains", Some(json!({ "name": "example.com" }))).await.0, StatusCode::CREATED);
+    let account = json!({ "address": "alice@example.com", "password": "alice password" });
+    assert_eq!(node.api(Method::POST, "/accounts", Some(account)).await.0, StatusCode::CREATED);
+    let cli = |args: &[&str]| crate::harness::succeeded(node.cli(args, None));
+
+    // Two messages over the quarantine threshold are accepted but held.
+    for n in 1..=2 {
+        let held = message("luck@remote.test", &format!("held{n}@remote.test"), "You won the LOTTERY", "claim\r\n");
+        assert_eq!(send(&node, "127.0.0.1", "luck@remote.test", &held).await.code, 250);
+    }
+    assert!(mailbox(&node, "INBOX").await.is_empty(), "held, not delivered");
+    let (status, held) = node.api(Method::GET, "/accounts/alice@example.com/quarantine", None).await;
+    assert_eq!(status, StatusCode::OK, "{held}");
+    let held = held.as_array().expect("entries").clone();
+    assert_eq!(held.len(), 2, "{held:?}");
+    assert_eq!(held[0]["subject"], "You won the LOTTERY");
+    assert!(held[0]["reason"].as_str().unwrap().contains("spam score 11.0"), "{held:?}");
+    let listed = cli(&["quarantine", "list"]);
+    assert!(listed.contains("You won the LOTTERY") && listed.contains("luck@remote.test"), "{listed}");
+
+    // The digest lists both, once.
+    assert!(cli(&["quarantine", "notify"]).contains("sent 1"));
+    assert!(cli(&["quarantine", "notify"]).contains("sent 0"), "already notified");
+    let digest = newest_inbox_text(&node).await;
+    assert!(digest.contains("2 message(s) held in quarantine"), "{digest}");
+    assert!(digest.contains(&format!("#{}", held[1]["id"])) && digest.contains("wmail quarantine release"), "{digest}");
+
+    // Release one (it arrives with the verdict's headers), delete the other.
+    let (first, second) = (held[0]["id"].to_string(), held[1]["id"].to_string());
+    assert!(cli(&["quarantine", "release", "alice@example.com", &first]).contains("delivered"));
+    let released = newest_inbox_text(&node).await;
+    assert!(
+        released.contains("Subject: [SPAM] You won the LOTTERY") && released.contains("X-Spam-Flag: YES"),
+        "{released}"
+    );
+    cli(&["quarantine", "delete", "alice@example.com", &second]);
+    assert!(cli(&["quarantine", "list", "alice@example.com"]).contains("empty"));
+    let failed = node.cli(&["quarantine", "release", "alice@example.com", &second], None);
+    assert!(!failed.status.success(), "a deleted message cannot be released");
+
+    // An allowed sender skips the thresholds.
+    cli(&["quarantine", "allow", "alice@example.com", "Luck@Remote.test"]);
+    assert!(cli(&["quarantine", "allowed", "alice@example.com"]).contains("luck@remote.test"));
+    let again = message("luck@remote.test", "allowed@remote.test", "LOTTERY news", "hello\r\n");
+    assert_eq!(send(&node, "127.0.0.1", "luck@remote.test", &again).await.code, 250);
+    let delivered = newest_inbox_text(&node).await;
+    assert!(delivered.contains("Subject: LOTTERY news") && delivered.contains("X-Spam-Status: No"), "{delivered}");
+    let (_, found) = node.api(Method::GET, "/security/verdicts?message_id=allowed@remote.test", None).await;
+    assert!(found["verdicts"][0]["verdict"]["checks"].to_string().contains("ALLOWED_SENDER"), "{found}");
+    node.terminate().await;
+}

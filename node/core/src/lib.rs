@@ -17,6 +17,7 @@ mod mailbox;
 pub mod message;
 mod outbound;
 pub mod password;
+mod quarantine;
 mod replicated;
 pub mod sasl;
 mod security;
@@ -49,6 +50,7 @@ pub use wmail_storage::{
 use wmail_storage::{BlobStore, CommandEnvelope, StateStore};
 pub use wmail_storage::{Change, FlagAction, MAILBOX_SEPARATOR, Threading};
 pub use wmail_storage::{DkimAlgorithm, DkimKey};
+pub use wmail_storage::{QuarantineEntry, QuarantineInfo};
 
 /// Where a node is in `wmail node drain`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

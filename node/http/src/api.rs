@@ -99,6 +99,13 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/search/status", get(search_status))
         .route("/security/verdicts", get(list_verdicts))
         .route("/security/blocks", get(list_blocks))
+        .route("/quarantine", get(list_all_quarantined))
+        .route("/quarantine/digests", axum::routing::post(send_quarantine_digests))
+        .route("/accounts/{address}/quarantine", get(list_quarantined))
+        .route("/accounts/{address}/quarantine/{id}", axum::routing::delete(drop_quarantined))
+        .route("/accounts/{address}/quarantine/{id}/release", axum::routing::post(release_quarantined))
+        .route("/accounts/{address}/allowed-senders", get(list_allowed_senders).post(allow_sender))
+        .route("/accounts/{address}/allowed-senders/{sender}", axum::routing::delete(disallow_sender))
         .route("/security/blocks/{kind}/{key}", axum::routing::delete(lift_block))
         .route("/search/reindex", get(reindex_progress).post(start_reindex))
         .route("/queue", get(list_queue))
@@ -748,6 +755,98 @@ async fn drain_node(
 ) -> ApiResult<Json<wmail_core::DrainReport>> {
     let grace = std::time::Duration::from_secs(request.grace_seconds.unwrap_or(60));
     Ok(Json(state.core.drain(grace).await?))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct LimitQuery {
+    limit: Option<usize>,
+}
+
+/// Quarantined messages of every account (default at most 1,000).
+async fn list_all_quarantined(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<LimitQuery>,
+) -> ApiResult<Json<Vec<wmail_core::QuarantineEntry>>> {
+    Ok(Json(state.core.all_quarantined(query.limit.unwrap_or(1_000))?))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct DigestRequest {
+    /// The retention the digest states (default 30 days).
+    retention_days: Option<u64>,
+}
+
+/// Sends the quarantine digests now (they also go out periodically).
+async fn send_quarantine_digests(
+    State(state): State<Arc<AppState>>,
+    JsonBody(request): JsonBody<DigestRequest>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let sent = state.core.send_quarantine_digests(request.retention_days.unwrap_or(30)).await?;
+    Ok(Json(serde_json::json!({ "sent": sent })))
+}
+
+/// An account's quarantined messages, oldest first.
+async fn list_quarantined(
+    State(state): State<Arc<AppState>>,
+    Path(address): Path<String>,
+) -> ApiResult<Json<Vec<wmail_core::QuarantineEntry>>> {
+    Ok(Json(state.core.quarantined(&address)?))
+}
+
+/// Delivers a quarantined message to the account's INBOX.
+async fn release_quarantined(
+    State(state): State<Arc<AppState>>,
+    Path((address, id)): Path<(String, u64)>,
+) -> ApiResult<StatusCode> {
+    state.core.release_quarantined(&address, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes a quarantined message without delivering it.
+async fn drop_quarantined(
+    State(state): State<Arc<AppState>>,
+    Path((address, id)): Path<(String, u64)>,
+) -> ApiResult<StatusCode> {
+    if !state.core.quarantined(&address)?.iter().any(|entry| entry.id == id) {
+        return Err(not_found("quarantined message", &id.to_string()));
+    }
+    state.core.drop_quarantined(&address, vec![id]).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The senders an account always accepts.
+async fn list_allowed_senders(
+    State(state): State<Arc<AppState>>,
+    Path(address): Path<String>,
+) -> ApiResult<Json<Vec<String>>> {
+    Ok(Json(state.core.allowed_senders(&address)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SenderBody {
+    sender: String,
+}
+
+/// Makes an account always accept a sender (its mail skips the spam thresholds).
+async fn allow_sender(
+    State(state): State<Arc<AppState>>,
+    Path(address): Path<String>,
+    JsonBody(body): JsonBody<SenderBody>,
+) -> ApiResult<StatusCode> {
+    state.core.set_allowed_sender(&address, &body.sender, true).await?;
+    Ok(StatusCode::CREATED)
+}
+
+/// Removes an allowed sender.
+async fn disallow_sender(
+    State(state): State<Arc<AppState>>,
+    Path((address, sender)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    state.core.set_allowed_sender(&address, &sender, false).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The login blocks in force on every node.

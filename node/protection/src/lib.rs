@@ -87,12 +87,16 @@ pub struct ProtectionConfig {
     pub subject_prefix: String,
     /// From this score on the message is filed in the recipient's Junk mailbox.
     pub junk_score: f32,
+    /// From this score on the message is held in the recipients' quarantine.
+    pub quarantine_score: f32,
     /// From this score on the message is refused at the end of its data (`550 5.7.1`).
     pub reject_score: f32,
     /// The clamd to scan with (`host:port` or `unix:/path`); `None`: no antivirus.
     pub clamd: Option<String>,
     /// What a clamd failure leads to.
     pub clamd_failure: ScanFailure,
+    /// Hold infected messages in quarantine instead of refusing them.
+    pub quarantine_viruses: bool,
     /// Messages larger than this are not scanned for content (their headers still get
     /// the sender checks that need no body).
     pub max_scan_size: usize,
@@ -148,9 +152,11 @@ impl ProtectionConfig {
             spam_score: 5.0,
             subject_prefix: "[SPAM]".into(),
             junk_score: 6.0,
+            quarantine_score: 10.0,
             reject_score: 15.0,
             clamd: None,
             clamd_failure: ScanFailure::TempFail,
+            quarantine_viruses: false,
             max_scan_size: 20 * 1024 * 1024,
             scan_memory: 512 * 1024 * 1024,
             greylist: None,
@@ -205,6 +211,8 @@ pub struct Envelope<'a> {
     pub connection: &'a ConnectionReport,
     /// The SPF results, when SPF ran.
     pub sender: Option<&'a SenderReport>,
+    /// Every recipient always accepts this sender: the score thresholds do not apply.
+    pub allowed_sender: bool,
 }
 
 /// The inbound checks of one node, shared by every SMTP session.
@@ -405,7 +413,11 @@ impl Protection {
                 Ok(clamd::ScanResult::Clean) => verdict.add("CLAMD", "clean", 0.0),
                 Ok(clamd::ScanResult::Infected(name)) => {
                     verdict.add("CLAMD", format!("infected: {name}"), 0.0);
-                    verdict.refuse(Refusal::permanent("5.7.1", format!("message contains a virus ({name})")));
+                    if self.config.quarantine_viruses {
+                        verdict.hold(&format!("virus {name}"));
+                    } else {
+                        verdict.refuse(Refusal::permanent("5.7.1", format!("message contains a virus ({name})")));
+                    }
                 }
                 Err(error) => {
                     tracing::warn!(%error, "clamd scan failed");
@@ -417,7 +429,10 @@ impl Protection {
             }
             self.metrics.observe("clamd", scan_started);
         }
-        verdict.decide(&self.config);
+        if envelope.allowed_sender {
+            verdict.add("ALLOWED_SENDER", "every recipient accepts this sender", 0.0);
+        }
+        verdict.decide(&self.config, envelope.allowed_sender);
         verdict.authentication_results = authentication.header;
         self.metrics.actions.with_label_values(&[verdict.action.label()]).inc();
         self.metrics.observe("message", started);
@@ -432,7 +447,7 @@ impl Protection {
         }
         verdict.add("SIZE", "over the scan limit: content not checked", 0.0);
         verdict.authentication_results = auth::envelope_only_header(&self.config.hostname, envelope);
-        verdict.decide(&self.config);
+        verdict.decide(&self.config, envelope.allowed_sender);
         verdict
     }
 

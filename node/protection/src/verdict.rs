@@ -58,6 +58,11 @@ pub enum Action {
         /// Why.
         reason: String,
     },
+    /// Held in the recipients' quarantine (released, dropped or purged later).
+    Quarantine {
+        /// Why.
+        reason: String,
+    },
     /// Refused at the end of the data.
     Refuse(Refusal),
 }
@@ -69,6 +74,7 @@ impl Action {
             Action::Deliver => "deliver",
             Action::Tag => "tag",
             Action::Junk { .. } => "junk",
+            Action::Quarantine { .. } => "quarantine",
             Action::Refuse(refusal) if refusal.code < 500 => "tempfail",
             Action::Refuse(_) => "reject",
         }
@@ -93,6 +99,9 @@ pub struct Verdict {
     /// Filing as junk asked for by a check (DMARC quarantine).
     #[serde(skip)]
     junk: Option<String>,
+    /// Quarantine asked for by a check (a virus, when so configured).
+    #[serde(skip)]
+    quarantine: Option<String>,
 }
 
 impl Verdict {
@@ -111,6 +120,11 @@ impl Verdict {
         }
     }
 
+    /// A check asks for the message to be held in quarantine.
+    pub fn hold(&mut self, reason: &str) {
+        self.quarantine.get_or_insert_with(|| reason.to_owned());
+    }
+
     /// A check asks for the message to be filed as junk.
     pub fn file_as_junk(&mut self, reason: &str) {
         self.junk.get_or_insert_with(|| reason.to_owned());
@@ -118,19 +132,25 @@ impl Verdict {
 
     /// Whether the message counts as spam (tagged, junk).
     pub fn is_spam(&self) -> bool {
-        matches!(self.action, Action::Tag | Action::Junk { .. })
+        matches!(self.action, Action::Tag | Action::Junk { .. } | Action::Quarantine { .. })
     }
 
-    /// Turns the checks into the action, by the thresholds of `config`.
-    pub(crate) fn decide(&mut self, config: &ProtectionConfig) {
-        let score = self.score;
+    /// Turns the checks into the action, by the thresholds of `config`. Mail from a
+    /// sender every recipient allows skips the score thresholds (not refusals or holds
+    /// that checks asked for).
+    pub(crate) fn decide(&mut self, config: &ProtectionConfig, allowed_sender: bool) {
+        let score = if allowed_sender { f32::MIN } else { self.score };
         self.action = if let Some(refusal) = self.refusal.clone() {
             Action::Refuse(refusal)
+        } else if let Some(reason) = self.quarantine.clone() {
+            Action::Quarantine { reason }
         } else if score >= config.reject_score {
             Action::Refuse(Refusal::permanent(
                 "5.7.1",
                 format!("message refused as spam (score {score:.1}, the limit is {:.1})", config.reject_score),
             ))
+        } else if score >= config.quarantine_score {
+            Action::Quarantine { reason: format!("spam score {score:.1}") }
         } else if let Some(reason) = self.junk.clone() {
             Action::Junk { reason }
         } else if score >= config.junk_score {
@@ -397,7 +417,7 @@ mod tests {
 Authentication-Results: other.test; spf=pass\r\nSubject: cheap\r\n pills\r\n\r\nbody\r\n";
         let mut verdict = Verdict::default();
         verdict.add("RULE", "matched", 5.5);
-        verdict.decide(&config());
+        verdict.decide(&config(), false);
         assert_eq!(verdict.action, Action::Tag);
         verdict.authentication_results = "Authentication-Results: mx.local.test; none\r\n".into();
         let stored = String::from_utf8(rewrite(&config(), &verdict, message)).unwrap();
@@ -412,16 +432,21 @@ Authentication-Results: other.test; spf=pass\r\nSubject: cheap\r\n pills\r\n\r\n
     fn thresholds_and_refusals_decide_the_action() {
         let mut verdict = Verdict::default();
         verdict.add("A", "x", 7.0);
-        verdict.decide(&config());
+        verdict.decide(&config(), false);
         assert!(matches!(verdict.action, Action::Junk { .. }));
-        verdict.add("B", "x", 8.0);
-        verdict.decide(&config());
+        verdict.add("B", "x", 4.0);
+        verdict.decide(&config(), false);
+        assert!(matches!(verdict.action, Action::Quarantine { .. }));
+        verdict.decide(&config(), true);
+        assert_eq!(verdict.action, Action::Deliver, "an allowed sender skips the thresholds");
+        verdict.add("C", "x", 4.0);
+        verdict.decide(&config(), false);
         assert!(matches!(&verdict.action, Action::Refuse(r) if r.code == 550));
         let mut tempfail = Verdict::default();
         tempfail.refuse(Refusal::temporary("4.3.0", "scanner down"));
         tempfail.refuse(Refusal::permanent("5.7.1", "virus"));
         tempfail.refuse(Refusal::temporary("4.3.0", "later"));
-        tempfail.decide(&config());
+        tempfail.decide(&config(), true);
         assert!(matches!(&tempfail.action, Action::Refuse(r) if r.text == "virus"));
     }
 

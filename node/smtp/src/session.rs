@@ -797,6 +797,10 @@ impl Session {
             recipients: &transaction.recipients,
             connection: self.connection_report.as_ref().unwrap_or_else(|| NO_REPORT.get_or_init(Default::default)),
             sender: transaction.sender_report.as_ref(),
+            allowed_sender: self
+                .core
+                .sender_allowed_by_all(&transaction.recipients, &transaction.reverse_path)
+                .unwrap_or(false),
         }
     }
 
@@ -926,7 +930,8 @@ impl Session {
     }
 
     /// Runs the inbound checks on a held message and starts its delivery as the verdict
-    /// says; returns the refusal instead when it is refused.
+    /// says; returns the final reply instead when the verdict settles it (refused, or held
+    /// in quarantine).
     async fn deliver_scanned(&mut self, transaction: &mut Transaction) -> Option<Reply> {
         let protection = self.protection.clone()?;
         let scan = transaction.body.as_mut()?.scan.take()?;
@@ -935,16 +940,36 @@ impl Session {
         }
         let verdict = protection.message(&self.envelope(transaction), &scan.data).await;
         self.log_verdict(transaction, &scan.data, &verdict);
+        let mut stored = scan.trace;
+        stored.extend_from_slice(&protection.rewrite(&verdict, &scan.data));
         let folder = match &verdict.action {
             Action::Refuse(refusal) => {
                 self.observer.message(if refusal.code >= 500 { "rejected" } else { "deferred" });
                 return Some(refusal_reply(refusal));
             }
+            Action::Quarantine { reason } => {
+                let headers = mail_parser::MessageParser::new().parse_headers(&scan.data);
+                let info = wmail_core::QuarantineInfo {
+                    sender: transaction.reverse_path.clone(),
+                    from: headers.as_ref().and_then(|m| m.from()?.first()?.address().map(str::to_owned)),
+                    subject: headers.as_ref().and_then(|m| m.subject().map(|s| s.chars().take(200).collect())),
+                    reason: reason.clone(),
+                };
+                drop(scan.data);
+                let body = futures::stream::once(async move { Ok(Bytes::from(stored)) });
+                let recipients = transaction.local_recipients();
+                return Some(match self.core.quarantine(&recipients, body, info).await {
+                    Ok(ids) => {
+                        self.observer.message("quarantined");
+                        tracing::info!(session = %self.id, held = ids.len(), "message held in quarantine");
+                        reply(250, "2.0.0", format!("OK: queued as {}.{}", self.id, self.messages + 1))
+                    }
+                    Err(error) => core_error_reply(&error),
+                });
+            }
             Action::Junk { .. } => Folder::Junk,
             Action::Deliver | Action::Tag => Folder::Inbox,
         };
-        let mut stored = scan.trace;
-        stored.extend_from_slice(&protection.rewrite(&verdict, &scan.data));
         drop(scan.data);
         let (sender, delivery) = self.spawn_delivery(transaction, folder);
         let body = transaction.body.as_mut()?;
@@ -1036,13 +1061,21 @@ impl Session {
             self.messages += 1;
             return for_all(reply(250, "2.0.0", "OK (acknowledged before the commit: WMAIL_TEST_ACK_BEFORE_COMMIT)"));
         }
-        let delivered = match body.delivery.take() {
+        // A refused message's delivery (if one started) ends with the closed channel.
+        let delivery = body.delivery.take();
+        if let Some(settled) = refusal {
+            if let Some(delivery) = delivery {
+                let _ = delivery.await;
+            }
+            if settled.is_positive() {
+                self.messages += 1; // held in quarantine
+            }
+            return for_all(settled);
+        }
+        let delivered = match delivery {
             Some(delivery) => delivery.await,
             None => Ok(Err(CoreError::internal("receiving a message", "no delivery was started"))),
         };
-        if let Some(refusal) = refusal {
-            return for_all(refusal);
-        }
         if let (Ok(Ok(submitted)), Some(report)) = (&delivered, &success_report) {
             self.report_success(report, submitted, body.assembler.header_section());
         }

@@ -99,8 +99,14 @@ pub struct AntispamSection {
     pub subject_prefix: String,
     /// Score from which a message goes to Junk.
     pub junk_score: f32,
+    /// Score from which a message is held in quarantine.
+    pub quarantine_score: f32,
     /// Score from which a message is refused.
     pub reject_score: f32,
+    /// Days quarantined messages are kept.
+    pub quarantine_retention_days: u64,
+    /// Hours between quarantine digests to users (0: none).
+    pub quarantine_digest_hours: u64,
     /// Largest message scanned, in MiB.
     pub max_scan_size_mb: u64,
     /// Memory for messages held for scanning, in MiB, all together.
@@ -202,7 +208,10 @@ impl Default for AntispamSection {
             spam_score: defaults.spam_score,
             subject_prefix: defaults.subject_prefix,
             junk_score: defaults.junk_score,
+            quarantine_score: defaults.quarantine_score,
             reject_score: defaults.reject_score,
+            quarantine_retention_days: 30,
+            quarantine_digest_hours: 24,
             max_scan_size_mb: 20,
             scan_memory_mb: 512,
             verdict_log_mb: 64,
@@ -221,11 +230,13 @@ pub struct AntivirusSection {
     pub clamd: String,
     /// `tempfail` or `accept` when clamd fails.
     pub on_failure: String,
+    /// `reject` or `quarantine` an infected message.
+    pub action: String,
 }
 
 impl Default for AntivirusSection {
     fn default() -> Self {
-        Self { clamd: String::new(), on_failure: "tempfail".into() }
+        Self { clamd: String::new(), on_failure: "tempfail".into(), action: "reject".into() }
     }
 }
 
@@ -292,6 +303,7 @@ impl Config {
         config.spam_score = spam.spam_score;
         config.subject_prefix = spam.subject_prefix.clone();
         config.junk_score = spam.junk_score;
+        config.quarantine_score = spam.quarantine_score;
         config.reject_score = spam.reject_score;
         config.max_scan_size = (spam.max_scan_size_mb as usize) << 20;
         config.scan_memory = (spam.scan_memory_mb as usize) << 20;
@@ -333,8 +345,19 @@ impl Config {
             }
             config.greylist = Some(settings);
         }
-        if !(config.spam_score <= config.junk_score && config.junk_score <= config.reject_score) {
-            bail!("[antispam] needs spam_score <= junk_score <= reject_score");
+        config.quarantine_viruses = match antivirus.action.as_str() {
+            "reject" => false,
+            "quarantine" => true,
+            other => bail!("[antivirus] action = {other:?}: use \"reject\" or \"quarantine\""),
+        };
+        if !(config.spam_score <= config.junk_score
+            && config.junk_score <= config.quarantine_score
+            && config.quarantine_score <= config.reject_score)
+        {
+            bail!("[antispam] needs spam_score <= junk_score <= quarantine_score <= reject_score");
+        }
+        if spam.quarantine_retention_days == 0 {
+            bail!("[antispam] quarantine_retention_days must be 1 or more (the seeds' default is 30)");
         }
         Ok(Some(config))
     }

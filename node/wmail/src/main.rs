@@ -83,6 +83,28 @@ enum Command {
     /// Login blocks and the inbound checks' verdicts.
     #[command(subcommand)]
     Security(SecurityCommand),
+    /// Messages the inbound checks held in quarantine, and senders accounts always accept.
+    #[command(subcommand)]
+    Quarantine(QuarantineCommand),
+}
+
+#[derive(Subcommand)]
+enum QuarantineCommand {
+    /// List held messages, of one account or all.
+    List { address: Option<String> },
+    /// Deliver a held message to the account's INBOX.
+    Release { address: String, id: u64 },
+    /// Delete a held message without delivering it.
+    Delete { address: String, id: u64 },
+    /// Make the account always accept a sender (its mail skips the spam thresholds).
+    #[command(after_help = "Example: wmail quarantine allow alice@example.com news@partner.example")]
+    Allow { address: String, sender: String },
+    /// Stop always accepting a sender.
+    Disallow { address: String, sender: String },
+    /// List the senders an account always accepts.
+    Allowed { address: String },
+    /// Send every account its digest of newly held messages now.
+    Notify,
 }
 
 #[derive(Subcommand)]
@@ -377,6 +399,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(command) => cluster(client()?, command).await,
         Command::Search(command) => search(client()?, command).await,
         Command::Security(command) => security(client()?, command).await,
+        Command::Quarantine(command) => quarantine(client()?, command).await,
         Command::Node(NodeCommand::Drain { grace }) => {
             let client = client()?;
             let report = client.call(Method::POST, "/node/drain", Some(json!({ "grace_seconds": grace }))).await?;
@@ -593,6 +616,69 @@ fn queue_line(entry: &serde_json::Value) -> String {
         entry["attempts"],
         recipients.join(", ")
     )
+}
+
+async fn quarantine(client: AdminClient, command: QuarantineCommand) -> anyhow::Result<()> {
+    let account = |address: &str| format!("/accounts/{}", admin::encode(address));
+    match command {
+        QuarantineCommand::List { address } => {
+            let path = match &address {
+                Some(address) => format!("{}/quarantine", account(address)),
+                None => "/quarantine".to_owned(),
+            };
+            let entries = client.call(Method::GET, &path, None).await?;
+            client.print(&entries, |entries| {
+                let rows: Vec<String> = entries
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|entry| {
+                        let received = entry["received_ms"].as_i64().and_then(chrono::DateTime::from_timestamp_millis);
+                        format!(
+                            "#{:<6} {}  account {}  from {}  \"{}\"  ({})",
+                            entry["id"],
+                            received.map(|t| t.format("%Y-%m-%d %H:%M").to_string()).unwrap_or_default(),
+                            entry["account_id"],
+                            entry["from"].as_str().or(entry["sender"].as_str()).unwrap_or_default(),
+                            entry["subject"].as_str().unwrap_or_default(),
+                            entry["reason"].as_str().unwrap_or_default()
+                        )
+                    })
+                    .collect();
+                if rows.is_empty() { "the quarantine is empty".to_owned() } else { rows.join("\n") }
+            });
+        }
+        QuarantineCommand::Release { address, id } => {
+            client.call(Method::POST, &format!("{}/quarantine/{id}/release", account(&address)), None).await?;
+            client.print(&json!({ "released": id }), |_| format!("delivered #{id} to {address}"));
+        }
+        QuarantineCommand::Delete { address, id } => {
+            client.call(Method::DELETE, &format!("{}/quarantine/{id}", account(&address)), None).await?;
+            client.print(&json!({ "deleted": id }), |_| format!("deleted #{id} from the quarantine of {address}"));
+        }
+        QuarantineCommand::Allow { address, sender } => {
+            let body = json!({ "sender": sender });
+            client.call(Method::POST, &format!("{}/allowed-senders", account(&address)), Some(body)).await?;
+            client.print(&json!({ "allowed": sender }), |_| format!("{address} now always accepts {sender}"));
+        }
+        QuarantineCommand::Disallow { address, sender } => {
+            let path = format!("{}/allowed-senders/{}", account(&address), admin::encode(&sender));
+            client.call(Method::DELETE, &path, None).await?;
+            client.print(&json!({ "disallowed": sender }), |_| format!("{address} no longer always accepts {sender}"));
+        }
+        QuarantineCommand::Notify => {
+            let report = client.call(Method::POST, "/quarantine/digests", Some(json!({}))).await?;
+            client.print(&report, |r| format!("sent {} quarantine digest(s)", r["sent"]));
+        }
+        QuarantineCommand::Allowed { address } => {
+            let senders = client.call(Method::GET, &format!("{}/allowed-senders", account(&address)), None).await?;
+            client.print(&senders, |senders| {
+                let list: Vec<&str> = senders.as_array().into_iter().flatten().filter_map(|s| s.as_str()).collect();
+                if list.is_empty() { format!("{address} has no allowed senders") } else { list.join("\n") }
+            });
+        }
+    }
+    Ok(())
 }
 
 async fn security(client: AdminClient, command: SecurityCommand) -> anyhow::Result<()> {

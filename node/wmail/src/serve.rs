@@ -70,7 +70,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     mail_listeners.extend(start_pop3(&config, &core, &tls, &mail_stop).await?);
     mail_listeners.extend(start_imap(&config, &core, &tls, &mail_stop).await?);
     let delivery = tokio::spawn(delivery_worker(&config, &core, &registry)?.run(mail_stop.clone()));
-    tokio::spawn(prune_security_state(Arc::downgrade(&core), config.antispam.greylist.retention()));
+    tokio::spawn(prune_security_state(Arc::downgrade(&core), config.antispam.clone()));
     let mail = {
         let (core, mut shutdown, mut drain) = (core.clone(), shutdown_rx.clone(), core.drain_state());
         tokio::spawn(async move {
@@ -210,21 +210,38 @@ fn delivery_worker(
     Ok(wmail_delivery::Worker::new(core.clone(), delivery, router, metrics))
 }
 
-/// Every hour the leader removes idle greylisting triplets and lapsed login blocks from the
-/// replicated state.
-async fn prune_security_state(core: std::sync::Weak<Core>, greylist_retention: Duration) {
+/// The leader's housekeeping of the protection state: every hour it removes idle
+/// greylisting triplets, lapsed blocks and quarantined messages past their retention; every
+/// `quarantine_digest_hours` it sends the quarantine digests.
+async fn prune_security_state(core: std::sync::Weak<Core>, settings: crate::config::AntispamSection) {
     let mut interval = tokio::time::interval(Duration::from_secs(3_600));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let digest_every = settings.quarantine_digest_hours;
+    let mut hours = 0u64;
     loop {
         interval.tick().await;
         let Some(core) = core.upgrade() else { return };
+        hours += 1;
         if core.raft_metrics().current_leader != Some(core.node_id()) {
             continue;
         }
-        match core.prune_security_state(greylist_retention).await {
+        match core.prune_security_state(settings.greylist.retention()).await {
             Ok(0) => {}
-            Ok(removed) => tracing::info!(removed, "pruned idle greylisting triplets and lapsed login blocks"),
-            Err(error) => tracing::warn!(%error, "pruning greylisting and login blocks failed; retrying in an hour"),
+            Ok(removed) => tracing::info!(removed, "pruned idle greylisting triplets and lapsed blocks"),
+            Err(error) => tracing::warn!(%error, "pruning greylisting and blocks failed; retrying in an hour"),
+        }
+        let retention = Duration::from_secs(settings.quarantine_retention_days * 86_400);
+        match core.purge_quarantine(retention).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "deleted quarantined messages past their retention"),
+            Err(error) => tracing::warn!(%error, "purging the quarantine failed; retrying in an hour"),
+        }
+        if digest_every > 0 && hours.is_multiple_of(digest_every) {
+            match core.send_quarantine_digests(settings.quarantine_retention_days).await {
+                Ok(0) => {}
+                Ok(sent) => tracing::info!(sent, "sent quarantine digests"),
+                Err(error) => tracing::warn!(%error, "sending quarantine digests failed; retrying next time"),
+            }
         }
     }
 }
