@@ -16,7 +16,7 @@ use crate::records::{
 
 /// Version of the command encoding this binary writes. A node that meets a higher version
 /// stops applying and asks the operator to upgrade (it never skips a command).
-pub const COMMAND_VERSION: u16 = 1;
+pub const COMMAND_VERSION: u16 = 2;
 
 /// A command plus what every node needs to apply it identically.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -240,8 +240,10 @@ pub enum Command {
     /// IPv6 per /64) or `account`. Lifting an absent block is `NotFound`.
     SetBlock { kind: String, key: String, block: Option<BlockRecord> },
     /// Records what a greylisting check learnt about a triplet (a hash of client network,
-    /// sender and recipient): first seen, or passed.
-    RecordGreylist { triplet: [u8; 16], entry: GreylistEntry },
+    /// sender and recipient): first seen, or passed. Applied only if the triplet is still
+    /// as the proposer read it (`previous`), so a node reading stale state, or two nodes
+    /// deciding at once, cannot undo a pass.
+    RecordGreylist { triplet: [u8; 16], entry: GreylistEntry, previous: Option<GreylistEntry> },
     /// Removes greylisting triplets idle since before `greylist_before_ms` (at most `limit`
     /// of them) and blocks that have lapsed.
     PruneSecurity { greylist_before_ms: u64, limit: u32 },
@@ -267,9 +269,12 @@ pub enum Command {
     /// Drops quarantined messages that arrived before `before_ms` (retention), at most
     /// `limit`.
     PurgeQuarantine { before_ms: u64, limit: u32 },
-    /// Adds (`allowed`) or removes a sender an account always accepts: its mail skips the
-    /// spam scoring and quarantine (not the antivirus or DMARC).
+    /// Adds (`allowed`) or removes a sender an account always accepts: when the sender is
+    /// authenticated (SPF or DMARC pass), its mail skips the score thresholds (not the
+    /// antivirus, blocked attachments or DMARC).
     SetAllowedSender { account_id: u64, sender: String, allowed: bool },
+    /// Learns a message's tokens (64-bit hashes) as spam or ham for a domain's classifier.
+    TrainBayes { domain: String, spam: bool, tokens: Vec<u64> },
 }
 
 /// What a successfully applied command produced.

@@ -135,6 +135,18 @@ pub fn allowed_sender_key(account_id: u64, sender: &str) -> Vec<u8> {
 /// Prefix of accounts' allowed senders in [`SECURITY`] (`allow/<account><sender>` -> empty).
 pub const ALLOWED_SENDERS: &[u8; 6] = b"allow/";
 
+/// Key of a token's (spam, ham) counts in a domain's classifier, in [`SECURITY`]
+/// (`bayes/<domain>\0<token>` -> two big-endian u64). The domain's message totals are
+/// under [`bayes_totals_key`].
+pub fn bayes_token_key(domain: &str, token: u64) -> Vec<u8> {
+    [b"bayes/".as_slice(), domain.as_bytes(), &[0], &token.to_be_bytes()].concat()
+}
+
+/// Key of a domain's trained (spam, ham) message totals in [`SECURITY`].
+pub fn bayes_totals_key(domain: &str) -> Vec<u8> {
+    [b"bayestotal/".as_slice(), domain.as_bytes()].concat()
+}
+
 /// Next quarantine entry id in [`META`].
 pub const META_NEXT_QUARANTINE_ID: &[u8] = b"next_quarantine_id";
 

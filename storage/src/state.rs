@@ -617,6 +617,21 @@ impl StateStore {
         Ok(out)
     }
 
+    /// A domain's classifier: its trained (spam, ham) message totals and each token's
+    /// (spam, ham) counts.
+    #[allow(clippy::type_complexity)]
+    pub fn bayes_counts(&self, domain: &str, tokens: &[u64]) -> Result<((u64, u64), Vec<(u64, u64)>)> {
+        let db = self.db();
+        let security = cf(&db, ks::SECURITY);
+        let totals = decode_pair(db.get_cf(&security, ks::bayes_totals_key(domain))?.as_deref());
+        let keys: Vec<Vec<u8>> = tokens.iter().map(|&token| ks::bayes_token_key(domain, token)).collect();
+        let mut counts = Vec::with_capacity(keys.len());
+        for value in db.multi_get_cf(keys.iter().map(|key| (&security, key))) {
+            counts.push(decode_pair(value?.as_deref()));
+        }
+        Ok((totals, counts))
+    }
+
     /// Whether an account always accepts mail from `sender`.
     pub fn is_allowed_sender(&self, account_id: u64, sender: &str) -> Result<bool> {
         Ok(self
@@ -1058,9 +1073,13 @@ impl<'a> Tx<'a> {
                 }
                 Ok(Ok(Outcome::Done))
             }
-            Command::RecordGreylist { triplet, entry } => {
+            Command::RecordGreylist { triplet, entry, previous } => {
                 let row = ks::greylist_key(&triplet);
-                if let Some(old) = self.get::<GreylistEntry>(ks::SECURITY, &row)? {
+                let current = self.get::<GreylistEntry>(ks::SECURITY, &row)?;
+                if current != previous {
+                    return Ok(Ok(Outcome::Done)); // changed meanwhile: the newer state stands
+                }
+                if let Some(old) = current {
                     self.delete(ks::SECURITY, &ks::greylist_time_key(old.last_activity_ms(), &triplet));
                 }
                 self.put(ks::SECURITY, &row, &entry);
@@ -1152,6 +1171,29 @@ impl<'a> Tx<'a> {
                 Ok(Ok(Outcome::Done))
             }
             Command::PurgeQuarantine { before_ms, limit } => self.purge_quarantine(before_ms, limit),
+            Command::TrainBayes { domain, spam, tokens } => {
+                let bump = |counts: Option<Vec<u8>>| {
+                    let (mut spam_count, mut ham_count) = decode_pair(counts.as_deref());
+                    if spam {
+                        spam_count += 1;
+                    } else {
+                        ham_count += 1;
+                    }
+                    [spam_count.to_be_bytes(), ham_count.to_be_bytes()].concat()
+                };
+                let totals = ks::bayes_totals_key(&domain);
+                let value = bump(self.get_raw(ks::SECURITY, &totals)?);
+                self.put_raw(ks::SECURITY, &totals, value);
+                let mut tokens = tokens;
+                tokens.sort_unstable();
+                tokens.dedup();
+                for token in tokens {
+                    let key = ks::bayes_token_key(&domain, token);
+                    let value = bump(self.get_raw(ks::SECURITY, &key)?);
+                    self.put_raw(ks::SECURITY, &key, value);
+                }
+                Ok(Ok(Outcome::Done))
+            }
             Command::SetAllowedSender { account_id, sender, allowed } => {
                 if self.account(account_id)?.is_none() {
                     return Ok(Err(CommandError::not_found("account", account_id)));
@@ -2248,3 +2290,14 @@ fn normalize_flags(flags: Vec<String>) -> Vec<String> {
 #[cfg(test)]
 #[path = "state_test.rs"]
 mod tests;
+
+/// Two big-endian u64 (a Bayes counter pair); zeros when absent or malformed.
+fn decode_pair(bytes: Option<&[u8]>) -> (u64, u64) {
+    match bytes {
+        Some(bytes) if bytes.len() == 16 => (
+            u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes")),
+            u64::from_be_bytes(bytes[8..].try_into().expect("8 bytes")),
+        ),
+        _ => (0, 0),
+    }
+}

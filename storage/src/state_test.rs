@@ -996,18 +996,22 @@ fn greylisting_triplets_move_in_the_expiry_index_and_idle_ones_are_pruned() {
     let (_dir, store) = store();
     let (a, b) = ([1u8; 16], [2u8; 16]);
     let seen = |first: u64, last: u64| GreylistEntry { first_seen_ms: first, passed_ms: None, last_seen_ms: last };
-    apply_one(&store, Command::RecordGreylist { triplet: a, entry: seen(1_000, 1_000) }).unwrap();
-    apply_one(&store, Command::RecordGreylist { triplet: b, entry: seen(2_000, 2_000) }).unwrap();
+    let record = |triplet, entry, previous| Command::RecordGreylist { triplet, entry, previous };
+    apply_one(&store, record(a, seen(1_000, 1_000), None)).unwrap();
+    apply_one(&store, record(b, seen(2_000, 2_000), None)).unwrap();
     // `a` passes later: its index entry moves, so pruning before 5,000 keeps it.
     let passed = GreylistEntry { first_seen_ms: 1_000, passed_ms: Some(9_000), last_seen_ms: 9_000 };
-    apply_one(&store, Command::RecordGreylist { triplet: a, entry: passed }).unwrap();
+    apply_one(&store, record(a, passed, Some(seen(1_000, 1_000)))).unwrap();
+    // A node that read stale state (nothing yet) cannot undo the pass.
+    apply_one(&store, record(a, seen(9_500, 9_500), None)).unwrap();
+    assert_eq!(store.greylist(&a).unwrap(), Some(passed));
     let pruned = apply_one(&store, Command::PruneSecurity { greylist_before_ms: 5_000, limit: 100 }).unwrap();
     assert_eq!(pruned, Outcome::Pruned { removed: 1, more: false });
     assert_eq!(store.greylist(&a).unwrap(), Some(passed));
     assert_eq!(store.greylist(&b).unwrap(), None);
     // The limit bounds one command's work and says there is more.
     for n in 0..5u8 {
-        apply_one(&store, Command::RecordGreylist { triplet: [10 + n; 16], entry: seen(3_000, 3_000) }).unwrap();
+        apply_one(&store, record([10 + n; 16], seen(3_000, 3_000), None)).unwrap();
     }
     let pruned = apply_one(&store, Command::PruneSecurity { greylist_before_ms: 5_000, limit: 3 }).unwrap();
     assert_eq!(pruned, Outcome::Pruned { removed: 3, more: true });

@@ -404,10 +404,13 @@ s.quit()
     client.command("MAIL FROM:<spammer@remote.test>", 250).await;
     let trapped = client.command("RCPT TO:<trap@example.com>", 550).await;
     assert!(trapped.text().contains("no such user"), "{trapped:?}");
-    client.command("RCPT TO:<alice@example.com>", 554).await;
-    let (_, greeting) = RawSmtp::connect_raw(node.smtp).await;
+    client.command("RCPT TO:<alice@example.com>", 550).await;
+    let (mut blocked, greeting) = RawSmtp::connect_raw(node.smtp).await;
     let greeting = greeting.expect("a reply");
     assert_eq!(greeting.code, 554, "{greeting:?}");
+    // RFC 5321 §3.1: then 503 to everything but QUIT.
+    blocked.command("EHLO client.test", 503).await;
+    blocked.command("QUIT", 221).await;
     let listed = crate::harness::succeeded(node.cli(&["security", "blocks", "list"], None));
     assert!(listed.contains("client") && listed.contains("127.0.0.1") && listed.contains("spam trap"), "{listed}");
     crate::harness::succeeded(node.cli(&["security", "blocks", "remove", "client", "127.0.0.1"], None));
@@ -432,9 +435,9 @@ s.quit()
 
 #[tokio::test]
 async fn quarantine_holds_releases_deletes_notifies_and_allowed_senders_skip_it() {
-    let dns = Dnsmasq::start(&[]).await;
+    let dns = Dnsmasq::start(&["--txt-record=remote.test,v=spf1 ip4:127.0.0.1 -all".into()]).await;
     let config = format!(
-        "{}[antispam]\ntrusted_networks = []\nspf = false\n\n[[antispam.rules]]\nname = \"LOTTERY\"\n\
+        "{}[antispam]\ntrusted_networks = []\n\n[[antispam.rules]]\nname = \"LOTTERY\"\n\
 header = \"Subject\"\npattern = \"(?i)lottery\"\nscore = 11.0\n",
         dns.wmail_config()
     );
@@ -489,5 +492,62 @@ header = \"Subject\"\npattern = \"(?i)lottery\"\nscore = 11.0\n",
     assert!(delivered.contains("Subject: LOTTERY news") && delivered.contains("X-Spam-Status: No"), "{delivered}");
     let (_, found) = node.api(Method::GET, "/security/verdicts?message_id=allowed@remote.test", None).await;
     assert!(found["verdicts"][0]["verdict"]["checks"].to_string().contains("ALLOWED_SENDER"), "{found}");
+    node.terminate().await;
+}
+
+#[tokio::test]
+async fn the_bayes_classifier_learns_from_moves_into_and_out_of_junk() {
+    let dns = Dnsmasq::start(&[]).await;
+    let config =
+        format!("{}[antispam]\ntrusted_networks = []\nspf = false\nbayes_min_messages = 2\n", dns.wmail_config());
+    let mut node = WmailNode::new(&config);
+    node.start().await;
+    assert_eq!(node.api(Method::POST, "/domains", Some(json!({ "name": "example.com" }))).await.0, StatusCode::CREATED);
+    let account = json!({ "address": "alice@example.com", "password": "alice password" });
+    assert_eq!(node.api(Method::POST, "/accounts", Some(account)).await.0, StatusCode::CREATED);
+
+    // Alice files two spam runs into Junk and rescues two newsletters from it.
+    let out = crate::harness::python(
+        &node,
+        r#"
+m = imaplib.IMAP4_SSL("127.0.0.1", IMAPS, ssl_context=ctx)
+m.login("alice@example.com", "alice password")
+spam = [b"Subject: cheap replica watches\r\n\r\nbuy cheap replica watches, rolex discount, order now\r\n",
+        b"Subject: replica rolex discount\r\n\r\ncheap watches order now, best replica prices\r\n"]
+ham = [b"Subject: project meeting notes\r\n\r\nthe quarterly project meeting agenda and budget review\r\n",
+       b"Subject: budget review agenda\r\n\r\nnotes from the project meeting about the quarterly budget\r\n"]
+for body in spam:
+    m.append("INBOX", None, None, body)
+for body in ham:
+    m.append("Junk", None, None, body)
+m.select("INBOX")
+typ, data = m.uid("SEARCH", None, "ALL")
+for uid in data[0].split():
+    assert m.uid("MOVE", uid, "Junk")[0] == "OK"
+m.select("Junk")
+typ, data = m.uid("SEARCH", None, "SUBJECT", "project")
+typ2, data2 = m.uid("SEARCH", None, "SUBJECT", "budget")
+for uid in set(data[0].split() + data2[0].split()):
+    assert m.uid("MOVE", uid, "INBOX")[0] == "OK"
+m.logout()
+"#,
+    );
+    assert!(out.is_empty(), "{out}");
+
+    // New mail in the same vein is scored by what she taught.
+    let spammy =
+        message("deals@remote.test", "spammy@remote.test", "cheap rolex", "replica watches discount order now\r\n");
+    assert_eq!(send(&node, "127.0.0.1", "deals@remote.test", &spammy).await.code, 250);
+    let hammy = message("boss@remote.test", "hammy@remote.test", "meeting", "the project budget agenda\r\n");
+    assert_eq!(send(&node, "127.0.0.1", "boss@remote.test", &hammy).await.code, 250);
+    let probability = |found: &Value| -> f64 {
+        let checks = found["verdicts"][0]["verdict"]["checks"].as_array().expect("checks").clone();
+        let bayes = checks.iter().find(|check| check["name"] == "BAYES").unwrap_or_else(|| panic!("no BAYES: {found}"));
+        bayes["result"].as_str().unwrap().trim_start_matches("spam probability ").parse().unwrap()
+    };
+    let (_, found) = node.api(Method::GET, "/security/verdicts?message_id=spammy@remote.test", None).await;
+    assert!(probability(&found) > 0.9, "{found}");
+    let (_, found) = node.api(Method::GET, "/security/verdicts?message_id=hammy@remote.test", None).await;
+    assert!(probability(&found) < 0.1, "{found}");
     node.terminate().await;
 }

@@ -6,6 +6,7 @@
 //! the command is committed and applied on this node. Reads come from the local state.
 
 mod address;
+pub mod bayes;
 mod cluster;
 mod disk;
 pub mod dkim;

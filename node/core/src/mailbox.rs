@@ -421,6 +421,19 @@ impl Core {
         let command = Command::CopyMessages { account_id, from_mailbox, uids, to_mailbox, remove_source };
         match self.execute(command).await? {
             Outcome::Copied { uid_validity, source_uids, new_uids } => {
+                // What users file into or out of Junk teaches the domain's spam classifier.
+                let use_of = |id| -> Option<String> { self.state.mailbox(account_id, id).ok()??.special_use };
+                let (from_use, to_use) = (use_of(from_mailbox), use_of(to_mailbox));
+                let lesson = match (from_use.as_deref(), to_use.as_deref()) {
+                    (from, Some("\\Junk")) if from != Some("\\Junk") => Some(true),
+                    (Some("\\Junk"), to) if !matches!(to, Some("\\Junk" | "\\Trash")) => Some(false),
+                    _ => None,
+                };
+                if let Some(spam) = lesson
+                    && let Err(error) = self.learn(account_id, to_mailbox, &new_uids, spam).await
+                {
+                    tracing::warn!(%error, "learning from a move into or out of Junk failed");
+                }
                 Ok(CopyResult { uid_validity, source_uids, new_uids })
             }
             other => Err(unexpected("copying messages", other)),

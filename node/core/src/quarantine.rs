@@ -9,8 +9,20 @@ use wmail_storage::{Command, Outcome, QuarantineEntry, QuarantineInfo};
 use crate::{Core, CoreError, DeliveryResult, ErrorCode, Result, normalize_address, now_ms};
 
 impl Core {
+    /// Whether any of `recipients` forwards elsewhere (then a message cannot be held in
+    /// quarantine without losing the forwarded copy; file it as junk instead).
+    pub fn recipients_forward(&self, recipients: &[String]) -> Result<bool> {
+        for recipient in recipients {
+            if !self.resolve_with_forwards(recipient)?.forwards.is_empty() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Stores a message once and holds it in the quarantine of every local account the
-    /// recipients lead to (forwards are not followed). Returns the (account, id) pairs.
+    /// recipients lead to (see [`Core::recipients_forward`] first). Returns the (account,
+    /// id) pairs.
     pub async fn quarantine<S>(&self, recipients: &[String], body: S, info: QuarantineInfo) -> Result<Vec<(u64, u64)>>
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send,
@@ -40,6 +52,10 @@ impl Core {
             info,
         };
         match self.execute(command).await? {
+            // Every account went away meanwhile: nothing holds the message.
+            Outcome::Quarantined { ids } if ids.is_empty() => {
+                Err(CoreError::new(ErrorCode::Unavailable, "the recipients' accounts changed; try again"))
+            }
             Outcome::Quarantined { ids } => Ok(ids),
             other => Err(CoreError::internal("quarantining", format!("unexpected outcome {other:?}"))),
         }

@@ -125,8 +125,8 @@ impl Core {
                 (GreylistDecision::Defer { retry_in: policy.delay }, Some(first))
             }
         };
-        if let Some(entry) = record
-            && let Err(error) = self.execute(Command::RecordGreylist { triplet, entry }).await
+        if let Some(record) = record
+            && let Err(error) = self.execute(Command::RecordGreylist { triplet, entry: record, previous: entry }).await
         {
             tracing::warn!(%error, "cannot record a greylisting triplet; the message is not held back for it");
             return Ok(GreylistDecision::Pass);

@@ -783,7 +783,8 @@ async fn send_quarantine_digests(
     State(state): State<Arc<AppState>>,
     JsonBody(request): JsonBody<DigestRequest>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let sent = state.core.send_quarantine_digests(request.retention_days.unwrap_or(30)).await?;
+    let configured = state.protection.as_ref().map_or(30, |protection| protection.config().quarantine_retention_days);
+    let sent = state.core.send_quarantine_digests(request.retention_days.unwrap_or(configured)).await?;
     Ok(Json(serde_json::json!({ "sent": sent })))
 }
 

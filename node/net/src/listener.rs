@@ -86,8 +86,21 @@ impl Occupancy {
         let now = std::time::Instant::now();
         if self.rates.len() >= MAX_RATE_ENTRIES {
             self.rates.retain(|_, (start, _)| now.duration_since(*start) < RATE_WINDOW);
+            if self.rates.len() >= MAX_RATE_ENTRIES / 2 {
+                // A flood of distinct addresses: start every window afresh rather than scan
+                // a full table on every accept.
+                self.rates.clear();
+            }
         }
-        let (start, count) = self.rates.entry(ip).or_insert((now, 0));
+        // IPv6 clients are counted per /64, the block one subscriber usually holds.
+        let key = match ip {
+            IpAddr::V6(v6) => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+            v4 => v4,
+        };
+        let (start, count) = self.rates.entry(key).or_insert((now, 0));
         if now.duration_since(*start) >= RATE_WINDOW {
             *start = now;
             *count = 0;
@@ -157,6 +170,9 @@ impl Admission {
     /// Applies the limits to the client at `peer` and starts its session in its own task
     /// (with implicit TLS, the handshake runs first, in that task), or refuses it.
     fn admit(&self, tcp: TcpStream, peer: SocketAddr) {
+        // On a dual-stack listener IPv4 clients arrive as ::ffff:a.b.c.d; every limit,
+        // block and check must see them as the IPv4 addresses they are.
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let (name, limits) = (self.name, &self.limits);
         let refusal = {
             let mut occupancy = self.occupancy.lock().expect("occupancy lock");

@@ -85,6 +85,9 @@ pub(crate) struct Authentication {
     pub refusal: Option<Refusal>,
     /// A DMARC `quarantine` policy applied.
     pub quarantine: bool,
+    /// The envelope sender's domain is authenticated (SPF pass for MAIL FROM, or DMARC
+    /// pass): only then may an allowed-sender entry count.
+    pub sender_verified: bool,
     /// (check, result, score) for the verdict.
     checks: Vec<(&'static str, String, f32)>,
 }
@@ -144,6 +147,7 @@ pub(crate) async fn check_message(
             header: envelope_only_header(hostname, envelope),
             refusal: None,
             quarantine: false,
+            sender_verified: false,
             checks,
         };
     };
@@ -182,10 +186,12 @@ pub(crate) async fn check_message(
     };
     let mut refusal = None;
     let mut quarantine = false;
+    let mut sender_verified = spf.result() == SpfResult::Pass;
     if let Some(enforcement) = config.dmarc {
         let domain = mail_from_domain(envelope.mail_from, envelope.helo);
         let dmarc = authenticator.verify_dmarc(DmarcParameters::new(&parsed, &dkim, domain, &spf)).await;
         let failed = matches!(dmarc.result(), DmarcResult::Fail(_));
+        sender_verified |= dmarc.result() == DmarcResult::Pass;
         let policy = dmarc.policy();
         let score = if failed {
             3.0
@@ -228,7 +234,7 @@ pub(crate) async fn check_message(
         use mail_auth::common::headers::HeaderWriter;
         header.push_str(&results.to_header());
     }
-    Authentication { header, refusal, quarantine, checks }
+    Authentication { header, refusal, quarantine, sender_verified, checks }
 }
 
 /// An `Authentication-Results` header with only the SPF results of the envelope (a message

@@ -13,9 +13,11 @@ use crate::{ConfigError, ProtectionConfig};
 /// Most text of a message the body rules and keywords look at (the start of the text
 /// parts; spam puts its payload early).
 const MAX_SCANNED_TEXT: usize = 256 * 1024;
-/// Most entries of a zip archive listed, and the deepest nesting of archives opened.
-const MAX_ARCHIVE_ENTRIES: usize = 10_000;
+/// Most entries of a zip archive listed, the deepest nesting of archives opened, and the
+/// most bytes decompressed for one message (zip bombs stop there).
+const MAX_ARCHIVE_ENTRIES: usize = 1_000;
 const MAX_ARCHIVE_DEPTH: usize = 2;
+const MAX_UNZIPPED_BYTES: u64 = 32 * 1024 * 1024;
 
 /// What a rule looks at.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,9 +127,10 @@ impl ContentChecks {
                 }
             }
         }
+        let mut budget = MAX_UNZIPPED_BYTES;
         for attachment in message.attachments() {
             let name = attachment.attachment_name().unwrap_or("").to_owned();
-            if let Some(reason) = self.blocked(&name, attachment.contents(), 0) {
+            if let Some(reason) = self.blocked(&name, attachment.contents(), 0, &mut budget) {
                 verdict.add("ATTACHMENT", reason.clone(), 0.0);
                 verdict.refuse(Refusal::permanent("5.7.1", format!("attachment refused: {reason}")));
                 return;
@@ -136,7 +139,7 @@ impl ContentChecks {
     }
 
     /// Why an attachment (or an entry of an archive) is refused, if it is.
-    fn blocked(&self, name: &str, contents: &[u8], depth: usize) -> Option<String> {
+    fn blocked(&self, name: &str, contents: &[u8], depth: usize, budget: &mut u64) -> Option<String> {
         let lower = name.to_lowercase();
         if let Some((_, extension)) = lower.rsplit_once('.')
             && self.blocked_extensions.iter().any(|blocked| blocked == extension)
@@ -150,22 +153,27 @@ impl ContentChecks {
             }
         }
         if contents.starts_with(b"PK\x03\x04") && depth < MAX_ARCHIVE_DEPTH {
-            return self.blocked_in_zip(name, contents, depth + 1);
+            return self.blocked_in_zip(name, contents, depth + 1, budget);
         }
         None
     }
 
-    fn blocked_in_zip(&self, name: &str, contents: &[u8], depth: usize) -> Option<String> {
+    fn blocked_in_zip(&self, name: &str, contents: &[u8], depth: usize, budget: &mut u64) -> Option<String> {
         let Ok(mut archive) = zip::ZipArchive::new(std::io::Cursor::new(contents)) else { return None };
         for index in 0..archive.len().min(MAX_ARCHIVE_ENTRIES) {
+            if *budget == 0 {
+                break;
+            }
             let Ok(mut entry) = archive.by_index(index) else { continue };
             let entry_name = entry.name().to_owned();
-            // Only the first bytes are needed to recognise a program or a nested archive;
-            // a nested archive is read whole up to a bound (zip bombs stop there).
+            // Only the first bytes are needed to recognise a program; a nested archive is
+            // read whole, within what is left of the message's decompression budget.
+            let nested = entry_name.to_lowercase().ends_with(".zip");
+            let limit = if nested { entry.size().min(*budget) } else { 4 };
             let mut head = Vec::new();
-            let limit = if entry_name.to_lowercase().ends_with(".zip") { 16 * 1024 * 1024 } else { 4 };
             let _ = (&mut entry).take(limit).read_to_end(&mut head);
-            if let Some(reason) = self.blocked(&entry_name, &head, depth) {
+            *budget = budget.saturating_sub(head.len() as u64);
+            if let Some(reason) = self.blocked(&entry_name, &head, depth, budget) {
                 return Some(format!("{reason} inside {name:?}"));
             }
         }

@@ -9,7 +9,7 @@ use hickory_resolver::TokioResolver;
 /// What a listing in a zone leads to.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum DnsblAction {
-    /// Refuse the client (at MAIL FROM, `554 5.7.1`).
+    /// Refuse the client (at MAIL FROM, `550 5.7.1`).
     Reject,
     /// Add this to the message's spam score.
     Score(f32),

@@ -89,6 +89,8 @@ pub struct ProtectionConfig {
     pub junk_score: f32,
     /// From this score on the message is held in the recipients' quarantine.
     pub quarantine_score: f32,
+    /// Days quarantined messages are kept (stated in digests).
+    pub quarantine_retention_days: u64,
     /// From this score on the message is refused at the end of its data (`550 5.7.1`).
     pub reject_score: f32,
     /// The clamd to scan with (`host:port` or `unix:/path`); `None`: no antivirus.
@@ -105,6 +107,10 @@ pub struct ProtectionConfig {
     pub scan_memory: usize,
     /// Greylisting (RFC 6647), when on.
     pub greylist: Option<GreylistSettings>,
+    /// Ask the Bayesian classifier (trained from users' moves into and out of Junk).
+    pub bayes: bool,
+    /// Spam and ham messages a domain's classifier must have learnt before it is asked.
+    pub bayes_min_messages: u64,
     /// Spam-trap addresses (lower case): a client that sends to one is blocked.
     pub trap_addresses: Vec<String>,
     /// How long a spam-trap hit blocks the client, on every node.
@@ -153,6 +159,7 @@ impl ProtectionConfig {
             subject_prefix: "[SPAM]".into(),
             junk_score: 6.0,
             quarantine_score: 10.0,
+            quarantine_retention_days: 30,
             reject_score: 15.0,
             clamd: None,
             clamd_failure: ScanFailure::TempFail,
@@ -162,6 +169,8 @@ impl ProtectionConfig {
             greylist: None,
             trap_addresses: Vec::new(),
             trap_block: std::time::Duration::from_secs(15 * 60),
+            bayes: true,
+            bayes_min_messages: 50,
         }
     }
 }
@@ -213,6 +222,8 @@ pub struct Envelope<'a> {
     pub sender: Option<&'a SenderReport>,
     /// Every recipient always accepts this sender: the score thresholds do not apply.
     pub allowed_sender: bool,
+    /// The Bayesian classifier's spam probability for the message, once it is trained.
+    pub bayes: Option<f64>,
 }
 
 /// The inbound checks of one node, shared by every SMTP session.
@@ -406,7 +417,25 @@ impl Protection {
         } else if authentication.quarantine {
             verdict.file_as_junk("the sender domain's DMARC policy asks for quarantine");
         }
-        self.content.check(message, &mut verdict);
+        if let Some(probability) = envelope.bayes {
+            // SpamAssassin's BAYES_* bands, roughly.
+            let score = match probability {
+                p if p >= 0.99 => 3.5,
+                p if p >= 0.95 => 3.0,
+                p if p >= 0.80 => 2.0,
+                p if p >= 0.60 => 1.0,
+                p if p <= 0.01 => -2.0,
+                p if p <= 0.05 => -1.0,
+                _ => 0.0,
+            };
+            verdict.add("BAYES", format!("spam probability {probability:.3}"), score);
+        }
+        // Parsing and unpacking are CPU work: off the async workers when the runtime allows.
+        if tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+            tokio::task::block_in_place(|| self.content.check(message, &mut verdict));
+        } else {
+            self.content.check(message, &mut verdict);
+        }
         if let Some(clamd) = &self.clamd {
             let scan_started = Instant::now();
             match clamd.scan(message).await {
@@ -429,10 +458,13 @@ impl Protection {
             }
             self.metrics.observe("clamd", scan_started);
         }
+        // An allowed sender counts only when authenticated: MAIL FROM is easy to forge.
+        let allowed = envelope.allowed_sender && authentication.sender_verified;
         if envelope.allowed_sender {
-            verdict.add("ALLOWED_SENDER", "every recipient accepts this sender", 0.0);
+            let result = if allowed { "every recipient accepts this sender" } else { "not authenticated: ignored" };
+            verdict.add("ALLOWED_SENDER", result, 0.0);
         }
-        verdict.decide(&self.config, envelope.allowed_sender);
+        verdict.decide(&self.config, allowed);
         verdict.authentication_results = authentication.header;
         self.metrics.actions.with_label_values(&[verdict.action.label()]).inc();
         self.metrics.observe("message", started);
@@ -447,7 +479,8 @@ impl Protection {
         }
         verdict.add("SIZE", "over the scan limit: content not checked", 0.0);
         verdict.authentication_results = auth::envelope_only_header(&self.config.hostname, envelope);
-        verdict.decide(&self.config, envelope.allowed_sender);
+        let verified = envelope.sender.is_some_and(|sender| sender.mail_from_result() == "pass");
+        verdict.decide(&self.config, envelope.allowed_sender && verified);
         verdict
     }
 

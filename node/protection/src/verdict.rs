@@ -221,6 +221,29 @@ fn fields(header: &[u8]) -> Vec<(usize, usize)> {
     fields
 }
 
+/// The authserv-id of an `Authentication-Results` value (RFC 8601 §2.2), leading CFWS
+/// (comments included) skipped.
+fn authserv_id(value: &str) -> &str {
+    let mut rest = value.trim_start();
+    while let Some(comment) = rest.strip_prefix('(') {
+        let mut depth = 1;
+        let mut end = comment.len();
+        for (index, c) in comment.char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                _ => {}
+            }
+            if depth == 0 {
+                end = index + 1;
+                break;
+            }
+        }
+        rest = comment[end.min(comment.len())..].trim_start();
+    }
+    rest.split([';', ' ', '\t', '\r', '\n', '(']).next().unwrap_or("")
+}
+
 /// The stored form of a message: the verdict's headers first, `Authentication-Results`
 /// fields that claim this server's authserv-id removed (RFC 8601 §5: a receiver must not
 /// trust or pass on results it did not produce under its own name), and spam's subject
@@ -239,10 +262,13 @@ pub(crate) fn rewrite(config: &ProtectionConfig, verdict: &Verdict, message: &[u
         let name = String::from_utf8_lossy(&field[..colon]).trim().to_ascii_lowercase();
         if name == "authentication-results" {
             let value = String::from_utf8_lossy(&field[colon + 1..]).to_ascii_lowercase();
-            let authserv_id = value.trim_start().split([';', ' ', '\t', '\r', '\n']).next().unwrap_or("");
-            if authserv_id == ours {
+            if authserv_id(&value) == ours {
                 continue;
             }
+        }
+        // Only this server's verdict headers are trusted: a sender's own are dropped.
+        if name.starts_with("x-spam-") || name == "x-virus-scanned" {
+            continue;
         }
         if name == "subject" && verdict.is_spam() && !config.subject_prefix.is_empty() && !prefixed {
             prefixed = true;
@@ -414,6 +440,7 @@ mod tests {
     #[test]
     fn forged_results_are_dropped_and_spam_subjects_prefixed() {
         let message = b"Authentication-Results: MX.local.test; dkim=pass\r\n (forged)\r\n\
+Authentication-Results: (hidden (nested)) mx.local.test; dkim=pass (forged too)\r\nX-Spam-Status: No (forged)\r\n\
 Authentication-Results: other.test; spf=pass\r\nSubject: cheap\r\n pills\r\n\r\nbody\r\n";
         let mut verdict = Verdict::default();
         verdict.add("RULE", "matched", 5.5);

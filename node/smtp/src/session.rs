@@ -62,6 +62,9 @@ struct BodyInProgress {
     scan: Option<ScanBuffer>,
     /// The verdict on a message that outgrew the scan limit and was streamed unscanned.
     unscanned: Option<Verdict>,
+    /// The reply already decided for the message (an unscanned one refused on what the
+    /// envelope showed); the rest of its data is discarded.
+    settled: Option<Reply>,
 }
 
 /// A message held for the inbound checks.
@@ -187,6 +190,8 @@ pub struct Session {
     helo_refusal: Option<Refusal>,
     /// The client sent to a spam trap: nothing more is accepted from it.
     trapped: bool,
+    /// The client is blocked and got 554 instead of the greeting.
+    refused_at_greeting: bool,
     /// Per-user sending limits (authenticated senders).
     send_limits: Option<Arc<SendLimiter>>,
     messages: u64,
@@ -228,6 +233,7 @@ impl Session {
             connection_report: None,
             helo_refusal: None,
             trapped: false,
+            refused_at_greeting: false,
             send_limits,
             messages: 0,
             rsets: 0,
@@ -254,11 +260,14 @@ impl Session {
         tracing::info!(session = %self.id, peer = %self.peer, tls = self.is_tls(), "smtp session started");
         // RFC 5321 §4.2: the greeting carries no enhanced status code (RFC 2034 §3).
         let kind = if self.config.mode == Mode::Lmtp { "LMTP" } else { "ESMTP" };
-        // A client blocked for sending to a spam trap gets 554 instead of the greeting
-        // (RFC 5321 §3.1) until its block lapses.
-        if self.protection.is_some()
-            && let Ok(Some(until_ms)) = self.core.client_block(self.peer.ip())
-        {
+        // A client blocked for sending to a spam trap gets 554 instead of the greeting until
+        // its block lapses; RFC 5321 §3.1: the session then waits for QUIT and answers any
+        // other command with 503.
+        let blocked = match &self.protection {
+            Some(_) => self.core.client_block(self.peer.ip()).ok().flatten(),
+            None => None,
+        };
+        if let Some(until_ms) = blocked {
             let until = chrono::DateTime::from_timestamp_millis(until_ms as i64).unwrap_or_default();
             let text = format!(
                 "{} your address {} is blocked until {} UTC for sending to a spam trap",
@@ -266,14 +275,14 @@ impl Session {
                 self.peer.ip(),
                 until.format("%Y-%m-%d %H:%M")
             );
-            self.send(reply(554, "5.7.1", text));
-            self.connection.close(Duration::from_secs(5)).await;
+            self.send(reply(554, "", text));
             tracing::info!(session = %self.id, peer = %self.peer, "blocked client refused");
-            return;
+            self.refused_at_greeting = true;
+        } else {
+            let greeting = format!("{} {kind} wmail ready", self.config.hostname);
+            self.send(reply(220, "", greeting));
         }
-        let greeting = format!("{} {kind} wmail ready", self.config.hostname);
-        self.send(reply(220, "", greeting));
-        if let Some(protection) = self.protection.clone() {
+        if let Some(protection) = self.protection.clone().filter(|_| !self.refused_at_greeting) {
             let client = self.peer.ip();
             self.connection_check = Some(tokio::spawn(async move { protection.connection(client).await }));
         }
@@ -329,6 +338,14 @@ impl Session {
             }
         };
         tracing::debug!(session = %self.id, command = request.name(), "command");
+        if self.refused_at_greeting {
+            if matches!(request, Request::Quit) {
+                self.send(reply(221, "2.0.0", format!("{} closing connection", self.config.hostname)));
+                return Ok(Flow::Close);
+            }
+            self.send(reply(503, "5.5.1", "this server refused the connection; send QUIT"));
+            return Ok(Flow::Continue);
+        }
         match request {
             // RFC 2033 §4.1: LMTP knows LHLO only; SMTP does not know it.
             Request::Lhlo { host } if self.config.mode == Mode::Lmtp => self.ehlo(host, true).await,
@@ -449,7 +466,7 @@ impl Session {
 
     async fn mail(&mut self, from: smtp_proto::MailFrom<String>) -> io::Result<()> {
         if self.trapped {
-            self.send(reply(554, "5.7.1", "your address is blocked"));
+            self.send(reply(550, "5.7.1", "your address is blocked"));
             return Ok(());
         }
         if self.helo.is_none() {
@@ -527,7 +544,7 @@ impl Session {
 
     async fn rcpt(&mut self, to: smtp_proto::RcptTo<String>) -> io::Result<()> {
         if self.trapped {
-            self.send(reply(554, "5.7.1", "your address is blocked"));
+            self.send(reply(550, "5.7.1", "your address is blocked"));
             return Ok(());
         }
         let Some(transaction) = &self.transaction else {
@@ -780,8 +797,15 @@ impl Session {
             if !transaction.notify_success.is_empty() || scanning || limited {
                 assembler.keep_header_section();
             }
-            transaction.body =
-                Some(BodyInProgress { assembler, sender, delivery, too_big: false, scan, unscanned: None });
+            transaction.body = Some(BodyInProgress {
+                assembler,
+                sender,
+                delivery,
+                too_big: false,
+                scan,
+                unscanned: None,
+                settled: None,
+            });
         }
         self.transaction = Some(transaction);
         self.transaction.as_mut().and_then(|t| t.body.as_mut())
@@ -801,6 +825,7 @@ impl Session {
                 .core
                 .sender_allowed_by_all(&transaction.recipients, &transaction.reverse_path)
                 .unwrap_or(false),
+            bayes: None,
         }
     }
 
@@ -912,10 +937,23 @@ impl Session {
             }
             return None;
         }
-        // Too large to scan: store it as it comes, with what the envelope showed.
+        // Too large to scan: store it as it comes, as what the envelope showed decides.
         let mut transaction = self.transaction.take()?;
         let verdict = protection.unscanned(&self.envelope(&transaction));
-        let (sender, delivery) = self.spawn_delivery(&transaction, Folder::Inbox);
+        let folder = match &verdict.action {
+            Action::Refuse(refusal) => {
+                let body = transaction.body.as_mut()?;
+                body.scan = None;
+                body.settled = Some(refusal_reply(refusal));
+                body.unscanned = Some(verdict);
+                self.transaction = Some(transaction);
+                return None;
+            }
+            // Too large to hold for the quarantine: Junk is the nearest place.
+            Action::Junk { .. } | Action::Quarantine { .. } => Folder::Junk,
+            Action::Deliver | Action::Tag => Folder::Inbox,
+        };
+        let (sender, delivery) = self.spawn_delivery(&transaction, folder);
         let body = transaction.body.as_mut()?;
         let scan = body.scan.take()?;
         let mut held = scan.trace;
@@ -938,7 +976,17 @@ impl Session {
         if scan.busy {
             return Some(reply(451, "4.3.1", "the server is busy checking other messages; try again later"));
         }
-        let verdict = protection.message(&self.envelope(transaction), &scan.data).await;
+        let mut envelope = self.envelope(transaction);
+        if protection.config().bayes
+            && let Some(domain) = transaction.recipients.first().and_then(|r| r.rsplit_once('@')).map(|(_, d)| d)
+        {
+            let minimum = protection.config().bayes_min_messages;
+            envelope.bayes = self.core.bayes_probability(domain, &scan.data, minimum).unwrap_or_else(|error| {
+                tracing::warn!(session = %self.id, %error, "cannot ask the spam classifier");
+                None
+            });
+        }
+        let verdict = protection.message(&envelope, &scan.data).await;
         self.log_verdict(transaction, &scan.data, &verdict);
         let mut stored = scan.trace;
         stored.extend_from_slice(&protection.rewrite(&verdict, &scan.data));
@@ -947,7 +995,9 @@ impl Session {
                 self.observer.message(if refusal.code >= 500 { "rejected" } else { "deferred" });
                 return Some(refusal_reply(refusal));
             }
-            Action::Quarantine { reason } => {
+            Action::Quarantine { reason }
+                if !self.core.recipients_forward(&transaction.local_recipients()).unwrap_or(true) =>
+            {
                 let headers = mail_parser::MessageParser::new().parse_headers(&scan.data);
                 let info = wmail_core::QuarantineInfo {
                     sender: transaction.reverse_path.clone(),
@@ -967,7 +1017,8 @@ impl Session {
                     Err(error) => core_error_reply(&error),
                 });
             }
-            Action::Junk { .. } => Folder::Junk,
+            // A recipient forwards elsewhere: hold nothing back from it, file it as junk.
+            Action::Junk { .. } | Action::Quarantine { .. } => Folder::Junk,
             Action::Deliver | Action::Tag => Folder::Inbox,
         };
         drop(scan.data);
@@ -1017,6 +1068,9 @@ impl Session {
         let refusal = if body.too_big || body.assembler.data_size() > max_size {
             self.observer.message("too_big");
             Some(reply(552, "5.3.4", format!("message exceeds the fixed maximum size of {max_size} bytes")))
+        } else if let Some(settled) = body.settled.clone() {
+            self.observer.message("rejected");
+            Some(settled)
         } else if let Some(foreign) = self.foreign_from(body) {
             self.observer.message("spoofed_from");
             Some(reply(553, "5.7.1", format!("the From: address <{foreign}> is not yours to send as")))

@@ -115,6 +115,10 @@ pub struct AntispamSection {
     pub verdict_log_mb: u64,
     /// `[antispam.greylist]`.
     pub greylist: GreylistSection,
+    /// Ask the Bayesian classifier.
+    pub bayes: bool,
+    /// Spam and ham messages a domain must have learnt before its classifier is asked.
+    pub bayes_min_messages: u64,
     /// Spam-trap addresses.
     pub trap_addresses: Vec<String>,
     /// Minutes a spam-trap hit blocks the client.
@@ -218,6 +222,8 @@ impl Default for AntispamSection {
             greylist: GreylistSection::default(),
             trap_addresses: Vec::new(),
             trap_block_minutes: 15,
+            bayes: true,
+            bayes_min_messages: 50,
         }
     }
 }
@@ -305,6 +311,10 @@ impl Config {
         config.junk_score = spam.junk_score;
         config.quarantine_score = spam.quarantine_score;
         config.reject_score = spam.reject_score;
+        if spam.max_scan_size_mb == 0 || spam.trap_block_minutes == 0 {
+            bail!("[antispam] max_scan_size_mb and trap_block_minutes must be 1 or more");
+        }
+        config.quarantine_retention_days = spam.quarantine_retention_days;
         config.max_scan_size = (spam.max_scan_size_mb as usize) << 20;
         config.scan_memory = (spam.scan_memory_mb as usize) << 20;
         if config.max_scan_size > config.scan_memory {
@@ -319,6 +329,8 @@ impl Config {
         };
         config.trap_addresses = spam.trap_addresses.iter().map(|address| address.trim().to_lowercase()).collect();
         config.trap_block = Duration::from_secs(spam.trap_block_minutes * 60);
+        config.bayes = spam.bayes;
+        config.bayes_min_messages = spam.bayes_min_messages;
         let greylist = &spam.greylist;
         if greylist.enabled {
             let mut settings = wmail_protection::GreylistSettings {
