@@ -348,6 +348,16 @@ impl Consensus {
         }
     }
 
+    /// Sends an application request to member `id` at `addr` (see [`PeerRequest::App`]).
+    pub async fn ask_peer(&self, id: NodeId, addr: &str, request: Vec<u8>) -> Result<Vec<u8>, ProposeError> {
+        match self.peers.transport.call(id, &BasicNode::new(addr), PeerRequest::App(request)).await {
+            Ok(PeerReply::App(Ok(answer))) => Ok(answer),
+            Ok(PeerReply::App(Err(refusal))) => Err(ProposeError::Unavailable(refusal)),
+            Ok(_) => Err(ProposeError::Unavailable("reply of the wrong kind".into())),
+            Err(error) => Err(ProposeError::Unavailable(error.to_string())),
+        }
+    }
+
     /// Returns the openraft handle (for the transport's receiving side and tests).
     pub fn raft(&self) -> &Raft {
         &self.raft

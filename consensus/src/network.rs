@@ -60,6 +60,9 @@ pub enum PeerRequest {
     /// An application request from a node that is not a member yet: the only request a
     /// connection without a client certificate may send (enrolment).
     Join(Vec<u8>),
+    /// An application request from a member: asks this node about its node-local data
+    /// (the application's fan-out, such as the inbound-verdict log).
+    App(Vec<u8>),
 }
 
 /// The answer to a [`PeerRequest`], of the same kind.
@@ -77,6 +80,8 @@ pub enum PeerReply {
     Status(NodeStatus),
     /// The application's answer to a join request.
     Join(Result<Vec<u8>, String>),
+    /// The application's answer to an [`PeerRequest::App`] request.
+    App(Result<Vec<u8>, String>),
 }
 
 /// A membership change, applied by the leader.

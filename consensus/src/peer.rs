@@ -37,6 +37,12 @@ pub trait JoinHandler: Send + Sync + 'static {
     fn revoked(&self) -> Vec<NodeId> {
         Vec::new()
     }
+
+    /// Answers a member's application request about this node's local data.
+    fn app(&self, request: Vec<u8>) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send + '_>> {
+        let _ = request;
+        Box::pin(async { Err("this node answers no application requests".to_owned()) })
+    }
 }
 
 /// Who leads, as this node sees it.
@@ -500,6 +506,10 @@ impl PeerHandler for ConsensusPeer {
                 PeerRequest::Join(request) => PeerReply::Join(match &self.join {
                     Some(join) => join.join(request).await,
                     None => Err("this node does not enrol new nodes".into()),
+                }),
+                PeerRequest::App(request) => PeerReply::App(match &self.join {
+                    Some(handler) => handler.app(request).await,
+                    None => Err("this node answers no application requests".into()),
                 }),
             }
         })

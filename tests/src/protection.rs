@@ -311,6 +311,13 @@ async fn greylisting_and_login_blocks_hold_on_every_node() {
     assert_eq!(attempt(&second, "one").await, (250, Some(250)));
     assert_eq!(attempt(&first, "two").await, (250, Some(250)));
     assert_eq!(mailbox(&second, "INBOX").await.len(), 2);
+    // Each node logged the verdict of the message it received; asking either shows both.
+    let (status, found) = first.api(Method::GET, "/security/verdicts?sender=someone@remote.test", None).await;
+    assert_eq!(status, StatusCode::OK, "{found}");
+    let nodes: std::collections::BTreeSet<u64> =
+        found["verdicts"].as_array().expect("verdicts").iter().filter_map(|v| v["node_id"].as_u64()).collect();
+    assert_eq!(nodes.len(), 2, "{found}");
+    assert_eq!(found["unanswered"], json!([]), "{found}");
 
     // Three failed IMAP logins on the first node block the account on the second (POP3).
     let out = crate::harness::python(

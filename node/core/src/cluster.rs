@@ -181,6 +181,18 @@ impl JoinHandler for Enroller {
         })
     }
 
+    fn app(
+        &self,
+        request: Vec<u8>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::result::Result<Vec<u8>, String>> + Send + '_>> {
+        Box::pin(async move {
+            let core = self.0.upgrade().ok_or("the node is stopping")?;
+            let query: crate::NodeQuery = postcard::from_bytes(&request).map_err(|error| error.to_string())?;
+            let answer = core.answer_locally(query).await?;
+            serde_json::to_vec(&answer).map_err(|error| error.to_string())
+        })
+    }
+
     fn revoked(&self) -> Vec<NodeId> {
         let Some(core) = self.0.upgrade() else { return Vec::new() };
         // Asked on every request from a peer: read again only once more has been applied.

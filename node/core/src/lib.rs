@@ -12,6 +12,7 @@ mod disk;
 pub mod dkim;
 pub mod dsn;
 mod error;
+mod fanout;
 mod indexer;
 mod login_guard;
 mod mailbox;
@@ -31,6 +32,7 @@ pub use address::{normalize_address, normalize_domain};
 use bytes::Bytes;
 pub use cluster::{ClusterView, DEFAULT_TOKEN_LIFETIME, JoinTarget, MemberView};
 pub use error::{CoreError, ErrorCode, Result};
+pub use fanout::{LocalQuery, NodeQuery};
 use futures::Stream;
 pub use indexer::{ReindexProgress, SearchHit, SearchStatus};
 pub use login_guard::{Blocked, LockoutPolicy, LoginGuard, StartedBlock};
@@ -195,6 +197,8 @@ pub struct Core {
     disk: Arc<disk::DiskGuard>,
     /// The revoked node ids as of an applied log index (see `cluster::Enroller`).
     revoked_nodes: std::sync::Mutex<(Option<u64>, Vec<NodeId>)>,
+    /// Answers other nodes' questions about this node's local data (see `fanout`).
+    local_query: std::sync::OnceLock<LocalQuery>,
     /// Bounds how many large bodies are read back and parsed at once.
     summary_parses: tokio::sync::Semaphore,
     notifier: Arc<mailbox::ChangeNotifier>,
@@ -301,6 +305,7 @@ impl Core {
             login_guard: LoginGuard::new(config.lockout),
             disk: Arc::new(disk::DiskGuard::new(config.data_dir.clone(), config.min_free_disk_bytes)),
             revoked_nodes: std::sync::Mutex::new((None, Vec::new())),
+            local_query: std::sync::OnceLock::new(),
             summary_parses: tokio::sync::Semaphore::new(2),
             notifier,
             search,

@@ -864,23 +864,29 @@ async fn lift_block(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The inbound verdicts this node logged, newest first, by `message_id` and/or `sender`.
+/// The inbound verdicts every node logged (each keeps the log of the mail it received),
+/// newest first, by `message_id` and/or `sender`; nodes that did not answer are listed.
 async fn list_verdicts(
     State(state): State<Arc<AppState>>,
     Query(query): Query<wmail_protection::VerdictQuery>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let Some(protection) = state.protection.clone() else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "the inbound checks are off ([antispam] enabled = false): there is no verdict log",
-        ));
-    };
-    let records = tokio::task::spawn_blocking(move || protection.log().query(&query))
-        .await
-        .map_err(|error| CoreError::internal("reading the verdict log", error))?
-        .map_err(|error| CoreError::internal("reading the verdict log", error))?;
-    Ok(Json(serde_json::json!({ "node_id": state.core.node_id(), "verdicts": records })))
+    let limit = query.limit.unwrap_or(100).min(1_000);
+    let query = serde_json::to_string(&query).map_err(|error| CoreError::internal("encoding a query", error))?;
+    let mut verdicts = Vec::new();
+    let mut unanswered = Vec::new();
+    for (node_id, answer) in state.core.ask_every_node(wmail_core::NodeQuery::Verdicts(query)).await {
+        match answer {
+            Ok(serde_json::Value::Array(records)) => verdicts.extend(records.into_iter().map(|mut record| {
+                record["node_id"] = serde_json::json!(node_id);
+                record
+            })),
+            Ok(other) => unanswered.push(serde_json::json!({ "node_id": node_id, "error": other.to_string() })),
+            Err(error) => unanswered.push(serde_json::json!({ "node_id": node_id, "error": error })),
+        }
+    }
+    verdicts.sort_by_key(|record| std::cmp::Reverse(record["time_ms"].as_u64().unwrap_or(0)));
+    verdicts.truncate(limit);
+    Ok(Json(serde_json::json!({ "verdicts": verdicts, "unanswered": unanswered })))
 }
 
 async fn search_status(State(state): State<Arc<AppState>>) -> Json<wmail_core::SearchStatus> {

@@ -236,6 +236,45 @@ pub struct Protection {
     log: VerdictLog,
     /// The scan memory budget, in KiB.
     scan_budget: Arc<tokio::sync::Semaphore>,
+    /// KiB of the budget each client network holds (a quarter at most each).
+    scan_shares: Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
+}
+
+/// Memory reserved from the node's scan budget for one held message; given back when
+/// dropped.
+pub struct ScanReservation {
+    permit: tokio::sync::OwnedSemaphorePermit,
+    client: IpAddr,
+    shares: Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
+}
+
+impl std::fmt::Debug for ScanReservation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScanReservation").field("kib", &self.permit.num_permits()).finish()
+    }
+}
+
+impl Drop for ScanReservation {
+    fn drop(&mut self) {
+        let mut shares = self.shares.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(held) = shares.get_mut(&self.client) {
+            *held = held.saturating_sub(self.permit.num_permits());
+            if *held == 0 {
+                shares.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// The network a client's scan share is counted for (IPv6 per /64).
+fn share_key(client: IpAddr) -> IpAddr {
+    match client {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
 }
 
 impl std::fmt::Debug for Protection {
@@ -259,7 +298,16 @@ impl Protection {
             None => None,
         };
         let scan_budget = Arc::new(tokio::sync::Semaphore::new(config.scan_memory / 1024));
-        Ok(Self { config, authenticator: MessageAuthenticator(resolver), content, clamd, metrics, log, scan_budget })
+        Ok(Self {
+            config,
+            authenticator: MessageAuthenticator(resolver),
+            content,
+            clamd,
+            metrics,
+            log,
+            scan_budget,
+            scan_shares: Arc::default(),
+        })
     }
 
     /// The settings in use.
@@ -296,18 +344,36 @@ impl Protection {
         &self.log
     }
 
-    /// Grows `reserved` to cover `bytes` of a held message from the node's scan budget;
-    /// false when the budget cannot cover it now.
-    pub fn reserve_scan_memory(&self, reserved: &mut Option<tokio::sync::OwnedSemaphorePermit>, bytes: usize) -> bool {
+    /// Grows `reserved` to cover `bytes` of a message held for `client` from the node's
+    /// scan budget; false when the budget cannot cover it now, or when the client's network
+    /// already holds a quarter of it (one sender cannot starve everyone else's mail).
+    pub fn reserve_scan_memory(&self, client: IpAddr, reserved: &mut Option<ScanReservation>, bytes: usize) -> bool {
         let wanted = bytes.div_ceil(1024);
-        let held = reserved.as_ref().map_or(0, |permit| permit.num_permits());
+        let held = reserved.as_ref().map_or(0, |reservation| reservation.permit.num_permits());
         if wanted <= held {
             return true;
         }
-        let Ok(more) = self.scan_budget.clone().try_acquire_many_owned((wanted - held) as u32) else { return false };
+        let more_kib = wanted - held;
+        let client = share_key(client);
+        let mut shares = self.scan_shares.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let share = shares.entry(client).or_insert(0);
+        if *share + more_kib > (self.config.scan_memory / 1024 / 4).max(1) {
+            if *share == 0 {
+                shares.remove(&client);
+            }
+            return false;
+        }
+        let Ok(more) = self.scan_budget.clone().try_acquire_many_owned(more_kib as u32) else {
+            if *share == 0 {
+                shares.remove(&client);
+            }
+            return false;
+        };
+        *share += more_kib;
+        drop(shares);
         match reserved {
-            Some(permit) => permit.merge(more),
-            None => *reserved = Some(more),
+            Some(reservation) => reservation.permit.merge(more),
+            None => *reserved = Some(ScanReservation { permit: more, client, shares: self.scan_shares.clone() }),
         }
         true
     }
@@ -489,5 +555,33 @@ impl Protection {
     /// prefixed when it is spam.
     pub fn rewrite(&self, verdict: &Verdict, message: &[u8]) -> Vec<u8> {
         verdict::rewrite(&self.config, verdict, message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_client_network_holds_at_most_a_quarter_of_the_scan_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = ProtectionConfig::new("mx.test");
+        config.scan_memory = 4 * 1024 * 1024;
+        let protection = Protection::new(
+            config,
+            &["127.0.0.1:9".parse().unwrap()],
+            Arc::new(ProtectionMetrics::unregistered()),
+            VerdictLog::new(dir.path(), 1 << 20),
+        )
+        .unwrap();
+        let greedy: IpAddr = "2001:db8:1:2::7".parse().unwrap();
+        let neighbour: IpAddr = "2001:db8:1:2::8".parse().unwrap();
+        let (mut first, mut second, mut other) = (None, None, None);
+        assert!(protection.reserve_scan_memory(greedy, &mut first, 600 * 1024));
+        assert!(protection.reserve_scan_memory(greedy, &mut first, 1024 * 1024), "grows within the share");
+        assert!(!protection.reserve_scan_memory(neighbour, &mut second, 1024), "same /64, share used up");
+        assert!(protection.reserve_scan_memory("192.0.2.1".parse().unwrap(), &mut other, 1024 * 1024));
+        drop(first);
+        assert!(protection.reserve_scan_memory(neighbour, &mut second, 1024 * 1024), "given back on drop");
     }
 }

@@ -314,7 +314,7 @@ pub struct VerdictRecord {
 }
 
 /// What to look for in the verdict log.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct VerdictQuery {
     /// Records of this Message-ID (angle brackets optional).
     pub message_id: Option<String>,

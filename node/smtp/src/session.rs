@@ -74,7 +74,7 @@ struct ScanBuffer {
     /// The message as received.
     data: Vec<u8>,
     /// Memory reserved from the node's scan budget for `data`.
-    reserved: Option<tokio::sync::OwnedSemaphorePermit>,
+    reserved: Option<wmail_protection::ScanReservation>,
     /// The scan budget ran out: the message is refused with a temporary error.
     busy: bool,
 }
@@ -929,7 +929,7 @@ impl Session {
         }
         let incoming: usize = chunks.iter().map(Bytes::len).sum();
         if scan.data.len() + incoming <= protection.config().max_scan_size {
-            if protection.reserve_scan_memory(&mut scan.reserved, scan.data.len() + incoming) {
+            if protection.reserve_scan_memory(self.peer.ip(), &mut scan.reserved, scan.data.len() + incoming) {
                 chunks.iter().for_each(|chunk| scan.data.extend_from_slice(chunk));
             } else {
                 tracing::warn!(session = %self.id, "scan memory budget exhausted; the message will be deferred");

@@ -50,6 +50,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // One metrics registry for every service, rendered by every HTTP listener.
     let registry = wmail_http::Metrics::new_registry();
     let protection = protection(&config, &data_dir, &registry)?;
+    if let Some(protection) = protection.clone() {
+        // Other nodes (and this one's API) ask for this node's verdicts.
+        core.set_local_query(Arc::new(move |query| match query {
+            wmail_core::NodeQuery::Verdicts(query) => {
+                let query: wmail_protection::VerdictQuery =
+                    serde_json::from_str(&query).map_err(|error| format!("bad verdict query: {error}"))?;
+                let records = protection.log().query(&query).map_err(|error| format!("verdict log: {error}"))?;
+                serde_json::to_value(records).map_err(|error| error.to_string())
+            }
+        }));
+    }
     let router = wmail_http::router(core.clone(), admin_token.clone(), registry.clone(), protection.clone());
     for address in &config.listen.http {
         let listener = HttpListener::new(bind(address, "http").await?, proxy_protocol(&config)?)?;
