@@ -621,3 +621,76 @@ s.quit()
     succeeded(node.cli(&["domain", "forward-unknown", "example.com"], None));
     assert_mx_refuses_with_550(&node, "legacy@example.com");
 }
+
+/// Checks a message's ARC chain with dkimpy (an independent verifier), answering key
+/// lookups with the records the node says to publish; returns dkimpy's chain validation
+/// (`pass`, `fail` or `none`).
+async fn arc_verify(node: &WmailNode, domain: &str, message: &[u8]) -> String {
+    let (status, keys) = node.api(Method::GET, &format!("/domains/{domain}/dkim"), None).await;
+    assert_eq!(status, StatusCode::OK, "{keys}");
+    let records: serde_json::Map<String, Value> = keys
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|key| (format!("{}.", key["dns_name"].as_str().unwrap()), key["dns_value"].clone()))
+        .collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("message.eml"), message).expect("message");
+    std::fs::write(dir.path().join("records.json"), Value::Object(records).to_string()).expect("records");
+    let python = format!("{}/venv/bin/python", std::env::var("WMAIL_PEERS_DIR").expect("WMAIL_PEERS_DIR"));
+    let script = r#"
+import dkim, json, sys
+records = json.load(open(sys.argv[2]))
+def lookup(name, timeout=5):
+    name = name.decode() if isinstance(name, bytes) else name
+    return records.get(name, "").encode() or None
+cv, results, reason = dkim.arc_verify(open(sys.argv[1], "rb").read(), dnsfunc=lookup)
+print(cv.decode() if isinstance(cv, bytes) else cv, reason)
+"#;
+    let output = std::process::Command::new(python)
+        .args(["-c", script])
+        .arg(dir.path().join("message.eml"))
+        .arg(dir.path().join("records.json"))
+        .output()
+        .expect("dkimpy");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "dkimpy failed: {stdout}{}", String::from_utf8_lossy(&output.stderr));
+    stdout.trim().to_owned()
+}
+
+#[tokio::test]
+async fn forwarded_mail_is_arc_sealed_by_the_forwarding_domain() {
+    let dns = Dnsmasq::start(&sink_dns_records(false)).await;
+    let mut sink = MailSink::new();
+    sink.start().await;
+    let config = format!("{}\n[delivery]\nremote_port = {}\n", dns.wmail_config(), sink.port);
+    let mut node = WmailNode::new(&config);
+    node.start().await;
+    create(&node, "example.com", &["alice@example.com"]).await;
+    let alias = json!({ "alias": "fwd@example.com", "targets": ["far@sink.test"] });
+    assert_eq!(node.api(Method::POST, "/aliases", Some(alias)).await.0, StatusCode::CREATED);
+    succeeded(node.cli(&["domain", "dkim", "generate", "example.com", "--algorithm", "rsa"], None));
+    let out = python(
+        &node,
+        r#"
+s = smtplib.SMTP("127.0.0.1", SMTP)
+s.ehlo("outside.test")
+refused = s.sendmail("someone@outside.test", ["fwd@example.com"], b"From: someone@outside.test\r\nSubject: passed on\r\nMessage-ID: <arc@outside.test>\r\n\r\nbody\r\n")
+assert refused == {}, refused
+s.quit()
+"#,
+    );
+    assert!(out.is_empty(), "{out}");
+    let messages = sink.wait_for_messages(1).await;
+    let text = String::from_utf8_lossy(&messages[0].1).into_owned();
+    // RFC 8617 §4.1: one ARC set, instance 1, no chain before it, signed by example.com.
+    assert!(text.starts_with("ARC-Seal: i=1; a=rsa-sha256;") || text.contains("\nARC-Seal: "), "{text}");
+    assert!(text.contains("cv=none") && text.contains("d=example.com"), "{text}");
+    assert!(
+        text.contains("ARC-Message-Signature: i=1;") && text.contains("ARC-Authentication-Results: i=1;"),
+        "{text}"
+    );
+    let verdict = arc_verify(&node, "example.com", &messages[0].1).await;
+    assert!(verdict.starts_with("pass"), "dkimpy says: {verdict}\n{text}");
+    wait_for_empty_queue(&node).await;
+}

@@ -77,6 +77,11 @@ impl Router {
         Ok(Router { resolver, remote_port, smarthost, smarthost_credentials: None, routes })
     }
 
+    /// The resolver routes are looked up with (shared with ARC verification).
+    pub fn resolver(&self) -> &TokioResolver {
+        &self.resolver
+    }
+
     /// Authenticates to the smarthost with these credentials (over TLS only).
     pub fn with_smarthost_credentials(mut self, credentials: Credentials) -> Self {
         self.smarthost_credentials = Some(Arc::new(credentials));

@@ -1,9 +1,11 @@
 //! DKIM signing of outgoing mail (RFC 6376, RFC 8463) with mail-auth, using the active key
 //! of the From: domain (so the signature aligns with DMARC, RFC 7489 §3.1.1).
 
+use mail_auth::arc::ArcSealer;
 use mail_auth::common::crypto::{DkimKey as SigningKey, Ed25519Key, RsaKey, Sha256};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::DkimSigner;
+use mail_auth::{AuthenticatedMessage, AuthenticationResults, MessageAuthenticator};
 use wmail_core::{DkimAlgorithm, DkimKey};
 
 /// The header fields signed when present (RFC 6376 §5.4.1 lists these as the ones that
@@ -35,15 +37,55 @@ pub fn from_domain(header_section: &[u8]) -> Option<String> {
 /// `DKIM-Signature:` header field to put in front of it, CRLF-terminated.
 pub fn sign(message: &[u8], domain: &str, key: &DkimKey) -> Result<String, String> {
     let describe = |error: mail_auth::Error| format!("DKIM signing for {domain} failed: {error}");
-    let signing_key: SigningKey = match key.algorithm {
+    let signer = DkimSigner::from_key(signing_key(key).map_err(describe)?)
+        .domain(domain)
+        .selector(&key.selector)
+        .headers(SIGNED_HEADERS);
+    Ok(signer.sign(message).map_err(describe)?.to_header())
+}
+
+fn signing_key(key: &DkimKey) -> Result<SigningKey, mail_auth::Error> {
+    Ok(match key.algorithm {
         DkimAlgorithm::Rsa => {
             let der = rustls::pki_types::PrivatePkcs8KeyDer::from(key.private_key.as_slice());
-            RsaKey::<Sha256>::from_key_der(der.into()).map_err(describe)?.into()
+            RsaKey::<Sha256>::from_key_der(der.into())?.into()
         }
-        DkimAlgorithm::Ed25519 => Ed25519Key::from_pkcs8_der(&key.private_key).map_err(describe)?.into(),
+        DkimAlgorithm::Ed25519 => Ed25519Key::from_pkcs8_der(&key.private_key)?.into(),
+    })
+}
+
+/// Seals a forwarded message (RFC 8617 §5.1): verifies its DKIM signatures and ARC chain
+/// as it leaves, records them in ARC-Authentication-Results under `hostname`, and adds
+/// an ARC set signed with `domain`'s key (the forwarding domain), so the next receiver can
+/// trust the results even though forwarding broke SPF. Returns the three header fields
+/// (CRLF-terminated), or `None` when the incoming chain failed (it cannot be sealed).
+pub async fn arc_seal(
+    authenticator: &MessageAuthenticator,
+    message: &[u8],
+    domain: &str,
+    key: &DkimKey,
+    hostname: &str,
+    remote_ip: std::net::IpAddr,
+) -> Result<Option<String>, String> {
+    let describe = |error: mail_auth::Error| format!("ARC sealing for {domain} failed: {error}");
+    let Some(parsed) = AuthenticatedMessage::parse(message) else {
+        return Err(format!("ARC sealing for {domain} failed: the header section cannot be parsed"));
     };
-    let signer = DkimSigner::from_key(signing_key).domain(domain).selector(&key.selector).headers(SIGNED_HEADERS);
-    Ok(signer.sign(message).map_err(describe)?.to_header())
+    let arc = authenticator.verify_arc(&parsed).await;
+    if !arc.can_be_sealed() {
+        return Ok(None);
+    }
+    let dkim = authenticator.verify_dkim(&parsed).await;
+    let results =
+        AuthenticationResults::new(hostname).with_dkim_results(&dkim, parsed.from()).with_arc_result(&arc, remote_ip);
+    let mut headers: Vec<&str> = SIGNED_HEADERS.to_vec();
+    headers.push("DKIM-Signature");
+    let sealer = ArcSealer::from_key(signing_key(key).map_err(describe)?)
+        .domain(domain)
+        .selector(&key.selector)
+        .headers(headers);
+    let set = sealer.seal(&parsed, &results, &arc).map_err(describe)?;
+    Ok(Some(set.to_header()))
 }
 
 #[cfg(test)]

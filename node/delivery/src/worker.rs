@@ -179,6 +179,8 @@ pub struct Worker {
     finished: tokio::sync::Notify,
     signing_budget: Semaphore,
     metrics: crate::DeliveryMetrics,
+    /// Verifies DKIM and ARC when sealing forwarded mail.
+    authenticator: mail_auth::MessageAuthenticator,
 }
 
 impl std::fmt::Debug for Worker {
@@ -278,6 +280,7 @@ impl Worker {
     /// A worker for `core`'s queue.
     pub fn new(core: Arc<Core>, config: DeliveryConfig, router: Router, metrics: crate::DeliveryMetrics) -> Arc<Self> {
         Arc::new(Worker {
+            authenticator: mail_auth::MessageAuthenticator(router.resolver().clone()),
             opportunistic_tls: tls_connector(false, &[]),
             verified_tls: tls_connector(true, &config.extra_roots),
             core,
@@ -416,8 +419,11 @@ impl Worker {
             let key = (domain_of(&recipient.recipient.address), recipient.recipient.relay.clone());
             by_domain.entry(key).or_default().push(index);
         }
-        // Signed once per attempt, before any connection is open (RFC 6376).
-        let signature = self.dkim_signature(&entry).await;
+        // Signed (or sealed) once per attempt, before any connection is open (RFC 6376).
+        let signature = match entry.authenticated {
+            true => self.dkim_signature(&entry).await,
+            false => self.arc_seal(&entry).await,
+        };
         let signature = signature.as_deref();
         let mut attempts = Vec::with_capacity(by_domain.len());
         for ((domain, relay), indexes) in by_domain {
@@ -753,6 +759,46 @@ impl Worker {
         }
     }
 
+    /// The ARC set (RFC 8617) for mail this node forwards (an alias with targets in other
+    /// domains): sealed with the key of the local domain the message was addressed to
+    /// (its ORCPT), when that domain has one. Sealing failures are logged and the message
+    /// goes unsealed.
+    async fn arc_seal(&self, entry: &QueueEntry) -> Option<String> {
+        if !self.core.has_dkim_keys().unwrap_or(true) {
+            return None;
+        }
+        let (domain, key) = entry.recipients.iter().find_map(|queued| {
+            let original = queued.recipient.orcpt.as_deref()?.strip_prefix("rfc822;")?;
+            let domain = original.rsplit_once('@')?.1.to_ascii_lowercase();
+            let key = self.core.dkim_signing_key(&domain).ok()??;
+            // RFC 8617 §4.1.3: ARC signs with rsa-sha256 only; an Ed25519-only domain
+            // forwards unsealed.
+            (key.algorithm == wmail_core::DkimAlgorithm::Rsa).then_some((domain, key))
+        })?;
+        let sealed = async {
+            let kib = u32::try_from(entry.size.div_ceil(1024)).unwrap_or(u32::MAX).clamp(1, SIGNING_BUDGET_KIB);
+            let _budget = self.signing_budget.acquire_many(kib).await.map_err(|e| e.to_string())?;
+            let mut body = self.stored_message(entry).await.map_err(|e| e.to_string())?;
+            let mut whole = Vec::new();
+            while let Some(chunk) = body.next().await {
+                whole.extend_from_slice(&chunk.map_err(|e| e.to_string())?);
+            }
+            let client = received_from_ip(&whole).unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+            crate::sign::arc_seal(&self.authenticator, &whole, &domain, &key, &self.config.hostname, client).await
+        };
+        match sealed.await {
+            Ok(Some(set)) => Some(set),
+            Ok(None) => {
+                tracing::info!(queue_id = entry.id, "the incoming ARC chain failed; forwarding unsealed");
+                None
+            }
+            Err(error) => {
+                tracing::error!(queue_id = entry.id, %error, "ARC sealing failed; forwarding unsealed");
+                None
+            }
+        }
+    }
+
     /// A connection ready for MAIL: an idle one to the same address, or a new one with
     /// EHLO and STARTTLS as the policy says.
     /// The flag says whether the connection was kept from an earlier message.
@@ -1009,6 +1055,17 @@ fn error_reply(error: &ClientError, host: &str) -> Reply {
     }
 }
 
+/// The client address of the first `Received: from name ([ip])` field (this server's own,
+/// for a message it received).
+fn received_from_ip(message: &[u8]) -> Option<std::net::IpAddr> {
+    let head = &message[..message.len().min(4096)];
+    let text = std::str::from_utf8(head).ok()?;
+    let received = &text[text.find("Received: from ")?..];
+    let start = received.find("([")? + 2;
+    let end = start + received[start..].find("])")?;
+    received[start..end].trim_start_matches("IPv6:").parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1052,5 +1109,16 @@ mod tests {
         let stream = without_return_path(futures::stream::iter(plain).boxed()).await.unwrap();
         let out: Vec<Bytes> = stream.try_collect().await.unwrap();
         assert_eq!(out.concat(), b"Subject: x\r\n\r\n");
+    }
+
+    #[test]
+    fn the_first_received_field_names_the_client() {
+        let message = b"Received: from mx.test ([192.0.2.7])\r\n\tby us\r\nReceived: from x ([198.51.100.1])\r\n\r\n";
+        assert_eq!(received_from_ip(message), Some("192.0.2.7".parse().unwrap()));
+        assert_eq!(
+            received_from_ip(b"Received: from v6 ([IPv6:2001:db8::1])\r\n"),
+            Some("2001:db8::1".parse().unwrap())
+        );
+        assert_eq!(received_from_ip(b"Subject: none\r\n\r\n"), None);
     }
 }
