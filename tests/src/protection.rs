@@ -234,7 +234,7 @@ async fn clamd_refuses_a_virus_and_its_failure_defers_mail() {
     let infected = format!(
         "From: <news@good.test>\r\nSubject: invoice\r\nMessage-ID: <virus@good.test>\r\nMIME-Version: 1.0\r\n\
 Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--b\r\n\
-Content-Type: application/octet-stream; name=\"eicar.com.txt\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{encoded}\r\n--b--\r\n"
+Content-Type: application/octet-stream; name=\"eicar.bin.txt\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{encoded}\r\n--b--\r\n"
     );
     let reply = send(&node, "127.0.0.1", "news@good.test", &infected).await;
     assert_eq!(reply.code, 550, "{reply:?}");
@@ -556,5 +556,44 @@ m.logout()
     assert!(probability(&found) > 0.9, "{found}");
     let (_, found) = node.api(Method::GET, "/security/verdicts?message_id=hammy@remote.test", None).await;
     assert!(probability(&found) < 0.1, "{found}");
+    node.terminate().await;
+}
+
+#[tokio::test]
+async fn clamd_strip_removes_only_the_infected_attachment() {
+    let clamd = crate::peers::Clamd::start().await;
+    let dns = Dnsmasq::start(&[]).await;
+    let config = format!(
+        "{}{}action = \"strip\"\n[antispam]\ntrusted_networks = []\nspf = false\n",
+        dns.wmail_config(),
+        clamd.wmail_config()
+    );
+    let mut node = WmailNode::new(&config);
+    node.start().await;
+    assert_eq!(node.api(Method::POST, "/domains", Some(json!({ "name": "example.com" }))).await.0, StatusCode::CREATED);
+    let account = json!({ "address": "alice@example.com", "password": "alice password" });
+    assert_eq!(node.api(Method::POST, "/accounts", Some(account)).await.0, StatusCode::CREATED);
+
+    let eicar = base64::engine::general_purpose::STANDARD.encode(crate::peers::Clamd::EICAR);
+    let notes = base64::engine::general_purpose::STANDARD.encode("meeting notes, all clean");
+    let mixed = format!(
+        "From: <news@remote.test>\r\nSubject: two files\r\nMessage-ID: <mixed@remote.test>\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--b\r\n\
+Content-Type: text/plain; name=\"notes.txt\"\r\nContent-Disposition: attachment; filename=\"notes.txt\"\r\n\
+Content-Transfer-Encoding: base64\r\n\r\n{notes}\r\n--b\r\nContent-Type: application/octet-stream; name=\"eicar.bin\"\r\n\
+Content-Disposition: attachment; filename=\"eicar.bin\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{eicar}\r\n--b--\r\n"
+    );
+    assert_eq!(send(&node, "127.0.0.1", "news@remote.test", &mixed).await.code, 250);
+    let stored = newest_inbox_text(&node).await;
+    assert!(stored.contains("The attachment eicar.bin (Wmail.Test.EICAR"), "{stored}");
+    assert!(stored.contains("X-Virus-Scanned: clamd (removed: eicar.bin"), "{stored}");
+    assert!(stored.contains(&notes) && stored.contains("see attached"), "the clean parts stay: {stored}");
+    assert!(!stored.contains(&eicar), "{stored}");
+    assert!(stored.trim_end().ends_with("\r\n--b--"), "the MIME structure is intact: {stored}");
+
+    // A virus in the text itself cannot be cut out: refused.
+    let in_body =
+        message("news@remote.test", "body@remote.test", "inline", &format!("{}\r\n", crate::peers::Clamd::EICAR));
+    assert_eq!(send(&node, "127.0.0.1", "news@remote.test", &in_body).await.code, 550);
     node.terminate().await;
 }

@@ -15,6 +15,7 @@ pub mod clamd;
 mod content;
 mod dnsbl;
 mod metrics;
+mod strip;
 mod verdict;
 
 pub use auth::SenderReport;
@@ -37,6 +38,18 @@ pub enum DmarcEnforcement {
     Enforce,
     /// Only record the result (a local override, RFC 7489 §6.7).
     Tag,
+}
+
+/// What an infected message leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VirusAction {
+    /// Refuse it (`550 5.7.1`).
+    Reject,
+    /// Hold it in the recipients' quarantine.
+    Quarantine,
+    /// Deliver it without its infected attachments (each replaced by a short notice);
+    /// refused when the virus is not in an attachment.
+    Strip,
 }
 
 /// What to do when clamd cannot be reached or fails.
@@ -97,8 +110,8 @@ pub struct ProtectionConfig {
     pub clamd: Option<String>,
     /// What a clamd failure leads to.
     pub clamd_failure: ScanFailure,
-    /// Hold infected messages in quarantine instead of refusing them.
-    pub quarantine_viruses: bool,
+    /// What an infected message leads to.
+    pub virus_action: VirusAction,
     /// Messages larger than this are not scanned for content (their headers still get
     /// the sender checks that need no body).
     pub max_scan_size: usize,
@@ -163,7 +176,7 @@ impl ProtectionConfig {
             reject_score: 15.0,
             clamd: None,
             clamd_failure: ScanFailure::TempFail,
-            quarantine_viruses: false,
+            virus_action: VirusAction::Reject,
             max_scan_size: 20 * 1024 * 1024,
             scan_memory: 512 * 1024 * 1024,
             greylist: None,
@@ -508,10 +521,21 @@ impl Protection {
                 Ok(clamd::ScanResult::Clean) => verdict.add("CLAMD", "clean", 0.0),
                 Ok(clamd::ScanResult::Infected(name)) => {
                     verdict.add("CLAMD", format!("infected: {name}"), 0.0);
-                    if self.config.quarantine_viruses {
-                        verdict.hold(&format!("virus {name}"));
-                    } else {
-                        verdict.refuse(Refusal::permanent("5.7.1", format!("message contains a virus ({name})")));
+                    let refusal = || Refusal::permanent("5.7.1", format!("message contains a virus ({name})"));
+                    match self.config.virus_action {
+                        VirusAction::Reject => verdict.refuse(refusal()),
+                        VirusAction::Quarantine => verdict.hold(&format!("virus {name}")),
+                        VirusAction::Strip => match strip::infected_attachments(clamd, message).await {
+                            Ok(Some((cleaned, removed))) => {
+                                verdict.add("CLAMD_STRIPPED", removed.join(", "), 0.0);
+                                verdict.replacement = Some(cleaned);
+                            }
+                            Ok(None) => verdict.refuse(refusal()),
+                            Err(error) => {
+                                tracing::warn!(%error, "clamd failed while stripping attachments");
+                                verdict.refuse(refusal());
+                            }
+                        },
                     }
                 }
                 Err(error) => {

@@ -102,6 +102,9 @@ pub struct Verdict {
     /// Quarantine asked for by a check (a virus, when so configured).
     #[serde(skip)]
     quarantine: Option<String>,
+    /// The message to store instead of the one received (infected attachments stripped).
+    #[serde(skip)]
+    pub replacement: Option<Vec<u8>>,
 }
 
 impl Verdict {
@@ -176,7 +179,9 @@ impl Verdict {
         if self.is_spam() {
             headers.push_str("X-Spam-Flag: YES\r\n");
         }
-        if let Some(check) = self.checks.iter().find(|check| check.name == "CLAMD") {
+        if let Some(check) = self.checks.iter().find(|check| check.name == "CLAMD_STRIPPED") {
+            headers.push_str(&format!("X-Virus-Scanned: clamd (removed: {})\r\n", sanitize(&check.result)));
+        } else if let Some(check) = self.checks.iter().find(|check| check.name == "CLAMD") {
             headers.push_str(&format!("X-Virus-Scanned: clamd ({})\r\n", sanitize(&check.result)));
         }
         headers
@@ -249,6 +254,7 @@ fn authserv_id(value: &str) -> &str {
 /// trust or pass on results it did not produce under its own name), and spam's subject
 /// prefixed.
 pub(crate) fn rewrite(config: &ProtectionConfig, verdict: &Verdict, message: &[u8]) -> Vec<u8> {
+    let message = verdict.replacement.as_deref().unwrap_or(message);
     let mut out = Vec::with_capacity(message.len() + 1024);
     out.extend_from_slice(verdict.authentication_results.as_bytes());
     out.extend_from_slice(verdict.spam_headers(config).as_bytes());

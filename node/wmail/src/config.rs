@@ -236,7 +236,7 @@ pub struct AntivirusSection {
     pub clamd: String,
     /// `tempfail` or `accept` when clamd fails.
     pub on_failure: String,
-    /// `reject` or `quarantine` an infected message.
+    /// `reject`, `quarantine` or `strip` an infected message.
     pub action: String,
 }
 
@@ -357,10 +357,11 @@ impl Config {
             }
             config.greylist = Some(settings);
         }
-        config.quarantine_viruses = match antivirus.action.as_str() {
-            "reject" => false,
-            "quarantine" => true,
-            other => bail!("[antivirus] action = {other:?}: use \"reject\" or \"quarantine\""),
+        config.virus_action = match antivirus.action.as_str() {
+            "reject" => wmail_protection::VirusAction::Reject,
+            "quarantine" => wmail_protection::VirusAction::Quarantine,
+            "strip" => wmail_protection::VirusAction::Strip,
+            other => bail!("[antivirus] action = {other:?}: use \"reject\", \"quarantine\" or \"strip\""),
         };
         if !(config.spam_score <= config.junk_score
             && config.junk_score <= config.quarantine_score
