@@ -485,13 +485,35 @@ header = \"Subject\"\npattern = \"(?i)lottery\"\nscore = 11.0\n",
         released.contains("Subject: [SPAM] You won the LOTTERY") && released.contains("X-Spam-Flag: YES"),
         "{released}"
     );
-    cli(&["quarantine", "delete", "alice@example.com", &second]);
+    // Alice herself, through the user API (HTTP Basic with her own password).
+    let user_api = |method: reqwest::Method, path: &str, password: &str| {
+        reqwest::Client::new()
+            .request(method, format!("http://{}/user/v1{path}", node.http))
+            .basic_auth("alice@example.com", Some(password))
+    };
+    let mine: Value =
+        user_api(Method::GET, "/quarantine", "alice password").send().await.unwrap().json().await.unwrap();
+    assert_eq!(mine.as_array().map(Vec::len), Some(1), "{mine}");
+    let wrong = user_api(Method::GET, "/quarantine", "not her password").send().await.unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let deleted = user_api(Method::DELETE, &format!("/quarantine/{second}"), "alice password").send().await.unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    let third = message("luck@remote.test", "held3@remote.test", "LOTTERY again", "claim\r\n");
+    assert_eq!(send(&node, "127.0.0.1", "luck@remote.test", &third).await.code, 250);
+    let (_, held) = node.api(Method::GET, "/accounts/alice@example.com/quarantine", None).await;
+    let third_id = held[0]["id"].to_string();
+    assert!(cli(&["quarantine", "delete", "alice@example.com", &third_id]).contains("deleted"));
     assert!(cli(&["quarantine", "list", "alice@example.com"]).contains("empty"));
     let failed = node.cli(&["quarantine", "release", "alice@example.com", &second], None);
     assert!(!failed.status.success(), "a deleted message cannot be released");
 
     // An allowed sender skips the thresholds.
-    cli(&["quarantine", "allow", "alice@example.com", "Luck@Remote.test"]);
+    let allowed = user_api(Method::POST, "/allowed-senders", "alice password")
+        .json(&json!({ "sender": "Luck@Remote.test" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allowed.status(), StatusCode::CREATED);
     assert!(cli(&["quarantine", "allowed", "alice@example.com"]).contains("luck@remote.test"));
     let again = message("luck@remote.test", "allowed@remote.test", "LOTTERY news", "hello\r\n");
     assert_eq!(send(&node, "127.0.0.1", "luck@remote.test", &again).await.code, 250);

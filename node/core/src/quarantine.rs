@@ -190,7 +190,9 @@ Date: {date}\r\nMessage-ID: <quarantine-digest-{stamp}@{domain}>\r\nAuto-Submitt
 Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n\
 These messages were held instead of delivered because they looked like spam or carried a\r\n\
 virus. They are deleted after {retention_days} days. To have one delivered, or to always accept\r\n\
-its sender, ask your administrator and give the message number:\r\n\
+its sender, use your webmail's quarantine page (the user API: POST /user/v1/quarantine/NUMBER/release\r\n\
+and POST /user/v1/allowed-senders, logged in with your address and password), or ask your\r\n\
+administrator with the message number:\r\n\
   wmail quarantine release {address} NUMBER\r\n  wmail quarantine allow {address} SENDER\r\n\r\n",
         domain = address.rsplit_once('@').map_or("localhost", |(_, domain)| domain),
         count = entries.len(),

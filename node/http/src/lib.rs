@@ -4,6 +4,7 @@
 
 pub mod api;
 mod metrics;
+mod user;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -42,6 +43,7 @@ pub fn router(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .nest("/api/v1", api::routes(state.clone()))
+        .nest("/user/v1", user::routes())
         .fallback(|| async { api_not_found() })
         .layer(axum::middleware::from_fn_with_state(state.clone(), record_request))
         .with_state(state)

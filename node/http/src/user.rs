@@ -1,0 +1,133 @@
+//! The user API under `/user/v1`: what an account may do for itself, authenticated with
+//! its own address and password (HTTP Basic, RFC 7617, so over TLS in production; the
+//! login lockout applies as for every protocol). Today: its quarantine and allowed senders
+//! (the webmail's quarantine page and the digest's instructions use it).
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use serde::Deserialize;
+use wmail_core::{Account, ErrorCode, Service};
+
+use crate::AppState;
+use crate::api::{ApiError, JsonBody};
+
+/// The account a request authenticated as.
+pub struct User(Account);
+
+impl FromRequestParts<Arc<AppState>> for User {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, ApiError> {
+        let unauthorized = |message: &str| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                format!("{message}: send your address and password with HTTP Basic authentication"),
+            )
+        };
+        let encoded = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Basic "))
+            .ok_or_else(|| unauthorized("not logged in"))?;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .ok_or_else(|| unauthorized("malformed credentials"))?;
+        let (address, password) = decoded.split_once(':').ok_or_else(|| unauthorized("malformed credentials"))?;
+        let account = state.core.authenticate(address, password, None).await.map_err(|error| match error.code {
+            ErrorCode::Unavailable => ApiError::from(error),
+            _ => unauthorized(&error.message),
+        })?;
+        if !state.core.may_use(&account, Service::Web).unwrap_or(false) {
+            return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "web access is disabled for this account"));
+        }
+        Ok(User(account))
+    }
+}
+
+/// Routes of `/user/v1`.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/quarantine", get(list_quarantined))
+        .route("/quarantine/{id}", delete(drop_quarantined))
+        .route("/quarantine/{id}/release", post(release_quarantined))
+        .route("/allowed-senders", get(list_allowed_senders).post(allow_sender))
+        .route("/allowed-senders/{sender}", delete(disallow_sender))
+}
+
+async fn list_quarantined(
+    State(state): State<Arc<AppState>>,
+    User(account): User,
+) -> Result<Json<Vec<wmail_core::QuarantineEntry>>, ApiError> {
+    state.core.read_barrier().await?;
+    Ok(Json(state.core.quarantined(&account.address)?))
+}
+
+/// The id must be one of the account's own held messages.
+fn own(state: &AppState, account: &Account, id: u64) -> Result<(), ApiError> {
+    if state.core.quarantined(&account.address)?.iter().any(|entry| entry.id == id) {
+        Ok(())
+    } else {
+        Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no quarantined message {id}")))
+    }
+}
+
+async fn release_quarantined(
+    State(state): State<Arc<AppState>>,
+    User(account): User,
+    Path(id): Path<u64>,
+) -> Result<StatusCode, ApiError> {
+    own(&state, &account, id)?;
+    state.core.release_quarantined(&account.address, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn drop_quarantined(
+    State(state): State<Arc<AppState>>,
+    User(account): User,
+    Path(id): Path<u64>,
+) -> Result<StatusCode, ApiError> {
+    own(&state, &account, id)?;
+    state.core.drop_quarantined(&account.address, vec![id]).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_allowed_senders(
+    State(state): State<Arc<AppState>>,
+    User(account): User,
+) -> Result<Json<Vec<String>>, ApiError> {
+    Ok(Json(state.core.allowed_senders(&account.address)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SenderBody {
+    sender: String,
+}
+
+async fn allow_sender(
+    State(state): State<Arc<AppState>>,
+    User(account): User,
+    JsonBody(body): JsonBody<SenderBody>,
+) -> Result<StatusCode, ApiError> {
+    state.core.set_allowed_sender(&account.address, &body.sender, true).await?;
+    Ok(StatusCode::CREATED)
+}
+
+async fn disallow_sender(
+    State(state): State<Arc<AppState>>,
+    User(account): User,
+    Path(sender): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.core.set_allowed_sender(&account.address, &sender, false).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
