@@ -72,7 +72,10 @@ pub async fn arc_seal(
         return Err(format!("ARC sealing for {domain} failed: the header section cannot be parsed"));
     };
     let arc = authenticator.verify_arc(&parsed).await;
-    if !arc.can_be_sealed() {
+    // Seal only a chain that verifies (or none at all): RFC 8617 §5.1.2 has a failed
+    // chain end with cv=fail, which tells the next hop nothing it can use.
+    let has_chain = !parsed.as_headers.is_empty() || !parsed.ams_headers.is_empty() || !parsed.aar_headers.is_empty();
+    if has_chain && !matches!(arc.result(), mail_auth::DkimResult::Pass) {
         return Ok(None);
     }
     let dkim = authenticator.verify_dkim(&parsed).await;

@@ -29,11 +29,19 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// A `WWW-Authenticate` challenge for a 401 (RFC 7235 §4.1).
+    challenge: Option<&'static str>,
 }
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self { status, code, message: message.into(), challenge: None }
+    }
+
+    /// Adds the `WWW-Authenticate` challenge a 401 must carry.
+    pub(crate) fn with_challenge(mut self, challenge: &'static str) -> Self {
+        self.challenge = Some(challenge);
+        self
     }
 }
 
@@ -64,7 +72,11 @@ impl From<JsonRejection> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(challenge) = self.challenge {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static(challenge));
+        }
+        response
     }
 }
 
@@ -876,9 +888,9 @@ async fn list_verdicts(
     let mut unanswered = Vec::new();
     for (node_id, answer) in state.core.ask_every_node(wmail_core::NodeQuery::Verdicts(query)).await {
         match answer {
-            Ok(serde_json::Value::Array(records)) => verdicts.extend(records.into_iter().map(|mut record| {
-                record["node_id"] = serde_json::json!(node_id);
-                record
+            Ok(serde_json::Value::Array(records)) => verdicts.extend(records.into_iter().filter_map(|mut record| {
+                record.as_object_mut()?.insert("node_id".into(), serde_json::json!(node_id));
+                Some(record)
             })),
             Ok(other) => unanswered.push(serde_json::json!({ "node_id": node_id, "error": other.to_string() })),
             Err(error) => unanswered.push(serde_json::json!({ "node_id": node_id, "error": error })),

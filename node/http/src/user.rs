@@ -30,12 +30,16 @@ impl FromRequestParts<Arc<AppState>> for User {
                 "unauthorized",
                 format!("{message}: send your address and password with HTTP Basic authentication"),
             )
+            .with_challenge("Basic realm=\"wmail\", charset=\"UTF-8\"")
         };
+        // RFC 7617 §2: the scheme name is case-insensitive.
         let encoded = parts
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Basic "))
+            .and_then(|value| value.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
+            .map(|(_, credentials)| credentials)
             .ok_or_else(|| unauthorized("not logged in"))?;
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(encoded.trim())
@@ -72,13 +76,14 @@ async fn list_quarantined(
     Ok(Json(state.core.quarantined(&account.address)?))
 }
 
-/// The id must be one of the account's own held messages.
-fn own(state: &AppState, account: &Account, id: u64) -> Result<(), ApiError> {
-    if state.core.quarantined(&account.address)?.iter().any(|entry| entry.id == id) {
-        Ok(())
-    } else {
-        Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no quarantined message {id}")))
-    }
+/// One of the account's own held messages.
+fn own(state: &AppState, account: &Account, id: u64) -> Result<wmail_core::QuarantineEntry, ApiError> {
+    state
+        .core
+        .quarantined(&account.address)?
+        .into_iter()
+        .find(|entry| entry.id == id)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no quarantined message {id}")))
 }
 
 async fn release_quarantined(
@@ -86,7 +91,14 @@ async fn release_quarantined(
     User(account): User,
     Path(id): Path<u64>,
 ) -> Result<StatusCode, ApiError> {
-    own(&state, &account, id)?;
+    // Only an administrator may let a virus through.
+    if own(&state, &account, id)?.reason.starts_with("virus") {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this message was held for a virus; only an administrator can release it",
+        ));
+    }
     state.core.release_quarantined(&account.address, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

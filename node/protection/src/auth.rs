@@ -191,7 +191,9 @@ pub(crate) async fn check_message(
         let domain = mail_from_domain(envelope.mail_from, envelope.helo);
         let dmarc = authenticator.verify_dmarc(DmarcParameters::new(&parsed, &dkim, domain, &spf)).await;
         let failed = matches!(dmarc.result(), DmarcResult::Fail(_));
-        sender_verified |= dmarc.result() == DmarcResult::Pass;
+        // DMARC authenticates the From: domain: it vouches for the envelope sender only
+        // when that is the same domain.
+        sender_verified |= dmarc.result() == DmarcResult::Pass && dmarc.domain().eq_ignore_ascii_case(domain);
         let policy = dmarc.policy();
         let score = if failed {
             3.0

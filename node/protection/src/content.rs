@@ -161,15 +161,13 @@ impl ContentChecks {
     fn blocked_in_zip(&self, name: &str, contents: &[u8], depth: usize, budget: &mut u64) -> Option<String> {
         let Ok(mut archive) = zip::ZipArchive::new(std::io::Cursor::new(contents)) else { return None };
         for index in 0..archive.len().min(MAX_ARCHIVE_ENTRIES) {
-            if *budget == 0 {
-                break;
-            }
             let Ok(mut entry) = archive.by_index(index) else { continue };
             let entry_name = entry.name().to_owned();
-            // Only the first bytes are needed to recognise a program; a nested archive is
-            // read whole, within what is left of the message's decompression budget.
+            // Names are always checked; contents only within what is left of the
+            // message's decompression budget: the first bytes to recognise a program, a
+            // nested archive whole (its declared size is the sender's word, not trusted).
             let nested = entry_name.to_lowercase().ends_with(".zip");
-            let limit = if nested { entry.size().min(*budget) } else { 4 };
+            let limit = if nested { (*budget).min(16 * 1024 * 1024) } else { 4.min(*budget) };
             let mut head = Vec::new();
             let _ = (&mut entry).take(limit).read_to_end(&mut head);
             *budget = budget.saturating_sub(head.len() as u64);

@@ -6,6 +6,9 @@ use mail_parser::{MessageParser, MimeHeaders};
 
 use crate::clamd::{Clamd, ScanError, ScanResult};
 
+/// Most attachments scanned one by one (each is one clamd round trip).
+const MAX_SCANNED_ATTACHMENTS: usize = 50;
+
 /// The message without its infected attachments and what was removed, or `None` when no
 /// attachment is infected (the virus is elsewhere: the message cannot be cleaned).
 pub(crate) async fn infected_attachments(
@@ -14,7 +17,12 @@ pub(crate) async fn infected_attachments(
 ) -> Result<Option<(Vec<u8>, Vec<String>)>, ScanError> {
     let Some(message) = MessageParser::default().parse(raw) else { return Ok(None) };
     let mut cuts: Vec<(usize, usize, String)> = Vec::new();
-    for attachment in message.attachments() {
+    for attachment in message.attachments().take(MAX_SCANNED_ATTACHMENTS) {
+        // A message that is one attachment (a non-multipart binary body) has nothing
+        // left to deliver without it.
+        if attachment.raw_header_offset() == 0 {
+            return Ok(None);
+        }
         if let ScanResult::Infected(virus) = clamd.scan(attachment.contents()).await? {
             let name = attachment.attachment_name().unwrap_or("unnamed").to_owned();
             let (start, end) = (attachment.raw_header_offset() as usize, attachment.raw_end_offset() as usize);
@@ -47,5 +55,9 @@ The attachment {notice} was removed by the mail server: it contained a virus.\r\
         at = end;
     }
     cleaned.extend_from_slice(&raw[at..]);
+    // The rest must be clean too (a virus in the text or an inline part cannot be cut).
+    if clamd.scan(&cleaned).await? != ScanResult::Clean {
+        return Ok(None);
+    }
     Ok(Some((cleaned, removed)))
 }

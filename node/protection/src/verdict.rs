@@ -108,6 +108,20 @@ pub struct Verdict {
 }
 
 impl Verdict {
+    /// A copy without the replacement message (for the log).
+    pub fn clone_without_message(&self) -> Verdict {
+        Verdict {
+            checks: self.checks.clone(),
+            score: self.score,
+            action: self.action.clone(),
+            authentication_results: String::new(),
+            refusal: None,
+            junk: None,
+            quarantine: None,
+            replacement: None,
+        }
+    }
+
     /// Records a check.
     pub fn add(&mut self, name: impl Into<String>, result: impl Into<String>, score: f32) {
         self.score += score;
@@ -233,8 +247,11 @@ fn authserv_id(value: &str) -> &str {
     while let Some(comment) = rest.strip_prefix('(') {
         let mut depth = 1;
         let mut end = comment.len();
+        let mut escaped = false;
         for (index, c) in comment.char_indices() {
             match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
                 '(' => depth += 1,
                 ')' => depth -= 1,
                 _ => {}
@@ -246,7 +263,7 @@ fn authserv_id(value: &str) -> &str {
         }
         rest = comment[end.min(comment.len())..].trim_start();
     }
-    rest.split([';', ' ', '\t', '\r', '\n', '(']).next().unwrap_or("")
+    rest.split([';', ' ', '\t', '\r', '\n', '(']).next().unwrap_or("").trim_matches('"')
 }
 
 /// The stored form of a message: the verdict's headers first, `Authentication-Results`
@@ -447,6 +464,7 @@ mod tests {
     fn forged_results_are_dropped_and_spam_subjects_prefixed() {
         let message = b"Authentication-Results: MX.local.test; dkim=pass\r\n (forged)\r\n\
 Authentication-Results: (hidden (nested)) mx.local.test; dkim=pass (forged too)\r\nX-Spam-Status: No (forged)\r\n\
+Authentication-Results: (x\\)) \"mx.local.test\"; dkim=pass (forged, escaped and quoted)\r\n\
 Authentication-Results: other.test; spf=pass\r\nSubject: cheap\r\n pills\r\n\r\nbody\r\n";
         let mut verdict = Verdict::default();
         verdict.add("RULE", "matched", 5.5);

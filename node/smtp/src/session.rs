@@ -847,7 +847,7 @@ impl Session {
             message_id,
             from,
             subject,
-            verdict: verdict.clone(),
+            verdict: verdict.clone_without_message(),
         };
         tracing::info!(
             session = %self.id, action = verdict.action.label(), score = verdict.score,
@@ -977,11 +977,25 @@ impl Session {
             return Some(reply(451, "4.3.1", "the server is busy checking other messages; try again later"));
         }
         let mut envelope = self.envelope(transaction);
+        // The classifier of the domain the first recipient's account is in (an alias domain
+        // learns nothing of its own).
+        let account_domain = transaction
+            .recipients
+            .first()
+            .and_then(|recipient| self.core.resolve_recipient(recipient).ok()?.first().copied())
+            .and_then(|account_id| self.core.account_by_id(account_id).ok()?)
+            .and_then(|account| account.address.rsplit_once('@').map(|(_, domain)| domain.to_owned()));
         if protection.config().bayes
-            && let Some(domain) = transaction.recipients.first().and_then(|r| r.rsplit_once('@')).map(|(_, d)| d)
+            && let Some(domain) = account_domain
         {
             let minimum = protection.config().bayes_min_messages;
-            envelope.bayes = self.core.bayes_probability(domain, &scan.data, minimum).unwrap_or_else(|error| {
+            let ask = || self.core.bayes_probability(&domain, &scan.data, minimum);
+            // Tokenising is CPU work: off the async workers when the runtime allows.
+            let answer = match tokio::runtime::Handle::current().runtime_flavor() {
+                tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(ask),
+                _ => ask(),
+            };
+            envelope.bayes = answer.unwrap_or_else(|error| {
                 tracing::warn!(session = %self.id, %error, "cannot ask the spam classifier");
                 None
             });

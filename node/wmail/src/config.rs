@@ -317,8 +317,10 @@ impl Config {
         config.quarantine_retention_days = spam.quarantine_retention_days;
         config.max_scan_size = (spam.max_scan_size_mb as usize) << 20;
         config.scan_memory = (spam.scan_memory_mb as usize) << 20;
-        if config.max_scan_size > config.scan_memory {
-            bail!("[antispam] max_scan_size_mb must not exceed scan_memory_mb");
+        if config.max_scan_size > config.scan_memory / 4 {
+            bail!(
+                "[antispam] max_scan_size_mb must be at most a quarter of scan_memory_mb (one client may hold a quarter)"
+            );
         }
         let antivirus = &self.antivirus;
         config.clamd = (!antivirus.clamd.is_empty()).then(|| antivirus.clamd.clone());
