@@ -619,3 +619,64 @@ Content-Disposition: attachment; filename=\"eicar.bin\"\r\nContent-Transfer-Enco
     assert_eq!(send(&node, "127.0.0.1", "news@remote.test", &in_body).await.code, 550);
     node.terminate().await;
 }
+
+#[tokio::test]
+async fn a_quarantined_virus_is_released_by_an_administrator_only() {
+    let clamd = crate::peers::Clamd::start().await;
+    let dns = Dnsmasq::start(&[]).await;
+    let config = format!(
+        "{}{}action = \"quarantine\"\n[antispam]\ntrusted_networks = []\nspf = false\n",
+        dns.wmail_config(),
+        clamd.wmail_config()
+    );
+    let mut node = WmailNode::new(&config);
+    node.start().await;
+    assert_eq!(node.api(Method::POST, "/domains", Some(json!({ "name": "example.com" }))).await.0, StatusCode::CREATED);
+    let account = json!({ "address": "alice@example.com", "password": "alice password" });
+    assert_eq!(node.api(Method::POST, "/accounts", Some(account)).await.0, StatusCode::CREATED);
+    let infected =
+        message("x@remote.test", "virus@remote.test", "invoice", &format!("{}\r\n", crate::peers::Clamd::EICAR));
+    assert_eq!(send(&node, "127.0.0.1", "x@remote.test", &infected).await.code, 250, "held, not refused");
+    let (_, held) = node.api(Method::GET, "/accounts/alice@example.com/quarantine", None).await;
+    assert!(held[0]["reason"].as_str().unwrap_or("").starts_with("virus"), "{held}");
+    let id = held[0]["id"].to_string();
+    let by_user = reqwest::Client::new()
+        .post(format!("http://{}/user/v1/quarantine/{id}/release", node.http))
+        .basic_auth("alice@example.com", Some("alice password"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_user.status(), StatusCode::FORBIDDEN);
+    assert!(mailbox(&node, "INBOX").await.is_empty());
+    let (status, _) =
+        node.api(Method::POST, &format!("/accounts/alice@example.com/quarantine/{id}/release"), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "an administrator may");
+    assert_eq!(mailbox(&node, "INBOX").await.len(), 1);
+    node.terminate().await;
+}
+
+#[tokio::test]
+async fn the_user_api_counts_failed_logins_per_client_address() {
+    let mut node = WmailNode::new("[security]\nmax_login_failures_per_address = 2\n");
+    node.start().await;
+    assert_eq!(node.api(Method::POST, "/domains", Some(json!({ "name": "example.com" }))).await.0, StatusCode::CREATED);
+    let account = json!({ "address": "alice@example.com", "password": "alice password" });
+    assert_eq!(node.api(Method::POST, "/accounts", Some(account)).await.0, StatusCode::CREATED);
+    let login = |user: &'static str, password: &'static str| {
+        let url = format!("http://{}/user/v1/quarantine", node.http);
+        async move { reqwest::Client::new().get(url).basic_auth(user, Some(password)).send().await.unwrap() }
+    };
+    let first = login("alice@example.com", "alice password").await;
+    assert_eq!(first.status(), StatusCode::OK);
+    // Two different accounts guessed from one address: the address is blocked, so even
+    // alice's right password is refused from it (the per-account limit is not reached).
+    for user in ["bob@example.com", "carol@example.com"] {
+        let guess = login(user, "guess").await;
+        assert_eq!(guess.status(), StatusCode::UNAUTHORIZED);
+        assert!(guess.headers().get("www-authenticate").is_some_and(|v| v.to_str().unwrap().starts_with("Basic")));
+    }
+    let blocked = login("alice@example.com", "alice password").await;
+    assert_eq!(blocked.status(), StatusCode::UNAUTHORIZED);
+    assert!(blocked.text().await.unwrap().contains("too many failed logins"));
+    node.terminate().await;
+}

@@ -49,6 +49,11 @@ pub fn router(
         .with_state(state)
 }
 
+/// The client's address as the server accepted it (after any PROXY header): a request
+/// extension the server inserts, for handlers that need it (the user API's lockout).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
 fn api_not_found() -> Response {
     let body = serde_json::json!({ "error": { "code": "not_found", "message": "no such endpoint; the admin API lives under /api/v1" } });
     (StatusCode::NOT_FOUND, axum::Json(body)).into_response()

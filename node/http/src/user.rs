@@ -47,7 +47,10 @@ impl FromRequestParts<Arc<AppState>> for User {
             .and_then(|bytes| String::from_utf8(bytes).ok())
             .ok_or_else(|| unauthorized("malformed credentials"))?;
         let (address, password) = decoded.split_once(':').ok_or_else(|| unauthorized("malformed credentials"))?;
-        let account = state.core.authenticate(address, password, None).await.map_err(|error| match error.code {
+        // The per-address lockout needs the client's address (set by the server, after any
+        // PROXY header); without it only the per-account lockout applies.
+        let client = parts.extensions.get::<crate::ClientAddr>().map(|client| client.0.ip().to_canonical());
+        let account = state.core.authenticate(address, password, client).await.map_err(|error| match error.code {
             ErrorCode::Unavailable => ApiError::from(error),
             _ => unauthorized(&error.message),
         })?;

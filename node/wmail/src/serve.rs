@@ -72,7 +72,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             let stop = async move {
                 let _ = shutdown.wait_for(|stop| *stop).await;
             };
-            axum::serve(listener, router).with_graceful_shutdown(stop).await
+            // The client's address (after any PROXY header) reaches handlers as an extension.
+            let router = router.layer(axum::middleware::from_fn(
+                |axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<Peer>,
+                 mut request: axum::extract::Request,
+                 next: axum::middleware::Next| async move {
+                    request.extensions_mut().insert(wmail_http::ClientAddr(peer.0));
+                    next.run(request).await
+                },
+            ));
+            let service = router.into_make_service_with_connect_info::<Peer>();
+            axum::serve(listener, service).with_graceful_shutdown(stop).await
         }));
     }
     // Mail listeners and the delivery worker stop on shutdown or on `wmail node drain`.
@@ -399,6 +409,16 @@ impl HttpListener {
             }
         });
         Ok(Self { local, ready })
+    }
+}
+
+/// The address an HTTP connection came from, as [`HttpListener`] accepted it.
+#[derive(Debug, Clone, Copy)]
+struct Peer(SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, HttpListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, HttpListener>) -> Self {
+        Peer(*stream.remote_addr())
     }
 }
 
