@@ -274,7 +274,10 @@ pub enum Command {
     /// antivirus, blocked attachments or DMARC).
     SetAllowedSender { account_id: u64, sender: String, allowed: bool },
     /// Learns a message's tokens (64-bit hashes) as spam or ham for a domain's classifier.
-    TrainBayes { domain: String, spam: bool, tokens: Vec<u64> },
+    /// Each (account, blob) is learnt once: learnt again with the same label it changes
+    /// nothing, with the other label the earlier lesson is undone first (a message moved
+    /// back out of Junk), so moving a message to and fro cannot weigh on the classifier.
+    TrainBayes { domain: String, spam: bool, tokens: Vec<u64>, account_id: u64, blob: BlobId },
 }
 
 /// What a successfully applied command produced.

@@ -147,6 +147,15 @@ pub fn bayes_totals_key(domain: &str) -> Vec<u8> {
     [b"bayestotal/".as_slice(), domain.as_bytes()].concat()
 }
 
+/// Key of the label a message was learnt with, in [`SECURITY`]
+/// (`bayestrained/<account><sha256>` -> 1 spam, 0 ham).
+pub fn bayes_trained_key(account_id: u64, blob: &[u8]) -> Vec<u8> {
+    [BAYES_TRAINED.as_slice(), &account_id.to_be_bytes(), blob].concat()
+}
+
+/// Prefix of [`bayes_trained_key`].
+pub const BAYES_TRAINED: &[u8; 13] = b"bayestrained/";
+
 /// Next quarantine entry id in [`META`].
 pub const META_NEXT_QUARANTINE_ID: &[u8] = b"next_quarantine_id";
 

@@ -1171,27 +1171,37 @@ impl<'a> Tx<'a> {
                 Ok(Ok(Outcome::Done))
             }
             Command::PurgeQuarantine { before_ms, limit } => self.purge_quarantine(before_ms, limit),
-            Command::TrainBayes { domain, spam, tokens } => {
-                let bump = |counts: Option<Vec<u8>>| {
-                    let (mut spam_count, mut ham_count) = decode_pair(counts.as_deref());
-                    if spam {
-                        spam_count += 1;
-                    } else {
-                        ham_count += 1;
-                    }
-                    [spam_count.to_be_bytes(), ham_count.to_be_bytes()].concat()
-                };
-                let totals = ks::bayes_totals_key(&domain);
-                let value = bump(self.get_raw(ks::SECURITY, &totals)?);
-                self.put_raw(ks::SECURITY, &totals, value);
+            Command::TrainBayes { domain, spam, tokens, account_id, blob } => {
+                let trained = ks::bayes_trained_key(account_id, blob.as_bytes());
+                let earlier = self.get_raw(ks::SECURITY, &trained)?.and_then(|label| label.first().map(|&l| l == 1));
+                if earlier == Some(spam) {
+                    return Ok(Ok(Outcome::Done)); // already learnt so
+                }
                 let mut tokens = tokens;
                 tokens.sort_unstable();
                 tokens.dedup();
-                for token in tokens {
-                    let key = ks::bayes_token_key(&domain, token);
-                    let value = bump(self.get_raw(ks::SECURITY, &key)?);
-                    self.put_raw(ks::SECURITY, &key, value);
+                // Undo the opposite lesson first (a message moved back), then learn.
+                let lessons: Vec<(bool, i64)> = match earlier {
+                    Some(label) => vec![(label, -1), (spam, 1)],
+                    None => vec![(spam, 1)],
+                };
+                for (label, delta) in lessons {
+                    let adjust = |counts: Option<Vec<u8>>| {
+                        let (mut spam_count, mut ham_count) = decode_pair(counts.as_deref());
+                        let count = if label { &mut spam_count } else { &mut ham_count };
+                        *count = count.saturating_add_signed(delta);
+                        [spam_count.to_be_bytes(), ham_count.to_be_bytes()].concat()
+                    };
+                    let totals = ks::bayes_totals_key(&domain);
+                    let value = adjust(self.get_raw(ks::SECURITY, &totals)?);
+                    self.put_raw(ks::SECURITY, &totals, value);
+                    for &token in &tokens {
+                        let key = ks::bayes_token_key(&domain, token);
+                        let value = adjust(self.get_raw(ks::SECURITY, &key)?);
+                        self.put_raw(ks::SECURITY, &key, value);
+                    }
                 }
+                self.put_raw(ks::SECURITY, &trained, vec![u8::from(spam)]);
                 Ok(Ok(Outcome::Done))
             }
             Command::SetAllowedSender { account_id, sender, allowed } => {
@@ -1558,8 +1568,10 @@ impl<'a> Tx<'a> {
             .map(|(_, entry)| entry.id)
             .collect();
         self.drop_quarantined(account_id, &quarantined)?;
-        for (key, _) in self.scan_raw(ks::SECURITY, &[ks::ALLOWED_SENDERS.as_slice(), &prefix].concat())? {
-            self.delete(ks::SECURITY, &key);
+        for marks in [ks::ALLOWED_SENDERS.as_slice(), ks::BAYES_TRAINED.as_slice()] {
+            for (key, _) in self.scan_raw(ks::SECURITY, &[marks, &prefix].concat())? {
+                self.delete(ks::SECURITY, &key);
+            }
         }
         // Open sessions and the search index learn that the account is gone.
         self.touched_accounts.push(account_id);

@@ -1108,3 +1108,16 @@ fn quarantined_messages_hold_their_blob_until_released_dropped_or_purged() {
     assert!(store.quarantined(account_id).unwrap().is_empty());
     assert_eq!(store.blob_ref(&blob).unwrap().unwrap().count, 0);
 }
+
+#[test]
+fn a_message_is_learnt_once_and_moving_it_back_undoes_the_lesson() {
+    let (_dir, store) = store();
+    let blob = BlobId::from_slice(&[3; 32]).unwrap();
+    let train =
+        |spam| Command::TrainBayes { domain: "example.com".into(), spam, tokens: vec![7, 9], account_id: 1, blob };
+    apply_one(&store, train(true)).unwrap();
+    apply_one(&store, train(true)).unwrap(); // moved into Junk again: no second lesson
+    assert_eq!(store.bayes_counts("example.com", &[7]).unwrap(), ((1, 0), vec![(1, 0)]));
+    apply_one(&store, train(false)).unwrap(); // moved back out: now ham only
+    assert_eq!(store.bayes_counts("example.com", &[7, 9]).unwrap(), ((0, 1), vec![(0, 1), (0, 1)]));
+}

@@ -152,7 +152,9 @@ impl Core {
             let raw = self.read_blob(&record.blob).await?;
             let tokens = tokens(&raw);
             if !tokens.is_empty() {
-                self.execute(Command::TrainBayes { domain: domain.clone(), spam, tokens }).await?;
+                let command =
+                    Command::TrainBayes { domain: domain.clone(), spam, tokens, account_id, blob: record.blob };
+                self.execute(command).await?;
             }
         }
         Ok(())

@@ -87,8 +87,13 @@ pub async fn arc_seal(
         .domain(domain)
         .selector(&key.selector)
         .headers(headers);
-    let set = sealer.seal(&parsed, &results, &arc).map_err(describe)?;
-    Ok(Some(set.to_header()))
+    // RSA signing is CPU work: off the async workers when the runtime allows.
+    let seal = || sealer.seal(&parsed, &results, &arc).map(|set| set.to_header());
+    let sealed = match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(seal),
+        _ => seal(),
+    };
+    Ok(Some(sealed.map_err(describe)?))
 }
 
 #[cfg(test)]
