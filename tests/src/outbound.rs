@@ -660,10 +660,15 @@ print(cv.decode() if isinstance(cv, bytes) else cv, reason)
 
 #[tokio::test]
 async fn forwarded_mail_is_arc_sealed_by_the_forwarding_domain() {
-    let dns = Dnsmasq::start(&sink_dns_records(false)).await;
+    let mut records = sink_dns_records(false);
+    records.push("--txt-record=outside.test,v=spf1 ip4:127.0.0.1 -all".into());
+    let dns = Dnsmasq::start(&records).await;
     let mut sink = MailSink::new();
     sink.start().await;
-    let config = format!("{}\n[delivery]\nremote_port = {}\n", dns.wmail_config(), sink.port);
+    // Inbound checks on (loopback is not trusted here), so the message arrives with our
+    // Authentication-Results, whose SPF result the seal carries on.
+    let config =
+        format!("{}\n[delivery]\nremote_port = {}\n[antispam]\ntrusted_networks = []\n", dns.wmail_config(), sink.port);
     let mut node = WmailNode::new(&config);
     node.start().await;
     create(&node, "example.com", &["alice@example.com"]).await;
@@ -690,6 +695,9 @@ s.quit()
         text.contains("ARC-Message-Signature: i=1;") && text.contains("ARC-Authentication-Results: i=1;"),
         "{text}"
     );
+    let aar = &text[text.find("ARC-Authentication-Results:").unwrap()..];
+    let aar = &aar[..aar.find("\r\nARC-").or_else(|| aar.find("\r\nReturn-Path")).unwrap_or(aar.len())];
+    assert!(aar.contains("spf=pass") && aar.contains("smtp.mailfrom=someone@outside.test"), "{aar}");
     let verdict = arc_verify(&node, "example.com", &messages[0].1).await;
     assert!(verdict.starts_with("pass"), "dkimpy says: {verdict}\n{text}");
     wait_for_empty_queue(&node).await;

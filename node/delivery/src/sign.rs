@@ -5,7 +5,9 @@ use mail_auth::arc::ArcSealer;
 use mail_auth::common::crypto::{DkimKey as SigningKey, Ed25519Key, RsaKey, Sha256};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::DkimSigner;
-use mail_auth::{AuthenticatedMessage, AuthenticationResults, MessageAuthenticator};
+use mail_auth::{
+    AuthenticatedMessage, AuthenticationResults, DmarcOutput, DmarcResult, MessageAuthenticator, SpfOutput, SpfResult,
+};
 use wmail_core::{DkimAlgorithm, DkimKey};
 
 /// The header fields signed when present (RFC 6376 §5.4.1 lists these as the ones that
@@ -79,8 +81,20 @@ pub async fn arc_seal(
         return Ok(None);
     }
     let dkim = authenticator.verify_dkim(&parsed).await;
-    let results =
+    let mut results =
         AuthenticationResults::new(hostname).with_dkim_results(&dkim, parsed.from()).with_arc_result(&arc, remote_ip);
+    // SPF and DMARC can only be judged where the message arrived: carry over what this
+    // server recorded then (its own Authentication-Results), which forwarding would
+    // otherwise lose (RFC 8617 §4.1.1, the AAR is a copy of the receiver's results).
+    let receipt = ReceiptResults::parse(message, hostname);
+    if let Some((result, mail_from)) = &receipt.spf {
+        let spf = SpfOutput::new(mail_from.rsplit_once('@').map_or("", |(_, d)| d).to_owned()).with_result(*result);
+        results = results.with_spf_mailfrom_result(&spf, remote_ip, mail_from, "");
+    }
+    if let Some((result, domain)) = &receipt.dmarc {
+        let dmarc = DmarcOutput::new(domain.clone()).with_spf_result(result.clone()).with_dkim_result(result.clone());
+        results = results.with_dmarc_result(&dmarc);
+    }
     let mut headers: Vec<&str> = SIGNED_HEADERS.to_vec();
     headers.push("DKIM-Signature");
     let sealer = ArcSealer::from_key(signing_key(key).map_err(describe)?)
@@ -96,9 +110,85 @@ pub async fn arc_seal(
     Ok(Some(sealed.map_err(describe)?))
 }
 
+/// The SPF (MAIL FROM) and DMARC results this server recorded when the message arrived.
+#[derive(Debug, Default, PartialEq)]
+struct ReceiptResults {
+    spf: Option<(SpfResult, String)>,
+    /// (result, From: domain)
+    dmarc: Option<(DmarcResult, String)>,
+}
+
+impl ReceiptResults {
+    /// Reads them from the first `Authentication-Results` field under `hostname` (the
+    /// inbound checks put it first and drop any other claiming that name).
+    fn parse(message: &[u8], hostname: &str) -> Self {
+        let Some(parsed) = mail_parser::MessageParser::new().parse_headers(message) else { return Self::default() };
+        let ours = parsed.headers().iter().find_map(|header| {
+            if !header.name().eq_ignore_ascii_case("Authentication-Results") {
+                return None;
+            }
+            let start = header.offset_start() as usize;
+            let end = (header.offset_end() as usize).min(message.len());
+            let value = String::from_utf8_lossy(message.get(start..end)?).into_owned();
+            let (id, rest) = value.split_once(';')?;
+            id.trim().eq_ignore_ascii_case(hostname).then(|| rest.to_owned())
+        });
+        let Some(clauses) = ours else { return Self::default() };
+        let mut found = Self::default();
+        for clause in clauses.split(';') {
+            let clause = clause.split_whitespace().collect::<Vec<_>>();
+            let Some((method, result)) = clause.first().and_then(|first| first.split_once('=')) else { continue };
+            let property = |name: &str| {
+                clause.iter().find_map(|part| part.strip_prefix(name)).map(|value| value.trim_matches('"').to_owned())
+            };
+            match method.to_ascii_lowercase().as_str() {
+                "spf" => {
+                    let Some(mail_from) = property("smtp.mailfrom=") else { continue };
+                    let result = match result.to_ascii_lowercase().as_str() {
+                        "pass" => SpfResult::Pass,
+                        "fail" => SpfResult::Fail,
+                        "softfail" => SpfResult::SoftFail,
+                        "neutral" => SpfResult::Neutral,
+                        "temperror" => SpfResult::TempError,
+                        "permerror" => SpfResult::PermError,
+                        _ => SpfResult::None,
+                    };
+                    found.spf = Some((result, mail_from));
+                }
+                "dmarc" => {
+                    if let Some(domain) = property("header.from=") {
+                        let result = match result.to_ascii_lowercase().as_str() {
+                            "pass" => DmarcResult::Pass,
+                            "fail" => DmarcResult::Fail(mail_auth::Error::NotAligned),
+                            "temperror" => DmarcResult::TempError(mail_auth::Error::NotAligned),
+                            "permerror" => DmarcResult::PermError(mail_auth::Error::NotAligned),
+                            _ => DmarcResult::None,
+                        };
+                        found.dmarc = Some((result, domain));
+                    }
+                }
+                _ => {}
+            }
+        }
+        found
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn receipt_results_are_read_from_our_own_field_only() {
+        let message = b"Authentication-Results: other.test; spf=fail smtp.mailfrom=x@evil.test\r\n\
+Authentication-Results: mx.test;\r\n\tdkim=pass header.d=a.test;\r\n\tspf=none (mx.test: no SPF records) smtp.helo=h.test;\r\n\
+\tspf=pass (mx.test: domain of n@a.test designates 192.0.2.1 as permitted sender) smtp.mailfrom=n@a.test;\r\n\
+\tdmarc=pass header.from=a.test policy.dmarc=reject\r\nSubject: x\r\n\r\nbody\r\n";
+        let found = ReceiptResults::parse(message, "mx.test");
+        assert_eq!(found.spf, Some((SpfResult::Pass, "n@a.test".to_owned())));
+        assert_eq!(found.dmarc, Some((DmarcResult::Pass, "a.test".to_owned())));
+        assert_eq!(ReceiptResults::parse(message, "nobody.test"), ReceiptResults::default());
+    }
 
     #[test]
     fn the_from_domain_is_found_in_display_name_forms() {
