@@ -617,6 +617,12 @@ impl StateStore {
         Ok(out)
     }
 
+    /// A domain's trained (spam, ham) message totals.
+    pub fn bayes_totals(&self, domain: &str) -> Result<(u64, u64)> {
+        let db = self.db();
+        Ok(decode_pair(db.get_cf(&cf(&db, ks::SECURITY), ks::bayes_totals_key(domain))?.as_deref()))
+    }
+
     /// A domain's classifier: its trained (spam, ham) message totals and each token's
     /// (spam, ham) counts.
     #[allow(clippy::type_complexity)]

@@ -137,6 +137,11 @@ impl Core {
     /// How likely `raw` is spam for mail to `domain`, by what its users taught; `None`
     /// while fewer than `min_trained` spam or ham messages were learnt.
     pub fn bayes_probability(&self, domain: &str, raw: &[u8], min_trained: u64) -> Result<Option<f64>> {
+        // An untrained classifier costs one read, not a tokenised message.
+        let (spam, ham) = self.state.bayes_totals(&domain.to_lowercase())?;
+        if spam < min_trained.max(1) || ham < min_trained.max(1) {
+            return Ok(None);
+        }
         let tokens = tokens(raw);
         let (totals, counts) = self.state.bayes_counts(&domain.to_lowercase(), &tokens)?;
         Ok(spam_probability(totals, &counts, min_trained))
