@@ -119,9 +119,10 @@ s.quit()
     assert!(out.is_empty(), "{out}");
 }
 
-/// Checks a message's DKIM signature with dkimpy, an independent verifier, answering its
-/// key lookup with the record the node says to publish; returns dkimpy's verdict.
-async fn dkim_verify(node: &WmailNode, domain: &str, message: &[u8]) -> bool {
+/// Runs `check` (Python, with `message` holding the message and `lookup` answering key
+/// lookups with the records the node says to publish for `domain`) under dkimpy, an
+/// independent verifier; returns what it prints.
+async fn dkimpy(node: &WmailNode, domain: &str, message: &[u8], check: &str) -> String {
     let (status, keys) = node.api(Method::GET, &format!("/domains/{domain}/dkim"), None).await;
     assert_eq!(status, StatusCode::OK, "{keys}");
     let records: serde_json::Map<String, Value> = keys
@@ -134,23 +135,31 @@ async fn dkim_verify(node: &WmailNode, domain: &str, message: &[u8]) -> bool {
     std::fs::write(dir.path().join("message.eml"), message).expect("message");
     std::fs::write(dir.path().join("records.json"), Value::Object(records).to_string()).expect("records");
     let python = format!("{}/venv/bin/python", std::env::var("WMAIL_PEERS_DIR").expect("WMAIL_PEERS_DIR"));
-    let script = r#"
+    let script = format!(
+        r#"
 import dkim, json, sys
 records = json.load(open(sys.argv[2]))
 def lookup(name, timeout=5):
     name = name.decode() if isinstance(name, bytes) else name
     return records.get(name, "").encode() or None
-print(dkim.verify(open(sys.argv[1], "rb").read(), dnsfunc=lookup))
-"#;
+message = open(sys.argv[1], "rb").read()
+{check}
+"#
+    );
     let output = std::process::Command::new(python)
-        .args(["-c", script])
+        .args(["-c", &script])
         .arg(dir.path().join("message.eml"))
         .arg(dir.path().join("records.json"))
         .output()
         .expect("dkimpy");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "dkimpy failed: {stdout}{}", String::from_utf8_lossy(&output.stderr));
-    stdout.trim() == "True"
+    stdout.trim().to_owned()
+}
+
+/// Checks a message's DKIM signature with dkimpy; returns its verdict.
+async fn dkim_verify(node: &WmailNode, domain: &str, message: &[u8]) -> bool {
+    dkimpy(node, domain, message, "print(dkim.verify(message, dnsfunc=lookup))").await == "True"
 }
 
 fn sink_dns_records(remote_mx: bool) -> Vec<String> {
@@ -622,40 +631,12 @@ s.quit()
     assert_mx_refuses_with_550(&node, "legacy@example.com");
 }
 
-/// Checks a message's ARC chain with dkimpy (an independent verifier), answering key
-/// lookups with the records the node says to publish; returns dkimpy's chain validation
-/// (`pass`, `fail` or `none`).
+/// Checks a message's ARC chain with dkimpy; returns its chain validation (`pass`, `fail`
+/// or `none`) and reason.
 async fn arc_verify(node: &WmailNode, domain: &str, message: &[u8]) -> String {
-    let (status, keys) = node.api(Method::GET, &format!("/domains/{domain}/dkim"), None).await;
-    assert_eq!(status, StatusCode::OK, "{keys}");
-    let records: serde_json::Map<String, Value> = keys
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|key| (format!("{}.", key["dns_name"].as_str().unwrap()), key["dns_value"].clone()))
-        .collect();
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("message.eml"), message).expect("message");
-    std::fs::write(dir.path().join("records.json"), Value::Object(records).to_string()).expect("records");
-    let python = format!("{}/venv/bin/python", std::env::var("WMAIL_PEERS_DIR").expect("WMAIL_PEERS_DIR"));
-    let script = r#"
-import dkim, json, sys
-records = json.load(open(sys.argv[2]))
-def lookup(name, timeout=5):
-    name = name.decode() if isinstance(name, bytes) else name
-    return records.get(name, "").encode() or None
-cv, results, reason = dkim.arc_verify(open(sys.argv[1], "rb").read(), dnsfunc=lookup)
-print(cv.decode() if isinstance(cv, bytes) else cv, reason)
-"#;
-    let output = std::process::Command::new(python)
-        .args(["-c", script])
-        .arg(dir.path().join("message.eml"))
-        .arg(dir.path().join("records.json"))
-        .output()
-        .expect("dkimpy");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "dkimpy failed: {stdout}{}", String::from_utf8_lossy(&output.stderr));
-    stdout.trim().to_owned()
+    let check = r#"cv, results, reason = dkim.arc_verify(message, dnsfunc=lookup)
+print(cv.decode() if isinstance(cv, bytes) else cv, reason)"#;
+    dkimpy(node, domain, message, check).await
 }
 
 #[tokio::test]

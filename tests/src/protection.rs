@@ -62,6 +62,17 @@ async fn send(node: &WmailNode, source: &str, mail_from: &str, data: &str) -> Sm
     reply
 }
 
+/// A started node with `extra_config`, the domain example.com and alice@example.com
+/// (password "alice password").
+async fn node_with_alice(extra_config: &str) -> WmailNode {
+    let mut node = WmailNode::new(extra_config);
+    node.start().await;
+    assert_eq!(node.api(Method::POST, "/domains", Some(json!({ "name": "example.com" }))).await.0, StatusCode::CREATED);
+    let account = json!({ "address": "alice@example.com", "password": "alice password" });
+    assert_eq!(node.api(Method::POST, "/accounts", Some(account)).await.0, StatusCode::CREATED);
+    node
+}
+
 async fn mailbox(node: &WmailNode, name: &str) -> Vec<Value> {
     let path = format!("/accounts/alice@example.com/messages?mailbox={name}");
     let (status, messages) = node.api(Method::GET, &path, None).await;
@@ -108,11 +119,7 @@ score = 20.0
 "#,
         dns.wmail_config()
     );
-    let mut node = WmailNode::new(&config);
-    node.start().await;
-    assert_eq!(node.api(Method::POST, "/domains", Some(json!({ "name": "example.com" }))).await.0, StatusCode::CREATED);
-    let account = json!({ "address": "alice@example.com", "password": "alice password" });
-    assert_eq!(node.api(Method::POST, "/accounts", Some(account)).await.0, StatusCode::CREATED);
+    let mut node = node_with_alice(&config).await;
 
     // A signed message from an SPF-authorised client passes everything, and a forged
     // Authentication-Results header claiming to be this server is dropped.
@@ -219,11 +226,7 @@ async fn clamd_refuses_a_virus_and_its_failure_defers_mail() {
     let mut clamd = crate::peers::Clamd::start().await;
     let dns = Dnsmasq::start(&["--txt-record=good.test,v=spf1 ip4:127.0.0.1 -all".into()]).await;
     let config = format!("{}{}[antispam]\ntrusted_networks = []\n", dns.wmail_config(), clamd.wmail_config());
-    let mut node = WmailNode::new(&config);
-    node.start().await;
-    assert_eq!(node.api(Method::POST, "/domains", Some(json!({ "name": "example.com" }))).await.0, StatusCode::CREATED);
-    let account = json!({ "address": "alice@example.com", "password": "alice password" });
-    assert_eq!(node.api(Method::POST, "/accounts", Some(account)).await.0, StatusCode::CREATED);
+    let mut node = node_with_alice(&config).await;
 
     let clean = message("news@good.test", "clean@good.test", "clean", "nothing to see\r\n");
     assert_eq!(send(&node, "127.0.0.1", "news@good.test", &clean).await.code, 250);
@@ -448,11 +451,7 @@ async fn quarantine_holds_releases_deletes_notifies_and_allowed_senders_skip_it(
 header = \"Subject\"\npattern = \"(?i)lottery\"\nscore = 11.0\n",
         dns.wmail_config()
     );
-    let mut node = WmailNode::new(&config);
-    node.start().await;
-    assert_eq!(node.api(Method::POST, "/domains", Some(json!({ "name": "example.com" }))).await.0, StatusCode::CREATED);
-    let account = json!({ "address": "alice@example.com", "password": "alice password" });
-    assert_eq!(node.api(Method::POST, "/accounts", Some(account)).await.0, StatusCode::CREATED);
+    let mut node = node_with_alice(&config).await;
     let cli = |args: &[&str]| crate::harness::succeeded(node.cli(args, None));
 
     // Two messages over the quarantine threshold are accepted but held.
@@ -529,11 +528,7 @@ async fn the_bayes_classifier_learns_from_moves_into_and_out_of_junk() {
     let dns = Dnsmasq::start(&[]).await;
     let config =
         format!("{}[antispam]\ntrusted_networks = []\nspf = false\nbayes_min_messages = 2\n", dns.wmail_config());
-    let mut node = WmailNode::new(&config);
-    node.start().await;
-    assert_eq!(node.api(Method::POST, "/domains", Some(json!({ "name": "example.com" }))).await.0, StatusCode::CREATED);
-    let account = json!({ "address": "alice@example.com", "password": "alice password" });
-    assert_eq!(node.api(Method::POST, "/accounts", Some(account)).await.0, StatusCode::CREATED);
+    let mut node = node_with_alice(&config).await;
 
     // Alice files two spam runs into Junk and rescues two newsletters from it.
     let out = crate::harness::python(
@@ -590,11 +585,7 @@ async fn clamd_strip_removes_only_the_infected_attachment() {
         dns.wmail_config(),
         clamd.wmail_config()
     );
-    let mut node = WmailNode::new(&config);
-    node.start().await;
-    assert_eq!(node.api(Method::POST, "/domains", Some(json!({ "name": "example.com" }))).await.0, StatusCode::CREATED);
-    let account = json!({ "address": "alice@example.com", "password": "alice password" });
-    assert_eq!(node.api(Method::POST, "/accounts", Some(account)).await.0, StatusCode::CREATED);
+    let mut node = node_with_alice(&config).await;
 
     let eicar = base64::engine::general_purpose::STANDARD.encode(crate::peers::Clamd::EICAR);
     let notes = base64::engine::general_purpose::STANDARD.encode("meeting notes, all clean");
@@ -629,11 +620,7 @@ async fn a_quarantined_virus_is_released_by_an_administrator_only() {
         dns.wmail_config(),
         clamd.wmail_config()
     );
-    let mut node = WmailNode::new(&config);
-    node.start().await;
-    assert_eq!(node.api(Method::POST, "/domains", Some(json!({ "name": "example.com" }))).await.0, StatusCode::CREATED);
-    let account = json!({ "address": "alice@example.com", "password": "alice password" });
-    assert_eq!(node.api(Method::POST, "/accounts", Some(account)).await.0, StatusCode::CREATED);
+    let mut node = node_with_alice(&config).await;
     let infected =
         message("x@remote.test", "virus@remote.test", "invoice", &format!("{}\r\n", crate::peers::Clamd::EICAR));
     assert_eq!(send(&node, "127.0.0.1", "x@remote.test", &infected).await.code, 250, "held, not refused");

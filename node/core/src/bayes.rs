@@ -78,11 +78,7 @@ pub fn tokens(raw: &[u8]) -> Vec<u64> {
             break;
         }
     }
-    let mut end = text.len().min(MAX_TEXT);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    add_tokens("", &text[..end], &mut out);
+    add_tokens("", &text[..text.floor_char_boundary(MAX_TEXT)], &mut out);
     out.sort_unstable();
     out.dedup();
     out.truncate(MAX_TOKENS);

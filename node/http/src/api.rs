@@ -837,10 +837,11 @@ async fn list_allowed_senders(
     Ok(Json(state.core.allowed_senders(&address)?))
 }
 
+/// A sender to allow (admin and user API alike).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SenderBody {
-    sender: String,
+pub(crate) struct SenderBody {
+    pub(crate) sender: String,
 }
 
 /// Makes an account always accept a sender (its mail skips the spam thresholds).

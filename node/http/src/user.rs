@@ -11,11 +11,10 @@ use axum::http::{StatusCode, header};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use base64::Engine;
-use serde::Deserialize;
 use wmail_core::{Account, ErrorCode, Service};
 
 use crate::AppState;
-use crate::api::{ApiError, JsonBody};
+use crate::api::{ApiError, JsonBody, SenderBody};
 
 /// The account a request authenticated as.
 pub struct User(Account);
@@ -121,12 +120,6 @@ async fn list_allowed_senders(
     User(account): User,
 ) -> Result<Json<Vec<String>>, ApiError> {
     Ok(Json(state.core.allowed_senders(&account.address)?))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SenderBody {
-    sender: String,
 }
 
 async fn allow_sender(

@@ -92,15 +92,7 @@ impl Occupancy {
                 self.rates.clear();
             }
         }
-        // IPv6 clients are counted per /64, the block one subscriber usually holds.
-        let key = match ip {
-            IpAddr::V6(v6) => {
-                let s = v6.segments();
-                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-            v4 => v4,
-        };
-        let (start, count) = self.rates.entry(key).or_insert((now, 0));
+        let (start, count) = self.rates.entry(crate::client_network(ip)).or_insert((now, 0));
         if now.duration_since(*start) >= RATE_WINDOW {
             *start = now;
             *count = 0;

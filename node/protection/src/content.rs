@@ -99,11 +99,7 @@ impl ContentChecks {
             text.push_str(&part);
             text.push('\n');
             if text.len() >= MAX_SCANNED_TEXT {
-                let mut end = MAX_SCANNED_TEXT;
-                while !text.is_char_boundary(end) {
-                    end -= 1;
-                }
-                text.truncate(end);
+                text.truncate(text.floor_char_boundary(MAX_SCANNED_TEXT));
                 break;
             }
         }

@@ -279,17 +279,6 @@ impl Drop for ScanReservation {
     }
 }
 
-/// The network a client's scan share is counted for (IPv6 per /64).
-fn share_key(client: IpAddr) -> IpAddr {
-    match client {
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-        }
-        v4 => v4,
-    }
-}
-
 impl std::fmt::Debug for Protection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Protection").field("config", &self.config).finish()
@@ -367,7 +356,7 @@ impl Protection {
             return true;
         }
         let more_kib = wanted - held;
-        let client = share_key(client);
+        let client = wmail_net::client_network(client);
         let mut shares = self.scan_shares.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let share = shares.entry(client).or_insert(0);
         if *share + more_kib > (self.config.scan_memory / 1024 / 4).max(1) {
