@@ -6,6 +6,10 @@
 #       node is restarted and catches up. Prints every gap and the distribution.
 #   tools/cluster-bench.sh snapshot [MESSAGES]   deliver MESSAGES (default 100000) over SMTP,
 #       then time a brand-new node joining, which catches up by snapshot install.
+#   tools/cluster-bench.sh load [SECONDS]        wmail-bench smtp on all three nodes for
+#       SECONDS (default 30); a third of the way in the leader is killed (-9), a third later
+#       restarted. Prints the errors clients saw (by reply code) and the time from the kill
+#       to the first accepted message after it.
 #
 # Uses $LOCAL_CLUSTER_DIR (default ./wmail-cluster); `deploy/local-cluster.sh stop` ends it.
 set -euo pipefail
@@ -89,8 +93,40 @@ snapshot)
   kill "$(cat "$dir/node4.pid")"
   rm -f "$dir/node4.pid"
   ;;
+load)
+  seconds="${2:-30}"
+  id="$(leader)"
+  "$CARGO_TARGET_DIR/release/wmail-bench" --server http://127.0.0.1:18180 --token "$(cat "$dir/node1/admin-token")" \
+    smtp --smtp 127.0.0.1:18125,127.0.0.1:18225,127.0.0.1:18325 --concurrency 16 --seconds "$seconds" \
+    --size 4096 --accounts 16 --json >"$dir/load.json" &
+  load=$!
+  sleep "$(python3 -c "print($seconds / 3)")"
+  killed="$(date +%s%3N)"
+  kill -9 "$(cat "$dir/node$id.pid")"
+  sleep "$(python3 -c "print($seconds / 3)")"
+  "$repo/deploy/local-cluster.sh" >/dev/null   # the killed node comes back and catches up
+  wait "$load" || true
+  python3 - "$killed" "$id" "$dir/load.json" <<'PY'
+import json, sys
+killed, node = int(sys.argv[1]), sys.argv[2]
+r = json.loads(open(sys.argv[3]).read().strip().splitlines()[-1])
+errors = ", ".join(f"{code}: {n}" for code, n in r["errors"].items()) or "none"
+print(f"{r['delivered']} messages accepted in {r['seconds']:.0f} s by 16 sessions on 3 nodes "
+      f"({r['accepts_per_second']:.0f}/s, p99 {r['p99_ms']:.0f} ms, max {r['max_ms']:.0f} ms)")
+print(f"node {node} (the leader) killed -9 at {r['seconds'] / 3:.0f} s, restarted at {2 * r['seconds'] / 3:.0f} s")
+print(f"errors seen by clients: {errors}")
+gap_end = r["longest_gap_ended_unix_ms"]
+gap_start = gap_end - r["longest_gap_ms"]
+if gap_start <= killed <= gap_end:
+    print(f"first accepted message after the kill: {(gap_end - killed) / 1000:.2f} s "
+          f"(no message was accepted for {r['longest_gap_ms'] / 1000:.2f} s)")
+else:
+    print(f"messages kept being accepted through the kill (longest pause {r['longest_gap_ms'] / 1000:.2f} s, "
+          f"{(gap_start - killed) / 1000:+.1f} s from the kill)")
+PY
+  ;;
 *)
-  echo "usage: $0 failover [KILLS] | snapshot [MESSAGES]" >&2
+  echo "usage: $0 failover [KILLS] | snapshot [MESSAGES] | load [SECONDS]" >&2
   exit 2
   ;;
 esac

@@ -170,6 +170,25 @@ async fn bench_drives_imap() {
     assert!(search["imap_search_p50_ms"].as_f64().unwrap() > 0.0, "{search}");
     assert!(search["ranked_p50_ms"].as_f64().unwrap() > 0.0, "{search}");
 
+    // `scale` at two small checkpoints, its results written with --out as JSON and Markdown.
+    let out = tempfile::tempdir().expect("temporary directory");
+    let output = Command::new(&bench)
+        .args(["--server", &format!("http://{}", node.http), "--token", &node.token()])
+        .args(["--out", &out.path().join("scale").display().to_string()])
+        .args(["scale", "--imap", &imap, "--checkpoints", "20,60", "--samples", "5", "--concurrency", "2"])
+        .output()
+        .expect("run wmail-bench");
+    assert!(output.status.success(), "scale: {}", String::from_utf8_lossy(&output.stderr));
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("scale.json")).expect("scale.json")).unwrap();
+    let results = results.as_array().expect("an array of reports");
+    let messages: Vec<u64> = results.iter().map(|report| report["messages"].as_u64().unwrap()).collect();
+    assert_eq!(messages, [25, 65], "{results:?}");
+    assert!(results.iter().all(|report| report["workload"] == "scale" && report["append_p50_ms"].as_f64() > Some(0.0)));
+    let summary = std::fs::read_to_string(out.path().join("scale.md")).expect("scale.md");
+    assert!(summary.contains("## scale") && summary.contains("| 65 |"), "{summary}");
+    assert!(!summary.contains(&node.token()), "the token stays out of the summary");
+
     let mixed = run(&["imap", "--users", "2", "--clients", "2", "--seconds", "2", "--check"]);
     assert_eq!((mixed["errors"].as_u64(), mixed["inconsistent"].as_u64()), (Some(0), Some(0)), "{mixed}");
     for command in ["SELECT", "FETCH 1:* (UID FLAGS)", "UID FETCH BODY[]", "STORE +\\Seen", "APPEND", "EXPUNGE"] {

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::imap::{Client, Response, Status, Untagged, login_permit, quoted};
 use crate::messages::Generator;
+use crate::report::{progress, record};
 use crate::{Api, PASSWORD, accounts, ensure_account, millis, percentile};
 
 /// The IMAP server and output options every IMAP subcommand shares.
@@ -64,73 +65,120 @@ pub struct FillArgs {
     small: bool,
 }
 
-/// APPENDs `--count` messages and reports messages/s and MB/s.
-pub async fn fill(api: &Api, args: &FillArgs) -> anyhow::Result<()> {
-    if !args.target.no_setup {
-        ensure_account(api, &args.user, &args.password).await?;
-    }
-    let next = AtomicUsize::new(0);
+/// What a batch of APPENDs gave.
+struct Appended {
+    /// Latencies of the accepted APPENDs, sorted.
+    latencies: Vec<Duration>,
+    bytes: usize,
+    /// The refusals' status and text.
+    refused: Vec<String>,
+    seconds: f64,
+}
+
+/// What [`append_messages`] appends, where, and how.
+struct AppendJob<'a> {
+    imap: &'a str,
+    user: &'a str,
+    password: &'a str,
+    mailbox: &'a str,
+    /// The numbers of the generated messages (their Message-IDs and dates follow them).
+    numbers: std::ops::Range<usize>,
+    concurrency: usize,
+    small: bool,
+    /// Progress lines on stderr under this label.
+    progress: &'a str,
+}
+
+/// APPENDs generated messages over `concurrency` connections.
+async fn append_messages(job: &AppendJob<'_>) -> anyhow::Result<Appended> {
+    let (next, done) = (AtomicUsize::new(job.numbers.start), AtomicUsize::new(0));
     let started = Instant::now();
-    let workers = (0..args.concurrency.max(1)).map(|_| {
-        let next = &next;
+    let workers = (0..job.concurrency.max(1)).map(|_| {
+        let (next, done) = (&next, &done);
         async move {
-            let mut client = Client::login(&args.target.imap, &args.user, &args.password).await?;
-            let mut generator = Generator::new(rand::random(), &args.user);
-            if args.small {
+            let mut client = Client::login(job.imap, job.user, job.password).await?;
+            let mut generator = Generator::new(rand::random(), job.user);
+            if job.small {
                 generator = generator.small();
             }
             let (mut latencies, mut bytes, mut refused) = (Vec::new(), 0, Vec::new());
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= args.count {
+                if n >= job.numbers.end {
                     break;
                 }
                 let message = generator.message(n);
                 let sent = Instant::now();
                 let date = Some(message.internal_date.as_str());
-                let response = client.append(&args.mailbox, message.flags, date, &message.raw).await?;
+                let response = client.append(job.mailbox, message.flags, date, &message.raw).await?;
                 if response.status == Status::Ok {
                     latencies.push(sent.elapsed());
                     bytes += message.raw.len();
                 } else {
                     refused.push(format!("{:?} {}", response.status, response.text));
                 }
+                done.fetch_add(1, Ordering::Relaxed);
             }
             client.logout().await;
             anyhow::Ok((latencies, bytes, refused))
         }
     });
-    let results = futures::future::try_join_all(workers).await?;
-    let elapsed = started.elapsed().as_secs_f64();
+    let results = tokio::select! {
+        results = futures::future::try_join_all(workers) => results?,
+        _ = progress(job.progress, &done, job.numbers.len()) => unreachable!("progress never ends"),
+    };
+    let seconds = started.elapsed().as_secs_f64();
     let mut latencies: Vec<Duration> = results.iter().flat_map(|(latencies, ..)| latencies.clone()).collect();
     latencies.sort();
-    let bytes: usize = results.iter().map(|(_, bytes, _)| bytes).sum();
-    let refused: Vec<&String> = results.iter().flat_map(|(.., refused)| refused).collect();
+    let bytes = results.iter().map(|(_, bytes, _)| bytes).sum();
+    let refused: Vec<String> = results.into_iter().flat_map(|(.., refused)| refused).collect();
     if let Some(first) = refused.first() {
         eprintln!("{} APPENDs refused; the first: {first}", refused.len());
     }
+    Ok(Appended { latencies, bytes, refused, seconds })
+}
+
+/// APPENDs `--count` messages and reports messages/s and MB/s.
+pub async fn fill(api: &Api, args: &FillArgs) -> anyhow::Result<()> {
+    if !args.target.no_setup {
+        ensure_account(api, &args.user, &args.password).await?;
+    }
+    let job = AppendJob {
+        imap: &args.target.imap,
+        user: &args.user,
+        password: &args.password,
+        mailbox: &args.mailbox,
+        numbers: 0..args.count,
+        concurrency: args.concurrency,
+        small: args.small,
+        progress: "appended",
+    };
+    let Appended { latencies, bytes, refused, seconds: elapsed } = append_messages(&job).await?;
     let (appended, megabytes) = (latencies.len(), bytes as f64 / 1e6);
-    let fetch = if args.fetch_all { Some(time_fetch_all(args).await?) } else { None };
-    let (p50, p99, max) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99), percentile(&latencies, 1.0));
-    if args.target.json {
-        let mut report = json!({
-            "appended": appended,
-            "refused": refused.len(),
-            "bytes": bytes,
-            "seconds": elapsed,
-            "messages_per_second": appended as f64 / elapsed,
-            "mb_per_second": megabytes / elapsed,
-            "p50_ms": millis(p50),
-            "p99_ms": millis(p99),
-            "max_ms": millis(max),
-        });
-        if let Some((select, fetch, count)) = fetch {
-            report["select_ms"] = json!(millis(select));
-            report["fetch_all_ms"] = json!(millis(fetch));
-            report["fetch_all_messages"] = json!(count);
-        }
-        println!("{report}");
+    let fetch = if args.fetch_all {
+        Some(time_fetch_all(&args.target.imap, &args.user, &args.password, &args.mailbox).await?)
     } else {
+        None
+    };
+    let (p50, p99, max) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99), percentile(&latencies, 1.0));
+    let mut report = json!({
+        "appended": appended,
+        "refused": refused.len(),
+        "bytes": bytes,
+        "seconds": elapsed,
+        "messages_per_second": appended as f64 / elapsed,
+        "mb_per_second": megabytes / elapsed,
+        "p50_ms": millis(p50),
+        "p99_ms": millis(p99),
+        "max_ms": millis(max),
+    });
+    if let Some((select, fetch, count)) = fetch {
+        report["select_ms"] = json!(millis(select));
+        report["fetch_all_ms"] = json!(millis(fetch));
+        report["fetch_all_messages"] = json!(count);
+    }
+    record("fill", &report, args.target.json);
+    if !args.target.json {
         println!(
             "appended {appended} messages ({megabytes:.1} MB) to {} {} over {} connections in {elapsed:.2} s: \
              {:.0} messages/s, {:.2} MB/s",
@@ -162,18 +210,104 @@ pub async fn fill(api: &Api, args: &FillArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Times SELECT and `FETCH 1:* (FLAGS)` of the filled mailbox; returns both and the
-/// number of FETCH responses.
-async fn time_fetch_all(args: &FillArgs) -> anyhow::Result<(Duration, Duration, usize)> {
-    let mut client = Client::login(&args.target.imap, &args.user, &args.password).await?;
+/// Times SELECT and `FETCH 1:* (FLAGS)` of a mailbox; returns both and the number of FETCH
+/// responses.
+async fn time_fetch_all(
+    imap: &str,
+    user: &str,
+    password: &str,
+    mailbox: &str,
+) -> anyhow::Result<(Duration, Duration, usize)> {
+    let mut client = Client::login(imap, user, password).await?;
     let started = Instant::now();
-    client.run(&format!("SELECT {}", quoted(&args.mailbox))).await?.ok().context("SELECT")?;
+    client.run(&format!("SELECT {}", quoted(mailbox))).await?.ok().context("SELECT")?;
     let select = started.elapsed();
     let started = Instant::now();
     let fetched = client.run("FETCH 1:* (FLAGS)").await?.ok().context("FETCH 1:* (FLAGS)")?;
     let fetch = started.elapsed();
     client.logout().await;
     Ok((select, fetch, fetched.untagged.iter().filter(|untagged| untagged.number_before("FETCH").is_some()).count()))
+}
+
+/// `scale`: APPEND latency as a mailbox grows.
+#[derive(clap::Args)]
+pub struct ScaleArgs {
+    #[command(flatten)]
+    target: ImapTarget,
+    /// The account whose INBOX grows.
+    #[arg(long, default_value = "scale@bench.test")]
+    user: String,
+    /// Its password.
+    #[arg(long, default_value = PASSWORD)]
+    password: String,
+    /// Mailbox sizes at which to measure, comma-separated.
+    #[arg(long, default_value = "1000,100000,1000000", value_delimiter = ',')]
+    checkpoints: Vec<usize>,
+    /// APPENDs timed at each checkpoint, one at a time on one connection.
+    #[arg(long, default_value_t = 200)]
+    samples: usize,
+    /// Connections filling the mailbox between checkpoints (short text messages).
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+}
+
+/// Grows the INBOX to each checkpoint with short messages, then times `--samples` APPENDs
+/// of realistic ones alone, SELECT, and `FETCH 1:* (FLAGS)`: one report per checkpoint.
+pub async fn scale(api: &Api, args: &ScaleArgs) -> anyhow::Result<()> {
+    if !args.target.no_setup {
+        ensure_account(api, &args.user, &args.password).await?;
+    }
+    let mut client = Client::login(&args.target.imap, &args.user, &args.password).await?;
+    let selected = client.run("SELECT INBOX").await?.ok().context("SELECT INBOX")?;
+    client.logout().await;
+    let mut exists =
+        selected.untagged.iter().find_map(|untagged| untagged.number_before("EXISTS")).unwrap_or(0) as usize;
+    if !args.target.json {
+        println!("APPEND latency into {}'s INBOX as it grows (it holds {exists} messages)", args.user);
+        println!(
+            "{:>10} {:>11} {:>9} {:>9} {:>9} {:>9} {:>10} {:>12}",
+            "messages", "filled/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "SELECT ms", "FETCH 1:* ms"
+        );
+    }
+    for &checkpoint in &args.checkpoints {
+        let fill = AppendJob {
+            imap: &args.target.imap,
+            user: &args.user,
+            password: &args.password,
+            mailbox: "INBOX",
+            numbers: exists..checkpoint.max(exists),
+            concurrency: args.concurrency,
+            small: true,
+            progress: "filling",
+        };
+        let filled = append_messages(&fill).await?;
+        let numbers = checkpoint.max(exists)..checkpoint.max(exists) + args.samples;
+        let sampled =
+            append_messages(&AppendJob { numbers, concurrency: 1, small: false, progress: "timing", ..fill }).await?;
+        exists = checkpoint.max(exists) + sampled.latencies.len();
+        let (select, fetch, _) = time_fetch_all(&args.target.imap, &args.user, &args.password, "INBOX").await?;
+        let latencies = &sampled.latencies;
+        let [p50, p90, p99, max] = [0.5, 0.9, 0.99, 1.0].map(|fraction| millis(percentile(latencies, fraction)));
+        let fill_rate = filled.latencies.len() as f64 / filled.seconds;
+        let report = json!({
+            "messages": exists, "filled": filled.latencies.len(), "filled_per_second": fill_rate,
+            "samples": latencies.len(), "append_p50_ms": p50, "append_p90_ms": p90, "append_p99_ms": p99,
+            "append_max_ms": max, "select_ms": millis(select), "fetch_all_ms": millis(fetch),
+            "refused": filled.refused.len() + sampled.refused.len(),
+        });
+        record("scale", &report, args.target.json);
+        if !args.target.json {
+            println!(
+                "{exists:>10} {fill_rate:>11.0} {p50:>9.2} {p90:>9.2} {p99:>9.2} {max:>9.2} {:>10.1} {:>12.1}",
+                millis(select),
+                millis(fetch)
+            );
+        }
+        if latencies.is_empty() {
+            bail!("no timed APPEND succeeded at {checkpoint} messages");
+        }
+    }
+    Ok(())
 }
 
 /// `imap`: the mixed workload.
@@ -287,15 +421,14 @@ pub async fn mixed(api: &Api, args: &MixedArgs) -> anyhow::Result<()> {
         ops += latencies.len();
         errors += outcome.no + outcome.bad + outcome.disconnect;
         inconsistent += outcome.inconsistent;
-        if args.target.json {
-            let row = json!({
-                "ops": latencies.len(), "ops_per_second": rate,
-                "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "max_ms": max,
-                "no": outcome.no, "bad": outcome.bad, "disconnect": outcome.disconnect,
-                "inconsistent": outcome.inconsistent,
-            });
-            rows.insert(name.to_owned(), row);
-        } else {
+        let row = json!({
+            "ops": latencies.len(), "ops_per_second": rate,
+            "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "max_ms": max,
+            "no": outcome.no, "bad": outcome.bad, "disconnect": outcome.disconnect,
+            "inconsistent": outcome.inconsistent,
+        });
+        rows.insert(name.to_owned(), row);
+        if !args.target.json {
             println!(
                 "{name:<22} {:>8} {rate:>9.1} {p50:>8.2} {p90:>8.2} {p99:>8.2} {max:>8.2} {:>5} {:>5} {:>5} {:>5}",
                 latencies.len(),
@@ -306,14 +439,13 @@ pub async fn mixed(api: &Api, args: &MixedArgs) -> anyhow::Result<()> {
             );
         }
     }
-    if args.target.json {
-        let report = json!({
-            "users": users.len(), "clients": clients, "seconds": elapsed, "ops": ops,
-            "ops_per_second": ops as f64 / elapsed, "errors": errors, "inconsistent": inconsistent,
-            "commands": rows,
-        });
-        println!("{report}");
-    } else {
+    let report = json!({
+        "users": users.len(), "clients": clients, "seconds": elapsed, "ops": ops,
+        "ops_per_second": ops as f64 / elapsed, "errors": errors, "inconsistent": inconsistent,
+        "commands": rows,
+    });
+    record("imap", &report, args.target.json);
+    if !args.target.json {
         let rate = ops as f64 / elapsed;
         println!("{:<22} {ops:>8} {rate:>9.1}   errors {errors}, inconsistent answers {inconsistent}", "total");
     }
@@ -665,17 +797,16 @@ pub async fn idle(api: &Api, args: &IdleArgs) -> anyhow::Result<()> {
     let (per_connection, marginal) =
         (per_connection(memory_before, idling), per_connection(memory_first_batch, idling - first_idling));
     let [p50, p99, max] = [0.5, 0.99, 1.0].map(|fraction| millis(percentile(&latencies, fraction)));
-    if args.target.json {
-        let report = json!({
-            "connections": args.connections, "idling": idling, "failed": failures.len(),
-            "open_seconds": opening, "memory_before_kb": memory_before, "memory_first_batch_kb": memory_first_batch,
-            "memory_after_kb": memory_after, "memory_closed_kb": memory_closed, "memory_per_connection_kb": per_connection,
-            "memory_per_connection_after_first_batch_kb": marginal,
-            "delivered": delivered, "delivery_ms": millis(delivery), "woken": latencies.len(),
-            "wake_p50_ms": p50, "wake_p99_ms": p99, "wake_max_ms": max, "close_ms": closing * 1000.0,
-        });
-        println!("{report}");
-    } else {
+    let report = json!({
+        "connections": args.connections, "idling": idling, "failed": failures.len(),
+        "open_seconds": opening, "memory_before_kb": memory_before, "memory_first_batch_kb": memory_first_batch,
+        "memory_after_kb": memory_after, "memory_closed_kb": memory_closed, "memory_per_connection_kb": per_connection,
+        "memory_per_connection_after_first_batch_kb": marginal,
+        "delivered": delivered, "delivery_ms": millis(delivery), "woken": latencies.len(),
+        "wake_p50_ms": p50, "wake_p99_ms": p99, "wake_max_ms": max, "close_ms": closing * 1000.0,
+    });
+    record("idle", &report, args.target.json);
+    if !args.target.json {
         println!(
             "{idling} of {} connections idling after {opening:.1} s ({:.0} connections/s); {} failed",
             args.connections,

@@ -15,6 +15,7 @@
 mod imap_load;
 mod messages;
 mod pop3_load;
+mod report;
 mod search_load;
 
 use wmail_bench::{imap, smtp};
@@ -38,6 +39,9 @@ struct Cli {
     /// Admin token (not needed with --no-setup, except by `idle`, which delivers a message).
     #[arg(long, env = "WMAIL_TOKEN", hide_env_values = true, default_value = "")]
     token: String,
+    /// Also write every result to PREFIX.json and a Markdown summary to PREFIX.md.
+    #[arg(long, value_name = "PREFIX")]
+    out: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: BenchCommand,
 }
@@ -132,6 +136,12 @@ enum BenchCommand {
     #[command(after_help = "Example: wmail-bench --token $(cat wmail-data/admin-token) idle --imap 127.0.0.1:143 \
                               --connections 2000 --pid $(pidof wmail)")]
     Idle(imap_load::IdleArgs),
+    /// APPEND latency as one mailbox grows: fills it with short messages to each checkpoint
+    /// (1,000, 100,000 and 1,000,000 by default), then times APPENDs one at a time, SELECT
+    /// and `FETCH 1:* (FLAGS)` there.
+    #[command(after_help = "Example: wmail-bench --token $(cat wmail-data/admin-token) scale --imap 127.0.0.1:143 \
+                              --checkpoints 1000,100000,1000000")]
+    Scale(imap_load::ScaleArgs),
     /// Full-text search: waits for the node's index to hold the mailbox (indexing rate),
     /// then times IMAP SEARCH text keys and the ranked search API, and reports the index
     /// size next to the raw mail.
@@ -215,10 +225,10 @@ impl LevelReport {
         self.bytes as f64 / 1e6 / self.elapsed.as_secs_f64()
     }
 
-    fn print(&self, json: bool) {
+    /// Prints the level (as JSON or a table row) and keeps it for `--out` as `workload`.
+    fn print(&self, workload: &str, json: bool) {
         let unix_millis = |time: SystemTime| time.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
-        if json {
-            let line = json!({
+        let line = json!({
                 "concurrency": self.concurrency,
                 "delivered": self.delivered,
                 "failed": self.failed,
@@ -233,9 +243,9 @@ impl LevelReport {
                 "max_ms": millis(self.percentile(1.0)),
                 "longest_gap_ms": millis(self.longest_gap),
                 "longest_gap_ended_unix_ms": unix_millis(self.longest_gap_ended),
-            });
-            println!("{line}");
-        } else {
+        });
+        report::record(workload, &line, json);
+        if !json {
             println!(
                 "{:>11} {:>10} {:>7} {:>10.0} {:>8.1} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.0}",
                 self.concurrency,
@@ -560,9 +570,8 @@ async fn outbound(api: &Api, args: &OutboundArgs) -> anyhow::Result<()> {
         "delivered_per_second": accepted as f64 / drained_in.as_secs_f64(),
         "seconds": drained_in.as_secs_f64(),
     });
-    if args.json {
-        println!("{report}");
-    } else {
+    report::record("outbound", &report, args.json);
+    if !args.json {
         println!(
             "outbound: {accepted} messages of {} B to {destinations} destination(s), {} sessions: submitted {:.0}/s, \
              delivered {:.0}/s end to end ({:.1} s until the queue was empty)",
@@ -583,6 +592,31 @@ async fn outbound(api: &Api, args: &OutboundArgs) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     wmail_net::install_crypto_provider();
     let cli = Cli::parse();
+    let out = cli.out.clone();
+    let result = run(cli).await;
+    // What was measured is written out even when a later step failed.
+    if let Some(prefix) = out {
+        report::write_out(&prefix, &format!("wmail-bench {}", command_line()))?;
+    }
+    result
+}
+
+/// This run's arguments without the admin token, for the summary's title.
+fn command_line() -> String {
+    let mut arguments = std::env::args().skip(1);
+    let mut shown = Vec::new();
+    while let Some(argument) = arguments.next() {
+        if argument == "--token" {
+            arguments.next();
+        } else if !argument.starts_with("--token=") {
+            shown.push(argument);
+        }
+    }
+    shown.join(" ")
+}
+
+/// Runs the subcommand.
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let api =
         Api { http: reqwest::Client::new(), server: cli.server.trim_end_matches('/').to_owned(), token: cli.token };
     match cli.command {
@@ -594,7 +628,7 @@ async fn main() -> anyhow::Result<()> {
                     api.import(&addresses[n % addresses.len()], message(message_size(&shape, n), n))
                 })
                 .await;
-                report.print(shape.json);
+                report.print("deliver", shape.json);
                 check(&report)?;
             }
         }
@@ -641,7 +675,7 @@ async fn main() -> anyhow::Result<()> {
                         session.quit().await;
                     }
                 }
-                report.print(shape.json);
+                report.print("smtp", shape.json);
                 check(&report)?;
             }
         }
@@ -650,6 +684,7 @@ async fn main() -> anyhow::Result<()> {
         BenchCommand::Fill(args) => imap_load::fill(&api, &args).await?,
         BenchCommand::Imap(args) => imap_load::mixed(&api, &args).await?,
         BenchCommand::Idle(args) => imap_load::idle(&api, &args).await?,
+        BenchCommand::Scale(args) => imap_load::scale(&api, &args).await?,
         BenchCommand::Search(args) => search_load::search(&api, &args).await?,
     }
     Ok(())

@@ -192,9 +192,8 @@ pub async fn pop3(api: &Api, args: &Pop3Args) -> anyhow::Result<()> {
         "session_p50_ms": millis(percentile(&latencies, 0.5)),
         "session_p99_ms": millis(percentile(&latencies, 0.99)),
     });
-    if args.json {
-        println!("{report}");
-    } else {
+    crate::report::record("pop3", &report, args.json);
+    if !args.json {
         println!(
             "pop3: {} download-and-delete sessions of {} messages of {} B, {} at once: {:.0} messages/s, {:.1} MB/s, \
              session p50 {:.1} ms p99 {:.1} ms, {} errors, {left} messages left",

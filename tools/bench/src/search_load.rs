@@ -131,23 +131,20 @@ pub async fn search(api: &Api, args: &SearchArgs) -> anyhow::Result<()> {
     let share = index_bytes as f64 / raw_bytes.max(1) as f64;
     let stats = |sorted: &[Duration]| (millis(percentile(sorted, 0.5)), millis(percentile(sorted, 0.99)));
     let ((imap_p50, imap_p99), (api_p50, api_p99)) = (stats(&imap_latencies), stats(&api_latencies));
-    if args.json {
-        println!(
-            "{}",
-            json!({
-                "messages": messages,
-                "raw_bytes": raw_bytes,
-                "index_bytes": index_bytes,
-                "index_share": share,
-                "indexing_wait_seconds": index_wait,
-                "indexed_per_second": index_rate,
-                "imap_search_p50_ms": imap_p50,
-                "imap_search_p99_ms": imap_p99,
-                "ranked_p50_ms": api_p50,
-                "ranked_p99_ms": api_p99,
-            })
-        );
-    } else {
+    let report = json!({
+        "messages": messages,
+        "raw_bytes": raw_bytes,
+        "index_bytes": index_bytes,
+        "index_share": share,
+        "indexing_wait_seconds": index_wait,
+        "indexed_per_second": index_rate,
+        "imap_search_p50_ms": imap_p50,
+        "imap_search_p99_ms": imap_p99,
+        "ranked_p50_ms": api_p50,
+        "ranked_p99_ms": api_p99,
+    });
+    crate::report::record("search", &report, args.json);
+    if !args.json {
         println!(
             "{messages} messages, {:.1} MB raw; index {:.1} MB ({:.0}% of raw)",
             raw_bytes as f64 / 1e6,
