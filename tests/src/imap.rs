@@ -1006,6 +1006,42 @@ print("done", flush=True)
     assert!(script.finish());
 }
 
+/// IMAP4rev1 `\Recent` (RFC 3501 §2.3.2): new mail is recent in the first session that
+/// selects the mailbox, and once that claim is applied other sessions see it as old; an
+/// IMAP4rev2 session has no \Recent at all.
+#[tokio::test]
+async fn recent_messages_are_claimed_by_the_first_selecting_session() {
+    let node = node_with_account("", None).await;
+    deliver_numbered(&node, 2).await;
+    let out = imap(
+        &node,
+        r#"
+a = Raw()
+untagged = a.ok("SELECT INBOX")
+assert b"* 2 RECENT\r\n" in untagged, untagged
+assert b"\\Recent" in fetches(a.ok("FETCH 2 (FLAGS)"))[2]
+# EXAMINE does not claim; it shows what is still unclaimed, so it reaches 0 once A's
+# claim is applied.
+b = Raw()
+deadline = time.time() + 5
+while b"* 0 RECENT\r\n" not in b.ok("EXAMINE INBOX"):
+    assert time.time() < deadline, "A's claim of the recent messages was never applied"
+    time.sleep(0.05)
+assert b"\\Recent" not in fetches(b.ok("FETCH 2 (FLAGS)"))[2]
+# A newer message is recent for the next session that selects, and A keeps its view.
+assert appenduid(b.append("INBOX", b"Subject: third\r\n\r\nx\r\n")[1])[1] == 3
+c = Raw()
+assert b"* 1 RECENT\r\n" in c.ok("SELECT INBOX")
+assert b"\\Recent" in fetches(a.ok("FETCH 1 (FLAGS)"))[1]
+d = Raw()
+d.ok("ENABLE IMAP4rev2")
+assert not any(b"RECENT" in u for u in d.ok("SELECT INBOX"))
+print("ok")
+"#,
+    );
+    assert_eq!(out.trim(), "ok");
+}
+
 #[tokio::test]
 async fn qresync_reports_vanished_and_changed_messages() {
     let node = node_with_account("", None).await;

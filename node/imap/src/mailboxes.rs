@@ -130,10 +130,17 @@ impl Session {
         let uids = crate::uid_list::UidList::from_sorted(scan.uids.iter().copied());
         let mut selected = Selected::new(&mailbox, uids, read_only, last_change_id);
         if !self.enabled.rev2 && !read_only && mailbox.first_recent_uid < mailbox.uid_next {
-            match self.core.claim_recent(account_id, mailbox.id).await {
-                Ok(first) => selected.first_recent_uid = first,
-                Err(error) => tracing::warn!(session = %self.id, %error, "cannot claim \\Recent"),
-            }
+            // The messages from the mailbox's first unclaimed UID up are \Recent here, and
+            // the claim is replicated without holding SELECT up for its commit: a session
+            // that selects before the claim is applied sees them as recent too, which RFC
+            // 3501 §2.3.2 prefers to hiding them ("SHOULD be considered recent").
+            selected.first_recent_uid = mailbox.first_recent_uid;
+            let (core, session) = (self.core.clone(), self.id.clone());
+            tokio::spawn(async move {
+                if let Err(error) = core.claim_recent(account_id, mailbox.id).await {
+                    tracing::warn!(%session, %error, "cannot claim \\Recent");
+                }
+            });
         }
         let rev2 = self.enabled.rev2;
         let keywords: String = scan.keywords.iter().map(|keyword| format!(" {keyword}")).collect();
