@@ -201,6 +201,60 @@ async fn bench_drives_imap() {
     assert!(idle["memory_after_kb"].as_u64().unwrap() > 0, "{idle}");
 }
 
+/// `tools/compare --smoke`: wmail, Postfix + Dovecot and smtp-sink come up, every workload
+/// runs against both sides, and the table has every row with numbers on both sides.
+/// Postfix and Dovecot start as root: elsewhere the test says so and does nothing.
+#[test]
+fn compare_runs_every_workload_against_postfix_and_dovecot() {
+    let uid = Command::new("id").arg("-u").output().expect("id -u");
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        eprintln!("skipped: tools/compare runs Postfix and Dovecot, which needs root");
+        return;
+    }
+    let out = tempfile::tempdir().expect("temporary directory");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/compare");
+    let bin_dir = wmail_bin().parent().expect("the binaries' directory").to_owned();
+    let output = Command::new("bash")
+        .arg(&script)
+        .args(["--smoke", "--out", &out.path().display().to_string(), "--bin-dir", &bin_dir.display().to_string()])
+        .output()
+        .expect("run tools/compare");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "tools/compare --smoke failed:\n{stderr}");
+    let table = std::fs::read_to_string(out.path().join("compare.md")).expect("compare.md");
+    let rows: Vec<&str> = table
+        .lines()
+        .filter(|line| line.starts_with("| ") && !line.starts_with("| workload") && !line.starts_with("| ---"))
+        .collect();
+    let names: Vec<&str> = rows.iter().map(|row| row.split(" | ").next().unwrap().trim_start_matches("| ")).collect();
+    assert_eq!(
+        names,
+        [
+            "smtp",
+            "smtp into the mailbox",
+            "smtp-mix",
+            "smtp-mix into the mailbox",
+            "imap",
+            "fill",
+            "pop3",
+            "idle",
+            "idle wake-up"
+        ],
+        "{table}"
+    );
+    for row in &rows {
+        let cells: Vec<&str> = row.split(" | ").collect();
+        // workload, measure, wmail, peer, ratio: both sides measured, a ratio like `2.4x`.
+        assert!(cells[4].ends_with('x') || row.starts_with("| idle |"), "{row}\n{table}");
+        assert!(cells[2] != "-" && cells[3] != "-", "{row}\n{table}");
+    }
+    let reports: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("compare.json")).expect("compare.json")).unwrap();
+    let servers: std::collections::BTreeSet<&str> =
+        reports.as_array().unwrap().iter().map(|line| line["server"].as_str().unwrap()).collect();
+    assert_eq!(servers, ["peer", "postfix-drain", "sink", "wmail"].into_iter().collect(), "{reports}");
+}
+
 /// The process id of the node's `wmail serve`, found by its config file in /proc.
 fn server_pid(node: &WmailNode) -> u32 {
     let config = node.config_path.display().to_string();

@@ -12,8 +12,8 @@ packages=(librocksdb-dev libclang-dev pkg-config)
 if [ "$what" = cluster ]; then
   packages+=(python3-venv curl)
 fi
-if [ "$what" = compare ]; then
-  # The peers of tools/compare (run as private instances; the system ones are stopped).
+if [ "$what" = compare ] || [ "$what" = test ]; then
+  # The peers of tools/compare, which the tests smoke-run (private instances on free ports).
   packages+=(postfix dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd openssl curl python3)
 fi
 if [ "$what" = test ]; then
