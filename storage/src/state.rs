@@ -370,8 +370,12 @@ impl StateStore {
         let db = self.db();
         let prefix = ks::mailbox_key(account_id, mailbox_id);
         let start = ks::message_key(account_id, mailbox_id, first);
+        let end = match last.checked_add(1) {
+            Some(after) => Some(ks::message_key(account_id, mailbox_id, after).to_vec()),
+            None => prefix_end(&prefix),
+        };
         let mut out = Vec::new();
-        for item in db.iterator_cf(&cf(&db, ks::MESSAGES), IteratorMode::From(&start, Direction::Forward)) {
+        for item in range_iter(&db, ks::MESSAGES, &start, end) {
             let (key, value) = item?;
             if !key.starts_with(&prefix) || ks::uid_of_message_key(&key).is_none_or(|uid| uid > last) {
                 break;
@@ -390,7 +394,7 @@ impl StateStore {
     ) -> Result<()> {
         let db = self.db();
         let prefix = ks::mailbox_key(account_id, mailbox_id);
-        for item in db.iterator_cf(&cf(&db, ks::MESSAGES), IteratorMode::From(&prefix, Direction::Forward)) {
+        for item in range_iter(&db, ks::MESSAGES, &prefix, prefix_end(&prefix)) {
             let (key, value) = item?;
             if !key.starts_with(&prefix) {
                 break;
@@ -410,7 +414,7 @@ impl StateStore {
         let db = self.db();
         let mut out = Vec::new();
         let prefix = ks::id_key(account_id);
-        for item in db.iterator_cf(&cf(&db, ks::SUBSCRIPTIONS), IteratorMode::From(&prefix, Direction::Forward)) {
+        for item in range_iter(&db, ks::SUBSCRIPTIONS, &prefix, prefix_end(&prefix)) {
             let (key, _) = item?;
             if !key.starts_with(&prefix) {
                 break;
@@ -651,7 +655,7 @@ impl StateStore {
         let prefix = [ks::ALLOWED_SENDERS.as_slice(), &ks::id_key(account_id)].concat();
         let db = self.db();
         let mut out = Vec::new();
-        for item in db.iterator_cf(&cf(&db, ks::SECURITY), IteratorMode::From(&prefix, Direction::Forward)) {
+        for item in range_iter(&db, ks::SECURITY, &prefix, prefix_end(&prefix)) {
             let (key, _) = item?;
             if !key.starts_with(&prefix) {
                 break;
@@ -673,7 +677,7 @@ impl StateStore {
         let prefix = ks::mailbox_key(account_id, mailbox_id);
         let start = ks::expunged_key(account_id, mailbox_id, after.saturating_add(1), 0);
         let mut out = Vec::new();
-        for item in db.iterator_cf(&cf(&db, ks::EXPUNGED), IteratorMode::From(&start, Direction::Forward)) {
+        for item in range_iter(&db, ks::EXPUNGED, &start, prefix_end(&prefix)) {
             let (key, _) = item?;
             if !key.starts_with(&prefix) {
                 break;
@@ -688,7 +692,12 @@ impl StateStore {
         let db = self.db();
         let prefix = ks::id_key(account_id);
         let end = ks::change_key(account_id, u64::MAX);
-        let mut iterator = db.iterator_cf(&cf(&db, ks::CHANGES), IteratorMode::From(&end, Direction::Reverse));
+        // Bounded below by the account's prefix, so a log trimmed to tombstones is not walked
+        // past into the previous account's.
+        let mut options = rocksdb::ReadOptions::default();
+        options.set_iterate_lower_bound(prefix.to_vec());
+        let mut iterator =
+            db.iterator_cf_opt(&cf(&db, ks::CHANGES), options, IteratorMode::From(&end, Direction::Reverse));
         match iterator.next().transpose()? {
             Some((key, _)) if key.starts_with(&prefix) => {
                 Ok(u64::from_be_bytes(key[8..16].try_into().map_err(|_| Error::corrupt("change key"))?))
@@ -712,7 +721,7 @@ impl StateStore {
         let prefix = ks::id_key(account_id);
         let start = ks::change_key(account_id, after.saturating_add(1));
         let mut out = Vec::new();
-        for item in db.iterator_cf(&cf(&db, ks::CHANGES), IteratorMode::From(&start, Direction::Forward)) {
+        for item in range_iter(&db, ks::CHANGES, &start, prefix_end(&prefix)) {
             let (key, value) = item?;
             if !key.starts_with(&prefix) {
                 break;
@@ -722,6 +731,36 @@ impl StateStore {
         }
         Ok(out)
     }
+}
+
+/// The smallest key above every key that starts with `prefix` (None when there is none:
+/// the prefix is all 0xff bytes).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// Iterates `table` forward from `start` to just below `end`. With the bound, RocksDB
+/// stops there instead of stepping over every deleted key behind the range to find the
+/// next live one: expunged messages and trimmed change logs leave such tombstones until
+/// compaction removes them, and a mailbox scan paid for its neighbours' deletions.
+fn range_iter<'a>(
+    db: &'a DB,
+    table: &str,
+    start: &[u8],
+    end: Option<Vec<u8>>,
+) -> rocksdb::DBIteratorWithThreadMode<'a, DB> {
+    let mut options = rocksdb::ReadOptions::default();
+    if let Some(end) = end {
+        options.set_iterate_upper_bound(end);
+    }
+    db.iterator_cf_opt(cf(db, table), options, IteratorMode::From(start, Direction::Forward))
 }
 
 fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
@@ -744,7 +783,7 @@ fn get_u64(db: &DB, table: &str, key: &[u8]) -> Result<Option<u64>> {
 
 fn scan<T: DeserializeOwned>(db: &DB, table: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, T)>> {
     let mut out = Vec::new();
-    for item in db.iterator_cf(&cf(db, table), IteratorMode::From(prefix, Direction::Forward)) {
+    for item in range_iter(db, table, prefix, prefix_end(prefix)) {
         let (key, value) = item?;
         if !key.starts_with(prefix) {
             break;
@@ -819,7 +858,7 @@ impl<'a> Tx<'a> {
     /// Returns every row whose key starts with `prefix`, pending writes included.
     fn scan_raw(&self, table: &'static str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut rows = BTreeMap::new();
-        for item in self.db.iterator_cf(cf(self.db, table), IteratorMode::From(prefix, Direction::Forward)) {
+        for item in range_iter(self.db, table, prefix, prefix_end(prefix)) {
             let (key, value) = item?;
             if !key.starts_with(prefix) {
                 break;

@@ -1121,3 +1121,11 @@ fn a_message_is_learnt_once_and_moving_it_back_undoes_the_lesson() {
     apply_one(&store, train(false)).unwrap(); // moved back out: now ham only
     assert_eq!(store.bayes_counts("example.com", &[7, 9]).unwrap(), ((0, 1), vec![(0, 1), (0, 1)]));
 }
+
+#[test]
+fn prefix_end_is_the_first_key_after_the_prefix() {
+    assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+    assert_eq!(prefix_end(&[1, 0xff, 0xff]), Some(vec![2]));
+    assert_eq!(prefix_end(&[0xff, 0xff]), None);
+    assert_eq!(prefix_end(b""), None);
+}

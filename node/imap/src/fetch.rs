@@ -3,11 +3,12 @@
 //! of a message without other body items) is streamed from the blob store; everything
 //! else reads the message once per FETCH of it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use futures::StreamExt;
 use wmail_core::message::MessageSummary;
-use wmail_core::{FlagAction, MessageRecord};
+use wmail_core::{Core, FlagAction, MessageRecord};
 
 use crate::proto::body::{decoded_part, section_bytes, write_body_structure, write_envelope};
 use crate::proto::command::{FetchItem, Section, SectionText, SequenceSet};
@@ -15,8 +16,46 @@ use crate::proto::response::{push_flags, push_literal_header};
 use crate::selected::{compress_set, display_flags, set_contains};
 use crate::session::Session;
 
-/// Messages whose index records are read together by FETCH.
+/// Messages whose index records are read together by FETCH and STORE.
 const FETCH_CHUNK: usize = 1024;
+
+/// Reads the index records of a resolved message set (`(seq, uid)` pairs in order) in
+/// chunks, so memory stays bounded whatever the set: a dense chunk is one range read of
+/// the index, a sparse one a lookup per message.
+pub(crate) struct Records<'a> {
+    core: Arc<Core>,
+    account_id: u64,
+    mailbox_id: u64,
+    targets: &'a [(u32, u32)],
+    chunk: HashMap<u32, MessageRecord>,
+    chunk_end: usize,
+}
+
+impl<'a> Records<'a> {
+    pub(crate) fn new(core: &Arc<Core>, account_id: u64, mailbox_id: u64, targets: &'a [(u32, u32)]) -> Self {
+        Records { core: core.clone(), account_id, mailbox_id, targets, chunk: HashMap::new(), chunk_end: 0 }
+    }
+
+    /// The record of the target at `position`; positions must be asked for in increasing
+    /// order. None: the message was expunged meanwhile.
+    pub(crate) async fn get(&mut self, position: usize) -> wmail_core::Result<Option<MessageRecord>> {
+        let uid = self.targets[position].1;
+        if position >= self.chunk_end {
+            self.chunk.clear();
+            self.chunk_end = (position + FETCH_CHUNK).min(self.targets.len());
+            let last = self.targets[self.chunk_end - 1].1;
+            if self.chunk_end - position > 16 && (last - uid) as usize <= 4 * FETCH_CHUNK {
+                let records = self.core.messages_between(self.account_id, self.mailbox_id, uid, last).await?;
+                self.chunk.extend(records.into_iter().map(|record| (record.uid, record)));
+            }
+        }
+        // Not in the chunk: a sparse chunk, or expunged meanwhile (the lookup says which).
+        match self.chunk.remove(&uid) {
+            Some(record) => Ok(Some(record)),
+            None => self.core.message(self.account_id, self.mailbox_id, uid),
+        }
+    }
+}
 
 /// A message's content, loaded when an item needs it: the summary stored at delivery,
 /// and the raw message only for items that need its bytes.
@@ -161,11 +200,12 @@ impl Session {
         let mut newly_seen = BTreeSet::new();
         if !read_only && items.iter().any(sets_seen) {
             let mut unseen = Vec::new();
-            for &(_, uid) in &targets {
-                if let Ok(Some(record)) = self.core.message(account_id, mailbox_id, uid)
-                    && !record.flags.iter().any(|flag| flag == "\\Seen")
-                {
-                    unseen.push(uid);
+            let mut records = Records::new(&self.core, account_id, mailbox_id, &targets);
+            for (position, &(_, uid)) in targets.iter().enumerate() {
+                match records.get(position).await {
+                    Ok(Some(record)) if !record.flags.iter().any(|flag| flag == "\\Seen") => unseen.push(uid),
+                    Ok(_) => {}
+                    Err(error) => return self.no_for(tag, &error),
                 }
             }
             if !unseen.is_empty() {
@@ -178,28 +218,9 @@ impl Session {
         }
         let whole_only = items.iter().filter(|item| needs_content(item)).all(is_whole_message);
         let mut missing = false;
-        // In chunks, so memory stays bounded whatever the set: a dense chunk is one range
-        // read of the index, a sparse one a lookup per message.
-        let mut chunk: std::collections::HashMap<u32, MessageRecord> = std::collections::HashMap::new();
-        let mut chunk_end = 0;
+        let mut records = Records::new(&self.core, account_id, mailbox_id, &targets);
         for (position, &(seq, uid_value)) in targets.iter().enumerate() {
-            if position == chunk_end {
-                chunk.clear();
-                chunk_end = (position + FETCH_CHUNK).min(targets.len());
-                let (first, last) = (uid_value, targets[chunk_end - 1].1);
-                if chunk_end - position > 16 && (last - first) as usize <= 4 * FETCH_CHUNK {
-                    match self.core.messages_between(account_id, mailbox_id, first, last).await {
-                        Ok(records) => chunk.extend(records.into_iter().map(|record| (record.uid, record))),
-                        Err(error) => return self.no_for(tag, &error),
-                    }
-                }
-            }
-            // Not in the chunk: a sparse chunk, or expunged meanwhile (the lookup says which).
-            let lookup = match chunk.remove(&uid_value) {
-                Some(record) => Ok(Some(record)),
-                None => self.core.message(account_id, mailbox_id, uid_value),
-            };
-            let record = match lookup {
+            let record = match records.get(position).await {
                 Ok(Some(record)) => record,
                 // Expunged by another session, not reported yet (RFC 9051 §7.5.1).
                 Ok(None) => {

@@ -364,15 +364,15 @@ impl Session {
             let matched_directly = matchers.iter().any(|pattern| wildcard_match(pattern, name));
             let mailbox = existing.get(name.as_str());
             let is_subscribed = subscribed.contains(name.as_str());
-            let has_children = names.iter().any(|other| other.starts_with(&format!("{name}{MAILBOX_SEPARATOR}")));
             if !matched_directly {
                 continue;
             }
+            let children = format!("{name}{MAILBOX_SEPARATOR}");
+            let has_children = has_name_under(&names, &children);
             if select_subscribed && !is_subscribed {
                 // RFC 5258 §3.5 RECURSIVEMATCH and LSUB's "%" rule: a parent of subscribed
                 // mailboxes is reported with \Noselect (LSUB) or CHILDINFO.
-                let child_subscribed =
-                    subscribed.iter().any(|other| other.starts_with(&format!("{name}{MAILBOX_SEPARATOR}")));
+                let child_subscribed = has_name_under(&subscribed, &children);
                 let pattern_percent = matchers.iter().any(|pattern| pattern.ends_with('%'));
                 if lsub && child_subscribed && pattern_percent {
                     out.extend_from_slice(b"* LSUB (\\Noselect) \"/\" ");
@@ -563,6 +563,14 @@ pub(crate) fn wildcard_match(pattern: &str, name: &str) -> bool {
     matches(&collapsed, &name)
 }
 
+/// Whether a sorted set holds a name that starts with `prefix` (a name and the separator):
+/// those names sort together from `prefix` on, so the first name at or after it decides,
+/// without a pass over every name (LIST stays linear in the number of mailboxes).
+fn has_name_under<T: Ord + AsRef<str> + std::borrow::Borrow<str>>(names: &BTreeSet<T>, prefix: &str) -> bool {
+    use std::ops::Bound::{Included, Unbounded};
+    names.range::<str, _>((Included(prefix), Unbounded)).next().is_some_and(|name| name.as_ref().starts_with(prefix))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -578,5 +586,18 @@ mod tests {
         assert!(wildcard_match("INBOX", "INBOX"));
         assert!(!wildcard_match("INBOX", "INBOX/x"));
         assert!(!wildcard_match(&"*x".repeat(40), &"y".repeat(300)));
+    }
+
+    #[test]
+    fn names_under_a_prefix_are_found_among_their_neighbours() {
+        let names: BTreeSet<String> = ["A", "A b", "A/b", "A0", "B", "Ab/c"].iter().map(|n| n.to_string()).collect();
+        assert!(has_name_under(&names, "A/"));
+        assert!(has_name_under(&names, "Ab/"));
+        assert!(!has_name_under(&names, "A b/"));
+        assert!(!has_name_under(&names, "B/"));
+        assert!(!has_name_under(&names, "Z/"));
+        let subscribed: BTreeSet<&str> = ["Work/2024", "Workshop"].into_iter().collect();
+        assert!(has_name_under(&subscribed, "Work/"));
+        assert!(!has_name_under(&subscribed, "Workshop/"));
     }
 }

@@ -246,12 +246,14 @@ impl Session {
         };
         let condstore = self.enabled.condstore || unchanged_since.is_some();
         let mut out = Vec::new();
-        let selected = self.selected.as_mut().expect("selected state checked");
-        for &(seq, uid_value) in &targets {
-            if failed.contains(&uid_value) {
+        let failed_set: std::collections::HashSet<u32> = failed.iter().copied().collect();
+        let mut records = crate::fetch::Records::new(&self.core, account_id, mailbox_id, &targets);
+        for (position, &(seq, uid_value)) in targets.iter().enumerate() {
+            if failed_set.contains(&uid_value) {
                 continue;
             }
-            let Ok(Some(record)) = self.core.message(account_id, mailbox_id, uid_value) else { continue };
+            let Ok(Some(record)) = records.get(position).await else { continue };
+            let selected = self.selected.as_mut().expect("selected state checked");
             selected.reported_modseq.insert(uid_value, record.modseq);
             // RFC 7162 §3.1.3: with UNCHANGEDSINCE, even .SILENT reports the new MODSEQ.
             if !silent || unchanged_since.is_some() {
