@@ -55,17 +55,68 @@ pub fn needle_grams(needle: &str) -> Option<Vec<(usize, String)>> {
 pub struct GramTokenizer;
 
 impl Tokenizer for GramTokenizer {
-    type TokenStream<'a> = VecTokenStream;
+    type TokenStream<'a> = GramStream;
 
-    fn token_stream<'a>(&'a mut self, text: &'a str) -> VecTokenStream {
-        let tokens = text_grams(text)
-            .into_iter()
-            .map(|(position, text)| {
-                let position_length = text.chars().count();
-                Token { offset_from: 0, offset_to: 0, position, text, position_length }
-            })
-            .collect();
-        VecTokenStream::new(tokens)
+    fn token_stream<'a>(&'a mut self, text: &'a str) -> GramStream {
+        GramStream { chars: text.to_lowercase().chars().collect(), at: 0, pair_next: false, token: Token::default() }
+    }
+}
+
+/// [`text_grams`] made one at a time into one reused token: a body has a gram per
+/// character, and a string and a token apiece for each of a million grams cost more than
+/// indexing them.
+pub struct GramStream {
+    /// The lowercased text.
+    chars: Vec<char>,
+    /// Where the current window starts.
+    at: usize,
+    /// Whether the window's three-character gram was done and its pair comes next.
+    pair_next: bool,
+    token: Token,
+}
+
+impl GramStream {
+    fn emit(&mut self, grams: &[char]) {
+        self.token.text.clear();
+        self.token.text.extend(grams);
+        self.token.position = self.at;
+        self.token.position_length = grams.len();
+    }
+}
+
+impl TokenStream for GramStream {
+    fn advance(&mut self) -> bool {
+        // The same order as text_grams: per window, the three characters from it, then
+        // the pair at it when both are non-ASCII.
+        while self.at + 1 < self.chars.len() {
+            let (first, second) = (self.chars[self.at], self.chars[self.at + 1]);
+            if !self.pair_next {
+                self.pair_next = true;
+                if let Some(&third) = self.chars.get(self.at + 2) {
+                    self.emit(&[first, second, third]);
+                    return true;
+                }
+            }
+            self.pair_next = false;
+            let cjk_pair = !first.is_ascii() && !second.is_ascii();
+            if cjk_pair {
+                self.emit(&[first, second]);
+            }
+            self.at += 1;
+            if cjk_pair {
+                self.token.position = self.at - 1;
+                return true;
+            }
+        }
+        false
+    }
+
+    fn token(&self) -> &Token {
+        &self.token
+    }
+
+    fn token_mut(&mut self) -> &mut Token {
+        &mut self.token
     }
 }
 
@@ -122,5 +173,21 @@ mod tests {
         assert_eq!(offsets("abcdefg"), [0, 3, 4], "windows cover the needle to its end");
         assert_eq!(offsets("abcdef"), [0, 3]);
         assert!(!needle_grams("xyz").unwrap().iter().all(|(_, gram)| grams.contains(gram)));
+    }
+
+    #[test]
+    fn the_stream_emits_text_grams_in_order() {
+        let texts =
+            ["", "a", "ab", "abc", "Re: Invoice 2026", "会议", "会议安排 ok 下周", "ΣΊΣΥΦΟΣ İx", "a会b议cd安排"];
+        for text in texts {
+            let mut stream = GramTokenizer.token_stream(text);
+            let mut streamed = Vec::new();
+            while stream.advance() {
+                let token = stream.token();
+                assert_eq!(token.position_length, token.text.chars().count(), "{text:?}");
+                streamed.push((token.position, token.text.clone()));
+            }
+            assert_eq!(streamed, text_grams(text), "{text:?}");
+        }
     }
 }
