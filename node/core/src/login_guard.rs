@@ -163,17 +163,6 @@ impl Drop for Attempt<'_> {
     }
 }
 
-/// IPv6 clients are counted per /64, the block one subscriber usually holds.
-fn address_key(address: IpAddr) -> IpAddr {
-    match address {
-        IpAddr::V6(v6) => {
-            let segments = v6.segments();
-            IpAddr::V6(std::net::Ipv6Addr::new(segments[0], segments[1], segments[2], segments[3], 0, 0, 0, 0))
-        }
-        v4 => v4,
-    }
-}
-
 /// The lockout state of one node.
 pub struct LoginGuard {
     policy: LockoutPolicy,
@@ -191,7 +180,8 @@ impl LoginGuard {
     /// guesses cannot all slip in before the first failure is recorded, and parallel
     /// correct logins are only held back a moment, never blocked).
     pub fn attempt(&self, address: Option<IpAddr>, account: &str, now: Instant) -> Result<Attempt<'_>, Blocked> {
-        let address = address.map(address_key);
+        // IPv6 clients are counted per /64, like every other per-client limit.
+        let address = address.map(wmail_net::client_network);
         let mut tables = self.tables.lock().expect("login guard lock");
         if address.and_then(|ip| tables.addresses.get(&ip)).is_some_and(|f| f.blocked(now)) {
             return Err(Blocked::Address);
@@ -240,7 +230,7 @@ impl LoginGuard {
 
     /// The key a client address is counted and blocked under (IPv6 per /64).
     pub fn address_key(address: IpAddr) -> String {
-        address_key(address).to_string()
+        wmail_net::client_network(address).to_string()
     }
 
     /// The lockout thresholds.
