@@ -156,6 +156,15 @@ pub fn bayes_trained_key(account_id: u64, blob: &[u8]) -> Vec<u8> {
 /// Prefix of [`bayes_trained_key`].
 pub const BAYES_TRAINED: &[u8; 13] = b"bayestrained/";
 
+/// Key of an account's Bayes lessons today in [`SECURITY`]: (day since the epoch, lessons
+/// that day), two big-endian u64.
+pub fn bayes_lessons_key(account_id: u64) -> Vec<u8> {
+    [BAYES_LESSONS.as_slice(), &account_id.to_be_bytes()].concat()
+}
+
+/// Prefix of [`bayes_lessons_key`].
+pub const BAYES_LESSONS: &[u8; 13] = b"bayeslessons/";
+
 /// Next quarantine entry id in [`META`].
 pub const META_NEXT_QUARANTINE_ID: &[u8] = b"next_quarantine_id";
 

@@ -35,6 +35,9 @@ const CHANGE_LOG_RETAIN: u64 = 10_000;
 #[cfg(test)]
 const CHANGE_LOG_RETAIN: u64 = 4;
 
+/// Milliseconds in a day (the Bayes lesson counter's period).
+const DAY_MS: u64 = 86_400_000;
+
 /// The hierarchy separator of mailbox names.
 pub const MAILBOX_SEPARATOR: char = '/';
 
@@ -619,6 +622,14 @@ impl StateStore {
             out.push(decode_value(&value)?);
         }
         Ok(out)
+    }
+
+    /// How many Bayes lessons an account gave on the day of `now_ms`.
+    pub fn bayes_lessons_today(&self, account_id: u64, now_ms: u64) -> Result<u64> {
+        let db = self.db();
+        let (day, count) =
+            decode_pair(db.get_cf(&cf(&db, ks::SECURITY), ks::bayes_lessons_key(account_id))?.as_deref());
+        Ok(if day == now_ms / DAY_MS { count } else { 0 })
     }
 
     /// A domain's trained (spam, ham) message totals.
@@ -1247,6 +1258,13 @@ impl<'a> Tx<'a> {
                     }
                 }
                 self.put_raw(ks::SECURITY, &trained, vec![u8::from(spam)]);
+                // The account's lessons today (the day of the entry's time, so every node
+                // counts alike), which its next proposals are held to.
+                let today = self.now_ms / DAY_MS;
+                let lessons = ks::bayes_lessons_key(account_id);
+                let (day, count) = decode_pair(self.get_raw(ks::SECURITY, &lessons)?.as_deref());
+                let count = if day == today { count + 1 } else { 1 };
+                self.put_raw(ks::SECURITY, &lessons, [today.to_be_bytes(), count.to_be_bytes()].concat());
                 Ok(Ok(Outcome::Done))
             }
             Command::SetAllowedSender { account_id, sender, allowed } => {
@@ -1613,6 +1631,7 @@ impl<'a> Tx<'a> {
             .map(|(_, entry)| entry.id)
             .collect();
         self.drop_quarantined(account_id, &quarantined)?;
+        self.delete(ks::SECURITY, &ks::bayes_lessons_key(account_id));
         for marks in [ks::ALLOWED_SENDERS.as_slice(), ks::BAYES_TRAINED.as_slice()] {
             for (key, _) in self.scan_raw(ks::SECURITY, &[marks, &prefix].concat())? {
                 self.delete(ks::SECURITY, &key);

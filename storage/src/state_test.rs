@@ -1123,6 +1123,28 @@ fn a_message_is_learnt_once_and_moving_it_back_undoes_the_lesson() {
 }
 
 #[test]
+fn an_account_s_bayes_lessons_are_counted_per_day() {
+    let (_dir, store) = store();
+    let day = 86_400_000;
+    let train = |seed: u8| {
+        let blob = BlobId::from_slice(&[seed; 32]).unwrap();
+        Command::TrainBayes { domain: "example.com".into(), spam: true, tokens: vec![7], account_id: 4, blob }
+    };
+    for (seed, at) in [(1, 10 * day + 5), (2, 10 * day + 6), (2, 10 * day + 7)] {
+        apply_at(&store, train(seed), at).unwrap();
+    }
+    // Two lessons on day 10 (the repeated message taught nothing).
+    assert_eq!(store.bayes_lessons_today(4, 10 * day + 8).unwrap(), 2);
+    apply_at(&store, train(3), 11 * day).unwrap();
+    assert_eq!(store.bayes_lessons_today(4, 10 * day + 9).unwrap(), 0, "day 11 replaced day 10");
+    assert_eq!(store.bayes_lessons_today(4, 11 * day + 1).unwrap(), 1);
+    assert_eq!(store.bayes_lessons_today(4, 12 * day).unwrap(), 0, "a new day starts at 0");
+    assert_eq!(store.bayes_lessons_today(5, 11 * day).unwrap(), 0, "other accounts are not counted");
+    apply_at(&store, train(4), 11 * day + 2).unwrap();
+    assert_eq!(store.bayes_lessons_today(4, 11 * day + 3).unwrap(), 2);
+}
+
+#[test]
 fn prefix_end_is_the_first_key_after_the_prefix() {
     assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
     assert_eq!(prefix_end(&[1, 0xff, 0xff]), Some(vec![2]));

@@ -699,6 +699,30 @@ m.logout()
     node.terminate().await;
 }
 
+/// One account teaches its domain's classifier at most 200 messages a day: the 201st move
+/// into Junk is not learnt (the node says so in its log).
+#[tokio::test]
+async fn one_account_s_bayes_lessons_are_capped_per_day() {
+    let node = node_with_alice("").await;
+    let out = crate::harness::python(
+        &node,
+        r#"
+m = imaplib.IMAP4_SSL("127.0.0.1", IMAPS, ssl_context=ctx)
+m.login("alice@example.com", "alice password")
+for n in range(205):
+    m.append("INBOX", None, None, b"Subject: offer %d\r\n\r\ncheap offer number %d\r\n" % (n, n))
+m.select("INBOX")
+for first in range(1, 206, 20):
+    assert m.uid("MOVE", "%d:%d" % (first, min(first + 19, 205)), "Junk")[0] == "OK"
+m.logout()
+"#,
+    );
+    assert!(out.is_empty(), "{out}");
+    let log = node.log();
+    assert!(log.contains("Bayes lessons of this account are capped for today"), "no cap in the log:\n{log}");
+    assert!(log.contains("given=200"), "the cap is 200 lessons:\n{log}");
+}
+
 #[tokio::test]
 async fn clamd_strip_removes_only_the_infected_attachment() {
     let clamd = crate::peers::Clamd::start().await;

@@ -129,6 +129,14 @@ pub fn spam_probability(totals: (u64, u64), counts: &[(u64, u64)], min_trained: 
     Some((1.0 + ham_evidence - spam_evidence) / 2.0)
 }
 
+/// Messages one COPY or MOVE teaches at most (learning is inline with the command).
+const LESSONS_PER_COMMAND: usize = 20;
+
+/// Lessons one account may give its domain's classifier per day: a user sorting mail
+/// stays well under it, and one account (a compromised one, or a user set on teaching the
+/// classifier that the domain's real mail is spam) cannot outweigh everyone else's.
+pub const MAX_LESSONS_PER_ACCOUNT_PER_DAY: u64 = 200;
+
 impl Core {
     /// How likely `raw` is spam for mail to `domain`, by what its users taught; `None`
     /// while fewer than `min_trained` spam or ham messages were learnt.
@@ -143,12 +151,18 @@ impl Core {
         Ok(spam_probability(totals, &counts, min_trained))
     }
 
-    /// Learns messages an account moved into (`spam`) or out of its Junk mailbox.
+    /// Learns messages an account moved into (`spam`) or out of its Junk mailbox, at most
+    /// [`MAX_LESSONS_PER_ACCOUNT_PER_DAY`] a day.
     pub(crate) async fn learn(&self, account_id: u64, mailbox_id: u64, uids: &[u32], spam: bool) -> Result<()> {
         let Some(account) = self.state.account(account_id)? else { return Ok(()) };
         let domain = account.address.rsplit_once('@').map(|(_, domain)| domain.to_lowercase()).unwrap_or_default();
+        let given = self.state.bayes_lessons_today(account_id, crate::now_ms())?;
+        let room = MAX_LESSONS_PER_ACCOUNT_PER_DAY.saturating_sub(given) as usize;
+        if room < uids.len().min(LESSONS_PER_COMMAND) {
+            tracing::info!(account = %account.address, given, "Bayes lessons of this account are capped for today");
+        }
         // Learning is inline with the user's MOVE: a bounded number of messages per command.
-        for &uid in uids.iter().take(20) {
+        for &uid in uids.iter().take(LESSONS_PER_COMMAND.min(room)) {
             let Some(record) = self.state.message(account_id, mailbox_id, uid)? else { continue };
             let raw = self.read_blob(&record.blob).await?;
             let tokens = tokens(&raw);
