@@ -227,8 +227,35 @@ pub fn serve(
 ) -> ListenerHandle {
     let sessions = Arc::new(Mutex::new(Occupancy::default()));
     let mut stop = shutdown.clone();
-    let admission = Arc::new(Admission { name, implicit_tls, limits, handler, occupancy: sessions.clone(), shutdown });
+    let mut clients = accept_clients(listener, name, proxy, shutdown.clone());
+    let admission = Admission { name, implicit_tls, limits, handler, occupancy: sessions.clone(), shutdown };
     let accept_task = tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = clients.recv() => accepted,
+                () = stopped(&mut stop) => None,
+            };
+            let Some((tcp, client)) = accepted else { break };
+            let _ = tcp.set_nodelay(true);
+            admission.admit(tcp, client);
+        }
+    });
+    ListenerHandle { sessions, accept_task }
+}
+
+/// Accepts connections on `listener` until `shutdown` turns true (or the receiver is
+/// dropped) and passes each on with its client's address: for peers `proxy` trusts, the
+/// one their PROXY v2 header names, read in a task of its own so a slow proxy never stalls
+/// accepting (a connection without a valid header is dropped). Every listener, mail and
+/// HTTP, accepts through this.
+pub fn accept_clients(
+    listener: TcpListener,
+    name: &'static str,
+    proxy: ProxyProtocol,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::sync::mpsc::Receiver<(TcpStream, SocketAddr)> {
+    let (admit, clients) = tokio::sync::mpsc::channel(1024);
+    tokio::spawn(async move {
         loop {
             let (mut tcp, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -240,23 +267,24 @@ pub fn serve(
                         continue;
                     }
                 },
-                () = stopped(&mut stop) => break,
+                () = stopped(&mut shutdown) => break,
+                () = admit.closed() => break,
             };
-            let _ = tcp.set_nodelay(true);
             if !proxy.trusts(peer.ip()) {
-                admission.admit(tcp, peer);
+                if admit.send((tcp, peer)).await.is_err() {
+                    break;
+                }
                 continue;
             }
-            // The header takes a read: never in the accept loop.
-            let admission = admission.clone();
+            let admit = admit.clone();
             tokio::spawn(async move {
                 match crate::proxy::read_header(&mut tcp).await {
-                    Ok(client) => admission.admit(tcp, client.unwrap_or(peer)),
+                    Ok(client) => drop(admit.send((tcp, client.unwrap_or(peer))).await),
                     Err(error) => tracing::info!(listener = name, %peer, %error, "proxy connection dropped"),
                 }
             });
         }
         tracing::debug!(listener = name, "stopped accepting");
     });
-    ListenerHandle { sessions, accept_task }
+    clients
 }

@@ -63,7 +63,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let router = wmail_http::router(core.clone(), admin_token.clone(), registry.clone(), protection.clone());
     for address in &config.listen.http {
-        let listener = HttpListener::new(bind(address, "http").await?, proxy_protocol(&config)?)?;
+        let listener = HttpListener::new(bind(address, "http").await?, proxy_protocol(&config)?, shutdown_rx.clone())?;
         let local = listener.local;
         http_urls.push(format!("http://{local}"));
         let router = router.clone();
@@ -372,43 +372,21 @@ fn proxy_protocol(config: &Config) -> anyhow::Result<wmail_net::ProxyProtocol> {
         .map_err(|error| anyhow::anyhow!("[listen] proxy_protocol_from: {error}"))
 }
 
-/// An HTTP listener that reads the PROXY v2 header of connections from trusted proxies (in
-/// their own tasks, so a slow proxy never stalls accepting) before axum sees them.
+/// An HTTP listener that accepts like the mail listeners (`wmail_net::accept_clients`: the
+/// PROXY v2 header of trusted proxies read first) before axum sees the connections.
 struct HttpListener {
     local: SocketAddr,
     ready: tokio::sync::mpsc::Receiver<(tokio::net::TcpStream, SocketAddr)>,
 }
 
 impl HttpListener {
-    fn new(listener: tokio::net::TcpListener, proxy: wmail_net::ProxyProtocol) -> std::io::Result<Self> {
+    fn new(
+        listener: tokio::net::TcpListener,
+        proxy: wmail_net::ProxyProtocol,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> std::io::Result<Self> {
         let local = listener.local_addr()?;
-        let (admit, ready) = tokio::sync::mpsc::channel(1024);
-        tokio::spawn(async move {
-            loop {
-                let (mut tcp, peer) = match listener.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        tracing::warn!(listener = "http", %error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                if !proxy.trusts(peer.ip()) {
-                    if admit.send((tcp, peer)).await.is_err() {
-                        return;
-                    }
-                    continue;
-                }
-                let admit = admit.clone();
-                tokio::spawn(async move {
-                    match wmail_net::read_proxy_header(&mut tcp).await {
-                        Ok(client) => drop(admit.send((tcp, client.unwrap_or(peer))).await),
-                        Err(error) => tracing::info!(listener = "http", %peer, %error, "proxy connection dropped"),
-                    }
-                });
-            }
-        });
-        Ok(Self { local, ready })
+        Ok(Self { local, ready: wmail_net::accept_clients(listener, "http", proxy, shutdown) })
     }
 }
 
