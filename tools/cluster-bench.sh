@@ -105,15 +105,19 @@ load)
   kill -9 "$(cat "$dir/node$id.pid")"
   sleep "$(python3 -c "print($seconds / 3)")"
   "$repo/deploy/local-cluster.sh" >/dev/null   # the killed node comes back and catches up
-  wait "$load" || true
+  if ! wait "$load"; then
+    echo "wmail-bench failed (its output: $dir/load.json)" >&2
+    exit 1
+  fi
   python3 - "$killed" "$id" "$dir/load.json" <<'PY'
 import json, sys
 killed, node = int(sys.argv[1]), sys.argv[2]
 r = json.loads(open(sys.argv[3]).read().strip().splitlines()[-1])
+killed_at = (killed - r["started_unix_ms"]) / 1000
 errors = ", ".join(f"{code}: {n}" for code, n in r["errors"].items()) or "none"
 print(f"{r['delivered']} messages accepted in {r['seconds']:.0f} s by 16 sessions on 3 nodes "
       f"({r['accepts_per_second']:.0f}/s, p99 {r['p99_ms']:.0f} ms, max {r['max_ms']:.0f} ms)")
-print(f"node {node} (the leader) killed -9 at {r['seconds'] / 3:.0f} s, restarted at {2 * r['seconds'] / 3:.0f} s")
+print(f"node {node} (the leader) killed -9 {killed_at:.1f} s into the run, restarted about {r['seconds'] / 3:.0f} s later")
 print(f"errors seen by clients: {errors}")
 gap_end = r["longest_gap_ended_unix_ms"]
 gap_start = gap_end - r["longest_gap_ms"]

@@ -624,7 +624,14 @@ impl StateStore {
         Ok(out)
     }
 
-    /// How many Bayes lessons an account gave on the day of `now_ms`.
+    /// The label an account's message was learnt with (`Some(true)`: spam), if any.
+    pub fn bayes_label(&self, account_id: u64, blob: &BlobId) -> Result<Option<bool>> {
+        let db = self.db();
+        let label = db.get_cf(&cf(&db, ks::SECURITY), ks::bayes_trained_key(account_id, blob.as_bytes()))?;
+        Ok(label.and_then(|label| label.first().map(|&byte| byte == 1)))
+    }
+
+    /// How many new Bayes lessons (not corrections) an account gave on the day of `now_ms`.
     pub fn bayes_lessons_today(&self, account_id: u64, now_ms: u64) -> Result<u64> {
         let db = self.db();
         let (day, count) =
@@ -1258,8 +1265,11 @@ impl<'a> Tx<'a> {
                     }
                 }
                 self.put_raw(ks::SECURITY, &trained, vec![u8::from(spam)]);
-                // The account's lessons today (the day of the entry's time, so every node
-                // counts alike), which its next proposals are held to.
+                if earlier.is_some() {
+                    return Ok(Ok(Outcome::Done)); // a correction is not a new lesson
+                }
+                // The account's new lessons today (the day of the entry's time, so every
+                // node counts alike), which its next proposals are held to.
                 let today = self.now_ms / DAY_MS;
                 let lessons = ks::bayes_lessons_key(account_id);
                 let (day, count) = decode_pair(self.get_raw(ks::SECURITY, &lessons)?.as_deref());

@@ -1142,6 +1142,13 @@ fn an_account_s_bayes_lessons_are_counted_per_day() {
     assert_eq!(store.bayes_lessons_today(5, 11 * day).unwrap(), 0, "other accounts are not counted");
     apply_at(&store, train(4), 11 * day + 2).unwrap();
     assert_eq!(store.bayes_lessons_today(4, 11 * day + 3).unwrap(), 2);
+    // Moving a message back out of Junk corrects its lesson: not a new one.
+    let blob = BlobId::from_slice(&[4; 32]).unwrap();
+    let correction =
+        Command::TrainBayes { domain: "example.com".into(), spam: false, tokens: vec![7], account_id: 4, blob };
+    apply_at(&store, correction, 11 * day + 4).unwrap();
+    assert_eq!(store.bayes_label(4, &blob).unwrap(), Some(false));
+    assert_eq!(store.bayes_lessons_today(4, 11 * day + 5).unwrap(), 2);
 }
 
 #[test]

@@ -14,7 +14,18 @@ if [ "$what" = cluster ]; then
 fi
 if [ "$what" = compare ] || [ "$what" = test ]; then
   # The peers of tools/compare, which the tests smoke-run (private instances on free ports).
-  packages+=(postfix dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd openssl curl python3)
+  # Installing Postfix would make apt remove another MTA (exim4, ...): never do that here.
+  postfix_installed="$(dpkg-query -W -f='${Status}' postfix 2>/dev/null || true)"
+  if [[ "$postfix_installed" != *"install ok installed"* ]] && [ -e /usr/sbin/sendmail ]; then
+    if [ "$what" = compare ]; then
+      echo "another MTA provides /usr/sbin/sendmail; installing Postfix for tools/compare would remove it." >&2
+      echo "Install postfix and dovecot-core/imapd/pop3d/lmtpd yourself if that is fine, then run again." >&2
+      exit 1
+    fi
+    echo "another MTA is installed: not installing Postfix and Dovecot (the tools/compare smoke test skips)" >&2
+  else
+    packages+=(postfix dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd openssl curl python3)
+  fi
 fi
 if [ "$what" = test ]; then
   # promtool (package prometheus) lints /metrics; python3-venv hosts SeaweedFS;

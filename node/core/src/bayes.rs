@@ -151,19 +151,34 @@ impl Core {
         Ok(spam_probability(totals, &counts, min_trained))
     }
 
-    /// Learns messages an account moved into (`spam`) or out of its Junk mailbox, at most
-    /// [`MAX_LESSONS_PER_ACCOUNT_PER_DAY`] a day.
+    /// Learns messages an account moved into (`spam`) or out of its Junk mailbox: at most
+    /// [`LESSONS_PER_COMMAND`] per command and [`MAX_LESSONS_PER_ACCOUNT_PER_DAY`] new ones a
+    /// day (checked here against the replicated count, so concurrent commands may pass it
+    /// by a command's worth). Correcting a message learnt the other way is always allowed;
+    /// one learnt the same way already is skipped.
     pub(crate) async fn learn(&self, account_id: u64, mailbox_id: u64, uids: &[u32], spam: bool) -> Result<()> {
         let Some(account) = self.state.account(account_id)? else { return Ok(()) };
         let domain = account.address.rsplit_once('@').map(|(_, domain)| domain.to_lowercase()).unwrap_or_default();
         let given = self.state.bayes_lessons_today(account_id, crate::now_ms())?;
-        let room = MAX_LESSONS_PER_ACCOUNT_PER_DAY.saturating_sub(given) as usize;
-        if room < uids.len().min(LESSONS_PER_COMMAND) {
-            tracing::info!(account = %account.address, given, "Bayes lessons of this account are capped for today");
-        }
-        // Learning is inline with the user's MOVE: a bounded number of messages per command.
-        for &uid in uids.iter().take(LESSONS_PER_COMMAND.min(room)) {
+        let mut room = MAX_LESSONS_PER_ACCOUNT_PER_DAY.saturating_sub(given);
+        let (mut taught, mut capped) = (0, false);
+        // Learning is inline with the user's MOVE: a bounded number of messages per command,
+        // looked for among a bounded number of the moved ones.
+        for &uid in uids.iter().take(LESSONS_PER_COMMAND * 10) {
+            if taught == LESSONS_PER_COMMAND {
+                break;
+            }
             let Some(record) = self.state.message(account_id, mailbox_id, uid)? else { continue };
+            match self.state.bayes_label(account_id, &record.blob)? {
+                Some(label) if label == spam => continue, // learnt so already
+                Some(_) => {}                             // a correction
+                None if room == 0 => {
+                    capped = true;
+                    continue;
+                }
+                None => room -= 1,
+            }
+            taught += 1;
             let raw = self.read_blob(&record.blob).await?;
             let tokens = tokens(&raw);
             if !tokens.is_empty() {
@@ -171,6 +186,9 @@ impl Core {
                     Command::TrainBayes { domain: domain.clone(), spam, tokens, account_id, blob: record.blob };
                 self.execute(command).await?;
             }
+        }
+        if capped {
+            tracing::info!(account = %account.address, given, "Bayes lessons of this account are capped for today");
         }
         Ok(())
     }

@@ -269,23 +269,29 @@ pub async fn scale(api: &Api, args: &ScaleArgs) -> anyhow::Result<()> {
             "messages", "filled/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "SELECT ms", "FETCH 1:* ms"
         );
     }
+    // The generator's next message number: past every number used, so Message-IDs never
+    // repeat even when refused APPENDs leave the mailbox short of a checkpoint.
+    let mut next_number = exists;
     for &checkpoint in &args.checkpoints {
+        let missing = checkpoint.saturating_sub(exists);
         let fill = AppendJob {
             imap: &args.target.imap,
             user: &args.user,
             password: &args.password,
             mailbox: "INBOX",
-            numbers: exists..checkpoint.max(exists),
+            numbers: next_number..next_number + missing,
             concurrency: args.concurrency,
             small: true,
             progress: "filling",
         };
         let filled = append_messages(&fill).await?;
-        let numbers = checkpoint.max(exists)..checkpoint.max(exists) + args.samples;
+        let numbers = fill.numbers.end..fill.numbers.end + args.samples;
+        next_number = numbers.end;
         let sampled =
             append_messages(&AppendJob { numbers, concurrency: 1, small: false, progress: "timing", ..fill }).await?;
-        exists = checkpoint.max(exists) + sampled.latencies.len();
-        let (select, fetch, _) = time_fetch_all(&args.target.imap, &args.user, &args.password, "INBOX").await?;
+        // What the mailbox holds now, as the server says.
+        let (select, fetch, count) = time_fetch_all(&args.target.imap, &args.user, &args.password, "INBOX").await?;
+        exists = count;
         let latencies = &sampled.latencies;
         let [p50, p90, p99, max] = [0.5, 0.9, 0.99, 1.0].map(|fraction| millis(percentile(latencies, fraction)));
         let fill_rate = filled.latencies.len() as f64 / filled.seconds;

@@ -194,6 +194,8 @@ struct LevelReport {
     /// acceptance, between two, or from the last to the end) and when it ended.
     longest_gap: Duration,
     longest_gap_ended: SystemTime,
+    /// When the level's clock started (after setup and connecting).
+    started: SystemTime,
 }
 
 /// What one delivery attempt gives: the accepted message's size, or the error's class.
@@ -243,6 +245,7 @@ impl LevelReport {
                 "max_ms": millis(self.percentile(1.0)),
                 "longest_gap_ms": millis(self.longest_gap),
                 "longest_gap_ended_unix_ms": unix_millis(self.longest_gap_ended),
+                "started_unix_ms": unix_millis(self.started),
         });
         report::record(workload, &line, json);
         if !json {
@@ -437,6 +440,7 @@ where
         latencies,
         longest_gap,
         longest_gap_ended: started_at + gap_end,
+        started: started_at,
     }
 }
 
@@ -462,6 +466,11 @@ fn check(report: &LevelReport) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long an SMTP load session may take to connect and be greeted.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one message may take from MAIL to the final reply.
+const SEND_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// One SMTP load worker's session, on one of the servers.
 struct SmtpSession {
     /// None after the connection broke.
@@ -483,17 +492,25 @@ impl SmtpSession {
     ) -> Delivery {
         let session = match &mut self.session {
             Some(session) => session,
-            None => match smtp::Sender::connect_with(&servers[self.server], options).await {
-                Ok(session) => self.session.insert(session),
-                Err(_) => {
-                    self.server = (self.server + 1) % servers.len();
-                    // Down or refusing: a client waits a moment before trying again.
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    return Err("connect".to_owned());
+            None => {
+                match tokio::time::timeout(CONNECT_TIMEOUT, smtp::Sender::connect_with(&servers[self.server], options))
+                    .await
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("no greeting within {CONNECT_TIMEOUT:?}")))
+                {
+                    Ok(session) => self.session.insert(session),
+                    Err(_) => {
+                        self.server = (self.server + 1) % servers.len();
+                        // Down or refusing: a client waits a moment before trying again.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        return Err("connect".to_owned());
+                    }
                 }
-            },
+            }
         };
-        match session.send(recipient, message).await {
+        // A node that hangs (stopped, cut off) must not stall the worker past the run.
+        let sent = tokio::time::timeout(SEND_TIMEOUT, session.send(recipient, message)).await;
+        match sent.unwrap_or_else(|_| Err(smtp::SendError::Broken(anyhow::anyhow!("no reply within {SEND_TIMEOUT:?}"))))
+        {
             Ok(()) => Ok(message.len()),
             Err(error) => {
                 if matches!(error, smtp::SendError::Broken(_)) {
@@ -594,9 +611,12 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let out = cli.out.clone();
     let result = run(cli).await;
-    // What was measured is written out even when a later step failed.
+    // What was measured is written out even when a later step failed (whose error wins).
     if let Some(prefix) = out {
-        report::write_out(&prefix, &format!("wmail-bench {}", command_line()))?;
+        let written = report::write_out(&prefix, &format!("wmail-bench {}", command_line()));
+        result?;
+        written?;
+        return Ok(());
     }
     result
 }

@@ -32,8 +32,13 @@ pub fn record(workload: &str, report: &Value, json: bool) {
 /// per workload, `title` on top).
 pub fn write_out(prefix: &Path, title: &str) -> anyhow::Result<()> {
     let reports = REPORTS.lock().expect("no panics while holding it").clone();
-    let json_path = prefix.with_extension("json");
-    let markdown_path = prefix.with_extension("md");
+    // Appended, not replaced: `--out results/run-0.3` keeps its dot.
+    let with = |extension: &str| {
+        let mut path = prefix.as_os_str().to_owned();
+        path.push(extension);
+        std::path::PathBuf::from(path)
+    };
+    let (json_path, markdown_path) = (with(".json"), with(".md"));
     let json = serde_json::to_string_pretty(&reports)?;
     std::fs::write(&json_path, json + "\n").with_context(|| format!("writing {}", json_path.display()))?;
     std::fs::write(&markdown_path, markdown(title, &reports))

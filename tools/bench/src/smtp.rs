@@ -106,6 +106,10 @@ impl Sender {
         // RFC 2920 §3.1: every pipelined command gets its reply, in order, whatever the
         // earlier ones said; DATA gets 354 only when MAIL and a RCPT were accepted.
         let replies = [self.reply().await?, self.reply().await?, self.reply().await?];
+        if let Some((_, text)) = replies.iter().find(|(code, _)| *code == 421) {
+            // RFC 5321 §3.8: the server is closing the channel.
+            return Err(SendError::Broken(anyhow::anyhow!("421 {text}")));
+        }
         let refusal = replies.iter().zip([250, 250, 354]).find(|((code, _), expected)| code != expected);
         if let Some(((code, text), _)) = refusal {
             let refused = SendError::Refused(*code, text.clone());
@@ -132,6 +136,7 @@ impl Sender {
         self.write(&out).await?;
         match self.reply().await? {
             (250, _) => Ok(()),
+            (421, text) => Err(SendError::Broken(anyhow::anyhow!("421 {text}"))),
             (code, text) => Err(SendError::Refused(code, text)),
         }
     }
