@@ -915,8 +915,13 @@ fn memory_kb(pid: u32) -> anyhow::Result<u64> {
                 let line = rollup.lines().find(|line| line.starts_with("Pss:")).context("no Pss")?;
                 total += line.split_whitespace().nth(1).context("no Pss value")?.parse::<u64>().context("Pss")?;
             }
-            // The server itself must be there; a child may have just exited.
+            // The server itself must be there; a child may have just exited, but one we may
+            // not read (another user's, without root) makes the sum too small: say so.
             Err(error) if process == pid => return Err(error).with_context(|| format!("reading {path}")),
+            Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
+                eprintln!("warning: cannot read {path} ({error}); the memory measured leaves that process out");
+                continue;
+            }
             Err(_) => continue,
         }
         pending.extend(children.get(&process).into_iter().flatten());
