@@ -227,7 +227,7 @@ pub fn serve(
 ) -> ListenerHandle {
     let sessions = Arc::new(Mutex::new(Occupancy::default()));
     let mut stop = shutdown.clone();
-    let mut clients = accept_clients(listener, name, proxy, shutdown.clone());
+    let (mut clients, acceptor) = accept_clients(listener, name, proxy, shutdown.clone());
     let admission = Admission { name, implicit_tls, limits, handler, occupancy: sessions.clone(), shutdown };
     let accept_task = tokio::spawn(async move {
         loop {
@@ -239,6 +239,9 @@ pub fn serve(
             let _ = tcp.set_nodelay(true);
             admission.admit(tcp, client);
         }
+        // The listening socket is closed once the handle says the listener stopped.
+        drop(clients);
+        let _ = acceptor.await;
     });
     ListenerHandle { sessions, accept_task }
 }
@@ -247,15 +250,16 @@ pub fn serve(
 /// dropped) and passes each on with its client's address: for peers `proxy` trusts, the
 /// one their PROXY v2 header names, read in a task of its own so a slow proxy never stalls
 /// accepting (a connection without a valid header is dropped). Every listener, mail and
-/// HTTP, accepts through this.
+/// HTTP, accepts through this. The task it returns ends (and closes the listening socket)
+/// once accepting stops.
 pub fn accept_clients(
     listener: TcpListener,
     name: &'static str,
     proxy: ProxyProtocol,
     mut shutdown: watch::Receiver<bool>,
-) -> tokio::sync::mpsc::Receiver<(TcpStream, SocketAddr)> {
+) -> (tokio::sync::mpsc::Receiver<(TcpStream, SocketAddr)>, tokio::task::JoinHandle<()>) {
     let (admit, clients) = tokio::sync::mpsc::channel(1024);
-    tokio::spawn(async move {
+    let acceptor = tokio::spawn(async move {
         loop {
             let (mut tcp, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -286,5 +290,37 @@ pub fn accept_clients(
         }
         tracing::debug!(listener = name, "stopped accepting");
     });
-    clients
+    (clients, acceptor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sessions that end at once.
+    struct Nothing;
+
+    impl SessionHandler for Nothing {
+        fn handle(&self, _: SessionStream, _: SocketAddr, _: watch::Receiver<bool>) -> BoxFuture<'static, ()> {
+            Box::pin(async {})
+        }
+
+        fn refuse(&self, _: SessionStream, _: Refusal) -> BoxFuture<'static, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stopped_listener_has_closed_its_socket() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (stop, shutdown) = watch::channel(false);
+        let limits = ConnectionLimits::open_sessions(10, 10);
+        let proxy = ProxyProtocol::new(&[]).unwrap();
+        let handle = serve(listener, "test", None, limits, proxy, Arc::new(Nothing), shutdown);
+        TcpStream::connect(address).await.expect("accepting before the shutdown");
+        stop.send_replace(true);
+        handle.stopped(Duration::from_secs(1)).await;
+        assert!(TcpStream::connect(address).await.is_err(), "nothing listens once the listener says it stopped");
+    }
 }

@@ -386,7 +386,8 @@ impl HttpListener {
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> std::io::Result<Self> {
         let local = listener.local_addr()?;
-        Ok(Self { local, ready: wmail_net::accept_clients(listener, "http", proxy, shutdown) })
+        let (ready, _acceptor) = wmail_net::accept_clients(listener, "http", proxy, shutdown);
+        Ok(Self { local, ready })
     }
 }
 
