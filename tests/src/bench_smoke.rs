@@ -4,17 +4,23 @@ use std::process::Command;
 
 use crate::harness::{WmailNode, wmail_bin};
 
+/// `wmail-bench` pointed at `node`'s admin API (which every subcommand's setup uses).
+fn bench(node: &WmailNode) -> Command {
+    let program = wmail_bin().with_file_name("wmail-bench");
+    assert!(program.exists(), "{} missing: `cargo build --workspace` builds it", program.display());
+    let mut command = Command::new(program);
+    command.args(["--server", &format!("http://{}", node.http), "--token", &node.token()]);
+    command
+}
+
 #[tokio::test]
 async fn bench_delivers_and_reports_each_level() {
     // A benchmark measures the server, not the per-user sending limits.
     let mut node = WmailNode::new("[smtp]\nmax_recipients_per_hour = 0\n");
     node.start().await;
-    let bench = wmail_bin().with_file_name("wmail-bench");
-    assert!(bench.exists(), "{} missing: `cargo build --workspace` builds it", bench.display());
     // Runs one mode with two levels and returns one JSON report per level.
     let run = |mode: &[&str]| -> Vec<serde_json::Value> {
-        let output = Command::new(&bench)
-            .args(["--server", &format!("http://{}", node.http), "--token", &node.token()])
+        let output = bench(&node)
             .args(mode)
             .args(["--concurrency", "1,4", "--seconds", "5", "--requests", "24", "--accounts", "3", "--json"])
             .output()
@@ -39,8 +45,7 @@ async fn bench_delivers_and_reports_each_level() {
         assert_eq!(report["failed"], 0, "{report}");
     }
     // The realistic size mix, with bytes and percentiles in the report.
-    let output = Command::new(&bench)
-        .args(["--server", &format!("http://{}", node.http), "--token", &node.token()])
+    let output = bench(&node)
         .args(["smtp", "--smtp", &node.smtp.to_string(), "--mix", "--accounts", "3"])
         .args(["--concurrency", "2", "--requests", "12", "--json"])
         .output()
@@ -62,8 +67,7 @@ async fn bench_delivers_and_reports_each_level() {
     // Refusals are counted by reply code and the session goes on: user3 does not exist, so
     // every fourth RCPT gets 550 and the pipelined MAIL/RCPT/DATA is reset. A first address
     // where nothing listens sends its session on to the node (the cluster mode's rotation).
-    let output = Command::new(&bench)
-        .args(["--server", &format!("http://{}", node.http), "--token", &node.token()])
+    let output = bench(&node)
         .args(["smtp", "--no-setup", "--smtp", &format!("127.0.0.1:1,{}", node.smtp)])
         .args(["--concurrency", "2", "--requests", "40", "--accounts", "4", "--json"])
         .output()
@@ -84,9 +88,7 @@ async fn bench_measures_outbound_delivery() {
     sink.start().await;
     let mut node = WmailNode::new(&format!("[delivery]\nsmarthost = \"127.0.0.1:{}\"\n", sink.port));
     node.start().await;
-    let bench = wmail_bin().with_file_name("wmail-bench");
-    let output = Command::new(&bench)
-        .args(["--server", &format!("http://{}", node.http), "--token", &node.token()])
+    let output = bench(&node)
         .args(["outbound", "--submission", &node.submission.to_string()])
         .args(["--destinations", "3", "--count", "30", "--concurrency", "2", "--timeout", "60", "--json"])
         .output()
@@ -109,9 +111,7 @@ async fn bench_measures_outbound_delivery() {
 async fn bench_runs_pop3_cycles() {
     let mut node = WmailNode::new("[imap]\nallow_plaintext_auth = true\n");
     node.start().await;
-    let bench = wmail_bin().with_file_name("wmail-bench");
-    let output = Command::new(&bench)
-        .args(["--server", &format!("http://{}", node.http), "--token", &node.token()])
+    let output = bench(&node)
         .args(["pop3", "--pop3s", &node.pop3s.to_string()])
         .args(["--users", "4", "--messages", "5", "--concurrency", "2", "--json"])
         .output()
@@ -124,7 +124,7 @@ async fn bench_runs_pop3_cycles() {
     let stored: u64 = accounts.as_array().unwrap().iter().map(|a| a["message_count"].as_u64().unwrap()).sum();
     assert_eq!(stored, 0, "QUIT applied every DELE");
 
-    let output = Command::new(&bench)
+    let output = bench(&node)
         .args(["pop3", "--pop3s", &node.pop3s.to_string(), "--fill-imap", &node.imap.to_string()])
         .args(["--users", "2", "--messages", "3", "--json"])
         .output()
@@ -140,17 +140,11 @@ async fn bench_runs_pop3_cycles() {
 async fn bench_drives_imap() {
     let mut node = WmailNode::new("[imap]\nallow_plaintext_auth = true\n");
     node.start().await;
-    let bench = wmail_bin().with_file_name("wmail-bench");
     let imap = node.imap.to_string();
     // Runs one mode (each well under 15 s) and returns its JSON report.
     let run = |mode: &[&str]| -> serde_json::Value {
         let started = std::time::Instant::now();
-        let output = Command::new(&bench)
-            .args(["--server", &format!("http://{}", node.http), "--token", &node.token()])
-            .args(mode)
-            .args(["--imap", &imap, "--json"])
-            .output()
-            .expect("run wmail-bench");
+        let output = bench(&node).args(mode).args(["--imap", &imap, "--json"]).output().expect("run wmail-bench");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(output.status.success(), "{mode:?}: {stderr}");
         assert!(started.elapsed() < std::time::Duration::from_secs(15), "{mode:?} took {:?}", started.elapsed());
@@ -172,8 +166,7 @@ async fn bench_drives_imap() {
 
     // `scale` at two small checkpoints, its results written with --out as JSON and Markdown.
     let out = tempfile::tempdir().expect("temporary directory");
-    let output = Command::new(&bench)
-        .args(["--server", &format!("http://{}", node.http), "--token", &node.token()])
+    let output = bench(&node)
         .args(["--out", &out.path().join("scale").display().to_string()])
         .args(["scale", "--imap", &imap, "--checkpoints", "20,60", "--samples", "5", "--concurrency", "2"])
         .output()

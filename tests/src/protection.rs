@@ -87,17 +87,22 @@ async fn newest_inbox_text(node: &WmailNode) -> String {
 }
 
 /// A 2048-bit RSA DKIM key (RFC 6376's usual algorithm): its PKCS#8 document and the TXT
-/// record publishing it, split for dnsmasq into strings of at most 255 bytes (RFC 7208 §3.3
-/// style: one record, several strings, joined by the verifier).
+/// record publishing it (longer than one DNS string: see [`txt_record`]).
 fn rsa_dkim_key() -> (Vec<u8>, String) {
     use aws_lc_rs::encoding::AsDer;
     let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).expect("generate");
     let private = pair.as_der().expect("PKCS#8").as_ref().to_vec();
     let public = aws_lc_rs::signature::KeyPair::public_key(&pair).as_der().expect("public key");
     let record = format!("v=DKIM1; k=rsa; p={}", base64::engine::general_purpose::STANDARD.encode(public.as_ref()));
+    (private, record)
+}
+
+/// A dnsmasq `--txt-record` option publishing `value` at `name`, split into strings of at
+/// most 200 bytes (one string holds 255 at most; the verifier joins them).
+fn txt_record(name: &str, value: &str) -> String {
     let strings: Vec<String> =
-        record.as_bytes().chunks(200).map(|chunk| String::from_utf8_lossy(chunk).into()).collect();
-    (private, strings.join(","))
+        value.as_bytes().chunks(200).map(|chunk| String::from_utf8_lossy(chunk).into()).collect();
+    format!("--txt-record={name},{}", strings.join(","))
 }
 
 #[tokio::test]
@@ -106,7 +111,7 @@ async fn rsa_signed_mail_passes_dkim_and_a_tampered_copy_is_refused() {
     let dns = Dnsmasq::start(&[
         "--txt-record=rsa.test,v=spf1 ip4:127.0.0.1 -all".into(),
         "--txt-record=_dmarc.rsa.test,v=DMARC1; p=reject".into(),
-        format!("--txt-record=sel._domainkey.rsa.test,{record}"),
+        txt_record("sel._domainkey.rsa.test", &record),
         "--txt-record=relay.test,v=spf1 ip4:127.0.0.1 -all".into(),
     ])
     .await;
@@ -169,9 +174,7 @@ async fn mail_auth_dkim_test_vectors_pass_through_smtp() {
         }
         for line in dns.lines().filter(|line| !line.trim().is_empty()) {
             let (name, value) = line.split_once(' ').expect("name value");
-            let strings: Vec<String> =
-                value.as_bytes().chunks(200).map(|c| String::from_utf8_lossy(c).into()).collect();
-            records.push(format!("--txt-record={name},{}", strings.join(",")));
+            records.push(txt_record(name, value));
             // Everything else under the signer's domain is NXDOMAIN (no DMARC record).
             let domain = name.split_once("._domainkey.").expect("a key record").1;
             records.push(format!("--local=/{domain}/"));
