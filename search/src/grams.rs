@@ -14,8 +14,10 @@ use tantivy::tokenizer::{Token, TokenStream, Tokenizer};
 /// The name the n-gram tokenizer is registered under.
 pub const GRAMS_TOKENIZER: &str = "wmail_grams";
 
-/// Every n-gram of `text` (lowercased here) with its character position, in order.
-pub fn text_grams(text: &str) -> Vec<(usize, String)> {
+/// Every n-gram of `text` (lowercased here) with its character position, in order: the
+/// plain statement of what [`GramStream`] emits, which the tests hold it to.
+#[cfg(test)]
+pub(crate) fn text_grams(text: &str) -> Vec<(usize, String)> {
     let lower: Vec<char> = text.to_lowercase().chars().collect();
     let mut grams = Vec::with_capacity(lower.len());
     for (at, pair) in lower.windows(2).enumerate() {
@@ -49,8 +51,9 @@ pub fn needle_grams(needle: &str) -> Option<Vec<(usize, String)>> {
     }
 }
 
-/// The tantivy tokenizer that emits [`text_grams`]. A window's position is its character
-/// position and it spans three positions, so a phrase never bridges two values of a field.
+/// The tantivy tokenizer of the n-grams (see the module): a window's position is its
+/// character position and it spans three positions, so a phrase never bridges two values
+/// of a field.
 #[derive(Clone, Default)]
 pub struct GramTokenizer;
 
@@ -62,9 +65,9 @@ impl Tokenizer for GramTokenizer {
     }
 }
 
-/// [`text_grams`] made one at a time into one reused token: a body has a gram per
-/// character, and a string and a token apiece for each of a million grams cost more than
-/// indexing them.
+/// The n-grams of one text, made one at a time into one reused token: a body has a gram
+/// per character, and a string and a token apiece for each of a million grams cost more
+/// than indexing them.
 pub struct GramStream {
     /// The lowercased text.
     chars: Vec<char>,
@@ -86,8 +89,8 @@ impl GramStream {
 
 impl TokenStream for GramStream {
     fn advance(&mut self) -> bool {
-        // The same order as text_grams: per window, the three characters from it, then
-        // the pair at it when both are non-ASCII.
+        // Per window: the three characters from it, then the pair at it when both are
+        // non-ASCII.
         while self.at + 1 < self.chars.len() {
             let (first, second) = (self.chars[self.at], self.chars[self.at + 1]);
             if !self.pair_next {
@@ -117,33 +120,6 @@ impl TokenStream for GramStream {
 
     fn token_mut(&mut self) -> &mut Token {
         &mut self.token
-    }
-}
-
-/// The tokens of one text, made up front (both tokenizers of this crate emit them so).
-pub struct VecTokenStream {
-    tokens: Vec<Token>,
-    next: usize,
-}
-
-impl VecTokenStream {
-    pub(crate) fn new(tokens: Vec<Token>) -> Self {
-        Self { tokens, next: 0 }
-    }
-}
-
-impl TokenStream for VecTokenStream {
-    fn advance(&mut self) -> bool {
-        self.next += 1;
-        self.next <= self.tokens.len()
-    }
-
-    fn token(&self) -> &Token {
-        &self.tokens[self.next - 1]
-    }
-
-    fn token_mut(&mut self) -> &mut Token {
-        &mut self.tokens[self.next - 1]
     }
 }
 

@@ -32,7 +32,7 @@ use tantivy::{
     DocId, Index, IndexReader, IndexWriter, ReloadPolicy, Score, Searcher, SegmentReader, TantivyDocument, Term,
 };
 
-pub use grams::{GRAMS_TOKENIZER, needle_grams, text_grams};
+pub use grams::{GRAMS_TOKENIZER, needle_grams};
 pub use words::{Clause, QueryError, WORDS_TOKENIZER, WordScope, parse_query, word_analyzer};
 
 /// Bytes of text indexed per field of a message. A message with more text in a field is

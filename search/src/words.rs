@@ -6,8 +6,6 @@ use tantivy::tokenizer::{
     Language, LowerCaser, RemoveLongFilter, Stemmer, TextAnalyzer, Token, TokenStream, Tokenizer,
 };
 
-use crate::grams::VecTokenStream;
-
 /// The name the word analyzer is registered under.
 pub const WORDS_TOKENIZER: &str = "wmail_words";
 
@@ -77,6 +75,33 @@ impl Tokenizer for WordTokenizer {
             }
         }
         VecTokenStream::new(tokens)
+    }
+}
+
+/// The tokens of one text, made up front (words are few next to a text's characters).
+pub struct VecTokenStream {
+    tokens: Vec<Token>,
+    next: usize,
+}
+
+impl VecTokenStream {
+    pub(crate) fn new(tokens: Vec<Token>) -> Self {
+        Self { tokens, next: 0 }
+    }
+}
+
+impl TokenStream for VecTokenStream {
+    fn advance(&mut self) -> bool {
+        self.next += 1;
+        self.next <= self.tokens.len()
+    }
+
+    fn token(&self) -> &Token {
+        &self.tokens[self.next - 1]
+    }
+
+    fn token_mut(&mut self) -> &mut Token {
+        &mut self.tokens[self.next - 1]
     }
 }
 
