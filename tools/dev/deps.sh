@@ -8,6 +8,8 @@ here="$(cd "$(dirname "$0")" && pwd)"
 source "$here/env.sh"
 what="${1:-build}"
 
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+
 packages=(librocksdb-dev libclang-dev pkg-config)
 if [ "$what" = cluster ]; then
   packages+=(python3-venv curl)
@@ -15,8 +17,7 @@ fi
 if [ "$what" = compare ] || [ "$what" = test ]; then
   # The peers of tools/compare, which the tests smoke-run (private instances on free ports).
   # Installing Postfix would make apt remove another MTA (exim4, ...): never do that here.
-  postfix_installed="$(dpkg-query -W -f='${Status}' postfix 2>/dev/null || true)"
-  if [[ "$postfix_installed" != *"install ok installed"* ]] && [ -e /usr/sbin/sendmail ]; then
+  if ! installed postfix && [ -e /usr/sbin/sendmail ]; then
     if [ "$what" = compare ]; then
       echo "another MTA provides /usr/sbin/sendmail; installing Postfix for tools/compare would remove it." >&2
       echo "Install postfix and dovecot-core/imapd/pop3d/lmtpd yourself if that is fine, then run again." >&2
@@ -38,7 +39,7 @@ fi
 
 missing=()
 for package in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+  installed "$package" || missing+=("$package")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
   sudo=""
