@@ -480,9 +480,29 @@ struct SmtpSession {
 }
 
 impl SmtpSession {
+    /// Connects to its server; a server that is down (or does not greet in time) moves the
+    /// session on to the next one (the way clients behind a load balancer land on a live
+    /// node).
+    async fn connect(&mut self, servers: &[String], options: &smtp::SessionOptions) -> anyhow::Result<()> {
+        let connecting = smtp::Sender::connect_with(&servers[self.server], options);
+        let connected = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Ok(connected) => connected,
+            Err(_) => Err(anyhow::anyhow!("no greeting within {CONNECT_TIMEOUT:?}")),
+        };
+        match connected {
+            Ok(session) => {
+                self.session = Some(session);
+                Ok(())
+            }
+            Err(error) => {
+                self.server = (self.server + 1) % servers.len();
+                Err(error)
+            }
+        }
+    }
+
     /// Sends one message, reconnecting first if the last connection broke; a broken
-    /// connection moves the session on to the next server (the way clients behind a load
-    /// balancer land on a live node).
+    /// connection moves the session on to the next server.
     async fn send(
         &mut self,
         servers: &[String],
@@ -490,23 +510,12 @@ impl SmtpSession {
         recipient: &str,
         message: &[u8],
     ) -> Delivery {
-        let session = match &mut self.session {
-            Some(session) => session,
-            None => {
-                match tokio::time::timeout(CONNECT_TIMEOUT, smtp::Sender::connect_with(&servers[self.server], options))
-                    .await
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("no greeting within {CONNECT_TIMEOUT:?}")))
-                {
-                    Ok(session) => self.session.insert(session),
-                    Err(_) => {
-                        self.server = (self.server + 1) % servers.len();
-                        // Down or refusing: a client waits a moment before trying again.
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        return Err("connect".to_owned());
-                    }
-                }
-            }
-        };
+        if self.session.is_none() && self.connect(servers, options).await.is_err() {
+            // Down or refusing: a client waits a moment before trying again.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            return Err("connect".to_owned());
+        }
+        let Some(session) = &mut self.session else { unreachable!("connected above") };
         // A node that hangs (stopped, cut off) must not stall the worker past the run.
         let sent = tokio::time::timeout(SEND_TIMEOUT, session.send(recipient, message)).await;
         match sent.unwrap_or_else(|_| Err(smtp::SendError::Broken(anyhow::anyhow!("no reply within {SEND_TIMEOUT:?}"))))
@@ -664,15 +673,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 // moves on to the next and connects when its turn comes.
                 let (mut sessions, mut refused) = (Vec::new(), Vec::new());
                 for worker in 0..level {
-                    let server = worker % servers.len();
-                    let (session, server) = match smtp::Sender::connect_with(&servers[server], &options).await {
-                        Ok(session) => (Some(session), server),
-                        Err(error) => {
-                            refused.push(error);
-                            (None, (server + 1) % servers.len())
-                        }
-                    };
-                    sessions.push(tokio::sync::Mutex::new(SmtpSession { session, server }));
+                    let mut session = SmtpSession { session: None, server: worker % servers.len() };
+                    if let Err(error) = session.connect(&servers, &options).await {
+                        refused.push(error);
+                    }
+                    sessions.push(tokio::sync::Mutex::new(session));
                 }
                 if refused.len() == level {
                     return Err(refused.remove(0).context("no SMTP session could start"));
