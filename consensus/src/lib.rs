@@ -152,6 +152,30 @@ pub struct ConsensusConfig {
     /// Log entries kept behind a snapshot, so slightly lagging followers catch up from the
     /// log instead of a snapshot.
     pub logs_kept_after_snapshot: u64,
+    /// How the application versions its commands (none by default).
+    pub versions: CommandVersions,
+}
+
+/// How the application versions its commands, so that a leader proposes a command only once
+/// every voter can apply it: during a rolling upgrade, a new kind of command waits until
+/// the last voter runs a release that knows it. Learners are not waited for: one that
+/// meets a command it does not know stops applying until it is upgraded.
+#[derive(Debug, Clone, Copy)]
+pub struct CommandVersions {
+    /// The newest version this node applies (reported to its peers in its status).
+    pub supported: u16,
+    /// What a voter that reports no version (an older release), or was never reached, is
+    /// taken to apply.
+    pub unreported: u16,
+    /// The version a command needs, read from its bytes.
+    pub required: fn(&[u8]) -> u16,
+}
+
+impl Default for CommandVersions {
+    /// Unversioned commands: every node applies every command.
+    fn default() -> Self {
+        Self { supported: 0, unreported: 0, required: |_| 0 }
+    }
 }
 
 impl ConsensusConfig {
@@ -165,6 +189,7 @@ impl ConsensusConfig {
             heartbeat: Duration::from_millis(75),
             snapshot_every: 20_000,
             logs_kept_after_snapshot: 1_000,
+            versions: CommandVersions::default(),
         }
     }
 
@@ -290,8 +315,10 @@ impl Consensus {
             log_stats: log_stats.clone(),
             leader_contact: Arc::new(std::sync::Mutex::new(tokio::time::Instant::now())),
             stepping_down: Arc::default(),
+            versions: Arc::new(peer::VersionBook::new(config.versions)),
         };
         tokio::spawn(batch_proposals(peers.clone(), queue));
+        tokio::spawn(peers.clone().refresh_versions());
         Ok(Self { raft, config: Arc::new(config), startup_log_index, log_stats, proposals, peers })
     }
 

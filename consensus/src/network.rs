@@ -131,6 +131,8 @@ pub struct NodeStatus {
     pub committed_index: Option<u64>,
     /// The last index it applied.
     pub applied_index: Option<u64>,
+    /// The newest command version it applies ([`crate::CommandVersions::supported`]).
+    pub command_version: u16,
 }
 
 /// Answers the requests of one node whose requests arrive through a [`Transport`].

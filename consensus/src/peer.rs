@@ -1,7 +1,7 @@
 //! What a node does for its peers and asks of them: commits (here when it leads, else
 //! through the leader), read-index barriers, membership changes and status.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,8 +16,8 @@ use crate::network::{
     handle_raft_rpc,
 };
 use crate::{
-    LogIoStats, MAX_VOTERS, NodeId, PROPOSAL_TIMEOUT, ProposeError, READ_BARRIER_TIMEOUT, Raft, Request, Response,
-    propose_error,
+    CommandVersions, LogIoStats, MAX_VOTERS, NodeId, PROPOSAL_TIMEOUT, ProposeError, READ_BARRIER_TIMEOUT, Raft,
+    Request, Response, propose_error,
 };
 
 /// How long a membership change may take (adding a node waits until it has caught up,
@@ -58,6 +58,30 @@ const DETACHED_AFTER: Duration = Duration::from_secs(3);
 /// How long a learner's read barrier may take before it reads what it has.
 const LEARNER_READ_BARRIER_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a leader waits for a voter's status when it must learn its command version.
+const VERSION_QUERY_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often a node asks its peers which command versions they apply (so that a new leader
+/// already knows them).
+const VERSION_REFRESH: Duration = Duration::from_secs(10);
+
+/// What this node knows of the command versions its peers apply.
+pub(crate) struct VersionBook {
+    config: CommandVersions,
+    /// Per peer: the command version and release it last reported.
+    reported: std::sync::Mutex<HashMap<NodeId, (u16, String)>>,
+}
+
+impl VersionBook {
+    pub(crate) fn new(config: CommandVersions) -> Self {
+        Self { config, reported: Default::default() }
+    }
+
+    /// The command version `id` applies, as far as this node knows.
+    fn applies(&self, id: NodeId) -> u16 {
+        self.reported.lock().expect("version lock").get(&id).map_or(self.config.unreported, |(version, _)| *version)
+    }
+}
+
 /// The parts of a node that talk to its peers.
 #[derive(Clone)]
 pub(crate) struct Peers {
@@ -68,6 +92,8 @@ pub(crate) struct Peers {
     pub(crate) leader_contact: Arc<std::sync::Mutex<Instant>>,
     /// Set while this leader hands over leadership: it takes no more writes.
     pub(crate) stepping_down: Arc<std::sync::atomic::AtomicBool>,
+    /// The command versions of this node and its peers.
+    pub(crate) versions: Arc<VersionBook>,
 }
 
 fn not_leader(error: ProposeError) -> PeerError {
@@ -181,8 +207,79 @@ impl Peers {
         if self.stepping_down.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(ProposeError::ForwardToLeader { leader: None });
         }
+        self.check_versions(&request).await?;
         let written = self.raft.client_write(request).await.map_err(propose_error)?;
         Ok((written.log_id.index, written.data))
+    }
+
+    /// Refuses `request` unless this leader and every voter apply each command in it. A
+    /// voter whose last report is too old is asked again first (it may just have been
+    /// upgraded); one that cannot be reached counts with its last report.
+    async fn check_versions(&self, request: &Request) -> Result<(), ProposeError> {
+        let config = self.versions.config;
+        let required = request.0.iter().map(|command| (config.required)(command)).max().unwrap_or(0);
+        let metrics = self.raft.metrics().borrow().clone();
+        if required > config.supported {
+            return Err(ProposeError::Unavailable(format!(
+                "this change needs command version {required}, but node {} (the leader, wmail {}) applies up to {}: \
+                 upgrade it to the release of the node that made the change, then retry",
+                metrics.id,
+                env!("CARGO_PKG_VERSION"),
+                config.supported
+            )));
+        }
+        let membership = metrics.membership_config.membership();
+        let mut behind = Vec::new();
+        for id in membership.voter_ids().filter(|id| *id != metrics.id) {
+            if self.versions.applies(id) >= required {
+                continue;
+            }
+            if let Some(node) = membership.get_node(&id) {
+                self.ask_version(id, node).await;
+            }
+            let version = self.versions.applies(id);
+            if version < required {
+                let release = self.versions.reported.lock().expect("version lock").get(&id).map(|(_, r)| r.clone());
+                behind.push(format!(
+                    "node {id} (wmail {}) applies up to {version}",
+                    release.as_deref().unwrap_or("of unknown version")
+                ));
+            }
+        }
+        if behind.is_empty() {
+            return Ok(());
+        }
+        Err(ProposeError::Unavailable(format!(
+            "this change needs command version {required}, which not every voter applies yet: {}; \
+             finish the rolling upgrade of the voters, then retry",
+            behind.join(", ")
+        )))
+    }
+
+    /// Asks `id` for its status and notes its command version (nothing when it does not
+    /// answer, or answers in an older release's format).
+    async fn ask_version(&self, id: NodeId, node: &BasicNode) {
+        let call = self.transport.call(id, node, PeerRequest::Status);
+        if let Ok(Ok(PeerReply::Status(status))) = tokio::time::timeout(VERSION_QUERY_TIMEOUT, call).await {
+            self.versions.reported.lock().expect("version lock").insert(id, (status.command_version, status.version));
+        }
+    }
+
+    /// Keeps the peers' command versions fresh on every node (a new leader then knows them,
+    /// including those of voters that are down), until Raft stops.
+    pub(crate) async fn refresh_versions(self) {
+        loop {
+            let metrics = self.raft.metrics().borrow().clone();
+            if metrics.state == ServerState::Shutdown {
+                return;
+            }
+            for (id, node) in metrics.membership_config.membership().nodes() {
+                if *id != metrics.id {
+                    self.ask_version(*id, node).await;
+                }
+            }
+            tokio::time::sleep(VERSION_REFRESH).await;
+        }
     }
 
     async fn forward(
@@ -421,6 +518,7 @@ impl Peers {
             last_log_index: metrics.last_log_index,
             committed_index: committed,
             applied_index: applied,
+            command_version: self.versions.config.supported,
         }
     }
 }

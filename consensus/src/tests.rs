@@ -108,11 +108,22 @@ async fn open_node(
     transport: Arc<dyn Transport>,
     snapshot_every: u64,
 ) -> (Consensus, Arc<FileState>) {
+    open_versioned_node(dir, node_id, transport, snapshot_every, CommandVersions::default()).await
+}
+
+async fn open_versioned_node(
+    dir: &Path,
+    node_id: NodeId,
+    transport: Arc<dyn Transport>,
+    snapshot_every: u64,
+    versions: CommandVersions,
+) -> (Consensus, Arc<FileState>) {
     let state = FileState::open(&dir.join("state"));
     let mut config = ConsensusConfig::new(node_id, format!("node-{node_id}"), dir);
     config.heartbeat = Duration::from_millis(50);
     config.snapshot_every = snapshot_every;
     config.logs_kept_after_snapshot = 0;
+    config.versions = versions;
     (Consensus::open(config, state.clone(), transport).await.unwrap(), state)
 }
 
@@ -218,6 +229,64 @@ async fn three_nodes_replicate_fail_over_and_catch_up_by_snapshot() {
     }
     assert_eq!(old_state.get("a").as_deref(), Some("1"));
     for node in &nodes {
+        node.shutdown().await;
+    }
+}
+
+/// Command versions of the key-value test state: a key starting with `v2.` needs version 2.
+fn kv_versions(supported: u16) -> CommandVersions {
+    CommandVersions { supported, unreported: 1, required: |command| if command.starts_with(b"v2.") { 2 } else { 1 } }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_waits_until_every_voter_applies_its_version() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let router = InMemoryRouter::default();
+    let mut nodes = Vec::new();
+    let mut states = Vec::new();
+    for (index, dir) in dirs.iter().enumerate() {
+        let id = index as NodeId + 1;
+        // Node 3 runs an older release, which applies commands up to version 1.
+        let supported = if id == 3 { 1 } else { 2 };
+        let (node, state) =
+            open_versioned_node(dir.path(), id, router.transport_for(id), 1_000, kv_versions(supported)).await;
+        router.add(id, node.peer_handler(None));
+        nodes.push(node);
+        states.push(state);
+    }
+    let members: BTreeMap<_, _> = (1..=2).map(|id| (id, BasicNode::new(format!("node-{id}")))).collect();
+    nodes[0].raft().initialize(members).await.unwrap();
+    let leader = wait_for_leader(&[&nodes[0], &nodes[1]], None).await;
+    let old_node = nodes.pop().unwrap();
+    let (leader_node, follower) = if leader == 1 { (&nodes[0], &nodes[1]) } else { (&nodes[1], &nodes[0]) };
+    assert_eq!(leader_node.status().command_version, 2);
+
+    tracing::info!("--- an old learner does not hold back new commands (it would stop applying them)");
+    leader_node.change_membership(MembershipChange::Add { id: 3, addr: "node-3".into(), voter: false }).await.unwrap();
+    leader_node.propose(b"v2.learnt=1".to_vec()).await.unwrap();
+
+    tracing::info!("--- once it votes, commands of version 2 are refused, through any node; older ones pass");
+    leader_node.change_membership(MembershipChange::Promote { id: 3 }).await.unwrap();
+    for node in [leader_node, follower] {
+        let refused = node.propose(b"v2.new=1".to_vec()).await.unwrap_err().to_string();
+        assert!(refused.contains("node 3 (wmail") && refused.contains("applies up to 1"), "{refused}");
+        assert!(refused.contains("rolling upgrade"), "{refused}");
+    }
+    leader_node.propose(b"old=1".to_vec()).await.unwrap();
+    assert_eq!(states[leader as usize - 1].get("v2.new"), None, "a refused command was applied");
+
+    tracing::info!("--- node 3 is upgraded: the leader asks it again and the command passes");
+    old_node.shutdown().await;
+    drop((old_node, states.pop()));
+    let (upgraded, upgraded_state) =
+        open_versioned_node(dirs[2].path(), 3, router.transport_for(3), 1_000, kv_versions(2)).await;
+    router.add(3, upgraded.peer_handler(None));
+    assert_eq!(leader_node.peer_status(3, "node-3").await.map(|status| status.command_version).ok(), Some(2));
+    leader_node.propose(b"v2.new=1".to_vec()).await.unwrap();
+    upgraded.read_barrier().await.unwrap();
+    assert_eq!(upgraded_state.get("v2.new").as_deref(), Some("1"));
+    assert_eq!(upgraded_state.get("v2.learnt").as_deref(), Some("1"));
+    for node in nodes.iter().chain([&upgraded]) {
         node.shutdown().await;
     }
 }

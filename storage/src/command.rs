@@ -14,9 +14,16 @@ use crate::records::{
     AccountState, BlockRecord, ClusterCa, DkimKey, GreylistEntry, JoinToken, QuarantineInfo, Service,
 };
 
-/// Version of the command encoding this binary writes. A node that meets a higher version
-/// stops applying and asks the operator to upgrade (it never skips a command).
+/// The newest command version this binary knows: it decodes and applies every command kind
+/// introduced up to it. A node that meets a command of a higher version stops applying and
+/// asks the operator to upgrade (it never skips a command); the leader proposes a command
+/// only once every voter reports a version at least the command's
+/// ([`Command::required_version`]), so a rolling upgrade never reaches that point.
 pub const COMMAND_VERSION: u16 = 2;
+
+/// What a node that does not report its command version (a release from before versions
+/// were reported) is taken to know.
+pub const UNREPORTED_COMMAND_VERSION: u16 = 2;
 
 /// A command plus what every node needs to apply it identically.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,12 +43,20 @@ impl CommandEnvelope {
         Self { version: COMMAND_VERSION, issued_at_ms, command }
     }
 
-    /// Encodes the envelope for the Raft log: the version as two big-endian bytes, then
-    /// postcard, so the version is readable even when the rest is not.
+    /// Encodes the envelope for the Raft log: the version a node needs to apply it (the
+    /// command's [`Command::required_version`], not the writer's) as two big-endian bytes,
+    /// then postcard, so the version is readable even when the rest is not. A command kind
+    /// an older release knows keeps its encoding, so that release applies it.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = self.version.to_be_bytes().to_vec();
+        let mut out = self.command.required_version().to_be_bytes().to_vec();
         out.extend(postcard::to_stdvec(self).expect("postcard encodes commands"));
         out
+    }
+
+    /// The version a node needs to apply an encoded command (its header); 0 when the bytes
+    /// are too short to be one (decoding refuses them).
+    pub fn required_version(bytes: &[u8]) -> u16 {
+        bytes.get(..2).map_or(0, |header| u16::from_be_bytes([header[0], header[1]]))
     }
 
     /// Decodes an envelope, refusing versions newer than this binary.
@@ -49,7 +64,7 @@ impl CommandEnvelope {
         if bytes.len() < 2 {
             return Err(Error::corrupt("command shorter than its version header"));
         }
-        let version = u16::from_be_bytes([bytes[0], bytes[1]]);
+        let version = Self::required_version(bytes);
         if version > COMMAND_VERSION {
             return Err(Error::corrupt(format!(
                 "replicated command version {version} is newer than this binary (knows up to \
@@ -280,6 +295,28 @@ pub enum Command {
     TrainBayes { domain: String, spam: bool, tokens: Vec<u64>, account_id: u64, blob: BlobId },
 }
 
+impl Command {
+    /// The command version that introduced this kind (as encoded and applied today): a node
+    /// must know at least this version to apply it. A new kind, or a kind whose encoding or
+    /// apply rules change, takes `COMMAND_VERSION + 1` here, and `COMMAND_VERSION` with it.
+    pub fn required_version(&self) -> u16 {
+        match self {
+            // Version 2: the inbound protection state.
+            Command::SetBlock { .. }
+            | Command::RecordGreylist { .. }
+            | Command::PruneSecurity { .. }
+            | Command::Quarantine { .. }
+            | Command::ReleaseQuarantined { .. }
+            | Command::DropQuarantined { .. }
+            | Command::MarkQuarantineNotified { .. }
+            | Command::PurgeQuarantine { .. }
+            | Command::SetAllowedSender { .. }
+            | Command::TrainBayes { .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
 /// What a successfully applied command produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
@@ -372,6 +409,20 @@ mod tests {
     fn envelope_round_trips() {
         let envelope = CommandEnvelope::new(Command::CreateDomain { name: "example.com".into() }, 42);
         assert_eq!(CommandEnvelope::decode(&envelope.encode()).unwrap(), envelope);
+    }
+
+    #[test]
+    fn the_header_names_the_version_a_command_needs_and_older_headers_still_decode() {
+        let domain = CommandEnvelope::new(Command::CreateDomain { name: "example.com".into() }, 42);
+        let block =
+            CommandEnvelope::new(Command::SetBlock { kind: "ip".into(), key: "192.0.2.1".into(), block: None }, 42);
+        assert_eq!(CommandEnvelope::required_version(&domain.encode()), 1);
+        assert_eq!(CommandEnvelope::required_version(&block.encode()), 2);
+        // Logs written before the header named the required version carry the writer's (2).
+        let mut written_by_version_2 = domain.encode();
+        written_by_version_2[0..2].copy_from_slice(&2u16.to_be_bytes());
+        assert_eq!(CommandEnvelope::decode(&written_by_version_2).unwrap(), domain);
+        assert!(COMMAND_VERSION >= block.command.required_version());
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub use blob::{BlobBackend, BlobId, BlobStore, S3Config, StoredBlob};
 pub use blob_cache::BlobCache;
 pub use command::{
     COMMAND_VERSION, Command, CommandEnvelope, CommandError, CommandResult, DeliveryResult, DeliveryTarget, FlagAction,
-    Outcome, Threading,
+    Outcome, Threading, UNREPORTED_COMMAND_VERSION,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use queue::{

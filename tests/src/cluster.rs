@@ -79,9 +79,11 @@ async fn three_nodes_join_serve_every_protocol_and_survive_a_leader_kill() {
     for member in members {
         assert_eq!(member["role"], "voter", "{view}");
         assert!(member["status"]["applied_index"].is_u64(), "every member answers: {view}");
+        assert!(member["status"]["command_version"].as_u64() >= Some(2), "and says what it applies: {view}");
     }
     let status_table = succeeded(second.cli(&["cluster", "status"], None));
     assert!(status_table.contains("voter") && status_table.contains("Leader"), "{status_table}");
+    assert!(status_table.contains("(commands v"), "{status_table}");
 
     // One admin token works on every node (an API client behind a load balancer).
     let (status, body) = third.api_with_token(Method::GET, "/domains", None, Some(&first.token())).await;

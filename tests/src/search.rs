@@ -291,6 +291,34 @@ for n in range(1050):
         assert!(status.is_success(), "{reply}");
     }
     wait_indexed(&node, now + 2).await;
+
+    // The webmail's search: each user, with their own password, finds their own mail only.
+    let user_search = |user: &str, password: &str, query: &str| {
+        let query = form_urlencoded::Serializer::new(String::new()).append_pair("q", query).finish();
+        let request = reqwest::Client::new()
+            .get(format!("http://{}/user/v1/search?limit=100&{query}", node.http))
+            .basic_auth(user, Some(password));
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            (status, response.json::<Value>().await.unwrap_or_default())
+        }
+    };
+    let (status, own) = user_search("bob@example.com", "bob password", "subject:odd").await;
+    assert!(status.is_success(), "{own}");
+    assert_eq!(own.as_array().map(Vec::len), Some(1), "{own}");
+    let (_, others) = user_search("bob@example.com", "bob password", "zebracrossing").await;
+    assert_eq!(others, serde_json::json!([]), "bob sees alice's mail");
+    let (_, alices) = user_search("alice@example.com", "password", "zebracrossing").await;
+    let (_, by_admin) =
+        node.api(Method::GET, "/accounts/alice@example.com/search?q=zebracrossing&limit=100", None).await;
+    assert_eq!(alices.as_array().map(Vec::len), Some(3), "{alices}");
+    assert_eq!(alices, by_admin);
+    let (status, _) = user_search("alice@example.com", "not her password", "zebracrossing").await;
+    assert_eq!(status, reqwest::StatusCode::UNAUTHORIZED);
+    let (status, error) = user_search("alice@example.com", "password", "before:someday").await;
+    assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "{error}");
+
     let (status, body) = node.api(Method::DELETE, "/accounts/bob@example.com", None).await;
     assert!(status.is_success(), "{body}");
     wait_indexed(&node, now).await;

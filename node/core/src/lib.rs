@@ -294,6 +294,11 @@ impl Core {
         let mut consensus_config = ConsensusConfig::new(config.node_id, &config.advertise_addr, &config.data_dir);
         consensus_config.snapshot_every = config.snapshot_every;
         consensus_config.logs_kept_after_snapshot = (config.snapshot_every / 2).min(1_000);
+        consensus_config.versions = wmail_consensus::CommandVersions {
+            supported: wmail_storage::COMMAND_VERSION,
+            unreported: wmail_storage::UNREPORTED_COMMAND_VERSION,
+            required: wmail_storage::CommandEnvelope::required_version,
+        };
         // Listens once the node has a cluster identity (it joined, or issued a join token).
         let transport = QuicTransport::new();
         let consensus =

@@ -412,12 +412,14 @@ struct MailboxQuery {
     mailbox: Option<String>,
 }
 
-/// `GET /accounts/{address}/search?q=...&limit=20`.
+/// `GET /accounts/{address}/search?q=...&limit=20` (and the user API's `/search`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SearchQuery {
-    q: String,
-    limit: Option<usize>,
+pub(crate) struct SearchQuery {
+    /// The query (`wmail_search::parse_query` syntax).
+    pub(crate) q: String,
+    /// Most hits wanted (default 20, at most 1,000).
+    pub(crate) limit: Option<usize>,
 }
 
 async fn search_messages(

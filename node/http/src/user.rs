@@ -1,11 +1,12 @@
 //! The user API under `/user/v1`: what an account may do for itself, authenticated with
 //! its own address and password (HTTP Basic, RFC 7617, so over TLS in production; the
-//! login lockout applies as for every protocol). Today: its quarantine and allowed senders
-//! (the webmail's quarantine page and the digest's instructions use it).
+//! login lockout applies as for every protocol). Today: ranked search of its own mail, its
+//! quarantine and allowed senders (the webmail's search box and quarantine page, and the
+//! digest's instructions, use it).
 
 use std::sync::Arc;
 
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::routing::{delete, get, post};
@@ -14,7 +15,7 @@ use base64::Engine;
 use wmail_core::{Account, ErrorCode, Service};
 
 use crate::AppState;
-use crate::api::{ApiError, JsonBody, SenderBody};
+use crate::api::{ApiError, JsonBody, SearchQuery, SenderBody};
 
 /// The account a request authenticated as.
 pub struct User(Account);
@@ -63,11 +64,23 @@ impl FromRequestParts<Arc<AppState>> for User {
 /// Routes of `/user/v1`.
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
+        .route("/search", get(search))
         .route("/quarantine", get(list_quarantined))
         .route("/quarantine/{id}", delete(drop_quarantined))
         .route("/quarantine/{id}/release", post(release_quarantined))
         .route("/allowed-senders", get(list_allowed_senders).post(allow_sender))
         .route("/allowed-senders/{sender}", delete(disallow_sender))
+}
+
+/// Ranked search of the account's own mail: `?q=` in the query language of the webmail's
+/// search box (words, "phrases", from: to: subject: body: filename: in: has:attachment
+/// before: after:, -exclusion), `&limit=` (default 20); hits with highlighted snippets.
+async fn search(
+    State(state): State<Arc<AppState>>,
+    User(account): User,
+    Query(query): Query<SearchQuery>,
+) -> Result<Json<Vec<wmail_core::SearchHit>>, ApiError> {
+    Ok(Json(state.core.search_messages(account.id, &query.q, query.limit.unwrap_or(20)).await?))
 }
 
 async fn list_quarantined(

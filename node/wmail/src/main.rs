@@ -880,7 +880,10 @@ fn cluster_table(status: &serde_json::Value) -> String {
             text(&s["committed_index"]),
             text(&s["applied_index"]),
             text(&member["lag"]),
-            s["version"].as_str().unwrap_or("-")
+            match (s["version"].as_str(), s["command_version"].as_u64()) {
+                (Some(release), Some(commands)) => format!("{release} (commands v{commands})"),
+                (release, _) => release.unwrap_or("-").to_string(),
+            }
         ));
     }
     lines.join("\n")
