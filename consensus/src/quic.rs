@@ -234,9 +234,30 @@ async fn serve_stream(
     }
 }
 
+/// Why an enrolment request got no answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EnrolError {
+    /// The member answered with a refusal.
+    #[error("{0}")]
+    Refused(String),
+    /// The member could not be reached, or the answer was lost on the way (the member may
+    /// have acted on the request).
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// Sends an enrolment request to the member at `addr`, which must prove it holds a
 /// certificate of the CA with fingerprint `ca_fingerprint`; returns the member's answer.
-pub async fn enrol(addr: &str, ca_fingerprint: [u8; 32], request: Vec<u8>) -> Result<Vec<u8>, String> {
+pub async fn enrol(addr: &str, ca_fingerprint: [u8; 32], request: Vec<u8>) -> Result<Vec<u8>, EnrolError> {
+    let answer = exchange_enrolment(addr, ca_fingerprint, request).await.map_err(EnrolError::Failed)?;
+    answer.map_err(EnrolError::Refused)
+}
+
+async fn exchange_enrolment(
+    addr: &str,
+    ca_fingerprint: [u8; 32],
+    request: Vec<u8>,
+) -> Result<Result<Vec<u8>, String>, String> {
     let address = resolve(addr).await?;
     let local: SocketAddr = if address.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
     let endpoint = quinn::Endpoint::client(local).map_err(|e| e.to_string())?;
@@ -251,7 +272,7 @@ pub async fn enrol(addr: &str, ca_fingerprint: [u8; 32], request: Vec<u8>) -> Re
     connection.close(0u32.into(), b"enrolled");
     endpoint.wait_idle().await;
     match reply? {
-        PeerReply::Join(answer) => answer,
+        PeerReply::Join(answer) => Ok(answer),
         _ => Err("the member answered with the wrong kind of reply".into()),
     }
 }

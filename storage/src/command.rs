@@ -19,7 +19,7 @@ use crate::records::{
 /// asks the operator to upgrade (it never skips a command); the leader proposes a command
 /// only once every voter reports a version at least the command's
 /// ([`Command::required_version`]), so a rolling upgrade never reaches that point.
-pub const COMMAND_VERSION: u16 = 2;
+pub const COMMAND_VERSION: u16 = 3;
 
 /// What a node that does not report its command version (a release from before versions
 /// were reported) is taken to know.
@@ -293,6 +293,10 @@ pub enum Command {
     /// nothing, with the other label the earlier lesson is undone first (a message moved
     /// back out of Junk), so moving a message to and fro cannot weigh on the classifier.
     TrainBayes { domain: String, spam: bool, tokens: Vec<u64>, account_id: u64, blob: BlobId },
+    /// [`Command::EnrolNode`] for the joining node whose public key has SHA-256 `key`, and
+    /// idempotent: that node asking again with the spent token (its answer was lost) gets
+    /// the same node id until the token would have expired, unless that node was revoked.
+    EnrolNodeKey { hash: [u8; 32], addr: String, taken: Vec<u64>, key: [u8; 32] },
 }
 
 impl Command {
@@ -312,6 +316,8 @@ impl Command {
             | Command::PurgeQuarantine { .. }
             | Command::SetAllowedSender { .. }
             | Command::TrainBayes { .. } => 2,
+            // Version 3: idempotent enrolment.
+            Command::EnrolNodeKey { .. } => 3,
             _ => 1,
         }
     }

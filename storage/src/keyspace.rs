@@ -62,6 +62,15 @@ pub fn join_token_key(hash: &[u8; 32]) -> Vec<u8> {
     [b"token/".as_slice(), hash].concat()
 }
 
+/// Key of a spent join token in [`CLUSTER`] (what it was spent on, until it expires), by
+/// the SHA-256 of its secret.
+pub fn spent_join_token_key(hash: &[u8; 32]) -> Vec<u8> {
+    [SPENT_JOIN_TOKENS.as_slice(), hash].concat()
+}
+
+/// Prefix of spent join tokens in [`CLUSTER`].
+pub const SPENT_JOIN_TOKENS: &[u8; 6] = b"spent/";
+
 /// Key of a cluster-wide admin API token in [`CLUSTER`], by its SHA-256.
 pub fn admin_token_key(hash: &[u8; 32]) -> Vec<u8> {
     [b"admin/".as_slice(), hash].concat()

@@ -32,7 +32,7 @@ pub use queue::{
 pub use records::{
     Account, AccountState, AddressTarget, BlobRef, BlockRecord, Change, ClusterCa, Credentials, DkimAlgorithm, DkimKey,
     Domain, EnrolledNode, GreylistEntry, JoinToken, Lease, Mailbox, MessageRecord, QuarantineEntry, QuarantineInfo,
-    Service,
+    Service, SpentJoinToken,
 };
 
 pub use state::{ApplyEntry, ChangeListener, INBOX, MAILBOX_SEPARATOR, StateStore};

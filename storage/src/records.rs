@@ -67,6 +67,20 @@ pub struct JoinToken {
     pub expires_ms: u64,
 }
 
+/// A join token once spent: the node it admitted, and the key it admitted, so the same
+/// joining node asking again (its answer was lost) gets the same node id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpentJoinToken {
+    /// The node id it gave.
+    pub node_id: u64,
+    /// SHA-256 of the joining node's public key.
+    pub key: [u8; 32],
+    /// Whether that node was admitted as a learner.
+    pub learner: bool,
+    /// When the token would have expired: asking again is possible until then.
+    pub expires_ms: u64,
+}
+
 /// A node admitted into the cluster with a join token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnrolledNode {

@@ -483,6 +483,11 @@ impl StateStore {
         get(&self.db(), ks::CLUSTER, &ks::join_token_key(hash))
     }
 
+    /// Returns what a spent join token was spent on, until it would have expired.
+    pub fn spent_join_token(&self, hash: &[u8; 32]) -> Result<Option<SpentJoinToken>> {
+        get(&self.db(), ks::CLUSTER, &ks::spent_join_token_key(hash))
+    }
+
     /// Returns the node whose admin token has this SHA-256, if it is valid cluster-wide.
     pub fn admin_token_node(&self, hash: &[u8; 32]) -> Result<Option<u64>> {
         get(&self.db(), ks::CLUSTER, &ks::admin_token_key(hash))
@@ -1120,7 +1125,8 @@ impl<'a> Tx<'a> {
                 Ok(Ok(Outcome::Done))
             }
             Command::AddJoinToken { hash, token } => self.add_join_token(&hash, token),
-            Command::EnrolNode { hash, addr, taken } => self.enrol_node(&hash, addr, &taken),
+            Command::EnrolNode { hash, addr, taken } => self.enrol_node(&hash, addr, &taken, None),
+            Command::EnrolNodeKey { hash, addr, taken, key } => self.enrol_node(&hash, addr, &taken, Some(key)),
             Command::AddAdminToken { hash, node_id } => {
                 self.put(ks::CLUSTER, &ks::admin_token_key(&hash), &node_id);
                 Ok(Ok(Outcome::Done))
@@ -1309,14 +1315,36 @@ impl<'a> Tx<'a> {
                 self.delete(ks::CLUSTER, &key);
             }
         }
+        for (key, spent) in self.scan::<SpentJoinToken>(ks::CLUSTER, ks::SPENT_JOIN_TOKENS)? {
+            if spent.expires_ms <= self.now_ms {
+                self.delete(ks::CLUSTER, &key);
+            }
+        }
         self.put(ks::CLUSTER, &ks::join_token_key(hash), &token);
         Ok(Ok(Outcome::Done))
     }
 
-    fn enrol_node(&mut self, hash: &[u8; 32], addr: String, taken: &[u64]) -> Result<CommandResult> {
+    /// Spends a join token on a node id (see [`Command::EnrolNodeKey`]; `public_key` is the
+    /// SHA-256 of the joining node's key, `None` for the older [`Command::EnrolNode`]).
+    fn enrol_node(
+        &mut self,
+        hash: &[u8; 32],
+        addr: String,
+        taken: &[u64],
+        public_key: Option<[u8; 32]>,
+    ) -> Result<CommandResult> {
         let key = ks::join_token_key(hash);
+        let spent_key = ks::spent_join_token_key(hash);
         let token = match self.get::<JoinToken>(ks::CLUSTER, &key)? {
             Some(token) if token.expires_ms > self.now_ms => token,
+            // The same node asking again: its answer was lost.
+            _ if let Some(spent) = self.get::<SpentJoinToken>(ks::CLUSTER, &spent_key)?
+                && Some(spent.key) == public_key
+                && spent.expires_ms > self.now_ms
+                && self.get_raw(ks::CLUSTER, &ks::revoked_node_key(spent.node_id))?.is_none() =>
+            {
+                return Ok(Ok(Outcome::NodeEnrolled { node_id: spent.node_id, learner: spent.learner }));
+            }
             _ => {
                 return Ok(Err(CommandError::Invalid(
                     "the join token is unknown, already used or expired; run `wmail cluster token` on a member for a new one"
@@ -1337,6 +1365,11 @@ impl<'a> Tx<'a> {
         };
         let node = EnrolledNode { addr, learner: token.learner, enrolled_ms: self.now_ms };
         self.put(ks::CLUSTER, &ks::enrolled_node_key(node_id), &node);
+        if let Some(public_key) = public_key {
+            let spent =
+                SpentJoinToken { node_id, key: public_key, learner: token.learner, expires_ms: token.expires_ms };
+            self.put(ks::CLUSTER, &spent_key, &spent);
+        }
         Ok(Ok(Outcome::NodeEnrolled { node_id, learner: token.learner }))
     }
 

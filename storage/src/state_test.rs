@@ -983,6 +983,35 @@ fn join_tokens_admit_one_node_each_with_fresh_ids() {
 }
 
 #[test]
+fn a_joining_node_that_asks_again_with_its_key_gets_the_same_id() {
+    let (_dir, store) = store();
+    let hash = [7u8; 32];
+    apply_at(&store, Command::AddJoinToken { hash, token: JoinToken { learner: false, expires_ms: 10_000 } }, 1_000)
+        .unwrap();
+    let enrol = |key: [u8; 32], now| {
+        let command = Command::EnrolNodeKey { hash, addr: "10.0.0.2:7443".into(), taken: vec![1], key };
+        apply_at(&store, command, now)
+    };
+    let enrolled = Outcome::NodeEnrolled { node_id: 2, learner: false };
+    assert_eq!(enrol([1; 32], 2_000).unwrap(), enrolled);
+    // Its answer was lost: the same key gets the same id, and no new one is handed out.
+    assert_eq!(enrol([1; 32], 3_000).unwrap(), enrolled);
+    // Another key (someone who copied the token) does not, nor the old command.
+    assert!(matches!(enrol([2; 32], 3_000), Err(CommandError::Invalid(_))));
+    let old = apply_at(&store, Command::EnrolNode { hash, addr: "x:1".into(), taken: vec![] }, 3_000);
+    assert!(matches!(old, Err(CommandError::Invalid(_))));
+    // Not once the token would have expired, nor for a revoked node.
+    assert!(matches!(enrol([1; 32], 10_000), Err(CommandError::Invalid(_))));
+    apply_at(&store, Command::RevokeNode { node_id: 2 }, 4_000).unwrap();
+    assert!(matches!(enrol([1; 32], 5_000), Err(CommandError::Invalid(_))));
+    // Spent tokens are pruned once expired, when the next token is added.
+    let next = JoinToken { learner: false, expires_ms: 100_000 };
+    apply_at(&store, Command::AddJoinToken { hash: [9; 32], token: next }, 20_000).unwrap();
+    let spent: Option<SpentJoinToken> = get(&store.db(), ks::CLUSTER, &ks::spent_join_token_key(&hash)).unwrap();
+    assert_eq!(spent, None);
+}
+
+#[test]
 fn the_first_cluster_ca_stays() {
     let (_dir, store) = store();
     let ca = |name: &str| ClusterCa { name: name.into(), cert_pem: "c".into(), key_pem: "k".into() };

@@ -70,12 +70,19 @@ async fn three_nodes_join_serve_every_protocol_and_survive_a_leader_kill() {
     let tokens = [join_token(&first, false), join_token(&first, false)];
     let mut second = joining_node(&seaweed, &first, &tokens[0]);
     second.start().await;
+    // The third node loses the member's first answer (as if the connection broke after the
+    // member spent the token): it asks again with the same key and gets the same node id.
     let mut third = joining_node(&seaweed, &first, &tokens[1]);
+    third.env.push(("WMAIL_TEST_LOSE_JOIN_REPLY".into(), "1".into()));
     third.start().await;
+    assert!(third.log().contains("asking again with the same key"), "{}", third.log());
+    assert!(!third.data_dir.join("cluster/joining-key.json").exists(), "the joining key stays behind");
 
     let view = cluster_status(&third).await;
     let members = view["members"].as_array().expect("members");
     assert_eq!(members.len(), 3, "{view}");
+    let ids: Vec<_> = members.iter().map(|member| member["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, [1, 2, 3], "the repeated enrolment took a second id: {view}");
     for member in members {
         assert_eq!(member["role"], "voter", "{view}");
         assert!(member["status"]["applied_index"].is_u64(), "every member answers: {view}");

@@ -84,24 +84,58 @@ pub(crate) fn load_identity(data_dir: &Path) -> Result<Option<StoredIdentity>> {
 
 /// Writes this node's identity durably (temp file, fsync, rename, directory fsync).
 pub(crate) fn save_identity(data_dir: &Path, identity: &StoredIdentity) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(identity).map_err(|e| internal("encoding the identity", e))?;
+    write_private(&identity_path(data_dir), &bytes).map_err(|e| internal("writing the identity", e))
+}
+
+/// Writes `bytes` to `path` (mode 0600) durably: a temporary file, fsync, rename, fsync of
+/// the directory.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let path = identity_path(data_dir);
-    let dir = path.parent().expect("identity path has a parent");
-    std::fs::create_dir_all(dir).map_err(|e| internal("creating the cluster directory", e))?;
-    let temp = dir.join("identity.json.tmp");
-    let bytes = serde_json::to_vec_pretty(identity).map_err(|e| internal("encoding the identity", e))?;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temp)
-        .map_err(|e| internal("writing the identity", e))?;
-    file.write_all(&bytes).and_then(|()| file.sync_all()).map_err(|e| internal("writing the identity", e))?;
-    std::fs::rename(&temp, &path).map_err(|e| internal("writing the identity", e))?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| internal("syncing the cluster directory", e))
+    let dir = path.parent().expect("a file in a directory");
+    std::fs::create_dir_all(dir)?;
+    let temp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&temp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temp, path)?;
+    std::fs::File::open(dir)?.sync_all()
 }
+
+/// The key a joining node enrols with, kept in `<data_dir>/cluster/joining-key.json` until
+/// its identity is saved, so that asking again (after a lost answer, or a crash before
+/// the identity was written) presents the same key and gets the same node id.
+#[derive(Serialize, Deserialize)]
+struct JoiningKey {
+    key_pem: String,
+    public_key: Vec<u8>,
+}
+
+fn joining_key_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("cluster").join("joining-key.json")
+}
+
+/// The joining key of an earlier attempt, else a new one (saved before it is used).
+fn joining_key(data_dir: &Path) -> Result<JoiningKey> {
+    let path = joining_key_path(data_dir);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            return serde_json::from_slice(&bytes).map_err(|e| internal(&format!("reading {}", path.display()), e));
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(internal(&format!("reading {}", path.display()), error)),
+    }
+    let made = tls::generate_node_key().map_err(|e| internal("making the node key", e))?;
+    let key = JoiningKey { key_pem: made.key_pem, public_key: made.public_key };
+    let bytes = serde_json::to_vec(&key).map_err(|e| internal("encoding the node key", e))?;
+    write_private(&path, &bytes).map_err(|e| internal("saving the node key", e))?;
+    Ok(key)
+}
+
+/// How often a joining node asks again when the member cannot be reached or its answer is
+/// lost (safe: the same key gets the same node id).
+const ENROL_ATTEMPTS: u32 = 4;
 
 fn decode_token(token: &str) -> Result<([u8; 32], [u8; 32])> {
     let bad = || {
@@ -139,14 +173,33 @@ struct JoinReply {
 }
 
 /// Enrols this node at `target`: proves the token, receives a node id and a certificate.
+/// Asks again, with the same key, when the member cannot be reached or the answer is lost.
 pub(crate) async fn enrol(data_dir: &Path, target: &JoinTarget, advertise_addr: &str) -> Result<StoredIdentity> {
     let (fingerprint, secret) = decode_token(&target.token)?;
-    let key = tls::generate_node_key().map_err(|e| internal("making the node key", e))?;
-    let request = JoinRequest { secret, public_key: key.public_key, addr: advertise_addr.to_string() };
+    let key = joining_key(data_dir)?;
+    let request = JoinRequest { secret, public_key: key.public_key.clone(), addr: advertise_addr.to_string() };
     let request = postcard::to_allocvec(&request).map_err(|e| internal("encoding the join request", e))?;
-    let reply = wmail_consensus::quic::enrol(&target.addr, fingerprint, request).await.map_err(|reason| {
-        CoreError::new(ErrorCode::Unavailable, format!("joining the cluster at {} failed: {reason}", target.addr))
-    })?;
+    let mut attempt = 1;
+    let reply = loop {
+        let answer = wmail_consensus::quic::enrol(&target.addr, fingerprint, request.clone()).await;
+        #[cfg(debug_assertions)]
+        let answer = lose_first_join_answer(answer);
+        match answer {
+            Ok(reply) => break reply,
+            Err(wmail_consensus::quic::EnrolError::Failed(reason)) if attempt < ENROL_ATTEMPTS => {
+                let pause = Duration::from_secs(1 << (attempt - 1));
+                tracing::warn!(member = %target.addr, %reason, "no answer to the enrolment; asking again with the same key in {pause:?}");
+                tokio::time::sleep(pause).await;
+                attempt += 1;
+            }
+            Err(reason) => {
+                return Err(CoreError::new(
+                    ErrorCode::Unavailable,
+                    format!("joining the cluster at {} failed: {reason}", target.addr),
+                ));
+            }
+        }
+    };
     let reply: JoinReply = postcard::from_bytes(&reply).map_err(|e| internal("decoding the join reply", e))?;
     if tls::fingerprint(&reply.ca_pem).ok() != Some(fingerprint) {
         return Err(CoreError::new(ErrorCode::Conflict, "the member sent a CA that does not match the token"));
@@ -163,8 +216,28 @@ pub(crate) async fn enrol(data_dir: &Path, target: &JoinTarget, advertise_addr: 
         }),
     };
     save_identity(data_dir, &identity)?;
+    if let Err(error) = std::fs::remove_file(joining_key_path(data_dir)) {
+        tracing::warn!(%error, "could not remove the joining key (its copy is in identity.json)");
+    }
     tracing::info!(node_id = identity.node_id, member = %target.addr, learner = reply.learner, "enrolled in the cluster");
     Ok(identity)
+}
+
+/// Fault injection for the tests, in debug builds only: with `WMAIL_TEST_LOSE_JOIN_REPLY=1`
+/// the member's first answer to the enrolment is dropped as if the connection broke after
+/// the member acted on it.
+#[cfg(debug_assertions)]
+fn lose_first_join_answer(
+    answer: std::result::Result<Vec<u8>, wmail_consensus::quic::EnrolError>,
+) -> std::result::Result<Vec<u8>, wmail_consensus::quic::EnrolError> {
+    static LOST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let enabled = std::env::var_os("WMAIL_TEST_LOSE_JOIN_REPLY").is_some_and(|value| value == "1");
+    if enabled && answer.is_ok() && !LOST.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return Err(wmail_consensus::quic::EnrolError::Failed(
+            "the member's answer was dropped (WMAIL_TEST_LOSE_JOIN_REPLY=1)".into(),
+        ));
+    }
+    answer
 }
 
 /// Answers enrolment requests on a member.
@@ -342,16 +415,24 @@ impl Core {
         tls::check_node_public_key(&request.public_key)
             .map_err(|e| CoreError::new(ErrorCode::InvalidInput, e.to_string()))?;
         // Checked here first so that requests with made-up tokens, which anyone who can reach
-        // the port may send, never reach the Raft log; the command checks again.
+        // the port may send, never reach the Raft log; the command checks again. A token
+        // spent on this very key may be asked again (the node lost the answer).
         let hash = crate::sha256(&request.secret);
-        if self.state.join_token(&hash)?.is_none_or(|token| token.expires_ms <= now_ms()) {
+        let key = crate::sha256(&request.public_key);
+        let usable = match self.state.join_token(&hash)? {
+            Some(token) => token.expires_ms > now_ms(),
+            None => {
+                self.state.spent_join_token(&hash)?.is_some_and(|spent| spent.key == key && spent.expires_ms > now_ms())
+            }
+        };
+        if !usable {
             return Err(CoreError::new(
                 ErrorCode::Unauthorized,
                 "the join token is unknown, already used or expired; run `wmail cluster token` on a member for a new one",
             ));
         }
         let taken = self.consensus.metrics().membership_config.membership().nodes().map(|(id, _)| *id).collect();
-        let command = Command::EnrolNode { hash, addr: request.addr.clone(), taken };
+        let command = Command::EnrolNodeKey { hash, addr: request.addr.clone(), taken, key };
         let Outcome::NodeEnrolled { node_id, learner } = self.execute(command).await? else {
             return Err(internal("enrolling a node", "unexpected outcome"));
         };
