@@ -172,6 +172,21 @@ try:
     print("spoofed header accepted")
 except smtplib.SMTPDataError as e:
     assert e.smtp_code == 553, e
+# Nor hidden behind an address of hers in the same field.
+try:
+    s.sendmail("alice@example.com", ["alice@example.com"], b"From: Alice <alice@example.com>, ceo@example.com\r\nSubject: pay\r\n\r\nx\r\n")
+    print("second author accepted")
+except smtplib.SMTPDataError as e:
+    assert e.smtp_code == 553, e
+# A message she resends unchanged (mutt's bounce, Roundcube's redirect, RFC 5322 §3.6.6)
+# keeps its author's From: under her Resent-From:; someone else's Resent-From: is refused.
+bounced = b"From: Carol <carol@remote.test>\r\nSubject: from carol\r\n\r\nx\r\n"
+assert s.sendmail("alice@example.com", ["alice@example.com"], b"Resent-From: Alice <alice@example.com>\r\nResent-To: alice@example.com\r\n" + bounced) == {}
+try:
+    s.sendmail("alice@example.com", ["alice@example.com"], b"Resent-From: ceo@example.com\r\n" + bounced)
+    print("foreign resender accepted")
+except smtplib.SMTPDataError as e:
+    assert e.smtp_code == 553, e
 s.quit()
 "#,
     );
@@ -198,7 +213,7 @@ print("ok")
 "#,
     );
     assert_eq!(out.trim(), "ok");
-    assert_eq!(inbox(&node, "alice@example.com").await.len(), 1, "only the granted message");
+    assert_eq!(inbox(&node, "alice@example.com").await.len(), 2, "only the granted and the resent message");
 }
 
 #[tokio::test]

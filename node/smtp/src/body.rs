@@ -18,7 +18,7 @@ pub struct BodyAssembler {
     header_done: bool,
     add_missing: Option<MissingHeaders>,
     received_headers: usize,
-    from_addresses: Vec<String>,
+    author_addresses: Vec<String>,
     data_size: u64,
     /// Whether to keep the header section (for delivery reports), and the kept copy.
     keep_section: bool,
@@ -43,7 +43,7 @@ impl BodyAssembler {
             header_done: false,
             add_missing,
             received_headers: 0,
-            from_addresses: Vec::new(),
+            author_addresses: Vec::new(),
             data_size: 0,
             keep_section: false,
             section: Vec::new(),
@@ -71,9 +71,10 @@ impl BodyAssembler {
         self.received_headers
     }
 
-    /// The addresses of the message's From: field(s), lowercase.
-    pub fn header_from_addresses(&self) -> &[String] {
-        &self.from_addresses
+    /// Who wrote the message, or last resent it (lowercase addresses): the topmost
+    /// Resent-From: field when there is one, else the From: field(s). See [`authors`].
+    pub fn author_addresses(&self) -> &[String] {
+        &self.author_addresses
     }
 
     /// Takes a data chunk; returns what may be stored now.
@@ -112,15 +113,16 @@ impl BodyAssembler {
         let (section, rest) = header.split_at(end);
         let mut has_date = false;
         let mut has_message_id = false;
-        for (name, value) in unfolded_fields(section) {
+        let fields = unfolded_fields(section);
+        for (name, _) in &fields {
             match name.as_str() {
                 "received" => self.received_headers += 1,
                 "date" => has_date = true,
                 "message-id" => has_message_id = true,
-                "from" => self.from_addresses.extend(addresses_in(&value)),
                 _ => {}
             }
         }
+        self.author_addresses = authors(section, &fields);
         if self.keep_section {
             self.section = section.to_vec();
         }
@@ -156,6 +158,37 @@ fn unfolded_fields(section: &[u8]) -> Vec<(String, String)> {
         }
     }
     fields
+}
+
+/// Who wrote the message, or last resent it: a message the user resends unchanged (a
+/// "bounce" or redirect) keeps its author's From: and gains a block of Resent-* fields on
+/// top, the newest first (RFC 5322 §3.6.6), whose Resent-From: names the user; otherwise
+/// From: names the authors (§3.6.2). Both mail-parser's reading and a plain scan of the
+/// field count, so no address escapes a check by confusing one of them.
+fn authors(section: &[u8], fields: &[(String, String)]) -> Vec<String> {
+    use mail_parser::HeaderName;
+    let resent = fields.iter().find(|(name, _)| name == "resent-from");
+    let parsed = mail_parser::MessageParser::new().parse_headers(section);
+    let parsed_values: Vec<&mail_parser::HeaderValue> = match (&parsed, resent) {
+        (None, _) => Vec::new(),
+        (Some(message), Some(_)) => message.header_values(HeaderName::ResentFrom).take(1).collect(),
+        (Some(message), None) => message.header_values(HeaderName::From).collect(),
+    };
+    let mut addresses: Vec<String> = parsed_values
+        .into_iter()
+        .filter_map(mail_parser::HeaderValue::as_address)
+        .flat_map(|address| address.iter().filter_map(|addr| addr.address()).map(str::to_ascii_lowercase))
+        .collect();
+    let scanned: Vec<&String> = match resent {
+        Some((_, value)) => vec![value],
+        None => fields.iter().filter(|(name, _)| name == "from").map(|(_, value)| value).collect(),
+    };
+    for value in scanned {
+        addresses.extend(addresses_in(value));
+    }
+    let mut seen = std::collections::HashSet::new();
+    addresses.retain(|address| seen.insert(address.clone()));
+    addresses
 }
 
 /// Extracts the addresses of an address-list field value: every `<addr-spec>`, or when
@@ -252,11 +285,22 @@ mod tests {
             &[b"From: \"Smith, Alice\" <Alice@Example.com>,\r\n bob@example.com (Bob)\r\nTo: x@y\r\n\r\n"],
             false,
         );
-        assert_eq!(assembler.header_from_addresses(), ["alice@example.com"], "angle brackets win when present");
+        assert_eq!(assembler.author_addresses(), ["alice@example.com", "bob@example.com"], "a bare address after a bracketed one");
         let (_, assembler) = assemble(&[b"from: bob@example.com (Bob), carol@example.com\r\n\r\n"], false);
-        assert_eq!(assembler.header_from_addresses(), ["bob@example.com", "carol@example.com"]);
+        assert_eq!(assembler.author_addresses(), ["bob@example.com", "carol@example.com"]);
         let (_, assembler) = assemble(&[b"Subject: none\r\n\r\nFrom: body@example.com\r\n"], false);
-        assert!(assembler.header_from_addresses().is_empty(), "only the header counts");
+        assert!(assembler.author_addresses().is_empty(), "only the header counts");
+        let (_, assembler) = assemble(&[b"From: =?utf-8?q?Al=C3=ADce?= <alice@example.com>\r\n\r\n"], false);
+        assert_eq!(assembler.author_addresses(), ["alice@example.com"]);
+    }
+
+    #[test]
+    fn a_resent_message_is_authored_by_its_newest_resent_from() {
+        // RFC 5322 §3.6.6: the newest Resent-* block is on top; From: stays the original's.
+        let section = b"Resent-From: Bob <bob@example.com>\r\nResent-To: dave@example.net\r\n\
+            Resent-From: carol@remote.test\r\nFrom: Carol <carol@remote.test>\r\nSubject: fwd\r\n\r\nbody\r\n";
+        let (_, assembler) = assemble(&[section], false);
+        assert_eq!(assembler.author_addresses(), ["bob@example.com"]);
     }
 
     #[test]

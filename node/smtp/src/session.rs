@@ -1087,7 +1087,7 @@ impl Session {
             Some(settled)
         } else if let Some(foreign) = self.foreign_from(body) {
             self.observer.message("spoofed_from");
-            Some(reply(553, "5.7.1", format!("the From: address <{foreign}> is not yours to send as")))
+            Some(reply(553, "5.7.1", format!("the author address <{foreign}> (From: or Resent-From:) is not yours to send as")))
         } else if let Err(reached) = self.check_subject(body) {
             self.observer.message("rate_limited");
             Some(limit_reply(reached))
@@ -1212,12 +1212,13 @@ impl Session {
         limits.check_subject(account.id, &subject_of(body.assembler.header_section()), wmail_core::now_ms())
     }
 
-    /// On submission, returns a From: header address the authenticated user may not send
-    /// as (the header must be as honest as the envelope).
+    /// On submission, returns an author address (From:, or Resent-From: of a message the
+    /// user resends) the authenticated user may not send as (the header must be as honest
+    /// as the envelope).
     fn foreign_from(&self, body: &BodyInProgress) -> Option<String> {
         let account = self.authenticated.as_ref()?;
         body.assembler
-            .header_from_addresses()
+            .author_addresses()
             .iter()
             .find(|address| !self.core.may_send_as(account, address).unwrap_or(false))
             .cloned()
