@@ -257,27 +257,49 @@ impl Peers {
     }
 
     /// Asks `id` for its status and notes its command version (nothing when it does not
-    /// answer, or answers in an older release's format).
-    async fn ask_version(&self, id: NodeId, node: &BasicNode) {
+    /// answer, or answers in an older release's format). Returns whether it answered.
+    async fn ask_version(&self, id: NodeId, node: &BasicNode) -> bool {
         let call = self.transport.call(id, node, PeerRequest::Status);
-        if let Ok(Ok(PeerReply::Status(status))) = tokio::time::timeout(VERSION_QUERY_TIMEOUT, call).await {
-            self.versions.reported.lock().expect("version lock").insert(id, (status.command_version, status.version));
+        match tokio::time::timeout(VERSION_QUERY_TIMEOUT, call).await {
+            Ok(Ok(PeerReply::Status(status))) => {
+                let reported = (status.command_version, status.version);
+                self.versions.reported.lock().expect("version lock").insert(id, reported);
+                true
+            }
+            Ok(Ok(_)) => true,
+            _ => false,
         }
     }
 
     /// Keeps the peers' command versions fresh on every node (a new leader then knows them,
-    /// including those of voters that are down), until Raft stops.
+    /// including those of voters that are down), until Raft stops. Logs when a peer stops
+    /// or starts answering: one line per change, where openraft's own replication log
+    /// repeats every heartbeat (it is off by default; see `wmail serve`'s log filter).
     pub(crate) async fn refresh_versions(self) {
+        let mut answering: HashMap<NodeId, bool> = HashMap::new();
         loop {
             let metrics = self.raft.metrics().borrow().clone();
             if metrics.state == ServerState::Shutdown {
                 return;
             }
             for (id, node) in metrics.membership_config.membership().nodes() {
-                if *id != metrics.id {
-                    self.ask_version(*id, node).await;
+                if *id == metrics.id {
+                    continue;
+                }
+                let answers = self.ask_version(*id, node).await;
+                match answering.insert(*id, answers) {
+                    Some(true) | None if !answers => tracing::warn!(
+                        node = id,
+                        addr = %node.addr,
+                        "a cluster member does not answer (stopped, or unreachable); the cluster carries on while most voters answer"
+                    ),
+                    Some(false) if answers => {
+                        tracing::info!(node = id, addr = %node.addr, "a cluster member answers again")
+                    }
+                    _ => {}
                 }
             }
+            answering.retain(|id, _| metrics.membership_config.membership().get_node(id).is_some());
             tokio::time::sleep(VERSION_REFRESH).await;
         }
     }

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 
@@ -28,6 +28,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// node that died fail after this long at most.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 const KEEP_ALIVE: Duration = Duration::from_millis(400);
+/// A peer silent this long on a connection (a live one acknowledges each keep-alive within
+/// a round trip) has probably died or restarted: the next call dials afresh instead of
+/// waiting out [`IDLE_TIMEOUT`], as a restarted peer never answers on its old connection.
+/// Without this, a leader kept sending into the old connection for up to 2 s after a
+/// follower restarted, and the follower, hearing no leader, stood for election and
+/// deposed it.
+const SILENT_PEER: Duration = Duration::from_millis(1_200);
 
 fn transport_config() -> Arc<quinn::TransportConfig> {
     let mut config = quinn::TransportConfig::default();
@@ -51,15 +58,44 @@ struct Live {
     client: quinn::ClientConfig,
     /// One connection per peer, each behind its own lock so dialling one peer never waits
     /// for another.
-    connections: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<Option<quinn::Connection>>>>>,
+    connections: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<Option<Cached>>>>>,
+}
+
+/// A connection to a peer, and when a datagram last arrived on it (as calls noticed).
+struct Cached {
+    connection: quinn::Connection,
+    received: u64,
+    heard_at: Instant,
+}
+
+impl Cached {
+    fn new(connection: quinn::Connection) -> Self {
+        Self { received: connection.stats().udp_rx.datagrams, connection, heard_at: Instant::now() }
+    }
+
+    /// Whether the connection is open and the peer was heard from lately.
+    fn usable(&mut self) -> bool {
+        if self.connection.close_reason().is_some() {
+            return false;
+        }
+        let received = self.connection.stats().udp_rx.datagrams;
+        if received != self.received {
+            (self.received, self.heard_at) = (received, Instant::now());
+        }
+        self.heard_at.elapsed() < SILENT_PEER
+    }
 }
 
 impl Live {
     async fn connection(&self, target: NodeId, addr: &str) -> Result<quinn::Connection, String> {
         let slot = self.connections.lock().expect("connection map").entry(target).or_default().clone();
         let mut slot = slot.lock().await;
-        if let Some(connection) = slot.as_ref().filter(|c| c.close_reason().is_none()) {
-            return Ok(connection.clone());
+        if let Some(cached) = slot.as_mut() {
+            if cached.usable() {
+                return Ok(cached.connection.clone());
+            }
+            // Calls already sent on it finish (or time out) on their own.
+            tracing::debug!(target, %addr, "peer silent or connection closed; dialling again");
         }
         let address = resolve(addr).await?;
         let connecting = self
@@ -70,7 +106,7 @@ impl Live {
             .await
             .map_err(|_| format!("no answer from {addr} within {CONNECT_TIMEOUT:?}"))?
             .map_err(|e| e.to_string())?;
-        *slot = Some(connection.clone());
+        *slot = Some(Cached::new(connection.clone()));
         Ok(connection)
     }
 }

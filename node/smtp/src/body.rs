@@ -285,7 +285,11 @@ mod tests {
             &[b"From: \"Smith, Alice\" <Alice@Example.com>,\r\n bob@example.com (Bob)\r\nTo: x@y\r\n\r\n"],
             false,
         );
-        assert_eq!(assembler.author_addresses(), ["alice@example.com", "bob@example.com"], "a bare address after a bracketed one");
+        assert_eq!(
+            assembler.author_addresses(),
+            ["alice@example.com", "bob@example.com"],
+            "a bare address after a bracketed one"
+        );
         let (_, assembler) = assemble(&[b"from: bob@example.com (Bob), carol@example.com\r\n\r\n"], false);
         assert_eq!(assembler.author_addresses(), ["bob@example.com", "carol@example.com"]);
         let (_, assembler) = assemble(&[b"Subject: none\r\n\r\nFrom: body@example.com\r\n"], false);

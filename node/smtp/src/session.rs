@@ -1087,7 +1087,11 @@ impl Session {
             Some(settled)
         } else if let Some(foreign) = self.foreign_from(body) {
             self.observer.message("spoofed_from");
-            Some(reply(553, "5.7.1", format!("the author address <{foreign}> (From: or Resent-From:) is not yours to send as")))
+            Some(reply(
+                553,
+                "5.7.1",
+                format!("the author address <{foreign}> (From: or Resent-From:) is not yours to send as"),
+            ))
         } else if let Err(reached) = self.check_subject(body) {
             self.observer.message("rate_limited");
             Some(limit_reply(reached))

@@ -344,8 +344,12 @@ enum ClusterCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WMAIL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    // By default: openraft's replication errors, which repeat every heartbeat while a peer
+    // is down, are off (consensus logs each peer that stops or starts answering once), and
+    // rustls's warning about clients that send an IP address as SNI (PHP does) is hidden.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WMAIL_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,openraft=warn,openraft::replication=off,rustls=error")
+    });
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
     // One rustls crypto provider for the whole process (several dependencies could bring one).

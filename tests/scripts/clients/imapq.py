@@ -198,4 +198,8 @@ def main():
 
 
 if __name__ == '__main__':
-    sys.exit(main() or 0)
+    try:
+        sys.exit(main() or 0)
+    except (OSError, smtplib.SMTPException, imaplib.IMAP4.error) as e:
+        # one line for the calling script's FAIL message instead of a traceback
+        sys.exit(f'imapq.py {" ".join(sys.argv[1:2])}: {type(e).__name__}: {e}')
