@@ -1036,6 +1036,25 @@ assert b"\\Recent" in fetches(a.ok("FETCH 1 (FLAGS)"))[1]
 d = Raw()
 d.ok("ENABLE IMAP4rev2")
 assert not any(b"RECENT" in u for u in d.ok("SELECT INBOX"))
+# A message that arrives while a session waits in IDLE is recent there (it was told
+# first), and claimed: a session selecting afterwards does not see it as recent.
+deadline = time.time() + 5
+while b"* 0 RECENT\r\n" not in b.ok("EXAMINE INBOX"):
+    assert time.time() < deadline, "C's claim was never applied"
+    time.sleep(0.05)
+e = Raw()
+assert b"* 0 RECENT\r\n" in e.ok("SELECT INBOX")
+tag = e.start("IDLE")
+assert e.response().startswith(b"+")
+assert appenduid(b.append("INBOX", b"Subject: fourth\r\n\r\nx\r\n")[1])[1] == 4
+e.wait_for(b"* 1 RECENT\r\n", 2.0)
+e.send("DONE\r\n")
+e.finish(tag)
+assert b"\\Recent" in fetches(e.ok("FETCH 4 (FLAGS)"))[4]
+deadline = time.time() + 5
+while b"* 0 RECENT\r\n" not in b.ok("EXAMINE INBOX"):
+    assert time.time() < deadline, "E's claim of the message it was told of first was never applied"
+    time.sleep(0.05)
 print("ok")
 "#,
     );

@@ -127,6 +127,7 @@ impl Session {
         let Some(account) = self.account.as_ref().map(|account| account.id) else { return };
         let Some(selected) = self.selected.as_mut() else { return };
         let mut added = false;
+        let mut first_new_uid = None;
         if self.core.change_floor(account).is_ok_and(|floor| selected.last_change_id < floor) {
             added = resync_from_mailbox(&self.core, account, selected).await;
         }
@@ -151,6 +152,7 @@ impl Session {
                 {
                     selected.uids.push(uid);
                     added = true;
+                    first_new_uid = first_new_uid.or(Some(uid));
                 }
                 Change::FlagsChanged { mailbox_id, uid, .. } if mailbox_id == selected.mailbox_id => {
                     selected.pending_flags.insert(uid);
@@ -192,6 +194,22 @@ impl Session {
         }
         // Every change this session made itself is now read from the log: forget them.
         selected.reported_modseq.clear();
+        if let Some(first_new_uid) = first_new_uid
+            && !self.enabled.rev2
+            && !selected.read_only
+            && first_new_uid < selected.first_recent_uid
+        {
+            // RFC 3501 §2.3.2: this session is the first told of the new messages, so they
+            // are \Recent here, and claimed (without waiting for the commit) so that a
+            // session selecting later does not see them as recent too.
+            selected.first_recent_uid = first_new_uid;
+            let (core, session, mailbox_id) = (self.core.clone(), self.id.clone(), selected.mailbox_id);
+            tokio::spawn(async move {
+                if let Err(error) = core.claim_recent(account, mailbox_id).await {
+                    tracing::warn!(%session, %error, "cannot claim \\Recent");
+                }
+            });
+        }
         if added {
             out.extend_from_slice(format!("* {} EXISTS\r\n", selected.uids.len()).as_bytes());
             if !self.enabled.rev2 {
