@@ -233,7 +233,9 @@ async fn smuggled_end_of_data_sequences_never_end_the_message() {
     assert_eq!(inbox(&node, "alice@example.com").await.len(), 5);
     assert!(inbox(&node, "bob@example.com").await.is_empty(), "a smuggled second message was delivered");
     let first = message_text(&node, "alice@example.com", 1).await;
-    assert!(first.contains("first\n.\nMAIL FROM:<evil@remote.test>"), "the smuggle attempt is content: {first}");
+    // Content, its bare LFs stored as CRLF (RFC 5321 §2.3.8), as Postfix and Dovecot do.
+    assert!(first.contains("first\r\n.\r\nMAIL FROM:<evil@remote.test>"), "the smuggle attempt is content: {first}");
+    assert!(!first.contains("\r\r\n") && !first.replace("\r\n", "").contains('\n'), "a bare LF is left: {first:?}");
 }
 
 #[tokio::test]

@@ -1307,7 +1307,7 @@ impl Session {
                 chunk.pop();
             }
             if !chunk.is_empty() {
-                let data = std::mem::take(&mut chunk);
+                let data = crlf_line_ends(std::mem::take(&mut chunk));
                 self.feed_body(&data).await;
             }
             if held_cr {
@@ -1515,6 +1515,28 @@ fn acknowledge_before_commit() -> bool {
         }
         enabled
     })
+}
+
+/// RFC 5321 §2.3.8: lines end with CRLF. A bare LF in DATA (sent by some scripts and
+/// broken clients) is stored as CRLF, as Postfix and Dovecot do, so IMAP and POP3 serve
+/// CRLF lines and MIME parts split where clients expect. (The end of data is still only
+/// CRLF.CRLF, and POP3 and outbound SMTP dot-stuff every line, so a "\n.\n" in the data
+/// stays content.) `data` never ends in a CR whose LF is in the next chunk (the caller
+/// holds such a CR back), so an LF at its start is bare.
+fn crlf_line_ends(data: Vec<u8>) -> Vec<u8> {
+    let bare = |(index, byte): (usize, &u8)| *byte == b'\n' && (index == 0 || data[index - 1] != b'\r');
+    let count = data.iter().enumerate().filter(|&entry| bare(entry)).count();
+    if count == 0 {
+        return data;
+    }
+    let mut out = Vec::with_capacity(data.len() + count);
+    for (index, byte) in data.iter().enumerate() {
+        if bare((index, byte)) {
+            out.push(b'\r');
+        }
+        out.push(*byte);
+    }
+    out
 }
 
 /// The decoded subject of a header section ("" when it has none).
