@@ -6,6 +6,10 @@
 #       node is restarted and catches up. Prints every gap and the distribution.
 #   tools/cluster-bench.sh snapshot [MESSAGES]   deliver MESSAGES (default 100000) over SMTP,
 #       then time a brand-new node joining, which catches up by snapshot install.
+#   tools/cluster-bench.sh throughput [SECONDS]  durable SMTP accepts/s (10 KB messages, 1, 16
+#       and 64 sessions, SECONDS each, default 10) through the leader, through a follower,
+#       spread over all three, and on a one-node cluster on the same S3 server; prints a
+#       Markdown table with the 3-node/1-node ratios and latencies.
 #   tools/cluster-bench.sh load [SECONDS]        wmail-bench smtp on all three nodes for
 #       SECONDS (default 30); a third of the way in the leader is killed (-9), a third later
 #       restarted. Prints the errors clients saw (by reply code) and the time from the kill
@@ -154,8 +158,49 @@ else:
           f"{(gap_start - killed) / 1000:+.1f} s from the kill)")
 PY
   ;;
+throughput)
+  seconds="${2:-10}"
+  id="$(leader)"
+  follower=$(( id % 3 + 1 ))
+  # A one-node cluster beside it: same machine, same S3 server and bucket (its blobs are
+  # content-addressed, and its garbage collection waits a day before deleting anything).
+  rm -rf "$dir/single"
+  sed -e 's/127\.0\.0\.1:181\([0-9][0-9]\)/127.0.0.1:185\1/g; s/node1/single/g' "$dir/node1.toml" >"$dir/single.toml"
+  "$wmail" serve --config "$dir/single.toml" >"$dir/single.log" 2>&1 &
+  echo $! >"$dir/single.pid"
+  until curl -sf http://127.0.0.1:18580/readyz >/dev/null; do sleep 0.1; done
+  run() { # http smtp-addresses concurrency -> one JSON line
+    "$CARGO_TARGET_DIR/release/wmail-bench" --server "http://127.0.0.1:${1}" --token "$(cat "$dir/$2/admin-token")" \
+      smtp --smtp "$3" --concurrency "$4" --seconds "$seconds" --size 10240 --accounts 16 --json 2>/dev/null | tail -1
+  }
+  results="$dir/throughput.jsonl"
+  : >"$results"
+  for c in 1 16 64; do
+    echo "{\"c\": $c, \"target\": \"leader\", \"r\": $(run 18180 node1 "127.0.0.1:18${id}25" "$c")}" >>"$results"
+    echo "{\"c\": $c, \"target\": \"follower\", \"r\": $(run 18180 node1 "127.0.0.1:18${follower}25" "$c")}" >>"$results"
+    echo "{\"c\": $c, \"target\": \"all\", \"r\": $(run 18180 node1 127.0.0.1:18125,127.0.0.1:18225,127.0.0.1:18325 "$c")}" >>"$results"
+    echo "{\"c\": $c, \"target\": \"single\", \"r\": $(run 18580 single 127.0.0.1:18525 "$c")}" >>"$results"
+    echo "sessions $c done" >&2
+  done
+  kill "$(cat "$dir/single.pid")"
+  rm -f "$dir/single.pid"
+  python3 - "$results" "$id" "$follower" <<'PY'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+get = lambda c, t: next(r["r"] for r in rows if r["c"] == c and r["target"] == t)
+print(f"Durable SMTP accepts/s, 10 KB messages (leader: node {sys.argv[2]}, follower: node {sys.argv[3]}); p50/p99 ms")
+print()
+print("| sessions | via leader | via follower | spread over 3 | one node | 3-node/1-node (spread) |")
+print("|---|---|---|---|---|---|")
+for c in (1, 16, 64):
+    cell = lambda r: f"{r['accepts_per_second']:.0f} ({r['p50_ms']:.1f}/{r['p99_ms']:.1f})"
+    leader, follower, spread, single = (get(c, t) for t in ("leader", "follower", "all", "single"))
+    ratio = spread["accepts_per_second"] / single["accepts_per_second"]
+    print(f"| {c} | {cell(leader)} | {cell(follower)} | {cell(spread)} | {cell(single)} | {ratio:.2f}x |")
+PY
+  ;;
 *)
-  echo "usage: $0 failover [KILLS] | snapshot [MESSAGES] | load [SECONDS]" >&2
+  echo "usage: $0 failover [KILLS] | snapshot [MESSAGES] | load [SECONDS] | throughput [SECONDS]" >&2
   exit 2
   ;;
 esac

@@ -45,6 +45,14 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
     Arc::new(config)
 }
 
+fn server_config(identity: &NodeIdentity) -> Result<quinn::ServerConfig, TlsError> {
+    let crypto =
+        QuicServerConfig::try_from(Arc::new(identity.server_config()?)).map_err(|e| TlsError::new("QUIC server", e))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(transport_config());
+    Ok(server)
+}
+
 fn client_config(tls: rustls::ClientConfig) -> Result<quinn::ClientConfig, TlsError> {
     let crypto = QuicClientConfig::try_from(Arc::new(tls)).map_err(|e| TlsError::new("QUIC client", e))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
@@ -55,7 +63,8 @@ fn client_config(tls: rustls::ClientConfig) -> Result<quinn::ClientConfig, TlsEr
 /// The running side of a [`QuicTransport`].
 struct Live {
     endpoint: quinn::Endpoint,
-    client: quinn::ClientConfig,
+    /// What this node presents when it dials (replaced when its certificate is renewed).
+    client: RwLock<quinn::ClientConfig>,
     /// One connection per peer, each behind its own lock so dialling one peer never waits
     /// for another.
     connections: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<Option<Cached>>>>>,
@@ -100,7 +109,7 @@ impl Live {
         let address = resolve(addr).await?;
         let connecting = self
             .endpoint
-            .connect_with(self.client.clone(), address, &tls::node_name(target))
+            .connect_with(self.client.read().expect("client config lock").clone(), address, &tls::node_name(target))
             .map_err(|e| e.to_string())?;
         let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
@@ -154,22 +163,27 @@ impl QuicTransport {
         identity: &NodeIdentity,
         handler: Arc<dyn PeerHandler>,
     ) -> Result<SocketAddr, TlsError> {
-        let crypto = QuicServerConfig::try_from(Arc::new(identity.server_config()?))
-            .map_err(|e| TlsError::new("QUIC server", e))?;
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        server.transport_config(transport_config());
-        let endpoint = quinn::Endpoint::server(server, listen)
+        let endpoint = quinn::Endpoint::server(server_config(identity)?, listen)
             .map_err(|e| TlsError::new(&format!("cannot listen on UDP {listen}"), e))?;
         let bound = endpoint.local_addr().map_err(|e| TlsError::new("reading the bound address", e))?;
         let live = Live {
             endpoint: endpoint.clone(),
-            client: client_config(identity.client_config()?)?,
+            client: RwLock::new(client_config(identity.client_config()?)?),
             connections: Mutex::default(),
         };
         *self.live.write().expect("transport lock") = Some(Arc::new(live));
         tokio::spawn(accept(endpoint, handler));
         tracing::info!(%bound, "cluster transport listening (QUIC, mutual TLS)");
         Ok(bound)
+    }
+
+    /// Presents `identity` (a renewed certificate) from now on, to peers that connect and
+    /// to peers this node dials; established connections keep the one they began with.
+    pub fn renew(&self, identity: &NodeIdentity) -> Result<(), TlsError> {
+        let Some(live) = self.live.read().expect("transport lock").clone() else { return Ok(()) };
+        live.endpoint.set_server_config(Some(server_config(identity)?));
+        *live.client.write().expect("client config lock") = client_config(identity.client_config()?)?;
+        Ok(())
     }
 
     /// Closes every connection and stops listening.

@@ -305,7 +305,8 @@ impl JoinHandler for EchoJoin {
 
 fn identity(ca: &tls::CaMaterial, node_id: NodeId) -> tls::NodeIdentity {
     let key = tls::generate_node_key().unwrap();
-    let cert_pem = tls::issue_node_certificate(ca, node_id, &key.public_key).unwrap();
+    let cert_pem =
+        tls::issue_node_certificate(ca, node_id, &key.public_key, tls::NODE_CERTIFICATE_VALIDITY).unwrap().cert_pem;
     tls::NodeIdentity { node_id, cert_pem, key_pem: key.key_pem, ca_pem: ca.cert_pem.clone() }
 }
 

@@ -132,10 +132,40 @@ impl PublicKeyData for P256PublicKey {
     }
 }
 
+/// How long a node certificate is valid by default; a node renews its own well before
+/// (see `wmail_core`), so a certificate of a node that is gone stops working by itself.
+pub const NODE_CERTIFICATE_VALIDITY: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
+
+/// A node certificate: PEM, and when it stops being valid.
+#[derive(Debug, Clone)]
+pub struct IssuedCertificate {
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// Its notAfter (ms since the epoch).
+    pub expires_ms: u64,
+}
+
+/// The raw public key (as [`NodeKey::public_key`]) of a private key in PKCS#8 PEM.
+pub fn public_key_of(key_pem: &str) -> Result<Vec<u8>, TlsError> {
+    let key = KeyPair::from_pem(key_pem).map_err(|e| TlsError::new("reading the node key", e))?;
+    Ok(key.public_key_raw().to_vec())
+}
+
 /// Signs the certificate of node `node_id` for its `public_key` (from [`NodeKey`]) with the
-/// cluster CA; returns it as PEM.
-pub fn issue_node_certificate(ca: &CaMaterial, node_id: NodeId, public_key: &[u8]) -> Result<String, TlsError> {
+/// cluster CA, valid from an hour ago (clocks differ) for `valid_for`.
+pub fn issue_node_certificate(
+    ca: &CaMaterial,
+    node_id: NodeId,
+    public_key: &[u8],
+    valid_for: std::time::Duration,
+) -> Result<IssuedCertificate, TlsError> {
     check_node_public_key(public_key)?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let at = |seconds: u64| {
+        time::OffsetDateTime::from_unix_timestamp(seconds as i64)
+            .map_err(|e| TlsError::new("dating the node certificate", e))
+    };
+    let expires = now.as_secs() + valid_for.as_secs().max(1);
     let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(|e| TlsError::new("reading the CA key", e))?;
     let issuer = Issuer::new(ca_params(&ca.name), ca_key);
     let mut params = CertificateParams::new(vec![CLUSTER_NAME.to_string(), node_name(node_id)])
@@ -144,10 +174,12 @@ pub fn issue_node_certificate(ca: &CaMaterial, node_id: NodeId, public_key: &[u8
     params.distinguished_name.push(DnType::CommonName, node_name(node_id));
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     params.use_authority_key_identifier_extension = true;
+    params.not_before = at(now.as_secs().saturating_sub(3_600))?;
+    params.not_after = at(expires)?;
     let cert = params
         .signed_by(&P256PublicKey(public_key.to_vec()), &issuer)
         .map_err(|e| TlsError::new("signing the node certificate", e))?;
-    Ok(cert.pem())
+    Ok(IssuedCertificate { cert_pem: cert.pem(), expires_ms: expires * 1_000 })
 }
 
 /// Whether the certificate `der` (already verified against the cluster CA) names node

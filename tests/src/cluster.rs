@@ -229,11 +229,60 @@ print("woken")
     assert_eq!(learner.read_message("ann@example.com", 1).await, first_message);
 }
 
+/// `node`'s identity file.
+fn identity(node: &WmailNode) -> Value {
+    let identity = std::fs::read(node.data_dir.join("cluster/identity.json")).expect("identity");
+    serde_json::from_slice(&identity).expect("identity json")
+}
+
 /// Whether `node` has cluster id `id` (from its identity file).
 fn is_node(node: &WmailNode, id: u64) -> bool {
-    let identity = std::fs::read(node.data_dir.join("cluster/identity.json")).expect("identity");
-    let identity: Value = serde_json::from_slice(&identity).expect("identity json");
-    identity["node_id"] == json!(id)
+    identity(node)["node_id"] == json!(id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_certificates_expire_and_are_renewed_before_they_do() {
+    const VALID_SECONDS: u64 = 9;
+    let seaweed = SeaweedFs::start().await;
+    let short_lived = |mut node: WmailNode| {
+        node.env.push(("WMAIL_TEST_NODE_CERT_SECONDS".into(), VALID_SECONDS.to_string()));
+        node
+    };
+    let mut first = short_lived(WmailNode::new(&seaweed.wmail_config()));
+    first.start().await;
+    let mut second = short_lived(joining_node(&seaweed, &first, &join_token(&first, false)));
+    second.start().await;
+    let enrolled = identity(&second);
+    let expires = enrolled["cert_expires_ms"].as_u64().expect("the expiry is kept");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    assert!(expires > now && expires <= now + VALID_SECONDS * 1000, "{enrolled}");
+
+    // Both renew theirs with a third of the validity left, while they keep working.
+    let deadline = Instant::now() + Duration::from_secs(3 * VALID_SECONDS);
+    while identity(&second)["cert_pem"] == enrolled["cert_pem"]
+        || !first.log().contains("renewed this node's cluster certificate")
+    {
+        assert!(Instant::now() < deadline, "no renewal:\n{}\n{}", first.log(), second.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let renewed = identity(&second);
+    assert!(renewed["cert_expires_ms"].as_u64() > Some(expires), "{renewed}");
+    assert_eq!(renewed["key_pem"], enrolled["key_pem"], "renewal keeps the key");
+
+    // Once the enrolment certificate has expired, new connections need the renewed ones:
+    // node 2 restarts, talks to node 1 again and writes through it.
+    while std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+        <= expires + 1_000
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    second.terminate().await;
+    second.start().await;
+    let (status, body) = second.api(Method::POST, "/domains", Some(json!({ "name": "renewed.example" }))).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let view = cluster_status(&first).await;
+    let members = view["members"].as_array().expect("members");
+    assert!(members.len() == 2 && members.iter().all(|m| m["status"].is_object()), "{view}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -41,6 +41,37 @@ pub(crate) struct StoredIdentity {
     /// The member this node enrolled at and how it was admitted; `None` for the node that
     /// founded the cluster.
     pub(crate) enrolled_at: Option<Enrolment>,
+    /// When `cert_pem` expires (ms since the epoch); `None` in identities written before
+    /// certificates expired (their certificate is renewed into one that does).
+    #[serde(default)]
+    pub(crate) cert_expires_ms: Option<u64>,
+}
+
+/// How long the certificates this node signs are valid:
+/// [`tls::NODE_CERTIFICATE_VALIDITY`], or in debug builds `WMAIL_TEST_NODE_CERT_SECONDS`
+/// (so the tests can watch a renewal).
+pub(crate) fn certificate_validity() -> Duration {
+    #[cfg(debug_assertions)]
+    if let Some(seconds) = std::env::var("WMAIL_TEST_NODE_CERT_SECONDS").ok().and_then(|s| s.parse::<u64>().ok()) {
+        return Duration::from_secs(seconds.max(3));
+    }
+    tls::NODE_CERTIFICATE_VALIDITY
+}
+
+/// A node renews its certificate once less than this share of its validity is left.
+const RENEW_WHEN_LEFT: u32 = 3;
+
+/// Renews this node's certificate when it is due (see [`Core::renew_certificate_if_due`]),
+/// checking ten times per validity period (at most hourly), until the node stops.
+pub(crate) async fn certificate_worker(core: Weak<Core>) {
+    let period = (certificate_validity() / 10).min(Duration::from_secs(3_600));
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(core) = core.upgrade() else { return };
+        if let Err(error) = core.renew_certificate_if_due().await {
+            tracing::warn!(%error, "cannot renew this node's cluster certificate; will try again");
+        }
+    }
 }
 
 /// Whom a joined node enrolled with.
@@ -170,6 +201,40 @@ struct JoinReply {
     ca_pem: String,
     member_id: NodeId,
     member_addr: String,
+    /// When the certificate expires (ms since the epoch).
+    cert_expires_ms: u64,
+}
+
+/// What a member of a release from before certificates expired answers.
+#[derive(Debug, Deserialize)]
+struct JoinReplyWithoutExpiry {
+    node_id: NodeId,
+    learner: bool,
+    cert_pem: String,
+    ca_pem: String,
+    member_id: NodeId,
+    member_addr: String,
+}
+
+impl JoinReply {
+    fn decode(bytes: &[u8]) -> Result<(Self, Option<u64>)> {
+        if let Ok(reply) = postcard::from_bytes::<JoinReply>(bytes) {
+            let expires = Some(reply.cert_expires_ms);
+            return Ok((reply, expires));
+        }
+        let old: JoinReplyWithoutExpiry =
+            postcard::from_bytes(bytes).map_err(|e| internal("decoding the join reply", e))?;
+        let reply = JoinReply {
+            node_id: old.node_id,
+            learner: old.learner,
+            cert_pem: old.cert_pem,
+            ca_pem: old.ca_pem,
+            member_id: old.member_id,
+            member_addr: old.member_addr,
+            cert_expires_ms: 0,
+        };
+        Ok((reply, None))
+    }
 }
 
 /// Enrols this node at `target`: proves the token, receives a node id and a certificate.
@@ -200,7 +265,7 @@ pub(crate) async fn enrol(data_dir: &Path, target: &JoinTarget, advertise_addr: 
             }
         }
     };
-    let reply: JoinReply = postcard::from_bytes(&reply).map_err(|e| internal("decoding the join reply", e))?;
+    let (reply, cert_expires_ms) = JoinReply::decode(&reply)?;
     if tls::fingerprint(&reply.ca_pem).ok() != Some(fingerprint) {
         return Err(CoreError::new(ErrorCode::Conflict, "the member sent a CA that does not match the token"));
     }
@@ -214,6 +279,7 @@ pub(crate) async fn enrol(data_dir: &Path, target: &JoinTarget, advertise_addr: 
             member_addr: reply.member_addr,
             learner: reply.learner,
         }),
+        cert_expires_ms,
     };
     save_identity(data_dir, &identity)?;
     if let Err(error) = std::fs::remove_file(joining_key_path(data_dir)) {
@@ -352,14 +418,15 @@ impl Core {
         let setup = self.cluster_setup.lock().await;
         if !self.transport.is_started() {
             let key = tls::generate_node_key().map_err(|e| internal("making the node key", e))?;
-            let cert_pem = tls::issue_node_certificate(&ca, self.config.node_id, &key.public_key)
+            let issued = tls::issue_node_certificate(&ca, self.config.node_id, &key.public_key, certificate_validity())
                 .map_err(|e| internal("signing this node's certificate", e))?;
             let identity = StoredIdentity {
                 node_id: self.config.node_id,
-                cert_pem,
+                cert_pem: issued.cert_pem,
                 key_pem: key.key_pem,
                 ca_pem: ca.cert_pem.clone(),
                 enrolled_at: None,
+                cert_expires_ms: Some(issued.expires_ms),
             };
             save_identity(&self.config.data_dir, &identity)?;
             self.listen(&identity)?;
@@ -373,6 +440,36 @@ impl Core {
         let fingerprint = tls::fingerprint(&ca.cert_pem).map_err(|e| internal("reading the CA", e))?;
         let body = [fingerprint.as_slice(), &secret].concat();
         Ok(format!("{TOKEN_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(body)))
+    }
+
+    /// Renews this node's certificate (same key, signed by the cluster CA it holds in its
+    /// replicated state, as every member does) once less than a third of its validity is
+    /// left, or its expiry is unknown; a revoked node's is left to expire. The transport
+    /// presents the new one from then on. Returns whether it renewed.
+    pub(crate) async fn renew_certificate_if_due(&self) -> Result<bool> {
+        let _setup = self.cluster_setup.lock().await;
+        let Some(mut identity) = load_identity(&self.config.data_dir)? else { return Ok(false) };
+        let validity = certificate_validity();
+        let renew_at = validity.as_millis() as u64 / u64::from(RENEW_WHEN_LEFT);
+        if identity.cert_expires_ms.is_some_and(|expires| expires.saturating_sub(now_ms()) > renew_at) {
+            return Ok(false);
+        }
+        if self.state.revoked_nodes()?.contains(&identity.node_id) {
+            return Ok(false);
+        }
+        // A node that joined learns the CA with the replicated state.
+        let Some(ca) = self.state.cluster_ca()? else { return Ok(false) };
+        let ca = CaMaterial { name: ca.name, cert_pem: ca.cert_pem, key_pem: ca.key_pem };
+        let public_key = tls::public_key_of(&identity.key_pem).map_err(|e| internal("reading the node key", e))?;
+        let issued = tls::issue_node_certificate(&ca, identity.node_id, &public_key, validity)
+            .map_err(|e| internal("signing this node's certificate", e))?;
+        identity.cert_pem = issued.cert_pem;
+        identity.cert_expires_ms = Some(issued.expires_ms);
+        save_identity(&self.config.data_dir, &identity)?;
+        self.transport.renew(&identity.tls()).map_err(|e| internal("presenting the renewed certificate", e))?;
+        let days = validity.as_secs() as f64 / 86_400.0;
+        tracing::info!(node_id = identity.node_id, valid_days = days, "renewed this node's cluster certificate");
+        Ok(true)
     }
 
     /// Makes this node's admin token valid on every node of the cluster (once).
@@ -437,16 +534,17 @@ impl Core {
             return Err(internal("enrolling a node", "unexpected outcome"));
         };
         let ca = self.cluster_ca().await?;
-        let cert_pem = tls::issue_node_certificate(&ca, node_id, &request.public_key)
+        let issued = tls::issue_node_certificate(&ca, node_id, &request.public_key, certificate_validity())
             .map_err(|e| CoreError::new(ErrorCode::InvalidInput, e.to_string()))?;
         tracing::info!(node_id, addr = %request.addr, learner, "enrolled a joining node");
         let reply = JoinReply {
             node_id,
             learner,
-            cert_pem,
+            cert_pem: issued.cert_pem,
             ca_pem: ca.cert_pem,
             member_id: self.config.node_id,
             member_addr: self.config.advertise_addr.clone(),
+            cert_expires_ms: issued.expires_ms,
         };
         postcard::to_allocvec(&reply).map_err(|e| internal("encoding the join reply", e))
     }

@@ -325,6 +325,14 @@ impl Core {
             config,
         });
         disk::DiskGuard::spawn_sampler(&core.disk);
+        if identity.is_some() {
+            // A node that was down long enough may hold an expired certificate: renew it
+            // before presenting it (the CA is in its replicated state).
+            if let Err(error) = core.renew_certificate_if_due().await {
+                tracing::warn!(%error, "cannot renew this node's cluster certificate; will try again");
+            }
+            identity = cluster::load_identity(&core.config.data_dir)?;
+        }
         if let Some(identity) = &identity {
             core.listen(identity)?;
         }
@@ -356,6 +364,7 @@ impl Core {
         }
         core.release_stale_leases().await;
         tokio::spawn(blob_gc_worker(Arc::downgrade(&core)));
+        tokio::spawn(cluster::certificate_worker(Arc::downgrade(&core)));
         if core.config.search_enabled {
             tokio::spawn(indexer::indexer_worker(Arc::downgrade(&core)));
         }
