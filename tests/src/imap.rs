@@ -11,8 +11,8 @@ use serde_json::json;
 
 use crate::harness::{SteppedScript, WmailNode, python};
 
-const ALICE: &str = "alice@example.com";
-const PASSWORD: &str = "password";
+pub(crate) const ALICE: &str = "alice@example.com";
+pub(crate) const PASSWORD: &str = "password";
 
 /// Python helpers every script gets after [`crate::harness::python_prelude`]: `Raw`, a line-exact IMAP
 /// client over (by default) implicit TLS, and parsers for its responses.

@@ -18,6 +18,8 @@ mod bench_smoke;
 #[cfg(test)]
 mod blob_s3;
 #[cfg(test)]
+mod clients;
+#[cfg(test)]
 mod cluster;
 #[cfg(test)]
 mod foundation;

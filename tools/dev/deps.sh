@@ -33,8 +33,11 @@ if [ "$what" = test ]; then
   # fetchmail and curl are real POP3 clients; isync (mbsync) and curl real IMAP clients;
   # dnsmasq answers DNS for the outbound tests' zones; haproxy fronts the cluster tests;
   # iproute2 builds jepsen's network namespaces and faketime skews its nodes' clocks;
-  # clamav-daemon is the real clamd the antivirus tests scan with (their own signatures).
+  # clamav-daemon is the real clamd the antivirus tests scan with (their own signatures);
+  # Roundcube (under PHP's built-in server) and mutt are the webmail and terminal clients
+  # of tests/scripts/clients.
   packages+=(prometheus python3-venv fetchmail curl isync dnsmasq-base haproxy iproute2 faketime clamav-daemon)
+  packages+=(roundcube-core roundcube-sqlite3 php-cli php-sqlite3 mutt openssl bsdutils)
 fi
 
 missing=()
