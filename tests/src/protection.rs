@@ -379,6 +379,46 @@ Content-Type: application/octet-stream; name=\"eicar.bin.txt\"\r\nContent-Transf
     node.terminate().await;
 }
 
+#[tokio::test]
+async fn a_message_over_the_scan_limit_still_streams_through_clamd() {
+    let mut clamd = crate::peers::Clamd::start().await;
+    let dns = Dnsmasq::start(&["--txt-record=good.test,v=spf1 ip4:127.0.0.1 -all".into()]).await;
+    // Content checks hold at most 1 MiB; messages up to 4 MB are accepted.
+    let config = format!(
+        "{}{}[smtp]\nmax_message_size = 4000000\n[antispam]\ntrusted_networks = []\nmax_scan_size_mb = 1\nscan_memory_mb = 4\n",
+        dns.wmail_config(),
+        clamd.wmail_config()
+    );
+    let mut node = node_with_alice(&config).await;
+    let filler = "the quarterly figures are attached as promised\r\n".repeat(40_000); // ~1.9 MB
+    let big = |id: &str, attachment: &str| {
+        format!(
+            "From: <news@good.test>\r\nSubject: big {id}\r\nMessage-ID: <{id}@good.test>\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\n{filler}--b\r\n\
+Content-Type: application/octet-stream; name=\"data.bin\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{attachment}\r\n--b--\r\n"
+        )
+    };
+    // The virus comes after the first MiB, past what is held: only the stream sees it.
+    let eicar = base64::engine::general_purpose::STANDARD.encode(crate::peers::Clamd::EICAR);
+    let reply = send(&node, "127.0.0.1", "news@good.test", &big("infected", &eicar)).await;
+    assert_eq!(reply.code, 550, "{reply:?}");
+    assert!(reply.text().contains("virus (Wmail.Test.EICAR"), "{reply:?}");
+    let clean = base64::engine::general_purpose::STANDARD.encode(b"just numbers 1 2 3");
+    assert_eq!(send(&node, "127.0.0.1", "news@good.test", &big("clean", &clean)).await.code, 250);
+    assert_eq!(mailbox(&node, "INBOX").await.len(), 1, "only the clean message is stored");
+    let (_, found) = node.api(Method::GET, "/security/verdicts?message_id=clean@good.test", None).await;
+    let checks = found["verdicts"][0]["verdict"]["checks"].to_string();
+    assert!(checks.contains("over the scan limit") && checks.contains("clean (streamed)"), "{found}");
+    let (_, found) = node.api(Method::GET, "/security/verdicts?message_id=infected@good.test", None).await;
+    assert_eq!(found["verdicts"][0]["verdict"]["action"]["code"], 550, "{found}");
+
+    // clamd down: a big message is deferred like a small one.
+    clamd.stop();
+    let reply = send(&node, "127.0.0.1", "news@good.test", &big("later", &clean)).await;
+    assert_eq!(reply.code, 451, "{reply:?}");
+    node.terminate().await;
+}
+
 /// A node of a two-node cluster for the shared-state tests.
 fn cluster_node(seaweed: &crate::peers::SeaweedFs, extra: &str) -> WmailNode {
     WmailNode::new(&format!("{}{extra}", seaweed.wmail_config()))

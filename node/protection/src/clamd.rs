@@ -110,6 +110,85 @@ impl Clamd {
     }
 }
 
+/// Both directions of a connection to clamd.
+trait Connection: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Connection for T {}
+
+/// An `INSTREAM` scan fed as the message arrives, for messages too large to hold: memory
+/// stays bounded by one chunk whatever the size. A write that fails (clamd gone, or
+/// refusing more than its `StreamMaxLength`) stops the feeding; [`Stream::finish`] then
+/// reports the failure (with clamd's answer when it gave one).
+pub struct Stream {
+    connection: Box<dyn Connection>,
+    address: String,
+    timeout: Duration,
+    failed: Option<std::io::Error>,
+}
+
+impl Clamd {
+    /// Opens a streamed scan.
+    pub async fn stream(&self) -> Result<Stream, ScanError> {
+        let open = async {
+            let mut connection: Box<dyn Connection> = match &self.address {
+                Address::Tcp(address) => Box::new(tokio::net::TcpStream::connect(address).await?),
+                Address::Unix(path) => Box::new(tokio::net::UnixStream::connect(path).await?),
+            };
+            connection.write_all(b"zINSTREAM\0").await?;
+            Ok::<_, std::io::Error>(connection)
+        };
+        let connection = tokio::time::timeout(self.timeout, open)
+            .await
+            .map_err(|_| ScanError::Timeout(self.describe(), self.timeout))?
+            .map_err(|error| ScanError::Io { address: self.describe(), error })?;
+        Ok(Stream { connection, address: self.describe(), timeout: self.timeout, failed: None })
+    }
+}
+
+impl Stream {
+    /// Sends more of the message (nothing once a write failed).
+    pub async fn push(&mut self, data: &[u8]) {
+        if self.failed.is_some() {
+            return;
+        }
+        let connection = &mut self.connection;
+        let write = async {
+            for chunk in data.chunks(CHUNK) {
+                connection.write_all(&(chunk.len() as u32).to_be_bytes()).await?;
+                connection.write_all(chunk).await?;
+            }
+            Ok::<_, std::io::Error>(())
+        };
+        match tokio::time::timeout(self.timeout, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => self.failed = Some(error),
+            Err(_) => self.failed = Some(std::io::Error::new(std::io::ErrorKind::TimedOut, "clamd stopped reading")),
+        }
+    }
+
+    /// Ends the message and reads clamd's answer.
+    pub async fn finish(mut self) -> Result<ScanResult, ScanError> {
+        let address = self.address.clone();
+        let work = async {
+            if self.failed.is_none() {
+                self.connection.write_all(&0u32.to_be_bytes()).await?;
+                self.connection.flush().await?;
+            }
+            // Even after a failed write clamd may have said why (its size limit).
+            let answer = read_answer(&mut self.connection).await;
+            match (answer, self.failed.take()) {
+                (Ok(answer), _) if !answer.is_empty() => Ok(answer),
+                (_, Some(error)) | (Err(error), None) => Err(error),
+                (Ok(answer), None) => Ok(answer),
+            }
+        };
+        let answer = tokio::time::timeout(self.timeout, work)
+            .await
+            .map_err(|_| ScanError::Timeout(address.clone(), self.timeout))?
+            .map_err(|error| ScanError::Io { address, error })?;
+        parse_answer(&answer)
+    }
+}
+
 async fn command<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, line: &[u8]) -> std::io::Result<String> {
     stream.write_all(line).await?;
     read_answer(stream).await

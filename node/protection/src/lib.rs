@@ -563,6 +563,46 @@ impl Protection {
         verdict
     }
 
+    /// Starts the antivirus scan of a message too large to hold, fed with what is stored as
+    /// it streams ([`clamd::Stream::push`]); `None` without an antivirus. A message over
+    /// the scan limit gets no content rules, but it never skips the virus scan.
+    pub async fn stream_scan(&self) -> Option<Result<clamd::Stream, clamd::ScanError>> {
+        let clamd = self.clamd.as_ref()?;
+        Some(clamd.stream().await)
+    }
+
+    /// Notes a streamed scan's result in the message's verdict and returns the refusal it
+    /// leads to: a virus is refused whatever `virus_action` says (a message too large to
+    /// hold can be neither held in quarantine nor stripped), and a failed scan as
+    /// `clamd_failure` says.
+    pub fn judge_stream_scan(
+        &self,
+        result: Result<clamd::ScanResult, clamd::ScanError>,
+        verdict: &mut Verdict,
+    ) -> Option<Refusal> {
+        match result {
+            Ok(clamd::ScanResult::Clean) => {
+                verdict.add("CLAMD", "clean (streamed)", 0.0);
+                None
+            }
+            Ok(clamd::ScanResult::Infected(name)) => {
+                verdict.add("CLAMD", format!("infected: {name}"), 0.0);
+                let refusal = Refusal::permanent("5.7.1", format!("message contains a virus ({name})"));
+                verdict.action = Action::Refuse(refusal.clone());
+                Some(refusal)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "clamd scan of a message over the scan limit failed");
+                verdict.add("CLAMD", format!("error: {error}"), 0.0);
+                (self.config.clamd_failure == ScanFailure::TempFail).then(|| {
+                    let refusal = Refusal::temporary("4.3.0", "virus scanner unavailable; try again later");
+                    verdict.action = Action::Refuse(refusal.clone());
+                    refusal
+                })
+            }
+        }
+    }
+
     /// The message as it is stored: the verdict's headers first, `Authentication-Results`
     /// headers forged with this server's authserv-id removed (RFC 8601 §5), the subject
     /// prefixed when it is spam.

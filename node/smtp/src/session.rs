@@ -65,6 +65,19 @@ struct BodyInProgress {
     /// The reply already decided for the message (an unscanned one refused on what the
     /// envelope showed); the rest of its data is discarded.
     settled: Option<Reply>,
+    /// The antivirus scan of a message that outgrew the scan limit, fed as it is stored.
+    virus_scan: Option<StreamedScan>,
+}
+
+/// The antivirus scan of a message too large to hold (it streams through clamd as it is
+/// stored, so content rules are skipped but the virus scan never is).
+enum StreamedScan {
+    /// Opened with the first data stored (when an antivirus is configured).
+    Pending,
+    /// Being fed.
+    Open(wmail_protection::clamd::Stream),
+    /// clamd could not be reached.
+    Failed(wmail_protection::clamd::ScanError),
 }
 
 /// A message held for the inbound checks.
@@ -805,6 +818,7 @@ impl Session {
                 scan,
                 unscanned: None,
                 settled: None,
+                virus_scan: None,
             });
         }
         self.transaction = Some(transaction);
@@ -906,6 +920,7 @@ impl Session {
             Some(chunks) => chunks,
             None => return,
         };
+        self.feed_virus_scan(&chunks).await;
         let Some(body) = self.transaction.as_mut().and_then(|t| t.body.as_mut()) else { return };
         if let Some(sender) = &body.sender {
             for chunk in chunks {
@@ -914,6 +929,41 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Feeds what is stored of a message over the scan limit to its antivirus scan (opening
+    /// it with the first data).
+    async fn feed_virus_scan(&mut self, chunks: &[Bytes]) {
+        let Some(body) = self.transaction.as_mut().and_then(|t| t.body.as_mut()) else { return };
+        if matches!(body.virus_scan, Some(StreamedScan::Pending)) {
+            let opened = match &self.protection {
+                Some(protection) => protection.stream_scan().await,
+                None => None,
+            };
+            body.virus_scan = opened.map(|opened| match opened {
+                Ok(stream) => StreamedScan::Open(stream),
+                Err(error) => StreamedScan::Failed(error),
+            });
+        }
+        if let Some(StreamedScan::Open(stream)) = &mut body.virus_scan {
+            for chunk in chunks {
+                stream.push(chunk).await;
+            }
+        }
+    }
+
+    /// Ends the antivirus scan of a message over the scan limit; returns the refusal it
+    /// leads to (a virus, or clamd failing when that defers mail), noted in its verdict.
+    async fn finish_virus_scan(&mut self) -> Option<Reply> {
+        let protection = self.protection.clone()?;
+        let body = self.transaction.as_mut()?.body.as_mut()?;
+        let result = match body.virus_scan.take()? {
+            StreamedScan::Pending => return None, // nothing was stored
+            StreamedScan::Open(stream) => stream.finish().await,
+            StreamedScan::Failed(error) => Err(error),
+        };
+        let verdict = body.unscanned.get_or_insert_with(Verdict::default);
+        protection.judge_stream_scan(result, verdict).map(|refusal| refusal_reply(&refusal))
     }
 
     /// Keeps chunks of a message held for the inbound checks, within the scan size limit and
@@ -956,6 +1006,7 @@ impl Session {
         let (sender, delivery) = self.spawn_delivery(&transaction, folder);
         let body = transaction.body.as_mut()?;
         let scan = body.scan.take()?;
+        body.virus_scan = Some(StreamedScan::Pending);
         let mut held = scan.trace;
         held.extend_from_slice(&protection.rewrite(&verdict, &scan.data));
         let mut out = vec![Bytes::from(held)];
@@ -1060,6 +1111,8 @@ impl Session {
             }
             None => Vec::new(),
         };
+        self.feed_virus_scan(&rest).await;
+        let virus_refusal = self.finish_virus_scan().await;
         let Some(mut transaction) = self.transaction.take() else {
             return vec![reply(554, "5.5.1", "no valid recipients")];
         };
@@ -1085,6 +1138,9 @@ impl Session {
         } else if let Some(settled) = body.settled.clone() {
             self.observer.message("rejected");
             Some(settled)
+        } else if let Some(refused) = virus_refusal {
+            self.observer.message("rejected");
+            Some(refused)
         } else if let Some(foreign) = self.foreign_from(body) {
             self.observer.message("spoofed_from");
             Some(reply(
