@@ -247,6 +247,16 @@ fn mailbox_key(account: u64, mailbox: u64) -> String {
     format!("{account}:{mailbox}")
 }
 
+/// Cuts `text` in place to at most [`MAX_INDEXED_TEXT`] bytes on a character boundary; says
+/// whether it cut. Callers that keep texts before indexing them cap them first, so memory
+/// stays bounded whatever the message ([`SearchIndex::add`] caps again).
+pub fn cap_text(text: &mut String) -> bool {
+    let (kept, cut) = capped(text);
+    let kept = kept.len();
+    text.truncate(kept);
+    cut
+}
+
 /// Cuts `text` to at most [`MAX_INDEXED_TEXT`] bytes on a character boundary; says whether
 /// it cut.
 fn capped(text: &str) -> (&str, bool) {

@@ -257,3 +257,15 @@ fn a_needle_too_long_for_the_index_is_left_to_the_scan() {
     assert_eq!(index.candidates(1, 1, &[TextField::Body], &long[..90]).unwrap(), Some(HashSet::from([1])));
     assert_eq!(index.candidates(1, 1, &[TextField::Body], &long[..150]).unwrap(), None, "over 32 windows");
 }
+
+#[test]
+fn texts_are_capped_in_place_on_a_character_boundary() {
+    let mut short = "短い text".to_string();
+    assert!(!cap_text(&mut short));
+    assert_eq!(short, "短い text");
+    // Three-byte characters straddling the cap: the cut falls before the one that crosses it.
+    let mut long = "会".repeat(MAX_INDEXED_TEXT / 3 + 2);
+    assert!(cap_text(&mut long));
+    assert!(long.len() <= MAX_INDEXED_TEXT && long.len() > MAX_INDEXED_TEXT - 3);
+    assert!(long.chars().all(|c| c == '会'));
+}

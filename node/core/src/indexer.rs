@@ -268,7 +268,8 @@ pub(crate) async fn indexer_worker(core: Weak<Core>) {
         tokio::time::sleep(PASS_INTERVAL).await;
         let Some(core) = core.upgrade() else { return };
         let accounts = std::mem::take(&mut *state.dirty.lock().expect("indexer lock"));
-        let mut pass = Pass { core: &core, progress: core.search.progress(), written: 0, texts: HashMap::new() };
+        let mut pass =
+            Pass { core: &core, progress: core.search.progress(), written: 0, texts: HashMap::new(), texts_bytes: 0 };
         retry = false;
         for account in accounts {
             if let Err(error) = pass.account(account).await {
@@ -292,21 +293,35 @@ pub(crate) async fn indexer_worker(core: Weak<Core>) {
 
 /// What is indexed of one message body.
 struct MessageTexts {
+    /// Each capped to [`wmail_search::MAX_INDEXED_TEXT`].
     texts: Vec<(SearchField, String)>,
     attachments: Vec<String>,
-    /// Some of the text is left out (the message is too large to read back).
+    /// Some of the text is left out (the message is too large to read back, or a text
+    /// was over the cap).
     truncated: bool,
     /// CPU time it took to extract.
     extraction: Duration,
 }
+
+impl MessageTexts {
+    fn bytes(&self) -> usize {
+        self.texts.iter().map(|(_, text)| text.len()).sum::<usize>()
+            + self.attachments.iter().map(String::len).sum::<usize>()
+    }
+}
+
+/// Most text bytes a pass keeps for bodies it may meet again.
+const PASS_CACHE_BYTES: usize = 64 << 20;
 
 /// One pass over the changed accounts.
 struct Pass<'a> {
     core: &'a Arc<Core>,
     progress: Progress,
     written: usize,
-    /// Texts of bodies seen in this pass (one delivery to many accounts shares a body).
+    /// Texts of bodies seen in this pass (one delivery to many accounts shares a body), at
+    /// most [`PASS_CACHE_BYTES`] of them.
     texts: HashMap<BlobId, Arc<MessageTexts>>,
+    texts_bytes: usize,
 }
 
 impl Pass<'_> {
@@ -425,9 +440,11 @@ impl Pass<'_> {
             None => {
                 let texts = Arc::new(self.texts_of(&record).await?);
                 worked += texts.extraction;
-                if self.texts.len() >= 64 {
+                if self.texts.len() >= 64 || self.texts_bytes + texts.bytes() > PASS_CACHE_BYTES {
                     self.texts.clear();
+                    self.texts_bytes = 0;
                 }
+                self.texts_bytes += texts.bytes();
                 self.texts.insert(record.blob, texts.clone());
                 texts
             }
@@ -481,8 +498,13 @@ impl Pass<'_> {
         };
         tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
-            let texts = search_texts(&raw, &summary);
-            MessageTexts { texts, attachments, truncated: false, extraction: started.elapsed() }
+            let mut texts = search_texts(&raw, &summary);
+            drop(raw);
+            let mut truncated = false;
+            for (_, text) in &mut texts {
+                truncated |= wmail_search::cap_text(text);
+            }
+            MessageTexts { texts, attachments, truncated, extraction: started.elapsed() }
         })
         .await
         .map_err(|e| CoreError::internal("extracting a message's text", e))
