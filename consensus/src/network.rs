@@ -76,8 +76,9 @@ pub enum PeerReply {
     ReadIndex(Result<u64, PeerError>),
     /// The membership change is committed.
     Membership(Result<(), PeerError>),
-    /// The node's status.
-    Status(NodeStatus),
+    /// The node's status, as JSON inside the message so releases can add fields: a field
+    /// another release does not send takes its default, one it does not know is ignored.
+    Status(#[serde(with = "json_inside")] NodeStatus),
     /// The application's answer to a join request.
     Join(Result<Vec<u8>, String>),
     /// The application's answer to an [`PeerRequest::App`] request.
@@ -112,7 +113,25 @@ pub enum PeerError {
     Failed(String),
 }
 
-/// What a node reports about itself.
+/// Carries a value as JSON bytes inside the peer protocol's postcard, which has no field
+/// names and so cannot skip or default a field.
+mod json_inside {
+    use serde::de::DeserializeOwned;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<T: Serialize, S: Serializer>(value: &T, serializer: S) -> Result<S::Ok, S::Error> {
+        let json = serde_json::to_vec(value).map_err(serde::ser::Error::custom)?;
+        json.serialize(serializer)
+    }
+
+    pub fn deserialize<'de, T: DeserializeOwned, D: Deserializer<'de>>(deserializer: D) -> Result<T, D::Error> {
+        let json = Vec::<u8>::deserialize(deserializer)?;
+        serde_json::from_slice(&json).map_err(serde::de::Error::custom)
+    }
+}
+
+/// What a node reports about itself. Fields added in later releases carry
+/// `#[serde(default)]` (see [`PeerReply::Status`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeStatus {
     /// Its id.
@@ -131,7 +150,9 @@ pub struct NodeStatus {
     pub committed_index: Option<u64>,
     /// The last index it applied.
     pub applied_index: Option<u64>,
-    /// The newest command version it applies ([`crate::CommandVersions::supported`]).
+    /// The newest command version it applies ([`crate::CommandVersions::supported`]; 0
+    /// from a node that does not say).
+    #[serde(default)]
     pub command_version: u16,
 }
 
