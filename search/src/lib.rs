@@ -39,8 +39,10 @@ pub use words::{Clause, QueryError, WORDS_TOKENIZER, WordScope, parse_query, wor
 /// marked truncated and is a candidate of every query (SEARCH then reads it).
 pub const MAX_INDEXED_TEXT: usize = 1 << 20;
 
-/// Bumped when the schema or the tokenizers change: an index of another version is rebuilt.
-const SCHEMA_VERSION: u32 = 3;
+/// Bumped when the schema, the tokenizers or core's search texts
+/// (`wmail_core::message::search_texts`) change: an index of another version is rebuilt.
+/// 4: group names in the address fields, source routes out of mailbox names.
+const SCHEMA_VERSION: u32 = 4;
 
 /// Bytes of body text stored per message for search snippets.
 const PREVIEW_BYTES: usize = 4096;

@@ -597,6 +597,48 @@ print("ok")
     assert_eq!(out.trim(), "ok");
 }
 
+/// Cases Dovecot's imaptest checks and wmail once got wrong.
+#[tokio::test]
+async fn conformance_cases_found_by_imaptest_scripts() {
+    let node = node_with_account("", None).await;
+    let out = imap(
+        &node,
+        r#"
+r = Raw()
+r.ok("CREATE conf")
+for message in [
+    b"Date: Sun, 25 Mar 2007 00:30:00 +0200\r\nSubject: a\r\nFrom: <@route.example:user@domain.example>\r\nTo: aa: a@b.c;, bb: d@e.f;\r\n\r\nx\r\n",
+    b"Date: Mon, 26 Mar 2007 10:00:00 +0000\r\nSubject: _\r\n\r\nx\r\n",
+    b"Date: Mon, 26 Mar 2007 10:00:00 +0000\r\nSubject: [xyz]\r\n\r\nx\r\n",
+    b"Date: Mon, 26 Mar 2007 10:00:00 +0000\r\nSubject: b\r\n\r\nx\r\n",
+]:
+    assert r.append("conf", message)[1].startswith("OK")
+r.ok("SELECT conf")
+# RFC 9051 §6.4.4: SENT* keys take the Date field's own date, disregarding its zone
+# (00:30 +0200 on the 25th is the 24th in UTC).
+assert numbers(r.ok("SEARCH SENTON 25-Mar-2007")) == [1]
+assert numbers(r.ok("SEARCH SENTON 24-Mar-2007")) == []
+assert numbers(r.ok("SEARCH SENTBEFORE 26-Mar-2007 SENTSINCE 25-Mar-2007")) == [1]
+# RFC 5256 i;ascii-casemap folds to upper case: "[" and "_" sort after the letters.
+assert numbers(r.ok("SORT (SUBJECT) US-ASCII ALL"), "SORT") == [1, 4, 3, 2]
+# RFC 9051 §7.5.2: a source route is the address's adl, not part of its mailbox.
+envelope = r.ok("FETCH 1 ENVELOPE")[0]
+assert b'((NIL "@route.example" "user" "domain.example"))' in envelope, envelope
+# RFC 9051 §6.4.4: every group name of To: is searched, not only the first.
+assert numbers(r.ok("SEARCH TO bb")) == [1]
+assert numbers(r.ok("SEARCH TO aa")) == [1]
+# RFC 7162 §3.1: FETCH MODSEQ turns CONDSTORE on (with HIGHESTMODSEQ, as SELECT did not
+# give it to a client that did not ask); from then on every FETCH has UID and MODSEQ.
+untagged = r.ok("FETCH 2 (MODSEQ)")
+assert any(u.startswith(b"* OK [HIGHESTMODSEQ ") for u in untagged), untagged
+stored = r.ok("STORE 2 +FLAGS (\\Seen)")
+assert b" UID 2 " in stored[0] and b"MODSEQ (" in stored[0], stored
+print("ok")
+"#,
+    );
+    assert_eq!(out.trim(), "ok");
+}
+
 #[tokio::test]
 async fn store_flags_keywords_and_condstore() {
     let node = node_with_account("", None).await;

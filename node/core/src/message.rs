@@ -23,7 +23,7 @@ pub const MAX_DEPTH: usize = 20;
 pub struct Address {
     /// The display name as written (quotes removed, RFC 2047 encoded words kept).
     pub name: Option<String>,
-    /// The source route (obsolete; never filled).
+    /// The source route (RFC 5322 §4.4 obs-route, such as `@relay.example`), if any.
     pub adl: Option<String>,
     /// The local part, or the group name of a group start marker.
     pub mailbox: Option<String>,
@@ -189,6 +189,16 @@ pub struct MessageSummary {
     pub root: Part,
 }
 
+impl MessageSummary {
+    /// The calendar date of the Date field in the sender's own time zone (what IMAP's SENT*
+    /// search keys compare: RFC 9051 §6.4.4 "disregarding time and timezone").
+    pub fn sent_date(&self) -> Option<chrono::NaiveDate> {
+        let written = self.envelope.date.as_deref()?;
+        let date = mail_parser::DateTime::parse_rfc822(written).filter(mail_parser::DateTime::is_valid)?;
+        chrono::NaiveDate::from_ymd_opt(i32::from(date.year), u32::from(date.month), u32::from(date.day))
+    }
+}
+
 /// Parses `raw` once and returns its summary. Never panics: broken MIME is recovered as well
 /// as mail-parser can, and input it cannot read at all becomes one text/plain body.
 pub fn summarize(raw: &[u8]) -> MessageSummary {
@@ -230,7 +240,15 @@ pub fn decode_header_text(value: &str) -> String {
 /// address's name and `mailbox@host`, plus the decoded display form.
 pub fn address_text(addresses: &[Address], display: &str) -> String {
     let mut text = String::from(display);
-    for address in addresses.iter().filter(|address| !address.is_group_marker()) {
+    for address in addresses {
+        if address.is_group_marker() {
+            // A group's name is part of the field SEARCH looks in (RFC 9051 §6.4.4).
+            if let Some(group) = &address.mailbox {
+                text.push('\n');
+                text.push_str(&decode_header_text(group));
+            }
+            continue;
+        }
         text.push('\n');
         if let Some(name) = &address.name {
             text.push_str(&decode_header_text(name));
@@ -702,6 +720,12 @@ fn addresses(value: &[u8]) -> Vec<Address> {
     let push_addr = |list: &mut Vec<Address>, addr: &mail_parser::Addr<'_>| {
         let name = addr.name.as_deref().map(unmask).filter(|name| !name.is_empty());
         let address = addr.address.as_deref().map(unmask).unwrap_or_default();
+        // RFC 5322 §4.4 obs-route ("@relay.example,@other:user@host"): the route goes to
+        // the address's adl (RFC 9051 §7.5.2), not into its mailbox name.
+        let (adl, address) = match address.strip_prefix('@').and_then(|_| address.split_once(':')) {
+            Some((route, rest)) => (Some(route.to_string()), rest.to_string()),
+            None => (None, address),
+        };
         let (mailbox, host) = match address.rsplit_once('@') {
             Some((mailbox, host)) => (mailbox.to_string(), host.to_string()),
             None => (address, String::new()),
@@ -710,7 +734,7 @@ fn addresses(value: &[u8]) -> Vec<Address> {
             // A phrase without an address: nothing IMAP can represent.
             return;
         }
-        list.push(Address { name, adl: None, mailbox: Some(mailbox), host: Some(host) });
+        list.push(Address { name, adl, mailbox: Some(mailbox), host: Some(host) });
     };
     match MessageStream::new(&masked).parse_address() {
         HeaderValue::Address(mail_parser::Address::List(addrs)) => {

@@ -182,7 +182,11 @@ impl Session {
         let read_only = selected.read_only;
         let first_recent = selected.first_recent_uid;
         let mut items = items.to_vec();
-        if uid && !items.contains(&FetchItem::Uid) {
+        if changed_since.is_some() || items.contains(&FetchItem::ModSeq) {
+            self.enable_condstore();
+        }
+        // RFC 7162 §3.1: once CONDSTORE is on, every untagged FETCH carries UID and MODSEQ.
+        if (uid || self.enabled.condstore) && !items.contains(&FetchItem::Uid) {
             items.insert(0, FetchItem::Uid);
         }
         if (changed_since.is_some() || self.enabled.condstore) && !items.contains(&FetchItem::ModSeq) {

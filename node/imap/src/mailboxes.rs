@@ -421,6 +421,9 @@ impl Session {
 
     async fn status(&mut self, tag: &str, raw: &str, items: &[StatusItem]) {
         let Some(mailbox) = self.fresh_mailbox(tag, raw).await else { return };
+        if items.contains(&StatusItem::HighestModSeq) {
+            self.enable_condstore();
+        }
         let line = self.status_line(&mailbox, items);
         self.queue(&line);
         self.ok(tag, "STATUS completed");

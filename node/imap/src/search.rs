@@ -204,10 +204,10 @@ fn matches(key: &SearchKey, candidate: &Candidate, context: &Context) -> bool {
         SearchKey::On(date) => day_of(record.internal_date_ms as i64) == *date,
         SearchKey::Since(date) => day_of(record.internal_date_ms as i64) >= *date,
         SearchKey::SentBefore(date) | SearchKey::SentOn(date) | SearchKey::SentSince(date) => {
-            let Some(sent) = candidate.summary.as_ref().and_then(|summary| summary.sent_date_ms) else {
+            // RFC 9051 §6.4.4: the Date field's own date, disregarding time and timezone.
+            let Some(day) = candidate.summary.as_ref().and_then(MessageSummary::sent_date) else {
                 return false;
             };
-            let day = day_of(sent);
             match key {
                 SearchKey::SentBefore(_) => day < *date,
                 SearchKey::SentOn(_) => day == *date,
@@ -396,6 +396,9 @@ impl Session {
             && !charset.eq_ignore_ascii_case("US-ASCII")
         {
             return self.no(tag, "[BADCHARSET (UTF-8 US-ASCII)] unsupported charset");
+        }
+        if uses_modseq(key) {
+            self.enable_condstore();
         }
         let found = match self.evaluate(key, false).await {
             Ok(found) => found,
@@ -592,8 +595,9 @@ fn compare(key: SortKey, a: &Candidate, b: &Candidate) -> Ordering {
         c.summary.as_ref().expect("loaded for SORT")
     }
     let date = |c: &Candidate| summary(c).sent_date_ms.unwrap_or(c.record.internal_date_ms as i64);
-    // RFC 5256 uses the i;ascii-casemap collation: compare case-insensitively.
-    let text = |value: &str| value.to_ascii_lowercase();
+    // RFC 5256 uses the i;ascii-casemap collation, which folds a-z to A-Z (RFC 4790 §9.2):
+    // "[" and "_" sort after the letters, not before them.
+    let text = |value: &str| value.to_ascii_uppercase();
     match key {
         SortKey::Arrival => a.record.internal_date_ms.cmp(&b.record.internal_date_ms),
         SortKey::Date => date(a).cmp(&date(b)),

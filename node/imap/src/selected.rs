@@ -120,6 +120,21 @@ impl Selected {
 }
 
 impl Session {
+    /// RFC 7162 §3.1: a CONDSTORE enabling command (FETCH or SEARCH with MODSEQ, FETCH
+    /// CHANGEDSINCE, STORE UNCHANGEDSINCE, STATUS HIGHESTMODSEQ; SELECT/EXAMINE (CONDSTORE)
+    /// and ENABLE set it themselves) turns CONDSTORE on for the rest of the connection: from
+    /// then on every untagged FETCH carries UID and MODSEQ. Turned on with a mailbox
+    /// selected, the client is told its HIGHESTMODSEQ (which it saw no SELECT give).
+    pub(crate) fn enable_condstore(&mut self) {
+        if std::mem::replace(&mut self.enabled.condstore, true) {
+            return;
+        }
+        if let Some(selected) = &self.selected {
+            let highest = selected.known_modseq;
+            self.untagged(&format!("OK [HIGHESTMODSEQ {highest}] CONDSTORE is on"));
+        }
+    }
+
     /// Brings the selected view up to date with the change log and queues the untagged
     /// responses: EXPUNGE or VANISHED (only when `expunges_allowed`), FETCH for changed
     /// flags, EXISTS and RECENT for new messages.
@@ -262,7 +277,10 @@ impl Session {
             Ok((_, failed)) => failed,
             Err(error) => return self.no_for(tag, &error),
         };
-        let condstore = self.enabled.condstore || unchanged_since.is_some();
+        if unchanged_since.is_some() {
+            self.enable_condstore();
+        }
+        let condstore = self.enabled.condstore;
         let mut out = Vec::new();
         let failed_set: std::collections::HashSet<u32> = failed.iter().copied().collect();
         let mut records = crate::fetch::Records::new(&self.core, account_id, mailbox_id, &targets);
@@ -281,7 +299,8 @@ impl Session {
                     push_flags(&mut out, display_flags(&record, selected.first_recent_uid, self.enabled.rev2));
                     out.push(b' ');
                 }
-                if uid {
+                // RFC 7162 §3.1: once CONDSTORE is on, every untagged FETCH carries UID.
+                if uid || condstore {
                     out.extend_from_slice(format!("UID {uid_value} ").as_bytes());
                 }
                 if condstore {
