@@ -633,6 +633,13 @@ untagged = r.ok("FETCH 2 (MODSEQ)")
 assert any(u.startswith(b"* OK [HIGHESTMODSEQ ") for u in untagged), untagged
 stored = r.ok("STORE 2 +FLAGS (\\Seen)")
 assert b" UID 2 " in stored[0] and b"MODSEQ (" in stored[0], stored
+# RFC 5258: a parent listed for RECURSIVEMATCH carries its child attributes too.
+r.ok("CREATE p/")
+r.ok("CREATE p/c")
+r.ok("SUBSCRIBE p/c")
+untagged = r.ok('LIST (SUBSCRIBED RECURSIVEMATCH) "" p% RETURN (CHILDREN)')
+parent = [u for u in untagged if b'"p"' in u or u.rstrip().endswith(b" p")]
+assert len(parent) == 1 and b"\\HasChildren" in parent[0] and b"CHILDINFO" in parent[0], untagged
 print("ok")
 "#,
     );

@@ -379,7 +379,14 @@ impl Session {
                     self.push_mailbox_name(&mut out, name);
                     out.extend_from_slice(b"\r\n");
                 } else if options.recursive_match && child_subscribed {
-                    out.extend_from_slice(b"* LIST () \"/\" ");
+                    // With the same child attributes as every other LIST line (RFC 5258 §4
+                    // CHILDREN; wmail always returns them).
+                    let mut attributes = Vec::new();
+                    if mailbox.is_none() {
+                        attributes.push("\\NonExistent");
+                    }
+                    attributes.push(if has_children { "\\HasChildren" } else { "\\HasNoChildren" });
+                    out.extend_from_slice(format!("* LIST ({}) \"/\" ", attributes.join(" ")).as_bytes());
                     self.push_mailbox_name(&mut out, name);
                     out.extend_from_slice(b" (\"CHILDINFO\" (\"SUBSCRIBED\"))\r\n");
                 }
