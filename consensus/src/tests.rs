@@ -178,19 +178,31 @@ async fn wait_for_leader(nodes: &[&Consensus], except: Option<NodeId>) -> NodeId
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_nodes_replicate_fail_over_and_catch_up_by_snapshot() {
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let router = InMemoryRouter::default();
-    let mut nodes = Vec::new();
-    let mut states = Vec::new();
+/// Opens nodes 1, 2 and 3 in `dirs` on `router` (not joined yet); `versions` says what
+/// each applies.
+async fn open_three(
+    dirs: &[tempfile::TempDir],
+    router: &InMemoryRouter,
+    snapshot_every: u64,
+    versions: impl Fn(NodeId) -> CommandVersions,
+) -> (Vec<Consensus>, Vec<Arc<FileState>>) {
+    let (mut nodes, mut states) = (Vec::new(), Vec::new());
     for (index, dir) in dirs.iter().enumerate() {
         let id = index as NodeId + 1;
-        let (node, state) = open_node(dir.path(), id, router.transport_for(id), 20).await;
+        let (node, state) =
+            open_versioned_node(dir.path(), id, router.transport_for(id), snapshot_every, versions(id)).await;
         router.add(id, node.peer_handler(None));
         nodes.push(node);
         states.push(state);
     }
+    (nodes, states)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_replicate_fail_over_and_catch_up_by_snapshot() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let router = InMemoryRouter::default();
+    let (nodes, states) = open_three(&dirs, &router, 20, |_| CommandVersions::default()).await;
     let members: BTreeMap<_, _> = (1..=3).map(|id| (id, BasicNode::new(format!("node-{id}")))).collect();
     nodes[0].raft().initialize(members).await.unwrap();
     let all: Vec<&Consensus> = nodes.iter().collect();
@@ -242,18 +254,9 @@ fn kv_versions(supported: u16) -> CommandVersions {
 async fn a_command_waits_until_every_voter_applies_its_version() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let router = InMemoryRouter::default();
-    let mut nodes = Vec::new();
-    let mut states = Vec::new();
-    for (index, dir) in dirs.iter().enumerate() {
-        let id = index as NodeId + 1;
-        // Node 3 runs an older release, which applies commands up to version 1.
-        let supported = if id == 3 { 1 } else { 2 };
-        let (node, state) =
-            open_versioned_node(dir.path(), id, router.transport_for(id), 1_000, kv_versions(supported)).await;
-        router.add(id, node.peer_handler(None));
-        nodes.push(node);
-        states.push(state);
-    }
+    // Node 3 runs an older release, which applies commands up to version 1.
+    let (mut nodes, mut states) =
+        open_three(&dirs, &router, 1_000, |id| kv_versions(if id == 3 { 1 } else { 2 })).await;
     let members: BTreeMap<_, _> = (1..=2).map(|id| (id, BasicNode::new(format!("node-{id}")))).collect();
     nodes[0].raft().initialize(members).await.unwrap();
     let leader = wait_for_leader(&[&nodes[0], &nodes[1]], None).await;

@@ -205,38 +205,6 @@ struct JoinReply {
     cert_expires_ms: u64,
 }
 
-/// What a member of a release from before certificates expired answers.
-#[derive(Debug, Deserialize)]
-struct JoinReplyWithoutExpiry {
-    node_id: NodeId,
-    learner: bool,
-    cert_pem: String,
-    ca_pem: String,
-    member_id: NodeId,
-    member_addr: String,
-}
-
-impl JoinReply {
-    fn decode(bytes: &[u8]) -> Result<(Self, Option<u64>)> {
-        if let Ok(reply) = postcard::from_bytes::<JoinReply>(bytes) {
-            let expires = Some(reply.cert_expires_ms);
-            return Ok((reply, expires));
-        }
-        let old: JoinReplyWithoutExpiry =
-            postcard::from_bytes(bytes).map_err(|e| internal("decoding the join reply", e))?;
-        let reply = JoinReply {
-            node_id: old.node_id,
-            learner: old.learner,
-            cert_pem: old.cert_pem,
-            ca_pem: old.ca_pem,
-            member_id: old.member_id,
-            member_addr: old.member_addr,
-            cert_expires_ms: 0,
-        };
-        Ok((reply, None))
-    }
-}
-
 /// Enrols this node at `target`: proves the token, receives a node id and a certificate.
 /// Asks again, with the same key, when the member cannot be reached or the answer is lost.
 pub(crate) async fn enrol(data_dir: &Path, target: &JoinTarget, advertise_addr: &str) -> Result<StoredIdentity> {
@@ -265,7 +233,7 @@ pub(crate) async fn enrol(data_dir: &Path, target: &JoinTarget, advertise_addr: 
             }
         }
     };
-    let (reply, cert_expires_ms) = JoinReply::decode(&reply)?;
+    let reply: JoinReply = postcard::from_bytes(&reply).map_err(|e| internal("decoding the join reply", e))?;
     if tls::fingerprint(&reply.ca_pem).ok() != Some(fingerprint) {
         return Err(CoreError::new(ErrorCode::Conflict, "the member sent a CA that does not match the token"));
     }
@@ -279,7 +247,7 @@ pub(crate) async fn enrol(data_dir: &Path, target: &JoinTarget, advertise_addr: 
             member_addr: reply.member_addr,
             learner: reply.learner,
         }),
-        cert_expires_ms,
+        cert_expires_ms: Some(reply.cert_expires_ms),
     };
     save_identity(data_dir, &identity)?;
     if let Err(error) = std::fs::remove_file(joining_key_path(data_dir)) {
