@@ -19,7 +19,7 @@ use crate::records::{
 /// asks the operator to upgrade (it never skips a command); the leader proposes a command
 /// only once every voter reports a version at least the command's
 /// ([`Command::required_version`]), so a rolling upgrade never reaches that point.
-pub const COMMAND_VERSION: u16 = 3;
+pub const COMMAND_VERSION: u16 = 4;
 
 /// What a node that does not report its command version (a release from before versions
 /// were reported) is taken to know.
@@ -297,6 +297,12 @@ pub enum Command {
     /// idempotent: that node asking again with the spent token (its answer was lost) gets
     /// the same node id until the token would have expired, unless that node was revoked.
     EnrolNodeKey { hash: [u8; 32], addr: String, taken: Vec<u64>, key: [u8; 32] },
+    /// Claims the mailbox's unclaimed `\Recent` messages below UID `up_to` (those the
+    /// claiming session knows of) for one session: the outcome's `first_recent_uid` is the
+    /// first unclaimed UID before the claim, so the session won exactly the UIDs from there
+    /// up to `up_to` (RFC 3501 §2.3.2: one session is told a message is recent). Messages
+    /// that arrived meanwhile stay unclaimed for the session told of them first.
+    ClaimRecentUpTo { account_id: u64, mailbox_id: u64, up_to: u32 },
 }
 
 impl Command {
@@ -318,6 +324,8 @@ impl Command {
             | Command::TrainBayes { .. } => 2,
             // Version 3: idempotent enrolment.
             Command::EnrolNodeKey { .. } => 3,
+            // Version 4: exact \Recent claims.
+            Command::ClaimRecentUpTo { .. } => 4,
             _ => 1,
         }
     }

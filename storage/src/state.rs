@@ -1069,6 +1069,14 @@ impl<'a> Tx<'a> {
                 mailbox.first_recent_uid = mailbox.uid_next;
                 Ok(Ok(Outcome::RecentClaimed { first_recent_uid }))
             }
+            Command::ClaimRecentUpTo { account_id, mailbox_id, up_to } => {
+                let Some(mailbox) = self.mailbox(account_id, mailbox_id)? else {
+                    return Ok(Err(CommandError::not_found("mailbox", mailbox_id)));
+                };
+                let first_recent_uid = mailbox.first_recent_uid;
+                mailbox.first_recent_uid = first_recent_uid.max(up_to.min(mailbox.uid_next));
+                Ok(Ok(Outcome::RecentClaimed { first_recent_uid }))
+            }
             Command::Deliver {
                 blob,
                 stored_after_index,

@@ -1104,6 +1104,20 @@ deadline = time.time() + 5
 while b"* 0 RECENT\r\n" not in b.ok("EXAMINE INBOX"):
     assert time.time() < deadline, "E's claim of the message it was told of first was never applied"
     time.sleep(0.05)
+# Two sessions told of the same new message: exactly one of them sees it as recent
+# (imaptest's "append" checks this).
+f, g = Raw(), Raw()
+f.ok("SELECT INBOX")
+g.ok("SELECT INBOX")
+assert appenduid(g.append("INBOX", b"Subject: fifth\r\n\r\nx\r\n")[1])[1] == 5
+f.ok("NOOP")
+g.ok("NOOP")
+recent_in = [b"\\Recent" in fetches(s.ok("FETCH 5 (FLAGS)"))[5] for s in (f, g)]
+assert recent_in.count(True) == 1, recent_in
+# EXAMINE shows what is unclaimed as recent, and claims nothing (RFC 3501 §6.3.2).
+assert appenduid(b.append("INBOX", b"Subject: sixth\r\n\r\nx\r\n")[1])[1] == 6
+for _ in range(2):
+    assert b"* 1 RECENT\r\n" in Raw().ok("EXAMINE INBOX")
 print("ok")
 "#,
     );

@@ -440,11 +440,12 @@ impl Core {
         }
     }
 
-    /// Claims the `\Recent` messages of a mailbox for the calling session; returns the
-    /// first UID that is recent for it.
-    pub async fn claim_recent(&self, account_id: u64, mailbox_id: u64) -> Result<u32> {
-        match self.execute(Command::ClaimRecent { account_id, mailbox_id }).await? {
-            Outcome::RecentClaimed { first_recent_uid } => Ok(first_recent_uid),
+    /// Claims the unclaimed `\Recent` messages of a mailbox below UID `up_to` for the
+    /// calling session, once it is committed; returns the UIDs it won (empty when another
+    /// session was first).
+    pub async fn claim_recent(&self, account_id: u64, mailbox_id: u64, up_to: u32) -> Result<std::ops::Range<u32>> {
+        match self.execute(Command::ClaimRecentUpTo { account_id, mailbox_id, up_to }).await? {
+            Outcome::RecentClaimed { first_recent_uid } => Ok(first_recent_uid..up_to.max(first_recent_uid)),
             other => Err(unexpected("claiming recent messages", other)),
         }
     }

@@ -13,7 +13,7 @@ use wmail_core::{Core, FlagAction, MessageRecord};
 use crate::proto::body::{decoded_part, section_bytes, write_body_structure, write_envelope};
 use crate::proto::command::{FetchItem, Section, SectionText, SequenceSet};
 use crate::proto::response::{push_flags, push_literal_header};
-use crate::selected::{compress_set, display_flags, set_contains};
+use crate::selected::{Recent, compress_set, display_flags, set_contains};
 use crate::session::Session;
 
 /// Messages whose index records are read together by FETCH and STORE.
@@ -180,7 +180,7 @@ impl Session {
         };
         let mailbox_id = selected.mailbox_id;
         let read_only = selected.read_only;
-        let first_recent = selected.first_recent_uid;
+        let recent = selected.recent.clone();
         let mut items = items.to_vec();
         if changed_since.is_some() || items.contains(&FetchItem::ModSeq) {
             self.enable_condstore();
@@ -255,7 +255,7 @@ impl Session {
                     selected.pending_flags.remove(&uid_value);
                 }
             }
-            if !self.write_fetch(seq, &record, &items, content.as_ref(), add_flags, first_recent).await {
+            if !self.write_fetch(seq, &record, &items, content.as_ref(), add_flags, &recent).await {
                 return;
             }
             if !self.flush_if_large().await {
@@ -301,7 +301,7 @@ impl Session {
         items: &[FetchItem],
         content: Option<&Content>,
         add_flags: bool,
-        first_recent: u32,
+        recent: &Recent,
     ) -> bool {
         let utf8 = self.enabled.utf8();
         let rev2 = self.enabled.rev2;
@@ -322,7 +322,7 @@ impl Session {
                 FetchItem::Uid => out.extend_from_slice(format!("UID {}", record.uid).as_bytes()),
                 FetchItem::Flags => {
                     out.extend_from_slice(b"FLAGS ");
-                    push_flags(&mut out, display_flags(&record, first_recent, rev2));
+                    push_flags(&mut out, display_flags(&record, recent, rev2));
                 }
                 FetchItem::InternalDate => out.extend_from_slice(
                     format!("INTERNALDATE \"{}\"", internal_date(record.internal_date_ms)).as_bytes(),
@@ -419,7 +419,7 @@ impl Session {
         if add_flags && !items.contains(&FetchItem::Flags) {
             separator(&mut out);
             out.extend_from_slice(b"FLAGS ");
-            push_flags(&mut out, display_flags(&record, first_recent, rev2));
+            push_flags(&mut out, display_flags(&record, recent, rev2));
         }
         out.extend_from_slice(b")\r\n");
         self.queue(&out);

@@ -129,26 +129,31 @@ impl Session {
         let count = scan.uids.len();
         let uids = crate::uid_list::UidList::from_sorted(scan.uids.iter().copied());
         let mut selected = Selected::new(&mailbox, uids, read_only, last_change_id);
-        if !self.enabled.rev2 && !read_only && mailbox.first_recent_uid < mailbox.uid_next {
-            // The messages from the mailbox's first unclaimed UID up are \Recent here, and
-            // the claim is replicated without holding SELECT up for its commit: a session
-            // that selects before the claim is applied sees them as recent too, which RFC
-            // 3501 §2.3.2 prefers to hiding them ("SHOULD be considered recent").
-            selected.first_recent_uid = mailbox.first_recent_uid;
-            let (core, session) = (self.core.clone(), self.id.clone());
-            tokio::spawn(async move {
-                if let Err(error) = core.claim_recent(account_id, mailbox.id).await {
-                    tracing::warn!(%session, %error, "cannot claim \\Recent");
+        if !self.enabled.rev2 && mailbox.first_recent_uid < mailbox.uid_next {
+            // RFC 3501 §2.3.2: the unclaimed messages are \Recent for the first session to
+            // select the mailbox, which claims them (a replicated claim, waited for only
+            // when there is something to claim, so exactly one session wins each
+            // message). EXAMINE shows them without claiming (RFC 3501 §6.3.2).
+            let unclaimed = mailbox.first_recent_uid..mailbox.uid_next;
+            let won = if read_only {
+                unclaimed
+            } else {
+                match self.core.claim_recent(account_id, mailbox.id, mailbox.uid_next).await {
+                    Ok(won) => won,
+                    Err(error) => {
+                        tracing::warn!(session = %self.id, %error, "cannot claim \\Recent");
+                        0..0
+                    }
                 }
-            });
+            };
+            selected.recent.add(won);
         }
         let rev2 = self.enabled.rev2;
         let keywords: String = scan.keywords.iter().map(|keyword| format!(" {keyword}")).collect();
         let mut out = Vec::new();
         out.extend_from_slice(format!("* {count} EXISTS\r\n").as_bytes());
         if !rev2 {
-            let recent = count - selected.uids.count_below(selected.first_recent_uid);
-            out.extend_from_slice(format!("* {recent} RECENT\r\n").as_bytes());
+            out.extend_from_slice(format!("* {} RECENT\r\n", selected.recent.count_in(&selected.uids)).as_bytes());
             // RFC 3501 §6.3.1: the first unseen message.
             if let Some(index) = scan.first_unseen {
                 out.extend_from_slice(format!("* OK [UNSEEN {}] first unseen\r\n", index + 1).as_bytes());
@@ -235,10 +240,7 @@ impl Session {
         }
         for (index, message) in changed {
             out.extend_from_slice(format!("* {} FETCH (UID {} FLAGS ", index + 1, message.uid).as_bytes());
-            crate::proto::response::push_flags(
-                out,
-                display_flags(message, selected.first_recent_uid, self.enabled.rev2),
-            );
+            crate::proto::response::push_flags(out, display_flags(message, &selected.recent, self.enabled.rev2));
             out.extend_from_slice(format!(" MODSEQ ({}))\r\n", message.modseq).as_bytes());
         }
     }

@@ -25,8 +25,8 @@ pub struct Selected {
     pub read_only: bool,
     /// UIDs by message sequence number (index + 1), ascending.
     pub uids: UidList,
-    /// UIDs from this one up are `\Recent` for this session (IMAP4rev1 only).
-    pub first_recent_uid: u32,
+    /// The UIDs that are `\Recent` for this session (IMAP4rev1 only).
+    pub recent: Recent,
     /// The last change-log entry applied to this view.
     pub last_change_id: u64,
     /// The highest MODSEQ this view has accounted for (for a resync after the change log
@@ -52,7 +52,7 @@ impl Selected {
             name: mailbox.name.clone(),
             read_only,
             uids,
-            first_recent_uid: u32::MAX,
+            recent: Recent::default(),
             last_change_id,
             known_modseq: mailbox.highest_modseq,
             pending_expunges: BTreeSet::new(),
@@ -198,38 +198,43 @@ impl Session {
             if selected.reported_modseq.remove(&uid).is_some_and(|reported| reported >= record.modseq) {
                 continue;
             }
-            write_flags_fetch(
-                &mut out,
-                seq,
-                &record,
-                self.enabled.condstore,
-                selected.first_recent_uid,
-                self.enabled.rev2,
-            );
+            write_flags_fetch(&mut out, seq, &record, self.enabled.condstore, &selected.recent, self.enabled.rev2);
         }
         // Every change this session made itself is now read from the log: forget them.
         selected.reported_modseq.clear();
-        if let Some(first_new_uid) = first_new_uid
+        if let (Some(first_new_uid), Some(last)) = (first_new_uid, selected.uids.last())
             && !self.enabled.rev2
-            && !selected.read_only
-            && first_new_uid < selected.first_recent_uid
         {
-            // RFC 3501 §2.3.2: this session is the first told of the new messages, so they
-            // are \Recent here, and claimed (without waiting for the commit) so that a
-            // session selecting later does not see them as recent too.
-            selected.first_recent_uid = first_new_uid;
-            let (core, session, mailbox_id) = (self.core.clone(), self.id.clone(), selected.mailbox_id);
-            tokio::spawn(async move {
-                if let Err(error) = core.claim_recent(account, mailbox_id).await {
-                    tracing::warn!(%session, %error, "cannot claim \\Recent");
+            // RFC 3501 §2.3.2: the new messages are \Recent for the first session told of
+            // them. This one claims them (a replicated claim, waited for, so exactly one
+            // session wins each message); an EXAMINE shows them without claiming.
+            let mailbox_id = selected.mailbox_id;
+            // Every session told of a message would otherwise propose a claim: skip it when
+            // this node has already applied another session's claim of all of them.
+            let all_claimed =
+                || self.core.mailbox(account, mailbox_id).ok().flatten().is_some_and(|m| m.first_recent_uid > last);
+            let won = if selected.read_only {
+                first_new_uid..last + 1
+            } else if all_claimed() {
+                0..0
+            } else {
+                match self.core.claim_recent(account, mailbox_id, last + 1).await {
+                    Ok(won) => won,
+                    Err(error) => {
+                        tracing::warn!(session = %self.id, %error, "cannot claim \\Recent");
+                        0..0
+                    }
                 }
-            });
+            };
+            if let Some(selected) = self.selected.as_mut() {
+                selected.recent.add(won);
+            }
         }
+        let Some(selected) = self.selected.as_mut() else { return };
         if added {
             out.extend_from_slice(format!("* {} EXISTS\r\n", selected.uids.len()).as_bytes());
             if !self.enabled.rev2 {
-                let recent = selected.uids.len() - selected.uids.count_below(selected.first_recent_uid);
-                out.extend_from_slice(format!("* {recent} RECENT\r\n").as_bytes());
+                out.extend_from_slice(format!("* {} RECENT\r\n", selected.recent.count_in(&selected.uids)).as_bytes());
             }
         }
         self.queue(&out);
@@ -296,7 +301,7 @@ impl Session {
                 out.extend_from_slice(format!("* {seq} FETCH (").as_bytes());
                 if !silent {
                     out.extend_from_slice(b"FLAGS ");
-                    push_flags(&mut out, display_flags(&record, selected.first_recent_uid, self.enabled.rev2));
+                    push_flags(&mut out, display_flags(&record, &selected.recent, self.enabled.rev2));
                     out.push(b' ');
                 }
                 // RFC 7162 §3.1: once CONDSTORE is on, every untagged FETCH carries UID.
@@ -498,10 +503,38 @@ pub(crate) fn set_contains(set: &SequenceSet, value: u32, largest: u32, saved: O
     }
 }
 
+/// The UIDs that are `\Recent` for one session (RFC 3501 §2.3.2): those it claimed first
+/// (or, after EXAMINE, the unclaimed ones), as ascending ranges.
+#[derive(Debug, Clone, Default)]
+pub struct Recent(Vec<std::ops::Range<u32>>);
+
+impl Recent {
+    /// Adds `uids` (ignored when empty).
+    pub fn add(&mut self, uids: std::ops::Range<u32>) {
+        if uids.is_empty() {
+            return;
+        }
+        match self.0.last_mut() {
+            Some(last) if last.end >= uids.start => last.end = last.end.max(uids.end),
+            _ => self.0.push(uids),
+        }
+    }
+
+    /// Whether `uid` is recent.
+    pub fn contains(&self, uid: u32) -> bool {
+        self.0.iter().any(|range| range.contains(&uid))
+    }
+
+    /// How many of `uids` are recent.
+    pub fn count_in(&self, uids: &UidList) -> usize {
+        self.0.iter().map(|range| uids.count_below(range.end) - uids.count_below(range.start)).sum()
+    }
+}
+
 /// Flags as the client sees them: the stored ones plus `\Recent` for rev1 sessions.
-pub(crate) fn display_flags(record: &MessageRecord, first_recent_uid: u32, rev2: bool) -> Vec<String> {
+pub(crate) fn display_flags(record: &MessageRecord, recent: &Recent, rev2: bool) -> Vec<String> {
     let mut flags = record.flags.clone();
-    if !rev2 && record.uid >= first_recent_uid {
+    if !rev2 && recent.contains(record.uid) {
         flags.push("\\Recent".into());
     }
     flags
@@ -514,11 +547,11 @@ fn write_flags_fetch(
     seq: u32,
     record: &MessageRecord,
     condstore: bool,
-    first_recent: u32,
+    recent: &Recent,
     rev2: bool,
 ) {
     out.extend_from_slice(format!("* {seq} FETCH (FLAGS ").as_bytes());
-    push_flags(out, display_flags(record, first_recent, rev2));
+    push_flags(out, display_flags(record, recent, rev2));
     out.extend_from_slice(format!(" UID {}", record.uid).as_bytes());
     if condstore {
         out.extend_from_slice(format!(" MODSEQ ({})", record.modseq).as_bytes());
@@ -587,7 +620,7 @@ mod tests {
             name: "INBOX".into(),
             read_only: false,
             uids: UidList::from_sorted(uids.iter().copied()),
-            first_recent_uid: u32::MAX,
+            recent: Recent::default(),
             last_change_id: 0,
             known_modseq: 0,
             pending_expunges: BTreeSet::new(),
