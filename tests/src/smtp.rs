@@ -182,11 +182,20 @@ except smtplib.SMTPDataError as e:
 # keeps its author's From: under her Resent-From:; someone else's Resent-From: is refused.
 bounced = b"From: Carol <carol@remote.test>\r\nSubject: from carol\r\n\r\nx\r\n"
 assert s.sendmail("alice@example.com", ["alice@example.com"], b"Resent-From: Alice <alice@example.com>\r\nResent-To: alice@example.com\r\n" + bounced) == {}
-try:
-    s.sendmail("alice@example.com", ["alice@example.com"], b"Resent-From: ceo@example.com\r\n" + bounced)
-    print("foreign resender accepted")
-except smtplib.SMTPDataError as e:
-    assert e.smtp_code == 553, e
+for spoof in [
+    b"Resent-From: ceo@example.com\r\n" + bounced,
+    # An empty Resent-From: does not hide a From: of someone else here...
+    b"Resent-From:\r\nFrom: The CEO <ceo@example.com>\r\nSubject: pay\r\n\r\nx\r\n",
+    # ... nor does her own: a From: in a domain hosted here must still be hers.
+    b"Resent-From: alice@example.com\r\nFrom: The CEO <ceo@example.com>\r\nSubject: pay\r\n\r\nx\r\n",
+    # A From: field without an address is no author at all.
+    b"From: The CEO\r\nSubject: pay\r\n\r\nx\r\n",
+]:
+    try:
+        s.sendmail("alice@example.com", ["alice@example.com"], spoof)
+        print("spoof accepted: %r" % spoof[:60])
+    except smtplib.SMTPDataError as e:
+        assert e.smtp_code == 553, e
 s.quit()
 "#,
     );

@@ -18,7 +18,7 @@ pub struct BodyAssembler {
     header_done: bool,
     add_missing: Option<MissingHeaders>,
     received_headers: usize,
-    author_addresses: Vec<String>,
+    authors: Authors,
     data_size: u64,
     /// Whether to keep the header section (for delivery reports), and the kept copy.
     keep_section: bool,
@@ -43,7 +43,7 @@ impl BodyAssembler {
             header_done: false,
             add_missing,
             received_headers: 0,
-            author_addresses: Vec::new(),
+            authors: Authors::default(),
             data_size: 0,
             keep_section: false,
             section: Vec::new(),
@@ -71,10 +71,9 @@ impl BodyAssembler {
         self.received_headers
     }
 
-    /// Who wrote the message, or last resent it (lowercase addresses): the topmost
-    /// Resent-From: field when there is one, else the From: field(s). See [`authors`].
-    pub fn author_addresses(&self) -> &[String] {
-        &self.author_addresses
+    /// Who wrote the message and who last resent it (see [`Authors`]).
+    pub fn authors(&self) -> &Authors {
+        &self.authors
     }
 
     /// Takes a data chunk; returns what may be stored now.
@@ -122,7 +121,7 @@ impl BodyAssembler {
                 _ => {}
             }
         }
-        self.author_addresses = authors(section, &fields);
+        self.authors = authors(section, &fields);
         if self.keep_section {
             self.section = section.to_vec();
         }
@@ -160,35 +159,49 @@ fn unfolded_fields(section: &[u8]) -> Vec<(String, String)> {
     fields
 }
 
-/// Who wrote the message, or last resent it: a message the user resends unchanged (a
-/// "bounce" or redirect) keeps its author's From: and gains a block of Resent-* fields on
-/// top, the newest first (RFC 5322 §3.6.6), whose Resent-From: names the user; otherwise
-/// From: names the authors (§3.6.2). Both mail-parser's reading and a plain scan of the
-/// field count, so no address escapes a check by confusing one of them.
-fn authors(section: &[u8], fields: &[(String, String)]) -> Vec<String> {
+/// Who wrote a message and who last resent it (lowercase addresses). A message the user
+/// resends unchanged (a "bounce" or redirect) keeps its author's From: and gains a block
+/// of Resent-* fields on top, the newest first (RFC 5322 §3.6.6), whose Resent-From:
+/// names the user.
+#[derive(Debug, Default)]
+pub struct Authors {
+    /// The From: field(s) (RFC 5322 §3.6.2).
+    pub from: Vec<String>,
+    /// Whether there is a From: field (with or without a readable address).
+    pub has_from: bool,
+    /// The topmost Resent-From: field, when there is one (possibly without a readable
+    /// address).
+    pub resent_from: Option<Vec<String>>,
+}
+
+/// Reads [`Authors`]: both mail-parser's reading and a plain scan of each field count, so
+/// no address escapes a check by confusing one of them.
+fn authors(section: &[u8], fields: &[(String, String)]) -> Authors {
     use mail_parser::HeaderName;
-    let resent = fields.iter().find(|(name, _)| name == "resent-from");
     let parsed = mail_parser::MessageParser::new().parse_headers(section);
-    let parsed_values: Vec<&mail_parser::HeaderValue> = match (&parsed, resent) {
-        (None, _) => Vec::new(),
-        (Some(message), Some(_)) => message.header_values(HeaderName::ResentFrom).take(1).collect(),
-        (Some(message), None) => message.header_values(HeaderName::From).collect(),
+    let read = |name: HeaderName, raw: &mut dyn Iterator<Item = &String>, first_only: bool| {
+        let values: Vec<&mail_parser::HeaderValue> = match &parsed {
+            Some(message) => message.header_values(name).take(if first_only { 1 } else { usize::MAX }).collect(),
+            None => Vec::new(),
+        };
+        let mut addresses: Vec<String> = values
+            .into_iter()
+            .filter_map(mail_parser::HeaderValue::as_address)
+            .flat_map(|address| address.iter().filter_map(|addr| addr.address()).map(str::to_ascii_lowercase))
+            .filter(|address| !address.is_empty())
+            .collect();
+        raw.for_each(|value| addresses.extend(addresses_in(value)));
+        let mut seen = std::collections::HashSet::new();
+        addresses.retain(|address| seen.insert(address.clone()));
+        addresses
     };
-    let mut addresses: Vec<String> = parsed_values
-        .into_iter()
-        .filter_map(mail_parser::HeaderValue::as_address)
-        .flat_map(|address| address.iter().filter_map(|addr| addr.address()).map(str::to_ascii_lowercase))
-        .collect();
-    let scanned: Vec<&String> = match resent {
-        Some((_, value)) => vec![value],
-        None => fields.iter().filter(|(name, _)| name == "from").map(|(_, value)| value).collect(),
-    };
-    for value in scanned {
-        addresses.extend(addresses_in(value));
+    let named = |wanted: &'static str| fields.iter().filter(move |(name, _)| name == wanted).map(|(_, value)| value);
+    let resent = named("resent-from").next();
+    Authors {
+        from: read(HeaderName::From, &mut named("from"), false),
+        has_from: named("from").next().is_some(),
+        resent_from: resent.map(|value| read(HeaderName::ResentFrom, &mut std::iter::once(value), true)),
     }
-    let mut seen = std::collections::HashSet::new();
-    addresses.retain(|address| seen.insert(address.clone()));
-    addresses
 }
 
 /// Extracts the addresses of an address-list field value: every `<addr-spec>`, or when
@@ -286,16 +299,16 @@ mod tests {
             false,
         );
         assert_eq!(
-            assembler.author_addresses(),
+            assembler.authors().from,
             ["alice@example.com", "bob@example.com"],
             "a bare address after a bracketed one"
         );
         let (_, assembler) = assemble(&[b"from: bob@example.com (Bob), carol@example.com\r\n\r\n"], false);
-        assert_eq!(assembler.author_addresses(), ["bob@example.com", "carol@example.com"]);
+        assert_eq!(assembler.authors().from, ["bob@example.com", "carol@example.com"]);
         let (_, assembler) = assemble(&[b"Subject: none\r\n\r\nFrom: body@example.com\r\n"], false);
-        assert!(assembler.author_addresses().is_empty(), "only the header counts");
+        assert!(assembler.authors().from.is_empty() && !assembler.authors().has_from, "only the header counts");
         let (_, assembler) = assemble(&[b"From: =?utf-8?q?Al=C3=ADce?= <alice@example.com>\r\n\r\n"], false);
-        assert_eq!(assembler.author_addresses(), ["alice@example.com"]);
+        assert_eq!(assembler.authors().from, ["alice@example.com"]);
     }
 
     #[test]
@@ -304,7 +317,10 @@ mod tests {
         let section = b"Resent-From: Bob <bob@example.com>\r\nResent-To: dave@example.net\r\n\
             Resent-From: carol@remote.test\r\nFrom: Carol <carol@remote.test>\r\nSubject: fwd\r\n\r\nbody\r\n";
         let (_, assembler) = assemble(&[section], false);
-        assert_eq!(assembler.author_addresses(), ["bob@example.com"]);
+        assert_eq!(assembler.authors().resent_from.as_deref(), Some(&["bob@example.com".to_string()][..]));
+        assert_eq!(assembler.authors().from, ["carol@remote.test"]);
+        let (_, assembler) = assemble(&[b"Resent-From:\r\nFrom: <ceo@example.com>\r\n\r\nx\r\n"], false);
+        assert_eq!(assembler.authors().resent_from, Some(Vec::new()), "present, but no address");
     }
 
     #[test]

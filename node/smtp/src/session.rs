@@ -1143,11 +1143,7 @@ impl Session {
             Some(refused)
         } else if let Some(foreign) = self.foreign_from(body) {
             self.observer.message("spoofed_from");
-            Some(reply(
-                553,
-                "5.7.1",
-                format!("the author address <{foreign}> (From: or Resent-From:) is not yours to send as"),
-            ))
+            Some(reply(553, "5.7.1", foreign))
         } else if let Err(reached) = self.check_subject(body) {
             self.observer.message("rate_limited");
             Some(limit_reply(reached))
@@ -1272,16 +1268,31 @@ impl Session {
         limits.check_subject(account.id, &subject_of(body.assembler.header_section()), wmail_core::now_ms())
     }
 
-    /// On submission, returns an author address (From:, or Resent-From: of a message the
-    /// user resends) the authenticated user may not send as (the header must be as honest
-    /// as the envelope).
+    /// On submission, says why the message's authors are not the authenticated user's to
+    /// claim (the header must be as honest as the envelope): every From: address must be
+    /// one the user may send as; a message the user resends (RFC 5322 §3.6.6) is checked by
+    /// its topmost Resent-From: instead, but a From: address in a domain hosted here must
+    /// still be the user's (this server signs such mail with that domain's DKIM key). A
+    /// From: or Resent-From: field without a readable address is refused.
     fn foreign_from(&self, body: &BodyInProgress) -> Option<String> {
         let account = self.authenticated.as_ref()?;
-        body.assembler
-            .author_addresses()
-            .iter()
-            .find(|address| !self.core.may_send_as(account, address).unwrap_or(false))
-            .cloned()
+        let authors = body.assembler.authors();
+        let mine = |address: &String| self.core.may_send_as(account, address).unwrap_or(false);
+        let hosted = |address: &String| {
+            address.rsplit_once('@').is_some_and(|(_, domain)| self.core.is_local_domain(domain).unwrap_or(true))
+        };
+        let foreign =
+            |address: &String, field: &str| format!("the {field} address <{address}> is not yours to send as");
+        match &authors.resent_from {
+            Some(resent) if resent.is_empty() => Some("the Resent-From: field names no address".into()),
+            Some(resent) => {
+                resent.iter().find(|address| !mine(address)).map(|address| foreign(address, "Resent-From:")).or_else(
+                    || authors.from.iter().find(|a| hosted(a) && !mine(a)).map(|address| foreign(address, "From:")),
+                )
+            }
+            None if authors.has_from && authors.from.is_empty() => Some("the From: field names no address".into()),
+            None => authors.from.iter().find(|address| !mine(address)).map(|address| foreign(address, "From:")),
+        }
     }
 
     /// The single SMTP reply for a delivery to every recipient of a transaction.
