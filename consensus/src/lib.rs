@@ -102,8 +102,30 @@ async fn batch_proposals(peers: peer::Peers, mut queue: tokio::sync::mpsc::Recei
         }
         let peers = peers.clone();
         tokio::spawn(async move {
+            // A command some voter cannot apply yet is refused on its own (rolling
+            // upgrades), not with the batch it happened to join.
+            let mut refusals: BTreeMap<u16, Option<ProposeError>> = BTreeMap::new();
+            for proposal in &batch {
+                refusals.entry(peers.required_version(&proposal.command)).or_insert(None);
+            }
+            for (required, refusal) in refusals.iter_mut() {
+                *refusal = peers.version_refusal(*required).await;
+            }
+            let mut admitted = Vec::with_capacity(batch.len());
+            for proposal in batch {
+                match &refusals[&peers.required_version(&proposal.command)] {
+                    Some(error) => {
+                        let _ = proposal.reply.send(Err(error.clone()));
+                    }
+                    None => admitted.push(proposal),
+                }
+            }
+            if admitted.is_empty() {
+                drop(permit);
+                return;
+            }
             let (commands, replies): (Vec<_>, Vec<_>) =
-                batch.into_iter().map(|proposal| (proposal.command, proposal.reply)).unzip();
+                admitted.into_iter().map(|proposal| (proposal.command, proposal.reply)).unzip();
             match peers.commit(Request(commands)).await {
                 Ok(response) => {
                     for (reply, result) in replies.into_iter().zip(response.0) {
@@ -369,7 +391,10 @@ impl Consensus {
             return Ok(self.status());
         }
         match self.peers.transport.call(id, &BasicNode::new(addr), PeerRequest::Status).await {
-            Ok(PeerReply::Status(status)) => Ok(status),
+            Ok(PeerReply::Status(status)) => {
+                self.peers.versions.note(id, &status);
+                Ok(status)
+            }
             Ok(_) => Err(ProposeError::Unavailable("reply of the wrong kind".into())),
             Err(error) => Err(ProposeError::Unavailable(error.to_string())),
         }

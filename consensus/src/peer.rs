@@ -69,16 +69,52 @@ pub(crate) struct VersionBook {
     config: CommandVersions,
     /// Per peer: the command version and release it last reported.
     reported: std::sync::Mutex<HashMap<NodeId, (u16, String)>>,
+    /// Per peer: when a proposal last asked it again (at most every [`ASK_AGAIN_AFTER`]).
+    asked: std::sync::Mutex<HashMap<NodeId, Instant>>,
 }
+
+/// How soon a proposal may ask a lagging voter for its version again.
+const ASK_AGAIN_AFTER: Duration = Duration::from_secs(2);
 
 impl VersionBook {
     pub(crate) fn new(config: CommandVersions) -> Self {
-        Self { config, reported: Default::default() }
+        Self { config, reported: Default::default(), asked: Default::default() }
     }
 
     /// The command version `id` applies, as far as this node knows.
     fn applies(&self, id: NodeId) -> u16 {
-        self.reported.lock().expect("version lock").get(&id).map_or(self.config.unreported, |(version, _)| *version)
+        self.report(id).0
+    }
+
+    /// The command version and release `id` last reported (`unreported` and `None` when it
+    /// has not).
+    fn report(&self, id: NodeId) -> (u16, Option<String>) {
+        match self.reported.lock().expect("version lock").get(&id) {
+            Some((version, release)) => (*version, Some(release.clone())),
+            None => (self.config.unreported, None),
+        }
+    }
+
+    /// Notes what `id` said of itself.
+    pub(crate) fn note(&self, id: NodeId, status: &NodeStatus) {
+        let reported = (status.command_version, status.version.clone());
+        self.reported.lock().expect("version lock").insert(id, reported);
+    }
+
+    /// Whether no peer reported a version below `required` (the fast path of proposals).
+    fn none_below(&self, required: u16) -> bool {
+        self.reported.lock().expect("version lock").values().all(|(version, _)| *version >= required)
+    }
+
+    /// Whether a proposal may ask `id` again now (and notes that it does).
+    fn may_ask(&self, id: NodeId) -> bool {
+        let mut asked = self.asked.lock().expect("version lock");
+        let now = Instant::now();
+        if asked.get(&id).is_some_and(|last| now.duration_since(*last) < ASK_AGAIN_AFTER) {
+            return false;
+        }
+        asked.insert(id, now);
+        true
     }
 }
 
@@ -216,12 +252,28 @@ impl Peers {
     /// voter whose last report is too old is asked again first (it may just have been
     /// upgraded); one that cannot be reached counts with its last report.
     async fn check_versions(&self, request: &Request) -> Result<(), ProposeError> {
+        let required = request.0.iter().map(|command| self.required_version(command)).max().unwrap_or(0);
+        self.version_refusal(required).await.map_or(Ok(()), Err)
+    }
+
+    /// The version `command` needs.
+    pub(crate) fn required_version(&self, command: &[u8]) -> u16 {
+        (self.versions.config.required)(command)
+    }
+
+    /// Why a command of version `required` may not be proposed (this node or a voter does
+    /// not apply it); `None` when it may. Every node checks its own proposals before they
+    /// are batched or forwarded (a leader of an older release would not), and the leader
+    /// checks what it appends.
+    pub(crate) async fn version_refusal(&self, required: u16) -> Option<ProposeError> {
         let config = self.versions.config;
-        let required = request.0.iter().map(|command| (config.required)(command)).max().unwrap_or(0);
+        if required <= config.unreported.min(config.supported) && self.versions.none_below(required) {
+            return None;
+        }
         let metrics = self.raft.metrics().borrow().clone();
         if required > config.supported {
-            return Err(ProposeError::Unavailable(format!(
-                "this change needs command version {required}, but node {} (the leader, wmail {}) applies up to {}: \
+            return Some(ProposeError::Unavailable(format!(
+                "this change needs command version {required}, but node {} (wmail {}) applies up to {}: \
                  upgrade it to the release of the node that made the change, then retry",
                 metrics.id,
                 env!("CARGO_PKG_VERSION"),
@@ -234,12 +286,13 @@ impl Peers {
             if self.versions.applies(id) >= required {
                 continue;
             }
-            if let Some(node) = membership.get_node(&id) {
+            if let Some(node) = membership.get_node(&id)
+                && self.versions.may_ask(id)
+            {
                 self.ask_version(id, node).await;
             }
-            let version = self.versions.applies(id);
+            let (version, release) = self.versions.report(id);
             if version < required {
-                let release = self.versions.reported.lock().expect("version lock").get(&id).map(|(_, r)| r.clone());
                 behind.push(format!(
                     "node {id} (wmail {}) applies up to {version}",
                     release.as_deref().unwrap_or("of unknown version")
@@ -247,9 +300,9 @@ impl Peers {
             }
         }
         if behind.is_empty() {
-            return Ok(());
+            return None;
         }
-        Err(ProposeError::Unavailable(format!(
+        Some(ProposeError::Unavailable(format!(
             "this change needs command version {required}, which not every voter applies yet: {}; \
              finish the rolling upgrade of the voters, then retry",
             behind.join(", ")
@@ -262,8 +315,7 @@ impl Peers {
         let call = self.transport.call(id, node, PeerRequest::Status);
         match tokio::time::timeout(VERSION_QUERY_TIMEOUT, call).await {
             Ok(Ok(PeerReply::Status(status))) => {
-                let reported = (status.command_version, status.version);
-                self.versions.reported.lock().expect("version lock").insert(id, reported);
+                self.versions.note(id, &status);
                 true
             }
             Ok(Ok(_)) => true,

@@ -276,6 +276,9 @@ async fn a_command_waits_until_every_voter_applies_its_version() {
         assert!(refused.contains("rolling upgrade"), "{refused}");
     }
     leader_node.propose(b"old=1".to_vec()).await.unwrap();
+    // Proposed together (one batch, as often as not), only the new kind is refused.
+    let (new, old) = tokio::join!(follower.propose(b"v2.again=1".to_vec()), follower.propose(b"older=1".to_vec()));
+    assert!(new.is_err() && old.is_ok(), "{new:?} {old:?}");
     assert_eq!(states[leader as usize - 1].get("v2.new"), None, "a refused command was applied");
 
     tracing::info!("--- node 3 is upgraded: the leader asks it again and the command passes");

@@ -133,7 +133,9 @@ impl PublicKeyData for P256PublicKey {
 }
 
 /// How long a node certificate is valid by default; a node renews its own well before
-/// (see `wmail_core`), so a certificate of a node that is gone stops working by itself.
+/// (see `wmail_core`), so a stolen copy of a certificate stops working by itself. (A
+/// removed node is kept out by the revoked-id check on every request, not by expiry: any
+/// member holds the CA key and could sign itself a new one.)
 pub const NODE_CERTIFICATE_VALIDITY: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
 
 /// A node certificate: PEM, and when it stops being valid.

@@ -412,8 +412,9 @@ impl Core {
 
     /// Renews this node's certificate (same key, signed by the cluster CA it holds in its
     /// replicated state, as every member does) once less than a third of its validity is
-    /// left, or its expiry is unknown; a revoked node's is left to expire. The transport
-    /// presents the new one from then on. Returns whether it renewed.
+    /// left, or its expiry is unknown; a node that knows it was revoked does not renew (the
+    /// other members refuse it by id anyway). The transport presents the new one from
+    /// then on. Returns whether it renewed.
     pub(crate) async fn renew_certificate_if_due(&self) -> Result<bool> {
         let _setup = self.cluster_setup.lock().await;
         let Some(mut identity) = load_identity(&self.config.data_dir)? else { return Ok(false) };

@@ -135,17 +135,8 @@ impl Session {
             // when there is something to claim, so exactly one session wins each
             // message). EXAMINE shows them without claiming (RFC 3501 §6.3.2).
             let unclaimed = mailbox.first_recent_uid..mailbox.uid_next;
-            let won = if read_only {
-                unclaimed
-            } else {
-                match self.core.claim_recent(account_id, mailbox.id, mailbox.uid_next).await {
-                    Ok(won) => won,
-                    Err(error) => {
-                        tracing::warn!(session = %self.id, %error, "cannot claim \\Recent");
-                        0..0
-                    }
-                }
-            };
+            let won =
+                if read_only { unclaimed } else { self.claim_recent(account_id, mailbox.id, mailbox.uid_next).await };
             selected.recent.add(won);
         }
         let rev2 = self.enabled.rev2;

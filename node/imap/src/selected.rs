@@ -211,20 +211,14 @@ impl Session {
             let mailbox_id = selected.mailbox_id;
             // Every session told of a message would otherwise propose a claim: skip it when
             // this node has already applied another session's claim of all of them.
-            let all_claimed =
-                || self.core.mailbox(account, mailbox_id).ok().flatten().is_some_and(|m| m.first_recent_uid > last);
+            let first_unclaimed =
+                self.core.mailbox(account, mailbox_id).ok().flatten().map_or(0, |mailbox| mailbox.first_recent_uid);
             let won = if selected.read_only {
-                first_new_uid..last + 1
-            } else if all_claimed() {
+                first_new_uid.max(first_unclaimed)..last + 1
+            } else if first_unclaimed > last {
                 0..0
             } else {
-                match self.core.claim_recent(account, mailbox_id, last + 1).await {
-                    Ok(won) => won,
-                    Err(error) => {
-                        tracing::warn!(session = %self.id, %error, "cannot claim \\Recent");
-                        0..0
-                    }
-                }
+                self.claim_recent(account, mailbox_id, last + 1).await
             };
             if let Some(selected) = self.selected.as_mut() {
                 selected.recent.add(won);
@@ -238,6 +232,25 @@ impl Session {
             }
         }
         self.queue(&out);
+    }
+
+    /// Claims the unclaimed `\Recent` messages below `up_to` for this session and returns
+    /// the UIDs it won. Bounded: without a quorum within 2 s it shows none rather than hold
+    /// the command up (if the claim still commits later, those messages are recent for no
+    /// session, which RFC 3501 §2.3.2 tolerates better than two).
+    pub(crate) async fn claim_recent(&self, account: u64, mailbox_id: u64, up_to: u32) -> std::ops::Range<u32> {
+        let claim = self.core.claim_recent(account, mailbox_id, up_to);
+        match tokio::time::timeout(std::time::Duration::from_secs(2), claim).await {
+            Ok(Ok(won)) => won,
+            Ok(Err(error)) => {
+                tracing::warn!(session = %self.id, %error, "cannot claim \\Recent");
+                0..0
+            }
+            Err(_) => {
+                tracing::warn!(session = %self.id, "claiming \\Recent took over 2 s; none shown");
+                0..0
+            }
+        }
     }
 
     /// Whether the selected mailbox disappeared under the session.

@@ -34,9 +34,15 @@ pub enum ScanError {
     /// clamd did not answer in time.
     #[error("clamd at {0} did not answer within {1:?}")]
     Timeout(String, Duration),
-    /// clamd answered with an error (such as `INSTREAM size limit exceeded`).
+    /// clamd answered with an error.
     #[error("clamd: {0}")]
     Refused(String),
+    /// The message is larger than clamd scans (its `StreamMaxLength`).
+    #[error("clamd scans at most its StreamMaxLength: {0}")]
+    TooLarge(String),
+    /// As many streamed scans as allowed are running.
+    #[error("clamd is busy with other large messages")]
+    Busy,
 }
 
 /// Where clamd listens.
@@ -123,6 +129,8 @@ pub struct Stream {
     address: String,
     timeout: Duration,
     failed: Option<std::io::Error>,
+    /// The slot this scan takes among the streamed scans allowed at once.
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Clamd {
@@ -140,11 +148,17 @@ impl Clamd {
             .await
             .map_err(|_| ScanError::Timeout(self.describe(), self.timeout))?
             .map_err(|error| ScanError::Io { address: self.describe(), error })?;
-        Ok(Stream { connection, address: self.describe(), timeout: self.timeout, failed: None })
+        Ok(Stream { connection, address: self.describe(), timeout: self.timeout, failed: None, slot: None })
     }
 }
 
 impl Stream {
+    /// The same scan, holding `slot` until it ends.
+    pub fn holding(mut self, slot: tokio::sync::OwnedSemaphorePermit) -> Self {
+        self.slot = Some(slot);
+        self
+    }
+
     /// Sends more of the message (nothing once a write failed).
     pub async fn push(&mut self, data: &[u8]) {
         if self.failed.is_some() {
@@ -219,6 +233,8 @@ fn parse_answer(answer: &str) -> Result<ScanResult, ScanError> {
         Ok(ScanResult::Clean)
     } else if let Some(name) = verdict.strip_suffix(" FOUND") {
         Ok(ScanResult::Infected(name.trim().to_owned()))
+    } else if verdict.contains("size limit exceeded") {
+        Err(ScanError::TooLarge(answer.to_owned()))
     } else {
         Err(ScanError::Refused(answer.to_owned()))
     }
@@ -235,7 +251,8 @@ mod tests {
             parse_answer("stream: Eicar-Test-Signature FOUND").unwrap(),
             ScanResult::Infected("Eicar-Test-Signature".into())
         );
-        assert!(matches!(parse_answer("INSTREAM size limit exceeded. ERROR"), Err(ScanError::Refused(_))));
+        assert!(matches!(parse_answer("INSTREAM size limit exceeded. ERROR"), Err(ScanError::TooLarge(_))));
+        assert!(matches!(parse_answer("stream: Can't allocate memory ERROR"), Err(ScanError::Refused(_))));
         assert!(Clamd::new("127.0.0.1:3310").is_some());
         assert!(Clamd::new("unix:/run/clamav/clamd.ctl").is_some());
         assert!(Clamd::new("clamd").is_none());

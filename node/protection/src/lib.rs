@@ -52,6 +52,10 @@ pub enum VirusAction {
     Strip,
 }
 
+/// Streamed clamd scans at once (clamd's default `MaxThreads` is 10: the held messages'
+/// scans keep the rest).
+const STREAMED_SCANS: usize = 4;
+
 /// What to do when clamd cannot be reached or fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScanFailure {
@@ -245,6 +249,8 @@ pub struct Protection {
     authenticator: MessageAuthenticator,
     content: content::ContentChecks,
     clamd: Option<clamd::Clamd>,
+    /// Streamed scans (messages over the scan limit) allowed at once.
+    stream_slots: Arc<tokio::sync::Semaphore>,
     metrics: Arc<ProtectionMetrics>,
     log: VerdictLog,
     /// The scan memory budget, in KiB.
@@ -305,6 +311,7 @@ impl Protection {
             authenticator: MessageAuthenticator(resolver),
             content,
             clamd,
+            stream_slots: Arc::new(tokio::sync::Semaphore::new(STREAMED_SCANS)),
             metrics,
             log,
             scan_budget,
@@ -568,7 +575,12 @@ impl Protection {
     /// the scan limit gets no content rules, but it never skips the virus scan.
     pub async fn stream_scan(&self) -> Option<Result<clamd::Stream, clamd::ScanError>> {
         let clamd = self.clamd.as_ref()?;
-        Some(clamd.stream().await)
+        // Each streamed scan holds a clamd thread for as long as its sender takes: a few
+        // slow senders must not take all of clamd's threads from the other scans.
+        let Ok(slot) = self.stream_slots.clone().try_acquire_owned() else {
+            return Some(Err(clamd::ScanError::Busy));
+        };
+        Some(clamd.stream().await.map(|stream| stream.holding(slot)))
     }
 
     /// Notes a streamed scan's result in the message's verdict and returns the refusal it
@@ -588,6 +600,17 @@ impl Protection {
             Ok(clamd::ScanResult::Infected(name)) => {
                 verdict.add("CLAMD", format!("infected: {name}"), 0.0);
                 let refusal = Refusal::permanent("5.7.1", format!("message contains a virus ({name})"));
+                verdict.action = Action::Refuse(refusal.clone());
+                Some(refusal)
+            }
+            Err(clamd::ScanError::TooLarge(answer)) => {
+                // Never let a virus through by padding it past clamd's limit.
+                verdict.add("CLAMD", format!("too large: {answer}"), 0.0);
+                let refusal = Refusal {
+                    code: 552,
+                    status: "5.3.4".into(),
+                    text: "message too large for the virus scanner; send it in smaller parts".into(),
+                };
                 verdict.action = Action::Refuse(refusal.clone());
                 Some(refusal)
             }
