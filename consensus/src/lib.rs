@@ -186,8 +186,7 @@ pub struct ConsensusConfig {
 pub struct CommandVersions {
     /// The newest version this node applies (reported to its peers in its status).
     pub supported: u16,
-    /// What a voter that reports no version (an older release), or was never reached, is
-    /// taken to apply.
+    /// What a voter this node has not heard from yet is taken to apply.
     pub unreported: u16,
     /// The version a command needs, read from its bytes.
     pub required: fn(&[u8]) -> u16,

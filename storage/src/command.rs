@@ -21,8 +21,8 @@ use crate::records::{
 /// ([`Command::required_version`]), so a rolling upgrade never reaches that point.
 pub const COMMAND_VERSION: u16 = 4;
 
-/// What a node that does not report its command version (a release from before versions
-/// were reported) is taken to know.
+/// What a voter whose command version this node has not learnt (not reachable since this
+/// node started) is taken to apply: the version every release of wmail applies.
 pub const UNREPORTED_COMMAND_VERSION: u16 = 2;
 
 /// A command plus what every node needs to apply it identically.

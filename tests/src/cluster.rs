@@ -256,6 +256,20 @@ async fn node_certificates_expire_and_are_renewed_before_they_do() {
     let expires = enrolled["cert_expires_ms"].as_u64().expect("the expiry is kept");
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
     assert!(expires > now && expires <= now + VALID_SECONDS * 1000, "{enrolled}");
+    // The certificate itself says so (openssl: -checkend N exits 1 when it expires within N s).
+    let checkend = |pem: &str, seconds: u64| {
+        let mut child = std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-checkend", &seconds.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl (installed by tools/dev/deps.sh test)");
+        use std::io::Write;
+        child.stdin.take().expect("stdin").write_all(pem.as_bytes()).expect("write the certificate");
+        child.wait().expect("openssl").success()
+    };
+    let pem = enrolled["cert_pem"].as_str().expect("cert_pem");
+    assert!(checkend(pem, 0) && !checkend(pem, 60), "not a {VALID_SECONDS} s certificate: {pem}");
 
     // Both renew theirs with a third of the validity left, while they keep working.
     let deadline = Instant::now() + Duration::from_secs(3 * VALID_SECONDS);
