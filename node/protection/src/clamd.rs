@@ -84,34 +84,31 @@ impl Clamd {
         }
     }
 
-    /// Scans `data`.
-    pub async fn scan(&self, data: &[u8]) -> Result<ScanResult, ScanError> {
-        let work = async {
-            match &self.address {
-                Address::Tcp(address) => instream(tokio::net::TcpStream::connect(address).await?, data).await,
-                Address::Unix(path) => instream(tokio::net::UnixStream::connect(path).await?, data).await,
-            }
-        };
-        let answer = tokio::time::timeout(self.timeout, work)
+    /// A new connection to clamd.
+    async fn connect(&self) -> std::io::Result<Box<dyn Connection>> {
+        Ok(match &self.address {
+            Address::Tcp(address) => Box::new(tokio::net::TcpStream::connect(address).await?),
+            Address::Unix(path) => Box::new(tokio::net::UnixStream::connect(path).await?),
+        })
+    }
+
+    /// Runs `work` within the timeout, naming clamd in its errors.
+    async fn bounded<T>(&self, work: impl Future<Output = std::io::Result<T>>) -> Result<T, ScanError> {
+        tokio::time::timeout(self.timeout, work)
             .await
             .map_err(|_| ScanError::Timeout(self.describe(), self.timeout))?
-            .map_err(|error| ScanError::Io { address: self.describe(), error })?;
+            .map_err(|error| ScanError::Io { address: self.describe(), error })
+    }
+
+    /// Scans `data`.
+    pub async fn scan(&self, data: &[u8]) -> Result<ScanResult, ScanError> {
+        let answer = self.bounded(async { instream(self.connect().await?, data).await }).await?;
         parse_answer(&answer)
     }
 
     /// Whether clamd answers `PING` with `PONG`.
     pub async fn ping(&self) -> Result<(), ScanError> {
-        let work = async {
-            let answer = match &self.address {
-                Address::Tcp(address) => command(tokio::net::TcpStream::connect(address).await?, b"zPING\0").await?,
-                Address::Unix(path) => command(tokio::net::UnixStream::connect(path).await?, b"zPING\0").await?,
-            };
-            Ok::<_, std::io::Error>(answer)
-        };
-        let answer = tokio::time::timeout(self.timeout, work)
-            .await
-            .map_err(|_| ScanError::Timeout(self.describe(), self.timeout))?
-            .map_err(|error| ScanError::Io { address: self.describe(), error })?;
+        let answer = self.bounded(async { command(self.connect().await?, b"zPING\0").await }).await?;
         if answer == "PONG" { Ok(()) } else { Err(ScanError::Refused(answer)) }
     }
 }
@@ -136,18 +133,13 @@ pub struct Stream {
 impl Clamd {
     /// Opens a streamed scan.
     pub async fn stream(&self) -> Result<Stream, ScanError> {
-        let open = async {
-            let mut connection: Box<dyn Connection> = match &self.address {
-                Address::Tcp(address) => Box::new(tokio::net::TcpStream::connect(address).await?),
-                Address::Unix(path) => Box::new(tokio::net::UnixStream::connect(path).await?),
-            };
-            connection.write_all(b"zINSTREAM\0").await?;
-            Ok::<_, std::io::Error>(connection)
-        };
-        let connection = tokio::time::timeout(self.timeout, open)
-            .await
-            .map_err(|_| ScanError::Timeout(self.describe(), self.timeout))?
-            .map_err(|error| ScanError::Io { address: self.describe(), error })?;
+        let connection = self
+            .bounded(async {
+                let mut connection = self.connect().await?;
+                connection.write_all(b"zINSTREAM\0").await?;
+                Ok(connection)
+            })
+            .await?;
         Ok(Stream { connection, address: self.describe(), timeout: self.timeout, failed: None, slot: None })
     }
 }
