@@ -402,3 +402,29 @@ async fn nodes_replicate_over_quic_with_mutual_tls_and_refuse_a_foreign_ca() {
         transport.stop().await;
     }
 }
+
+#[test]
+fn a_status_from_another_release_decodes_with_fields_it_lacks_or_adds() {
+    let status = NodeStatus {
+        id: 2,
+        version: "0.1.0".into(),
+        state: "Follower".into(),
+        term: 3,
+        leader: Some(1),
+        last_log_index: Some(9),
+        committed_index: Some(9),
+        applied_index: Some(9),
+        command_version: 4,
+    };
+    let bytes = postcard::to_allocvec(&PeerReply::Status(status.clone())).unwrap();
+    assert!(matches!(postcard::from_bytes::<PeerReply>(&bytes).unwrap(), PeerReply::Status(s) if s == status));
+    // On the wire as another release sends it: one field it does not have yet, one added
+    // after it (the reply's variant 4, then the JSON as postcard bytes).
+    let mut json = serde_json::to_value(&status).unwrap();
+    json.as_object_mut().unwrap().remove("command_version");
+    json["added_later"] = serde_json::json!({ "anything": [1, 2] });
+    let mut wire = vec![4u8];
+    wire.extend(postcard::to_allocvec(&serde_json::to_vec(&json).unwrap()).unwrap());
+    let PeerReply::Status(decoded) = postcard::from_bytes::<PeerReply>(&wire).unwrap() else { panic!("not a status") };
+    assert_eq!(decoded, NodeStatus { command_version: 0, ..status });
+}
