@@ -633,6 +633,15 @@ untagged = r.ok("FETCH 2 (MODSEQ)")
 assert any(u.startswith(b"* OK [HIGHESTMODSEQ ") for u in untagged), untagged
 stored = r.ok("STORE 2 +FLAGS (\\Seen)")
 assert b" UID 2 " in stored[0] and b"MODSEQ (" in stored[0], stored
+# RFC 5957 SORT=DISPLAY: by the display name, else the address.
+r.ok("CREATE disp")
+for sender in [b"Zed <a@x.test>", b"=?utf-8?q?=C3=89mile?= <b@x.test>", b"<carol@x.test>", b"alice <z@x.test>"]:
+    assert r.append("disp", b"From: " + sender + b"\r\nSubject: d\r\n\r\nx\r\n")[1].startswith("OK")
+r.ok("SELECT disp")
+assert b"SORT=DISPLAY" in b" ".join(r.ok("CAPABILITY"))
+# i;ascii-casemap folds ASCII only: the UTF-8 of the accented name sorts after the letters.
+assert numbers(r.ok("SORT (DISPLAYFROM) UTF-8 ALL"), "SORT") == [4, 3, 1, 2]
+r.ok("SELECT conf")
 # RFC 5258: a parent listed for RECURSIVEMATCH carries its child attributes too.
 r.ok("CREATE p/")
 r.ok("CREATE p/c")

@@ -479,6 +479,7 @@ impl Session {
             "ESEARCH",
             "SEARCHRES",
             "SORT",
+            "SORT=DISPLAY",
             "THREAD=ORDEREDSUBJECT",
             "THREAD=REFERENCES",
             "QUOTA",
