@@ -248,6 +248,21 @@ async fn smuggled_end_of_data_sequences_never_end_the_message() {
 }
 
 #[tokio::test]
+async fn bare_line_feeds_are_stored_as_crlf_and_count_as_sent() {
+    let node = node_with_accounts("[smtp]\nmax_message_size = 100000\n").await;
+    let mut client = RawSmtp::connect(node.smtp).await;
+    client.command("EHLO client.test", 250).await;
+    client.start_data("alice@example.com").await;
+    // 90,000 bytes as sent: within the limit, though the CRs the server adds make it 135,000.
+    let body = "x\n".repeat(44_990);
+    client.send_raw(format!("Subject: lf\n\n{body}\r\n.\r\n").as_bytes()).await;
+    client.expect(250).await;
+    let stored = message_text(&node, "alice@example.com", 1).await;
+    assert!(stored.contains("Subject: lf\r\n\r\nx\r\nx\r\n"), "{}", &stored[..200.min(stored.len())]);
+    assert!(!stored.replace("\r\n", "").contains('\n'), "a bare LF is left");
+}
+
+#[tokio::test]
 async fn hostile_and_broken_input_gets_clear_errors() {
     let node = node_with_accounts("[smtp]\nmax_message_size = 100000\n").await;
     let mut client = RawSmtp::connect(node.smtp).await;

@@ -61,6 +61,11 @@ impl BodyAssembler {
         &self.section
     }
 
+    /// Takes `bytes` the server added to the data (CRs before bare LFs) off its size.
+    pub fn uncount(&mut self, bytes: u64) {
+        self.data_size = self.data_size.saturating_sub(bytes);
+    }
+
     /// Size of the data received so far (without added headers).
     pub fn data_size(&self) -> u64 {
         self.data_size

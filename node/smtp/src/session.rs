@@ -903,13 +903,16 @@ impl Session {
     }
 
     /// Passes data to the delivery task (or drops it once the message is too big).
-    async fn feed_body(&mut self, data: &[u8]) {
+    /// `added`: bytes of `data` the server added (CRs before bare LFs), which do not count
+    /// against the client's size limit.
+    async fn feed_body(&mut self, data: &[u8], added: u64) {
         let max = self.config.max_message_size;
         let Some(body) = self.transaction.as_mut().and_then(|t| t.body.as_mut()) else { return };
         if body.too_big {
             return;
         }
         let chunks = body.assembler.push(data);
+        body.assembler.uncount(added);
         if body.assembler.data_size() > max {
             body.too_big = true;
             body.sender = None; // aborts the delivery
@@ -1374,8 +1377,8 @@ impl Session {
                 chunk.pop();
             }
             if !chunk.is_empty() {
-                let data = crlf_line_ends(std::mem::take(&mut chunk));
-                self.feed_body(&data).await;
+                let (data, added) = crlf_line_ends(std::mem::take(&mut chunk));
+                self.feed_body(&data, added).await;
             }
             if held_cr {
                 chunk.push(b'\r');
@@ -1425,7 +1428,7 @@ impl Session {
             let data = input.split_to(take);
             left -= take;
             if accepted.is_ok() {
-                self.feed_body(&data).await;
+                self.feed_body(&data, 0).await;
             }
         }
         if let Err(refusal) = accepted {
@@ -1590,11 +1593,12 @@ fn acknowledge_before_commit() -> bool {
 /// CRLF.CRLF, and POP3 and outbound SMTP dot-stuff every line, so a "\n.\n" in the data
 /// stays content.) `data` never ends in a CR whose LF is in the next chunk (the caller
 /// holds such a CR back), so an LF at its start is bare.
-fn crlf_line_ends(data: Vec<u8>) -> Vec<u8> {
+/// Returns the data and how many CRs it added.
+fn crlf_line_ends(data: Vec<u8>) -> (Vec<u8>, u64) {
     let bare = |(index, byte): (usize, &u8)| *byte == b'\n' && (index == 0 || data[index - 1] != b'\r');
     let count = data.iter().enumerate().filter(|&entry| bare(entry)).count();
     if count == 0 {
-        return data;
+        return (data, 0);
     }
     let mut out = Vec::with_capacity(data.len() + count);
     for (index, byte) in data.iter().enumerate() {
@@ -1603,7 +1607,7 @@ fn crlf_line_ends(data: Vec<u8>) -> Vec<u8> {
         }
         out.push(*byte);
     }
-    out
+    (out, count as u64)
 }
 
 /// The decoded subject of a header section ("" when it has none).
