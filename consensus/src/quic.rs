@@ -313,10 +313,18 @@ async fn exchange_enrolment(
     let endpoint = quinn::Endpoint::client(local).map_err(|e| e.to_string())?;
     let client = client_config(tls::join_client_config(ca_fingerprint)).map_err(|e| e.to_string())?;
     let connecting = endpoint.connect_with(client, address, tls::CLUSTER_NAME).map_err(|e| e.to_string())?;
-    let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-        .await
-        .map_err(|_| format!("no answer from {addr} within {CONNECT_TIMEOUT:?}"))?
-        .map_err(|e| format!("cannot reach the cluster at {addr}: {e}"))?;
+    let connection = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Err(_) => return Err(format!("no answer from {addr} within {CONNECT_TIMEOUT:?}")),
+        Ok(Ok(connection)) => connection,
+        // A TLS failure (RFC 9001 §4.8: crypto errors are 0x100-0x1ff), such as a member
+        // whose chain lacks the token's CA: asking again would not change it.
+        Ok(Err(quinn::ConnectionError::TransportError(error))) if (0x100..0x200).contains(&u64::from(error.code)) => {
+            return Ok(Err(format!(
+                "the TLS handshake with {addr} failed ({error}): is this a member of the cluster that issued the token?"
+            )));
+        }
+        Ok(Err(error)) => return Err(format!("cannot reach the cluster at {addr}: {error}")),
+    };
     let request = postcard::to_allocvec(&PeerRequest::Join(request)).map_err(|e| e.to_string())?;
     let reply = exchange(&connection, &request).await.map_err(|(_, reason)| reason);
     connection.close(0u32.into(), b"enrolled");
