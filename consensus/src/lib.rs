@@ -104,16 +104,16 @@ async fn batch_proposals(peers: peer::Peers, mut queue: tokio::sync::mpsc::Recei
         tokio::spawn(async move {
             // A command some voter cannot apply yet is refused on its own (rolling
             // upgrades), not with the batch it happened to join.
+            let required: Vec<u16> = batch.iter().map(|proposal| peers.required_version(&proposal.command)).collect();
             let mut refusals: BTreeMap<u16, Option<ProposeError>> = BTreeMap::new();
-            for proposal in &batch {
-                refusals.entry(peers.required_version(&proposal.command)).or_insert(None);
-            }
-            for (required, refusal) in refusals.iter_mut() {
-                *refusal = peers.version_refusal(*required).await;
+            for &version in &required {
+                if let std::collections::btree_map::Entry::Vacant(slot) = refusals.entry(version) {
+                    slot.insert(peers.version_refusal(version).await);
+                }
             }
             let mut admitted = Vec::with_capacity(batch.len());
-            for proposal in batch {
-                match &refusals[&peers.required_version(&proposal.command)] {
+            for (proposal, version) in batch.into_iter().zip(required) {
+                match &refusals[&version] {
                     Some(error) => {
                         let _ = proposal.reply.send(Err(error.clone()));
                     }

@@ -243,14 +243,12 @@ impl Peers {
         if self.stepping_down.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(ProposeError::ForwardToLeader { leader: None });
         }
-        self.check_versions(&request).await?;
         let written = self.raft.client_write(request).await.map_err(propose_error)?;
         Ok((written.log_id.index, written.data))
     }
 
-    /// Refuses `request` unless this leader and every voter apply each command in it. A
-    /// voter whose last report is too old is asked again first (it may just have been
-    /// upgraded); one that cannot be reached counts with its last report.
+    /// Refuses `request` unless this node and every voter apply each command in it (see
+    /// [`Self::version_refusal`]).
     async fn check_versions(&self, request: &Request) -> Result<(), ProposeError> {
         let required = request.0.iter().map(|command| self.required_version(command)).max().unwrap_or(0);
         self.version_refusal(required).await.map_or(Ok(()), Err)
@@ -668,7 +666,14 @@ impl PeerHandler for ConsensusPeer {
                     PeerReply::Raft(handle_raft_rpc(&self.peers.raft, rpc).await)
                 }
                 PeerRequest::Propose(request) => {
-                    PeerReply::Propose(self.peers.write_here(request).await.map_err(not_leader))
+                    // This node's own proposals were checked before they were batched; a
+                    // forwarded batch is checked here, as its sender may be of a release
+                    // that does not check.
+                    let written = match self.peers.check_versions(&request).await {
+                        Ok(()) => self.peers.write_here(request).await,
+                        Err(refusal) => Err(refusal),
+                    };
+                    PeerReply::Propose(written.map_err(not_leader))
                 }
                 PeerRequest::ReadIndex => PeerReply::ReadIndex(self.peers.read_index_here().await),
                 PeerRequest::Membership(change) => {
