@@ -129,15 +129,12 @@ impl Session {
         let count = scan.uids.len();
         let uids = crate::uid_list::UidList::from_sorted(scan.uids.iter().copied());
         let mut selected = Selected::new(&mailbox, uids, read_only, last_change_id);
-        if !self.enabled.rev2 && mailbox.first_recent_uid < mailbox.uid_next {
-            // RFC 3501 §2.3.2: the unclaimed messages are \Recent for the first session to
-            // select the mailbox, which claims them (a replicated claim, waited for only
-            // when there is something to claim, so exactly one session wins each
-            // message). EXAMINE shows them without claiming (RFC 3501 §6.3.2).
-            let unclaimed = mailbox.first_recent_uid..mailbox.uid_next;
-            let won =
-                if read_only { unclaimed } else { self.claim_recent(account_id, mailbox.id, mailbox.uid_next).await };
-            selected.recent.add(won);
+        if !self.enabled.rev2 {
+            // The unclaimed messages are \Recent for the first session to select the mailbox.
+            let recent = self
+                .take_recent(account_id, mailbox.id, read_only, 0..mailbox.uid_next, mailbox.first_recent_uid)
+                .await;
+            selected.recent.add(recent);
         }
         let rev2 = self.enabled.rev2;
         let keywords: String = scan.keywords.iter().map(|keyword| format!(" {keyword}")).collect();

@@ -205,23 +205,16 @@ impl Session {
         if let (Some(first_new_uid), Some(last)) = (first_new_uid, selected.uids.last())
             && !self.enabled.rev2
         {
-            // RFC 3501 §2.3.2: the new messages are \Recent for the first session told of
-            // them. This one claims them (a replicated claim, waited for, so exactly one
-            // session wins each message); an EXAMINE shows them without claiming.
-            let mailbox_id = selected.mailbox_id;
-            // Every session told of a message would otherwise propose a claim: skip it when
-            // this node has already applied another session's claim of all of them.
+            // The new messages are \Recent for the first session told of them. Every session
+            // told would otherwise propose a claim: what this node has already seen claimed
+            // by another is skipped.
+            let (mailbox_id, read_only) = (selected.mailbox_id, selected.read_only);
             let first_unclaimed =
                 self.core.mailbox(account, mailbox_id).ok().flatten().map_or(0, |mailbox| mailbox.first_recent_uid);
-            let won = if selected.read_only {
-                first_new_uid.max(first_unclaimed)..last + 1
-            } else if first_unclaimed > last {
-                0..0
-            } else {
-                self.claim_recent(account, mailbox_id, last + 1).await
-            };
+            let recent =
+                self.take_recent(account, mailbox_id, read_only, first_new_uid..last + 1, first_unclaimed).await;
             if let Some(selected) = self.selected.as_mut() {
-                selected.recent.add(won);
+                selected.recent.add(recent);
             }
         }
         let Some(selected) = self.selected.as_mut() else { return };
@@ -234,12 +227,26 @@ impl Session {
         self.queue(&out);
     }
 
-    /// Claims the unclaimed `\Recent` messages below `up_to` for this session and returns
-    /// the UIDs it won. Bounded: without a quorum within 2 s it shows none rather than hold
-    /// the command up (if the claim still commits later, those messages are recent for no
-    /// session, which RFC 3501 §2.3.2 tolerates better than two).
-    pub(crate) async fn claim_recent(&self, account: u64, mailbox_id: u64, up_to: u32) -> std::ops::Range<u32> {
-        let claim = self.core.claim_recent(account, mailbox_id, up_to);
+    /// The UIDs of `uids` that are `\Recent` for this session (RFC 3501 §2.3.2): those the
+    /// mailbox has not handed out (from `first_unclaimed` up). A read-write session claims
+    /// them, with a replicated claim it waits for, so exactly one session wins each
+    /// message; an EXAMINE only shows them (§6.3.2). Nothing unclaimed, nothing proposed.
+    /// Bounded: without a quorum within 2 s it shows none rather than hold the command up
+    /// (if the claim still commits later, those messages are recent for no session, which
+    /// §2.3.2 tolerates better than two).
+    pub(crate) async fn take_recent(
+        &self,
+        account: u64,
+        mailbox_id: u64,
+        read_only: bool,
+        uids: std::ops::Range<u32>,
+        first_unclaimed: u32,
+    ) -> std::ops::Range<u32> {
+        let unclaimed = uids.start.max(first_unclaimed)..uids.end;
+        if unclaimed.is_empty() || read_only {
+            return unclaimed;
+        }
+        let claim = self.core.claim_recent(account, mailbox_id, uids.end);
         match tokio::time::timeout(std::time::Duration::from_secs(2), claim).await {
             Ok(Ok(won)) => won,
             Ok(Err(error)) => {
