@@ -517,7 +517,7 @@ impl Protection {
                 Ok(clamd::ScanResult::Clean) => verdict.add("CLAMD", "clean", 0.0),
                 Ok(clamd::ScanResult::Infected(name)) => {
                     verdict.add("CLAMD", format!("infected: {name}"), 0.0);
-                    let refusal = || Refusal::permanent("5.7.1", format!("message contains a virus ({name})"));
+                    let refusal = || virus_refusal(&name);
                     match self.config.virus_action {
                         VirusAction::Reject => verdict.refuse(refusal()),
                         VirusAction::Quarantine => verdict.hold(&format!("virus {name}")),
@@ -538,7 +538,7 @@ impl Protection {
                     tracing::warn!(%error, "clamd scan failed");
                     verdict.add("CLAMD", format!("error: {error}"), 0.0);
                     if self.config.clamd_failure == ScanFailure::TempFail {
-                        verdict.refuse(Refusal::temporary("4.3.0", "virus scanner unavailable; try again later"));
+                        verdict.refuse(scanner_unavailable());
                     }
                 }
             }
@@ -592,38 +592,34 @@ impl Protection {
         result: Result<clamd::ScanResult, clamd::ScanError>,
         verdict: &mut Verdict,
     ) -> Option<Refusal> {
-        match result {
+        let refusal = match result {
             Ok(clamd::ScanResult::Clean) => {
                 verdict.add("CLAMD", "clean (streamed)", 0.0);
                 None
             }
             Ok(clamd::ScanResult::Infected(name)) => {
                 verdict.add("CLAMD", format!("infected: {name}"), 0.0);
-                let refusal = Refusal::permanent("5.7.1", format!("message contains a virus ({name})"));
-                verdict.action = Action::Refuse(refusal.clone());
-                Some(refusal)
+                Some(virus_refusal(&name))
             }
             Err(clamd::ScanError::TooLarge(answer)) => {
                 // Never let a virus through by padding it past clamd's limit.
                 verdict.add("CLAMD", format!("too large: {answer}"), 0.0);
-                let refusal = Refusal {
+                Some(Refusal {
                     code: 552,
                     status: "5.3.4".into(),
                     text: "message too large for the virus scanner; send it in smaller parts".into(),
-                };
-                verdict.action = Action::Refuse(refusal.clone());
-                Some(refusal)
+                })
             }
             Err(error) => {
                 tracing::warn!(%error, "clamd scan of a message over the scan limit failed");
                 verdict.add("CLAMD", format!("error: {error}"), 0.0);
-                (self.config.clamd_failure == ScanFailure::TempFail).then(|| {
-                    let refusal = Refusal::temporary("4.3.0", "virus scanner unavailable; try again later");
-                    verdict.action = Action::Refuse(refusal.clone());
-                    refusal
-                })
+                (self.config.clamd_failure == ScanFailure::TempFail).then(scanner_unavailable)
             }
+        };
+        if let Some(refusal) = &refusal {
+            verdict.action = Action::Refuse(refusal.clone());
         }
+        refusal
     }
 
     /// The message as it is stored: the verdict's headers first, `Authentication-Results`
@@ -632,6 +628,16 @@ impl Protection {
     pub fn rewrite(&self, verdict: &Verdict, message: &[u8]) -> Vec<u8> {
         verdict::rewrite(&self.config, verdict, message)
     }
+}
+
+/// The refusal of a message clamd found `name` in.
+fn virus_refusal(name: &str) -> Refusal {
+    Refusal::permanent("5.7.1", format!("message contains a virus ({name})"))
+}
+
+/// The refusal of a message clamd could not scan, when that defers mail.
+fn scanner_unavailable() -> Refusal {
+    Refusal::temporary("4.3.0", "virus scanner unavailable; try again later")
 }
 
 #[cfg(test)]
