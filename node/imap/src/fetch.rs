@@ -10,7 +10,7 @@ use futures::StreamExt;
 use wmail_core::message::MessageSummary;
 use wmail_core::{Core, FlagAction, MessageRecord};
 
-use crate::proto::body::{decoded_part, section_bytes, write_body_structure, write_envelope};
+use crate::proto::body::{binary_section, section_bytes, write_body_structure, write_envelope};
 use crate::proto::command::{FetchItem, Section, SectionText, SequenceSet};
 use crate::proto::response::{push_flags, push_literal_header};
 use crate::selected::{Recent, compress_set, display_flags, set_contains};
@@ -92,7 +92,7 @@ fn is_whole_message(item: &FetchItem) -> bool {
     match item {
         FetchItem::Rfc822 => true,
         FetchItem::BodySection { section, partial: None, .. } => section.part.is_empty() && section.text.is_none(),
-        FetchItem::Binary { part, partial: None, .. } => part.is_empty(),
+        FetchItem::Binary { section, partial: None, .. } => section.part.is_empty() && section.text.is_none(),
         _ => false,
     }
 }
@@ -130,10 +130,6 @@ fn quote_names(names: &[String]) -> String {
         crate::proto::response::push_astring(&mut out, name.as_bytes(), false);
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-fn part_spec(part: &[u32]) -> String {
-    part.iter().map(u32::to_string).collect::<Vec<_>>().join(".")
 }
 
 /// Applies a `<offset.length>` partial (RFC 9051 §6.4.5): an offset past the end is empty.
@@ -390,29 +386,29 @@ impl Session {
                         None => out.extend_from_slice(b"NIL"),
                     }
                 }
-                FetchItem::Binary { part, partial, .. } => {
+                FetchItem::Binary { section, partial, .. } => {
                     let Some((raw, summary)) = content.and_then(|c| Some((c.raw.as_ref()?, &c.summary))) else {
                         continue;
                     };
-                    match decoded_part(raw, summary, part) {
+                    match binary_section(raw, summary, section) {
                         Ok(bytes) => {
                             let origin = partial.map(|(offset, _)| format!("<{offset}>")).unwrap_or_default();
-                            out.extend_from_slice(format!("BINARY[{}]{origin} ", part_spec(part)).as_bytes());
+                            out.extend_from_slice(format!("BINARY[{}]{origin} ", section_spec(section)).as_bytes());
                             push_literal(&mut out, partial_slice(&bytes, *partial), true);
                         }
                         Err(_) => {
                             // RFC 3516 §4.2: an encoding the server cannot decode.
                             self.pending_no = Some("[UNKNOWN-CTE] cannot decode the part's transfer encoding".into());
-                            out.extend_from_slice(format!("BINARY[{}] NIL", part_spec(part)).as_bytes());
+                            out.extend_from_slice(format!("BINARY[{}] NIL", section_spec(section)).as_bytes());
                         }
                     }
                 }
-                FetchItem::BinarySize { part } => {
+                FetchItem::BinarySize { section } => {
                     let Some((raw, summary)) = content.and_then(|c| Some((c.raw.as_ref()?, &c.summary))) else {
                         continue;
                     };
-                    let size = decoded_part(raw, summary, part).map(|bytes| bytes.len()).unwrap_or(0);
-                    out.extend_from_slice(format!("BINARY.SIZE[{}] {size}", part_spec(part)).as_bytes());
+                    let size = binary_section(raw, summary, section).map(|bytes| bytes.len()).unwrap_or(0);
+                    out.extend_from_slice(format!("BINARY.SIZE[{}] {size}", section_spec(section)).as_bytes());
                 }
             }
         }

@@ -310,19 +310,52 @@ fn range(raw: &[u8], start: usize, end: usize) -> &[u8] {
     raw.get(start.min(end)..end).unwrap_or_default()
 }
 
-/// The content of BINARY[part] (RFC 3516): the part's body with its Content-Transfer-Encoding
-/// removed (base64 and quoted-printable decoded, 7bit, 8bit and binary as they are). An empty
-/// `part` is the whole message, unchanged; a part that does not exist gives an empty body
-/// ([`find_part`] tells the two apart).
-pub fn decoded_part(raw: &[u8], summary: &MessageSummary, part: &[u32]) -> Result<Vec<u8>, UnknownCte> {
-    if part.is_empty() {
-        return Ok(raw.to_vec());
+/// The content of BINARY[section] (RFC 3516 §4.1), empty when the section does not exist.
+/// With part numbers only, it is the part's body with its Content-Transfer-Encoding removed
+/// (an empty list is the whole message, unchanged). RFC 3516 stops there; like Dovecot we
+/// also answer the BODY section texts: HEADER, HEADER.FIELDS and MIME as they are (headers
+/// carry no transfer encoding), and TEXT as the body of the (encapsulated) message, decoded
+/// when that message is not multipart.
+pub fn binary_section<'a>(
+    raw: &'a [u8],
+    summary: &MessageSummary,
+    section: &Section,
+) -> Result<Cow<'a, [u8]>, UnknownCte> {
+    match &section.text {
+        None => decoded_part(raw, summary, &section.part),
+        Some(SectionText::Text) => {
+            let root = match find_part(summary, &section.part) {
+                Some(part) if section.part.is_empty() => part,
+                Some(Part { body: PartBody::Message(message), .. }) => &message.root,
+                _ => return Ok(Cow::Borrowed(&[])),
+            };
+            match root.body {
+                PartBody::Multipart(_) => Ok(Cow::Borrowed(range(raw, root.body_start, root.body_end))),
+                _ => decode(raw, root),
+            }
+        }
+        Some(_) => Ok(section_bytes(raw, summary, section).unwrap_or_default()),
     }
-    let Some(found) = find_part(summary, part) else {
-        return Ok(Vec::new());
-    };
-    decode_transfer_encoding(&found.encoding, range(raw, found.body_start, found.body_end))
-        .ok_or_else(|| UnknownCte { encoding: found.encoding.clone() })
+}
+
+/// BINARY[part]: the part's body with its transfer encoding removed; an empty `part` is the
+/// whole message, unchanged; a part that does not exist gives an empty body.
+fn decoded_part<'a>(raw: &'a [u8], summary: &MessageSummary, part: &[u32]) -> Result<Cow<'a, [u8]>, UnknownCte> {
+    if part.is_empty() {
+        return Ok(Cow::Borrowed(raw));
+    }
+    match find_part(summary, part) {
+        Some(found) => decode(raw, found),
+        None => Ok(Cow::Borrowed(&[])),
+    }
+}
+
+/// The body of `part` with its Content-Transfer-Encoding removed (base64 and
+/// quoted-printable decoded, 7bit, 8bit and binary as they are).
+fn decode<'a>(raw: &'a [u8], part: &Part) -> Result<Cow<'a, [u8]>, UnknownCte> {
+    decode_transfer_encoding(&part.encoding, range(raw, part.body_start, part.body_end))
+        .map(Cow::Owned)
+        .ok_or_else(|| UnknownCte { encoding: part.encoding.clone() })
 }
 
 #[cfg(test)]
@@ -418,9 +451,9 @@ mod tests {
         let none = SectionText::HeaderFields(vec!["cc".into()]);
         assert_eq!(fetch(&raw, &summary, &[], Some(none)).as_deref(), Some("\r\n"));
 
-        assert_eq!(decoded_part(&raw, &summary, &[1]).unwrap(), body.as_bytes());
-        assert_eq!(decoded_part(&raw, &summary, &[]).unwrap(), raw);
-        assert_eq!(decoded_part(&raw, &summary, &[3]).unwrap(), b"");
+        assert_eq!(*decoded_part(&raw, &summary, &[1]).unwrap(), *body.as_bytes());
+        assert_eq!(*decoded_part(&raw, &summary, &[]).unwrap(), *raw);
+        assert_eq!(*decoded_part(&raw, &summary, &[3]).unwrap(), *b"");
     }
 
     const MIXED: &str = "From: Alice <alice@example.com>\n\
@@ -543,8 +576,26 @@ mod tests {
         assert_eq!(get(&[2], Some(SectionText::Header)), None);
         assert_eq!(get(&[1], Some(SectionText::Text)), None);
 
-        assert_eq!(decoded_part(&raw, &summary, &[2]).unwrap(), b"%PDF-1.4\n");
-        assert_eq!(decoded_part(&raw, &summary, &[1, 1]).unwrap(), b"Hi Bob,\r\nsee you.");
+        assert_eq!(*decoded_part(&raw, &summary, &[2]).unwrap(), *b"%PDF-1.4\n");
+        assert_eq!(*decoded_part(&raw, &summary, &[1, 1]).unwrap(), *b"Hi Bob,\r\nsee you.");
+
+        // BINARY with BODY section texts (as Dovecot answers them): headers unchanged, TEXT
+        // of a multipart message as it is, TEXT of an encapsulated leaf message decoded.
+        let binary = |part: &[u32], text: Option<SectionText>| {
+            String::from_utf8(binary_section(&raw, &summary, &section(part, text)).unwrap().into_owned()).unwrap()
+        };
+        assert_eq!(
+            binary(&[2], Some(SectionText::Mime)),
+            fetch(&raw, &summary, &[2], Some(SectionText::Mime)).unwrap()
+        );
+        assert_eq!(
+            binary(&[], Some(SectionText::Header)),
+            fetch(&raw, &summary, &[], Some(SectionText::Header)).unwrap()
+        );
+        assert_eq!(binary(&[], Some(SectionText::Text)), fetch(&raw, &summary, &[], Some(SectionText::Text)).unwrap());
+        assert_eq!(binary(&[3], Some(SectionText::Text)), "Original text.");
+        assert_eq!(binary(&[2], Some(SectionText::Text)), "");
+        assert_eq!(binary(&[9], None), "");
         assert_eq!(find_part(&summary, &[3, 1]).map(|part| part.size()), Some(14));
     }
 
@@ -587,7 +638,16 @@ mod tests {
         assert!(structure(&summary, false, true).contains("(\"NAME\" \"résumé.bin\")"));
 
         assert_eq!(decoded_part(&raw, &summary, &[1]), Err(UnknownCte { encoding: "x-uuencode".into() }));
-        assert_eq!(decoded_part(&raw, &summary, &[2]).unwrap(), b"Subject: hi\r\n\r\nhi\r\n");
+        assert_eq!(*decoded_part(&raw, &summary, &[2]).unwrap(), *b"Subject: hi\r\n\r\nhi\r\n");
+    }
+
+    #[test]
+    fn binary_text_of_a_single_part_message_is_decoded() {
+        let raw = crlf("Subject: b\nContent-Transfer-Encoding: base64\n\naGVsbG8gd29ybGQ=\n");
+        let summary = summarize(&raw);
+        let text = binary_section(&raw, &summary, &section(&[], Some(SectionText::Text))).unwrap();
+        assert_eq!(*text, *b"hello world");
+        assert_eq!(*binary_section(&raw, &summary, &section(&[1], None)).unwrap(), *b"hello world");
     }
 
     #[test]
@@ -628,7 +688,9 @@ mod tests {
                 for text in &texts {
                     let _ = section_bytes(&raw, &summary, &section(part, text.clone()));
                 }
-                let _ = decoded_part(&raw, &summary, part);
+                for text in &texts {
+                    let _ = binary_section(&raw, &summary, &section(part, text.clone()));
+                }
             }
         }
     }

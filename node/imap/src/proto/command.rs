@@ -117,10 +117,11 @@ pub enum FetchItem {
     Rfc822Text,
     /// `BODY[section]<partial>` or `BODY.PEEK[...]`; partial is (offset, length).
     BodySection { peek: bool, section: Section, partial: Option<(u32, u32)> },
-    /// `BINARY[part]<partial>` or `BINARY.PEEK[...]` (RFC 3516).
-    Binary { peek: bool, part: Vec<u32>, partial: Option<(u32, u32)> },
-    /// `BINARY.SIZE[part]` (RFC 3516).
-    BinarySize { part: Vec<u32> },
+    /// `BINARY[section]<partial>` or `BINARY.PEEK[...]` (RFC 3516). RFC 3516 names part
+    /// numbers only; like Dovecot, HEADER, TEXT and MIME are accepted after them too.
+    Binary { peek: bool, section: Section, partial: Option<(u32, u32)> },
+    /// `BINARY.SIZE[section]` (RFC 3516).
+    BinarySize { section: Section },
 }
 
 /// A SEARCH key (RFC 9051 §6.4.4, RFC 7162 MODSEQ, RFC 5032 OLDER/YOUNGER, RFC 8474).

@@ -1114,10 +1114,10 @@ fn fetch_item(c: &mut Cursor<'_>) -> R<FetchItem> {
             FetchItem::BodySection { peek: name == "BODY.PEEK", section, partial: partial(c)? }
         }
         "BINARY" | "BINARY.PEEK" => {
-            let part = binary_part(c)?;
-            FetchItem::Binary { peek: name == "BINARY.PEEK", part, partial: partial(c)? }
+            let section = section(c)?;
+            FetchItem::Binary { peek: name == "BINARY.PEEK", section, partial: partial(c)? }
         }
-        "BINARY.SIZE" => FetchItem::BinarySize { part: binary_part(c)? },
+        "BINARY.SIZE" => FetchItem::BinarySize { section: section(c)? },
         "" => return fail("expected a fetch item"),
         other => return fail(unknown("fetch item", other)),
     })
@@ -1155,22 +1155,6 @@ fn section(c: &mut Cursor<'_>) -> R<Section> {
     };
     c.expect(b']', "] after the section")?;
     Ok(Section { part, text })
-}
-
-/// RFC 3516 `section-binary`: `[` [part numbers] `]`.
-fn binary_part(c: &mut Cursor<'_>) -> R<Vec<u32>> {
-    c.expect(b'[', "a part in brackets after BINARY")?;
-    let mut part = Vec::new();
-    if !c.eat(b']') {
-        loop {
-            part.push(c.nz_number("a part number")?);
-            if !c.eat(b'.') {
-                break;
-            }
-        }
-        c.expect(b']', "] after the part number")?;
-    }
-    Ok(part)
 }
 
 /// RFC 9051 `partial`: `<offset.length>`, if present.

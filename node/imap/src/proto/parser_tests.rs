@@ -675,9 +675,24 @@ fn fetch_sections() {
             "BODY[1.header.fields.not (Received)]<0.100>",
             body(false, section(&[1], Some(HeaderFieldsNot(names(&["Received"])))), Some((0, 100))),
         ),
-        ("BINARY[]", FetchItem::Binary { peek: false, part: vec![], partial: None }),
-        ("BINARY.PEEK[1.2]<5.6>", FetchItem::Binary { peek: true, part: vec![1, 2], partial: Some((5, 6)) }),
-        ("BINARY.SIZE[3]", FetchItem::BinarySize { part: vec![3] }),
+        ("BINARY[]", FetchItem::Binary { peek: false, section: Section { part: vec![], text: None }, partial: None }),
+        (
+            "BINARY.PEEK[1.2]<5.6>",
+            FetchItem::Binary { peek: true, section: Section { part: vec![1, 2], text: None }, partial: Some((5, 6)) },
+        ),
+        ("BINARY.SIZE[3]", FetchItem::BinarySize { section: Section { part: vec![3], text: None } }),
+        (
+            "BINARY.SIZE[2.MIME]",
+            FetchItem::BinarySize { section: Section { part: vec![2], text: Some(SectionText::Mime) } },
+        ),
+        (
+            "BINARY[TEXT]",
+            FetchItem::Binary {
+                peek: false,
+                section: Section { part: vec![], text: Some(SectionText::Text) },
+                partial: None,
+            },
+        ),
     ];
     for (item, expected) in cases {
         assert_eq!(items(item), vec![expected.clone()], "{item}");
@@ -725,7 +740,7 @@ fn fetch_errors() {
         "a FETCH 1 BODY[]<1.0>",
         "a FETCH 1 BODY[]<1.2",
         "a FETCH 1 BINARY",
-        "a FETCH 1 BINARY[HEADER]",
+        "a FETCH 1 BINARY[FOO]",
         "a FETCH 1 BINARY[0]",
         "a FETCH 1 BINARY.SIZE[1]<0.5>",
         "a FETCH 1 FLAGS ()",
