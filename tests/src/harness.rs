@@ -157,6 +157,8 @@ impl WmailNode {
             .args(["serve", "--config"])
             .arg(&self.config_path)
             .args(&self.serve_args)
+            // Dates a node shows in its local zone: the same everywhere unless a test asks.
+            .env("TZ", "UTC")
             .envs(self.env.iter().map(|(key, value)| (key, value)))
             .env("WMAIL_LOG", "info")
             .stdin(Stdio::null())

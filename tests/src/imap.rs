@@ -666,6 +666,42 @@ print("ok")
 }
 
 #[tokio::test]
+async fn internal_dates_follow_the_node_time_zone_across_daylight_saving() {
+    // Eastern European time: +0200, +0300 from the last Sunday of March 03:00 until the
+    // last Sunday of October 04:00 (a POSIX TZ rule, so no zoneinfo file is needed).
+    let mut node = WmailNode::new("");
+    node.env.push(("TZ".into(), "EET-2EEST,M3.5.0/3,M10.5.0/4".into()));
+    node.start().await;
+    let (status, body) = node.api(Method::POST, "/domains", Some(json!({ "name": "example.com" }))).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) =
+        node.api(Method::POST, "/accounts", Some(json!({ "address": ALICE, "password": PASSWORD }))).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let out = imap(
+        &node,
+        r#"
+r = Raw()
+r.ok("CREATE dates")
+for date in ["24-Mar-2007 23:00:00 +0200", "24-Mar-2007 23:30:00 +0000", "25-Mar-2007 01:30:00 +0000",
+             "28-Oct-2007 00:30:00 +0000", "28-Oct-2007 22:30:00 +0000"]:
+    assert r.append("dates", b"Subject: d\r\n\r\nx\r\n", date=date)[1].startswith("OK")
+r.ok("SELECT dates")
+shown = [re.search(rb'INTERNALDATE "([^"]+)"', u).group(1).decode() for u in r.ok("FETCH 1:* INTERNALDATE")]
+assert shown == ["24-Mar-2007 23:00:00 +0200", "25-Mar-2007 01:30:00 +0200", "25-Mar-2007 04:30:00 +0300",
+                 "28-Oct-2007 03:30:00 +0300", "29-Oct-2007 00:30:00 +0200"], shown
+# RFC 9051 §6.4.4: the internal date's own date, in the zone it is shown in.
+assert numbers(r.ok("SEARCH ON 24-Mar-2007")) == [1]
+assert numbers(r.ok("SEARCH ON 25-Mar-2007")) == [2, 3]
+assert numbers(r.ok("SEARCH BEFORE 25-Mar-2007")) == [1]
+assert numbers(r.ok("SEARCH SINCE 28-Oct-2007 BEFORE 29-Oct-2007")) == [4]
+assert numbers(r.ok("SEARCH SINCE 29-Oct-2007")) == [5]
+print("ok")
+"#,
+    );
+    assert_eq!(out.trim(), "ok");
+}
+
+#[tokio::test]
 async fn store_flags_keywords_and_condstore() {
     let node = node_with_account("", None).await;
     deliver_numbered(&node, 3).await;

@@ -64,10 +64,12 @@ struct Content {
     summary: MessageSummary,
 }
 
-/// Formats an INTERNALDATE (RFC 9051 §9 `date-time`), in UTC.
+/// Formats an INTERNALDATE (RFC 9051 §9 `date-time`) in the node's local time zone (`TZ`,
+/// else `/etc/localtime`), as Dovecot does: SEARCH BEFORE/ON/SINCE compare the date in the
+/// same zone (see `search::day_of`), so what a client reads and what it searches agree.
 pub(crate) fn internal_date(ms: u64) -> String {
     let time = chrono::DateTime::from_timestamp_millis(ms as i64).unwrap_or_default();
-    time.format("%d-%b-%Y %H:%M:%S +0000").to_string()
+    time.with_timezone(&chrono::Local).format("%d-%b-%Y %H:%M:%S %z").to_string()
 }
 
 fn needs_raw(item: &FetchItem) -> bool {

@@ -136,8 +136,10 @@ fn contains(haystack: &str, needle: &str) -> bool {
     needle.is_empty() || haystack.to_lowercase().contains(&needle.to_lowercase())
 }
 
+/// The date of an INTERNALDATE "disregarding time and timezone" (RFC 9051 §6.4.4): the
+/// date it has in the zone FETCH INTERNALDATE shows it in, the node's local one.
 fn day_of(ms: i64) -> NaiveDate {
-    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().date_naive()
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().with_timezone(&chrono::Local).date_naive()
 }
 
 fn has_flag(record: &MessageRecord, flag: &str) -> bool {
