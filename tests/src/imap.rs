@@ -628,11 +628,17 @@ assert b'((NIL "@route.example" "user" "domain.example"))' in envelope, envelope
 assert numbers(r.ok("SEARCH TO bb")) == [1]
 assert numbers(r.ok("SEARCH TO aa")) == [1]
 # RFC 7162 §3.1: FETCH MODSEQ turns CONDSTORE on (with HIGHESTMODSEQ, as SELECT did not
-# give it to a client that did not ask); from then on every FETCH has UID and MODSEQ.
+# give it to a client that did not ask); from then on flag changes carry UID and MODSEQ.
 untagged = r.ok("FETCH 2 (MODSEQ)")
 assert any(u.startswith(b"* OK [HIGHESTMODSEQ ") for u in untagged), untagged
 stored = r.ok("STORE 2 +FLAGS (\\Seen)")
 assert b" UID 2 " in stored[0] and b"MODSEQ (" in stored[0], stored
+# ... and so does a FETCH that sets \Seen, but not one that asked for neither and
+# changed nothing (imaptest's own_msgs run would see MODSEQs move).
+plain = r.ok("FETCH 2 (FLAGS)")[0]
+assert b"MODSEQ" not in plain and b"UID" not in plain, plain
+seen = r.ok("FETCH 3 (BODY[])")[0]
+assert b"UID 3" in seen and b"MODSEQ (" in seen and b"\\Seen" in seen, seen
 # RFC 5957 SORT=DISPLAY: by the display name, else the address.
 r.ok("CREATE disp")
 for sender in [b"Zed <a@x.test>", b"=?utf-8?q?=C3=89mile?= <b@x.test>", b"<carol@x.test>", b"alice <z@x.test>"]:
@@ -745,7 +751,8 @@ assert r.ok("ENABLE CONDSTORE") == [b"* ENABLED CONDSTORE\r\n"]
 f = fetches(r.ok("FETCH 1:3 (MODSEQ)"))
 modseq = {n: modseq_of(f[n]) for n in f}
 assert sorted(modseq) == [1, 2, 3], f
-assert modseq_of(fetches(r.ok("FETCH 1 (FLAGS)"))[1]) == modseq[1], "FETCH carries MODSEQ after ENABLE CONDSTORE"
+# RFC 7162 §3.1: MODSEQ comes with flag changes, not with a FETCH that asked for FLAGS only.
+assert b"MODSEQ" not in fetches(r.ok("FETCH 1 (FLAGS)"))[1]
 untagged = r.ok("STATUS INBOX (HIGHESTMODSEQ)")
 assert untagged == [b'* STATUS "INBOX" (HIGHESTMODSEQ %d)\r\n' % max(modseq.values())], (untagged, modseq)
 
@@ -1058,6 +1065,19 @@ a.ok("STORE 1 +FLAGS (\\Flagged)")
 f = fetches(b.ok("NOOP"))
 assert list(f) == [1] and flags(f[1]) == {"\\Flagged"} and uid_of(f[1]) == 1, f
 
+# A keyword new to the mailbox: each session is sent FLAGS (and PERMANENTFLAGS) listing it
+# before the FETCH that shows it (RFC 3501 §7.2.6), once (imaptest's stress run).
+untagged = a.ok("STORE 1 +FLAGS ($Label9)")
+assert untagged[0].startswith(b"* FLAGS (") and b"$Label9" in untagged[0], untagged
+assert b"PERMANENTFLAGS" in untagged[1] and b"$Label9" in untagged[1], untagged
+untagged = b.ok("NOOP")
+assert untagged[0].startswith(b"* FLAGS (") and b"$Label9" in untagged[0], untagged
+assert flags(fetches(untagged)[1]) == {"\\Flagged", "$Label9"}, untagged
+a.ok("STORE 1 -FLAGS ($Label9)")
+a.ok("STORE 1 +FLAGS ($Label9)")
+untagged = b.ok("NOOP")
+assert not any(u.startswith(b"* FLAGS") for u in untagged) and fetches(untagged), untagged
+
 # A's EXPUNGE reaches B only where message numbers may change: not during FETCH,
 # STORE or SEARCH, but on NOOP.
 a.ok("STORE 2 +FLAGS.SILENT (\\Deleted)")
@@ -1098,6 +1118,16 @@ b.send("DONE\r\n")
 untagged, status = b.finish(tag)
 assert status.startswith("OK"), (status, untagged)
 b.ok("NOOP")
+
+# A message whose flags changed before B heard of it: EXISTS comes before its FETCH, never
+# a FETCH of a message number B does not know (imaptest's stress run).
+a.ok("CREATE fresh")
+a.ok("SELECT fresh")
+b.ok("SELECT fresh")
+uid = appenduid(a.append("fresh", b"Subject: f\r\n\r\nx\r\n")[1])[1]
+a.ok("UID STORE %d +FLAGS (\\Seen)" % uid)
+untagged = b.ok("NOOP")
+assert untagged[0] == b"* 1 EXISTS\r\n" and any(u.startswith(b"* 1 FETCH") for u in untagged), untagged
 print("done", flush=True)
 "#
         ),
@@ -1237,6 +1267,26 @@ assert status.startswith("BAD"), "VANISHED needs UID FETCH: " + status
 b.ok("STORE 3 +FLAGS.SILENT (\\Deleted)")
 b.ok("EXPUNGE")
 assert a.ok("NOOP") == [b"* VANISHED 4\r\n"]
+
+# While an expunge waits (no EXPUNGE/VANISHED during FETCH), MODSEQs A is sent are
+# followed by a HIGHESTMODSEQ below it, and B's later flag change waits too, so a client
+# caching what it saw and reconnecting is still told of the expunge (RFC 7162 §3.2).
+before = code(a.ok("SELECT INBOX"), "HIGHESTMODSEQ")
+b.ok("STORE 2 +FLAGS.SILENT (\\Deleted)")
+b.ok("EXPUNGE")
+b.ok("STORE 1 +FLAGS ($Later)")
+untagged = a.ok("FETCH 1 (MODSEQ)")
+assert not any(b"VANISHED" in u for u in untagged), untagged
+shown = code(untagged, "HIGHESTMODSEQ")
+assert before <= shown < modseq_of(fetches(untagged)[1]), (before, untagged)
+assert not any(b"$Later" in u for u in untagged), "the flag change waits with the expunge"
+untagged = a.ok("NOOP")
+assert untagged[0] == b"* VANISHED 2\r\n" and any(b"$Later" in u for u in untagged), untagged
+a.ok("LOGOUT")
+c = Raw()
+c.ok("ENABLE QRESYNC")
+untagged = c.ok("SELECT INBOX (QRESYNC (%d %d))" % (validity, shown))
+assert b"* VANISHED (EARLIER) 2\r\n" in untagged, untagged
 print("ok")
 "#,
     );

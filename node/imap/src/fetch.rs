@@ -183,14 +183,25 @@ impl Session {
         if changed_since.is_some() || items.contains(&FetchItem::ModSeq) {
             self.enable_condstore();
         }
-        // RFC 7162 §3.1: once CONDSTORE is on, every untagged FETCH carries UID and MODSEQ.
-        if (uid || self.enabled.condstore) && !items.contains(&FetchItem::Uid) {
+        // RFC 3501 §6.4.8: a UID command's FETCH responses carry the UID.
+        if uid && !items.contains(&FetchItem::Uid) {
             items.insert(0, FetchItem::Uid);
         }
-        if (changed_since.is_some() || self.enabled.condstore) && !items.contains(&FetchItem::ModSeq) {
-            // RFC 7162 §3.1.4.1 (CHANGEDSINCE implies MODSEQ) and §3.1.2 (once CONDSTORE is
-            // on, every FETCH carries MODSEQ).
+        // RFC 7162 §3.1.4.1: CHANGEDSINCE implies MODSEQ.
+        if changed_since.is_some() && !items.contains(&FetchItem::ModSeq) {
             items.push(FetchItem::ModSeq);
+        }
+        // RFC 7162 §3.1: once CONDSTORE is on, a FETCH response that reports a flag change
+        // (here, \Seen set implicitly) carries UID and MODSEQ; one that only answers what
+        // was asked does not (a client tracking MODSEQs would otherwise see them move).
+        let mut items_when_seen = items.clone();
+        if self.enabled.condstore {
+            if !items_when_seen.contains(&FetchItem::Uid) {
+                items_when_seen.insert(0, FetchItem::Uid);
+            }
+            if !items_when_seen.contains(&FetchItem::ModSeq) {
+                items_when_seen.push(FetchItem::ModSeq);
+            }
         }
         if vanished && let Some(since) = changed_since {
             let expunged = self.expunged_since(account_id, mailbox_id, since, set);
@@ -253,7 +264,8 @@ impl Session {
                     selected.pending_flags.remove(&uid_value);
                 }
             }
-            if !self.write_fetch(seq, &record, &items, content.as_ref(), add_flags, &recent).await {
+            let items = if newly_seen.contains(&uid_value) { &items_when_seen } else { &items };
+            if !self.write_fetch(seq, &record, items, content.as_ref(), add_flags, &recent).await {
                 return;
             }
             if !self.flush_if_large().await {
@@ -313,6 +325,13 @@ impl Session {
         let mut record = record.clone();
         if add_flags && !record.flags.iter().any(|flag| flag == "\\Seen") {
             record.flags.push("\\Seen".into());
+        }
+        if (add_flags || items.contains(&FetchItem::Flags))
+            && let Some(selected) = self.selected.as_mut()
+        {
+            let mut told = Vec::new();
+            selected.announce_keywords(&mut told, &record.flags);
+            self.queue(&told);
         }
         for item in items {
             separator(&mut out);

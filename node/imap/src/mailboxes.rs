@@ -16,8 +16,6 @@ use crate::utf7;
 const MAX_NAME: usize = 512;
 /// Deepest hierarchy.
 const MAX_LEVELS: usize = 32;
-/// The system flags (RFC 9051 §2.3.2) every mailbox offers.
-const SYSTEM_FLAGS: &str = "\\Answered \\Flagged \\Deleted \\Seen \\Draft";
 
 impl Session {
     /// Runs a command of the authenticated or selected state (the state was checked).
@@ -137,7 +135,6 @@ impl Session {
             selected.recent.add(recent);
         }
         let rev2 = self.enabled.rev2;
-        let keywords: String = scan.keywords.iter().map(|keyword| format!(" {keyword}")).collect();
         let mut out = Vec::new();
         out.extend_from_slice(format!("* {count} EXISTS\r\n").as_bytes());
         if !rev2 {
@@ -147,9 +144,7 @@ impl Session {
                 out.extend_from_slice(format!("* OK [UNSEEN {}] first unseen\r\n", index + 1).as_bytes());
             }
         }
-        out.extend_from_slice(format!("* FLAGS ({SYSTEM_FLAGS}{keywords})\r\n").as_bytes());
-        let permanent = if read_only { String::new() } else { format!("{SYSTEM_FLAGS}{keywords} \\*") };
-        out.extend_from_slice(format!("* OK [PERMANENTFLAGS ({permanent})] limited\r\n").as_bytes());
+        selected.write_flags(&mut out, scan.keywords.iter().cloned());
         out.extend_from_slice(format!("* OK [UIDVALIDITY {}] UIDs valid\r\n", mailbox.uid_validity).as_bytes());
         out.extend_from_slice(format!("* OK [UIDNEXT {}] predicted next UID\r\n", mailbox.uid_next).as_bytes());
         // RFC 7162 §3.1.2.1: HIGHESTMODSEQ in every SELECT response.

@@ -14,6 +14,9 @@ use crate::proto::response::push_flags;
 use crate::session::Session;
 use crate::uid_list::UidList;
 
+/// The system flags (RFC 9051 §2.3.2) every mailbox offers.
+const SYSTEM_FLAGS: &str = "\\Answered \\Flagged \\Deleted \\Seen \\Draft";
+
 /// The session's view of the selected mailbox.
 #[derive(Debug)]
 pub struct Selected {
@@ -34,6 +37,8 @@ pub struct Selected {
     pub known_modseq: u64,
     /// Expunged by someone, not yet reported to the client.
     pub pending_expunges: BTreeSet<u32>,
+    /// The lowest MODSEQ among `pending_expunges` (see [`Session::hold_back_highest_modseq`]).
+    pub pending_expunge_modseq: Option<u64>,
     /// Flags changed by someone, not yet reported.
     pub pending_flags: BTreeSet<u32>,
     /// The highest MODSEQ of flags already reported per UID (to skip echoing our own STORE).
@@ -42,6 +47,8 @@ pub struct Selected {
     pub saved_search: Vec<u32>,
     /// The mailbox was deleted by another session.
     pub deleted: bool,
+    /// The keywords the client was told of in FLAGS (see [`Selected::announce_keywords`]).
+    pub keywords: BTreeSet<String>,
 }
 
 impl Selected {
@@ -56,10 +63,42 @@ impl Selected {
             last_change_id,
             known_modseq: mailbox.highest_modseq,
             pending_expunges: BTreeSet::new(),
+            pending_expunge_modseq: None,
             pending_flags: BTreeSet::new(),
             reported_modseq: HashMap::new(),
             saved_search: Vec::new(),
             deleted: false,
+            keywords: BTreeSet::new(),
+        }
+    }
+
+    /// Notes that `uid` was expunged at `modseq` and waits to be reported.
+    fn expunged_meanwhile(&mut self, uid: u32, modseq: u64) {
+        self.pending_expunges.insert(uid);
+        self.pending_expunge_modseq = Some(self.pending_expunge_modseq.map_or(modseq, |lowest| lowest.min(modseq)));
+    }
+
+    /// Writes the untagged FLAGS and PERMANENTFLAGS responses for `keywords` (at SELECT)
+    /// and remembers them as told.
+    pub fn write_flags(&mut self, out: &mut Vec<u8>, keywords: impl IntoIterator<Item = String>) {
+        self.keywords.extend(keywords);
+        let keywords: String = self.keywords.iter().map(|keyword| format!(" {keyword}")).collect();
+        out.extend_from_slice(format!("* FLAGS ({SYSTEM_FLAGS}{keywords})\r\n").as_bytes());
+        let permanent = if self.read_only { String::new() } else { format!("{SYSTEM_FLAGS}{keywords} \\*") };
+        out.extend_from_slice(format!("* OK [PERMANENTFLAGS ({permanent})] limited\r\n").as_bytes());
+    }
+
+    /// RFC 3501 §7.2.6 (RFC 9051 §7.3.5): FLAGS lists every keyword the mailbox uses, so
+    /// before a FETCH shows one the client was not told of (another session, or this one's
+    /// STORE, added it) a new FLAGS response lists it. Call before writing `flags`.
+    pub fn announce_keywords(&mut self, out: &mut Vec<u8>, flags: &[String]) {
+        let new: Vec<String> = flags
+            .iter()
+            .filter(|flag| !flag.starts_with('\\') && !self.keywords.contains(flag.as_str()))
+            .cloned()
+            .collect();
+        if !new.is_empty() {
+            self.write_flags(out, new);
         }
     }
 
@@ -123,7 +162,7 @@ impl Session {
     /// RFC 7162 §3.1: a CONDSTORE enabling command (FETCH or SEARCH with MODSEQ, FETCH
     /// CHANGEDSINCE, STORE UNCHANGEDSINCE, STATUS HIGHESTMODSEQ; SELECT/EXAMINE (CONDSTORE)
     /// and ENABLE set it themselves) turns CONDSTORE on for the rest of the connection: from
-    /// then on every untagged FETCH carries UID and MODSEQ. Turned on with a mailbox
+    /// then on every FETCH reporting a flag change carries UID and MODSEQ. Turned on with a mailbox
     /// selected, the client is told its HIGHESTMODSEQ (which it saw no SELECT give).
     pub(crate) fn enable_condstore(&mut self) {
         if std::mem::replace(&mut self.enabled.condstore, true) {
@@ -135,9 +174,23 @@ impl Session {
         }
     }
 
+    /// RFC 7162 §3.2 (RFC 5162 erratum 1810): MODSEQs sent while an expunge with a lower one
+    /// waits to be reported (EXPUNGE is not allowed during FETCH, STORE or SEARCH) are
+    /// followed by a HIGHESTMODSEQ below that expunge, so a QRESYNC client that caches what
+    /// it saw and reconnects is still told of it.
+    pub(crate) fn hold_back_highest_modseq(&mut self) {
+        let Some(selected) = self.selected.as_ref() else { return };
+        if let Some(lowest) = selected.pending_expunge_modseq
+            && self.enabled.condstore
+            && !selected.pending_expunges.is_empty()
+        {
+            self.untagged(&format!("OK [HIGHESTMODSEQ {}] expunges are pending", lowest.saturating_sub(1)));
+        }
+    }
+
     /// Brings the selected view up to date with the change log and queues the untagged
-    /// responses: EXPUNGE or VANISHED (only when `expunges_allowed`), FETCH for changed
-    /// flags, EXISTS and RECENT for new messages.
+    /// responses: EXPUNGE or VANISHED (only when `expunges_allowed`), EXISTS and RECENT for
+    /// new messages, then FETCH for changed flags.
     pub(crate) async fn sync(&mut self, expunges_allowed: bool) {
         let Some(account) = self.account.as_ref().map(|account| account.id) else { return };
         let Some(selected) = self.selected.as_mut() else { return };
@@ -172,10 +225,10 @@ impl Session {
                 Change::FlagsChanged { mailbox_id, uid, .. } if mailbox_id == selected.mailbox_id => {
                     selected.pending_flags.insert(uid);
                 }
-                Change::Expunged { mailbox_id, uid, .. }
+                Change::Expunged { mailbox_id, uid, modseq }
                     if mailbox_id == selected.mailbox_id && selected.seq_of(uid).is_some() =>
                 {
-                    selected.pending_expunges.insert(uid);
+                    selected.expunged_meanwhile(uid, modseq);
                 }
                 Change::MailboxDeleted { mailbox_id } if mailbox_id == selected.mailbox_id => selected.deleted = true,
                 _ => {}
@@ -186,22 +239,6 @@ impl Session {
             let expunged = std::mem::take(&mut selected.pending_expunges);
             write_expunges(&mut out, selected, &expunged, self.enabled.qresync);
         }
-        // Flags of messages still in view, with what they are now.
-        let flag_uids: Vec<u32> = std::mem::take(&mut selected.pending_flags).into_iter().collect();
-        for uid in flag_uids {
-            let Some(seq) = selected.seq_of(uid) else { continue };
-            if selected.pending_expunges.contains(&uid) {
-                continue;
-            }
-            let Ok(Some(record)) = self.core.message(account, selected.mailbox_id, uid) else { continue };
-            // Entries live only until this sync: the map never grows with the mailbox.
-            if selected.reported_modseq.remove(&uid).is_some_and(|reported| reported >= record.modseq) {
-                continue;
-            }
-            write_flags_fetch(&mut out, seq, &record, self.enabled.condstore, &selected.recent, self.enabled.rev2);
-        }
-        // Every change this session made itself is now read from the log: forget them.
-        selected.reported_modseq.clear();
         if let (Some(first_new_uid), Some(last)) = (first_new_uid, selected.uids.last())
             && !self.enabled.rev2
         {
@@ -224,6 +261,34 @@ impl Session {
                 out.extend_from_slice(format!("* {} RECENT\r\n", selected.recent.count_in(&selected.uids)).as_bytes());
             }
         }
+        // After EXISTS: a new message's flags may have changed too, and a FETCH must not name
+        // a message number the client has not been told exists (imaptest's stress run).
+        // With CONDSTORE on, not while an expunge waits to be reported (RFC 7162 §3.2.10: a
+        // QRESYNC client keeps the highest MODSEQ it saw; one above an expunge it was not
+        // told of makes its next SELECT (QRESYNC) skip that VANISHED). They wait with it.
+        if self.enabled.condstore && !selected.pending_expunges.is_empty() {
+            self.queue(&out);
+            // This command's own MODSEQs (FETCH, STORE, SEARCH) are out already.
+            self.hold_back_highest_modseq();
+            return;
+        }
+        // Flags of messages still in view, with what they are now.
+        let flag_uids: Vec<u32> = std::mem::take(&mut selected.pending_flags).into_iter().collect();
+        for uid in flag_uids {
+            let Some(seq) = selected.seq_of(uid) else { continue };
+            if selected.pending_expunges.contains(&uid) {
+                continue;
+            }
+            let Ok(Some(record)) = self.core.message(account, selected.mailbox_id, uid) else { continue };
+            // Entries live only until this sync: the map never grows with the mailbox.
+            if selected.reported_modseq.remove(&uid).is_some_and(|reported| reported >= record.modseq) {
+                continue;
+            }
+            selected.announce_keywords(&mut out, &record.flags);
+            write_flags_fetch(&mut out, seq, &record, self.enabled.condstore, &selected.recent, self.enabled.rev2);
+        }
+        // Every change this session made itself is now read from the log: forget them.
+        selected.reported_modseq.clear();
         self.queue(&out);
     }
 
@@ -318,6 +383,9 @@ impl Session {
             selected.reported_modseq.insert(uid_value, record.modseq);
             // RFC 7162 §3.1.3: with UNCHANGEDSINCE, even .SILENT reports the new MODSEQ.
             if !silent || unchanged_since.is_some() {
+                if !silent {
+                    selected.announce_keywords(&mut out, &record.flags);
+                }
                 out.extend_from_slice(format!("* {seq} FETCH (").as_bytes());
                 if !silent {
                     out.extend_from_slice(b"FLAGS ");
@@ -487,9 +555,11 @@ async fn resync_from_mailbox(core: &wmail_core::Core, account_id: u64, selected:
     let Ok(records) = core.mailbox_messages(account_id, selected.mailbox_id).await else { return false };
     tracing::info!(mailbox = selected.mailbox_id, "change log trimmed past this session; resynchronising");
     let present: HashMap<u32, u64> = records.iter().map(|record| (record.uid, record.modseq)).collect();
-    for uid in selected.uids.iter() {
+    let known_modseq = selected.known_modseq;
+    for uid in selected.uids.iter().collect::<Vec<_>>() {
         if !present.contains_key(&uid) {
-            selected.pending_expunges.insert(uid);
+            // Expunged after what this view knew: its MODSEQ is above that.
+            selected.expunged_meanwhile(uid, known_modseq + 1);
         }
     }
     let mut added = false;
@@ -601,6 +671,9 @@ pub(crate) fn write_expunges(out: &mut Vec<u8>, selected: &mut Selected, expunge
         selected.pending_flags.remove(uid);
         selected.reported_modseq.remove(uid);
     }
+    if selected.pending_expunges.is_empty() {
+        selected.pending_expunge_modseq = None;
+    }
 }
 
 /// Writes numbers as a compact sequence set (`1:3,7,9:10`); the input need not be sorted.
@@ -644,10 +717,12 @@ mod tests {
             last_change_id: 0,
             known_modseq: 0,
             pending_expunges: BTreeSet::new(),
+            pending_expunge_modseq: None,
             pending_flags: BTreeSet::new(),
             reported_modseq: HashMap::new(),
             saved_search: Vec::new(),
             deleted: false,
+            keywords: BTreeSet::new(),
         }
     }
 
