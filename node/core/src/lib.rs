@@ -114,6 +114,10 @@ pub struct CoreConfig {
 /// Default of [`CoreConfig::snapshot_every`].
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 20_000;
 
+/// How long a login waits behind other password checks of the same account or address
+/// before it is told to retry (each check costs Argon2's few milliseconds).
+const LOGIN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What to create in [`Core::create_account`].
 #[derive(Debug, Clone)]
 pub struct NewAccount {
@@ -582,7 +586,7 @@ impl Core {
             tracing::info!(?client, account = %account_key, "login refused: blocked cluster-wide");
             return Err(too_many());
         }
-        let attempt = match self.login_guard.attempt(client, &account_key, std::time::Instant::now()) {
+        let attempt = match self.login_guard.attempt_patiently(client, &account_key, LOGIN_PATIENCE).await {
             Ok(attempt) => attempt,
             Err(Blocked::Busy) => {
                 return Err(CoreError::new(

@@ -167,12 +167,41 @@ impl Drop for Attempt<'_> {
 pub struct LoginGuard {
     policy: LockoutPolicy,
     tables: Mutex<Tables>,
+    /// Woken whenever an attempt ends (see [`LoginGuard::attempt_patiently`]).
+    released: tokio::sync::Notify,
 }
 
 impl LoginGuard {
     /// A guard with `policy`.
     pub fn new(policy: LockoutPolicy) -> Self {
-        Self { policy, tables: Mutex::new(Tables::default()) }
+        Self { policy, tables: Mutex::new(Tables::default()), released: tokio::sync::Notify::new() }
+    }
+
+    /// [`LoginGuard::attempt`], except that while the only obstacle is other attempts in
+    /// progress ([`Blocked::Busy`]) it waits for them to end, up to `patience`: a burst of
+    /// correct logins (a client opening many connections, an office behind one address
+    /// reconnecting) is delayed by the password checks ahead of it, not refused.
+    pub async fn attempt_patiently(
+        &self,
+        address: Option<IpAddr>,
+        account: &str,
+        patience: Duration,
+    ) -> Result<Attempt<'_>, Blocked> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            // Registered before the check, so an attempt ending in between still wakes us.
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            match self.attempt(address, account, Instant::now()) {
+                Err(Blocked::Busy) => {
+                    if tokio::time::timeout_at(deadline, released).await.is_err() {
+                        return Err(Blocked::Busy);
+                    }
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Admits a login attempt from `address` for `account`, or refuses it while either is
@@ -212,6 +241,12 @@ impl LoginGuard {
     }
 
     fn finish(&self, address: Option<IpAddr>, account: &str, failed: bool, now: Instant) -> Vec<StartedBlock> {
+        let started = self.record_end(address, account, failed, now);
+        self.released.notify_waiters();
+        started
+    }
+
+    fn record_end(&self, address: Option<IpAddr>, account: &str, failed: bool, now: Instant) -> Vec<StartedBlock> {
         let policy = self.policy;
         let mut started = Vec::new();
         let mut tables = self.tables.lock().expect("login guard lock");
@@ -327,5 +362,23 @@ mod tests {
         let same_subscriber: Option<IpAddr> = Some("2001:db8::ffff".parse().unwrap());
         assert_eq!(guard.attempt(same_subscriber, "fresh@x.test", start).err(), Some(Blocked::Address), "per /64");
         assert!(guard.attempt(Some("192.0.2.9".parse().unwrap()), "fresh@x.test", start).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_busy_login_waits_for_one_in_progress_instead_of_failing() {
+        let guard = LoginGuard::new(policy());
+        let start = Instant::now();
+        let mut in_progress: Vec<Attempt<'_>> =
+            (0..3).map(|_| guard.attempt(None, "a@x.test", start).expect("under the limit")).collect();
+        let patience = Duration::from_secs(5);
+        // Nothing ends: after its patience the attempt is told it is busy.
+        let refused = guard.attempt_patiently(None, "a@x.test", Duration::from_millis(30)).await;
+        assert_eq!(refused.err(), Some(Blocked::Busy));
+        // One correct login ends while another waits: the waiting one is admitted.
+        let (waited, ()) = tokio::join!(guard.attempt_patiently(None, "a@x.test", patience), async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            in_progress.pop().expect("three").succeeded();
+        });
+        assert!(waited.is_ok());
     }
 }
