@@ -637,6 +637,9 @@ assert b" UID 2 " in stored[0] and b"MODSEQ (" in stored[0], stored
 # changed nothing (imaptest's own_msgs run would see MODSEQs move).
 plain = r.ok("FETCH 2 (FLAGS)")[0]
 assert b"MODSEQ" not in plain and b"UID" not in plain, plain
+# An item asked for twice is answered once.
+twice = r.ok("FETCH 2 (UID UID FLAGS UID)")[0]
+assert twice.count(b"UID ") == 1 and twice.count(b"FLAGS ") == 1, twice
 seen = r.ok("FETCH 3 (BODY[])")[0]
 assert b"UID 3" in seen and b"MODSEQ (" in seen and b"\\Seen" in seen, seen
 # RFC 5957 SORT=DISPLAY: by the display name, else the address.

@@ -162,7 +162,7 @@ impl Session {
         tag: &str,
         uid: bool,
         set: &SequenceSet,
-        items: &[FetchItem],
+        items_asked: &[FetchItem],
         changed_since: Option<u64>,
         vanished: bool,
     ) {
@@ -179,7 +179,13 @@ impl Session {
         let mailbox_id = selected.mailbox_id;
         let read_only = selected.read_only;
         let recent = selected.recent.clone();
-        let mut items = items.to_vec();
+        // An item asked for twice is answered once (`UID UID FLAGS`: imaptest asks so).
+        let mut items: Vec<FetchItem> = Vec::with_capacity(items_asked.len());
+        for item in items_asked {
+            if !items.contains(item) {
+                items.push(item.clone());
+            }
+        }
         if changed_since.is_some() || items.contains(&FetchItem::ModSeq) {
             self.enable_condstore();
         }
