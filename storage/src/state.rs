@@ -66,6 +66,32 @@ pub struct StateStore {
     /// Keys deleted from the queue's due index since it was last compacted: each leaves a
     /// tombstone that range scans from the start must step over until compaction.
     queue_due_deletes: std::sync::atomic::AtomicU64,
+    /// The latest messages this node expunged (see [`StateStore::recently_expunged`]).
+    recently_expunged: Mutex<RecentlyExpunged>,
+}
+
+/// How many expunged message records [`StateStore::recently_expunged`] remembers.
+const RECENTLY_EXPUNGED: usize = 16_384;
+
+/// A bounded memory of expunged message records, oldest forgotten first.
+#[derive(Default)]
+struct RecentlyExpunged {
+    order: std::collections::VecDeque<(u64, u64, u32)>,
+    records: HashMap<(u64, u64, u32), MessageRecord>,
+}
+
+impl RecentlyExpunged {
+    fn remember(&mut self, account_id: u64, mailbox_id: u64, record: MessageRecord) {
+        let key = (account_id, mailbox_id, record.uid);
+        if self.records.insert(key, record).is_none() {
+            self.order.push_back(key);
+        }
+        while self.order.len() > RECENTLY_EXPUNGED {
+            if let Some(oldest) = self.order.pop_front() {
+                self.records.remove(&oldest);
+            }
+        }
+    }
 }
 
 /// Tombstones in the due index after which [`StateStore::compact_queue_index`] compacts.
@@ -156,7 +182,16 @@ impl StateStore {
             apply_lock: Mutex::new(()),
             change_listener: RwLock::new(None),
             queue_due_deletes: std::sync::atomic::AtomicU64::new(0),
+            recently_expunged: Mutex::new(RecentlyExpunged::default()),
         })
+    }
+
+    /// The record a message had when this node applied its expunge, while it is among the
+    /// last 16,384 expunged here. An IMAP session that has not yet been able to report the
+    /// expunge (RFC 9051 §7.5.1: not during FETCH) still answers a FETCH of it from this
+    /// (RFC 2180 §4.1.1), as Dovecot does; the blob outlives it by the GC grace period.
+    pub fn recently_expunged(&self, account_id: u64, mailbox_id: u64, uid: u32) -> Option<MessageRecord> {
+        self.recently_expunged.lock().expect("expunged lock").records.get(&(account_id, mailbox_id, uid)).cloned()
     }
 
     /// Installs the callback told about changed accounts after each applied batch.
@@ -187,6 +222,7 @@ impl StateStore {
         let db = self.db();
         let mut results = Vec::with_capacity(entries.len());
         let mut touched = Vec::new();
+        let mut expunged = Vec::new();
         // The Raft log is the durable record; the state may lag it after a power loss and is
         // then replayed, so these writes need no fsync of their own.
         let mut write_options = WriteOptions::default();
@@ -200,6 +236,7 @@ impl StateStore {
                 let result = tx.apply(envelope.command)?;
                 if result.is_ok() {
                     touched.extend_from_slice(&tx.touched_accounts);
+                    expunged.append(&mut tx.expunged);
                     entry_writes.extend(tx.finish());
                 }
                 entry_results.push(result);
@@ -219,6 +256,12 @@ impl StateStore {
             self.queue_due_deletes.fetch_add(due_deletes, std::sync::atomic::Ordering::Relaxed);
             db.write_opt(batch, &write_options)?;
             results.push(entry_results);
+        }
+        if !expunged.is_empty() {
+            let mut recently = self.recently_expunged.lock().expect("expunged lock");
+            for (account_id, mailbox_id, record) in expunged {
+                recently.remember(account_id, mailbox_id, record);
+            }
         }
         if !touched.is_empty()
             && let Some(listener) = self.change_listener.read().expect("listener lock").clone()
@@ -835,6 +878,8 @@ struct Tx<'a> {
     log_index: u64,
     /// Accounts whose change log this command extended.
     touched_accounts: Vec<u64>,
+    /// Messages this command expunged: account, mailbox, the record as it was.
+    expunged: Vec<(u64, u64, MessageRecord)>,
 }
 
 fn vanished(what: &str) -> Error {
@@ -854,6 +899,7 @@ impl<'a> Tx<'a> {
             now_ms,
             log_index,
             touched_accounts: Vec::new(),
+            expunged: Vec::new(),
         }
     }
 
@@ -2329,6 +2375,7 @@ impl<'a> Tx<'a> {
             removed_unseen += unseen;
             removed_deleted += deleted;
             removed.push(uid);
+            self.expunged.push((account_id, mailbox_id, record));
         }
         if !removed.is_empty() {
             let count = removed.len() as u64;

@@ -1090,6 +1090,10 @@ assert status.startswith("OK") or status.startswith("NO"), status
 assert not any(re.match(rb"\* \d+ EXPUNGE", u) for u in untagged), untagged
 f = fetches(untagged)
 assert f[1] == b"* 1 FETCH (UID 1)\r\n" and f[3] == b"* 3 FETCH (UID 3)\r\n", untagged
+# ... and the expunged message is still answered as it was (RFC 2180 §4.1.1).
+assert f[2] == b"* 2 FETCH (UID 2)\r\n" and status.startswith("OK"), (status, untagged)
+untagged = b.ok("FETCH 2 (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+assert b"\\Deleted" in untagged[0] and b"Subject: message 2" in b"".join(untagged), untagged
 untagged = b.ok("SEARCH ALL")
 assert not any(re.match(rb"\* \d+ EXPUNGE", u) for u in untagged), untagged
 untagged = b.ok("STORE 3 +FLAGS (\\Answered)")

@@ -218,6 +218,12 @@ impl Core {
         Ok(self.state.message(account_id, mailbox_id, uid)?)
     }
 
+    /// The record of a message this node expunged lately (see
+    /// [`wmail_storage::StateStore::recently_expunged`]).
+    pub fn recently_expunged(&self, account_id: u64, mailbox_id: u64, uid: u32) -> Option<MessageRecord> {
+        self.state.recently_expunged(account_id, mailbox_id, uid)
+    }
+
     /// Returns an account's change-log entries after `after` (a change id), in order.
     pub fn changes_since(&self, account_id: u64, after: u64) -> Result<Vec<(u64, Change)>> {
         Ok(self.state.changes_since(account_id, after)?)

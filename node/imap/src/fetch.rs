@@ -239,13 +239,17 @@ impl Session {
         let mut missing = false;
         let mut records = Records::new(&self.core, account_id, mailbox_id, &targets);
         for (position, &(seq, uid_value)) in targets.iter().enumerate() {
-            let record = match records.get(position).await {
-                Ok(Some(record)) => record,
-                // Expunged by another session, not reported yet (RFC 9051 §7.5.1).
-                Ok(None) => {
-                    missing = true;
-                    continue;
-                }
+            let (record, expunged) = match records.get(position).await {
+                Ok(Some(record)) => (record, false),
+                // Expunged by another session, not reported yet (RFC 9051 §7.5.1): answered
+                // as it was while this node remembers it (RFC 2180 §4.1.1), else left out.
+                Ok(None) => match self.core.recently_expunged(account_id, mailbox_id, uid_value) {
+                    Some(record) => (record, true),
+                    None => {
+                        missing = true;
+                        continue;
+                    }
+                },
                 Err(error) => return self.no_for(tag, &error),
             };
             if changed_since.is_some_and(|since| record.modseq <= since) {
@@ -254,6 +258,11 @@ impl Session {
             let content = if !whole_only && items.iter().any(needs_content) {
                 match self.load_content(&record, items.iter().any(needs_raw)).await {
                     Ok(content) => Some(content),
+                    // Its body may be gone with it.
+                    Err(_) if expunged => {
+                        missing = true;
+                        continue;
+                    }
                     Err(error) => return self.no_for(tag, &error),
                 }
             } else {
