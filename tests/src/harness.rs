@@ -221,6 +221,11 @@ impl WmailNode {
         }
     }
 
+    /// The running process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("node running").id()
+    }
+
     /// Sends a signal (`"TERM"`, `"STOP"`, ...) to the running process.
     pub fn signal(&self, name: &str) {
         let child = self.child.as_ref().expect("node running");

@@ -29,6 +29,9 @@ const SUMMARY_PARSE_LIMIT: u64 = 64 * 1024 * 1024;
 /// Format byte of an encoded summary.
 const SUMMARY_FORMAT: u8 = 1;
 
+/// Most messages one flag-change command names (see [`Core::set_flags`]).
+const FLAG_CHANGE_CHUNK: usize = 4096;
+
 fn encode_summary(summary: &MessageSummary) -> Vec<u8> {
     let mut out = vec![SUMMARY_FORMAT];
     out.extend(postcard::to_stdvec(summary).expect("postcard encodes summaries"));
@@ -397,9 +400,36 @@ impl Core {
         Ok((mailbox.uid_validity, uids))
     }
 
-    /// Changes flags; returns the mailbox's new HIGHESTMODSEQ and the UIDs that failed an
-    /// `unchanged_since` test (RFC 7162 §3.1.3).
+    /// Changes flags, 4,096 messages per command; returns the mailbox's new HIGHESTMODSEQ
+    /// and the UIDs that failed an `unchanged_since` test (RFC 7162 §3.1.3).
     pub async fn set_flags(
+        &self,
+        account_id: u64,
+        mailbox_id: u64,
+        uids: Vec<u32>,
+        action: FlagAction,
+        flags: Vec<String>,
+        unchanged_since: Option<u64>,
+    ) -> Result<(u64, Vec<u32>)> {
+        // A change of many messages (`STORE 1:*` on a big mailbox) is committed as several
+        // commands, so no log entry or apply batch grows with the mailbox. IMAP allows it:
+        // each message's change stands alone (RFC 9051 §6.4.6, RFC 7162 §3.1.3).
+        let mut chunks = uids.chunks(FLAG_CHANGE_CHUNK).peekable();
+        let (mut highest, mut modified) = (0, Vec::new());
+        if chunks.peek().is_none() {
+            return self.set_flags_once(account_id, mailbox_id, Vec::new(), action, flags, unchanged_since).await;
+        }
+        for chunk in chunks {
+            let (modseq, failed) = self
+                .set_flags_once(account_id, mailbox_id, chunk.to_vec(), action, flags.clone(), unchanged_since)
+                .await?;
+            highest = highest.max(modseq);
+            modified.extend(failed);
+        }
+        Ok((highest, modified))
+    }
+
+    async fn set_flags_once(
         &self,
         account_id: u64,
         mailbox_id: u64,
