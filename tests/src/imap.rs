@@ -1506,6 +1506,11 @@ assert numbers(r.ok("SEARCH UNSEEN")) == []
 f = fetches(r.ok("FETCH 1,4096,4097,131072 (MODSEQ)"))
 modseqs = [modseq_of(f[n]) for n in (1, 4096, 4097, 131072)]
 assert modseqs[0] == modseqs[1] < modseqs[2] < modseqs[3], modseqs
+# EXPUNGE of them all, 4,096 per command too.
+r.ok("STORE 1:* +FLAGS.SILENT (\\Deleted)")
+untagged = r.ok("EXPUNGE")
+assert len(untagged) == 131072 and untagged[-1] == b"* 1 EXPUNGE\r\n", (len(untagged), untagged[-3:])
+assert b"* 0 EXISTS\r\n" in r.ok("SELECT big")
 print("ok")
 "#,
             pid = node.pid()

@@ -114,6 +114,9 @@ pub struct CoreConfig {
 /// Default of [`CoreConfig::snapshot_every`].
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 20_000;
 
+/// Most messages one expunge command names (see [`Core::expunge`]).
+const EXPUNGE_CHUNK: usize = 4096;
+
 /// How long a login waits behind other password checks of the same account or address
 /// before it is told to retry (each check costs Argon2's few milliseconds).
 const LOGIN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
@@ -1032,12 +1035,18 @@ impl Core {
         Ok((mailbox, messages))
     }
 
-    /// Removes messages from a mailbox in one replicated command; returns the UIDs removed.
+    /// Removes messages from a mailbox, 4,096 per replicated command (so no log entry grows
+    /// with the mailbox; IMAP EXPUNGE and POP3 UPDATE may remove some and fail on the rest,
+    /// RFC 9051 §6.4.3, RFC 1939 §6); returns the UIDs removed.
     pub async fn expunge(&self, account_id: u64, mailbox_id: u64, uids: Vec<u32>) -> Result<Vec<u32>> {
-        match self.execute(Command::Expunge { account_id, mailbox_id, uids }).await? {
-            Outcome::Expunged { uids } => Ok(uids),
-            other => Err(CoreError::internal("expunging", format!("unexpected outcome {other:?}"))),
+        let mut removed = Vec::new();
+        for chunk in uids.chunks(EXPUNGE_CHUNK) {
+            match self.execute(Command::Expunge { account_id, mailbox_id, uids: chunk.to_vec() }).await? {
+                Outcome::Expunged { uids } => removed.extend(uids),
+                other => return Err(CoreError::internal("expunging", format!("unexpected outcome {other:?}"))),
+            }
         }
+        Ok(removed)
     }
 
     /// Takes or renews the exclusive lease on `resource` until `until_ms`; `Conflict` when
