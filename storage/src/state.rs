@@ -189,7 +189,7 @@ impl StateStore {
     /// The record a message had when this node applied its expunge, while it is among the
     /// last 16,384 expunged here. An IMAP session that has not yet been able to report the
     /// expunge (RFC 9051 §7.5.1: not during FETCH) still answers a FETCH of it from this
-    /// (RFC 2180 §4.1.1), as Dovecot does; the blob outlives it by the GC grace period.
+    /// (RFC 2180 §4.1.1), as Dovecot does, while the blob is there (the GC grace).
     pub fn recently_expunged(&self, account_id: u64, mailbox_id: u64, uid: u32) -> Option<MessageRecord> {
         self.recently_expunged.lock().expect("expunged lock").records.get(&(account_id, mailbox_id, uid)).cloned()
     }
@@ -254,14 +254,15 @@ impl StateStore {
                 }
             }
             self.queue_due_deletes.fetch_add(due_deletes, std::sync::atomic::Ordering::Relaxed);
+            // Remembered before the write: read only for messages the state no longer has.
+            if !expunged.is_empty() {
+                let mut recently = self.recently_expunged.lock().expect("expunged lock");
+                for (account_id, mailbox_id, record) in expunged.drain(..) {
+                    recently.remember(account_id, mailbox_id, record);
+                }
+            }
             db.write_opt(batch, &write_options)?;
             results.push(entry_results);
-        }
-        if !expunged.is_empty() {
-            let mut recently = self.recently_expunged.lock().expect("expunged lock");
-            for (account_id, mailbox_id, record) in expunged {
-                recently.remember(account_id, mailbox_id, record);
-            }
         }
         if !touched.is_empty()
             && let Some(listener) = self.change_listener.read().expect("listener lock").clone()

@@ -1506,9 +1506,12 @@ assert numbers(r.ok("SEARCH UNSEEN")) == []
 f = fetches(r.ok("FETCH 1,4096,4097,131072 (MODSEQ)"))
 modseqs = [modseq_of(f[n]) for n in (1, 4096, 4097, 131072)]
 assert modseqs[0] == modseqs[1] < modseqs[2] < modseqs[3], modseqs
-# EXPUNGE of them all, 4,096 per command too.
+# EXPUNGE of them all, 4,096 per command too: 32 commands, 32 MODSEQs.
 r.ok("STORE 1:* +FLAGS.SILENT (\\Deleted)")
+highest = lambda: int(re.search(rb"HIGHESTMODSEQ (\d+)", r.ok("STATUS big (HIGHESTMODSEQ)")[0]).group(1))
+before = highest()
 untagged = r.ok("EXPUNGE")
+assert highest() == before + 32, (before, highest())
 assert len(untagged) == 131072 and untagged[-1] == b"* 1 EXPUNGE\r\n", (len(untagged), untagged[-3:])
 assert b"* 0 EXISTS\r\n" in r.ok("SELECT big")
 print("ok")

@@ -583,9 +583,11 @@ impl Core {
             CoreError::new(ErrorCode::Unauthorized, "too many failed logins; try again later or ask your administrator")
         };
         // Blocks started on any node (replicated) come first.
-        if client.is_some_and(|ip| self.is_blocked("address", &LoginGuard::address_key(ip)).unwrap_or(false))
-            || self.is_blocked("account", &account_key)?
-        {
+        let blocked_cluster_wide = || -> Result<bool> {
+            Ok(client.is_some_and(|ip| self.is_blocked("address", &LoginGuard::address_key(ip)).unwrap_or(false))
+                || self.is_blocked("account", &account_key)?)
+        };
+        if blocked_cluster_wide()? {
             tracing::info!(?client, account = %account_key, "login refused: blocked cluster-wide");
             return Err(too_many());
         }
@@ -602,6 +604,12 @@ impl Core {
                 return Err(too_many());
             }
         };
+        // A block replicated while this attempt waited its turn holds too.
+        if blocked_cluster_wide()? {
+            attempt.withdrawn();
+            tracing::info!(?client, account = %account_key, "login refused: blocked cluster-wide");
+            return Err(too_many());
+        }
         let Ok(address) = normalize_address(address) else { return Err(denied()) };
         let account = self.state.account_by_address(&address)?;
         let credentials = match &account {

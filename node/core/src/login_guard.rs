@@ -147,6 +147,11 @@ impl Attempt<'_> {
         self.guard.finish(self.address, &self.account, false, Instant::now());
     }
 
+    /// Ends the attempt without checking the password: it counts for nothing.
+    pub fn withdrawn(self) {
+        self.succeeded();
+    }
+
     /// Ends the attempt as a failure; returns the blocks it started.
     pub fn failed(mut self) -> Vec<StartedBlock> {
         self.finished = true;

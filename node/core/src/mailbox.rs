@@ -401,7 +401,10 @@ impl Core {
     }
 
     /// Changes flags, 4,096 messages per command; returns the mailbox's new HIGHESTMODSEQ
-    /// and the UIDs that failed an `unchanged_since` test (RFC 7162 §3.1.3).
+    /// and the UIDs that failed an `unchanged_since` test (RFC 7162 §3.1.3). A failure after
+    /// the first chunk leaves the earlier chunks changed (sessions hear of them from the
+    /// change log); COPY and MOVE, which must be all or nothing (RFC 9051 §6.4.7), stay one
+    /// command.
     pub async fn set_flags(
         &self,
         account_id: u64,

@@ -242,8 +242,9 @@ impl Session {
             let (record, expunged) = match records.get(position).await {
                 Ok(Some(record)) => (record, false),
                 // Expunged by another session, not reported yet (RFC 9051 §7.5.1): answered
-                // as it was while this node remembers it (RFC 2180 §4.1.1), else left out.
-                Ok(None) => match self.core.recently_expunged(account_id, mailbox_id, uid_value) {
+                // as it was while this node remembers it and its body (RFC 2180 §4.1.1),
+                // else left out. Not for UID FETCH, after which the expunge is reported.
+                Ok(None) => match self.core.recently_expunged(account_id, mailbox_id, uid_value).filter(|_| !uid) {
                     Some(record) => (record, true),
                     None => {
                         missing = true;
@@ -255,7 +256,9 @@ impl Session {
             if changed_since.is_some_and(|since| record.modseq <= since) {
                 continue;
             }
-            let content = if !whole_only && items.iter().any(needs_content) {
+            // An expunged message's body is read before anything is written: it may be gone,
+            // and a streamed literal could not be taken back.
+            let content = if (!whole_only || expunged) && items.iter().any(needs_content) {
                 match self.load_content(&record, items.iter().any(needs_raw)).await {
                     Ok(content) => Some(content),
                     // Its body may be gone with it.

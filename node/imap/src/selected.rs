@@ -169,7 +169,9 @@ impl Session {
             return;
         }
         if let Some(selected) = &self.selected {
-            let highest = selected.known_modseq;
+            // Below an expunge still to be reported (see `hold_back_highest_modseq`).
+            let pending = selected.pending_expunge_modseq.filter(|_| !selected.pending_expunges.is_empty());
+            let highest = pending.map_or(selected.known_modseq, |lowest| selected.known_modseq.min(lowest - 1));
             self.untagged(&format!("OK [HIGHESTMODSEQ {highest}] CONDSTORE is on"));
         }
     }
@@ -181,7 +183,7 @@ impl Session {
     pub(crate) fn hold_back_highest_modseq(&mut self) {
         let Some(selected) = self.selected.as_ref() else { return };
         if let Some(lowest) = selected.pending_expunge_modseq
-            && self.enabled.condstore
+            && self.enabled.qresync
             && !selected.pending_expunges.is_empty()
         {
             self.untagged(&format!("OK [HIGHESTMODSEQ {}] expunges are pending", lowest.saturating_sub(1)));
@@ -263,10 +265,10 @@ impl Session {
         }
         // After EXISTS: a new message's flags may have changed too, and a FETCH must not name
         // a message number the client has not been told exists (imaptest's stress run).
-        // With CONDSTORE on, not while an expunge waits to be reported (RFC 7162 §3.2.10: a
-        // QRESYNC client keeps the highest MODSEQ it saw; one above an expunge it was not
-        // told of makes its next SELECT (QRESYNC) skip that VANISHED). They wait with it.
-        if self.enabled.condstore && !selected.pending_expunges.is_empty() {
+        // With QRESYNC on, not while an expunge waits to be reported (RFC 7162 §3.2: such a
+        // client keeps the highest MODSEQ it saw; one above an expunge it was not told of
+        // makes its next SELECT (QRESYNC) skip that VANISHED). They wait with it.
+        if self.enabled.qresync && !selected.pending_expunges.is_empty() {
             self.queue(&out);
             // This command's own MODSEQs (FETCH, STORE, SEARCH) are out already.
             self.hold_back_highest_modseq();
