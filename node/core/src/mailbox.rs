@@ -417,35 +417,24 @@ impl Core {
         // A change of many messages (`STORE 1:*` on a big mailbox) is committed as several
         // commands, so no log entry or apply batch grows with the mailbox. IMAP allows it:
         // each message's change stands alone (RFC 9051 §6.4.6, RFC 7162 §3.1.3).
-        let mut chunks = uids.chunks(FLAG_CHANGE_CHUNK).peekable();
-        let (mut highest, mut modified) = (0, Vec::new());
-        if chunks.peek().is_none() {
-            return self.set_flags_once(account_id, mailbox_id, Vec::new(), action, flags, unchanged_since).await;
+        let mut chunks: Vec<&[u32]> = uids.chunks(FLAG_CHANGE_CHUNK).collect();
+        if chunks.is_empty() {
+            chunks.push(&[]);
         }
+        let (mut highest, mut modified) = (0, Vec::new());
         for chunk in chunks {
-            let (modseq, failed) = self
-                .set_flags_once(account_id, mailbox_id, chunk.to_vec(), action, flags.clone(), unchanged_since)
-                .await?;
-            highest = highest.max(modseq);
-            modified.extend(failed);
+            let uids = chunk.to_vec();
+            let command =
+                Command::SetFlags { account_id, mailbox_id, uids, action, flags: flags.clone(), unchanged_since };
+            match self.execute(command).await? {
+                Outcome::FlagsSet { modseq, modified: failed } => {
+                    highest = highest.max(modseq);
+                    modified.extend(failed);
+                }
+                other => return Err(unexpected("storing flags", other)),
+            }
         }
         Ok((highest, modified))
-    }
-
-    async fn set_flags_once(
-        &self,
-        account_id: u64,
-        mailbox_id: u64,
-        uids: Vec<u32>,
-        action: FlagAction,
-        flags: Vec<String>,
-        unchanged_since: Option<u64>,
-    ) -> Result<(u64, Vec<u32>)> {
-        let command = Command::SetFlags { account_id, mailbox_id, uids, action, flags, unchanged_since };
-        match self.execute(command).await? {
-            Outcome::FlagsSet { modseq, modified } => Ok((modseq, modified)),
-            other => Err(unexpected("storing flags", other)),
-        }
     }
 
     /// Copies (or with `remove_source`, moves) messages to another mailbox of the account.
