@@ -1469,7 +1469,7 @@ print("ok")
 
 /// A sequence set of `1:*` on a mailbox of 131,072 messages (made by doubling COPYs) is
 /// answered in full, in bounded memory: FETCH reads and writes the records in chunks (the
-/// node's peak RSS grows by less than 16 MiB over a warmed-up run), and STORE commits
+/// node's peak RSS grows by less than 24 MiB over a warmed-up run), and STORE commits
 /// 4,096 messages per command (one command for all grew the peak RSS by 120 MiB, and a
 /// log entry and apply batch that grow with the mailbox), which their MODSEQs show.
 #[tokio::test]
@@ -1498,8 +1498,10 @@ open("/proc/%d/clear_refs" % PID, "w").write("5")
 before = rss_kib("VmRSS")
 f = fetches(r.ok("FETCH 1:* (UID FLAGS)"))
 assert len(f) == 131072 and uid_of(f[131072]) == 131072, len(f)
+# Measured: about 5 MiB alone, 19 MiB with the whole suite running; holding every record
+# and the response at once would take about 32 MiB more.
 grown = rss_kib("VmHWM") - before
-assert grown < 16 * 1024, "FETCH 1:* grew the node's peak RSS by %d KiB" % grown
+assert grown < 24 * 1024, "FETCH 1:* grew the node's peak RSS by %d KiB" % grown
 untagged = r.ok("STORE 1:* +FLAGS.SILENT (\\Seen)")
 assert not fetches(untagged), untagged[:3]
 assert numbers(r.ok("SEARCH UNSEEN")) == []
