@@ -33,6 +33,29 @@ pub struct SeaweedFs {
     endpoint: String,
 }
 
+/// SeaweedFS's components also talk over Unix sockets named after their gRPC ports, in
+/// /tmp, which every network namespace shares: two runs at once (the test suite runs two)
+/// on the default ports would take each other's sockets, and the first to exit would
+/// remove the other's, cutting its S3 server off from its master. Each run gets gRPC ports
+/// of its own (the namespace keeps the TCP ports apart anyway) and sockets in its directory.
+fn local_socket_args(dir: &Path) -> Vec<String> {
+    let taken =
+        |base: u32| (1..=4).any(|n| Path::new(&format!("/tmp/seaweedfs-master-grpc-{}.sock", base + n)).exists());
+    let mut base = 20_000 + (std::process::id() % 2_000) * 10;
+    while taken(base) {
+        base = 20_000 + (base - 20_000 + 10) % 20_000;
+    }
+    vec![
+        format!("-master.port.grpc={}", base + 1),
+        format!("-volume.port.grpc={}", base + 2),
+        format!("-filer.port.grpc={}", base + 3),
+        format!("-s3.port.grpc={}", base + 4),
+        // The admin server's gRPC port is its HTTP port + 10,000 (its workers assume so).
+        format!("-admin.port={}", base + 5),
+        format!("-filer.localSocket={}", dir.join("filer.sock").display()),
+        format!("-s3.localSocket={}", dir.join("s3.sock").display()),
+    ]
+}
 impl SeaweedFs {
     /// Starts SeaweedFS from `weed` with its data in `dir` and waits until it stores files.
     /// Under load its filer sometimes fails its start-up health check and never serves:
@@ -70,6 +93,7 @@ impl SeaweedFs {
             .arg(format!("-ip={ip}"))
             .arg(format!("-ip.bind={ip}"))
             .arg(format!("-s3.port={S3_PORT}"))
+            .args(local_socket_args(dir))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
