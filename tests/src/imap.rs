@@ -640,6 +640,8 @@ assert b"MODSEQ" not in plain and b"UID" not in plain, plain
 # An item asked for twice is answered once.
 twice = r.ok("FETCH 2 (UID UID FLAGS UID)")[0]
 assert twice.count(b"UID ") == 1 and twice.count(b"FLAGS ") == 1, twice
+twice = b"".join(r.ok("FETCH 2 (BODY.PEEK[HEADER] BODY[HEADER])"))
+assert twice.count(b"BODY[HEADER]") == 1, twice
 seen = r.ok("FETCH 3 (BODY[])")[0]
 assert b"UID 3" in seen and b"MODSEQ (" in seen and b"\\Seen" in seen, seen
 # RFC 5957 SORT=DISPLAY: by the display name, else the address.

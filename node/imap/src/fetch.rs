@@ -99,6 +99,21 @@ fn is_whole_message(item: &FetchItem) -> bool {
     }
 }
 
+/// Whether two items are answered with the same label (they differ at most in PEEK).
+fn same_answer(a: &FetchItem, b: &FetchItem) -> bool {
+    match (a, b) {
+        (
+            FetchItem::BodySection { section, partial, .. },
+            FetchItem::BodySection { section: other, partial: other_partial, .. },
+        )
+        | (
+            FetchItem::Binary { section, partial, .. },
+            FetchItem::Binary { section: other, partial: other_partial, .. },
+        ) => section == other && partial == other_partial,
+        _ => a == b,
+    }
+}
+
 fn sets_seen(item: &FetchItem) -> bool {
     matches!(
         item,
@@ -179,11 +194,14 @@ impl Session {
         let mailbox_id = selected.mailbox_id;
         let read_only = selected.read_only;
         let recent = selected.recent.clone();
-        // An item asked for twice is answered once (`UID UID FLAGS`: imaptest asks so).
+        // An item asked for twice is answered once (`UID UID FLAGS`: imaptest asks so), and
+        // so are BODY[x] and BODY.PEEK[x], which answer with the same label: as BODY[x].
         let mut items: Vec<FetchItem> = Vec::with_capacity(items_asked.len());
         for item in items_asked {
-            if !items.contains(item) {
-                items.push(item.clone());
+            match items.iter().position(|kept| same_answer(kept, item)) {
+                Some(index) if !sets_seen(&items[index]) => items[index] = item.clone(),
+                Some(_) => {}
+                None => items.push(item.clone()),
             }
         }
         if changed_since.is_some() || items.contains(&FetchItem::ModSeq) {
