@@ -5,7 +5,7 @@
 //! Message numbers only change when the session tells the client: expunges made by other
 //! sessions wait until a command during which EXPUNGE may be sent (RFC 9051 §7.5.1).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use wmail_core::{Change, FlagAction, Mailbox, MessageRecord};
 
@@ -35,10 +35,9 @@ pub struct Selected {
     /// The highest MODSEQ this view has accounted for (for a resync after the change log
     /// was trimmed past `last_change_id`).
     pub known_modseq: u64,
-    /// Expunged by someone, not yet reported to the client.
-    pub pending_expunges: BTreeSet<u32>,
-    /// The lowest MODSEQ among `pending_expunges` (see [`Session::hold_back_highest_modseq`]).
-    pub pending_expunge_modseq: Option<u64>,
+    /// Expunged by someone, not yet reported to the client: UID -> the expunge's MODSEQ
+    /// (see [`Session::hold_back_highest_modseq`]).
+    pub pending_expunges: BTreeMap<u32, u64>,
     /// Flags changed by someone, not yet reported.
     pub pending_flags: BTreeSet<u32>,
     /// The highest MODSEQ of flags already reported per UID (to skip echoing our own STORE).
@@ -62,8 +61,7 @@ impl Selected {
             recent: Recent::default(),
             last_change_id,
             known_modseq: mailbox.highest_modseq,
-            pending_expunges: BTreeSet::new(),
-            pending_expunge_modseq: None,
+            pending_expunges: BTreeMap::new(),
             pending_flags: BTreeSet::new(),
             reported_modseq: HashMap::new(),
             saved_search: Vec::new(),
@@ -72,10 +70,9 @@ impl Selected {
         }
     }
 
-    /// Notes that `uid` was expunged at `modseq` and waits to be reported.
-    fn expunged_meanwhile(&mut self, uid: u32, modseq: u64) {
-        self.pending_expunges.insert(uid);
-        self.pending_expunge_modseq = Some(self.pending_expunge_modseq.map_or(modseq, |lowest| lowest.min(modseq)));
+    /// The MODSEQ just below the lowest expunge still to be reported, if one waits.
+    fn below_pending_expunges(&self) -> Option<u64> {
+        self.pending_expunges.values().min().map(|lowest| lowest.saturating_sub(1))
     }
 
     /// Writes the untagged FLAGS and PERMANENTFLAGS responses for `keywords` (at SELECT)
@@ -170,8 +167,9 @@ impl Session {
         }
         if let Some(selected) = &self.selected {
             // Below an expunge still to be reported (see `hold_back_highest_modseq`).
-            let pending = selected.pending_expunge_modseq.filter(|_| !selected.pending_expunges.is_empty());
-            let highest = pending.map_or(selected.known_modseq, |lowest| selected.known_modseq.min(lowest - 1));
+            let highest = selected
+                .below_pending_expunges()
+                .map_or(selected.known_modseq, |below| selected.known_modseq.min(below));
             self.untagged(&format!("OK [HIGHESTMODSEQ {highest}] CONDSTORE is on"));
         }
     }
@@ -182,11 +180,10 @@ impl Session {
     /// it saw and reconnects is still told of it.
     pub(crate) fn hold_back_highest_modseq(&mut self) {
         let Some(selected) = self.selected.as_ref() else { return };
-        if let Some(lowest) = selected.pending_expunge_modseq
+        if let Some(below) = selected.below_pending_expunges()
             && self.enabled.qresync
-            && !selected.pending_expunges.is_empty()
         {
-            self.untagged(&format!("OK [HIGHESTMODSEQ {}] expunges are pending", lowest.saturating_sub(1)));
+            self.untagged(&format!("OK [HIGHESTMODSEQ {below}] expunges are pending"));
         }
     }
 
@@ -230,7 +227,7 @@ impl Session {
                 Change::Expunged { mailbox_id, uid, modseq }
                     if mailbox_id == selected.mailbox_id && selected.seq_of(uid).is_some() =>
                 {
-                    selected.expunged_meanwhile(uid, modseq);
+                    selected.pending_expunges.insert(uid, modseq);
                 }
                 Change::MailboxDeleted { mailbox_id } if mailbox_id == selected.mailbox_id => selected.deleted = true,
                 _ => {}
@@ -238,7 +235,7 @@ impl Session {
         }
         let mut out = Vec::new();
         if expunges_allowed && !selected.pending_expunges.is_empty() {
-            let expunged = std::mem::take(&mut selected.pending_expunges);
+            let expunged: BTreeSet<u32> = std::mem::take(&mut selected.pending_expunges).into_keys().collect();
             write_expunges(&mut out, selected, &expunged, self.enabled.qresync);
         }
         if let (Some(first_new_uid), Some(last)) = (first_new_uid, selected.uids.last())
@@ -278,7 +275,7 @@ impl Session {
         let flag_uids: Vec<u32> = std::mem::take(&mut selected.pending_flags).into_iter().collect();
         for uid in flag_uids {
             let Some(seq) = selected.seq_of(uid) else { continue };
-            if selected.pending_expunges.contains(&uid) {
+            if selected.pending_expunges.contains_key(&uid) {
                 continue;
             }
             let Ok(Some(record)) = self.core.message(account, selected.mailbox_id, uid) else { continue };
@@ -558,10 +555,10 @@ async fn resync_from_mailbox(core: &wmail_core::Core, account_id: u64, selected:
     tracing::info!(mailbox = selected.mailbox_id, "change log trimmed past this session; resynchronising");
     let present: HashMap<u32, u64> = records.iter().map(|record| (record.uid, record.modseq)).collect();
     let known_modseq = selected.known_modseq;
-    for uid in selected.uids.iter().collect::<Vec<_>>() {
+    for uid in selected.uids.iter() {
         if !present.contains_key(&uid) {
             // Expunged after what this view knew: its MODSEQ is above that.
-            selected.expunged_meanwhile(uid, known_modseq + 1);
+            selected.pending_expunges.insert(uid, known_modseq + 1);
         }
     }
     let mut added = false;
@@ -673,9 +670,6 @@ pub(crate) fn write_expunges(out: &mut Vec<u8>, selected: &mut Selected, expunge
         selected.pending_flags.remove(uid);
         selected.reported_modseq.remove(uid);
     }
-    if selected.pending_expunges.is_empty() {
-        selected.pending_expunge_modseq = None;
-    }
 }
 
 /// Writes numbers as a compact sequence set (`1:3,7,9:10`); the input need not be sorted.
@@ -718,8 +712,7 @@ mod tests {
             recent: Recent::default(),
             last_change_id: 0,
             known_modseq: 0,
-            pending_expunges: BTreeSet::new(),
-            pending_expunge_modseq: None,
+            pending_expunges: BTreeMap::new(),
             pending_flags: BTreeSet::new(),
             reported_modseq: HashMap::new(),
             saved_search: Vec::new(),
