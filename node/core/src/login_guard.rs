@@ -246,12 +246,6 @@ impl LoginGuard {
     }
 
     fn finish(&self, address: Option<IpAddr>, account: &str, failed: bool, now: Instant) -> Vec<StartedBlock> {
-        let started = self.record_end(address, account, failed, now);
-        self.released.notify_waiters();
-        started
-    }
-
-    fn record_end(&self, address: Option<IpAddr>, account: &str, failed: bool, now: Instant) -> Vec<StartedBlock> {
         let policy = self.policy;
         let mut started = Vec::new();
         let mut tables = self.tables.lock().expect("login guard lock");
@@ -265,6 +259,8 @@ impl LoginGuard {
         {
             started.push(StartedBlock { kind: "account", key: account.to_owned() });
         }
+        // Wakes the attempts waiting their turn (after the counts changed, under the lock).
+        self.released.notify_waiters();
         started
     }
 
