@@ -227,6 +227,12 @@ pub(crate) fn imap(node: &WmailNode, script: &str) -> String {
 pub(crate) async fn node_with_account(extra_config: &str, quota_bytes: Option<u64>) -> WmailNode {
     let mut node = WmailNode::new(extra_config);
     node.start().await;
+    add_example_com_and_alice(&node, quota_bytes).await;
+    node
+}
+
+/// Creates example.com and alice on a running node.
+async fn add_example_com_and_alice(node: &WmailNode, quota_bytes: Option<u64>) {
     let (status, body) = node.api(Method::POST, "/domains", Some(json!({ "name": "example.com" }))).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let mut account = json!({ "address": ALICE, "password": PASSWORD });
@@ -235,7 +241,6 @@ pub(crate) async fn node_with_account(extra_config: &str, quota_bytes: Option<u6
     }
     let (status, body) = node.api(Method::POST, "/accounts", Some(account)).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    node
 }
 
 /// Delivers `count` small messages ("message 1", ...) to alice's INBOX over the API.
@@ -683,11 +688,7 @@ async fn internal_dates_follow_the_node_time_zone_across_daylight_saving() {
     let mut node = WmailNode::new("");
     node.env.push(("TZ".into(), "EET-2EEST,M3.5.0/3,M10.5.0/4".into()));
     node.start().await;
-    let (status, body) = node.api(Method::POST, "/domains", Some(json!({ "name": "example.com" }))).await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let (status, body) =
-        node.api(Method::POST, "/accounts", Some(json!({ "address": ALICE, "password": PASSWORD }))).await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    add_example_com_and_alice(&node, None).await;
     let out = imap(
         &node,
         r#"
