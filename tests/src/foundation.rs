@@ -94,27 +94,47 @@ async fn sigterm_finishes_in_flight_requests_and_exits_0() {
         node_ref.api(Method::POST, "/accounts", Some(body)).await
     }));
     let stop = async {
-        // Let the requests reach the server (argon2 keeps them busy), then stop it.
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        // Once every request is being handled (argon2 keeps them busy), stop the node. A
+        // request still in the kernel's accept queue would be refused, which is not what
+        // this test is about.
+        let in_flight = loop {
+            let in_flight = node_ref.metric(r#"wmail_http_requests_in_flight{route="/api/v1/accounts"}"#).await;
+            let done = node_ref.metric(r#"wmail_http_requests_total{route="/api/v1/accounts",status="201"}"#).await;
+            if in_flight + done >= 10.0 {
+                break in_flight;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        };
         node_ref.signal("TERM");
+        in_flight
     };
-    let (replies, ()) = tokio::join!(writes, stop);
+    let (replies, in_flight) = tokio::join!(writes, stop);
+    assert!(in_flight >= 1.0, "some requests were still being handled when SIGTERM came");
     let status = node.wait_exit().await;
     assert!(status.success(), "exit status {status} after SIGTERM:\n{}", node.log());
-    let acknowledged: Vec<String> = replies
-        .iter()
-        .filter(|(status, _)| *status == StatusCode::CREATED)
-        .map(|(_, reply)| reply["address"].as_str().unwrap().to_owned())
-        .collect();
+    // Every request being handled was finished and answered before the node exited.
+    assert!(replies.iter().all(|(status, _)| *status == StatusCode::CREATED), "{replies:?}");
+    let acknowledged: Vec<String> =
+        replies.iter().map(|(_, reply)| reply["address"].as_str().unwrap().to_owned()).collect();
     node.start().await;
     for address in &acknowledged {
         let (status, _) = node.api(Method::GET, &format!("/accounts/{address}"), None).await;
         assert_eq!(status, StatusCode::OK, "{address} acknowledged before SIGTERM but lost");
     }
-    // A clean stop needs no manual step either.
-    assert!(node.terminate().await.success());
+    // A clean stop needs no manual step either, even right after start-up.
+    let status = node.terminate().await;
+    assert!(status.success(), "exit status {status} after SIGTERM:\n{}", node.log());
     node.start().await;
     tracing_check(&node);
+    // So does a stop that comes while the node is still starting.
+    node.terminate().await;
+    let log_before = node.log().len();
+    node.spawn();
+    while !node.log()[log_before..].contains("starting data_dir=") {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    let status = node.terminate().await;
+    assert!(status.success(), "exit status {status} after SIGTERM during start-up:\n{}", node.log());
 }
 
 #[tokio::test]
@@ -316,6 +336,8 @@ async fn health_readiness_and_metrics() {
         "wmail_raft_log_entries_total",
         "wmail_http_requests_total{route=\"/api/v1/domains\",status=\"201\"} 1",
         "wmail_http_request_duration_seconds_bucket{route=\"/api/v1/domains\"",
+        // The scrape itself is being handled while it renders.
+        "wmail_http_requests_in_flight{route=\"/metrics\"} 1",
     ] {
         assert!(metrics.contains(expected), "missing {expected} in:\n{metrics}");
     }

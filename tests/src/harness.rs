@@ -319,6 +319,13 @@ impl WmailNode {
         (response.status(), response.text().await.expect("body"))
     }
 
+    /// The value of one series in `/metrics` (`name{labels}` exactly as rendered), 0 when
+    /// the node has not rendered it yet.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (_, metrics) = self.get("/metrics").await;
+        metrics.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
+    }
+
     /// Runs the `wmail` CLI against this node (`--server`, `--data-dir` for the token).
     pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> Output {
         run_cli(

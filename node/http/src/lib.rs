@@ -87,8 +87,26 @@ async fn record_request(State(state): State<Arc<AppState>>, request: Request, ne
         .map(|path| path.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
     let started = Instant::now();
+    // A guard, so a request whose client went away is no longer counted either.
+    let _in_flight = InFlight::start(state.metrics.http_in_flight.with_label_values(&[route.as_str()]));
     let response = next.run(request).await;
     state.metrics.http_latency.with_label_values(&[route.as_str()]).observe(started.elapsed().as_secs_f64());
     state.metrics.http_requests.with_label_values(&[route.as_str(), response.status().as_str()]).inc();
     response
+}
+
+/// One request counted in `http_requests_in_flight` until it is dropped.
+struct InFlight(prometheus::IntGauge);
+
+impl InFlight {
+    fn start(gauge: prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }

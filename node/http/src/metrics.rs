@@ -13,6 +13,8 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     /// Request latency by route.
     pub http_latency: HistogramVec,
+    /// Requests being handled now, by route (a stopping node finishes these).
+    pub http_in_flight: IntGaugeVec,
     raft_term: IntGauge,
     raft_leader: IntGauge,
     raft_is_leader: IntGauge,
@@ -51,11 +53,17 @@ impl Metrics {
             &["route"],
         )
         .expect("valid metric");
+        let http_in_flight = IntGaugeVec::new(
+            Opts::new("http_requests_in_flight", "HTTP requests being handled now, by route"),
+            &["route"],
+        )
+        .expect("valid metric");
         let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric");
         let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric");
         let metrics = Self {
             http_requests,
             http_latency,
+            http_in_flight,
             raft_term: gauge("raft_term", "Current Raft term"),
             raft_leader: gauge("raft_leader_id", "Node id of the current leader, 0 if none"),
             raft_is_leader: gauge("raft_is_leader", "1 when this node is the leader"),
@@ -95,6 +103,7 @@ impl Metrics {
             Box::new(build_info),
             Box::new(metrics.http_requests.clone()),
             Box::new(metrics.http_latency.clone()),
+            Box::new(metrics.http_in_flight.clone()),
             Box::new(metrics.raft_term.clone()),
             Box::new(metrics.raft_leader.clone()),
             Box::new(metrics.raft_is_leader.clone()),

@@ -18,12 +18,15 @@ pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 
 /// Runs a node until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // First thing, so a SIGTERM during start-up stops the node cleanly instead of killing it.
+    let mut stop = std::pin::pin!(stop_signal()?);
     let data_dir = prepare_data_dir(&config.server.data_dir)?;
     let _lock = lock_data_dir(&data_dir)?;
+    tracing::info!(data_dir = %data_dir.display(), "starting");
     let tls = tls_acceptor(&config, &data_dir)?;
     let (token_path, admin_token) = admin_token(&data_dir)?;
 
-    let core = Core::start(CoreConfig {
+    let starting = Core::start(CoreConfig {
         data_dir: data_dir.clone(),
         node_id: config.cluster.node_id,
         advertise_addr: config.cluster.advertise_addr().to_string(),
@@ -40,9 +43,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         lockout: config.security.lockout(),
         search_enabled: config.search.enabled,
         min_free_disk_bytes: config.server.min_free_disk_mb.saturating_mul(1024 * 1024),
-    })
-    .await
-    .context("cannot start the node")?;
+    });
+    // Joining a cluster can wait for its peers: a stop request ends the wait. Everything
+    // written so far is on disk already (RocksDB and the Raft log are crash-safe).
+    let core = tokio::select! {
+        core = starting => core.context("cannot start the node")?,
+        () = &mut stop => {
+            tracing::info!("stopped during start-up");
+            return Ok(());
+        }
+    };
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
@@ -118,7 +128,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     warn_about_unserved_protocols(&config);
     announce(core.node_id(), &data_dir, &token_path, &http_urls);
 
-    wait_for_signal().await;
+    stop.await;
     tracing::info!("shutting down: finishing in-flight requests");
     let _ = shutdown_tx.send(true);
     let _ = mail.await;
@@ -571,11 +581,15 @@ fn announce(node_id: u64, data_dir: &Path, token_path: &Path, http_urls: &[Strin
     let _ = std::io::stdout().flush();
 }
 
-async fn wait_for_signal() {
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+/// Installs the SIGTERM and SIGINT handlers and returns what ends at the first of them.
+fn stop_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    })
 }
