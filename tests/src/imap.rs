@@ -1297,6 +1297,17 @@ c = Raw()
 c.ok("ENABLE QRESYNC")
 untagged = c.ok("SELECT INBOX (QRESYNC (%d %d))" % (validity, shown))
 assert b"* VANISHED (EARLIER) 2\r\n" in untagged, untagged
+
+# STATUS of the selected mailbox reports a pending expunge first, so its HIGHESTMODSEQ is
+# never above an expunge the session was not told of.
+uid = appenduid(b.append("INBOX", b"Subject: sixth\r\n\r\nx\r\n")[1])[1]
+assert b"* 2 EXISTS\r\n" in c.ok("NOOP")
+b.ok("NOOP")
+b.ok("UID STORE %d +FLAGS.SILENT (\\Deleted)" % uid)
+b.ok("EXPUNGE")
+untagged = c.ok("STATUS INBOX (MESSAGES HIGHESTMODSEQ)")
+assert untagged[0] == b"* VANISHED %d\r\n" % uid, untagged
+assert untagged[-1].startswith(b'* STATUS "INBOX" (MESSAGES 1 HIGHESTMODSEQ '), untagged
 print("ok")
 "#,
     );

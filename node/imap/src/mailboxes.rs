@@ -416,6 +416,13 @@ impl Session {
         if items.contains(&StatusItem::HighestModSeq) {
             self.enable_condstore();
         }
+        // RFC 9051 §6.3.11 discourages STATUS of the selected mailbox, yet clients send it.
+        // The session is brought up to date first (EXPUNGE may be sent during STATUS), so
+        // what STATUS says never runs ahead of what the session was told: a QRESYNC client
+        // caching that HIGHESTMODSEQ would otherwise never hear of an expunge (RFC 7162 §3.2).
+        if self.selected.as_ref().is_some_and(|selected| selected.mailbox_id == mailbox.id) {
+            self.sync(true).await;
+        }
         let line = self.status_line(&mailbox, items);
         self.queue(&line);
         self.ok(tag, "STATUS completed");
