@@ -675,6 +675,24 @@ fetched = r.ok("FETCH 1 (BINARY.PEEK[TEXT] BINARY.SIZE[TEXT] BINARY.SIZE[1.MIME]
 assert b"BINARY[TEXT] {11}\r\nhello world" in fetched, fetched
 assert b"BINARY.SIZE[TEXT] 11" in fetched and b"BINARY.SIZE[1.MIME] 75" in fetched, fetched
 assert b"BINARY[HEADER.FIELDS (SUBJECT)] {14}\r\nSubject: b\r\n\r\n" in fetched, fetched
+# imaptest search-header: SUBJECT, FROM, TO search the envelope's field, so even "" only
+# matches messages that have it (as HEADER does).
+r.ok("CREATE bare")
+assert r.append("bare", b"Subject: s\r\nFrom: a@x.test\r\n\r\nx\r\n")[1].startswith("OK")
+assert r.append("bare", b"Date: Mon, 26 Mar 2007 10:00:00 +0000\r\n\r\nno subject\r\n")[1].startswith("OK")
+r.ok("SELECT bare")
+assert numbers(r.ok('SEARCH SUBJECT ""')) == [1]
+assert numbers(r.ok('SEARCH NOT SUBJECT ""')) == [2]
+assert numbers(r.ok('SEARCH FROM ""')) == [1]
+assert numbers(r.ok('SEARCH TO ""')) == []
+# imaptest esearch-condstore (RFC 4731 §3.2): MODSEQ is the highest of the messages
+# returned, so with only MIN or MAX it is that message's own.
+m2 = modseq_of(r.ok("STORE 2 +FLAGS (\\Flagged)")[0])
+m1 = modseq_of(r.ok("STORE 1 +FLAGS (\\Flagged)")[0])
+assert m1 > m2
+assert r.ok("SEARCH RETURN (MIN) MODSEQ 1 FLAGGED") == [b'* ESEARCH (TAG "%s") MIN 1 MODSEQ %d\r\n' % (r.tag.encode(), m1)]
+assert r.ok("SEARCH RETURN (MAX) MODSEQ 1 FLAGGED") == [b'* ESEARCH (TAG "%s") MAX 2 MODSEQ %d\r\n' % (r.tag.encode(), m2)]
+assert r.ok("SEARCH RETURN (MAX COUNT) MODSEQ 1 FLAGGED") == [b'* ESEARCH (TAG "%s") MAX 2 COUNT 2 MODSEQ %d\r\n' % (r.tag.encode(), m1)]
 print("ok")
 "#,
     );

@@ -151,10 +151,12 @@ fn matches(key: &SearchKey, candidate: &Candidate, context: &Context) -> bool {
     if let Some(answer) = context.index.and_then(|index| index.answer(key, record.uid)) {
         return answer;
     }
+    // RFC 9051 §6.4.4: these keys search the envelope's field, so a message without the
+    // field never matches, not even an empty string (as with HEADER).
     let addresses = |needle: &str, pick: fn(&MessageSummary) -> (&[wmail_core::message::Address], &str)| {
         candidate.summary.as_ref().is_some_and(|summary| {
             let (list, display) = pick(summary);
-            contains(&address_text(list, display), needle)
+            (!list.is_empty() || !display.is_empty()) && contains(&address_text(list, display), needle)
         })
     };
     match key {
@@ -179,8 +181,11 @@ fn matches(key: &SearchKey, candidate: &Candidate, context: &Context) -> bool {
         SearchKey::From(needle) => addresses(needle, |s| (&s.envelope.from, &s.display_from)),
         SearchKey::To(needle) => addresses(needle, |s| (&s.envelope.to, &s.display_to)),
         SearchKey::Subject(needle) => candidate.summary.as_ref().is_some_and(|summary| {
-            contains(&summary.subject_decoded, needle)
-                || summary.envelope.subject.as_deref().is_some_and(|raw| contains(raw, needle))
+            summary
+                .envelope
+                .subject
+                .as_deref()
+                .is_some_and(|raw| contains(&summary.subject_decoded, needle) || contains(raw, needle))
         }),
         SearchKey::Header(name, needle) => {
             candidate.raw.as_ref().zip(candidate.summary.as_ref()).is_some_and(|(raw, summary)| {
@@ -407,7 +412,19 @@ impl Session {
             Err(error) => return self.no_for(tag, &error),
         };
         let numbers: Vec<u32> = found.iter().map(|c| if uid { c.record.uid } else { c.seq }).collect();
-        let highest_modseq = found.iter().map(|c| c.record.modseq).max();
+        // RFC 4731 §3.2: MODSEQ is the highest of the messages returned; with only MIN
+        // and/or MAX, that is of those one or two messages.
+        let only_min_max = returns.is_some_and(|returns| {
+            !returns.is_empty() && !returns.iter().any(|r| matches!(r, SearchReturn::All | SearchReturn::Count))
+        });
+        let highest_modseq = if only_min_max {
+            let returns = returns.unwrap_or_default();
+            let min = returns.contains(&SearchReturn::Min).then(|| found.iter().min_by_key(|c| c.seq)).flatten();
+            let max = returns.contains(&SearchReturn::Max).then(|| found.iter().max_by_key(|c| c.seq)).flatten();
+            min.into_iter().chain(max).map(|c| c.record.modseq).max()
+        } else {
+            found.iter().map(|c| c.record.modseq).max()
+        };
         let modseq = uses_modseq(key).then_some(highest_modseq).flatten();
         self.report_search(
             tag,
