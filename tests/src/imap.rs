@@ -922,6 +922,12 @@ assert numbers(r.ok("SORT (REVERSE DATE) UTF-8 ALL"), "SORT") == [5, 3, 6, 4, 2,
 assert numbers(r.ok("SORT (ARRIVAL) UTF-8 ALL"), "SORT") == [1, 2, 4, 6, 3, 5]
 assert numbers(r.ok("UID SORT (FROM) UTF-8 SUBJECT lunch"), "SORT") == [2, 5, 3, 7]
 assert numbers(r.ok("SORT (SIZE) UTF-8 NOT SUBJECT lunch"), "SORT") == [5, 3]
+# ESORT (RFC 5267 §3): ALL keeps the sort order; MIN and MAX are its first and last.
+assert b" ESORT " in r.ok("CAPABILITY")[0]
+untagged = r.ok("SORT RETURN (MIN MAX COUNT ALL) (REVERSE DATE) UTF-8 ALL")
+assert untagged == [b'* ESEARCH (TAG "%s") MIN 5 MAX 1 COUNT 6 ALL 5,3,6,4,2,1\r\n' % r.tag.encode()], untagged
+untagged = r.ok("SORT RETURN (MAX) (ARRIVAL) UTF-8 ALL")
+assert untagged == [b'* ESEARCH (TAG "%s") MAX 5\r\n' % r.tag.encode()], untagged
 
 # THREAD.
 assert r.ok("THREAD REFERENCES US-ASCII ALL") == [b"* THREAD (1 (2 4)(6))(3)(5)\r\n"]

@@ -496,15 +496,21 @@ impl Session {
         if uid {
             line.push_str(" UID");
         }
+        // RFC 5267 §3: SORT's MIN and MAX are the first and last messages in sort order.
+        let (min, max) = if command == "SORT" {
+            (numbers.first(), numbers.last())
+        } else {
+            (numbers.iter().min(), numbers.iter().max())
+        };
         for option in &returns {
             match option {
                 SearchReturn::Min => {
-                    if let Some(min) = numbers.iter().min() {
+                    if let Some(min) = min {
                         line.push_str(&format!(" MIN {min}"));
                     }
                 }
                 SearchReturn::Max => {
-                    if let Some(max) = numbers.iter().max() {
+                    if let Some(max) = max {
                         line.push_str(&format!(" MAX {max}"));
                     }
                 }

@@ -480,6 +480,7 @@ impl Session {
             "SEARCHRES",
             "SORT",
             "SORT=DISPLAY",
+            "ESORT",
             "THREAD=ORDEREDSUBJECT",
             "THREAD=REFERENCES",
             "QUOTA",
