@@ -926,8 +926,8 @@ assert numbers(r.ok("SORT (SIZE) UTF-8 NOT SUBJECT lunch"), "SORT") == [5, 3]
 assert b" ESORT " in r.ok("CAPABILITY")[0]
 untagged = r.ok("SORT RETURN (MIN MAX COUNT ALL) (REVERSE DATE) UTF-8 ALL")
 assert untagged == [b'* ESEARCH (TAG "%s") MIN 5 MAX 1 COUNT 6 ALL 5,3,6,4,2,1\r\n' % r.tag.encode()], untagged
-untagged = r.ok("SORT RETURN (MAX) (ARRIVAL) UTF-8 ALL")
-assert untagged == [b'* ESEARCH (TAG "%s") MAX 5\r\n' % r.tag.encode()], untagged
+untagged = r.ok("SORT RETURN (MAX ALL) (ARRIVAL) UTF-8 ALL")
+assert untagged == [b'* ESEARCH (TAG "%s") MAX 5 ALL 1:2,4,6,3,5\r\n' % r.tag.encode()], untagged
 
 # THREAD.
 assert r.ok("THREAD REFERENCES US-ASCII ALL") == [b"* THREAD (1 (2 4)(6))(3)(5)\r\n"]

@@ -16,7 +16,7 @@ use wmail_core::message::{
 use wmail_core::{MessageRecord, SearchField};
 
 use crate::proto::command::{SearchKey, SearchReturn, SortCriterion, SortKey, ThreadAlgorithm};
-use crate::selected::{compress_set, set_contains};
+use crate::selected::{compress_runs, compress_set, set_contains};
 use crate::session::Session;
 
 /// Messages whose index records SEARCH reads together.
@@ -519,10 +519,7 @@ impl Session {
                     if !numbers.is_empty() {
                         // ESORT (RFC 5267) keeps the sort order; SEARCH sends a set.
                         if command == "SORT" {
-                            line.push_str(&format!(
-                                " ALL {}",
-                                numbers.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
-                            ));
+                            line.push_str(&format!(" ALL {}", compress_runs(numbers)));
                         } else {
                             line.push_str(&format!(" ALL {}", compress_set(numbers)));
                         }

@@ -677,14 +677,20 @@ pub(crate) fn compress_set(numbers: &[u32]) -> String {
     let mut sorted = numbers.to_vec();
     sorted.sort_unstable();
     sorted.dedup();
+    compress_runs(&sorted)
+}
+
+/// `numbers` in their order, each ascending run of consecutive numbers as `a:b` (ESORT's
+/// ALL, RFC 5267 §3, is a sequence set in sort order).
+pub(crate) fn compress_runs(numbers: &[u32]) -> String {
     let mut out = String::new();
     let mut index = 0;
-    while index < sorted.len() {
-        let start = sorted[index];
+    while index < numbers.len() {
+        let start = numbers[index];
         let mut end = start;
-        while index + 1 < sorted.len() && sorted[index + 1] == end + 1 {
+        while index + 1 < numbers.len() && Some(numbers[index + 1]) == end.checked_add(1) {
             index += 1;
-            end = sorted[index];
+            end = numbers[index];
         }
         if !out.is_empty() {
             out.push(',');
@@ -750,5 +756,7 @@ mod tests {
         write_expunges(&mut out, &mut selected, &[3, 9].into_iter().collect(), true);
         assert_eq!(String::from_utf8(out).unwrap(), "* VANISHED 3,9\r\n");
         assert_eq!(compress_set(&[9, 1, 2, 3, 7, 10]), "1:3,7,9:10");
+        // In sort order, only ascending runs become ranges.
+        assert_eq!(compress_runs(&[9, 1, 2, 3, 7, 6, 5, u32::MAX]), "9,1:3,7,6,5,4294967295");
     }
 }
