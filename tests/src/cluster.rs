@@ -128,7 +128,7 @@ assert b.response().startswith(b"+"), "no continuation for IDLE"
 s = smtplib.SMTP("127.0.0.1", {smtp})
 s.sendmail("x@remote.test", [ALICE], b"Subject: idle across nodes\r\n\r\nx\r\n")
 s.quit()
-b.wait_for(b"* 4 EXISTS\r\n", 2.0)
+b.wait_for(b"* 4 EXISTS\r\n", 10.0)
 b.send("DONE\r\n")
 untagged, status = b.finish(tag)
 assert status.startswith("OK"), (status, untagged)

@@ -1129,24 +1129,24 @@ assert flags(fetches(untagged)[3]) == {"\\Answered"}, untagged
 assert b.ok("NOOP") == [b"* 2 EXPUNGE\r\n"]
 assert fetches(b.ok("FETCH 2 (UID)")) == {2: b"* 2 FETCH (UID 3)\r\n"}
 
-# IDLE: a message delivered over SMTP shows up within 2 s.
+# IDLE: a message delivered over SMTP shows up (the bench measures how fast).
 tag = b.start("IDLE")
 assert b.response().startswith(b"+"), "no continuation for IDLE"
 s = smtplib.SMTP("127.0.0.1", SMTP)
 s.sendmail("sender@remote.test", [ALICE], b"Subject: idle smtp\r\n\r\nx\r\n")
 s.quit()
-b.wait_for(b"* 3 EXISTS\r\n", 2.0)
+b.wait_for(b"* 3 EXISTS\r\n", 10.0)
 
 # ... and one delivered over the API (by the test, in between).
 print("idling", flush=True)
 sys.stdin.readline()
-b.wait_for(b"* 4 EXISTS\r\n", 2.0)
+b.wait_for(b"* 4 EXISTS\r\n", 10.0)
 
 # ... and an EXPUNGE by A (allowed during IDLE).
 a.ok("NOOP")
 a.ok("STORE 1 +FLAGS.SILENT (\\Deleted)")
 a.ok("EXPUNGE")
-b.wait_for(b"* 1 EXPUNGE\r\n", 2.0)
+b.wait_for(b"* 1 EXPUNGE\r\n", 10.0)
 
 b.send("DONE\r\n")
 untagged, status = b.finish(tag)
@@ -1191,7 +1191,7 @@ assert b"\\Recent" in fetches(a.ok("FETCH 2 (FLAGS)"))[2]
 # EXAMINE does not claim; it shows what is still unclaimed, so it reaches 0 once A's
 # claim is applied.
 b = Raw()
-deadline = time.time() + 5
+deadline = time.time() + 20
 while b"* 0 RECENT\r\n" not in b.ok("EXAMINE INBOX"):
     assert time.time() < deadline, "A's claim of the recent messages was never applied"
     time.sleep(0.05)
@@ -1206,7 +1206,7 @@ d.ok("ENABLE IMAP4rev2")
 assert not any(b"RECENT" in u for u in d.ok("SELECT INBOX"))
 # A message that arrives while a session waits in IDLE is recent there (it was told
 # first), and claimed: a session selecting afterwards does not see it as recent.
-deadline = time.time() + 5
+deadline = time.time() + 20
 while b"* 0 RECENT\r\n" not in b.ok("EXAMINE INBOX"):
     assert time.time() < deadline, "C's claim was never applied"
     time.sleep(0.05)
@@ -1215,11 +1215,11 @@ assert b"* 0 RECENT\r\n" in e.ok("SELECT INBOX")
 tag = e.start("IDLE")
 assert e.response().startswith(b"+")
 assert appenduid(b.append("INBOX", b"Subject: fourth\r\n\r\nx\r\n")[1])[1] == 4
-e.wait_for(b"* 1 RECENT\r\n", 2.0)
+e.wait_for(b"* 1 RECENT\r\n", 10.0)
 e.send("DONE\r\n")
 e.finish(tag)
 assert b"\\Recent" in fetches(e.ok("FETCH 4 (FLAGS)"))[4]
-deadline = time.time() + 5
+deadline = time.time() + 20
 while b"* 0 RECENT\r\n" not in b.ok("EXAMINE INBOX"):
     assert time.time() < deadline, "E's claim of the message it was told of first was never applied"
     time.sleep(0.05)
