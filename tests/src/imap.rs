@@ -1808,6 +1808,45 @@ print("ok")
 }
 
 #[tokio::test]
+async fn a_correct_password_is_remembered_and_a_changed_one_is_checked_again() {
+    let node = node_with_account("", None).await;
+    let checks = || async {
+        let hashed = node.metric("wmail_login_password_hashes_total").await;
+        let remembered = node.metric("wmail_login_passwords_remembered_total").await;
+        (hashed, remembered)
+    };
+    let logins = |attempts: &str| {
+        let script = format!(
+            r#"
+for password, expected in {attempts}:
+    m = imaplib.IMAP4_SSL("127.0.0.1", IMAPS, ssl_context=ctx)
+    try:
+        result = m.login(ALICE, password)[0]
+    except imaplib.IMAP4.error as e:
+        result = str(e)
+    assert (result == "OK") == expected, (password, result)
+print("ok")
+"#
+        );
+        assert_eq!(imap(&node, &script).trim(), "ok");
+    };
+    let before = checks().await;
+    // The first correct login runs argon2; the next ones are answered from memory. A wrong
+    // password is checked in full every time.
+    logins(
+        r#"[(PASSWORD, True), (PASSWORD, True), ("wrong password", False), (PASSWORD, True), ("wrong password", False)]"#,
+    );
+    let after = checks().await;
+    assert_eq!((after.0 - before.0, after.1 - before.1), (3.0, 2.0), "{before:?} -> {after:?}");
+    // A new password is a new hash: the old one no longer logs in, the new one is checked once.
+    let body = json!({ "password": "a brand new password" });
+    assert_eq!(node.api(Method::PATCH, "/accounts/alice@example.com", Some(body)).await.0, StatusCode::OK);
+    logins(r#"[(PASSWORD, False), ("a brand new password", True), ("a brand new password", True)]"#);
+    let last = checks().await;
+    assert_eq!((last.0 - after.0, last.1 - after.1), (2.0, 1.0), "{after:?} -> {last:?}");
+}
+
+#[tokio::test]
 async fn threadid_and_emailid_follow_rfc_8474() {
     let node = node_with_account("", None).await;
     let out = imap(

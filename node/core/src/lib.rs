@@ -103,6 +103,9 @@ pub struct CoreConfig {
     pub snapshot_every: u64,
     /// Login lockout thresholds.
     pub lockout: LockoutPolicy,
+    /// How long a correct password is remembered so the same login skips argon2 (zero:
+    /// never; see [`password::VerifiedPasswords`]).
+    pub remember_logins: Duration,
     /// Keep the full-text index and let IMAP SEARCH use it (`[search] enabled`); off,
     /// nothing is indexed, IMAP SEARCH reads every message and ranked search is refused.
     pub search_enabled: bool,
@@ -200,6 +203,7 @@ pub struct Core {
     /// Wakes this node's delivery worker when it queued a message.
     queue_signal: tokio::sync::Notify,
     login_guard: LoginGuard,
+    verified_passwords: password::VerifiedPasswords,
     /// Refuses new mail while the data disk is nearly full.
     disk: Arc<disk::DiskGuard>,
     /// The revoked node ids as of an applied log index (see `cluster::Enroller`).
@@ -315,6 +319,7 @@ impl Core {
         let core = Arc::new(Self {
             queue_signal: tokio::sync::Notify::new(),
             login_guard: LoginGuard::new(config.lockout),
+            verified_passwords: password::VerifiedPasswords::new(config.remember_logins),
             disk: Arc::new(disk::DiskGuard::new(config.data_dir.clone(), config.min_free_disk_bytes)),
             revoked_nodes: std::sync::Mutex::new((None, Vec::new())),
             local_query: std::sync::OnceLock::new(),
@@ -425,6 +430,12 @@ impl Core {
         use std::sync::atomic::Ordering::Relaxed;
         let stats = self.consensus.log_stats();
         (stats.entries.load(Relaxed), stats.appends.load(Relaxed), stats.wal_syncs.load(Relaxed))
+    }
+
+    /// Password checks of logins on this node: `(argon2 verifications, answered from the
+    /// recently verified passwords)`.
+    pub fn password_checks(&self) -> (u64, u64) {
+        self.verified_passwords.counts()
     }
 
     /// Returns the index of the last entry this node knows to be committed.
@@ -616,7 +627,7 @@ impl Core {
             Some(account) => self.state.credentials(account.id)?,
             None => None,
         };
-        let matches = password::verify(password.to_owned(), credentials.map(|c| c.password_hash)).await;
+        let matches = self.verified_passwords.verify(password.to_owned(), credentials.map(|c| c.password_hash)).await;
         match account {
             Some(account) if matches && account.state.may_log_in() => {
                 attempt.succeeded();

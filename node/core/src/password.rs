@@ -1,7 +1,13 @@
 //! Password hashing with argon2id (PHC strings), off the async executor.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
 use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString, rand_core::OsRng};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
+use aws_lc_rs::hmac;
 
 use crate::error::{CoreError, Result};
 
@@ -82,6 +88,73 @@ static DUMMY_HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     Argon2::default().hash_password(&secret, &salt).map(|hash| hash.to_string()).unwrap_or_default()
 });
 
+/// Most passwords [`VerifiedPasswords`] remembers; past it, expired entries are dropped,
+/// then all of them if that was not enough.
+const MAX_REMEMBERED: usize = 100_000;
+
+/// Passwords verified recently on this node, so a client that logs in again and again
+/// (phones open a connection per check; when a node fails, all its clients log in to the
+/// others at once) pays for argon2 once per `ttl`, not once per login. An entry is a keyed
+/// MAC of the account's PHC hash and the password, under a key made at start-up and never
+/// stored: no password is kept, a wrong password never matches one, and a changed
+/// password (a new PHC hash) never matches the old one. Failures are never remembered,
+/// so guessing costs argon2 every time.
+pub struct VerifiedPasswords {
+    key: hmac::Key,
+    ttl: Duration,
+    entries: Mutex<HashMap<[u8; 32], Instant>>,
+    hashed: AtomicU64,
+    remembered: AtomicU64,
+}
+
+impl VerifiedPasswords {
+    /// Remembers verified passwords for `ttl` (zero: never).
+    pub fn new(ttl: Duration) -> Self {
+        let key = hmac::Key::new(hmac::HMAC_SHA256, &rand::random::<[u8; 32]>());
+        Self { key, ttl, entries: Mutex::new(HashMap::new()), hashed: AtomicU64::new(0), remembered: AtomicU64::new(0) }
+    }
+
+    fn tag(&self, hash: &str, password: &str) -> [u8; 32] {
+        let mut context = hmac::Context::with_key(&self.key);
+        context.update(&(hash.len() as u64).to_be_bytes());
+        context.update(hash.as_bytes());
+        context.update(password.as_bytes());
+        context.sign().as_ref().try_into().expect("HMAC-SHA256 tags are 32 bytes")
+    }
+
+    /// Whether `password` matches the PHC `hash` (see [`verify`]), from memory when it
+    /// was verified less than `ttl` ago.
+    pub async fn verify(&self, password: String, hash: Option<String>) -> bool {
+        let remembering = !self.ttl.is_zero();
+        let tag = hash.as_deref().filter(|_| remembering).map(|hash| self.tag(hash, &password));
+        if let Some(tag) = tag {
+            let entries = self.entries.lock().expect("verified passwords lock");
+            if entries.get(&tag).is_some_and(|verified| verified.elapsed() < self.ttl) {
+                self.remembered.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+        }
+        self.hashed.fetch_add(1, Ordering::Relaxed);
+        let matches = verify(password, hash).await;
+        if let Some(tag) = tag.filter(|_| matches) {
+            let mut entries = self.entries.lock().expect("verified passwords lock");
+            if entries.len() >= MAX_REMEMBERED {
+                entries.retain(|_, verified| verified.elapsed() < self.ttl);
+                if entries.len() >= MAX_REMEMBERED {
+                    entries.clear();
+                }
+            }
+            entries.insert(tag, Instant::now());
+        }
+        matches
+    }
+
+    /// Password checks so far: (argon2 verifications, answered from memory).
+    pub fn counts(&self) -> (u64, u64) {
+        (self.hashed.load(Ordering::Relaxed), self.remembered.load(Ordering::Relaxed))
+    }
+}
+
 /// Returns whether `password` matches the PHC `hash`; `None` (no such account) costs the
 /// same time and never matches. Malformed hashes never match.
 pub async fn verify(password: String, hash: Option<String>) -> bool {
@@ -116,5 +189,29 @@ mod tests {
         assert!(verify("pw1234567".into(), Some(other.to_string())).await);
         assert!(!verify("pw1234568".into(), Some(other.to_string())).await);
         assert!(check_policy("short").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_verified_password_is_remembered_for_its_hash_only() {
+        let hash = hash("correct horse".into()).await.unwrap();
+        let verified = VerifiedPasswords::new(Duration::from_secs(600));
+        assert!(verified.verify("correct horse".into(), Some(hash.clone())).await);
+        assert!(verified.verify("correct horse".into(), Some(hash.clone())).await);
+        assert_eq!(verified.counts(), (1, 1), "the second check came from memory");
+        // A wrong password is checked (and fails) every time; so is an unknown account.
+        assert!(!verified.verify("wrong horse".into(), Some(hash.clone())).await);
+        assert!(!verified.verify("wrong horse".into(), Some(hash.clone())).await);
+        assert!(!verified.verify("correct horse".into(), None).await);
+        assert_eq!(verified.counts(), (4, 1));
+        // A new password (a new hash) is checked again; the old one no longer matches it.
+        let changed = super::hash("new horse 123".into()).await.unwrap();
+        assert!(!verified.verify("correct horse".into(), Some(changed.clone())).await);
+        assert!(verified.verify("new horse 123".into(), Some(changed)).await);
+        assert_eq!(verified.counts(), (6, 1));
+        // With no time to remember, every check hashes.
+        let never = VerifiedPasswords::new(Duration::ZERO);
+        assert!(never.verify("correct horse".into(), Some(hash.clone())).await);
+        assert!(never.verify("correct horse".into(), Some(hash)).await);
+        assert_eq!(never.counts(), (2, 0));
     }
 }

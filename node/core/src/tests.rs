@@ -22,6 +22,7 @@ async fn start_with_snapshots_every(dir: &std::path::Path, snapshot_every: u64) 
         blob_cache_bytes: 0,
         snapshot_every,
         lockout: LockoutPolicy { max_failures_per_account: 3, ..LockoutPolicy::default() },
+        remember_logins: Duration::from_secs(600),
         search_enabled: true,
         min_free_disk_bytes: 0,
     })
@@ -60,6 +61,7 @@ async fn restart_after_snapshot_and_log_purge_keeps_everything() {
             blob_cache_bytes: 0,
             snapshot_every: 20,
             lockout: LockoutPolicy::default(),
+            remember_logins: Duration::from_secs(600),
             search_enabled: true,
             min_free_disk_bytes: 0,
         };

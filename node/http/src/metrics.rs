@@ -27,6 +27,8 @@ pub struct Metrics {
     raft_log_entries: IntCounter,
     raft_log_appends: IntCounter,
     raft_log_wal_syncs: IntCounter,
+    login_password_hashes: IntCounter,
+    login_passwords_remembered: IntCounter,
     queue_messages: IntGauge,
     queue_oldest_age: IntGauge,
     search_documents: IntGauge,
@@ -82,6 +84,14 @@ impl Metrics {
                 "raft_log_wal_syncs_total",
                 "WAL fsyncs acknowledging Raft log appends (entries per sync is the group-commit factor)",
             ),
+            login_password_hashes: counter(
+                "login_password_hashes_total",
+                "Login passwords checked with argon2 on this node (every wrong password is)",
+            ),
+            login_passwords_remembered: counter(
+                "login_passwords_remembered_total",
+                "Logins whose password this node verified recently ([security] remember_logins_minutes)",
+            ),
             queue_messages: gauge("queue_messages", "Messages in the outbound queue"),
             queue_oldest_age: gauge(
                 "queue_oldest_age_seconds",
@@ -116,6 +126,8 @@ impl Metrics {
             Box::new(metrics.raft_log_entries.clone()),
             Box::new(metrics.raft_log_appends.clone()),
             Box::new(metrics.raft_log_wal_syncs.clone()),
+            Box::new(metrics.login_password_hashes.clone()),
+            Box::new(metrics.login_passwords_remembered.clone()),
             Box::new(metrics.queue_messages.clone()),
             Box::new(metrics.queue_oldest_age.clone()),
             Box::new(metrics.search_documents.clone()),
@@ -146,7 +158,10 @@ impl Metrics {
         self.search_documents.set(search.documents as i64);
         self.data_disk_available.set(core.data_disk_available_bytes().min(i64::MAX as u64) as i64);
         self.search_index_bytes.set(search.index_bytes as i64);
+        let (hashed, remembered) = core.password_checks();
         for (counter, value) in [
+            (&self.login_password_hashes, hashed),
+            (&self.login_passwords_remembered, remembered),
             (&self.raft_log_entries, entries),
             (&self.raft_log_appends, appends),
             (&self.raft_log_wal_syncs, syncs),

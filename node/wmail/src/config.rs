@@ -394,6 +394,9 @@ pub struct SecuritySection {
     pub max_connections_per_minute_per_ip: u32,
     /// Client networks the per-minute limit does not apply to.
     pub rate_limit_exempt: Vec<String>,
+    /// Minutes a node remembers a correct password (as a keyed hash, in memory) so the
+    /// same login again skips the argon2 check (0: check every login).
+    pub remember_logins_minutes: u64,
 }
 
 impl Default for SecuritySection {
@@ -405,6 +408,7 @@ impl Default for SecuritySection {
             login_block_minutes: 2_880,
             max_connections_per_minute_per_ip: 0,
             rate_limit_exempt: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            remember_logins_minutes: 10,
         }
     }
 }
