@@ -675,6 +675,12 @@ fetched = r.ok("FETCH 1 (BINARY.PEEK[TEXT] BINARY.SIZE[TEXT] BINARY.SIZE[1.MIME]
 assert b"BINARY[TEXT] {11}\r\nhello world" in fetched, fetched
 assert b"BINARY.SIZE[TEXT] 11" in fetched and b"BINARY.SIZE[1.MIME] 75" in fetched, fetched
 assert b"BINARY[HEADER.FIELDS (SUBJECT)] {14}\r\nSubject: b\r\n\r\n" in fetched, fetched
+# imaptest own_flags: a keyword a STORE names is announced in FLAGS by that STORE, even
+# when it removes it or is .SILENT.
+untagged = r.ok("STORE 1 -FLAGS ($NeverSet)")
+assert untagged[0].startswith(b"* FLAGS (") and b" $NeverSet" in untagged[0], untagged
+untagged = r.ok("STORE 1 +FLAGS.SILENT ($Quiet)")
+assert len(untagged) == 2 and b" $Quiet" in untagged[0] and b"PERMANENTFLAGS" in untagged[1], untagged
 # imaptest search-header: SUBJECT, FROM, TO search the envelope's field, so even "" only
 # matches messages that have it (as HEADER does).
 r.ok("CREATE bare")

@@ -362,6 +362,7 @@ impl Session {
             StoreAction::Remove => FlagAction::Remove,
         };
         let uids: Vec<u32> = targets.iter().map(|&(_, uid)| uid).collect();
+        let named = flags.clone();
         let failed = match self.core.set_flags(account_id, mailbox_id, uids, action, flags, unchanged_since).await {
             Ok((_, failed)) => failed,
             Err(error) => return self.no_for(tag, &error),
@@ -371,6 +372,9 @@ impl Session {
         }
         let condstore = self.enabled.condstore;
         let mut out = Vec::new();
+        // A keyword a STORE names is announced now (RFC 3501 §6.4.6, §7.2.6), even with
+        // -FLAGS or .SILENT, as Dovecot does (imaptest checks it), not at its first FETCH.
+        self.selected.as_mut().expect("selected state checked").announce_keywords(&mut out, &named);
         let failed_set: std::collections::HashSet<u32> = failed.iter().copied().collect();
         let mut records = crate::fetch::Records::new(&self.core, account_id, mailbox_id, &targets);
         for (position, &(seq, uid_value)) in targets.iter().enumerate() {
