@@ -1157,12 +1157,16 @@ fn section(c: &mut Cursor<'_>) -> R<Section> {
     Ok(Section { part, text })
 }
 
-/// RFC 9051 `partial`: `<offset.length>`, if present.
+/// RFC 9051 `partial`: `<offset.length>`, if present. `<offset>` alone (to the end) is
+/// accepted too, as Dovecot does (imaptest sends it).
 fn partial(c: &mut Cursor<'_>) -> R<Option<(u32, u32)>> {
     if !c.eat(b'<') {
         return Ok(None);
     }
     let offset = c.number("a partial offset")?;
+    if c.eat(b'>') {
+        return Ok(Some((offset, u32::MAX)));
+    }
     c.expect(b'.', "a dot between the partial offset and length")?;
     let length = c.nz_number("a partial length")?;
     c.expect(b'>', "> after the partial length")?;

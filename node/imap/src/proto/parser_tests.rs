@@ -680,6 +680,14 @@ fn fetch_sections() {
             "BINARY.PEEK[1.2]<5.6>",
             FetchItem::Binary { peek: true, section: Section { part: vec![1, 2], text: None }, partial: Some((5, 6)) },
         ),
+        (
+            "BINARY.PEEK[5]<15>",
+            FetchItem::Binary {
+                peek: true,
+                section: Section { part: vec![5], text: None },
+                partial: Some((15, u32::MAX)),
+            },
+        ),
         ("BINARY.SIZE[3]", FetchItem::BinarySize { section: Section { part: vec![3], text: None } }),
         (
             "BINARY.SIZE[2.MIME]",
@@ -736,7 +744,8 @@ fn fetch_errors() {
         "a FETCH 1 BODY[HEADER.FIELDS ()]",
         "a FETCH 1 BODY[TEXT.HEADER]",
         "a FETCH 1 BODY[1.HEADER.2]",
-        "a FETCH 1 BODY[]<1>",
+        "a FETCH 1 BODY[]<1.0>",
+        "a FETCH 1 BODY[]<1.>",
         "a FETCH 1 BODY[]<1.0>",
         "a FETCH 1 BODY[]<1.2",
         "a FETCH 1 BINARY",
