@@ -1187,3 +1187,31 @@ fn prefix_end_is_the_first_key_after_the_prefix() {
     assert_eq!(prefix_end(&[0xff, 0xff]), None);
     assert_eq!(prefix_end(b""), None);
 }
+
+#[test]
+fn memtables_stay_within_their_budget_across_column_families() {
+    let (_dir, store) = store();
+    let db = store.db();
+    let memtables = |property: &str| -> u64 {
+        ks::COLUMN_FAMILIES
+            .iter()
+            .map(|table| db.property_int_value_cf(cf(&db, table), property).unwrap().unwrap_or(0))
+            .sum()
+    };
+    // 150 MiB over three tables, each below its own 64 MiB flush threshold.
+    let value = vec![7u8; 1 << 20];
+    for table in [ks::SUMMARIES, ks::MESSAGES, ks::CHANGES] {
+        for n in 0..50u32 {
+            db.put_cf(cf(&db, table), format!("memtable-test/{n}"), &value).unwrap();
+        }
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while memtables("rocksdb.mem-table-flush-pending") > 0
+        || db.property_int_value("rocksdb.num-running-flushes").unwrap().unwrap_or(0) > 0
+    {
+        assert!(std::time::Instant::now() < deadline, "flushes never finished");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let held = memtables("rocksdb.cur-size-all-mem-tables");
+    assert!(held <= MEMTABLE_BUDGET as u64, "memtables hold {held} bytes, over the {MEMTABLE_BUDGET} budget");
+}
