@@ -107,9 +107,9 @@ impl std::fmt::Debug for StateStore {
     }
 }
 
-/// Memory all column families' memtables may hold together before RocksDB flushes the
-/// largest: without it each of the 21 may grow to its own 64 MiB (twice, while one
-/// flushes), gigabytes on a busy node.
+/// Memory all column families' memtables may hold together before RocksDB flushes one (the
+/// column family holding the oldest unflushed data): without it each of the 21 may grow
+/// to its own 64 MiB (twice, while one flushes), gigabytes on a busy node.
 const MEMTABLE_BUDGET: usize = 128 << 20;
 
 fn db_options() -> Options {

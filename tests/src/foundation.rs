@@ -97,12 +97,18 @@ async fn sigterm_finishes_in_flight_requests_and_exits_0() {
         // Once every request is being handled (argon2 keeps them busy), stop the node. A
         // request still in the kernel's accept queue would be refused, which is not what
         // this test is about.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         let in_flight = loop {
             let in_flight = node_ref.metric(r#"wmail_http_requests_in_flight{route="/api/v1/accounts"}"#).await;
             let done = node_ref.metric(r#"wmail_http_requests_total{route="/api/v1/accounts",status="201"}"#).await;
             if in_flight + done >= 10.0 {
                 break in_flight;
             }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the 10 requests never all reached the node:\n{}",
+                node_ref.log()
+            );
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         };
         node_ref.signal("TERM");
@@ -130,11 +136,17 @@ async fn sigterm_finishes_in_flight_requests_and_exits_0() {
     node.terminate().await;
     let log_before = node.log().len();
     node.spawn();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !node.log()[log_before..].contains("starting data_dir=") {
+        assert!(std::time::Instant::now() < deadline, "the node never started:\n{}", node.log());
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
     let status = node.terminate().await;
     assert!(status.success(), "exit status {status} after SIGTERM during start-up:\n{}", node.log());
+    // It stopped through its own handler ("stopped during start-up", or "stopped" if
+    // start-up finished first), not by the signal's default action.
+    let stop = &node.log()[log_before..];
+    assert!(stop.contains("stopped"), "{stop}");
 }
 
 #[tokio::test]

@@ -934,6 +934,14 @@ untagged = r.ok("SORT RETURN (MIN MAX COUNT ALL) (REVERSE DATE) UTF-8 ALL")
 assert untagged == [b'* ESEARCH (TAG "%s") MIN 5 MAX 1 COUNT 6 ALL 5,3,6,4,2,1\r\n' % r.tag.encode()], untagged
 untagged = r.ok("SORT RETURN (MAX ALL) (ARRIVAL) UTF-8 ALL")
 assert untagged == [b'* ESEARCH (TAG "%s") MAX 5 ALL 1:2,4,6,3,5\r\n' % r.tag.encode()], untagged
+# SAVE keeps the message MIN named, the first in sort order.
+untagged = r.ok("SORT RETURN (MIN SAVE) (REVERSE DATE) UTF-8 ALL")
+assert untagged == [b'* ESEARCH (TAG "%s") MIN 5\r\n' % r.tag.encode()], untagged
+assert sorted(fetches(r.ok("FETCH $ (FLAGS)"))) == [5]
+# RFC 7162 §3.1.5: a MODSEQ key adds the highest MODSEQ to the SORT response too.
+untagged = r.ok("SORT (ARRIVAL) UTF-8 MODSEQ 1")
+sort_lines = [u for u in untagged if u.startswith(b"* SORT ")]
+assert len(sort_lines) == 1 and re.search(rb" \(MODSEQ \d+\)\r\n$", sort_lines[0]), untagged
 
 # THREAD.
 assert r.ok("THREAD REFERENCES US-ASCII ALL") == [b"* THREAD (1 (2 4)(6))(3)(5)\r\n"]

@@ -627,7 +627,9 @@ impl Core {
             Some(account) => self.state.credentials(account.id)?,
             None => None,
         };
-        let matches = self.verified_passwords.verify(password.to_owned(), credentials.map(|c| c.password_hash)).await;
+        let account_id = account.as_ref().map(|account| account.id);
+        let hash = credentials.map(|credentials| credentials.password_hash);
+        let matches = self.verified_passwords.verify(account_id, password.to_owned(), hash).await;
         match account {
             Some(account) if matches && account.state.may_log_in() => {
                 attempt.succeeded();

@@ -88,21 +88,24 @@ static DUMMY_HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     Argon2::default().hash_password(&secret, &salt).map(|hash| hash.to_string()).unwrap_or_default()
 });
 
-/// Most passwords [`VerifiedPasswords`] remembers; past it, expired entries are dropped,
-/// then all of them if that was not enough.
-const MAX_REMEMBERED: usize = 100_000;
+/// Most accounts [`VerifiedPasswords`] remembers a password of (about 64 bytes each); when
+/// full, expired entries are dropped, and if none were, new logins are simply not
+/// remembered.
+const MAX_REMEMBERED: usize = 250_000;
 
-/// Passwords verified recently on this node, so a client that logs in again and again
-/// (phones open a connection per check; when a node fails, all its clients log in to the
-/// others at once) pays for argon2 once per `ttl`, not once per login. An entry is a keyed
-/// MAC of the account's PHC hash and the password, under a key made at start-up and never
-/// stored: no password is kept, a wrong password never matches one, and a changed
-/// password (a new PHC hash) never matches the old one. Failures are never remembered,
-/// so guessing costs argon2 every time.
+/// The password each account last logged in with on this node, so a client that logs in
+/// again and again (phones open a connection per check, desktop clients several at once)
+/// pays for argon2 once per `ttl`, not once per login. The entry is a keyed MAC of the
+/// account's PHC hash and the password, under a key made at start-up and never stored:
+/// a wrong password never matches it, and a changed password (a new PHC hash) never
+/// matches the old one. Failures are never remembered, so guessing costs argon2 every
+/// time. The trade-off: someone able to read this process's memory could test guesses
+/// against an entry at HMAC speed instead of argon2 speed (they could also read the
+/// passwords of logins as they arrive).
 pub struct VerifiedPasswords {
     key: hmac::Key,
     ttl: Duration,
-    entries: Mutex<HashMap<[u8; 32], Instant>>,
+    entries: Mutex<HashMap<u64, ([u8; 32], Instant)>>,
     hashed: AtomicU64,
     remembered: AtomicU64,
 }
@@ -122,29 +125,29 @@ impl VerifiedPasswords {
         context.sign().as_ref().try_into().expect("HMAC-SHA256 tags are 32 bytes")
     }
 
-    /// Whether `password` matches the PHC `hash` (see [`verify`]), from memory when it
-    /// was verified less than `ttl` ago.
-    pub async fn verify(&self, password: String, hash: Option<String>) -> bool {
+    /// Whether `password` matches `account`'s PHC `hash` (see [`verify`]), from memory
+    /// when that account logged in with it less than `ttl` ago.
+    pub async fn verify(&self, account: Option<u64>, password: String, hash: Option<String>) -> bool {
         let remembering = !self.ttl.is_zero();
-        let tag = hash.as_deref().filter(|_| remembering).map(|hash| self.tag(hash, &password));
-        if let Some(tag) = tag {
+        let remembered = account.zip(hash.as_deref()).filter(|_| remembering);
+        let tag = remembered.map(|(account, hash)| (account, self.tag(hash, &password)));
+        if let Some((account, tag)) = tag {
             let entries = self.entries.lock().expect("verified passwords lock");
-            if entries.get(&tag).is_some_and(|verified| verified.elapsed() < self.ttl) {
+            if entries.get(&account).is_some_and(|(known, verified)| *known == tag && verified.elapsed() < self.ttl) {
                 self.remembered.fetch_add(1, Ordering::Relaxed);
                 return true;
             }
         }
         self.hashed.fetch_add(1, Ordering::Relaxed);
         let matches = verify(password, hash).await;
-        if let Some(tag) = tag.filter(|_| matches) {
+        if let Some((account, tag)) = tag.filter(|_| matches) {
             let mut entries = self.entries.lock().expect("verified passwords lock");
-            if entries.len() >= MAX_REMEMBERED {
-                entries.retain(|_, verified| verified.elapsed() < self.ttl);
-                if entries.len() >= MAX_REMEMBERED {
-                    entries.clear();
-                }
+            if entries.len() >= MAX_REMEMBERED && !entries.contains_key(&account) {
+                entries.retain(|_, (_, verified)| verified.elapsed() < self.ttl);
             }
-            entries.insert(tag, Instant::now());
+            if entries.len() < MAX_REMEMBERED || entries.contains_key(&account) {
+                entries.insert(account, (tag, Instant::now()));
+            }
         }
         matches
     }
@@ -195,23 +198,27 @@ mod tests {
     async fn a_verified_password_is_remembered_for_its_hash_only() {
         let hash = hash("correct horse".into()).await.unwrap();
         let verified = VerifiedPasswords::new(Duration::from_secs(600));
-        assert!(verified.verify("correct horse".into(), Some(hash.clone())).await);
-        assert!(verified.verify("correct horse".into(), Some(hash.clone())).await);
+        assert!(verified.verify(Some(1), "correct horse".into(), Some(hash.clone())).await);
+        assert!(verified.verify(Some(1), "correct horse".into(), Some(hash.clone())).await);
         assert_eq!(verified.counts(), (1, 1), "the second check came from memory");
         // A wrong password is checked (and fails) every time; so is an unknown account.
-        assert!(!verified.verify("wrong horse".into(), Some(hash.clone())).await);
-        assert!(!verified.verify("wrong horse".into(), Some(hash.clone())).await);
-        assert!(!verified.verify("correct horse".into(), None).await);
+        assert!(!verified.verify(Some(1), "wrong horse".into(), Some(hash.clone())).await);
+        assert!(!verified.verify(Some(1), "wrong horse".into(), Some(hash.clone())).await);
+        assert!(!verified.verify(None, "correct horse".into(), None).await);
         assert_eq!(verified.counts(), (4, 1));
+        // Another account with the same hash string is checked on its own.
+        assert!(verified.verify(Some(2), "correct horse".into(), Some(hash.clone())).await);
+        assert_eq!(verified.counts(), (5, 1));
         // A new password (a new hash) is checked again; the old one no longer matches it.
         let changed = super::hash("new horse 123".into()).await.unwrap();
-        assert!(!verified.verify("correct horse".into(), Some(changed.clone())).await);
-        assert!(verified.verify("new horse 123".into(), Some(changed)).await);
-        assert_eq!(verified.counts(), (6, 1));
+        assert!(!verified.verify(Some(1), "correct horse".into(), Some(changed.clone())).await);
+        assert!(verified.verify(Some(1), "new horse 123".into(), Some(changed.clone())).await);
+        assert!(verified.verify(Some(1), "new horse 123".into(), Some(changed)).await);
+        assert_eq!(verified.counts(), (7, 2));
         // With no time to remember, every check hashes.
         let never = VerifiedPasswords::new(Duration::ZERO);
-        assert!(never.verify("correct horse".into(), Some(hash.clone())).await);
-        assert!(never.verify("correct horse".into(), Some(hash)).await);
+        assert!(never.verify(Some(1), "correct horse".into(), Some(hash.clone())).await);
+        assert!(never.verify(Some(1), "correct horse".into(), Some(hash)).await);
         assert_eq!(never.counts(), (2, 0));
     }
 }

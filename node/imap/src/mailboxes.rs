@@ -412,7 +412,7 @@ impl Session {
     }
 
     async fn status(&mut self, tag: &str, raw: &str, items: &[StatusItem]) {
-        let Some(mailbox) = self.fresh_mailbox(tag, raw).await else { return };
+        let Some(mut mailbox) = self.fresh_mailbox(tag, raw).await else { return };
         if items.contains(&StatusItem::HighestModSeq) {
             self.enable_condstore();
         }
@@ -422,6 +422,11 @@ impl Session {
         // caching that HIGHESTMODSEQ would otherwise never hear of an expunge (RFC 7162 §3.2).
         if self.selected.as_ref().is_some_and(|selected| selected.mailbox_id == mailbox.id) {
             self.sync(true).await;
+            // MESSAGES agrees with the EXISTS the session was just sent (a message may have
+            // arrived since the record was read; HIGHESTMODSEQ stays the one read first).
+            if let Some(selected) = &self.selected {
+                mailbox.message_count = selected.uids.len() as u64;
+            }
         }
         let line = self.status_line(&mailbox, items);
         self.queue(&line);

@@ -411,57 +411,40 @@ impl Session {
             Ok(found) => found,
             Err(error) => return self.no_for(tag, &error),
         };
-        let numbers: Vec<u32> = found.iter().map(|c| if uid { c.record.uid } else { c.seq }).collect();
-        // RFC 4731 §3.2: MODSEQ is the highest of the messages returned; with only MIN
-        // and/or MAX, that is of those one or two messages.
-        let only_min_max = returns.is_some_and(|returns| {
-            !returns.is_empty() && !returns.iter().any(|r| matches!(r, SearchReturn::All | SearchReturn::Count))
-        });
-        let highest_modseq = if only_min_max {
-            let returns = returns.unwrap_or_default();
-            let min = returns.contains(&SearchReturn::Min).then(|| found.iter().min_by_key(|c| c.seq)).flatten();
-            let max = returns.contains(&SearchReturn::Max).then(|| found.iter().max_by_key(|c| c.seq)).flatten();
-            min.into_iter().chain(max).map(|c| c.record.modseq).max()
-        } else {
-            found.iter().map(|c| c.record.modseq).max()
-        };
-        let modseq = uses_modseq(key).then_some(highest_modseq).flatten();
-        self.report_search(
-            tag,
-            uid,
-            returns,
-            &numbers,
-            &found.iter().map(|c| c.record.uid).collect::<Vec<_>>(),
-            modseq,
-            "SEARCH",
-        );
+        self.report_search(tag, uid, returns, &found, uses_modseq(key), "SEARCH");
         self.sync(uid).await;
         self.ok(tag, "SEARCH completed");
     }
 
-    /// Writes the result of SEARCH or SORT: ESEARCH when RETURN was given or the client is
+    /// Writes the result of SEARCH or SORT (`found` in result order: sequence order for
+    /// SEARCH, sort order for SORT): ESEARCH when RETURN was given or the client is
     /// IMAP4rev2, the rev1 `* SEARCH`/`* SORT` response otherwise; SAVE keeps it for `$`.
-    #[allow(clippy::too_many_arguments)]
+    /// With `with_modseq` (a MODSEQ search key) the highest MODSEQ of the messages
+    /// returned is added (RFC 7162 §3.1.5, RFC 4731 §3.2).
     fn report_search(
         &mut self,
         tag: &str,
         uid: bool,
         returns: Option<&[SearchReturn]>,
-        numbers: &[u32],
-        uids: &[u32],
-        modseq: Option<u64>,
+        found: &[Candidate],
+        with_modseq: bool,
         command: &str,
     ) {
+        let number = |c: &Candidate| if uid { c.record.uid } else { c.seq };
+        let numbers: Vec<u32> = found.iter().map(number).collect();
+        let highest_modseq = |messages: &mut dyn Iterator<Item = &Candidate>| {
+            messages.map(|c| c.record.modseq).max().filter(|_| with_modseq)
+        };
         let returns: Vec<SearchReturn> = match returns {
             Some([]) => vec![SearchReturn::All],
             Some(list) => list.to_vec(),
             None if self.enabled.rev2 && command == "SEARCH" => vec![SearchReturn::All],
             None => {
                 let mut line = format!("* {command}");
-                for number in numbers {
+                for number in &numbers {
                     line.push_str(&format!(" {number}"));
                 }
-                if let Some(modseq) = modseq.filter(|_| !numbers.is_empty()) {
+                if let Some(modseq) = highest_modseq(&mut found.iter()) {
                     line.push_str(&format!(" (MODSEQ {modseq})"));
                 }
                 line.push_str("\r\n");
@@ -469,24 +452,33 @@ impl Session {
                 return;
             }
         };
-        if returns.contains(&SearchReturn::Save)
+        // MIN and MAX are the first and last messages of the result: the lowest and highest
+        // numbers for SEARCH, the first and last in sort order for SORT (RFC 5267 §3).
+        let (min, max) = (found.first(), found.last());
+        let wants = |option: SearchReturn| returns.contains(&option);
+        // With only MIN and/or MAX, those are the messages returned (RFC 4731 §3.2 for
+        // MODSEQ, RFC 5182 §2.1 for SAVE).
+        let only_min_max = !wants(SearchReturn::All)
+            && !wants(SearchReturn::Count)
+            && (wants(SearchReturn::Min) || wants(SearchReturn::Max));
+        let returned: Vec<&Candidate> = if only_min_max {
+            let mut returned: Vec<&Candidate> =
+                [wants(SearchReturn::Min).then_some(min), wants(SearchReturn::Max).then_some(max)]
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .collect();
+            returned.dedup_by_key(|c| c.record.uid);
+            returned
+        } else {
+            found.iter().collect()
+        };
+        if wants(SearchReturn::Save)
             && let Some(selected) = self.selected.as_mut()
         {
-            // RFC 5182 §2.1: with MIN or MAX only, SAVE keeps just those.
-            let only_min_max = !returns.contains(&SearchReturn::All) && !returns.contains(&SearchReturn::Count);
-            let mut saved = uids.to_vec();
-            if only_min_max && (returns.contains(&SearchReturn::Min) || returns.contains(&SearchReturn::Max)) {
-                let (min, max) = (uids.iter().min().copied(), uids.iter().max().copied());
-                saved = [
-                    returns.contains(&SearchReturn::Min).then_some(min).flatten(),
-                    returns.contains(&SearchReturn::Max).then_some(max).flatten(),
-                ]
-                .into_iter()
-                .flatten()
-                .collect();
-                saved.sort_unstable();
-                saved.dedup();
-            }
+            let mut saved: Vec<u32> = returned.iter().map(|c| c.record.uid).collect();
+            saved.sort_unstable();
+            saved.dedup();
             selected.saved_search = saved;
         }
         if returns.iter().all(|r| *r == SearchReturn::Save) {
@@ -496,39 +488,33 @@ impl Session {
         if uid {
             line.push_str(" UID");
         }
-        // RFC 5267 §3: SORT's MIN and MAX are the first and last messages in sort order.
-        let (min, max) = if command == "SORT" {
-            (numbers.first(), numbers.last())
-        } else {
-            (numbers.iter().min(), numbers.iter().max())
-        };
         for option in &returns {
             match option {
                 SearchReturn::Min => {
                     if let Some(min) = min {
-                        line.push_str(&format!(" MIN {min}"));
+                        line.push_str(&format!(" MIN {}", number(min)));
                     }
                 }
                 SearchReturn::Max => {
                     if let Some(max) = max {
-                        line.push_str(&format!(" MAX {max}"));
+                        line.push_str(&format!(" MAX {}", number(max)));
                     }
                 }
                 SearchReturn::Count => line.push_str(&format!(" COUNT {}", numbers.len())),
                 SearchReturn::All => {
                     if !numbers.is_empty() {
-                        // ESORT (RFC 5267) keeps the sort order; SEARCH sends a set.
+                        // ESORT (RFC 5267 §3) keeps the sort order; SEARCH sends a set.
                         if command == "SORT" {
-                            line.push_str(&format!(" ALL {}", compress_runs(numbers)));
+                            line.push_str(&format!(" ALL {}", compress_runs(&numbers)));
                         } else {
-                            line.push_str(&format!(" ALL {}", compress_set(numbers)));
+                            line.push_str(&format!(" ALL {}", compress_set(&numbers)));
                         }
                     }
                 }
                 SearchReturn::Save => {}
             }
         }
-        if let Some(modseq) = modseq.filter(|_| !numbers.is_empty()) {
+        if let Some(modseq) = highest_modseq(&mut returned.into_iter()) {
             line.push_str(&format!(" MODSEQ {modseq}"));
         }
         line.push_str("\r\n");
@@ -548,6 +534,9 @@ impl Session {
         if !charset.eq_ignore_ascii_case("UTF-8") && !charset.eq_ignore_ascii_case("US-ASCII") {
             return self.no(tag, "[BADCHARSET (UTF-8 US-ASCII)] unsupported charset");
         }
+        if uses_modseq(key) {
+            self.enable_condstore();
+        }
         let mut found = match self.evaluate(key, true).await {
             Ok(found) => found,
             Err(error) => return self.no_for(tag, &error),
@@ -563,9 +552,8 @@ impl Session {
             // RFC 5256 §3: ties are broken by sequence number.
             a.seq.cmp(&b.seq)
         });
-        let numbers: Vec<u32> = found.iter().map(|c| if uid { c.record.uid } else { c.seq }).collect();
-        let uids: Vec<u32> = found.iter().map(|c| c.record.uid).collect();
-        self.report_search(tag, uid, returns, &numbers, &uids, None, "SORT");
+        // RFC 7162 §3.1.5: a MODSEQ key adds the highest MODSEQ to SORT's answer too.
+        self.report_search(tag, uid, returns, &found, uses_modseq(key), "SORT");
         self.sync(uid).await;
         self.ok(tag, "SORT completed");
     }

@@ -330,7 +330,7 @@ impl Config {
             other => bail!("[antivirus] on_failure = {other:?}: use \"tempfail\" or \"accept\""),
         };
         config.trap_addresses = spam.trap_addresses.iter().map(|address| address.trim().to_lowercase()).collect();
-        config.trap_block = Duration::from_secs(spam.trap_block_minutes * 60);
+        config.trap_block = Duration::from_secs(spam.trap_block_minutes.saturating_mul(60));
         config.bayes = spam.bayes;
         config.bayes_min_messages = spam.bayes_min_messages;
         let greylist = &spam.greylist;
@@ -433,10 +433,10 @@ impl SecuritySection {
     /// The lockout policy these settings describe.
     pub fn lockout(&self) -> wmail_core::LockoutPolicy {
         wmail_core::LockoutPolicy {
-            window: std::time::Duration::from_secs(self.login_failure_window_minutes * 60),
+            window: std::time::Duration::from_secs(self.login_failure_window_minutes.saturating_mul(60)),
             max_failures_per_address: self.max_login_failures_per_address,
             max_failures_per_account: self.max_login_failures_per_account,
-            block: std::time::Duration::from_secs(self.login_block_minutes * 60),
+            block: std::time::Duration::from_secs(self.login_block_minutes.saturating_mul(60)),
         }
     }
 }

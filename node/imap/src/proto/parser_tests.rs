@@ -746,7 +746,6 @@ fn fetch_errors() {
         "a FETCH 1 BODY[1.HEADER.2]",
         "a FETCH 1 BODY[]<1.0>",
         "a FETCH 1 BODY[]<1.>",
-        "a FETCH 1 BODY[]<1.0>",
         "a FETCH 1 BODY[]<1.2",
         "a FETCH 1 BINARY",
         "a FETCH 1 BINARY[FOO]",
