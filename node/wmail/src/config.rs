@@ -896,6 +896,35 @@ impl Config {
                 "a cluster keeps message bodies in shared storage: set [blob] backend = \"s3\" (the same bucket as the other nodes) before joining"
             );
         }
+        self.check_durations()
+    }
+
+    /// Refuses durations over ten years: surely a typo, and they would overflow the
+    /// clock arithmetic of lockouts, greylisting and retries.
+    fn check_durations(&self) -> anyhow::Result<()> {
+        const TEN_YEARS_SECONDS: u64 = 10 * 366 * 24 * 3600;
+        let (minute, hour, day) = (60u64, 3600u64, 86_400u64);
+        let spam = &self.antispam;
+        let durations = [
+            ("[security] login_failure_window_minutes", self.security.login_failure_window_minutes, minute),
+            ("[security] login_block_minutes", self.security.login_block_minutes, minute),
+            ("[security] remember_logins_minutes", self.security.remember_logins_minutes, minute),
+            ("[antispam] quarantine_retention_days", spam.quarantine_retention_days, day),
+            ("[antispam] quarantine_digest_hours", spam.quarantine_digest_hours, hour),
+            ("[antispam] trap_block_minutes", spam.trap_block_minutes, minute),
+            ("[antispam.greylist] delay_seconds", spam.greylist.delay_seconds, 1),
+            ("[antispam.greylist] retry_window_hours", spam.greylist.retry_window_hours, hour),
+            ("[antispam.greylist] lifetime_days", spam.greylist.lifetime_days, day),
+            ("[pop3] login_delay_seconds", self.pop3.login_delay_seconds, 1),
+            ("[pop3] maildrop_lease_seconds", self.pop3.maildrop_lease_seconds, 1),
+            ("[blob] gc_grace_hours", self.blob.gc_grace_hours, hour),
+            ("[delivery] connect_timeout_seconds", self.delivery.connect_timeout_seconds, 1),
+        ];
+        for (key, value, unit) in durations {
+            if value.saturating_mul(unit) > TEN_YEARS_SECONDS {
+                bail!("{key} = {value} is more than ten years; use a smaller value (0 where the key allows it)");
+            }
+        }
         Ok(())
     }
 }
@@ -967,6 +996,12 @@ mod tests {
         assert!(error.contains("backend"), "{error}");
         let error = parse("[listen]\nhttp = [\"localhost\"]\n").unwrap_err().to_string();
         assert!(error.contains("ip:port"), "{error}");
+        // A duration that would overflow the clock is refused, not a panic at the first login.
+        let error = parse("[security]\nlogin_block_minutes = 9223372036854775807\n").unwrap_err().to_string();
+        assert!(error.contains("[security] login_block_minutes") && error.contains("ten years"), "{error}");
+        let error = parse("[antispam.greylist]\nlifetime_days = 4000\n").unwrap_err().to_string();
+        assert!(error.contains("lifetime_days"), "{error}");
+        parse("[antispam.greylist]\nlifetime_days = 3650\n").unwrap();
     }
 
     #[test]
