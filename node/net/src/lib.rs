@@ -18,7 +18,9 @@ mod tls;
 
 pub use connection::{Connection, LineRead};
 pub use dot_stuff::DotStuffer;
-pub use listener::{ConnectionLimits, ListenerHandle, Refusal, SessionHandler, accept_clients, serve, stopped};
+pub use listener::{
+    ConnectionLimits, ListenerHandle, Refusal, SessionCount, SessionHandler, accept_clients, serve, stopped,
+};
 pub use proxy::{ProxyProtocol, read_header as read_proxy_header};
 pub use stream::SessionStream;
 pub use tls::{TlsError, install_crypto_provider, load_tls_acceptor, opportunistic_tls_connector};

@@ -123,8 +123,20 @@ impl Drop for Seat {
 
 /// A running listener; [`ListenerHandle::stopped`] waits until its sessions have ended.
 pub struct ListenerHandle {
+    name: &'static str,
     sessions: Arc<Mutex<Occupancy>>,
     accept_task: tokio::task::JoinHandle<()>,
+}
+
+/// Reads how many sessions a listener has open, for as long as it runs (and after).
+#[derive(Clone)]
+pub struct SessionCount(Arc<Mutex<Occupancy>>);
+
+impl SessionCount {
+    /// Returns the number of open sessions.
+    pub fn open(&self) -> usize {
+        self.0.lock().expect("occupancy lock").total
+    }
 }
 
 impl ListenerHandle {
@@ -139,7 +151,17 @@ impl ListenerHandle {
 
     /// Returns the number of open sessions.
     pub fn open_sessions(&self) -> usize {
-        self.sessions.lock().expect("occupancy lock").total
+        self.session_count().open()
+    }
+
+    /// A reader of the open session count that outlives this handle (for metrics).
+    pub fn session_count(&self) -> SessionCount {
+        SessionCount(self.sessions.clone())
+    }
+
+    /// The listener's service name (`smtp`, `imaps`, ...).
+    pub fn name(&self) -> &'static str {
+        self.name
     }
 }
 
@@ -243,7 +265,7 @@ pub fn serve(
         drop(clients);
         let _ = acceptor.await;
     });
-    ListenerHandle { sessions, accept_task }
+    ListenerHandle { name, sessions, accept_task }
 }
 
 /// Accepts connections on `listener` until `shutdown` turns true (or the receiver is

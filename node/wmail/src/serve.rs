@@ -101,6 +101,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut mail_listeners = start_smtp(&config, &core, &tls, &registry, protection, &mail_stop).await?;
     mail_listeners.extend(start_pop3(&config, &core, &tls, &mail_stop).await?);
     mail_listeners.extend(start_imap(&config, &core, &tls, &mail_stop).await?);
+    let counts = mail_listeners.iter().map(|listener| (listener.name(), listener.session_count())).collect();
+    registry.register(Box::new(OpenSessions::new(counts))).context("registering wmail_sessions_open")?;
     let delivery = tokio::spawn(delivery_worker(&config, &core, &registry)?.run(mail_stop.clone()));
     tokio::spawn(prune_security_state(Arc::downgrade(&core), config.antispam.clone()));
     let mail = {
@@ -580,6 +582,35 @@ fn announce(node_id: u64, data_dir: &Path, token_path: &Path, http_urls: &[Strin
     println!("  admin token    : {}", token_path.display());
     println!("next: wmail domain add example.com && wmail account add alice@example.com");
     let _ = std::io::stdout().flush();
+}
+
+/// `wmail_sessions_open{listener}`: the sessions each mail listener (smtp, imaps, ...) has
+/// open, read at scrape time (several addresses of one service add up).
+struct OpenSessions {
+    gauge: prometheus::IntGaugeVec,
+    listeners: Vec<(&'static str, wmail_net::SessionCount)>,
+}
+
+impl OpenSessions {
+    fn new(listeners: Vec<(&'static str, wmail_net::SessionCount)>) -> Self {
+        let opts = prometheus::Opts::new("sessions_open", "Open sessions of each mail listener");
+        let gauge = prometheus::IntGaugeVec::new(opts, &["listener"]).expect("valid metric");
+        Self { gauge, listeners }
+    }
+}
+
+impl prometheus::core::Collector for OpenSessions {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.gauge.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.gauge.reset();
+        for (name, count) in &self.listeners {
+            self.gauge.with_label_values(&[name]).add(count.open() as i64);
+        }
+        self.gauge.collect()
+    }
 }
 
 /// Installs the SIGTERM and SIGINT handlers and returns what ends at the first of them.
