@@ -124,7 +124,7 @@ impl Drop for Seat {
 /// A running listener; [`ListenerHandle::stopped`] waits until its sessions have ended.
 pub struct ListenerHandle {
     name: &'static str,
-    sessions: Arc<Mutex<Occupancy>>,
+    sessions: SessionCount,
     accept_task: tokio::task::JoinHandle<()>,
 }
 
@@ -144,19 +144,14 @@ impl ListenerHandle {
     pub async fn stopped(self, grace: Duration) {
         let _ = self.accept_task.await;
         let deadline = tokio::time::Instant::now() + grace;
-        while self.sessions.lock().expect("occupancy lock").total > 0 && tokio::time::Instant::now() < deadline {
+        while self.sessions.open() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
-    /// Returns the number of open sessions.
-    pub fn open_sessions(&self) -> usize {
-        self.session_count().open()
-    }
-
     /// A reader of the open session count that outlives this handle (for metrics).
     pub fn session_count(&self) -> SessionCount {
-        SessionCount(self.sessions.clone())
+        self.sessions.clone()
     }
 
     /// The listener's service name (`smtp`, `imaps`, ...).
@@ -265,7 +260,7 @@ pub fn serve(
         drop(clients);
         let _ = acceptor.await;
     });
-    ListenerHandle { name, sessions, accept_task }
+    ListenerHandle { name, sessions: SessionCount(sessions), accept_task }
 }
 
 /// Accepts connections on `listener` until `shutdown` turns true (or the receiver is

@@ -439,6 +439,11 @@ impl SecuritySection {
             block: std::time::Duration::from_secs(self.login_block_minutes.saturating_mul(60)),
         }
     }
+
+    /// How long a node remembers a correct password (`remember_logins_minutes`).
+    pub fn remember_logins(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.remember_logins_minutes.saturating_mul(60))
+    }
 }
 
 /// `[pop3]`: limits of the POP3 listeners.

@@ -41,7 +41,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         blob_cache_bytes: config.blob.cache_size_mb.saturating_mul(1024 * 1024),
         snapshot_every: config.cluster.snapshot_every,
         lockout: config.security.lockout(),
-        remember_logins: Duration::from_secs(config.security.remember_logins_minutes.saturating_mul(60)),
+        remember_logins: config.security.remember_logins(),
         search_enabled: config.search.enabled,
         min_free_disk_bytes: config.server.min_free_disk_mb.saturating_mul(1024 * 1024),
     });
